@@ -1,0 +1,34 @@
+import { FerryError } from '@ferry/protocol';
+
+/**
+ * The `ferry` command. `receiver` runs the receiver service; everything else belongs to the
+ * sender's CLI. Services are loaded lazily so each command pulls in only its own code.
+ */
+export async function main(argv: string[]): Promise<number> {
+  const { runCli, report, processIo } = await import('@ferry/sender');
+  if (argv[0] !== 'receiver') return runCli(argv);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    processIo.stdout.write(RECEIVER_HELP);
+    return 0;
+  }
+  try {
+    if (argv.length > 1) throw new FerryError('FERRY_ERR_USAGE', { message: '"ferry receiver" takes no arguments: configure it with FERRY_* variables (see "ferry receiver --help")' });
+    const { runReceiver } = await import('@ferry/receiver');
+    await runReceiver(process.env);
+    return 0;
+  } catch (err) {
+    return report(processIo, err, false);
+  }
+}
+
+const RECEIVER_HELP = `Usage: ferry receiver
+
+Runs a receiver in the foreground until SIGINT/SIGTERM. Configuration (environment):
+  FERRY_KEYS       keyid:secret[,keyid:secret…]  accepted signing keys (required; "ferry keygen")
+  FERRY_LISTEN     host:port to listen on (default 127.0.0.1:7701)
+  DOCKER_HOST      the engine containers run on (default: the local socket)
+  FERRY_NATS_URL   nats://host:port for events (optional; without it events are only logged)
+  FERRY_DATA_DIR   where uploads are spooled (default /var/lib/ferry)
+  FERRY_HOST_ID    this host's name in events (default: the hostname)
+  FERRY_LOG_LEVEL  fatal|error|warn|info|debug|trace (default info)
+`;

@@ -1,0 +1,63 @@
+import { createHmac, randomBytes } from 'node:crypto';
+import { HEADERS, SIGNATURE_SCHEME } from '@ferry/protocol';
+
+/** The signed facts of one request. */
+export interface SignedFields {
+  method: string;
+  /** Path with query string exactly as sent on the request line. */
+  path: string;
+  timestamp: string;
+  nonce: string;
+  contentDigest: string;
+  keyId: string;
+}
+
+/**
+ * The string the HMAC covers: one field per line, no trailing newline. Its exact form is in
+ * docs/protocol.md; the worked example there is a unit test vector.
+ */
+export function canonicalString(fields: SignedFields): string {
+  return [
+    SIGNATURE_SCHEME,
+    fields.method.toUpperCase(),
+    fields.path,
+    fields.timestamp,
+    fields.nonce,
+    fields.contentDigest,
+    fields.keyId,
+  ].join('\n');
+}
+
+export function computeSignature(secret: string, fields: SignedFields): string {
+  return createHmac('sha256', secret).update(canonicalString(fields), 'utf8').digest('hex');
+}
+
+export interface SignOptions {
+  method: string;
+  path: string;
+  contentDigest: string;
+  keyId: string;
+  secret: string;
+  /** Unix seconds; injected by tests, the clock otherwise. */
+  now?: number;
+  nonce?: string;
+}
+
+/** Headers a client adds to a request so that a Ferry service accepts it. */
+export function signRequest(options: SignOptions): Record<string, string> {
+  const fields: SignedFields = {
+    method: options.method,
+    path: options.path,
+    timestamp: String(options.now ?? Math.floor(Date.now() / 1000)),
+    nonce: options.nonce ?? randomBytes(16).toString('hex'),
+    contentDigest: options.contentDigest,
+    keyId: options.keyId,
+  };
+  return {
+    [HEADERS.keyId]: fields.keyId,
+    [HEADERS.timestamp]: fields.timestamp,
+    [HEADERS.nonce]: fields.nonce,
+    [HEADERS.contentDigest]: fields.contentDigest,
+    [HEADERS.signature]: computeSignature(options.secret, fields),
+  };
+}

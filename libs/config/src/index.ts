@@ -1,0 +1,75 @@
+import type { z } from 'zod';
+import { FerryError } from '@ferry/protocol';
+
+/**
+ * Every FERRY_* variable any Ferry component reads. A FERRY_* variable outside this list is a typo
+ * (FERRY_NAT_URL) that would otherwise be ignored in silence, so loading refuses it.
+ */
+export const KNOWN_VARIABLES = [
+  'FERRY_LISTEN', 'FERRY_KEYS', 'FERRY_NATS_URL', 'FERRY_DATA_DIR', 'FERRY_HOST_ID', 'FERRY_LOG_LEVEL',
+  'FERRY_KEY_ID', 'FERRY_KEY', 'FERRY_REDIS_URL',
+  // read by deploy/ and test/ scripts, not by the services
+  'FERRY_STACK_DIR', 'FERRY_STACK_NATS_PORT', 'FERRY_STACK_REDIS_PORT', 'FERRY_STACK_USE_EXISTING_DOCKER',
+  'FERRY_BUILD_DOCKER_HOST', 'FERRY_TARGET_DOCKER_HOST', 'FERRY_DEMO_PORT', 'FERRY_DEMO_DIR',
+] as const;
+
+export type Env = Record<string, string | undefined>;
+
+/**
+ * Validates the variables `schema` names, all at once: the error lists every problem, so a user
+ * fixes a config in one go. The result is frozen.
+ */
+export function loadConfig<S extends z.ZodObject>(schema: S, env: Env = process.env): Readonly<z.output<S>> {
+  const problems: string[] = [];
+  for (const name of Object.keys(env)) {
+    if (name.startsWith('FERRY_') && !(KNOWN_VARIABLES as readonly string[]).includes(name)) {
+      const hint = closest(name);
+      problems.push(`${name}: unknown variable${hint ? ` (did you mean ${hint}?)` : ''}`);
+    }
+  }
+  const picked: Record<string, string> = {};
+  for (const key of Object.keys(schema.shape)) {
+    const value = env[key];
+    // An empty variable means "not set", as shells make it easy to export one by accident.
+    if (value !== undefined && value !== '') picked[key] = value;
+  }
+  const result = schema.safeParse(picked);
+  if (!result.success) {
+    for (const issue of result.error.issues) problems.push(`${issue.path.join('.')}: ${issue.message}`);
+  }
+  if (problems.length > 0 || !result.success) {
+    throw new FerryError('FERRY_ERR_CONFIG', { message: `Invalid configuration:\n  - ${problems.join('\n  - ')}` });
+  }
+  return Object.freeze(result.data);
+}
+
+/** `host:port` or `[v6]:port`, as FERRY_LISTEN takes it. */
+export function parseListen(value: string): { host: string; port: number } | undefined {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
+  if (!match) return undefined;
+  const port = Number(match[3]);
+  if (port > 65535) return undefined;
+  return { host: match[1] ?? match[2] ?? '', port };
+}
+
+function closest(name: string): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const known of KNOWN_VARIABLES) {
+    const distance = levenshtein(name, known);
+    if (distance < bestDistance) { best = known; bestDistance = distance; }
+  }
+  return best;
+}
+
+function levenshtein(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      current[j] = Math.min((previous[j] ?? 0) + 1, (current[j - 1] ?? 0) + 1, (previous[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length] ?? 0;
+}

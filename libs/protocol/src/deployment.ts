@@ -1,0 +1,41 @@
+import type { ErrorBody } from './errors.ts';
+
+/** DESIGN.md's deployment states, in the order a successful deployment passes them. */
+export const DEPLOYMENT_STATES = [
+  'PENDING', 'RECEIVING', 'VERIFYING', 'LOADING', 'DEPLOYING', 'VALIDATING', 'COMPLETED',
+  'ROLLING_BACK', 'ROLLED_BACK', 'FAILED',
+] as const;
+export type DeploymentState = (typeof DEPLOYMENT_STATES)[number];
+
+/** Milliseconds spent in each receiver-side stage. */
+export interface StageTimings {
+  receive?: number;
+  verify?: number;
+  load?: number;
+  deploy?: number;
+  health?: number;
+  rollback?: number;
+  total?: number;
+}
+
+export interface ProbeResult {
+  at: string;
+  ok: boolean;
+  status?: number;
+  error?: string;
+  ms: number;
+}
+
+/** The receiver's answer to a completed upload, success or not. */
+export interface DeploymentResult {
+  deploymentId: string;
+  host: string;
+  service: string;
+  image: string;
+  imageId: string;
+  state: DeploymentState;
+  containerId?: string;
+  bytes: number;
+  timings: StageTimings;
+  error?: ErrorBody['error'];
+}

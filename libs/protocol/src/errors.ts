@@ -1,0 +1,92 @@
+/**
+ * The one registry of Ferry's error codes. Every error that crosses a process boundary (an HTTP
+ * answer, a CLI exit, an event) carries one of these codes; callers match on `code`, never on text.
+ * docs/protocol.md lists them, and a test keeps that list and this table in step.
+ */
+export const ERRORS = {
+  FERRY_ERR_AUTH_MISSING: { status: 401, message: 'Authentication headers are missing or malformed' },
+  FERRY_ERR_UNKNOWN_KEY: { status: 401, message: 'Unknown key id' },
+  FERRY_ERR_BAD_SIGNATURE: { status: 401, message: 'Signature does not match the request' },
+  FERRY_ERR_STALE_TIMESTAMP: { status: 401, message: 'Timestamp is outside the accepted window' },
+  FERRY_ERR_REPLAY: { status: 401, message: 'Nonce was already used' },
+  FERRY_ERR_BAD_REQUEST: { status: 400, message: 'Malformed request' },
+  FERRY_ERR_BAD_MANIFEST: { status: 400, message: 'Manifest is missing or invalid' },
+  FERRY_ERR_MANIFEST_DIGEST_MISMATCH: { status: 422, message: 'Manifest bytes do not match the signed content digest' },
+  FERRY_ERR_CHECKSUM_MISMATCH: { status: 422, message: 'Package BLAKE3 digest does not match the manifest' },
+  FERRY_ERR_SIZE_MISMATCH: { status: 422, message: 'Package size does not match the manifest' },
+  FERRY_ERR_PAYLOAD_TOO_LARGE: { status: 413, message: 'Request body exceeds the limit' },
+  FERRY_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'Unsupported content type' },
+  FERRY_ERR_LOAD_FAILED: { status: 422, message: 'Docker could not load the package' },
+  FERRY_ERR_IMAGE_MISMATCH: { status: 422, message: 'Loaded image does not match the manifest' },
+  FERRY_ERR_CONTAINER_FAILED: { status: 422, message: 'The new container could not be started' },
+  FERRY_ERR_HEALTHCHECK_FAILED: { status: 422, message: 'Health check failed; the previous version was restored' },
+  FERRY_ERR_ROLLBACK_FAILED: { status: 500, message: 'Health check failed and the previous version could not be restored' },
+  FERRY_ERR_DEPLOYMENT_IN_PROGRESS: { status: 409, message: 'Another deployment of this service is in progress' },
+  FERRY_ERR_NOT_FOUND: { status: 404, message: 'Not found' },
+  FERRY_ERR_DOCKER_UNAVAILABLE: { status: 503, message: 'The Docker engine cannot be reached' },
+  FERRY_ERR_DOCKER: { status: 502, message: 'The Docker engine returned an error' },
+  FERRY_ERR_INTERNAL: { status: 500, message: 'Internal error' },
+  FERRY_ERR_CONFIG: { status: 500, message: 'Invalid configuration' },
+  FERRY_ERR_USAGE: { status: 400, message: 'Invalid command line' },
+  FERRY_ERR_IMAGE_NOT_FOUND: { status: 404, message: 'Image not found on the build engine' },
+  FERRY_ERR_RECEIVER_UNREACHABLE: { status: 503, message: 'The receiver cannot be reached' },
+  FERRY_ERR_BAD_RESPONSE: { status: 502, message: 'The peer sent a response Ferry does not understand' },
+  FERRY_ERR_EVENTS_UNAVAILABLE: { status: 503, message: 'The event stream cannot be reached' },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(ERRORS, value);
+}
+
+export interface FerryErrorOptions {
+  /** What went wrong in words for this occurrence; defaults to the registry message. */
+  message?: string;
+  cause?: unknown;
+  /** Safe-to-show facts (never secrets) that travel in the HTTP error body. */
+  details?: Record<string, unknown>;
+  /** Override of the registry status, for codes reused by a peer's answer. */
+  status?: number;
+}
+
+export class FerryError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, options: FerryErrorOptions = {}) {
+    super(options.message ?? ERRORS[code].message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'FerryError';
+    this.code = code;
+    this.status = options.status ?? ERRORS[code].status;
+    this.details = options.details;
+  }
+
+  /** The same error with more facts attached; errors stay immutable once thrown. */
+  withDetails(extra: Record<string, unknown>): FerryError {
+    return new FerryError(this.code, { message: this.message, cause: this.cause, status: this.status, details: { ...this.details, ...extra } });
+  }
+
+  toJSON(): ErrorBody {
+    return { error: { code: this.code, message: this.message, ...(this.details ? { details: this.details } : {}) } };
+  }
+}
+
+/** The body of every non-2xx answer from a Ferry service. */
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string; details?: Record<string, unknown> };
+}
+
+export function isFerryError(err: unknown, code?: ErrorCode): err is FerryError {
+  return err instanceof FerryError && (code === undefined || err.code === code);
+}
+
+/** Reads a peer's error body back into a FerryError; anything unrecognised is a bad response. */
+export function errorFromBody(status: number, body: unknown): FerryError {
+  const candidate = (body as Partial<ErrorBody> | null)?.error;
+  if (candidate && isErrorCode(candidate.code) && typeof candidate.message === 'string') {
+    return new FerryError(candidate.code, { message: candidate.message, details: candidate.details, status });
+  }
+  return new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `Unexpected answer (HTTP ${status})`, status });
+}

@@ -1,0 +1,5 @@
+export * from './errors.ts';
+export * from './wire.ts';
+export * from './manifest.ts';
+export * from './deployment.ts';
+export * from './events.ts';

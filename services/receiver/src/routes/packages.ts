@@ -1,0 +1,33 @@
+import { Router } from 'express';
+import type { Manifest } from '@ferry/protocol';
+import { FerryError, PATHS } from '@ferry/protocol';
+import type { AuthLocals } from '../auth.ts';
+import type { Deployer } from '../deploy/engine.ts';
+import { receiveMultipart } from '../upload/multipart.ts';
+
+export interface PackagesDeps {
+  deployer: Deployer;
+  spoolDir: string;
+  maxPackageBytes: number;
+}
+
+/** `POST /v1/packages`: the one-shot upload; answers when the deployment has an outcome. */
+export function packagesRouter(deps: PackagesDeps): Router {
+  const router = Router();
+  router.post(PATHS.packages, async (req, res) => {
+    const { auth } = res.locals as AuthLocals;
+    let manifest: Manifest | undefined;
+    const received = await receiveMultipart(req, {
+      signedDigest: auth.contentDigest,
+      spoolDir: deps.spoolDir,
+      maxPackageBytes: deps.maxPackageBytes,
+      onManifest: (m) => { manifest = m; },
+    }).catch((err: unknown) => {
+      if (manifest && err instanceof FerryError) deps.deployer.rejected(manifest, err);
+      throw err;
+    });
+    const stored = deps.deployer.previousResult(received.manifest.deploymentId);
+    res.status(200).json(stored ?? await deps.deployer.deploy(received));
+  });
+  return router;
+}

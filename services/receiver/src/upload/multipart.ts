@@ -1,0 +1,181 @@
+import { randomUUID } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { open, rm } from 'node:fs/promises';
+import type { IncomingMessage } from 'node:http';
+import { join } from 'node:path';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import busboy from 'busboy';
+import { DigestTap, digestOf } from '@ferry/integrity';
+import { FerryError, MANIFEST_MAX_BYTES, parseManifest, type Manifest } from '@ferry/protocol';
+
+export interface ReceivedPackage {
+  manifest: Manifest;
+  /** The verified package in the spool; the caller owns it from here and must remove it. */
+  path: string;
+  bytes: number;
+  durationMs: number;
+}
+
+export interface ReceiveOptions {
+  /** The signed `X-Ferry-Content-Digest`: for a one-shot upload, the digest of the manifest part. */
+  signedDigest: string;
+  spoolDir: string;
+  /** Upper bound on any package, whatever its manifest declares. */
+  maxPackageBytes: number;
+  /** Called once the manifest is verified and before package bytes are spooled. */
+  onManifest?: (manifest: Manifest) => void;
+}
+
+/**
+ * Takes a one-shot upload: the `manifest` part, checked against the signed digest, then the
+ * `package` part, hashed while it is spooled and compared with the manifest before anyone may
+ * decompress it. On any failure the spool file is gone and the error is typed.
+ */
+export async function receiveMultipart(req: IncomingMessage, options: ReceiveOptions): Promise<ReceivedPackage> {
+  const started = performance.now();
+  const type = req.headers['content-type'] ?? '';
+  if (!/^multipart\/form-data;/i.test(type)) {
+    throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'Expected multipart/form-data with a manifest part then a package part' });
+  }
+  let parser: busboy.Busboy;
+  try {
+    parser = busboy({
+      headers: req.headers,
+      limits: { fields: 1, files: 2, parts: 2, fieldSize: MANIFEST_MAX_BYTES, fileSize: options.maxPackageBytes + 1, headerPairs: 20 },
+    });
+  } catch (err) {
+    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Malformed multipart header', cause: err });
+  }
+
+  const spoolPath = join(options.spoolDir, `${randomUUID()}.part`);
+  let manifest: Manifest | undefined;
+  let received: { bytes: number; digest: string } | undefined;
+  let failure: FerryError | undefined;
+  let manifestReady: Promise<void> | undefined;
+  let packageWrite: Promise<void> | undefined;
+  const fail = (err: FerryError): void => {
+    failure ??= err;
+  };
+
+  const acceptManifest = (bytes: Buffer): void => {
+    if (digestOf(bytes) !== options.signedDigest) return fail(new FerryError('FERRY_ERR_MANIFEST_DIGEST_MISMATCH'));
+    let json: unknown;
+    try {
+      json = JSON.parse(bytes.toString('utf8'));
+    } catch {
+      return fail(new FerryError('FERRY_ERR_BAD_MANIFEST', { message: 'Manifest is not JSON' }));
+    }
+    const parsed = parseManifest(json);
+    if (!parsed.ok) return fail(new FerryError('FERRY_ERR_BAD_MANIFEST', { message: `Manifest is invalid: ${parsed.problems.join('; ')}`, details: { problems: parsed.problems } }));
+    if (parsed.manifest.package.size > options.maxPackageBytes) {
+      return fail(new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { details: { limit: options.maxPackageBytes } }));
+    }
+    manifest = parsed.manifest;
+    options.onManifest?.(manifest);
+  };
+
+  parser.on('field', (name, value, info) => {
+    if (name !== 'manifest') return fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: `Unexpected field "${name}"` }));
+    if (info.valueTruncated) return fail(new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `Manifest exceeds ${MANIFEST_MAX_BYTES} bytes` }));
+    acceptManifest(Buffer.from(value, 'utf8'));
+  });
+
+  parser.on('file', (name, stream) => {
+    if (name === 'manifest' && manifestReady === undefined && manifest === undefined) {
+      // curl -F manifest=@file.json sends the manifest as a file part; take it the same way.
+      manifestReady = collect(stream, MANIFEST_MAX_BYTES).then(acceptManifest, (err: unknown) => fail(asFerryError(err)));
+      return;
+    }
+    if (name !== 'package' || packageWrite !== undefined) {
+      fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: `Unexpected part "${name}"` }));
+      stream.resume();
+      return;
+    }
+    // A manifest sent as a file part may still be in flight; the package waits for it, paused.
+    packageWrite = (manifestReady ?? Promise.resolve()).then(async () => {
+      if (failure !== undefined || manifest === undefined) {
+        fail(new FerryError('FERRY_ERR_BAD_MANIFEST', { message: 'The manifest part must come before the package part' }));
+        stream.resume();
+        return;
+      }
+      const tap = new DigestTap();
+      try {
+        await pipeline(stream, limitBytes(manifest.package.size), tap, createWriteStream(spoolPath, { flags: 'wx' }));
+        await fsyncFile(spoolPath);
+        received = { bytes: tap.bytes, digest: tap.digest() };
+      } catch (err) {
+        stream.resume();
+        fail(asFerryError(err));
+      }
+    });
+  });
+
+  try {
+    await pipeline(req, parser);
+    await manifestReady;
+    await packageWrite;
+  } catch (err) {
+    await manifestReady;
+    await packageWrite;
+    fail(isFerryError(err) ? err : new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'The upload ended early or is not valid multipart', cause: err }));
+  }
+
+  try {
+    if (failure) throw failure;
+    if (!manifest) throw new FerryError('FERRY_ERR_BAD_MANIFEST', { message: 'No manifest part' });
+    if (!received) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'No package part' });
+    if (received.bytes !== manifest.package.size) {
+      throw new FerryError('FERRY_ERR_SIZE_MISMATCH', { details: { expected: manifest.package.size, received: received.bytes } });
+    }
+    if (received.digest !== manifest.package.digest) {
+      throw new FerryError('FERRY_ERR_CHECKSUM_MISMATCH', { details: { expected: manifest.package.digest, received: received.digest } });
+    }
+    return { manifest, path: spoolPath, bytes: received.bytes, durationMs: performance.now() - started };
+  } catch (err) {
+    await rm(spoolPath, { force: true });
+    throw err instanceof FerryError && manifest ? err.withDetails({ deploymentId: manifest.deploymentId }) : err;
+  }
+}
+
+function isFerryError(err: unknown): err is FerryError {
+  return err instanceof FerryError;
+}
+
+function asFerryError(err: unknown): FerryError {
+  if (err instanceof FerryError) return err;
+  return new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'The package part could not be received', cause: err });
+}
+
+/** Fails the stream as soon as it carries more than `max` bytes, before they reach the disk. */
+function limitBytes(max: number): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback) {
+      seen += chunk.length;
+      if (seen > max) callback(new FerryError('FERRY_ERR_SIZE_MISMATCH', { message: `Package is larger than the ${max} bytes its manifest declares` }));
+      else callback(null, chunk);
+    },
+  });
+}
+
+async function collect(stream: Readable, max: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of stream as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > max) throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `Manifest exceeds ${max} bytes` });
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** The package is acknowledged only once it is on disk, not in the page cache. */
+async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

@@ -1,0 +1,48 @@
+import { z } from 'zod';
+import { loadConfig } from '@ferry/config';
+import { readEvents, type FerryEvent } from '@ferry/events';
+import { FerryError } from '@ferry/protocol';
+import { parse } from './args.ts';
+import { line, type Io } from './io.ts';
+
+export const EVENTS_HELP = `Usage: ferry events [--deployment ID] [--service S] [--host H] [--follow] [--json]
+
+Replays Ferry's events from NATS JetStream (FERRY_NATS_URL), oldest first; --follow keeps
+printing new ones until interrupted.`;
+
+const schema = z.object({ FERRY_NATS_URL: z.string({ error: 'required: nats://host:port of the event stream' }) });
+
+export async function eventsCommand(args: string[], io: Io, signal?: AbortSignal): Promise<number> {
+  const { values } = parse(args, {
+    deployment: { type: 'string' }, service: { type: 'string' }, host: { type: 'string' },
+    follow: { type: 'boolean' }, json: { type: 'boolean' },
+  });
+  const { FERRY_NATS_URL: url } = loadConfig(schema, io.env);
+  let count = 0;
+  try {
+    for await (const event of readEvents({
+      url, follow: values.follow ?? false,
+      ...(values.deployment ? { deploymentId: values.deployment } : {}),
+      ...(values.service ? { service: values.service } : {}),
+      ...(values.host ? { host: values.host } : {}),
+      ...(signal ? { signal } : {}),
+    })) {
+      count++;
+      line(io.stdout, values.json ? JSON.stringify(event) : describe(event));
+    }
+  } catch (err) {
+    throw err instanceof FerryError ? err : new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: `Cannot read events from ${url}: ${(err as Error).message}`, cause: err });
+  }
+  if (!values.json && count === 0) line(io.stderr, 'no events matched');
+  return 0;
+}
+
+function describe(event: FerryEvent): string {
+  const data = event.data as unknown as Record<string, unknown>;
+  const extra = ['reason', 'code', 'durationMs', 'bytes', 'attempts']
+    .filter((key) => data[key] !== undefined)
+    .map((key) => `${key}=${typeof data[key] === 'string' ? JSON.stringify(data[key]) : String(data[key])}`)
+    .join(' ');
+  const host = typeof data.host === 'string' ? data.host : '?';
+  return `${event.time}  ${event.type.replace(/^ferry\./, '').padEnd(21)} ${host}/${event.subject}  ${event.deploymentid}${extra ? `  ${extra}` : ''}`;
+}

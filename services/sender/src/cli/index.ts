@@ -1,0 +1,78 @@
+import { FerryError, type ErrorCode } from '@ferry/protocol';
+import { EVENTS_HELP, eventsCommand } from './events.ts';
+import { line, processIo, type Io } from './io.ts';
+import { KEYGEN_HELP, keygenCommand } from './keygen.ts';
+import { PUSH_HELP, pushCommand } from './push.ts';
+
+export const HELP = `Usage: ferry COMMAND [options]
+
+Commands:
+  receiver    run a receiver in the foreground (configured by FERRY_* environment variables)
+  push        package an image, send it to a receiver and deploy it
+  events      replay (or follow) deployment events from NATS JetStream
+  keygen      print a new signing key
+  help        this text; "ferry help COMMAND" for one command
+
+Exit codes: 0 success, 1 the deployment or request failed, 2 bad usage or configuration,
+3 a peer (receiver, Docker, NATS) could not be reached.`;
+
+const HELPS: Record<string, string> = { push: PUSH_HELP, events: EVENTS_HELP, keygen: KEYGEN_HELP };
+
+/** What to do next, for the errors a user can act on. */
+const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
+  FERRY_ERR_UNKNOWN_KEY: 'the receiver does not know FERRY_KEY_ID: add the key to its FERRY_KEYS',
+  FERRY_ERR_BAD_SIGNATURE: 'FERRY_KEY differs from the secret the receiver has for FERRY_KEY_ID',
+  FERRY_ERR_STALE_TIMESTAMP: 'this machine\'s clock and the receiver\'s differ by more than 5 minutes: sync them (NTP)',
+  FERRY_ERR_CHECKSUM_MISMATCH: 'the package was damaged on the way: push again, and check the network path if it repeats',
+  FERRY_ERR_HEALTHCHECK_FAILED: 'the new version did not answer its health check; see the container log lines above',
+  FERRY_ERR_RECEIVER_UNREACHABLE: 'check the --to URL and that "ferry receiver" runs there',
+  FERRY_ERR_IMAGE_NOT_FOUND: 'build or tag the image on the build engine (DOCKER_HOST) first',
+  FERRY_ERR_DOCKER_UNAVAILABLE: 'check DOCKER_HOST and that the Docker engine runs',
+  FERRY_ERR_CONFIG: 'fix the environment variables listed above',
+  FERRY_ERR_DEPLOYMENT_IN_PROGRESS: 'wait for the running deployment of this service to finish',
+};
+
+const UNREACHABLE: ReadonlySet<ErrorCode> = new Set(['FERRY_ERR_RECEIVER_UNREACHABLE', 'FERRY_ERR_DOCKER_UNAVAILABLE', 'FERRY_ERR_EVENTS_UNAVAILABLE']);
+
+export async function runCli(argv: string[], io: Io = processIo): Promise<number> {
+  const [command, ...args] = argv;
+  const json = args.includes('--json');
+  try {
+    if (args.includes('--help') || args.includes('-h')) return help(io, command);
+    switch (command) {
+      case 'push': return await pushCommand(args, io);
+      case 'events': return await eventsCommand(args, io);
+      case 'keygen': return keygenCommand(args, io);
+      case undefined: case 'help': case '--help': case '-h': return help(io, args[0]);
+      default: throw new FerryError('FERRY_ERR_USAGE', { message: `Unknown command "${command}"; see "ferry help"` });
+    }
+  } catch (err) {
+    return report(io, err, json);
+  }
+}
+
+function help(io: Io, command: string | undefined): number {
+  line(io.stdout, (command && HELPS[command]) ?? HELP);
+  return 0;
+}
+
+/** Prints an error the way the user asked for output, and maps it to an exit code. */
+export function report(io: Io, err: unknown, json: boolean): number {
+  const error = err instanceof FerryError ? err : new FerryError('FERRY_ERR_INTERNAL', { message: (err as Error).message ?? String(err), cause: err });
+  if (json) {
+    line(io.stdout, JSON.stringify({ ok: false, ...error.toJSON() }));
+  } else {
+    line(io.stderr, `✖ ${error.message} [${error.code}]`);
+    const deployment = error.details?.deployment as { state?: string; deploymentId?: string; host?: string } | undefined;
+    const deploymentId = deployment?.deploymentId ?? error.details?.deploymentId;
+    if (typeof deploymentId === 'string') line(io.stderr, `  deployment  ${deploymentId}${deployment?.state ? ` (${deployment.state})` : ''}`);
+    const probes = (error.details?.deployment as { error?: { details?: { probes?: { status?: number; error?: string }[] } } } | undefined)?.error?.details?.probes;
+    if (probes?.length) line(io.stderr, `  last probe  ${probes.at(-1)?.status !== undefined ? `HTTP ${probes.at(-1)?.status}` : (probes.at(-1)?.error ?? '?')} (${probes.length} shown)`);
+    const next = NEXT_STEPS[error.code];
+    if (next) line(io.stderr, `  next: ${next}`);
+    if (error.code === 'FERRY_ERR_INTERNAL' && error.cause) line(io.stderr, `  cause: ${String(error.cause)}`);
+  }
+  if (error.code === 'FERRY_ERR_USAGE' || error.code === 'FERRY_ERR_CONFIG') return 2;
+  if (UNREACHABLE.has(error.code)) return 3;
+  return 1;
+}

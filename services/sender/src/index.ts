@@ -1,0 +1,6 @@
+export { runCli, report, HELP } from './cli/index.ts';
+export { processIo, type Io } from './cli/io.ts';
+export { push, type PushRequest, type PushResult, type PushDeps } from './push.ts';
+export { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
+export { uploadOneShot, type Credentials, type UploadOptions } from './upload.ts';
+export { loadSenderConfig } from './config.ts';

@@ -1,0 +1,127 @@
+import { randomUUID } from 'node:crypto';
+import type { ImageStore } from '@ferry/docker';
+import { createEvent, type EventData, type EventSink } from '@ferry/events';
+import {
+  FerryError, PATHS, errorFromBody,
+  type Compression, type DeploymentResult, type EventType, type ManifestInput, type ServiceSpec, type StageTimings,
+} from '@ferry/protocol';
+import { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
+import { uploadOneShot, type Credentials } from './upload.ts';
+
+/** NATS being down must not stall a push: events wait in the sink's queue past this. */
+const EVENT_FLUSH_WAIT_MS = 2000;
+
+export interface PushRequest {
+  image: string;
+  /** Receiver base URL. */
+  to: string;
+  service: Omit<ServiceSpec, 'env' | 'network'> & Partial<Pick<ServiceSpec, 'env' | 'network'>>;
+  compression: Compression;
+}
+
+export interface PushDeps {
+  images: ImageStore;
+  events: EventSink;
+  credentials: Credentials;
+  /** CloudEvents source of the sender, e.g. ferry://sender/<hostname>. */
+  source: string;
+  onStage?: (stage: 'package' | 'transfer' | 'deploy', detail: { bytes?: number }) => void;
+  onProgress?: (sent: number, total: number) => void;
+}
+
+export interface PushResult {
+  deploymentId: string;
+  host: string;
+  service: string;
+  image: string;
+  imageId: string;
+  /** What docker save produced, what was sent after compression, and the request's total. */
+  bytes: { image: number; package: number; sent: number };
+  compression: Compression;
+  timings: { package: number; transfer: number; total: number; receiver: StageTimings };
+  deployment: DeploymentResult;
+}
+
+/**
+ * `ferry push`: package the image once, upload it signed, and return the receiver's outcome. A
+ * failure is a FerryError whose details carry the deployment id and, when the receiver got that
+ * far, its record of the deployment.
+ */
+export async function push(request: PushRequest, deps: PushDeps): Promise<PushResult> {
+  const started = performance.now();
+  const deploymentId = randomUUID();
+  const host = await probeReceiver(request.to);
+  const image = await inspectImage(deps.images, request.image);
+  const emit = <T extends EventType>(type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image' | 'imageId'>): void => {
+    deps.events.publish(createEvent(type, {
+      source: deps.source, host, service: request.service.name, deploymentId,
+      data: { deploymentId, host, service: request.service.name, image: image.ref, imageId: image.id, ...data } as unknown as EventData[T],
+    }));
+  };
+
+  deps.onStage?.('package', {});
+  let pkg: BuiltPackage | undefined;
+  try {
+    pkg = await buildPackage(deps.images, image, request.compression);
+    const manifest: ManifestInput = {
+      schema: 'ferry.manifest/v1',
+      deploymentId,
+      createdAt: new Date().toISOString(),
+      image: { ref: image.ref, id: image.id, diffIds: image.diffIds },
+      package: { format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest },
+      service: { env: {}, network: 'bridge', ...request.service },
+    };
+    deps.onStage?.('transfer', { bytes: pkg.size });
+    const transferStarted = performance.now();
+    emit('transfer.started', { target: request.to, bytes: pkg.size, compression: pkg.compression });
+    // Watchers should see the transfer start before anything the receiver says about it.
+    await flushWithin(deps.events, EVENT_FLUSH_WAIT_MS);
+    let transferMs = 0;
+    const built = pkg;
+    const outcome = await uploadOneShot({
+      url: request.to, credentials: deps.credentials, manifestJson: JSON.stringify(manifest),
+      packagePath: pkg.path, packageSize: pkg.size,
+      onProgress: (sent) => deps.onProgress?.(sent, built.size),
+      onSent: () => {
+        transferMs = Math.round(performance.now() - transferStarted);
+        emit('transfer.completed', { target: request.to, bytes: built.size, compression: built.compression, durationMs: transferMs });
+        deps.onStage?.('deploy', {});
+      },
+    }).catch((err: unknown) => {
+      throw err instanceof FerryError ? err.withDetails({ deploymentId, host }) : err;
+    });
+    return {
+      deploymentId, host, service: request.service.name, image: image.ref, imageId: image.id,
+      bytes: { image: pkg.rawBytes, package: pkg.size, sent: outcome.bodyBytes },
+      compression: pkg.compression,
+      timings: { package: pkg.durationMs, transfer: transferMs, total: Math.round(performance.now() - started), receiver: outcome.result.timings },
+      deployment: outcome.result,
+    };
+  } finally {
+    await pkg?.remove();
+  }
+}
+
+/** Asks the receiver who it is before minutes go into packaging for a host that is not there. */
+async function probeReceiver(url: string): Promise<string> {
+  let response: Response;
+  try {
+    response = await fetch(new URL(PATHS.healthz.slice(1), url.endsWith('/') ? url : `${url}/`), { signal: AbortSignal.timeout(10_000) });
+  } catch (err) {
+    const code = (err as { cause?: { code?: string } }).cause?.code;
+    if (err instanceof TypeError && code === undefined && !/fetch failed/.test(err.message)) {
+      throw new FerryError('FERRY_ERR_USAGE', { message: `--to ${url}: not a receiver URL (expected http://HOST:PORT)`, cause: err });
+    }
+    throw new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: `Cannot reach the receiver at ${url}: ${code ?? (err as Error).message}`, cause: err });
+  }
+  const body = (await response.json().catch(() => null)) as { host?: unknown } | null;
+  if (!response.ok) throw errorFromBody(response.status, body);
+  if (typeof body?.host !== 'string') throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `${url} does not answer like a Ferry receiver` });
+  return body.host;
+}
+
+async function flushWithin(events: EventSink, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([events.flush(), new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); })]);
+  clearTimeout(timer);
+}
