@@ -47,7 +47,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     await events.close();
     throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, cause: err });
   }
-  log.info({ url: server.url, host: config.hostId, keys: config.keys.ids, nats: config.natsUrl ?? null, dataDir: config.dataDir }, 'receiver listening');
+  log.info({ url: server.url, host: config.hostId, keyIds: config.keys.ids, nats: config.natsUrl ?? null, dataDir: config.dataDir }, 'receiver listening');
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {

@@ -245,10 +245,10 @@ class Run {
       ...(logs ? { logs } : {}), ...(probes ? { probes } : {}),
     });
     this.#log.warn({ code: finalError.code, state: this.#state }, 'deployment failed');
-    return this.#result(finalError, probes);
+    return this.#result(finalError, { ...(probes ? { probes } : {}), ...(logs ? { logs } : {}) });
   }
 
-  #result(error?: FerryError, probes?: unknown[]): DeploymentResult {
+  #result(error?: FerryError, details?: Record<string, unknown>): DeploymentResult {
     const manifest = this.#manifest;
     return {
       deploymentId: manifest.deploymentId,
@@ -260,7 +260,7 @@ class Run {
       ...(this.#containerId && this.#state === 'COMPLETED' ? { containerId: this.#containerId } : {}),
       bytes: this.#pkg.bytes,
       timings: this.#timings,
-      ...(error ? { error: { code: error.code, message: error.message, ...(probes ? { details: { probes } } : {}) } } : {}),
+      ...(error ? { error: { code: error.code, message: error.message, ...(details ? { details } : {}) } } : {}),
     };
   }
 

@@ -24,7 +24,7 @@ const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_BAD_SIGNATURE: 'FERRY_KEY differs from the secret the receiver has for FERRY_KEY_ID',
   FERRY_ERR_STALE_TIMESTAMP: 'this machine\'s clock and the receiver\'s differ by more than 5 minutes: sync them (NTP)',
   FERRY_ERR_CHECKSUM_MISMATCH: 'the package was damaged on the way: push again, and check the network path if it repeats',
-  FERRY_ERR_HEALTHCHECK_FAILED: 'the new version did not answer its health check; see the container log lines above',
+  FERRY_ERR_HEALTHCHECK_FAILED: 'the new version did not answer its health check: read its log lines above, then fix and push again',
   FERRY_ERR_RECEIVER_UNREACHABLE: 'check the --to URL and that "ferry receiver" runs there',
   FERRY_ERR_IMAGE_NOT_FOUND: 'build or tag the image on the build engine (DOCKER_HOST) first',
   FERRY_ERR_DOCKER_UNAVAILABLE: 'check DOCKER_HOST and that the Docker engine runs',
@@ -66,8 +66,13 @@ export function report(io: Io, err: unknown, json: boolean): number {
     const deployment = error.details?.deployment as { state?: string; deploymentId?: string; host?: string } | undefined;
     const deploymentId = deployment?.deploymentId ?? error.details?.deploymentId;
     if (typeof deploymentId === 'string') line(io.stderr, `  deployment  ${deploymentId}${deployment?.state ? ` (${deployment.state})` : ''}`);
-    const probes = (error.details?.deployment as { error?: { details?: { probes?: { status?: number; error?: string }[] } } } | undefined)?.error?.details?.probes;
-    if (probes?.length) line(io.stderr, `  last probe  ${probes.at(-1)?.status !== undefined ? `HTTP ${probes.at(-1)?.status}` : (probes.at(-1)?.error ?? '?')} (${probes.length} shown)`);
+    const facts = (error.details?.deployment as { error?: { details?: { probes?: { status?: number; error?: string }[]; logs?: string[] } } } | undefined)?.error?.details;
+    const last = facts?.probes?.at(-1);
+    if (last) line(io.stderr, `  last probe  ${last.status !== undefined ? `HTTP ${last.status}` : (last.error ?? '?')} (${facts?.probes?.length} probes)`);
+    if (facts?.logs?.length) {
+      line(io.stderr, '  container log (last lines):');
+      for (const text of facts.logs.slice(-10)) line(io.stderr, `    ${text}`);
+    }
     const next = NEXT_STEPS[error.code];
     if (next) line(io.stderr, `  next: ${next}`);
     if (error.code === 'FERRY_ERR_INTERNAL' && error.cause) line(io.stderr, `  cause: ${String(error.cause)}`);

@@ -1,0 +1,107 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+
+export const ROOT = resolve(import.meta.dirname, '../..');
+const FERRY = join(ROOT, 'bin/ferry.js');
+
+/** Environment for child processes: the test's own, minus FERRY_* so each test says what it means. */
+function baseEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    if (value !== undefined && !key.startsWith('FERRY_') && key !== 'DOCKER_HOST') env[key] = value;
+  }
+  return env;
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the real `ferry` command, as a user would, with the Node that runs the tests. */
+export function runFerry(args: string[], env: Record<string, string>): Promise<RunResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [FERRY, ...args], { env: { ...baseEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk; });
+    child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+    child.once('error', reject);
+    child.once('close', (code) => resolvePromise({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+export interface ReceiverProcess {
+  url: string;
+  hostId: string;
+  dataDir: string;
+  child: ChildProcess;
+  /** Every JSON log line the receiver wrote so far. */
+  logs: Record<string, unknown>[];
+  stop(): Promise<void>;
+}
+
+/** Starts `ferry receiver` on a free loopback port and waits until it says it listens. */
+export async function startReceiverProcess(env: Record<string, string>): Promise<ReceiverProcess> {
+  const dataDir = env.FERRY_DATA_DIR ?? await mkdtemp(join(tmpdir(), 'ferry-rx-'));
+  const child = spawn(process.execPath, [FERRY, 'receiver'], {
+    env: { ...baseEnv(), FERRY_LISTEN: '127.0.0.1:0', FERRY_DATA_DIR: dataDir, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: Record<string, unknown>[] = [];
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+  const url = await new Promise<string>((resolvePromise, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (text) => {
+      try {
+        const entry = JSON.parse(text) as Record<string, unknown>;
+        logs.push(entry);
+        if (entry.msg === 'receiver listening' && typeof entry.url === 'string') resolvePromise(entry.url);
+      } catch {
+        logs.push({ text });
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`receiver exited with ${code}: ${stderr}${JSON.stringify(logs)}`)));
+  });
+  return {
+    url, dataDir, child, logs, hostId: env.FERRY_HOST_ID ?? '',
+    stop: async () => {
+      if (child.exitCode === null) {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        await exited;
+      }
+      if (!env.FERRY_DATA_DIR) await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const address = server.address();
+  await new Promise((r) => server.close(r));
+  if (address === null || typeof address === 'string') throw new Error('no port');
+  return address.port;
+}
+
+/** Builds the FROM-scratch busybox test image on an engine and returns its id. */
+export async function buildTestImage(dockerHost: string, tag: string, variant: string): Promise<string> {
+  const result = await new Promise<RunResult>((resolvePromise, reject) => {
+    const child = spawn('bash', [join(ROOT, 'deploy/lib/test-image.sh'), dockerHost, tag, variant], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+    child.once('error', reject);
+    child.once('close', (code) => resolvePromise({ code: code ?? -1, stdout, stderr }));
+  });
+  const id = result.stdout.trim().split('\n').at(-1) ?? '';
+  if (result.code !== 0 || !/^sha256:[0-9a-f]{64}$/.test(id)) throw new Error(`test-image.sh failed (${result.code}): ${result.stderr}`);
+  return id;
+}
