@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The demo (npm run demo): starts the local stack, builds a small multi-layer image FROM scratch on
+# the "build" engine, starts a receiver for the "target" engine, pushes the image with `ferry push`,
+# shows it answering, and replays the events the deployment produced.
+#   bash deploy/demo.sh        run (again: it upgrades the demo in place)
+#   bash deploy/demo.sh stop   stop the demo receiver and the local stack
+# Env: FERRY_DEMO_PORT (the demo service's HTTP port, default 18080), FERRY_DEMO_DIR (state,
+# default /tmp/ferry-demo), FERRY_STACK_DIR (see deploy/local-stack.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+demo_dir=${FERRY_DEMO_DIR:-/tmp/ferry-demo}
+port=${FERRY_DEMO_PORT:-18080}
+listen=127.0.0.1:7701
+say() { printf '\n\033[1m== %s\033[0m\n' "$*" >&2; }
+
+stop_receiver() {
+  if [ -f "$demo_dir/receiver.pid" ] && kill -0 "$(cat "$demo_dir/receiver.pid")" 2>/dev/null; then
+    kill "$(cat "$demo_dir/receiver.pid")"
+    for _ in $(seq 50); do kill -0 "$(cat "$demo_dir/receiver.pid")" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$demo_dir/receiver.pid"
+}
+
+if [ "${1:-}" = stop ]; then
+  stop_receiver
+  bash deploy/local-stack.sh down
+  exit 0
+fi
+
+bash deploy/lib/ensure-node-deps.sh
+export PATH="$root/node_modules/.bin:$PATH"
+say "starting the local stack (build engine, target engine, nats-server -js, redis-server)"
+bash deploy/local-stack.sh up >/dev/null
+# shellcheck disable=SC1091
+. "${FERRY_STACK_DIR:-/tmp/ferry-stack}/stack.env"
+mkdir -p "$demo_dir"
+
+say "building ferry-demo:1.0 FROM scratch on the build engine"
+image_id=$(bash deploy/lib/test-image.sh "$FERRY_BUILD_DOCKER_HOST" ferry-demo:1.0 hello-from-ferry 2>/dev/null | tail -n 1)
+DOCKER_HOST=$FERRY_BUILD_DOCKER_HOST docker history --format '  {{.Size}}\t{{.CreatedBy}}' ferry-demo:1.0 | cut -c1-100
+
+say "starting a receiver for the target engine on $listen"
+if [ ! -f "$demo_dir/key.env" ]; then
+  node bin/ferry.js keygen --id demo > "$demo_dir/key.env"
+  chmod 600 "$demo_dir/key.env"
+fi
+# shellcheck disable=SC1091
+set -a; . "$demo_dir/key.env"; set +a
+stop_receiver
+DOCKER_HOST=$FERRY_TARGET_DOCKER_HOST FERRY_LISTEN=$listen FERRY_DATA_DIR=$demo_dir/data FERRY_HOST_ID=demo-target \
+  FERRY_KEYS=$FERRY_KEYS FERRY_NATS_URL=$FERRY_NATS_URL \
+  nohup node bin/ferry.js receiver > "$demo_dir/receiver.log" 2>&1 &
+echo $! > "$demo_dir/receiver.pid"
+for _ in $(seq 100); do
+  curl -fsS "http://$listen/healthz" >/dev/null 2>&1 && break
+  kill -0 "$(cat "$demo_dir/receiver.pid")" 2>/dev/null || { cat "$demo_dir/receiver.log" >&2; exit 1; }
+  sleep 0.1
+done
+curl -fsS "http://$listen/healthz"; echo
+
+say "ferry push ferry-demo:1.0 --to http://$listen --name demo-web"
+DOCKER_HOST=$FERRY_BUILD_DOCKER_HOST FERRY_KEY_ID=$FERRY_KEY_ID FERRY_KEY=$FERRY_KEY FERRY_NATS_URL=$FERRY_NATS_URL \
+  node bin/ferry.js push ferry-demo:1.0 --to "http://$listen" --name demo-web \
+  --network host --env "PORT=$port" --health "http://127.0.0.1:$port/healthz"
+
+say "the service answers on the target: curl http://127.0.0.1:$port/"
+curl -fsS "http://127.0.0.1:$port/"
+say "docker ps on the target engine"
+DOCKER_HOST=$FERRY_TARGET_DOCKER_HOST docker ps --filter name=demo-web --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}'
+deployment=$(DOCKER_HOST=$FERRY_TARGET_DOCKER_HOST docker inspect -f '{{index .Config.Labels "ferry.deployment-id"}}' demo-web)
+test "$(DOCKER_HOST=$FERRY_TARGET_DOCKER_HOST docker inspect -f '{{.Image}}' demo-web)" = "$image_id"
+
+say "the events of deployment $deployment, replayed from JetStream"
+FERRY_NATS_URL=$FERRY_NATS_URL node bin/ferry.js events --deployment "$deployment"
+
+cat >&2 <<MSG
+
+The receiver keeps running (log: $demo_dir/receiver.log). Try:
+  . $demo_dir/key.env; . ${FERRY_STACK_DIR:-/tmp/ferry-stack}/stack.env
+  DOCKER_HOST=\$FERRY_BUILD_DOCKER_HOST npx ferry push ferry-demo:1.0 --to http://$listen --name demo-web --network host --env PORT=$port --health http://127.0.0.1:$port/healthz
+  npx ferry events --service demo-web
+Stop everything: bash deploy/demo.sh stop
+MSG

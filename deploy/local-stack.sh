@@ -1,0 +1,597 @@
+#!/usr/bin/env bash
+# deploy/local-stack.sh - the services Ferry runs against, on loopback.
+#
+# Usage: deploy/local-stack.sh up | down [--purge] | status | env
+#
+#   up       install what is missing (Debian packages) and start what is not
+#            running; idempotent: a second `up` restarts only what died.
+#            Writes $FERRY_STACK_DIR/stack.env and prints it on stdout.
+#   down     stop every daemon this script started (SIGTERM, bounded wait,
+#            then SIGKILL) and remove their pidfiles. Containers and images
+#            stay in the engines' data dirs.
+#            --purge: also unmount whatever is left mounted under the state
+#            dir and delete it.
+#   status   show what runs; exit 0 if everything is up, 3 otherwise.
+#   env      print stack.env; use it with `eval "$(deploy/local-stack.sh env)"`
+#            or `. /tmp/ferry-stack/stack.env`.
+#
+# What `up` starts (all local, nothing listens beyond 127.0.0.1):
+#   build engine    dockerd, socket $FERRY_STACK_DIR/build.sock
+#   target engine   dockerd, socket $FERRY_STACK_DIR/target.sock
+#   nats            nats-server -js on 127.0.0.1:$FERRY_STACK_NATS_PORT, JetStream
+#                   store under the state dir, monitoring port off
+#   redis           redis-server on 127.0.0.1:$FERRY_STACK_REDIS_PORT, no persistence
+# and the stack.env it writes:
+#   export FERRY_BUILD_DOCKER_HOST=unix:///tmp/ferry-stack/build.sock
+#   export FERRY_TARGET_DOCKER_HOST=unix:///tmp/ferry-stack/target.sock
+#   export FERRY_NATS_URL=nats://127.0.0.1:14222
+#   export FERRY_REDIS_URL=redis://127.0.0.1:16379
+#
+# The two dockerds run side by side, each with its own data-root, exec-root,
+# pidfile, socket, config file (an empty one, so /etc/docker/daemon.json does
+# not apply) and containerd namespace. Each dockerd (20.10, Debian docker.io)
+# starts its own containerd with its socket under its exec-root, so they do
+# not clash; the distinct --containerd-namespace values also keep them apart
+# should a system containerd be running (dockerd would then share it). No
+# iptables, no bridge: containers are meant to run with --network host.
+# Storage driver overlay2, falling back to vfs when overlay2 does not start;
+# the choice is remembered per engine in $FERRY_STACK_DIR/<engine>/driver.
+#
+# Using an existing Docker engine instead of starting two:
+#   - if DOCKER_HOST is set (and FERRY_STACK_USE_EXISTING_DOCKER is not 0),
+#     that engine is used as both the build and the target engine;
+#   - else if FERRY_STACK_USE_EXISTING_DOCKER=1 and /var/run/docker.sock
+#     answers, that engine is used for both;
+#   otherwise the two dockerds are started. nats and redis are started in
+#   every case. FERRY_STACK_USE_EXISTING_DOCKER=0 always starts the dockerds.
+#
+# Environment:
+#   FERRY_STACK_DIR                 state dir (default /tmp/ferry-stack; keep it
+#                                   short: unix socket paths must be < 108 chars)
+#   FERRY_STACK_NATS_PORT           default 14222
+#   FERRY_STACK_REDIS_PORT          default 16379
+#   FERRY_STACK_USE_EXISTING_DOCKER see above
+#   FERRY_STACK_START_TIMEOUT       seconds to wait for a daemon to answer (default 60)
+#   FERRY_STACK_STOP_TIMEOUT        seconds to wait for a daemon to exit before
+#                                   SIGKILL (default 30)
+#
+# Logs: $FERRY_STACK_DIR/{build,target,nats,redis}.log. Needs root for the
+# package installs and the dockerds. Progress goes to stderr, one short line
+# per step; any failure exits non-zero with a message (and the daemon's log tail).
+set -euo pipefail
+
+PROG=local-stack
+
+say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+usage() {
+  cat >&2 <<'EOF'
+usage: deploy/local-stack.sh up | down [--purge] | status | env
+EOF
+  exit 2
+}
+
+# ---------------------------------------------------------------- settings --
+
+S=${FERRY_STACK_DIR:-/tmp/ferry-stack}
+case $S in /*) ;; *) S=$PWD/$S ;; esac
+while [ "${#S}" -gt 1 ] && [ "${S%/}" != "$S" ]; do S=${S%/}; done
+case $S in
+  /|*[!A-Za-z0-9._/-]*) die "FERRY_STACK_DIR must be an absolute path of [A-Za-z0-9._/-], not / (got '$S')" ;;
+esac
+
+NATS_PORT=${FERRY_STACK_NATS_PORT:-14222}
+REDIS_PORT=${FERRY_STACK_REDIS_PORT:-16379}
+START_TIMEOUT=${FERRY_STACK_START_TIMEOUT:-60}
+STOP_TIMEOUT=${FERRY_STACK_STOP_TIMEOUT:-30}
+for v in NATS_PORT REDIS_PORT START_TIMEOUT STOP_TIMEOUT; do
+  case ${!v} in ''|*[!0-9]*) die "FERRY_STACK_$v must be a number (got '${!v}')" ;; esac
+done
+[ "$NATS_PORT" -ge 1 ] && [ "$NATS_PORT" -le 65535 ] || die "bad NATS port $NATS_PORT"
+[ "$REDIS_PORT" -ge 1 ] && [ "$REDIS_PORT" -le 65535 ] || die "bad redis port $REDIS_PORT"
+[ "$NATS_PORT" != "$REDIS_PORT" ] || die "NATS and redis ports are the same ($NATS_PORT)"
+
+ENV_FILE=$S/stack.env
+MARKER=$S/.ferry-stack
+ENGINES="build target"
+
+# The longest unix socket below the state dir is containerd's debug socket.
+longest="$S/target/exec/containerd/containerd-debug.sock"
+[ "${#longest}" -lt 108 ] \
+  || die "FERRY_STACK_DIR is too long: unix socket paths under it would exceed 107 chars ($longest)"
+
+unset DOCKER_CONTEXT
+
+# ----------------------------------------------------------------- helpers --
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "$1 needs root (run as root or with sudo)"
+}
+
+# pid_of PIDFILE COMM: print the pid if the process is alive and its comm matches.
+pid_of() {
+  local pidfile=$1 comm=$2 pid c
+  [ -s "$pidfile" ] || return 1
+  pid=$(tr -dc '0-9' < "$pidfile" 2>/dev/null) || return 1
+  [ -n "$pid" ] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  c=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+  case $c in "$comm"*) printf '%s\n' "$pid" ;; *) return 1 ;; esac
+}
+
+# port_open PORT: something accepts TCP connections on 127.0.0.1:PORT.
+port_open() {
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+port_owner() {
+  if command -v ss >/dev/null 2>&1; then
+    ss -Hltnp "sport = :$1" 2>/dev/null | head -n 3 || true
+  fi
+}
+
+log_tail() {
+  local log=$1
+  if [ -s "$log" ]; then
+    printf '%s: --- last lines of %s ---\n' "$PROG" "$log" >&2
+    tail -n 25 "$log" >&2 || true
+    printf '%s: ---\n' "$PROG" >&2
+  fi
+}
+
+# launch LOG CMD...: start CMD detached (own session, stdin /dev/null, output
+# appended to LOG); sets LAUNCHED_PID.
+launch() {
+  local log=$1; shift
+  printf '\n==== %s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >> "$log"
+  # 9>&-: the daemon must not inherit (and so keep holding) the stack lock.
+  setsid "$@" < /dev/null >> "$log" 2>&1 9>&- &
+  LAUNCHED_PID=$!
+}
+
+# wait_ready PID TIMEOUT CHECK...: 0 once CHECK succeeds, 1 if PID died, 2 on timeout.
+wait_ready() {
+  local pid=$1 limit=$2 start; shift 2
+  start=$SECONDS
+  while :; do
+    if "$@"; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || { "$@" && return 0; return 1; }
+    [ $((SECONDS - start)) -lt "$limit" ] || return 2
+    sleep 0.3
+  done
+}
+
+# stop_pid NAME PID: SIGTERM, wait up to STOP_TIMEOUT, then SIGKILL.
+stop_pid() {
+  local name=$1 pid=$2 start
+  kill -TERM "$pid" 2>/dev/null || return 0
+  start=$SECONDS
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ $((SECONDS - start)) -ge "$STOP_TIMEOUT" ]; then
+      say "$name (pid $pid) still running after ${STOP_TIMEOUT}s, sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      local k=0
+      while kill -0 "$pid" 2>/dev/null && [ $k -lt 50 ]; do sleep 0.1; k=$((k + 1)); done
+      kill -0 "$pid" 2>/dev/null && die "$name (pid $pid) does not die even on SIGKILL"
+      break
+    fi
+    sleep 0.2
+  done
+  return 0
+}
+
+# mounts_under DIR: mount points at or below DIR, deepest first.
+mounts_under() {
+  local dir=$1
+  awk -v d="$dir" '$5 == d || index($5, d "/") == 1 { print $5 }' /proc/self/mountinfo \
+    | awk '{ print length($0) " " $0 }' | sort -rn | cut -d' ' -f2- | uniq
+}
+
+unmount_under() {
+  local dir=$1 m
+  while IFS= read -r m; do
+    [ -n "$m" ] || continue
+    umount -l "$m" 2>/dev/null && say "unmounted $m" || say "warning: could not unmount $m"
+  done < <(mounts_under "$dir")
+}
+
+# ---------------------------------------------------------------- packages --
+
+pkg_installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+ensure_packages() {
+  local own_docker=$1 missing=() want
+  # package:command (command empty = check the package only)
+  for want in nats-server:nats-server redis-server:redis-server zstd:zstd b3sum:b3sum \
+              busybox-static: curl:curl; do
+    local pkg=${want%%:*} cmd=${want#*:}
+    if pkg_installed "$pkg"; then continue; fi
+    if [ -n "$cmd" ] && command -v "$cmd" >/dev/null 2>&1; then continue; fi
+    missing+=("$pkg")
+  done
+  if [ "$own_docker" = 1 ]; then
+    # dockerd plus its containerd and runc; docker.io brings all three.
+    if ! { command -v dockerd >/dev/null 2>&1 && command -v containerd >/dev/null 2>&1 \
+           && command -v runc >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; }; then
+      pkg_installed docker.io || missing+=(docker.io)
+    fi
+  else
+    command -v docker >/dev/null 2>&1 || pkg_installed docker.io || missing+=(docker.io)
+  fi
+  [ "${#missing[@]}" -gt 0 ] || return 0
+
+  need_root "installing ${missing[*]}"
+  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
+  say "installing ${missing[*]}"
+  # Keep the packages' maintainer scripts from starting system-wide services
+  # (a redis on 6379, a nats...): we start our own.
+  local policy=/usr/sbin/policy-rc.d added_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 0755 "$policy" && added_policy=1
+  fi
+  local rc=0
+  {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
+  } > "$S/apt.log" 2>&1 || rc=$?
+  [ "$added_policy" = 1 ] && rm -f "$policy"
+  if [ "$rc" != 0 ]; then
+    log_tail "$S/apt.log"
+    die "apt-get failed (exit $rc) installing ${missing[*]}; full log in $S/apt.log"
+  fi
+  say "installed ${missing[*]}"
+}
+
+# ----------------------------------------------------------------- engines --
+
+engine_sock() { printf '%s/%s.sock\n' "$S" "$1"; }
+
+engine_answers() {
+  timeout 10 docker -H "$1" version --format '{{.Server.Version}}' >/dev/null 2>&1
+}
+
+# existing_docker: print the host of an engine to use instead of our own, if any.
+existing_docker() {
+  local use=${FERRY_STACK_USE_EXISTING_DOCKER:-}
+  [ "$use" = 0 ] && return 1
+  if [ -n "${DOCKER_HOST:-}" ]; then
+    printf '%s\n' "$DOCKER_HOST"
+    return 0
+  fi
+  if [ "$use" = 1 ]; then
+    if [ -S /var/run/docker.sock ] && command -v docker >/dev/null 2>&1 \
+       && engine_answers unix:///var/run/docker.sock; then
+      printf 'unix:///var/run/docker.sock\n'
+      return 0
+    fi
+    say "FERRY_STACK_USE_EXISTING_DOCKER=1 but /var/run/docker.sock does not answer; starting our own engines"
+  fi
+  return 1
+}
+
+launch_dockerd() {
+  local name=$1 driver=$2 dir=$S/$1
+  mkdir -p "$dir/data" "$dir/exec"
+  [ -s "$dir/daemon.json" ] || printf '{}\n' > "$dir/daemon.json"
+  launch "$S/$name.log" dockerd \
+    --config-file "$dir/daemon.json" \
+    --storage-driver="$driver" \
+    --iptables=false --ip-masq=false --bridge=none \
+    --data-root "$dir/data" --exec-root "$dir/exec" \
+    --host "unix://$(engine_sock "$name")" \
+    --pidfile "$S/$name.pid" \
+    --containerd-namespace "ferry-$name" \
+    --containerd-plugins-namespace "ferry-$name-plugins"
+}
+
+start_engine() {
+  local name=$1 dir=$S/$1 sock pid host driver rc
+  sock=$(engine_sock "$name"); host=unix://$sock
+  if pid=$(pid_of "$S/$name.pid" dockerd); then
+    if engine_answers "$host"; then
+      say "$name engine already running (pid $pid)"
+      return 0
+    fi
+    say "$name engine (pid $pid) does not answer; waiting"
+    rc=0; wait_ready "$pid" "$START_TIMEOUT" engine_answers "$host" || rc=$?
+    [ "$rc" = 0 ] && { say "$name engine answers (pid $pid)"; return 0; }
+    say "$name engine (pid $pid) still does not answer; restarting it"
+    stop_engine "$name"
+  fi
+  stop_engine_leftovers "$name"
+  rm -f "$S/$name.pid"
+
+  driver=$(cat "$dir/driver" 2>/dev/null || true)
+  [ -n "$driver" ] || driver=overlay2
+  while :; do
+    say "starting $name engine (dockerd, $driver) on $host"
+    launch_dockerd "$name" "$driver"
+    pid=$LAUNCHED_PID
+    rc=0; wait_ready "$pid" "$START_TIMEOUT" engine_answers "$host" || rc=$?
+    if [ "$rc" = 0 ]; then
+      printf '%s\n' "$driver" > "$dir/driver"
+      say "$name engine up (pid $pid, $(docker -H "$host" version --format '{{.Server.Version}}' 2>/dev/null))"
+      return 0
+    fi
+    if [ "$rc" = 2 ]; then
+      say "$name engine did not answer within ${START_TIMEOUT}s; stopping it"
+      stop_pid "$name engine" "$pid"
+    fi
+    stop_engine_leftovers "$name"
+    if [ "$driver" = overlay2 ]; then
+      say "$name engine failed with overlay2; retrying with vfs"
+      log_tail "$S/$name.log"
+      driver=vfs
+      continue
+    fi
+    log_tail "$S/$name.log"
+    die "$name engine (dockerd) failed to start; log: $S/$name.log"
+  done
+}
+
+# Processes a dead dockerd may leave behind: its containerd and shims, the
+# netns mount under its exec-root, a stale socket.
+stop_engine_leftovers() {
+  local name=$1 dir=$S/$1 pid addr p
+  if pid=$(pid_of "$dir/exec/containerd/containerd.pid" containerd); then
+    say "stopping leftover containerd of $name engine (pid $pid)"
+    stop_pid "containerd ($name)" "$pid"
+  fi
+  addr="$dir/exec/containerd/containerd.sock"
+  for p in /proc/[0-9]*; do
+    case $(cat "$p/comm" 2>/dev/null || true) in containerd-shim*) ;; *) continue ;; esac
+    if tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "$addr"; then
+      say "killing leftover shim ${p#/proc/} of $name engine"
+      kill -KILL "${p#/proc/}" 2>/dev/null || true
+    fi
+  done
+  [ -d "$dir/exec" ] && unmount_under "$dir/exec"
+  rm -f "$(engine_sock "$name")"
+}
+
+stop_engine() {
+  local name=$1 pid
+  if pid=$(pid_of "$S/$name.pid" dockerd); then
+    say "stopping $name engine (pid $pid)"
+    stop_pid "$name engine" "$pid"
+  fi
+  stop_engine_leftovers "$name"
+  rm -f "$S/$name.pid"
+}
+
+# -------------------------------------------------------------------- nats --
+
+nats_answers() {
+  local line
+  line=$(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT && head -n 1 <&3" 2>/dev/null) || return 1
+  case $line in INFO*'"jetstream":true'*) return 0 ;; *) return 1 ;; esac
+}
+
+start_nats() {
+  local pid rc conf="127.0.0.1:$NATS_PORT"
+  if pid=$(pid_of "$S/nats.pid" nats-server); then
+    if [ "$(cat "$S/nats.conf" 2>/dev/null || true)" = "$conf" ] && nats_answers; then
+      say "nats already running (pid $pid, port $NATS_PORT)"
+      return 0
+    fi
+    say "nats (pid $pid) is not answering on port $NATS_PORT with JetStream; restarting it"
+    stop_nats
+  fi
+  rm -f "$S/nats.pid"
+  if port_open "$NATS_PORT"; then
+    die "port 127.0.0.1:$NATS_PORT is already in use by something that is not ours: $(port_owner "$NATS_PORT") (set FERRY_STACK_NATS_PORT)"
+  fi
+  command -v nats-server >/dev/null 2>&1 || die "nats-server not found"
+  mkdir -p "$S/nats"
+  say "starting nats (JetStream) on 127.0.0.1:$NATS_PORT"
+  launch "$S/nats.log" nats-server -js -sd "$S/nats" -n ferry-stack \
+    -a 127.0.0.1 -p "$NATS_PORT" -P "$S/nats.pid"
+  pid=$LAUNCHED_PID
+  rc=0; wait_ready "$pid" "$START_TIMEOUT" nats_answers || rc=$?
+  if [ "$rc" != 0 ]; then
+    [ "$rc" = 2 ] && stop_pid nats "$pid"
+    log_tail "$S/nats.log"
+    die "nats-server failed to start; log: $S/nats.log"
+  fi
+  printf '%s\n' "$conf" > "$S/nats.conf"
+  say "nats up (pid $pid)"
+}
+
+stop_nats() {
+  local pid
+  if pid=$(pid_of "$S/nats.pid" nats-server); then
+    say "stopping nats (pid $pid)"
+    stop_pid nats "$pid"
+  fi
+  rm -f "$S/nats.pid"
+}
+
+# ------------------------------------------------------------------- redis --
+
+redis_answers() {
+  local reply
+  reply=$(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT && printf 'PING\r\n' >&3 && head -c 5 <&3" 2>/dev/null) || return 1
+  [ "$reply" = "+PONG" ]
+}
+
+start_redis() {
+  local pid rc conf="127.0.0.1:$REDIS_PORT"
+  if pid=$(pid_of "$S/redis.pid" redis-server); then
+    if [ "$(cat "$S/redis.conf" 2>/dev/null || true)" = "$conf" ] && redis_answers; then
+      say "redis already running (pid $pid, port $REDIS_PORT)"
+      return 0
+    fi
+    say "redis (pid $pid) is not answering on port $REDIS_PORT; restarting it"
+    stop_redis
+  fi
+  rm -f "$S/redis.pid"
+  if port_open "$REDIS_PORT"; then
+    die "port 127.0.0.1:$REDIS_PORT is already in use by something that is not ours: $(port_owner "$REDIS_PORT") (set FERRY_STACK_REDIS_PORT)"
+  fi
+  command -v redis-server >/dev/null 2>&1 || die "redis-server not found"
+  mkdir -p "$S/redis"
+  say "starting redis on 127.0.0.1:$REDIS_PORT"
+  launch "$S/redis.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+    --protected-mode yes --save '' --appendonly no --daemonize no \
+    --pidfile "$S/redis.pid" --dir "$S/redis" --logfile ''
+  pid=$LAUNCHED_PID
+  rc=0; wait_ready "$pid" "$START_TIMEOUT" redis_answers || rc=$?
+  if [ "$rc" != 0 ]; then
+    [ "$rc" = 2 ] && stop_pid redis "$pid"
+    log_tail "$S/redis.log"
+    die "redis-server failed to start; log: $S/redis.log"
+  fi
+  # redis writes its pidfile a moment after it starts answering.
+  local k=0
+  while ! pid_of "$S/redis.pid" redis-server >/dev/null && [ $k -lt 50 ]; do sleep 0.1; k=$((k + 1)); done
+  pid_of "$S/redis.pid" redis-server >/dev/null || printf '%s\n' "$pid" > "$S/redis.pid"
+  printf '%s\n' "$conf" > "$S/redis.conf"
+  say "redis up (pid $pid)"
+}
+
+stop_redis() {
+  local pid
+  if pid=$(pid_of "$S/redis.pid" redis-server); then
+    say "stopping redis (pid $pid)"
+    stop_pid redis "$pid"
+  fi
+  rm -f "$S/redis.pid"
+}
+
+# ---------------------------------------------------------------- commands --
+
+lock() {
+  mkdir -p "$S"
+  exec 9> "$S/.lock"
+  if ! flock -n 9; then
+    say "waiting for another local-stack.sh (lock $S/.lock)"
+    flock -w 300 9 || die "another local-stack.sh still holds $S/.lock after 300s"
+  fi
+}
+
+write_env() {
+  local build=$1 target=$2 tmp=$ENV_FILE.tmp
+  {
+    printf 'export FERRY_BUILD_DOCKER_HOST=%q\n' "$build"
+    printf 'export FERRY_TARGET_DOCKER_HOST=%q\n' "$target"
+    printf 'export FERRY_NATS_URL=%q\n' "nats://127.0.0.1:$NATS_PORT"
+    printf 'export FERRY_REDIS_URL=%q\n' "redis://127.0.0.1:$REDIS_PORT"
+  } > "$tmp"
+  mv -f "$tmp" "$ENV_FILE"
+}
+
+cmd_up() {
+  lock
+  : > "$MARKER"
+  local existing="" build target
+  existing=$(existing_docker) || existing=""
+  if [ -n "$existing" ]; then
+    ensure_packages 0
+    say "using the existing Docker engine $existing for build and target"
+    engine_answers "$existing" || die "the Docker engine at $existing does not answer (docker -H $existing version)"
+    build=$existing; target=$existing
+  else
+    need_root "starting dockerd"
+    ensure_packages 1
+    local e
+    for e in $ENGINES; do start_engine "$e"; done
+    build=unix://$(engine_sock build); target=unix://$(engine_sock target)
+  fi
+  start_nats
+  start_redis
+  write_env "$build" "$target"
+  say "stack is up; environment in $ENV_FILE"
+  cat "$ENV_FILE"
+}
+
+cmd_down() {
+  local purge=0
+  case ${1:-} in
+    '') ;;
+    --purge) purge=1 ;;
+    *) usage ;;
+  esac
+  if [ ! -d "$S" ]; then
+    say "nothing to stop ($S does not exist)"
+    return 0
+  fi
+  if [ "$purge" = 1 ] && [ ! -e "$MARKER" ]; then
+    die "$S has no $MARKER; not deleting a dir this script did not create"
+  fi
+  lock
+  stop_redis
+  stop_nats
+  local e
+  for e in target build; do
+    if [ -e "$S/$e.pid" ] || [ -d "$S/$e" ]; then stop_engine "$e"; fi
+  done
+  rm -f "$S/nats.conf" "$S/redis.conf"
+  if [ "$purge" = 1 ]; then
+    unmount_under "$S"
+    if [ -n "$(mounts_under "$S")" ]; then
+      die "still mounted under $S: $(mounts_under "$S" | tr '\n' ' ')"
+    fi
+    rm -rf -- "$S"
+    say "stack stopped; $S deleted"
+  else
+    say "stack stopped"
+  fi
+}
+
+cmd_status() {
+  local all=0 pid host e existing=""
+  [ -s "$ENV_FILE" ] && existing=$(sed -n 's/^export FERRY_BUILD_DOCKER_HOST=//p' "$ENV_FILE")
+  for e in $ENGINES; do
+    host=unix://$(engine_sock "$e")
+    if pid=$(pid_of "$S/$e.pid" dockerd); then
+      if engine_answers "$host"; then
+        printf '%-7s running  pid %-7s %s (dockerd %s, %s, %s containers, %s images)\n' "$e" "$pid" "$host" \
+          "$(docker -H "$host" version --format '{{.Server.Version}}' 2>/dev/null)" \
+          "$(docker -H "$host" info --format '{{.Driver}}' 2>/dev/null)" \
+          "$(docker -H "$host" info --format '{{.Containers}}' 2>/dev/null)" \
+          "$(docker -H "$host" info --format '{{.Images}}' 2>/dev/null)"
+      else
+        printf '%-7s BROKEN   pid %-7s %s does not answer\n' "$e" "$pid" "$host"; all=3
+      fi
+    elif [ -n "$existing" ] && [ "$existing" != "unix://$(engine_sock build)" ]; then
+      if engine_answers "$existing"; then
+        printf '%-7s existing %s\n' "$e" "$existing"
+      else
+        printf '%-7s DOWN     existing engine %s does not answer\n' "$e" "$existing"; all=3
+      fi
+    else
+      printf '%-7s stopped\n' "$e"; all=3
+    fi
+  done
+  if pid=$(pid_of "$S/nats.pid" nats-server) && nats_answers; then
+    printf '%-7s running  pid %-7s nats://127.0.0.1:%s (JetStream, store %s/nats)\n' nats "$pid" "$NATS_PORT" "$S"
+  else
+    printf '%-7s stopped\n' nats; all=3
+  fi
+  if pid=$(pid_of "$S/redis.pid" redis-server) && redis_answers; then
+    printf '%-7s running  pid %-7s redis://127.0.0.1:%s\n' redis "$pid" "$REDIS_PORT"
+  else
+    printf '%-7s stopped\n' redis; all=3
+  fi
+  return "$all"
+}
+
+cmd_env() {
+  [ -s "$ENV_FILE" ] || die "no $ENV_FILE: run deploy/local-stack.sh up first"
+  cat "$ENV_FILE"
+}
+
+[ "$#" -ge 1 ] || usage
+cmd=$1; shift
+case $cmd in
+  up)     [ "$#" = 0 ] || usage; cmd_up ;;
+  down)   [ "$#" -le 1 ] || usage; cmd_down "$@" ;;
+  status) [ "$#" = 0 ] || usage; cmd_status ;;
+  env)    [ "$#" = 0 ] || usage; cmd_env ;;
+  -h|--help|help) usage ;;
+  *) usage ;;
+esac

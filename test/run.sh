@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (npm test): installs what is missing, starts the local stack (two Docker
+# engines, nats-server, redis-server on loopback), then type-checks, lints and runs every test
+# against those real parts. Arguments select test files (default: all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/lib/ensure-node-deps.sh
+bash deploy/local-stack.sh up >/dev/null
+# shellcheck disable=SC1091
+. "${FERRY_STACK_DIR:-/tmp/ferry-stack}/stack.env"
+export PATH="$PWD/node_modules/.bin:$PATH"
+echo "node $(node --version); stack: build=$FERRY_BUILD_DOCKER_HOST target=$FERRY_TARGET_DOCKER_HOST nats=$FERRY_NATS_URL" >&2
+
+if [ "$#" -eq 0 ]; then
+  echo "== typecheck" >&2; tsc -p tsconfig.json --noEmit
+  echo "== lint" >&2; eslint --max-warnings 0 .
+  set -- 'test/unit/**/*.test.ts' 'test/integration/**/*.test.ts' 'test/e2e/**/*.test.ts'
+fi
+echo "== tests" >&2
+# One file at a time: the integration files share the two engines and the NATS stream.
+exec node --test --test-concurrency=1 --test-reporter=spec "$@"
