@@ -25,11 +25,10 @@ interface Event { id: string; type: string; source: string; deploymentid: string
 /** An independent watcher: a plain NATS subscription, not Ferry's own reader. */
 class Watcher {
   readonly events: Event[] = [];
-  readonly #sub: Subscription;
   constructor(nc: NatsConnection, subject: string) {
-    this.#sub = nc.subscribe(subject);
+    const sub: Subscription = nc.subscribe(subject);
     void (async () => {
-      for await (const msg of this.#sub) this.events.push(msg.json<Event>());
+      for await (const msg of sub) this.events.push(msg.json<Event>());
     })();
   }
   for(deploymentId: string): Event[] {

@@ -57,7 +57,7 @@ export async function startReceiverProcess(env: Record<string, string>): Promise
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
   const url = await new Promise<string>((resolvePromise, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (text) => {
+    createInterface({ input: child.stdout }).on('line', (text) => {
       try {
         const entry = JSON.parse(text) as Record<string, unknown>;
         logs.push(entry);

@@ -48,8 +48,8 @@ export class DigestTap extends Transform {
 
 export async function digestFile(path: string): Promise<{ digest: Digest; bytes: number }> {
   const tap = new DigestTap();
-  await pipeline(createReadStream(path), tap, async function* drain(source: AsyncIterable<Buffer>) {
-    for await (const _chunk of source) { /* consumed by the tap */ }
-  });
+  // The tap is the last stage: a pipeline ending in a Transform is drained by resuming it.
+  tap.resume();
+  await pipeline(createReadStream(path), tap);
   return { digest: tap.digest(), bytes: tap.bytes };
 }

@@ -59,7 +59,7 @@ export class Deployer {
   rejected(manifest: Manifest, error: FerryError): void {
     this.#emit(manifest, 'deployment.failed', {
       code: error.code, reason: error.message, state: 'FAILED',
-    } as EventData['deployment.failed']);
+    });
   }
 
   async deploy(pkg: VerifiedPackage): Promise<DeploymentResult> {

@@ -75,7 +75,7 @@ export function report(io: Io, err: unknown, json: boolean): number {
     }
     const next = NEXT_STEPS[error.code];
     if (next) line(io.stderr, `  next: ${next}`);
-    if (error.code === 'FERRY_ERR_INTERNAL' && error.cause) line(io.stderr, `  cause: ${String(error.cause)}`);
+    if (error.code === 'FERRY_ERR_INTERNAL' && error.cause instanceof Error) line(io.stderr, `  cause: ${error.cause.message}`);
   }
   if (error.code === 'FERRY_ERR_USAGE' || error.code === 'FERRY_ERR_CONFIG') return 2;
   if (UNREACHABLE.has(error.code)) return 3;
