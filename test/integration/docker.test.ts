@@ -39,8 +39,22 @@ async function bytesOf(stream: AsyncIterable<Buffer>): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-async function imageIds(docker: Dockerode): Promise<string[]> {
-  return (await docker.listImages({ all: true })).map((image) => image.Id).sort();
+/**
+ * The target engine is shared with other test runs, so "no new image" cannot be a plain before/after
+ * comparison: images built by deploy/lib/test-image.sh (labelled with their variant) come and go.
+ */
+async function strayImages(docker: Dockerode, before: Set<string>): Promise<string[]> {
+  const images = await docker.listImages({ all: true });
+  return images.filter((image) => !before.has(image.Id) && !image.Labels?.['ferry.test.variant']).map((image) => image.Id);
+}
+
+async function imageIds(docker: Dockerode): Promise<Set<string>> {
+  return new Set((await docker.listImages({ all: true })).map((image) => image.Id));
+}
+
+async function imagesOfVariant(docker: Dockerode, variant: string): Promise<string[]> {
+  const images = await docker.listImages({ all: true, filters: { label: [`ferry.test.variant=${variant}`] } });
+  return images.map((image) => image.Id);
 }
 
 async function rejectsWith(promise: Promise<unknown>, code: string): Promise<unknown> {
@@ -81,17 +95,16 @@ function failingAfter(bytes: Buffer, error: Error): Readable {
 
 let v1Id = '';
 let v2Id = '';
-let v1Archive = Buffer.alloc(0);
+let v1Archive: Buffer = Buffer.alloc(0);
 const v1Tag = `${RUN}:v1`;
 const v2Tag = `${RUN}:v2`;
 
 before(async () => {
   // Variants unique to this run give image ids no one else on the shared engines has, so that
   // "nothing was loaded" can be checked and cleanup cannot take anybody else's image.
+  created.build.add(v1Tag).add(v2Tag);
   v1Id = buildTestImage(buildDockerHost, v1Tag, `${RUN}-a`);
-  created.build.add(v1Tag);
   v2Id = buildTestImage(buildDockerHost, v2Tag, `${RUN}-b`);
-  created.build.add(v2Tag);
   v1Archive = await bytesOf(await buildImages.save(v1Tag));
 });
 
@@ -177,6 +190,13 @@ describe('ImageStore', { timeout: TIMEOUT }, () => {
     await rejectsWith(targetImages.tag(v1Id, `${RUN}:`), 'FERRY_ERR_DOCKER');
   });
 
+  it('reports the tags of an archive that names them ("Loaded image:" lines)', async () => {
+    created.target.add(v1Tag);
+    const named = (await buildDocker.getImage(v1Tag).get()) as Readable;
+    assert.deepEqual(await targetImages.load(named), { imageIds: [], tags: [v1Tag] });
+    assert.equal((await targetImages.inspect(v1Tag))?.id, v1Id);
+  });
+
   it('fails a truncated archive with FERRY_ERR_LOAD_FAILED and loads nothing', async () => {
     const archive = await bytesOf(await buildImages.save(v2Tag));
     const before = await imageIds(targetDocker);
@@ -185,7 +205,8 @@ describe('ImageStore', { timeout: TIMEOUT }, () => {
       await rejectsWith(targetImages.load(Readable.from([archive.subarray(0, cut)])), 'FERRY_ERR_LOAD_FAILED');
     }
     assert.equal(await targetImages.inspect(v2Id), undefined);
-    assert.deepEqual(await imageIds(targetDocker), before);
+    assert.deepEqual(await imagesOfVariant(targetDocker, `${RUN}-b`), []);
+    assert.deepEqual(await strayImages(targetDocker, before), []);
   });
 
   it('fails a byte stream that is not a tar with FERRY_ERR_LOAD_FAILED and loads nothing', async () => {
@@ -194,7 +215,7 @@ describe('ImageStore', { timeout: TIMEOUT }, () => {
       const err = await rejectsWith(targetImages.load(Readable.from([bytes])), 'FERRY_ERR_LOAD_FAILED');
       assert.ok(err instanceof Error && err.message.length > 0);
     }
-    assert.deepEqual(await imageIds(targetDocker), before);
+    assert.deepEqual(await strayImages(targetDocker, before), []);
   });
 
   it('rejects, without hanging, when the input stream errors mid-way', async () => {
@@ -301,7 +322,8 @@ describe('ContainerRunner', { timeout: TIMEOUT }, () => {
       lines = await runner.logs(id);
       if (!lines.some((line) => line.includes('response:200'))) await delay(100);
     }
-    assert.equal(lines[0], `listening on ${port}`);
+    // stdout and stderr are copied to the log by separate goroutines, so their relative order is not fixed.
+    assert.ok(lines.includes(`listening on ${port}`), lines.join('\n'));
     assert.ok(lines.includes('to stderr'), lines.join('\n'));
     assert.ok(lines.some((line) => line.includes('response:200')), lines.join('\n'));
     assert.deepEqual(await runner.logs(id, 1), lines.slice(-1));

@@ -1,0 +1,175 @@
+import type { IncomingMessage } from 'node:http';
+import type Dockerode from 'dockerode';
+import { FerryError } from '@ferry/protocol';
+import { statusOf, toFerryError } from './errors.ts';
+import { splitLogLines } from './logs.ts';
+
+export interface ContainerInfo {
+  id: string;
+  /** Without the leading slash the engine reports. */
+  name: string;
+  running: boolean;
+  /** The engine's state word: created, running, restarting, exited, … */
+  status: string;
+  /** The image reference the container was created from, as written at create time. */
+  image: string;
+  /** The `sha256:…` id that reference resolved to at create time. */
+  imageId: string;
+  labels: Record<string, string>;
+  exitCode: number;
+}
+
+export type NetworkMode = 'host' | 'bridge' | 'none';
+export type RestartPolicy = 'no' | 'unless-stopped' | 'on-failure' | 'always';
+
+/**
+ * Everything Ferry lets a deployment decide about a container. It is an allowlist: the create
+ * request is built from these fields alone, so nothing a caller adds (privileged, binds, caps…)
+ * can reach the engine.
+ */
+export interface ContainerSpec {
+  name: string;
+  image: string;
+  env: Record<string, string>;
+  network: NetworkMode;
+  labels: Record<string, string>;
+  /** Defaults to `unless-stopped`: a deployed service survives engine restarts. */
+  restart?: RestartPolicy;
+}
+
+export interface RemoveContainerOptions {
+  force?: boolean;
+}
+
+const NETWORKS: readonly string[] = ['host', 'bridge', 'none'] satisfies NetworkMode[];
+const RESTART_POLICIES: readonly string[] = ['no', 'unless-stopped', 'on-failure', 'always'] satisfies RestartPolicy[];
+// POSIX-ish names; anything with `=` would be split differently by the engine than we meant.
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
+
+/** Container lifecycle on one engine, with Ferry's error codes. */
+export class ContainerRunner {
+  readonly #docker: Dockerode;
+
+  constructor(docker: Dockerode) {
+    this.#docker = docker;
+  }
+
+  /** Undefined when there is no such container; every other failure throws. */
+  async inspect(nameOrId: string): Promise<ContainerInfo | undefined> {
+    try {
+      const info = await this.#docker.getContainer(nameOrId).inspect();
+      return {
+        id: info.Id,
+        name: info.Name.replace(/^\//, ''),
+        running: info.State.Running,
+        status: info.State.Status,
+        image: info.Config.Image,
+        imageId: info.Image,
+        labels: info.Config.Labels ?? {},
+        exitCode: info.State.ExitCode,
+      };
+    } catch (err) {
+      if (statusOf(err) === 404) return undefined;
+      throw toFerryError(err, 'FERRY_ERR_DOCKER', `inspect container ${nameOrId}`);
+    }
+  }
+
+  /** Creates (does not start) the container; resolves to its id. */
+  async create(spec: ContainerSpec): Promise<string> {
+    const restart = spec.restart ?? 'unless-stopped';
+    if (!NETWORKS.includes(spec.network)) throw invalidSpec(spec, `unknown network mode "${String(spec.network)}"`);
+    if (!RESTART_POLICIES.includes(restart)) throw invalidSpec(spec, `unknown restart policy "${String(restart)}"`);
+    const env = Object.entries(spec.env).map(([name, value]) => {
+      if (!ENV_NAME.test(name)) throw invalidSpec(spec, `invalid environment variable name "${name}"`);
+      return `${name}=${value}`;
+    });
+    try {
+      const container = await this.#docker.createContainer({
+        name: spec.name,
+        Image: spec.image,
+        Env: env,
+        Labels: { ...spec.labels },
+        HostConfig: {
+          NetworkMode: spec.network,
+          RestartPolicy: { Name: restart },
+        },
+      });
+      return container.id;
+    } catch (err) {
+      throw toFerryError(err, 'FERRY_ERR_CONTAINER_FAILED', `create container ${spec.name}`);
+    }
+  }
+
+  /** Starting a running container is not an error. */
+  async start(id: string): Promise<void> {
+    try {
+      await this.#docker.getContainer(id).start();
+    } catch (err) {
+      if (statusOf(err) === 304) return;
+      throw toFerryError(err, 'FERRY_ERR_CONTAINER_FAILED', `start container ${id}`);
+    }
+  }
+
+  /** Sends the stop signal, then kills after `timeoutSeconds`. Stopping a stopped container is not an error. */
+  async stop(id: string, timeoutSeconds = 10): Promise<void> {
+    try {
+      await this.#docker.getContainer(id).stop({ t: timeoutSeconds });
+    } catch (err) {
+      if (statusOf(err) === 304) return;
+      throw toFerryError(err, 'FERRY_ERR_DOCKER', `stop container ${id}`);
+    }
+  }
+
+  /** Removing a container that is already gone is not an error. */
+  async remove(id: string, options: RemoveContainerOptions = {}): Promise<void> {
+    try {
+      await this.#docker.getContainer(id).remove({ force: options.force ?? false });
+    } catch (err) {
+      if (statusOf(err) === 404) return;
+      throw toFerryError(err, 'FERRY_ERR_DOCKER', `remove container ${id}`);
+    }
+  }
+
+  async rename(id: string, newName: string): Promise<void> {
+    try {
+      await this.#docker.getContainer(id).rename({ name: newName });
+    } catch (err) {
+      throw toFerryError(err, 'FERRY_ERR_DOCKER', `rename container ${id} to ${newName}`);
+    }
+  }
+
+  /** The last `tail` lines of stdout and stderr, interleaved as the engine logged them. */
+  async logs(id: string, tail = 50): Promise<string[]> {
+    try {
+      const output = await this.#readLogs(id, tail);
+      return splitLogLines(output).slice(-tail);
+    } catch (err) {
+      throw toFerryError(err, 'FERRY_ERR_DOCKER', `read the logs of container ${id}`);
+    }
+  }
+
+  // dockerode's own logs() runs a non-streamed answer through JSON.parse, so a TTY container whose
+  // output happens to be JSON would come back as an object; asking for the raw stream avoids that.
+  #readLogs(id: string, tail: number): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      this.#docker.modem.dial({
+        path: `/containers/${encodeURIComponent(id)}/logs?`,
+        method: 'GET',
+        options: { stdout: true, stderr: true, follow: false, tail },
+        isStream: true,
+        statusCodes: { 200: true, 404: 'no such container', 500: 'server error' },
+      }, (err, response) => {
+        if (err) return reject(err);
+        const chunks: Buffer[] = [];
+        const stream = response as IncomingMessage;
+        stream.on('data', (chunk: Buffer) => chunks.push(chunk));
+        stream.on('error', reject);
+        stream.on('end', () => resolve(Buffer.concat(chunks)));
+      });
+    });
+  }
+}
+
+function invalidSpec(spec: ContainerSpec, why: string): FerryError {
+  return new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: `Invalid container spec for ${spec.name}: ${why}` });
+}

@@ -1,0 +1,20 @@
+export { createDockerClient } from './client.ts';
+export { ImageStore, type ImageInfo, type LoadResult, type RemoveImageOptions } from './image-store.ts';
+export {
+  ContainerRunner,
+  type ContainerInfo,
+  type ContainerSpec,
+  type NetworkMode,
+  type RemoveContainerOptions,
+  type RestartPolicy,
+} from './container-runner.ts';
+export {
+  MAX_LINE_LENGTH,
+  ProgressParser,
+  parseProgressLine,
+  readProgress,
+  type JsonMessage,
+  type ProgressEvent,
+} from './progress.ts';
+export { splitReference, type ReferenceParts } from './reference.ts';
+export { splitLogLines } from './logs.ts';

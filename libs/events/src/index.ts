@@ -1,0 +1,4 @@
+export * from './envelope.ts';
+export * from './publisher.ts';
+export * from './reader.ts';
+export { ensureEventStream, EVENT_STREAM_SUBJECTS } from './stream.ts';
