@@ -109,13 +109,22 @@ need_root() {
   [ "$(id -u)" = 0 ] || die "$1 needs root (run as root or with sudo)"
 }
 
+# alive PID: the process exists and is not a zombie (a killed daemon whose
+# parent has not reaped it yet still answers kill -0).
+alive() {
+  local st
+  kill -0 "$1" 2>/dev/null || return 1
+  st=$(sed -n 's/^[0-9]* (.*) \([A-Za-z]\).*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ] && [ "$st" != X ]
+}
+
 # pid_of PIDFILE COMM: print the pid if the process is alive and its comm matches.
 pid_of() {
   local pidfile=$1 comm=$2 pid c
   [ -s "$pidfile" ] || return 1
   pid=$(tr -dc '0-9' < "$pidfile" 2>/dev/null) || return 1
   [ -n "$pid" ] || return 1
-  kill -0 "$pid" 2>/dev/null || return 1
+  alive "$pid" || return 1
   c=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
   case $c in "$comm"*) printf '%s\n' "$pid" ;; *) return 1 ;; esac
 }
@@ -156,7 +165,7 @@ wait_ready() {
   start=$SECONDS
   while :; do
     if "$@"; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || { "$@" && return 0; return 1; }
+    alive "$pid" || { "$@" && return 0; return 1; }
     [ $((SECONDS - start)) -lt "$limit" ] || return 2
     sleep 0.3
   done
@@ -167,13 +176,13 @@ stop_pid() {
   local name=$1 pid=$2 start
   kill -TERM "$pid" 2>/dev/null || return 0
   start=$SECONDS
-  while kill -0 "$pid" 2>/dev/null; do
+  while alive "$pid"; do
     if [ $((SECONDS - start)) -ge "$STOP_TIMEOUT" ]; then
       say "$name (pid $pid) still running after ${STOP_TIMEOUT}s, sending SIGKILL"
       kill -KILL "$pid" 2>/dev/null || true
       local k=0
-      while kill -0 "$pid" 2>/dev/null && [ $k -lt 50 ]; do sleep 0.1; k=$((k + 1)); done
-      kill -0 "$pid" 2>/dev/null && die "$name (pid $pid) does not die even on SIGKILL"
+      while alive "$pid" && [ $k -lt 50 ]; do sleep 0.1; k=$((k + 1)); done
+      alive "$pid" && die "$name (pid $pid) does not die even on SIGKILL"
       break
     fi
     sleep 0.2
@@ -349,6 +358,18 @@ stop_engine_leftovers() {
       kill -KILL "${p#/proc/}" 2>/dev/null || true
     fi
   done
+  # Container processes orphaned by a killed engine: their cgroup path names
+  # the id of one of this engine's containers.
+  local ids
+  ids=$(ls "$dir/data/containers" 2>/dev/null | grep -E '^[0-9a-f]{64}$' || true)
+  if [ -n "$ids" ]; then
+    for p in /proc/[0-9]*; do
+      if grep -qF "$ids" "$p/cgroup" 2>/dev/null; then
+        say "killing leftover container process ${p#/proc/} of $name engine"
+        kill -KILL "${p#/proc/}" 2>/dev/null || true
+      fi
+    done
+  fi
   [ -d "$dir/exec" ] && unmount_under "$dir/exec"
   rm -f "$(engine_sock "$name")"
 }
@@ -484,9 +505,23 @@ write_env() {
   mv -f "$tmp" "$ENV_FILE"
 }
 
+# preflight_ports: fail before starting anything if a port we need is taken
+# by something other than our own daemon.
+preflight_ports() {
+  local svc port comm
+  for svc in nats:$NATS_PORT:nats-server redis:$REDIS_PORT:redis-server; do
+    IFS=: read -r svc port comm <<< "$svc"
+    pid_of "$S/$svc.pid" "$comm" >/dev/null && continue
+    if port_open "$port"; then
+      die "port 127.0.0.1:$port ($svc) is already in use by something that is not ours: $(port_owner "$port") (set FERRY_STACK_$(tr a-z A-Z <<< "$svc")_PORT)"
+    fi
+  done
+}
+
 cmd_up() {
   lock
   : > "$MARKER"
+  preflight_ports
   local existing="" build target
   existing=$(existing_docker) || existing=""
   if [ -n "$existing" ]; then
