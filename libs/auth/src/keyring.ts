@@ -19,8 +19,10 @@ export class KeyRing {
     const seen = new Set<string>();
     spec.split(',').map((part) => part.trim()).filter(Boolean).forEach((part, index) => {
       const colon = part.indexOf(':');
-      const id = colon < 0 ? part : part.slice(0, colon);
-      const secret = colon < 0 ? '' : part.slice(colon + 1);
+      // Without a colon the entry may be a bare secret: it must not be echoed as a key id.
+      if (colon < 0) { problems.push(`entry ${index + 1}: expected keyid:secret`); return; }
+      const id = part.slice(0, colon);
+      const secret = part.slice(colon + 1);
       if (!KEY_ID.test(id)) problems.push(`entry ${index + 1}: key id must match ${KEY_ID.source}`);
       else if (seen.has(id)) problems.push(`entry ${index + 1}: key id "${id}" appears twice`);
       else if (secret.length < MIN_SECRET_LENGTH) problems.push(`key "${id}": secret must be at least ${MIN_SECRET_LENGTH} characters`);
