@@ -23,9 +23,10 @@ export class KeyRing {
       if (colon < 0) { problems.push(`entry ${index + 1}: expected keyid:secret`); return; }
       const id = part.slice(0, colon);
       const secret = part.slice(colon + 1);
+      // Entries are named by position only: written the wrong way round, the id is the secret.
       if (!KEY_ID.test(id)) problems.push(`entry ${index + 1}: key id must match ${KEY_ID.source}`);
-      else if (seen.has(id)) problems.push(`entry ${index + 1}: key id "${id}" appears twice`);
-      else if (secret.length < MIN_SECRET_LENGTH) problems.push(`key "${id}": secret must be at least ${MIN_SECRET_LENGTH} characters`);
+      else if (seen.has(id)) problems.push(`entry ${index + 1}: the key id of an earlier entry appears again`);
+      else if (secret.length < MIN_SECRET_LENGTH) problems.push(`entry ${index + 1}: secret must be at least ${MIN_SECRET_LENGTH} characters`);
       else { seen.add(id); entries.push([id, secret]); }
     });
     if (entries.length === 0 && problems.length === 0) problems.push('no keys given');

@@ -20,7 +20,7 @@ export const ERRORS = {
   FERRY_ERR_IMAGE_MISMATCH: { status: 422, message: 'Loaded image does not match the manifest' },
   FERRY_ERR_CONTAINER_FAILED: { status: 422, message: 'The new container could not be started' },
   FERRY_ERR_HEALTHCHECK_FAILED: { status: 422, message: 'Health check failed; the previous version was restored' },
-  FERRY_ERR_ROLLBACK_FAILED: { status: 500, message: 'Health check failed and the previous version could not be restored' },
+  FERRY_ERR_ROLLBACK_FAILED: { status: 500, message: 'The deployment failed and the previous version could not be restored' },
   FERRY_ERR_DEPLOYMENT_IN_PROGRESS: { status: 409, message: 'Another deployment of this service is in progress' },
   FERRY_ERR_NOT_FOUND: { status: 404, message: 'Not found' },
   FERRY_ERR_DOCKER_UNAVAILABLE: { status: 503, message: 'The Docker engine cannot be reached' },

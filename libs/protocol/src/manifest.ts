@@ -6,6 +6,12 @@ export type Compression = (typeof COMPRESSIONS)[number];
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
+/** Docker's reference grammar without digests: `[domain[:port]/]path[:tag]`. */
+const PATH_COMPONENT = '[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*';
+export const IMAGE_REF_PATTERN = new RegExp(
+  `^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?/)?${PATH_COMPONENT}(?:/${PATH_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$`,
+);
+
 export const HealthCheckSchema = z.strictObject({
   type: z.literal('http'),
   /** Probed by the receiver, so it is an address as seen from the target host. */
@@ -32,7 +38,7 @@ export const ManifestSchema = z.strictObject({
   createdAt: z.iso.datetime(),
   image: z.strictObject({
     /** The reference as pushed; the receiver tags the loaded image with it and runs it by this name. */
-    ref: z.string().min(1).max(255).regex(/^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$/, 'name[:tag]'),
+    ref: z.string().min(1).max(255).regex(IMAGE_REF_PATTERN, '[registry[:port]/]name[:tag], lowercase name, no digest'),
     id: z.string().regex(IMAGE_ID_PATTERN, 'sha256:<64 hex>'),
     diffIds: z.array(z.string().regex(IMAGE_ID_PATTERN, 'sha256:<64 hex>')).min(1),
   }),

@@ -45,15 +45,6 @@ export class Deployer {
     this.#deps = deps;
   }
 
-  /**
-   * A known deployment id gets its stored outcome back instead of a second deployment: a sender
-   * that retries after a lost answer must not deploy twice.
-   */
-  previousResult(deploymentId: string): DeploymentResult | undefined {
-    const result = this.#results.get(deploymentId);
-    if (result?.error) throw failure(result);
-    return result;
-  }
 
   /** Publishes the failure of an upload refused before deploying (bad digest, bad size…). */
   rejected(manifest: Manifest, error: FerryError): void {
@@ -62,11 +53,19 @@ export class Deployer {
     });
   }
 
+  /**
+   * Deploys a verified package, which it owns from here: the spool file is gone when this returns.
+   * A known deployment id gets its stored outcome back instead of a second deployment, so a
+   * sender that retries after a lost answer never deploys twice.
+   */
   async deploy(pkg: VerifiedPackage): Promise<DeploymentResult> {
     const { manifest } = pkg;
     const service = manifest.service.name;
-    if (this.#busy.has(service)) {
+    const stored = this.#results.get(manifest.deploymentId);
+    if (stored || this.#busy.has(service)) {
       await rm(pkg.path, { force: true });
+      if (stored?.error) throw failure(stored);
+      if (stored) return stored;
       throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { details: { service } });
     }
     this.#busy.add(service);

@@ -26,8 +26,7 @@ export function packagesRouter(deps: PackagesDeps): Router {
       if (manifest && err instanceof FerryError) deps.deployer.rejected(manifest, err);
       throw err;
     });
-    const stored = deps.deployer.previousResult(received.manifest.deploymentId);
-    res.status(200).json(stored ?? await deps.deployer.deploy(received));
+    res.status(200).json(await deps.deployer.deploy(received));
   });
   return router;
 }

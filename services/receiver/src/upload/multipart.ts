@@ -75,7 +75,13 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
     options.onManifest?.(manifest);
   };
 
+  // Limits reached mean parts the protocol does not have; silently dropping them would hide it.
+  for (const limit of ['partsLimit', 'filesLimit', 'fieldsLimit'] as const) {
+    parser.on(limit, () => fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Only a manifest part and a package part may be sent' })));
+  }
+
   parser.on('field', (name, value, info) => {
+    if (name === 'package') return fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'The package part must be a file part (with a filename)' }));
     if (name !== 'manifest') return fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: `Unexpected field "${name}"` }));
     if (info.valueTruncated) return fail(new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `Manifest exceeds ${MANIFEST_MAX_BYTES} bytes` }));
     acceptManifest(Buffer.from(value, 'utf8'));
