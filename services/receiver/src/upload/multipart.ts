@@ -42,7 +42,7 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
   try {
     parser = busboy({
       headers: req.headers,
-      limits: { fields: 1, files: 2, parts: 2, fieldSize: MANIFEST_MAX_BYTES, fileSize: options.maxPackageBytes + 1, headerPairs: 20 },
+      limits: { fields: 1, files: 2, fieldSize: MANIFEST_MAX_BYTES, fileSize: options.maxPackageBytes + 1, headerPairs: 20 },
     });
   } catch (err) {
     throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Malformed multipart header', cause: err });
@@ -75,8 +75,9 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
     options.onManifest?.(manifest);
   };
 
-  // Limits reached mean parts the protocol does not have; silently dropping them would hide it.
-  for (const limit of ['partsLimit', 'filesLimit', 'fieldsLimit'] as const) {
+  // A limit exceeded means parts the protocol does not have; silently dropping them would hide it.
+  // (busboy's partsLimit fires on reaching its count, not on passing it, so parts is capped by these.)
+  for (const limit of ['filesLimit', 'fieldsLimit'] as const) {
     parser.on(limit, () => fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Only a manifest part and a package part may be sent' })));
   }
 
