@@ -345,10 +345,11 @@ describe('ContainerRunner', { timeout: TIMEOUT }, () => {
   });
 
   it('creates from the allowlisted fields only, with the default restart policy', async () => {
-    const smuggled = { ...spec(), name: `${RUN}-allow`, HostConfig: { Privileged: true }, Cmd: ['true'], privileged: true } as ContainerSpec;
+    const smuggled = { ...spec(), name: `${RUN}-allow`, HostConfig: { Privileged: true }, Cmd: ['true'], Privileged: true, Binds: ['/:/host'] } as ContainerSpec;
     const id = await runner.create(smuggled);
     const raw = await targetDocker.getContainer(id).inspect();
     assert.equal(raw.HostConfig.Privileged, false);
+    assert.equal(raw.HostConfig.Binds, null);
     assert.equal(raw.HostConfig.NetworkMode, 'host');
     assert.equal(raw.HostConfig.RestartPolicy?.Name, 'unless-stopped');
     assert.deepEqual(raw.Config.Cmd, null);

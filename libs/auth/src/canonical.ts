@@ -10,10 +10,15 @@ export interface SignedFields {
   nonce: string;
   contentDigest: string;
   keyId: string;
+  /** The host id of the receiver the request is meant for (`X-Ferry-Audience`). */
+  audience: string;
+  /** The `Upload-Offset` header value as sent; empty when the request has none. */
+  offset: string;
 }
 
 /**
- * The string the HMAC covers: one field per line, no trailing newline. Its exact form is in
+ * The string the HMAC covers: one field per line, no trailing newline (so a request without an
+ * offset ends with the LF that starts the empty offset line). Its exact form is in
  * docs/protocol.md; the worked example there is a unit test vector.
  */
 export function canonicalString(fields: SignedFields): string {
@@ -25,6 +30,8 @@ export function canonicalString(fields: SignedFields): string {
     fields.nonce,
     fields.contentDigest,
     fields.keyId,
+    fields.audience,
+    fields.offset,
   ].join('\n');
 }
 
@@ -38,6 +45,13 @@ export interface SignOptions {
   contentDigest: string;
   keyId: string;
   secret: string;
+  /** The receiver's host id, as its `GET /healthz` reports it: the request is refused anywhere else. */
+  audience: string;
+  /**
+   * The `Upload-Offset` the request carries, if any. It is signed but not returned as a header:
+   * the caller sends `Upload-Offset` itself, with exactly `String(offset)`.
+   */
+  offset?: number | string;
   /** Unix seconds; injected by tests, the clock otherwise. */
   now?: number;
   nonce?: string;
@@ -52,12 +66,15 @@ export function signRequest(options: SignOptions): Record<string, string> {
     nonce: options.nonce ?? randomBytes(16).toString('hex'),
     contentDigest: options.contentDigest,
     keyId: options.keyId,
+    audience: options.audience,
+    offset: options.offset === undefined ? '' : String(options.offset),
   };
   return {
     [HEADERS.keyId]: fields.keyId,
     [HEADERS.timestamp]: fields.timestamp,
     [HEADERS.nonce]: fields.nonce,
     [HEADERS.contentDigest]: fields.contentDigest,
+    [HEADERS.audience]: fields.audience,
     [HEADERS.signature]: computeSignature(options.secret, fields),
   };
 }

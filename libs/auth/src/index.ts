@@ -1,4 +1,7 @@
 export { canonicalString, computeSignature, signRequest, type SignedFields, type SignOptions } from './canonical.ts';
-export { KeyRing, generateSecret, isValidKeyId } from './keyring.ts';
-export { MemoryNonceStore, type NonceStore } from './nonces.ts';
+export { AddressList, clientAddress } from './cidr.ts';
+export { KeyRing, generateSecret, isValidKeyId, type KeyDescription, type KeyEntry } from './keyring.ts';
+export {
+  MemoryNonceStore, RedisNonceStore, type NonceStore, type NonceStoreStatus, type RedisNonceStoreOptions, type StoreLogger,
+} from './nonces.ts';
 export { RequestVerifier, type RequestFacts, type Verified, type VerifierOptions } from './verify.ts';

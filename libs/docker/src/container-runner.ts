@@ -17,6 +17,8 @@ export interface ContainerInfo {
   imageId: string;
   labels: Record<string, string>;
   exitCode: number;
+  /** Absent when the container has no health check. */
+  health?: ContainerHealth;
 }
 
 export type NetworkMode = 'host' | 'bridge' | 'none';
@@ -35,6 +37,62 @@ export interface ContainerSpec {
   labels: Record<string, string>;
   /** Defaults to `unless-stopped`: a deployed service survives engine restarts. */
   restart?: RestartPolicy;
+  /** Published ports; the engine refuses them outside the bridge network. */
+  ports?: PortBinding[];
+  mounts?: MountSpec[];
+  memoryBytes?: number;
+  /** Fractional CPUs, as `docker run --cpus`. */
+  cpus?: number;
+  command?: string[];
+  entrypoint?: string[];
+  user?: string;
+  capAdd?: string[];
+  // The fields below widen what the container may do to its host; callers decide them through a
+  // policy before they get here.
+  privileged?: boolean;
+  pidMode?: 'host';
+  ipcMode?: 'private' | 'shareable' | 'host';
+  devices?: DeviceSpec[];
+  securityOpt?: string[];
+  /** Overrides the timings of the image's HEALTHCHECK; its test command stays the image's. */
+  healthcheck?: HealthcheckTimings;
+}
+
+export interface PortBinding {
+  containerPort: number;
+  protocol: 'tcp' | 'udp';
+  hostPort: number;
+  hostIp?: string;
+}
+
+export interface MountSpec {
+  type: 'bind' | 'volume';
+  /** An absolute host path for a bind, a volume name for a volume. */
+  source: string;
+  target: string;
+  readOnly: boolean;
+}
+
+export interface DeviceSpec {
+  host: string;
+  container: string;
+  permissions: string;
+}
+
+export interface HealthcheckTimings {
+  intervalMs: number;
+  timeoutMs: number;
+  retries: number;
+  startPeriodMs: number;
+}
+
+/** Docker's health state of a container whose image (or spec) declares a HEALTHCHECK. */
+export interface ContainerHealth {
+  /** `starting`, `healthy` or `unhealthy` (a newer engine may add states). */
+  status: string;
+  failingStreak: number;
+  /** Docker keeps the last five runs of the check. */
+  log: { start: string; end: string; exitCode: number; output: string }[];
 }
 
 export interface RemoveContainerOptions {
@@ -67,6 +125,7 @@ export class ContainerRunner {
         imageId: info.Image,
         labels: info.Config.Labels ?? {},
         exitCode: info.State.ExitCode,
+        ...(info.State.Health ? { health: healthOf(info.State.Health) } : {}),
       };
     } catch (err) {
       if (statusOf(err) === 404) return undefined;
@@ -83,16 +142,50 @@ export class ContainerRunner {
       if (!ENV_NAME.test(name)) throw invalidSpec(spec, `invalid environment variable name "${name}"`);
       return `${name}=${value}`;
     });
+    const ports = spec.ports ?? [];
+    if (ports.length > 0 && spec.network !== 'bridge') throw invalidSpec(spec, 'ports are published only with the bridge network');
+    const exposed: Record<string, object> = {};
+    const bindings: Record<string, { HostIp: string; HostPort: string }[]> = {};
+    for (const port of ports) {
+      const key = `${port.containerPort}/${port.protocol}`;
+      exposed[key] = {};
+      (bindings[key] ??= []).push({ HostIp: port.hostIp ?? '', HostPort: String(port.hostPort) });
+    }
+    // Each field is copied by name: a spec object carrying anything else (a smuggled HostConfig,
+    // Binds, CapAdd under another spelling) has no way into the request.
+    const hostConfig: Dockerode.HostConfig = {
+      NetworkMode: spec.network,
+      RestartPolicy: { Name: restart },
+      ...(ports.length > 0 ? { PortBindings: bindings } : {}),
+      ...(spec.mounts?.length ? { Mounts: spec.mounts.map((m) => ({ Type: m.type, Source: m.source, Target: m.target, ReadOnly: m.readOnly })) } : {}),
+      ...(spec.memoryBytes !== undefined ? { Memory: spec.memoryBytes } : {}),
+      ...(spec.cpus !== undefined ? { NanoCpus: Math.round(spec.cpus * 1e9) } : {}),
+      ...(spec.capAdd?.length ? { CapAdd: [...spec.capAdd] } : {}),
+      ...(spec.privileged === true ? { Privileged: true } : {}),
+      ...(spec.pidMode === 'host' ? { PidMode: 'host' } : {}),
+      ...(spec.ipcMode !== undefined ? { IpcMode: spec.ipcMode } : {}),
+      ...(spec.devices?.length ? { Devices: spec.devices.map((d) => ({ PathOnHost: d.host, PathInContainer: d.container, CgroupPermissions: d.permissions })) } : {}),
+      ...(spec.securityOpt?.length ? { SecurityOpt: [...spec.securityOpt] } : {}),
+    };
+    const health = spec.healthcheck;
     try {
       const container = await this.#docker.createContainer({
         name: spec.name,
         Image: spec.image,
         Env: env,
         Labels: { ...spec.labels },
-        HostConfig: {
-          NetworkMode: spec.network,
-          RestartPolicy: { Name: restart },
-        },
+        ...(ports.length > 0 ? { ExposedPorts: exposed } : {}),
+        ...(spec.command ? { Cmd: [...spec.command] } : {}),
+        ...(spec.entrypoint ? { Entrypoint: [...spec.entrypoint] } : {}),
+        ...(spec.user !== undefined ? { User: spec.user } : {}),
+        // No Test: the engine keeps the image's command and takes only these timings.
+        ...(health ? {
+          Healthcheck: {
+            Interval: health.intervalMs * 1e6, Timeout: health.timeoutMs * 1e6,
+            Retries: health.retries, StartPeriod: health.startPeriodMs * 1e6,
+          },
+        } : {}),
+        HostConfig: hostConfig,
       });
       return container.id;
     } catch (err) {
@@ -168,6 +261,14 @@ export class ContainerRunner {
       });
     });
   }
+}
+
+function healthOf(health: Dockerode.ContainerInspectInfo['State']['Health'] & object): ContainerHealth {
+  return {
+    status: health.Status,
+    failingStreak: health.FailingStreak,
+    log: (health.Log ?? []).map((entry) => ({ start: entry.Start, end: entry.End, exitCode: entry.ExitCode, output: entry.Output })),
+  };
 }
 
 function invalidSpec(spec: ContainerSpec, why: string): FerryError {

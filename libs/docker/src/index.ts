@@ -2,8 +2,13 @@ export { createDockerClient } from './client.ts';
 export { ImageStore, type ImageInfo, type LoadResult, type RemoveImageOptions } from './image-store.ts';
 export {
   ContainerRunner,
+  type ContainerHealth,
   type ContainerInfo,
   type ContainerSpec,
+  type DeviceSpec,
+  type HealthcheckTimings,
+  type MountSpec,
+  type PortBinding,
   type NetworkMode,
   type RemoveContainerOptions,
   type RestartPolicy,

@@ -114,6 +114,18 @@ export interface DriftDetectedFields {
   [field: string]: unknown;
 }
 
+/** The audit record of a deployment the receiver's policy refused before anything ran. */
+export interface PolicyDeniedFields {
+  /** The first rule broken, e.g. `privileged`, `cap_add:SYS_ADMIN`, `bind-source:/`. */
+  rule: string;
+  /** Where in the manifest, e.g. `service.capAdd`. */
+  field: string;
+  /** The value asked for, as written in the manifest (never an env value). */
+  value: string;
+  /** Every rule broken, the first included. */
+  violations: { rule: string; field: string; value: string }[];
+}
+
 /** The type-specific fields of each event type. */
 export interface EventFields {
   'build.started': BuildStartedFields;
@@ -132,6 +144,7 @@ export interface EventFields {
   'host.registered': HostRegisteredFields;
   'host.lost': HostLostFields;
   'drift.detected': DriftDetectedFields;
+  'policy.denied': PolicyDeniedFields;
 }
 
 /** The payload (`data`) of each event type. Mapped over EventType, so a new type without fields fails to compile. */

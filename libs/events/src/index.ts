@@ -1,4 +1,4 @@
 export * from './envelope.ts';
 export * from './publisher.ts';
 export * from './reader.ts';
-export { ensureEventStream, EVENT_STREAM_SUBJECTS } from './stream.ts';
+export { ensureEventStream, EVENT_DUPLICATE_WINDOW_MS, EVENT_STREAM_SUBJECTS } from './stream.ts';

@@ -1,8 +1,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createLogger, type Logger } from '@ferry/log';
 import { FerryError } from '@ferry/protocol';
-import { connect, Events, type JetStreamClient, type NatsConnection } from 'nats';
+import { connect, DebugEvents, Events, type JetStreamClient, type NatsConnection } from 'nats';
 import { subjectOf, type FerryEvent } from './envelope.ts';
+import { Outbox, type OutboxEntry } from './outbox.ts';
 import { ensureEventStream } from './stream.ts';
 
 export type SinkStatus = 'connected' | 'connecting' | 'disabled';
@@ -21,6 +22,17 @@ export interface EventSink {
   readonly status: SinkStatus;
 }
 
+/** What a publisher tells about itself for readiness checks and metrics. */
+export interface EventSinkHealth {
+  readonly status: SinkStatus;
+  /** Events handed over and not yet acknowledged by JetStream (the outbox depth, with an outbox). */
+  readonly pending: number;
+  /** Connection attempts since the connection was lost (or since start, before the first one). */
+  readonly reconnectAttempts: number;
+  /** When the connection was lost (or the publisher started, before the first one); undefined while connected. */
+  readonly disconnectedSince: Date | undefined;
+}
+
 export interface JetStreamPublisherOptions {
   /** NATS server URL(s), comma-separated. */
   url: string;
@@ -33,12 +45,21 @@ export interface JetStreamPublisherOptions {
   ackTimeoutMs?: number;
   /** Retry delays double from `initialMs` up to `maxMs`. Defaults 100 and 5000. */
   retry?: { initialMs?: number; maxMs?: number };
+  /**
+   * A directory for the on-disk outbox. With it every event is written there before `publish()`
+   * returns and removed after its ack, so events survive a crash or restart of the process and are
+   * sent at the next start; without it the queue lives in memory only.
+   */
+  outboxDir?: string;
 }
 
 interface Queued {
-  event: FerryEvent;
-  subject: string;
-  payload: Uint8Array;
+  /** Empty for an entry left by a previous run until its file is read. */
+  id: string;
+  subject?: string;
+  /** Dropped once the event is on disk; read back from there when its turn comes. */
+  payload?: Uint8Array;
+  stored?: OutboxEntry;
 }
 
 const encoder = new TextEncoder();
@@ -47,9 +68,10 @@ const encoder = new TextEncoder();
  * Publishes events to JetStream in the order they were handed over, one at a time, each awaiting
  * its ack. A failed publish is retried with the same message id until it is acked, so the stream's
  * duplicate window turns "maybe stored" into "stored once" and no event is lost while the process
- * lives, however long NATS is away.
+ * lives, however long NATS is away. With `outboxDir` that also holds across restarts: events wait
+ * on disk (see Outbox) and the next start sends them first.
  */
-export class JetStreamPublisher implements EventSink {
+export class JetStreamPublisher implements EventSink, EventSinkHealth {
   readonly #url: string;
   readonly #name: string;
   readonly #logger: Logger;
@@ -59,6 +81,7 @@ export class JetStreamPublisher implements EventSink {
   readonly #retryMaxMs: number;
   // Aborted by close(): ends retry sleeps and the connect loop so nothing keeps the process alive.
   readonly #stop = new AbortController();
+  readonly #outbox: Outbox | undefined;
 
   readonly #queue: Queued[] = [];
   readonly #idleWaiters: (() => void)[] = [];
@@ -70,8 +93,11 @@ export class JetStreamPublisher implements EventSink {
   #streamReady = false;
   #status: SinkStatus = 'connecting';
   #closing: Promise<void> | undefined;
+  #reconnectAttempts = 0;
+  #disconnectedSince: Date | undefined = new Date();
 
-  private constructor(options: JetStreamPublisherOptions) {
+  private constructor(options: JetStreamPublisherOptions, outbox?: Outbox) {
+    this.#outbox = outbox;
     this.#url = options.url;
     this.#name = options.name ?? 'ferry-events';
     this.#logger = options.logger ?? createLogger({ level: 'silent' });
@@ -83,16 +109,45 @@ export class JetStreamPublisher implements EventSink {
 
   /**
    * Starts connecting and returns at once, also when NATS is down: events queue until it is up.
-   * Awaiting this does not mean the connection exists; `status` says whether it does.
+   * Awaiting this does not mean the connection exists; `status` says whether it does. With an
+   * outbox, what a previous run left there is queued first.
+   *
+   * @throws FerryError FERRY_ERR_CONFIG when the outbox directory cannot be created or read.
    */
-  static connect(options: JetStreamPublisherOptions): Promise<JetStreamPublisher> {
-    const publisher = new JetStreamPublisher(options);
+  static async connect(options: JetStreamPublisherOptions): Promise<JetStreamPublisher> {
+    let outbox: Outbox | undefined;
+    let left: OutboxEntry[] = [];
+    if (options.outboxDir !== undefined) {
+      try {
+        ({ outbox, pending: left } = await Outbox.open(options.outboxDir, options.logger ?? createLogger({ level: 'silent' })));
+      } catch (cause) {
+        throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot use the event outbox in ${options.outboxDir}: ${(cause as Error).message}`, cause });
+      }
+    }
+    const publisher = new JetStreamPublisher(options, outbox);
+    if (left.length > 0) {
+      publisher.#logger.info({ pending: left.length, outbox: options.outboxDir }, 'events left by a previous run are sent first');
+      for (const stored of left) publisher.#queue.push({ id: stored.id, stored });
+      void publisher.#drain();
+    }
     publisher.#connection().catch(() => { /* only rejects on close, which reports for itself */ });
-    return Promise.resolve(publisher);
+    return publisher;
   }
 
   get status(): SinkStatus {
     return this.#status;
+  }
+
+  get pending(): number {
+    return this.#queue.length;
+  }
+
+  get reconnectAttempts(): number {
+    return this.#reconnectAttempts;
+  }
+
+  get disconnectedSince(): Date | undefined {
+    return this.#status === 'connected' ? undefined : this.#disconnectedSince;
   }
 
   publish(event: FerryEvent): void {
@@ -103,7 +158,10 @@ export class JetStreamPublisher implements EventSink {
       }
       // Subject and payload are computed now so a malformed event is refused here, once, instead
       // of blocking the queue behind endless retries.
-      this.#queue.push({ event, subject: subjectOf(event), payload: encoder.encode(JSON.stringify(event)) });
+      const subject = subjectOf(event);
+      const payload = encoder.encode(JSON.stringify(event));
+      const stored = this.#outbox?.append(event.id, payload);
+      this.#queue.push(stored?.file ? { id: event.id, subject, stored } : { id: event.id, subject, payload, ...(stored ? { stored } : {}) });
     } catch (err) {
       this.#logger.error({ err, eventId: event?.id, type: event?.type }, 'event could not be encoded and was dropped');
       return;
@@ -122,13 +180,17 @@ export class JetStreamPublisher implements EventSink {
   }
 
   async #close(): Promise<void> {
-    const flushed = await this.#within(this.flush());
+    // With an outbox and no connection, waiting buys nothing: the events are safe on disk already.
+    const flushed = this.#outbox && this.#status !== 'connected' ? this.#queue.length === 0 : await this.#within(this.flush());
     if (!flushed) {
-      this.#logger.error(
-        { unpublished: this.#queue.length, eventIds: this.#queue.map((q) => q.event.id) },
-        'events could not be published before close',
-      );
+      const onDisk = this.#queue.filter((q) => q.stored?.file !== undefined).length;
+      const lost = this.#queue.filter((q) => q.stored?.file === undefined);
+      if (onDisk > 0) this.#logger.warn({ pending: onDisk, outbox: this.#outbox?.dir }, 'events wait in the outbox until the next start');
+      if (lost.length > 0) {
+        this.#logger.error({ unpublished: lost.length, eventIds: lost.map((q) => q.id) }, 'events could not be published before close');
+      }
     }
+    await this.#outbox?.synced();
     const connected = this.#status === 'connected';
     this.#stop.abort();
     this.#setStatus('disabled');
@@ -166,9 +228,16 @@ export class JetStreamPublisher implements EventSink {
       while (this.#queue.length > 0 && !this.#stop.signal.aborted) {
         const head = this.#queue[0];
         try {
+          const message = await this.#message(head);
+          if (!message) {
+            this.#queue.shift();
+            continue;
+          }
           const js = await this.#jetstream();
-          const ack = await js.publish(head.subject, head.payload, { msgID: head.event.id, timeout: this.#ackTimeoutMs });
-          if (ack.duplicate) this.#logger.debug({ eventId: head.event.id, seq: ack.seq }, 'event was already stored');
+          const ack = await js.publish(message.subject, message.payload, { msgID: head.id, timeout: this.#ackTimeoutMs });
+          if (ack.duplicate) this.#logger.debug({ eventId: head.id, seq: ack.seq }, 'event was already stored');
+          // Removed only after the ack: a crash in between sends it again, and the stream drops the copy.
+          if (head.stored) await this.#outbox?.remove(head.stored);
           this.#queue.shift();
           attempt = 0;
         } catch (err) {
@@ -178,7 +247,7 @@ export class JetStreamPublisher implements EventSink {
           // The first failure and then every tenth: one line per outage, plus a pulse while it lasts.
           if (attempt === 1 || attempt % 10 === 0) {
             this.#logger.warn(
-              { err, eventId: head.event.id, attempt, queued: this.#queue.length },
+              { err, eventId: head.id, attempt, queued: this.#queue.length },
               'publishing an event failed; retrying',
             );
           }
@@ -191,6 +260,18 @@ export class JetStreamPublisher implements EventSink {
     }
   }
 
+  /** The subject and bytes of a queued event, read back from the outbox when they are not in memory. */
+  async #message(queued: Queued): Promise<{ subject: string; payload: Uint8Array } | undefined> {
+    if (queued.payload && queued.subject) return { subject: queued.subject, payload: queued.payload };
+    const read = queued.stored ? await this.#outbox?.read(queued.stored) : undefined;
+    if (!read) return undefined;
+    // Kept while this event is retried; only the head of the queue ever holds its bytes.
+    queued.id = read.event.id;
+    queued.subject = subjectOf(read.event);
+    queued.payload = read.payload;
+    return { subject: queued.subject, payload: queued.payload };
+  }
+
   async #jetstream(): Promise<JetStreamClient> {
     const nc = await this.#connection();
     // nats.js empties its outgoing buffer at every reconnect attempt, so a request sent while
@@ -198,7 +279,7 @@ export class JetStreamPublisher implements EventSink {
     await this.#untilConnected();
     const options = { timeout: this.#ackTimeoutMs };
     if (!this.#streamReady) {
-      await ensureEventStream(await nc.jetstreamManager(options));
+      await ensureEventStream(await nc.jetstreamManager(options), this.#logger);
       this.#streamReady = true;
     }
     return nc.jetstream(options);
@@ -210,6 +291,8 @@ export class JetStreamPublisher implements EventSink {
   }
 
   #setStatus(status: SinkStatus): void {
+    if (status === 'connected') this.#reconnectAttempts = 0;
+    else if (this.#status === 'connected') this.#disconnectedSince = new Date();
     this.#status = status;
     if (status !== 'connecting') for (const resolve of this.#connectedWaiters.splice(0)) resolve();
   }
@@ -241,10 +324,12 @@ export class JetStreamPublisher implements EventSink {
           await nc.close();
           continue;
         }
+        this.#reconnectAttempts = 0;
         this.#adopt(nc);
         this.#logger.info({ server: nc.getServer() }, 'connected to NATS');
         return nc;
       } catch (cause) {
+        this.#reconnectAttempts = attempt;
         if (attempt === 1 || attempt % 10 === 0) {
           const err = new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: `Cannot reach NATS at ${this.#url}`, cause });
           this.#logger.warn({ err, attempt }, 'NATS is not reachable; events are queued until it is');
@@ -265,6 +350,9 @@ export class JetStreamPublisher implements EventSink {
         } else if (s.type === Events.Reconnect) {
           this.#setStatus('connected');
           this.#logger.info({ server: s.data }, 'reconnected to NATS');
+        } else if (s.type === DebugEvents.Reconnecting && this.#status !== 'connected') {
+          // One per dial attempt; a count that keeps growing is what "never gives up" looks like.
+          this.#reconnectAttempts += 1;
         }
       }
     })().catch((err: unknown) => this.#logger.debug({ err }, 'NATS status stream ended'));
@@ -294,8 +382,11 @@ export interface NullSinkOptions {
 }
 
 /** The sink when no NATS URL is configured: events only reach the debug log. */
-export class NullSink implements EventSink {
+export class NullSink implements EventSink, EventSinkHealth {
   readonly status = 'disabled' as const;
+  readonly pending = 0;
+  readonly reconnectAttempts = 0;
+  readonly disconnectedSince = undefined;
   readonly #logger: Logger | undefined;
 
   constructor(options: NullSinkOptions = {}) {

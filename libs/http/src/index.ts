@@ -1,2 +1,3 @@
 export { createBaseApp, finishApp, errorHandler, toFerryError, context, type RequestContext } from './app.ts';
-export { listen, continueIfExpected, type ListeningServer } from './server.ts';
+export { minimumBodyRate, strictHeaders, type BodyRateOptions } from './guards.ts';
+export { listen, continueIfExpected, type ListenOptions, type ListeningServer } from './server.ts';

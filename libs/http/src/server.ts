@@ -1,5 +1,7 @@
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { STATUS_CODES, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createTlsServer } from 'node:https';
+import type { AddressInfo, Socket } from 'node:net';
+import { FerryError, type ErrorCode } from '@ferry/protocol';
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 
@@ -9,13 +11,44 @@ export interface ListeningServer {
   close(): Promise<void>;
 }
 
+/** Limits on what a client may make the server wait for or hold; every field has a safe default. */
+export interface ListenOptions {
+  /** PEM certificate chain and key: with them the server speaks HTTPS only. */
+  tls?: { cert: string | Buffer; key: string | Buffer };
+  /** Largest request head, in bytes (431 beyond). Default 16 KiB. */
+  maxHeaderBytes?: number;
+  /** The whole request head must arrive within this (408 otherwise). Default 30 s. */
+  headersTimeoutMs?: number;
+  /** The whole request, body included, must arrive within this; 0 = no limit (the default, as uploads may be large: a minimum rate guards the body instead). */
+  requestTimeoutMs?: number;
+  /** An idle kept-alive connection is closed after this. Default 5 s. */
+  keepAliveTimeoutMs?: number;
+}
+
+const DEFAULTS = { maxHeaderBytes: 16 * 1024, headersTimeoutMs: 30_000, requestTimeoutMs: 0, keepAliveTimeoutMs: 5_000 } as const;
+
 /**
  * Listens with `Expect: 100-continue` handed to the app instead of answered by Node: the app
  * authenticates from the headers and only then asks for the body, so a refused upload is never sent.
+ * Requests Node's own parser refuses (duplicate or malformed Content-Length, Content-Length with
+ * Transfer-Encoding, oversized or late heads) get a Ferry error body and a closed connection.
  */
-export async function listen(handler: Handler, host: string, port: number): Promise<ListeningServer> {
-  const server = createServer({ headersTimeout: 30_000, requestTimeout: 0, keepAliveTimeout: 5_000 }, handler);
+export async function listen(handler: Handler, host: string, port: number, options: ListenOptions = {}): Promise<ListeningServer> {
+  const limits = { ...DEFAULTS, ...options };
+  const timeouts = [limits.headersTimeoutMs, limits.requestTimeoutMs].filter((ms) => ms > 0);
+  const settings = {
+    maxHeaderSize: limits.maxHeaderBytes,
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    // Node checks the two timeouts above only this often (30 s by default); short limits need a finer check.
+    connectionsCheckingInterval: Math.max(100, Math.min(30_000, ...timeouts.map((ms) => Math.floor(ms / 2)))),
+  };
+  const server: Server = options.tls
+    ? createTlsServer({ ...settings, cert: options.tls.cert, key: options.tls.key }, handler)
+    : createServer(settings, handler);
   server.on('checkContinue', handler);
+  server.on('clientError', answerClientError);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {
@@ -28,7 +61,7 @@ export async function listen(handler: Handler, host: string, port: number): Prom
   let closing: Promise<void> | undefined;
   return {
     server,
-    url: `http://${shownHost}:${address.port}`,
+    url: `${options.tls ? 'https' : 'http'}://${shownHost}:${address.port}`,
     close: () => {
       closing ??= new Promise<void>((resolve) => {
         server.close(() => resolve());
@@ -42,4 +75,30 @@ export async function listen(handler: Handler, host: string, port: number): Prom
 /** Sends `100 Continue` when the client waits for it; a no-op otherwise. Call once auth passed. */
 export function continueIfExpected(req: IncomingMessage, res: ServerResponse): void {
   if (req.headers.expect?.toLowerCase() === '100-continue' && !res.headersSent) res.writeContinue();
+}
+
+function answerClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  // An answer already under way cannot be replaced by another one; a reset peer reads nothing.
+  const inProgress = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+  if (err.code === 'ECONNRESET' || !socket.writable || inProgress?.headersSent) {
+    socket.destroy();
+    return;
+  }
+  const code: ErrorCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'FERRY_ERR_HEADERS_TOO_LARGE'
+    : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'FERRY_ERR_REQUEST_TIMEOUT'
+      : 'FERRY_ERR_BAD_REQUEST';
+  const error = code === 'FERRY_ERR_BAD_REQUEST'
+    ? new FerryError(code, { message: `Malformed request: ${parserReason(err)}` })
+    : new FerryError(code);
+  const body = JSON.stringify(error.toJSON());
+  socket.end(
+    `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? ''}\r\nContent-Type: application/json; charset=utf-8\r\n`
+    + `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+// llhttp's reasons name the rule broken ("Duplicate Content-Length"); they never echo the bytes.
+function parserReason(err: NodeJS.ErrnoException): string {
+  const reason = (err as { reason?: unknown }).reason;
+  return typeof reason === 'string' && reason.length > 0 ? reason : (err.code ?? 'unparseable request');
 }

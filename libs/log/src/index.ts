@@ -8,7 +8,7 @@ export type { Logger } from 'pino';
  */
 export const REDACT_PATHS = [
   'secret', '*.secret', 'key', '*.key', 'keys', '*.keys', 'FERRY_KEY', 'FERRY_KEYS', '*.FERRY_KEY', '*.FERRY_KEYS',
-  'req.headers["x-ferry-signature"]', 'req.headers.authorization', 'headers["x-ferry-signature"]',
+  'req.headers["x-ferry-signature"]', 'req.headers.authorization', 'headers["x-ferry-signature"]', 'headers.authorization',
   'manifest.service.env', 'service.env', 'env', '*.env',
 ];
 

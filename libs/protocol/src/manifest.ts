@@ -12,23 +12,155 @@ export const IMAGE_REF_PATTERN = new RegExp(
   `^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?/)?${PATH_COMPONENT}(?:/${PATH_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$`,
 );
 
-export const HealthCheckSchema = z.strictObject({
-  type: z.literal('http'),
-  /** Probed by the receiver, so it is an address as seen from the target host. */
-  url: z.url({ protocol: /^https?$/ }),
-  expectStatus: z.int().min(100).max(599).optional(),
+const HEALTH_TIMINGS = {
   intervalMs: z.int().min(50).max(60_000).default(1000),
   timeoutMs: z.int().min(50).max(60_000).default(2000),
   retries: z.int().min(1).max(1000).default(30),
   startPeriodMs: z.int().min(0).max(600_000).default(0),
+};
+
+export const HttpHealthCheckSchema = z.strictObject({
+  type: z.literal('http'),
+  /** Probed by the receiver, so it is an address as seen from the target host. */
+  url: z.url({ protocol: /^https?$/ }),
+  expectStatus: z.int().min(100).max(599).optional(),
+  ...HEALTH_TIMINGS,
 });
+
+export const TcpHealthCheckSchema = z.strictObject({
+  type: z.literal('tcp'),
+  /** Connected to by the receiver, as seen from the target host. */
+  host: z.string().min(1).max(253).regex(/^[A-Za-z0-9.:_-]+$/, 'a host name or IP address'),
+  port: z.int().min(1).max(65535),
+  ...HEALTH_TIMINGS,
+});
+
+/** The image's own HEALTHCHECK, run by Docker; the timings override the image's. */
+export const CmdHealthCheckSchema = z.strictObject({
+  type: z.literal('cmd'),
+  ...HEALTH_TIMINGS,
+});
+
+export const HealthCheckSchema = z.discriminatedUnion('type', [HttpHealthCheckSchema, TcpHealthCheckSchema, CmdHealthCheckSchema]);
 export type HealthCheck = z.infer<typeof HealthCheckSchema>;
+
+export const RESTART_POLICIES = ['no', 'unless-stopped', 'on-failure', 'always'] as const;
+
+/** `[hostIp:]hostPort:containerPort[/tcp|udp]`, as `docker run -p` takes it (no ranges). */
+export interface PortMapping {
+  hostIp?: string;
+  hostPort: number;
+  containerPort: number;
+  protocol: 'tcp' | 'udp';
+}
+
+const PORT_SPEC = /^(?:(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9A-Fa-f:.]+\]):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/;
+
+export function parsePort(spec: string): PortMapping | undefined {
+  const match = PORT_SPEC.exec(spec);
+  if (!match) return undefined;
+  const hostPort = Number(match[2]);
+  const containerPort = Number(match[3]);
+  if (hostPort < 1 || hostPort > 65535 || containerPort < 1 || containerPort > 65535) return undefined;
+  return {
+    ...(match[1] ? { hostIp: match[1].replace(/^\[|\]$/g, '') } : {}),
+    hostPort, containerPort, protocol: match[4] === 'udp' ? 'udp' : 'tcp',
+  };
+}
+
+/** A bind mount when `source` is an absolute host path, else a named volume. */
+export interface VolumeMount {
+  kind: 'bind' | 'volume';
+  source: string;
+  target: string;
+  readOnly: boolean;
+}
+
+const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+// Absolute, no `.`/`..` segments, no doubled or trailing slash: the policy compares paths as
+// written, so only one spelling of each path may pass.
+const CLEAN_PATH = /^\/(?:(?!\.\.?(?:\/|$))[^/:\0,]+(?:\/(?!\.\.?(?:\/|$))[^/:\0,]+)*)?$/;
+
+export function parseVolume(spec: string): VolumeMount | undefined {
+  const parts = spec.split(':');
+  if (parts.length < 2 || parts.length > 3) return undefined;
+  const [source = '', target = '', mode] = parts;
+  if (mode !== undefined && mode !== 'ro' && mode !== 'rw') return undefined;
+  if (!CLEAN_PATH.test(target) || target === '/') return undefined;
+  const kind = source.startsWith('/') ? 'bind' : 'volume';
+  if (kind === 'bind' ? !CLEAN_PATH.test(source) : !VOLUME_NAME.test(source)) return undefined;
+  return { kind, source, target, readOnly: mode === 'ro' };
+}
+
+/** `host[:container[:rwm]]`, as `docker run --device` takes it. */
+export interface DeviceMapping {
+  host: string;
+  container: string;
+  permissions: string;
+}
+
+export function parseDevice(spec: string): DeviceMapping | undefined {
+  const [host = '', container = host, permissions = 'rwm', ...rest] = spec.split(':');
+  if (rest.length > 0 || !CLEAN_PATH.test(host) || !CLEAN_PATH.test(container) || !/^[rwm]{1,3}$/.test(permissions)) return undefined;
+  return { host, container, permissions };
+}
+
+/** `1073741824`, `512m`, `1g`… as `docker run --memory` takes it; undefined when malformed. */
+export function parseMemory(spec: string): number | undefined {
+  const match = /^(\d{1,15})([bkmg]?)$/i.exec(spec);
+  if (!match) return undefined;
+  const unit = { '': 1, b: 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[(match[2] ?? '').toLowerCase()] ?? 1;
+  return Number(match[1]) * unit;
+}
+
+/** Docker's own lower bound on a memory limit. */
+export const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
+
+/** Linux capability names as Docker takes them: `NET_ADMIN` or `CAP_NET_ADMIN`, any case; `ALL`. */
+export function normalizeCapability(name: string): string {
+  return name.toUpperCase().replace(/^CAP_/, '');
+}
+
+const CAPABILITY = /^(?:CAP_)?[A-Z_]{2,32}$/i;
+/** The security options a manifest may carry: the ones a policy judges, and harmless hardening. */
+const SECURITY_OPT = /^(?:seccomp=unconfined|apparmor=[A-Za-z0-9_.-]{1,64}|no-new-privileges(?::(?:true|false))?)$/;
+
+const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$/;
+
+const withParser = (parser: (spec: string) => unknown, message: string) =>
+  z.string().max(4096).refine((value) => parser(value) !== undefined, message);
 
 export const ServiceSpecSchema = z.strictObject({
   name: z.string().regex(SERVICE_NAME_PATTERN, 'lowercase letters, digits, "-" and "_", at most 63'),
   env: z.record(z.string().regex(ENV_NAME, 'an environment variable name'), z.string()).default({}),
   network: z.enum(['host', 'bridge', 'none']).default('bridge'),
+  /** Published ports; only with the bridge network (checked below). */
+  ports: z.array(withParser(parsePort, '[hostIp:]hostPort:containerPort[/tcp|udp]')).max(64).optional(),
+  volumes: z.array(withParser(parseVolume, 'source:target[:ro|rw], source a volume name or an absolute path without ".." (target absolute, not "/")')).max(64).optional(),
+  restart: z.enum(RESTART_POLICIES).optional(),
+  // Keys are checked here rather than by a key schema so that each problem names its label.
+  labels: z.record(z.string(), z.string().max(4096)).superRefine((labels, ctx) => {
+    for (const key of Object.keys(labels)) {
+      if (!LABEL_KEY.test(key)) ctx.addIssue({ code: 'custom', path: [key], message: 'a label key: letters, digits, ".", "_", "/" and "-", at most 255' });
+      else if (key.startsWith('ferry.')) ctx.addIssue({ code: 'custom', path: [key], message: 'the "ferry." prefix is reserved for the labels the receiver sets' });
+    }
+  }).optional(),
+  memory: withParser((v) => { const bytes = parseMemory(v); return bytes !== undefined && bytes >= MIN_MEMORY_BYTES ? bytes : undefined; }, 'bytes or a number with b, k, m or g, at least 6m').optional(),
+  cpus: z.number().positive().max(1024).optional(),
+  command: z.array(z.string().max(4096)).max(256).optional(),
+  entrypoint: z.array(z.string().max(4096)).max(256).optional(),
+  user: z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,31})?$/, 'user[:group], names or numeric ids').optional(),
+  /** Extra Linux capabilities (`docker run --cap-add`); the receiver's policy decides which. */
+  capAdd: z.array(z.string().regex(CAPABILITY, 'a capability name, e.g. NET_ADMIN')).max(64).optional(),
+  // Asked for rather than granted: the receiver's policy refuses each unless its operator allowed it.
+  privileged: z.boolean().optional(),
+  pid: z.enum(['private', 'host']).optional(),
+  ipc: z.enum(['private', 'shareable', 'host']).optional(),
+  devices: z.array(withParser(parseDevice, '/dev/host[:/dev/container[:rwm]]')).max(64).optional(),
+  securityOpt: z.array(z.string().regex(SECURITY_OPT, 'seccomp=unconfined, apparmor=PROFILE or no-new-privileges[:true|false]')).max(16).optional(),
   health: HealthCheckSchema.optional(),
+}).refine((spec) => spec.network === 'bridge' || (spec.ports ?? []).length === 0, {
+  path: ['ports'], message: 'ports are published only with the bridge network',
 });
 export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
 

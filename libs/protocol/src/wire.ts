@@ -2,7 +2,12 @@
 
 export const PATHS = {
   healthz: '/healthz',
+  readyz: '/readyz',
+  metrics: '/metrics',
   packages: '/v1/packages',
+  uploads: '/v1/uploads',
+  deployments: '/v1/deployments',
+  services: '/v1/services',
 } as const;
 
 export const HEADERS = {
@@ -11,7 +16,11 @@ export const HEADERS = {
   nonce: 'x-ferry-nonce',
   contentDigest: 'x-ferry-content-digest',
   signature: 'x-ferry-signature',
+  audience: 'x-ferry-audience',
   requestId: 'x-request-id',
+  uploadOffset: 'upload-offset',
+  uploadLength: 'upload-length',
+  uploadExpires: 'upload-expires',
 } as const;
 
 /** The first line of every canonical string: a change of signing rules gets a new label. */
@@ -21,6 +30,12 @@ export const SIGNATURE_SCHEME = 'FERRY-HMAC-SHA256-V1';
 export const TIMESTAMP_WINDOW_SECONDS = 300;
 
 export const MANIFEST_MAX_BYTES = 64 * 1024;
+
+/** Media type of a resumable upload's PATCH body (as in tus and the IETF resumable uploads draft). */
+export const UPLOAD_PART_MEDIA_TYPE = 'application/offset+octet-stream';
+
+/** Largest PATCH body a receiver takes in one request; a bigger one invalidates the upload (413). */
+export const UPLOAD_MAX_PART_BYTES = 512 * 1024 ** 2;
 
 export const DIGEST_PATTERN = /^blake3:[0-9a-f]{64}$/;
 export const SERVICE_NAME_PATTERN = /^[a-z0-9][a-z0-9_-]{0,62}$/;

@@ -1,11 +1,18 @@
 import type { Express } from 'express';
 import type { RequestVerifier } from '@ferry/auth';
-import { createBaseApp, finishApp } from '@ferry/http';
+import { createBaseApp, finishApp, minimumBodyRate, strictHeaders } from '@ferry/http';
 import type { Logger } from '@ferry/log';
-import { PATHS } from '@ferry/protocol';
-import { requireSignature } from './auth.ts';
+import type { ReceiverMetrics } from '@ferry/metrics';
+import { SIGNED_HEADERS, requireAllowedSource, requireSignature, type SecurityOptions } from './auth.ts';
 import type { Deployer } from './deploy/engine.ts';
+import type { PolicyGate } from './policy/index.ts';
+import type { Readiness } from './readiness.ts';
+import { countUploads, healthRouter, metricsRouter } from './routes/health.ts';
+import { deploymentsRouter } from './routes/deployments.ts';
 import { packagesRouter } from './routes/packages.ts';
+import { servicesRouter } from './routes/services.ts';
+import { uploadsRouter } from './routes/uploads.ts';
+import type { UploadStore } from './upload/sessions.ts';
 
 export interface ReceiverDeps {
   logger: Logger;
@@ -16,15 +23,33 @@ export interface ReceiverDeps {
   /** Where uploads are spooled while they are hashed. */
   spoolDir: string;
   maxPackageBytes: number;
+  /** The receiver policy; every route that accepts a manifest checks it before taking bytes. */
+  policy: PolicyGate;
+  /** Resumable upload sessions; without it the receiver offers only the one-shot upload. */
+  uploads?: UploadStore;
+  /** Source allowlist, body rate and the hook every auth refusal calls (for a metric). */
+  security?: SecurityOptions;
+  /** Dependency checks behind `GET /readyz` (readiness.ts). */
+  readiness?: () => Promise<Readiness>;
+  /** Served at `GET /metrics`, fed by upload requests here and by events and auth hooks in main.ts. */
+  metrics?: ReceiverMetrics;
+  /** FERRY_METRICS_TOKEN: when set, `/metrics` needs it as a bearer token. */
+  metricsToken?: string;
 }
 
 /** The receiver's HTTP surface, with no listening and no environment: main.ts and tests wire it. */
 export function createApp(deps: ReceiverDeps): Express {
   const app = createBaseApp(deps.logger);
-  app.get(PATHS.healthz, (_req, res) => {
-    res.json({ status: 'ok', host: deps.hostId, version: deps.version });
-  });
-  app.use('/v1', requireSignature(deps.verifier));
+  // /healthz and /readyz answer probes, which hold no key and may sit outside the allowlist.
+  app.use(healthRouter(deps));
+  if (deps.metrics) app.use(countUploads(deps.metrics));
+  // Everything below /healthz: the source first, then the head's framing, then the signature.
+  app.use(requireAllowedSource(deps.security ?? {}), strictHeaders(SIGNED_HEADERS));
+  // A scraper holds no key either, but what it reads is for the allowed networks only.
+  app.use(metricsRouter(deps));
+  app.use('/v1', requireSignature(deps.verifier, deps.security), minimumBodyRate(deps.security?.bodyRate ?? { minBytesPerSecond: 0, windowMs: 1000 }));
   app.use(packagesRouter(deps));
+  app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
+  if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, policy: deps.policy }));
   return finishApp(app);
 }

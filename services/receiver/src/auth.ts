@@ -1,21 +1,73 @@
 import type { RequestHandler } from 'express';
-import type { RequestVerifier } from '@ferry/auth';
-import { continueIfExpected } from '@ferry/http';
+import { clientAddress, type AddressList, type RequestVerifier } from '@ferry/auth';
+import { continueIfExpected, type BodyRateOptions } from '@ferry/http';
+import { FerryError, HEADERS, isFerryError, type ErrorCode } from '@ferry/protocol';
 
 /** What the auth middleware leaves in `res.locals` for the routes after it. */
 export interface AuthLocals {
   auth: { keyId: string; contentDigest: string };
 }
 
+/** What the source check leaves in `res.locals`. */
+export interface SourceLocals {
+  /** The client's address: the peer's, or the one trusted proxies reported in X-Forwarded-For. */
+  clientAddress: string;
+}
+
+/** Headers a signed request carries once at most; two copies are a 400 before any check. */
+export const SIGNED_HEADERS = [
+  HEADERS.keyId, HEADERS.timestamp, HEADERS.nonce, HEADERS.contentDigest, HEADERS.signature, HEADERS.audience, HEADERS.uploadOffset,
+] as const;
+
+export interface AuthHooks {
+  /** Called with the code of every refused request (401 and 403): a metrics counter follows it. */
+  onReject?: (code: ErrorCode) => void;
+}
+
 /**
  * Verifies the signature from the headers alone, before the body is touched; a client that sent
  * `Expect: 100-continue` is asked for the body only after this passed.
  */
-export function requireSignature(verifier: RequestVerifier): RequestHandler {
+export function requireSignature(verifier: RequestVerifier, hooks: AuthHooks = {}): RequestHandler {
   return async (req, res, next) => {
-    const verified = await verifier.verify({ method: req.method, path: req.originalUrl, headers: req.headers });
+    let verified;
+    try {
+      verified = await verifier.verify({ method: req.method, path: req.originalUrl, headers: req.headers });
+    } catch (err) {
+      hooks.onReject?.(isFerryError(err) ? err.code : 'FERRY_ERR_INTERNAL');
+      throw err;
+    }
     (res.locals as AuthLocals).auth = { keyId: verified.keyId, contentDigest: verified.contentDigest };
     continueIfExpected(req, res);
     next();
   };
+}
+
+export interface SourceOptions extends AuthHooks {
+  /** Addresses allowed to send requests; undefined or empty = every address. */
+  allow?: AddressList;
+  /** Peers whose X-Forwarded-For is believed. */
+  trustedProxies?: AddressList;
+}
+
+/**
+ * Refuses a client outside the allowlist with 403 before anything else about the request is
+ * looked at. X-Forwarded-For counts only when the peer itself is a trusted proxy.
+ */
+export function requireAllowedSource(options: SourceOptions): RequestHandler {
+  return (req, res, next) => {
+    const peer = req.socket.remoteAddress ?? '';
+    const client = clientAddress(peer, req.headers['x-forwarded-for'], options.trustedProxies);
+    (res.locals as SourceLocals).clientAddress = client;
+    if (!options.allow || options.allow.empty || options.allow.has(client)) return next();
+    options.onReject?.('FERRY_ERR_FORBIDDEN_SOURCE');
+    res.setHeader('Connection', 'close');
+    next(new FerryError('FERRY_ERR_FORBIDDEN_SOURCE', { details: { address: client } }));
+  };
+}
+
+/** The receiver's front-door settings beyond the signature (README "Receiver hardening"). */
+export interface SecurityOptions extends SourceOptions {
+  /** Minimum body rate of authenticated requests; without it there is none. */
+  bodyRate?: BodyRateOptions;
 }

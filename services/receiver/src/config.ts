@@ -1,7 +1,11 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { KeyRing } from '@ferry/auth';
+import { AddressList, KeyRing } from '@ferry/auth';
 import { loadConfig, parseListen, type Env } from '@ferry/config';
+import { loadPolicy, type Policy } from './policy/index.ts';
+import { CRASH_POINTS, type CrashPoint } from './deploy/crash.ts';
+import { DEFAULT_MIN_FREE_BYTES } from './deploy/disk.ts';
+import { DEFAULT_RETAIN_IMAGES } from './deploy/retention.ts';
 
 const schema = z.object({
   DOCKER_HOST: z.string().regex(/^(unix|tcp):\/\/.+/, 'unix:///path/to/docker.sock or tcp://host:port').optional(),
@@ -18,8 +22,49 @@ const schema = z.object({
   FERRY_NATS_URL: z.string().regex(/^(nats|tls):\/\/[^\s]+$/, 'nats://host:port').optional(),
   FERRY_DATA_DIR: z.string().startsWith('/', 'an absolute path').default('/var/lib/ferry'),
   FERRY_HOST_ID: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/, 'letters, digits, "-" and "_" (it becomes a NATS subject token)').default(defaultHostId()),
+  FERRY_UPLOAD_TTL_SECONDS: z.coerce.number({ error: 'a whole number of seconds' }).int('a whole number of seconds').min(1, 'at least 1').max(30 * 24 * 3600, 'at most 30 days (2592000)').default(24 * 3600),
   FERRY_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
-});
+  FERRY_METRICS_TOKEN: z.string().regex(/^[\x21-\x7e]{16,256}$/, '16–256 printable characters without spaces (it is sent as a bearer token)').optional(),
+  // The receiver policy (policy/load.ts checks the file and the lists' items).
+  FERRY_POLICY_FILE: z.string().startsWith('/', 'an absolute path to a JSON policy file').optional(),
+  FERRY_POLICY_IMAGES: z.string().optional(),
+  FERRY_POLICY_BIND_SOURCES: z.string().optional(),
+  FERRY_POLICY_CAPABILITIES: z.string().optional(),
+  FERRY_POLICY_HOST_NETWORK: z.enum(['true', 'false'], { error: 'true or false' }).optional(),
+  // Auth and HTTP hardening (README "Receiver hardening").
+  FERRY_REDIS_URL: z.string().regex(/^rediss?:\/\/[^\s]+$/, 'redis://[user:password@]host:port[/db]').optional(),
+  FERRY_ALLOW_CIDRS: addressList().optional(),
+  FERRY_TRUSTED_PROXIES: addressList().optional(),
+  FERRY_TLS_CERT: z.string().startsWith('/', 'an absolute path to a PEM certificate (chain)').optional(),
+  FERRY_TLS_KEY: z.string().startsWith('/', 'an absolute path to a PEM private key').optional(),
+  FERRY_MAX_HEADER_BYTES: wholeNumber(1024, 1024 ** 2).default(16 * 1024),
+  FERRY_HEADERS_TIMEOUT_MS: wholeNumber(100, 600_000).default(30_000),
+  FERRY_REQUEST_TIMEOUT_MS: wholeNumber(0, 7 * 24 * 3600 * 1000).default(0),
+  FERRY_KEEPALIVE_TIMEOUT_MS: wholeNumber(0, 600_000).default(5_000),
+  FERRY_MIN_BODY_RATE: wholeNumber(0, 1024 ** 3).default(1024),
+  FERRY_BODY_RATE_WINDOW_MS: wholeNumber(100, 600_000).default(30_000),
+  // Deployment engine (README "Deployments, journal and rollback").
+  FERRY_RETAIN_IMAGES: wholeNumber(1, 1000).default(DEFAULT_RETAIN_IMAGES),
+  FERRY_MIN_FREE_BYTES: wholeNumber(0, Number.MAX_SAFE_INTEGER).default(DEFAULT_MIN_FREE_BYTES),
+  FERRY_TEST_CRASH_AT: z.enum(CRASH_POINTS, { error: `a test hook: ${CRASH_POINTS.join(', ')}` }).optional(),
+})
+  .refine((v) => (v.FERRY_TLS_CERT === undefined) === (v.FERRY_TLS_KEY === undefined), { message: 'FERRY_TLS_CERT and FERRY_TLS_KEY go together: set both or neither', path: ['FERRY_TLS_CERT'] })
+  .refine((v) => v.FERRY_REQUEST_TIMEOUT_MS === 0 || v.FERRY_HEADERS_TIMEOUT_MS <= v.FERRY_REQUEST_TIMEOUT_MS, { message: 'must be 0 (off) or at least FERRY_HEADERS_TIMEOUT_MS', path: ['FERRY_REQUEST_TIMEOUT_MS'] });
+
+function wholeNumber(min: number, max: number) {
+  return z.coerce.number({ error: 'a whole number' }).int('a whole number').min(min, `at least ${min}`).max(max, `at most ${max}`);
+}
+
+function addressList() {
+  return z.string().transform((value, ctx) => {
+    try {
+      return AddressList.parse(value);
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+}
 
 export interface ReceiverConfig {
   dockerHost: string | undefined;
@@ -29,6 +74,29 @@ export interface ReceiverConfig {
   dataDir: string;
   hostId: string;
   logLevel: string;
+  /** What deployments may ask for (docs: README "Receiver policy"). */
+  policy: Readonly<Policy>;
+  /** How long a resumable upload session lives after its creation. */
+  uploadTtlSeconds: number;
+  /** Nonces go to Redis when set (kept across restarts), to memory otherwise. */
+  redisUrl: string | undefined;
+  /** Client addresses allowed (undefined: all) and proxies whose X-Forwarded-For is believed. */
+  allowCidrs: AddressList | undefined;
+  trustedProxies: AddressList | undefined;
+  /** Paths of the PEM certificate and key; with them the receiver speaks HTTPS. */
+  tls: { certFile: string; keyFile: string } | undefined;
+  /** Images kept per service; older ones Ferry loaded and nothing uses are removed. */
+  retainImages: number;
+  /** Free bytes the data directory's file system must keep; below, uploads and deployments get 507. */
+  minFreeBytes: number;
+  /** When set, GET /metrics needs `Authorization: Bearer <token>`. */
+  metricsToken: string | undefined;
+  /** Test hook only: the deployment step at which the process SIGKILLs itself. */
+  testCrashAt: CrashPoint | undefined;
+  http: {
+    maxHeaderBytes: number; headersTimeoutMs: number; requestTimeoutMs: number; keepAliveTimeoutMs: number;
+    minBodyBytesPerSecond: number; bodyRateWindowMs: number;
+  };
 }
 
 /** Reads and validates the receiver's environment; every problem is reported in one error. */
@@ -44,6 +112,23 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
     dataDir: raw.FERRY_DATA_DIR,
     hostId: raw.FERRY_HOST_ID,
     logLevel: raw.FERRY_LOG_LEVEL,
+    policy: loadPolicy({
+      file: raw.FERRY_POLICY_FILE, images: raw.FERRY_POLICY_IMAGES, bindSources: raw.FERRY_POLICY_BIND_SOURCES,
+      capabilities: raw.FERRY_POLICY_CAPABILITIES, hostNetwork: raw.FERRY_POLICY_HOST_NETWORK, dockerHost: raw.DOCKER_HOST,
+    }),
+    uploadTtlSeconds: raw.FERRY_UPLOAD_TTL_SECONDS,
+    retainImages: raw.FERRY_RETAIN_IMAGES,
+    minFreeBytes: raw.FERRY_MIN_FREE_BYTES,
+    metricsToken: raw.FERRY_METRICS_TOKEN,
+    testCrashAt: raw.FERRY_TEST_CRASH_AT,
+    redisUrl: raw.FERRY_REDIS_URL,
+    allowCidrs: raw.FERRY_ALLOW_CIDRS,
+    trustedProxies: raw.FERRY_TRUSTED_PROXIES,
+    tls: raw.FERRY_TLS_CERT && raw.FERRY_TLS_KEY ? { certFile: raw.FERRY_TLS_CERT, keyFile: raw.FERRY_TLS_KEY } : undefined,
+    http: {
+      maxHeaderBytes: raw.FERRY_MAX_HEADER_BYTES, headersTimeoutMs: raw.FERRY_HEADERS_TIMEOUT_MS, requestTimeoutMs: raw.FERRY_REQUEST_TIMEOUT_MS,
+      keepAliveTimeoutMs: raw.FERRY_KEEPALIVE_TIMEOUT_MS, minBodyBytesPerSecond: raw.FERRY_MIN_BODY_RATE, bodyRateWindowMs: raw.FERRY_BODY_RATE_WINDOW_MS,
+    },
   });
 }
 

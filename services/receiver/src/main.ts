@@ -1,20 +1,28 @@
-import { access, constants, mkdir } from 'node:fs/promises';
+import { access, constants, mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MemoryNonceStore, RequestVerifier } from '@ferry/auth';
+import { MemoryNonceStore, RedisNonceStore, RequestVerifier, type NonceStore } from '@ferry/auth';
 import type { Env } from '@ferry/config';
 import { ContainerRunner, ImageStore, createDockerClient } from '@ferry/docker';
-import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
+import { JetStreamPublisher, NullSink } from '@ferry/events';
 import { listen, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
+import { createReceiverMetrics, meteredSink } from '@ferry/metrics';
 import { FerryError } from '@ferry/protocol';
 import { createApp } from './app.ts';
 import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
 import { Deployer } from './deploy/engine.ts';
+import { receiverReadiness } from './readiness.ts';
+import { Journal } from './journal/journal.ts';
+import { PackageStore } from './store/packages.ts';
+import { PolicyGate } from './policy/index.ts';
+import { UploadStore } from './upload/sessions.ts';
 
 export const VERSION = '0.1.0';
 
 /** Larger packages belong to the resumable protocol; the one-shot upload refuses them. */
 const MAX_ONE_SHOT_BYTES = 8 * 1024 ** 3;
+/** Upper bound on a resumable upload's package; the disk is the real limit (507 when it is reached). */
+const MAX_UPLOAD_BYTES = 1024 ** 4;
 
 export interface RunningReceiver {
   url: string;
@@ -30,31 +38,67 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   await ensureWritableDir(spoolDir);
 
   const docker = createDockerClient(config.dockerHost);
-  const events: EventSink = config.natsUrl
-    ? await JetStreamPublisher.connect({ url: config.natsUrl, logger: log, name: `ferry-receiver-${config.hostId}` })
-    : new NullSink({ logger: log });
+  const metrics = createReceiverMetrics();
+  // Every event is on disk in the outbox before publish() returns; NATS gets it when it can.
+  const events = meteredSink(config.natsUrl
+    ? await JetStreamPublisher.connect({ url: config.natsUrl, logger: log, name: `ferry-receiver-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox') })
+    : new NullSink({ logger: log }), metrics);
+  metrics.watchEvents(events);
   const deployer = new Deployer({
-    images: new ImageStore(docker), containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log,
+    images: new ImageStore(docker), containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log, policy: config.policy,
+    packages: await PackageStore.open(config.dataDir),
+    journal: await Journal.open(join(config.dataDir, 'journal'), log),
+    retainImages: config.retainImages, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes },
+    ...(config.testCrashAt ? { crashAt: config.testCrashAt } : {}),
   });
-  const verifier = new RequestVerifier({ keys: config.keys, nonces: new MemoryNonceStore() });
+  // Before any request: what a killed process left half-done is put right first.
+  await deployer.recover();
+  const policy = new PolicyGate({ policy: config.policy, events, hostId: config.hostId, logger: log });
+  const uploads = await UploadStore.open({
+    dir: join(config.dataDir, 'uploads'), ttlSeconds: config.uploadTtlSeconds, maxUploadBytes: MAX_UPLOAD_BYTES, logger: log,
+    onRejected: (manifest, error) => deployer.rejected(manifest, error),
+  });
+  uploads.startSweeper();
+  // Redis being down must not stop deployments: the store then answers from memory (status() says so).
+  const nonces: NonceStore = config.redisUrl
+    ? RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
+    : new MemoryNonceStore();
+  // Requests signed before this second are refused while nonces are in memory; listening waits
+  // for it to begin, so that no request the previous process accepted can be signed inside it.
+  const startedAt = Math.ceil(Date.now() / 1000);
+  const verifier = new RequestVerifier({ keys: config.keys, nonces, audience: config.hostId, startedAt });
   const app = createApp({
-    logger: log, verifier, deployer, hostId: config.hostId, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES,
+    logger: log, verifier, deployer, hostId: config.hostId, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, policy,
+    security: {
+      allow: config.allowCidrs, trustedProxies: config.trustedProxies,
+      bodyRate: { minBytesPerSecond: config.http.minBodyBytesPerSecond, windowMs: config.http.bodyRateWindowMs },
+      onReject: (code) => metrics.authRejections.inc({ code }),
+    },
+    metrics, metricsToken: config.metricsToken,
+    readiness: receiverReadiness({ docker, events, nonces, dataDir: config.dataDir, minFreeBytes: config.minFreeBytes }),
   });
   let server: ListeningServer;
   try {
-    server = await listen(app, config.listen.host, config.listen.port);
+    const tls = await readTls(config.tls);
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, startedAt * 1000 - Date.now())));
+    server = await listen(app, config.listen.host, config.listen.port, { ...config.http, tls });
   } catch (err) {
     await events.close();
+    await nonces.close?.();
+    if (err instanceof FerryError) throw err;
     throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, cause: err });
   }
-  log.info({ url: server.url, host: config.hostId, keyIds: config.keys.ids, nats: config.natsUrl ?? null, dataDir: config.dataDir }, 'receiver listening');
+  log.info({ url: server.url, host: config.hostId, keyRing: config.keys.describe(), nonceStore: nonces.status?.().backend ?? 'memory', nats: config.natsUrl ?? null, dataDir: config.dataDir }, 'receiver listening');
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     // Each step's failure is logged and the next still runs, so shutdown never stops half-way.
     closing ??= (async () => {
       await server.close().catch((err: unknown) => log.error({ err }, 'closing HTTP failed'));
+      uploads.close();
+      deployer.close();
       await events.close().catch((err: unknown) => log.error({ err }, 'closing events failed'));
+      await nonces.close?.().catch((err: unknown) => log.error({ err }, 'closing the nonce store failed'));
       log.info('receiver stopped');
     })();
     return closing;
@@ -74,6 +118,14 @@ export async function runReceiver(env: Env = process.env): Promise<void> {
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+}
+
+async function readTls(tls: ReceiverConfig['tls']): Promise<{ cert: Buffer; key: Buffer } | undefined> {
+  if (!tls) return undefined;
+  const read = async (name: string, path: string): Promise<Buffer> => readFile(path).catch((err: unknown) => {
+    throw new FerryError('FERRY_ERR_CONFIG', { message: `${name}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, cause: err });
+  });
+  return { cert: await read('FERRY_TLS_CERT', tls.certFile), key: await read('FERRY_TLS_KEY', tls.keyFile) };
 }
 
 async function ensureWritableDir(dir: string): Promise<void> {

@@ -3,4 +3,5 @@ export { processIo, type Io } from './cli/io.ts';
 export { push, type PushRequest, type PushResult, type PushDeps } from './push.ts';
 export { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
 export { uploadOneShot, type Credentials, type UploadOptions } from './upload.ts';
+export { ResumableClient, uploadResumable, DEFAULT_PART_BYTES, type ResumableOptions, type ResumableTarget, type UploadPosition } from './resumable.ts';
 export { loadSenderConfig } from './config.ts';

@@ -6,10 +6,14 @@ import {
   type Compression, type DeploymentResult, type EventType, type ManifestInput, type ServiceSpec, type StageTimings,
 } from '@ferry/protocol';
 import { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
+import { uploadResumable } from './resumable.ts';
 import { uploadOneShot, type Credentials } from './upload.ts';
 
 /** NATS being down must not stall a push: events wait in the sink's queue past this. */
 const EVENT_FLUSH_WAIT_MS = 2000;
+
+/** Packages this large or larger go over the resumable protocol, which survives a cut link. */
+export const RESUMABLE_THRESHOLD_BYTES = 64 * 1024 ** 2;
 
 export interface PushRequest {
   image: string;
@@ -17,6 +21,8 @@ export interface PushRequest {
   to: string;
   service: Omit<ServiceSpec, 'env' | 'network'> & Partial<Pick<ServiceSpec, 'env' | 'network'>>;
   compression: Compression;
+  /** Package size from which the resumable upload is used; default RESUMABLE_THRESHOLD_BYTES. */
+  resumableThreshold?: number;
 }
 
 export interface PushDeps {
@@ -78,8 +84,9 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
     await flushWithin(deps.events, EVENT_FLUSH_WAIT_MS);
     let transferMs = 0;
     const built = pkg;
-    const outcome = await uploadOneShot({
-      url: request.to, credentials: deps.credentials, manifestJson: JSON.stringify(manifest),
+    const upload = pkg.size >= (request.resumableThreshold ?? RESUMABLE_THRESHOLD_BYTES) ? uploadResumable : uploadOneShot;
+    const outcome = await upload({
+      url: request.to, credentials: deps.credentials, audience: host, manifestJson: JSON.stringify(manifest),
       packagePath: pkg.path, packageSize: pkg.size,
       onProgress: (sent) => deps.onProgress?.(sent, built.size),
       onSent: () => {

@@ -18,6 +18,8 @@ export interface UploadOptions {
   /** The receiver's base URL, e.g. http://10.0.0.5:7701. */
   url: string;
   credentials: Credentials;
+  /** The receiver's host id from its `GET /healthz`; the signature is valid on that host only. */
+  audience: string;
   manifestJson: string;
   packagePath: string;
   packageSize: number;
@@ -51,7 +53,7 @@ export async function uploadOneShot(options: UploadOptions): Promise<UploadOutco
   const bodyBytes = head.length + options.packageSize + tail.length;
   const path = `${target.basePath}${PATHS.packages}`;
   const headers = {
-    ...signRequest({ method: 'POST', path, contentDigest: digestOf(manifest), ...options.credentials }),
+    ...signRequest({ method: 'POST', path, contentDigest: digestOf(manifest), audience: options.audience, ...options.credentials }),
     'content-type': `multipart/form-data; boundary=${boundary}`,
     'content-length': String(bodyBytes),
     expect: '100-continue',
@@ -88,7 +90,7 @@ export async function uploadOneShot(options: UploadOptions): Promise<UploadOutco
   return { result: payload as DeploymentResult, bodyBytes };
 }
 
-function parseTarget(url: string): { protocol: string; hostname: string; port: number; basePath: string } {
+export function parseTarget(url: string): { protocol: string; hostname: string; port: number; basePath: string } {
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -121,7 +123,7 @@ function once(req: ClientRequest, event: string): Promise<void> {
   return new Promise((resolve) => req.once(event, () => resolve()));
 }
 
-async function readJson(res: IncomingMessage): Promise<unknown> {
+export async function readJson(res: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
   for await (const chunk of res) chunks.push(chunk as Buffer);
   const text = Buffer.concat(chunks).toString('utf8');

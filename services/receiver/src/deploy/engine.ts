@@ -1,8 +1,5 @@
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { pipeline } from 'node:stream';
+import { createHash, randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
-import { createDecompressor } from '@ferry/compress';
 import type { ContainerRunner, ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
@@ -10,11 +7,19 @@ import {
   FerryError, LABELS,
   type DeploymentResult, type DeploymentState, type EventType, type Manifest, type ProbeResult, type StageTimings,
 } from '@ferry/protocol';
+import { containerSpecFor, type Policy } from '../policy/index.ts';
+import { loadVerified } from '../load/load.ts';
+import type { PackageStore } from '../store/packages.ts';
 import { waitHealthy } from './health.ts';
-import { replaceContainer, restorePrevious } from './swap.ts';
+import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, JournalEntry, StateStamp } from '../journal/journal.ts';
+import type { CrashPoint } from './crash.ts';
+import { assertFreeSpace, type DiskGuard } from './disk.ts';
+import { DEFAULT_RETAIN_IMAGES, pruneImages } from './retention.ts';
+import { finishSwapBack, nextName, previousName, replaceContainer, restorePrevious, swapToPrevious, undoSwap } from './swap.ts';
 
 export interface VerifiedPackage {
   manifest: Manifest;
+  /** In the ingest spool, or already in the PackageStore (loading moves it there). */
   path: string;
   bytes: number;
   /** Time spent receiving and hashing, reported as the receive stage. */
@@ -27,24 +32,52 @@ export interface DeployerDeps {
   events: EventSink;
   hostId: string;
   logger: Logger;
+  /** Verified packages by digest; loading moves each package there and reads it from there. */
+  packages: PackageStore;
+  /** Checked again when the container spec is built; the default policy when absent. */
+  policy?: Readonly<Policy>;
+  /** Where every deployment's states are written before they are acted on. */
+  journal: Journal;
+  /** Images kept per service (FERRY_RETAIN_IMAGES); older ones Ferry loaded are removed. */
+  retainImages?: number;
+  /** Refuses deployments when the data directory is short of space; no check when absent. */
+  disk?: DiskGuard;
+  /** Test hook only (FERRY_TEST_CRASH_AT, never from a request): SIGKILL the process at this step. */
+  crashAt?: CrashPoint;
 }
 
-/** Results kept for idempotent retries until the on-disk journal takes over this job. */
-const REMEMBERED_RESULTS = 1000;
+/** Between two attempts to resolve what a dead process left unfinished while the engine is away. */
+const RECOVERY_RETRY_MS = 2000;
+
+/** Who a lifecycle event is about; a manifest, or a journal record for rollbacks and reconciles. */
+interface Subject {
+  deploymentId: string;
+  service: string;
+  image: string;
+  imageId: string;
+}
 
 /**
  * Turns a verified package into a running service: load, check, tag, swap, health-check, and
- * roll back on failure, publishing an event at every step under the manifest's deployment id.
+ * roll back on failure, publishing an event at every step under the manifest's deployment id and
+ * journalling every state on disk before acting on it. One deployment (or rollback) per service
+ * runs at a time; a known deployment id gets its journalled outcome back.
  */
 export class Deployer {
   readonly #deps: DeployerDeps;
+  readonly #journal: Journal;
+  /** Services with a deployment, rollback or reconcile under way: the per-service lock. */
   readonly #busy = new Set<string>();
-  readonly #results = new Map<string, DeploymentResult>();
+  readonly #timers = new Set<NodeJS.Timeout>();
 
   constructor(deps: DeployerDeps) {
     this.#deps = deps;
+    this.#journal = deps.journal;
   }
 
+  get journal(): Journal {
+    return this.#journal;
+  }
 
   /** Publishes the failure of an upload refused before deploying (bad digest, bad size…). */
   rejected(manifest: Manifest, error: FerryError): void {
@@ -54,24 +87,37 @@ export class Deployer {
   }
 
   /**
+   * Refuses a new upload (507 FERRY_ERR_DISK_FULL) when the data directory is short of space;
+   * `packageBytes` makes room for a package of that size too (see {@link assertFreeSpace}).
+   */
+  async assertDiskSpace(packageBytes = 0): Promise<void> {
+    if (this.#deps.disk) await assertFreeSpace(this.#deps.disk, packageBytes);
+  }
+
+  /**
    * Deploys a verified package, which it owns from here: the spool file is gone when this returns.
-   * A known deployment id gets its stored outcome back instead of a second deployment, so a
-   * sender that retries after a lost answer never deploys twice.
+   * A deployment id the journal knows gets its stored outcome back instead of a second
+   * deployment (also across restarts), so a sender that retries after a lost answer never
+   * deploys twice; one still running answers FERRY_ERR_DEPLOYMENT_IN_PROGRESS.
    */
   async deploy(pkg: VerifiedPackage): Promise<DeploymentResult> {
     const { manifest } = pkg;
     const service = manifest.service.name;
-    const stored = this.#results.get(manifest.deploymentId);
+    const stored = this.#journal.get(manifest.deploymentId);
+    // Nothing is awaited between the look-ups and taking the lock: two requests cannot both pass.
     if (stored || this.#busy.has(service)) {
       await rm(pkg.path, { force: true });
-      if (stored?.error) throw failure(stored);
-      if (stored) return stored;
+      if (stored) return replay(stored, { kind: 'deploy', service, imageId: manifest.image.id });
       throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { details: { service } });
     }
     this.#busy.add(service);
     try {
-      const result = await new Run(this.#deps, pkg, (type, data) => this.#emit(manifest, type, data)).execute();
-      this.#remember(result);
+      // Refused before the journal starts: a retry under the same id once space is back deploys.
+      await this.assertDiskSpace(pkg.bytes);
+      const entry = await this.#journal.begin(headerOf(manifest, this.#deps.hostId, pkg.bytes), receivedStates(pkg));
+      const run = new Run(this.#deps, pkg, entry, (type, data) => this.#emit(manifest, type, data));
+      const result = await run.execute();
+      if (result.state === 'COMPLETED') await this.#prune(service);
       if (result.error) throw failure(result);
       return result;
     } finally {
@@ -80,24 +126,204 @@ export class Deployer {
     }
   }
 
-  #remember(result: DeploymentResult): void {
-    this.#results.set(result.deploymentId, result);
-    if (this.#results.size > REMEMBERED_RESULTS) {
-      const oldest = this.#results.keys().next().value;
-      if (oldest !== undefined) this.#results.delete(oldest);
+  /**
+   * `POST /v1/services/:name/rollback`: the kept previous container runs again and the current
+   * one becomes the previous (a second rollback rolls forward). Journalled as a deployment of
+   * kind `rollback` under `deploymentId`, which makes a retried request answer the stored outcome.
+   */
+  async rollback(service: string, deploymentId: string = randomUUID()): Promise<DeploymentResult> {
+    const stored = this.#journal.get(deploymentId);
+    if (stored) return replay(stored, { kind: 'rollback', service });
+    if (this.#busy.has(service)) throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { details: { service } });
+    this.#busy.add(service);
+    try {
+      return await this.#rollback(service, deploymentId);
+    } finally {
+      this.#busy.delete(service);
     }
   }
 
+  async #rollback(service: string, deploymentId: string): Promise<DeploymentResult> {
+    const { containers, images } = this.#deps;
+    const started = performance.now();
+    const previous = await containers.inspect(previousName(service));
+    if (!previous) throw new FerryError('FERRY_ERR_NOTHING_TO_ROLL_BACK', { details: { service } });
+    const current = await containers.inspect(service);
+    const subject: Subject = {
+      deploymentId, service, image: previous.labels[LABELS.imageRef] ?? previous.image, imageId: previous.labels[LABELS.imageId] ?? previous.imageId,
+    };
+    const entry = await this.#journal.begin({ ...subject, kind: 'rollback', host: this.#deps.hostId, bytes: 0 }, []);
+    const log = this.#deps.logger.child({ deploymentId, service });
+    const timings: StageTimings = {};
+    const result = (state: DeploymentState, error?: FerryError): DeploymentResult => ({
+      ...subject, host: this.#deps.hostId, state, bytes: 0, timings,
+      ...(state === 'ROLLED_BACK' ? { containerId: previous.id } : {}),
+      ...(error ? { error: { code: error.code, message: error.message } } : {}),
+    });
+    this.#publish(subject, 'rollback.started', { reason: 'manual rollback' });
+    await entry.enter('ROLLING_BACK', { event: 'rollback.started', ...(current ? { previousContainerId: current.id } : {}) });
+    try {
+      await swapToPrevious(containers, service);
+      // The service's image name points at what runs again, as after any deployment.
+      if (subject.image !== subject.imageId) await images.tag(subject.imageId, subject.image);
+      if (!(await containers.inspect(previous.id))?.running) {
+        throw new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The previous container exited right after it started again' });
+      }
+    } catch (err) {
+      const error = new FerryError('FERRY_ERR_ROLLBACK_FAILED', { message: `Rollback of ${service} failed: ${asFerryError(err).message}`, cause: err });
+      log.error({ err }, 'manual rollback failed');
+      timings.total = since(started);
+      await entry.finish(result('FAILED', error));
+      this.#publish(subject, 'deployment.failed', { code: error.code, reason: error.message, state: 'FAILED' });
+      throw failure(result('FAILED', error));
+    }
+    timings.rollback = since(started);
+    timings.total = timings.rollback;
+    await entry.note({ event: 'rollback.completed', containerId: previous.id });
+    const done = result('ROLLED_BACK');
+    await entry.finish(done);
+    this.#publish(subject, 'rollback.completed', { restoredContainerId: previous.id, durationMs: timings.rollback });
+    log.info({ timings }, 'manual rollback completed');
+    return done;
+  }
+
+  /**
+   * Resolves what the journal shows unfinished: the receiver died in the middle of those. A
+   * deployment that had begun swapping containers is rolled back to the previous container
+   * (ROLLED_BACK, or FAILED when there was none), one that had not is FAILED; either way with
+   * FERRY_ERR_INTERRUPTED. A half-done manual rollback is finished so that a container runs.
+   * A record the engine cannot resolve now (unreachable) keeps its service locked and is retried
+   * in the background. Call before serving requests.
+   */
+  async recover(): Promise<void> {
+    const pending = this.#journal.unfinished();
+    for (const record of pending) this.#busy.add(record.service);
+    await Promise.all(pending.map((record) => this.#recoverOne(record)));
+  }
+
+  async #recoverOne(record: DeploymentRecord): Promise<void> {
+    try {
+      await this.#reconcile(record);
+      this.#busy.delete(record.service);
+    } catch (err) {
+      this.#deps.logger.error({ err, deploymentId: record.deploymentId, service: record.service }, 'could not resolve an interrupted deployment yet; retrying');
+      const timer = setTimeout(() => {
+        this.#timers.delete(timer);
+        void this.#recoverOne(record);
+      }, RECOVERY_RETRY_MS);
+      timer.unref();
+      this.#timers.add(timer);
+    }
+  }
+
+  async #reconcile(record: DeploymentRecord): Promise<void> {
+    const { containers, images } = this.#deps;
+    const { service, deploymentId } = record;
+    const log = this.#deps.logger.child({ deploymentId, service });
+    const entry = await this.#journal.resume(deploymentId);
+    try {
+      const swapping = record.kind === 'rollback' || record.states.some((s) => s.state === 'DEPLOYING');
+      let running: string | undefined;
+      if (record.kind === 'rollback') {
+        running = await finishSwapBack(containers, service);
+      } else if (swapping) {
+        if (record.state !== 'ROLLING_BACK') await entry.enter('ROLLING_BACK', { event: 'rollback.started' });
+        this.#publish(record, 'rollback.started', { reason: `the receiver stopped while ${record.state}` });
+        running = await undoSwap(containers, service, deploymentId, record.containerId);
+        this.#publish(record, 'rollback.completed', { ...(running ? { restoredContainerId: running } : {}), durationMs: 0 });
+      } else {
+        // Nothing was swapped; only a container created aside may be left.
+        const aside = await containers.inspect(nextName(service));
+        if (aside?.labels[LABELS.deploymentId] === deploymentId) await containers.remove(aside.id, { force: true });
+      }
+      if (record.kind === 'deploy' && record.previousImageId && record.previousImageId !== record.imageId) {
+        await images.tag(record.previousImageId, record.image);
+      }
+      const state: DeploymentState = record.kind === 'deploy' && swapping && running ? 'ROLLED_BACK' : 'FAILED';
+      const error = new FerryError('FERRY_ERR_INTERRUPTED', {
+        message: `The receiver stopped while this deployment was ${record.state}; ${running ? `container ${running.slice(0, 12)} runs` : 'nothing runs for this service'} since it started again`,
+      });
+      const result: DeploymentResult = {
+        deploymentId, host: record.host, service, image: record.image, imageId: record.imageId, state,
+        ...(record.kind === 'rollback' && running ? { containerId: running } : {}),
+        bytes: record.bytes, timings: record.timings,
+        error: { code: error.code, message: error.message, details: { interruptedIn: record.state, ...(running ? { runningContainerId: running } : {}) } },
+      };
+      await entry.finish(result);
+      this.#publish(record, 'deployment.failed', { code: error.code, reason: error.message, state });
+      log.warn({ interruptedIn: record.state, state, running: running ?? null }, 'interrupted deployment resolved');
+    } catch (err) {
+      await entry.close();
+      throw err;
+    }
+  }
+
+  /** Stops background retries; the journal files stay as they are. */
+  close(): void {
+    for (const timer of this.#timers) clearTimeout(timer);
+    this.#timers.clear();
+  }
+
+  async #prune(service: string): Promise<void> {
+    const keep = this.#deps.retainImages ?? DEFAULT_RETAIN_IMAGES;
+    await pruneImages(this.#deps.images, this.#journal, service, keep, this.#deps.logger)
+      .catch((err: unknown) => this.#deps.logger.warn({ err, service }, 'removing old images failed'));
+  }
+
   #emit<T extends EventType>(manifest: Manifest, type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image'>): void {
+    this.#publish({ deploymentId: manifest.deploymentId, service: manifest.service.name, image: manifest.image.ref, imageId: manifest.image.id }, type, data);
+  }
+
+  #publish<T extends EventType>(subject: Subject, type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image'>): void {
     const full = {
-      deploymentId: manifest.deploymentId, host: this.#deps.hostId, service: manifest.service.name,
-      image: manifest.image.ref, imageId: manifest.image.id, ...data,
+      deploymentId: subject.deploymentId, host: this.#deps.hostId, service: subject.service,
+      image: subject.image, imageId: subject.imageId, ...data,
     } as unknown as EventData[T];
     this.#deps.events.publish(createEvent(type, {
-      source: `ferry://receiver/${this.#deps.hostId}`, host: this.#deps.hostId, service: manifest.service.name,
-      deploymentId: manifest.deploymentId, data: full,
+      source: `ferry://receiver/${this.#deps.hostId}`, host: this.#deps.hostId, service: subject.service,
+      deploymentId: subject.deploymentId, data: full,
     }));
   }
+}
+
+/**
+ * The answer to a deployment id seen before: its stored outcome, the same 200 record or the
+ * same error. The same id for another service or image is a client bug, not a retry. (The package
+ * digest may differ: `docker save` of the same image is not byte-identical from one run to the next.)
+ */
+function replay(stored: DeploymentRecord, asked: { kind: DeploymentRecord['kind']; service: string; imageId?: string }): DeploymentResult {
+  const { deploymentId } = stored;
+  if (stored.kind !== asked.kind || stored.service !== asked.service || (asked.imageId !== undefined && stored.imageId !== asked.imageId)) {
+    throw new FerryError('FERRY_ERR_DEPLOYMENT_CONFLICT', { details: { deploymentId, service: stored.service } });
+  }
+  if (!stored.result) {
+    throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { message: 'This deployment is still running', details: { deploymentId, service: stored.service, state: stored.state } });
+  }
+  if (stored.result.error) throw failure(stored.result);
+  return stored.result;
+}
+
+function headerOf(manifest: Manifest, host: string, bytes: number): DeploymentHeader {
+  return {
+    deploymentId: manifest.deploymentId, kind: 'deploy', host, service: manifest.service.name,
+    image: manifest.image.ref, imageId: manifest.image.id, configHash: configHash(manifest),
+    // Names only: values may be secrets, and a reconcile never needs them (see DeploymentHeader).
+    envNames: Object.keys(manifest.service.env).sort(),
+    package: { digest: manifest.package.digest, size: manifest.package.size }, bytes,
+  };
+}
+
+/** The upload's part of the walk, which happened before the journal got the package. */
+function receivedStates(pkg: VerifiedPackage): StateStamp[] {
+  const now = Date.now();
+  return [
+    { state: 'RECEIVING', at: new Date(now - Math.round(pkg.durationMs)).toISOString() },
+    { state: 'VERIFYING', at: new Date(now).toISOString() },
+  ];
+}
+
+function since(started: number): number {
+  return Math.round(performance.now() - started);
 }
 
 type Emit = <T extends EventType>(type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image'>) => void;
@@ -110,12 +336,14 @@ class Run {
   readonly #log: Logger;
   readonly #timings: StageTimings = {};
   readonly #started = performance.now();
+  readonly #entry: JournalEntry;
   #state: DeploymentState = 'VERIFYING';
   #containerId: string | undefined;
 
-  constructor(deps: DeployerDeps, pkg: VerifiedPackage, emit: Emit) {
+  constructor(deps: DeployerDeps, pkg: VerifiedPackage, entry: JournalEntry, emit: Emit) {
     this.#deps = deps;
     this.#pkg = pkg;
+    this.#entry = entry;
     this.#emit = emit;
     this.#log = deps.logger.child({ deploymentId: pkg.manifest.deploymentId, service: pkg.manifest.service.name });
     this.#timings.receive = Math.round(pkg.durationMs);
@@ -125,19 +353,39 @@ class Run {
     return this.#pkg.manifest;
   }
 
+  /** Walks the states, each journalled before it is acted on; resolves to the journalled outcome. */
   async execute(): Promise<DeploymentResult> {
+    const result = await this.#walk();
+    await this.#entry.finish(result);
+    return result;
+  }
+
+  async #walk(): Promise<DeploymentResult> {
     const manifest = this.#manifest;
     this.#emit('package.verified', { digest: manifest.package.digest, bytes: this.#pkg.bytes, durationMs: this.#timings.receive ?? 0 });
     let previousTagTarget: string | undefined;
     try {
+      const preexisting = (await this.#deps.images.inspect(manifest.image.id)) !== undefined;
+      await this.#enter('LOADING', { imagePreexisting: preexisting });
       await this.#load();
       previousTagTarget = (await this.#deps.images.inspect(manifest.image.ref))?.id;
+      // Written before the tag moves, so a reconcile can point the name back.
+      if (previousTagTarget) await this.#entry.note({ previousImageId: previousTagTarget });
       await this.#deps.images.tag(manifest.image.id, manifest.image.ref);
+      await this.#enter('DEPLOYING');
       await this.#start();
     } catch (err) {
       return this.#fail(asFerryError(err), previousTagTarget);
     }
-    const health = await this.#validate();
+    let health: Awaited<ReturnType<Run['validate']>>;
+    try {
+      await this.#enter('VALIDATING');
+      this.#crashAt('during-validate');
+      health = await this.validate();
+    } catch (err) {
+      // The engine going away mid-check (a daemon restart) is a failure like any other.
+      return this.#fail(asFerryError(err), previousTagTarget);
+    }
     if (!health.ok) return this.#fail(health.error, previousTagTarget, health.logs, health.probes);
     this.#state = 'COMPLETED';
     this.#timings.total = this.#elapsed();
@@ -146,42 +394,46 @@ class Run {
     return this.#result();
   }
 
+  async #enter(state: DeploymentState, facts?: DeploymentFacts): Promise<void> {
+    this.#state = state;
+    await this.#entry.enter(state, facts);
+  }
+
+  /** The FERRY_TEST_CRASH_AT hook: dies here, as a power cut or the OOM killer would. */
+  #crashAt(point: CrashPoint): void {
+    if (this.#deps.crashAt !== point) return;
+    this.#log.warn({ point }, 'FERRY_TEST_CRASH_AT: killing the receiver');
+    process.kill(process.pid, 'SIGKILL');
+  }
+
   async #load(): Promise<void> {
     const manifest = this.#manifest;
     this.#state = 'LOADING';
     const started = performance.now();
-    const existed = (await this.#deps.images.inspect(manifest.image.id)) !== undefined;
-    // pipeline() rather than pipe(): a read or decompression error must reach the load as an error.
-    const archive = pipeline(createReadStream(this.#pkg.path), createDecompressor(manifest.package.compression), () => undefined);
-    const loaded = await this.#deps.images.load(archive);
-    const image = await this.#deps.images.inspect(manifest.image.id);
-    const sameLayers = image !== undefined && image.diffIds.length === manifest.image.diffIds.length
-      && image.diffIds.every((id, i) => id === manifest.image.diffIds[i]);
-    if (!loaded.imageIds.includes(manifest.image.id) || !sameLayers) {
-      // An image that was not here before and is not what was signed must not stay behind.
-      for (const id of loaded.imageIds) if (!existed || id !== manifest.image.id) await this.#deps.images.remove(id, { force: true }).catch(() => undefined);
-      throw new FerryError('FERRY_ERR_IMAGE_MISMATCH', { details: { expected: manifest.image.id, loaded: loaded.imageIds } });
-    }
+    await loadVerified(this.#deps, this.#pkg);
     this.#timings.load = this.#since(started);
     this.#emit('image.loaded', { imageId: manifest.image.id, durationMs: this.#timings.load });
   }
 
   async #start(): Promise<void> {
     const manifest = this.#manifest;
-    this.#state = 'DEPLOYING';
     const started = performance.now();
-    const swapped = await replaceContainer(this.#deps.containers, {
-      name: manifest.service.name,
-      image: manifest.image.ref,
-      env: manifest.service.env,
-      network: manifest.service.network,
-      labels: {
-        [LABELS.service]: manifest.service.name,
-        [LABELS.deploymentId]: manifest.deploymentId,
-        [LABELS.configHash]: configHash(manifest),
-        [LABELS.imageRef]: manifest.image.ref,
-        [LABELS.imageId]: manifest.image.id,
+    const spec = containerSpecFor(manifest, {
+      [LABELS.service]: manifest.service.name,
+      [LABELS.deploymentId]: manifest.deploymentId,
+      [LABELS.configHash]: configHash(manifest),
+      [LABELS.imageRef]: manifest.image.ref,
+      [LABELS.imageId]: manifest.image.id,
+    }, this.#deps.policy);
+    const swapped = await replaceContainer(this.#deps.containers, spec, {
+      created: async (containerId) => {
+        // Known from here, so a failure at any later step removes this container, not the old one.
+        this.#containerId = containerId;
+        await this.#entry.note({ containerId });
       },
+      replacing: (previousContainerId) => this.#entry.note({ previousContainerId }),
+      stoppedOld: () => Promise.resolve(this.#crashAt('after-stop-old')),
+      renamedNew: () => Promise.resolve(this.#crashAt('before-start-new')),
     }).catch((err: unknown) => {
       throw asFerryError(err, 'FERRY_ERR_CONTAINER_FAILED');
     });
@@ -190,11 +442,11 @@ class Run {
     this.#emit('container.started', { containerId: swapped.containerId, durationMs: this.#timings.deploy });
   }
 
-  async #validate(): Promise<{ ok: true } | { ok: false; error: FerryError; logs: string[]; probes: ProbeResult[] }> {
+  /** Not private only so that its return type can be named above. */
+  async validate(): Promise<{ ok: true } | { ok: false; error: FerryError; logs: string[]; probes: ProbeResult[] }> {
     const check = this.#manifest.service.health;
     const containerId = this.#containerId;
     if (!containerId) throw new Error('validate before start');
-    this.#state = 'VALIDATING';
     const isRunning = async (): Promise<boolean> => (await this.#deps.containers.inspect(containerId))?.running ?? false;
     if (!check) {
       // Without a health check the least a deployment proves is that the process stayed up.
@@ -202,7 +454,7 @@ class Run {
       const logs = await this.#deps.containers.logs(containerId).catch(() => []);
       return { ok: false, error: new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The container exited right after it started' }), logs, probes: [] };
     }
-    const outcome = await waitHealthy(check, { isRunning });
+    const outcome = await waitHealthy(check, { isRunning, dockerHealth: async () => (await this.#deps.containers.inspect(containerId))?.health });
     this.#timings.health = outcome.durationMs;
     if (outcome.ok) {
       this.#emit('healthcheck.passed', { attempts: outcome.attempts, durationMs: outcome.durationMs });
@@ -218,13 +470,17 @@ class Run {
     const manifest = this.#manifest;
     let finalError = error;
     if (this.#state === 'DEPLOYING' || this.#state === 'VALIDATING') {
-      this.#state = 'ROLLING_BACK';
       const started = performance.now();
       this.#emit('rollback.started', { reason: error.message });
       try {
-        const restored = await restorePrevious(this.#deps.containers, manifest.service.name, this.#containerId);
-        if (previousTagTarget && previousTagTarget !== manifest.image.id) await this.#deps.images.tag(previousTagTarget, manifest.image.ref);
+        await this.#enter('ROLLING_BACK', { event: 'rollback.started' });
+        const restored = await whileEngineRestarts(async () => {
+          const id = await restorePrevious(this.#deps.containers, manifest.service.name, this.#containerId);
+          if (previousTagTarget && previousTagTarget !== manifest.image.id) await this.#deps.images.tag(previousTagTarget, manifest.image.ref);
+          return id;
+        });
         this.#timings.rollback = this.#since(started);
+        await this.#entry.note({ event: 'rollback.completed' });
         this.#emit('rollback.completed', { ...(restored ? { restoredContainerId: restored } : {}), durationMs: this.#timings.rollback });
         this.#state = restored ? 'ROLLED_BACK' : 'FAILED';
         if (!restored && error.code === 'FERRY_ERR_HEALTHCHECK_FAILED') {
@@ -269,6 +525,25 @@ class Run {
 
   #elapsed(): number {
     return Math.round((this.#timings.receive ?? 0) + performance.now() - this.#started);
+  }
+}
+
+/** How long a rollback waits for an engine that went away (a daemon restart) to come back. */
+const ENGINE_BACK_ATTEMPTS = 30;
+const ENGINE_BACK_PAUSE_MS = 1000;
+
+/**
+ * Runs `step` again while the engine cannot be reached: a rollback given up on during a daemon
+ * restart would leave the new, unchecked container to come back with the engine.
+ */
+async function whileEngineRestarts<T>(step: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await step();
+    } catch (err) {
+      if (attempt >= ENGINE_BACK_ATTEMPTS || !(err instanceof FerryError && err.code === 'FERRY_ERR_DOCKER_UNAVAILABLE')) throw err;
+      await new Promise((resolve) => setTimeout(resolve, ENGINE_BACK_PAUSE_MS));
+    }
   }
 }
 

@@ -1,3 +1,5 @@
+import { connect } from 'node:net';
+import type { ContainerHealth } from '@ferry/docker';
 import type { HealthCheck, ProbeResult } from '@ferry/protocol';
 
 /** Kept short: a failure event carries the history, and a long one says nothing more. */
@@ -14,16 +16,20 @@ export interface HealthOutcome {
 export interface HealthDeps {
   /** False once the container has exited: no point probing a process that is gone. */
   isRunning: () => Promise<boolean>;
+  /** Docker's health state of the container, for `cmd` checks; undefined when it has none. */
+  dockerHealth?: () => Promise<ContainerHealth | undefined>;
   sleep?: (ms: number) => Promise<void>;
 }
 
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
- * Probes an HTTP health URL until it answers as expected or the retries run out. A 2xx or 3xx
- * passes unless the check names the one status it expects.
+ * Waits until the new container is healthy or the check gives up. `http` and `tcp` probes run
+ * here, each cut by `timeoutMs` so a service that accepts and never answers still fails; a `cmd`
+ * check lets Docker run the image's HEALTHCHECK and follows its verdict.
  */
 export async function waitHealthy(check: HealthCheck, deps: HealthDeps): Promise<HealthOutcome> {
+  if (check.type === 'cmd') return waitDockerHealthy(check, deps);
   const sleep = deps.sleep ?? defaultSleep;
   const started = performance.now();
   const probes: ProbeResult[] = [];
@@ -33,7 +39,7 @@ export async function waitHealthy(check: HealthCheck, deps: HealthDeps): Promise
   if (check.startPeriodMs > 0) await sleep(check.startPeriodMs);
   for (let attempt = 1; attempt <= check.retries; attempt++) {
     if (!(await deps.isRunning())) return finish(false, attempt - 1, 'the container exited before it became healthy');
-    const probe = await probeHttp(check);
+    const probe = check.type === 'http' ? await probeHttp(check) : await probeTcp(check);
     probes.push(probe);
     if (probe.ok) return finish(true, attempt);
     if (attempt < check.retries) await sleep(check.intervalMs);
@@ -43,17 +49,76 @@ export async function waitHealthy(check: HealthCheck, deps: HealthDeps): Promise
   return finish(false, check.retries, `health check failed ${check.retries} times (last: ${lastSaid})`);
 }
 
-export async function probeHttp(check: HealthCheck): Promise<ProbeResult> {
+type HttpCheck = Extract<HealthCheck, { type: 'http' }>;
+type TcpCheck = Extract<HealthCheck, { type: 'tcp' }>;
+type CmdCheck = Extract<HealthCheck, { type: 'cmd' }>;
+
+export async function probeHttp(check: HttpCheck): Promise<ProbeResult> {
   const at = new Date().toISOString();
   const started = performance.now();
+  const signal = AbortSignal.timeout(check.timeoutMs);
   try {
-    const response = await fetch(check.url, { redirect: 'manual', signal: AbortSignal.timeout(check.timeoutMs) });
+    const response = await fetch(check.url, { redirect: 'manual', signal });
+    // The timeout covers the whole answer: a server that sends headers and then stalls is cut too.
     await response.body?.cancel();
     const ok = check.expectStatus !== undefined ? response.status === check.expectStatus : response.status >= 200 && response.status < 400;
     return { at, ok, status: response.status, ms: Math.round(performance.now() - started) };
   } catch (err) {
     const cause = (err as { cause?: { code?: string } }).cause;
-    const error = (err as Error).name === 'TimeoutError' ? `timed out after ${check.timeoutMs} ms` : (cause?.code ?? (err as Error).message);
+    const error = signal.aborted ? `timed out after ${check.timeoutMs} ms` : (cause?.code ?? (err as Error).message);
     return { at, ok: false, error, ms: Math.round(performance.now() - started) };
   }
+}
+
+/** Passes when a TCP connection is accepted within the timeout; nothing is sent. */
+export function probeTcp(check: TcpCheck): Promise<ProbeResult> {
+  const at = new Date().toISOString();
+  const started = performance.now();
+  return new Promise((resolve) => {
+    const socket = connect({ host: check.host, port: check.port });
+    const done = (error?: string): void => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve({ at, ok: error === undefined, ...(error !== undefined ? { error } : {}), ms: Math.round(performance.now() - started) });
+    };
+    const timer = setTimeout(() => done(`timed out after ${check.timeoutMs} ms`), check.timeoutMs);
+    socket.once('connect', () => done());
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code ?? err.message));
+  });
+}
+
+/**
+ * Follows Docker's health status (starting → healthy | unhealthy). The engine runs the image's
+ * check with the manifest's timings, so it has said its last word within the start period plus
+ * `retries` rounds of interval and timeout; past that plus a margin, starting counts as failed.
+ */
+async function waitDockerHealthy(check: CmdCheck, deps: HealthDeps): Promise<HealthOutcome> {
+  const sleep = deps.sleep ?? defaultSleep;
+  const started = performance.now();
+  const deadline = started + check.startPeriodMs + check.retries * (check.intervalMs + check.timeoutMs) + 2 * check.intervalMs + 1000;
+  const poll = Math.min(check.intervalMs, 500);
+  let health: ContainerHealth | undefined;
+  const finish = (ok: boolean, reason?: string): HealthOutcome => {
+    const probes = (health?.log ?? []).map(probeOfDockerRun).slice(-HISTORY);
+    return { ok, attempts: probes.length, probes, durationMs: Math.round(performance.now() - started), ...(reason ? { reason } : {}) };
+  };
+  if (!deps.dockerHealth) return finish(false, 'this receiver cannot read Docker health states');
+  for (;;) {
+    health = await deps.dockerHealth();
+    if (health === undefined) return finish(false, 'the image declares no HEALTHCHECK');
+    if (health.status === 'healthy') return finish(true);
+    if (health.status === 'unhealthy') return finish(false, `Docker reports the container unhealthy after ${health.failingStreak} failed checks`);
+    if (!(await deps.isRunning())) return finish(false, 'the container exited before it became healthy');
+    if (performance.now() >= deadline) return finish(false, `still "${health.status}" after ${Math.round(performance.now() - started)} ms`);
+    await sleep(poll);
+  }
+}
+
+function probeOfDockerRun(run: ContainerHealth['log'][number]): ProbeResult {
+  const ms = Math.max(0, Date.parse(run.end) - Date.parse(run.start));
+  const output = run.output.trim().slice(-200);
+  return {
+    at: run.start, ok: run.exitCode === 0, ms: Number.isFinite(ms) ? ms : 0,
+    ...(run.exitCode !== 0 ? { error: `exit ${run.exitCode}${output ? `: ${output}` : ''}` } : {}),
+  };
 }

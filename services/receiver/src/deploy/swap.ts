@@ -1,11 +1,26 @@
-import type { ContainerRunner, ContainerSpec } from '@ferry/docker';
+import type { ContainerInfo, ContainerRunner, ContainerSpec } from '@ferry/docker';
+import { FerryError, LABELS } from '@ferry/protocol';
 
 /** Names derived from the service; a dot cannot appear in a service name, so these never collide. */
 export function previousName(service: string): string {
   return `${service}.ferry-previous`;
 }
-function nextName(service: string): string {
+export function nextName(service: string): string {
   return `${service}.ferry-next`;
+}
+
+/**
+ * Called between the steps of a swap, each awaited: the deployment journals what it needs to undo
+ * the swap before the step that would need undoing (and tests stop the process there).
+ */
+export interface SwapHooks {
+  created?: (containerId: string) => Promise<void>;
+  /** The running container about to be stopped and kept as the previous one. */
+  replacing?: (currentId: string) => Promise<void>;
+  /** The old container is stopped and named `<service>.ferry-previous`; the new is not started. */
+  stoppedOld?: () => Promise<void>;
+  /** The new container has the service's name and is not started yet. */
+  renamedNew?: () => Promise<void>;
 }
 
 export interface Swapped {
@@ -19,18 +34,22 @@ export interface Swapped {
  * stops), stop the old one, keep it under a second name, and start the new one under the
  * service's name. Stopping first matters: with host networking both would want the same port.
  */
-export async function replaceContainer(runner: ContainerRunner, spec: ContainerSpec): Promise<Swapped> {
+export async function replaceContainer(runner: ContainerRunner, spec: ContainerSpec, hooks: SwapHooks = {}): Promise<Swapped> {
   const service = spec.name;
   await runner.remove(nextName(service), { force: true });
   const containerId = await runner.create({ ...spec, name: nextName(service) });
   try {
+    await hooks.created?.(containerId);
     const current = await runner.inspect(service);
     if (current) {
+      await hooks.replacing?.(current.id);
       await runner.remove(previousName(service), { force: true });
       await runner.stop(current.id);
       await runner.rename(current.id, previousName(service));
+      await hooks.stoppedOld?.();
     }
     await runner.rename(containerId, service);
+    await hooks.renamedNew?.();
     await runner.start(containerId);
     return { containerId, previousId: current?.id };
   } catch (err) {
@@ -59,4 +78,89 @@ export async function restorePrevious(runner: ContainerRunner, service: string, 
   await runner.rename(previous.id, service);
   await runner.start(previous.id);
   return previous.id;
+}
+
+/** Where a manual rollback parks the container it replaces while the previous one takes over. */
+export function parkedName(service: string): string {
+  return `${service}.ferry-parked`;
+}
+
+export interface SwappedBack {
+  /** The previous container, now running under the service's name. */
+  restored: ContainerInfo;
+  /** The container that ran before the rollback, now kept as the previous one. */
+  replacedId: string | undefined;
+}
+
+/**
+ * Manual rollback: the kept previous container runs again under the service's name and the one
+ * it replaces becomes the previous one, so a second rollback rolls forward again. If the previous
+ * container does not start, everything is put back as it was and the error is thrown.
+ */
+export async function swapToPrevious(runner: ContainerRunner, service: string): Promise<SwappedBack> {
+  const previous = await runner.inspect(previousName(service));
+  if (!previous) throw new FerryError('FERRY_ERR_NOTHING_TO_ROLL_BACK', { details: { service } });
+  const current = await runner.inspect(service);
+  if (current) {
+    await runner.remove(parkedName(service), { force: true });
+    await runner.stop(current.id);
+    await runner.rename(current.id, parkedName(service));
+  }
+  try {
+    await runner.rename(previous.id, service);
+    await runner.start(previous.id);
+  } catch (err) {
+    await putBack(runner, service, previous.id, current?.id).catch(() => undefined);
+    throw err;
+  }
+  if (current) await runner.rename(current.id, previousName(service));
+  return { restored: previous, replacedId: current?.id };
+}
+
+async function putBack(runner: ContainerRunner, service: string, previousId: string, currentId: string | undefined): Promise<void> {
+  const named = await runner.inspect(service);
+  if (named?.id === previousId) {
+    await runner.stop(previousId);
+    await runner.rename(previousId, previousName(service));
+  }
+  if (currentId) {
+    await runner.rename(currentId, service);
+    await runner.start(currentId);
+  }
+}
+
+/**
+ * Undoes a swap a deployment left half-done when the process died: the new container (aside
+ * under the next name, or under the service's name carrying this deployment's label) is removed
+ * and the old one runs again. Undefined when there was nothing to restore.
+ */
+export async function undoSwap(runner: ContainerRunner, service: string, deploymentId: string, newId: string | undefined): Promise<string | undefined> {
+  const aside = await runner.inspect(nextName(service));
+  if (aside) await runner.remove(aside.id, { force: true });
+  const current = await runner.inspect(service);
+  const isNew = current !== undefined && (current.id === newId || current.labels[LABELS.deploymentId] === deploymentId);
+  return restorePrevious(runner, service, isNew ? current.id : undefined);
+}
+
+/**
+ * Brings back a service a manual rollback left half-done: whatever holds the service's name
+ * runs; without one, the previous container takes it (the rollback completes), else the parked
+ * one. A parked container becomes the previous one again.
+ */
+export async function finishSwapBack(runner: ContainerRunner, service: string): Promise<string | undefined> {
+  let running = await runner.inspect(service);
+  if (!running) {
+    const candidate = (await runner.inspect(previousName(service))) ?? (await runner.inspect(parkedName(service)));
+    if (candidate) {
+      await runner.rename(candidate.id, service);
+      running = candidate;
+    }
+  }
+  if (running) await runner.start(running.id);
+  const parked = await runner.inspect(parkedName(service));
+  if (parked && parked.id !== running?.id) {
+    if (await runner.inspect(previousName(service))) await runner.remove(parked.id, { force: true });
+    else await runner.rename(parked.id, previousName(service));
+  }
+  return running?.id;
 }

@@ -3,12 +3,14 @@ import type { Manifest } from '@ferry/protocol';
 import { FerryError, PATHS } from '@ferry/protocol';
 import type { AuthLocals } from '../auth.ts';
 import type { Deployer } from '../deploy/engine.ts';
+import type { PolicyGate } from '../policy/index.ts';
 import { receiveMultipart } from '../upload/multipart.ts';
 
 export interface PackagesDeps {
   deployer: Deployer;
   spoolDir: string;
   maxPackageBytes: number;
+  policy: PolicyGate;
 }
 
 /** `POST /v1/packages`: the one-shot upload; answers when the deployment has an outcome. */
@@ -16,12 +18,15 @@ export function packagesRouter(deps: PackagesDeps): Router {
   const router = Router();
   router.post(PATHS.packages, async (req, res) => {
     const { auth } = res.locals as AuthLocals;
+    // 507 before a byte is spooled when the data disk is below FERRY_MIN_FREE_BYTES.
+    await deps.deployer.assertDiskSpace();
     let manifest: Manifest | undefined;
     const received = await receiveMultipart(req, {
       signedDigest: auth.contentDigest,
       spoolDir: deps.spoolDir,
       maxPackageBytes: deps.maxPackageBytes,
-      onManifest: (m) => { manifest = m; },
+      // A refusal here stops the package from being spooled; the upload is drained, then answered 403.
+      onManifest: (m) => { manifest = m; deps.policy.checkPolicy(m); },
     }).catch((err: unknown) => {
       if (manifest && err instanceof FerryError) deps.deployer.rejected(manifest, err);
       throw err;

@@ -23,7 +23,7 @@ export interface ReceiveOptions {
   spoolDir: string;
   /** Upper bound on any package, whatever its manifest declares. */
   maxPackageBytes: number;
-  /** Called once the manifest is verified and before package bytes are spooled. */
+  /** Called once the manifest is verified and before package bytes are spooled; a throw refuses the upload. */
   onManifest?: (manifest: Manifest) => void;
 }
 
@@ -72,7 +72,12 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
       return fail(new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { details: { limit: options.maxPackageBytes } }));
     }
     manifest = parsed.manifest;
-    options.onManifest?.(manifest);
+    try {
+      options.onManifest?.(manifest);
+    } catch (err) {
+      // A refusal (policy…) keeps the manifest known, so the package part is drained, not spooled.
+      return fail(asFerryError(err));
+    }
   };
 
   // A limit exceeded means parts the protocol does not have; silently dropping them would hide it.

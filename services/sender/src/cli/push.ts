@@ -18,12 +18,18 @@ deploys it there as the container SERVICE.
 Options:
   --to URL                 receiver base URL, e.g. http://10.0.0.5:7701 (required)
   --name SERVICE           service (and container) name on the target (required)
-  --health URL             HTTP health check probed by the receiver, e.g. http://127.0.0.1:8080/healthz
+  --health URL|tcp://HOST:PORT|cmd
+                           health check run from the target host: an HTTP URL (2xx/3xx passes),
+                           a TCP connect, or cmd = the image's own HEALTHCHECK, run by Docker
   --health-retries N       probes before the deployment fails and rolls back (default 30)
   --health-interval MS     pause between probes (default 1000)
+  --health-timeout MS      limit of one probe (default 2000)
+  --health-start-period MS wait before the first probe (default 0)
   --env KEY=VALUE          environment variable for the container; repeat for more
   --network host|bridge|none   container network (default bridge)
   --compression zstd|gzip|none (default zstd)
+  --resumable-threshold BYTES  packages of at least BYTES go over the resumable upload, which
+                           resumes after a cut connection (default 67108864 = 64 MiB)
   --json                   print one JSON result instead of text
 
 Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
@@ -33,8 +39,9 @@ export async function pushCommand(args: string[], io: Io): Promise<number> {
   const { values, positionals } = parse(args, {
     to: { type: 'string' }, name: { type: 'string' }, health: { type: 'string' },
     'health-retries': { type: 'string' }, 'health-interval': { type: 'string' },
+    'health-timeout': { type: 'string' }, 'health-start-period': { type: 'string' },
     env: { type: 'string', multiple: true }, network: { type: 'string' }, compression: { type: 'string' },
-    json: { type: 'boolean' },
+    json: { type: 'boolean' }, 'resumable-threshold': { type: 'string' },
   }, 1);
   const image = positionals[0];
   if (!image) throw new FerryError('FERRY_ERR_USAGE', { message: 'IMAGE is required (e.g. ferry push myapp:1.2 --to http://host:7701 --name web)' });
@@ -44,7 +51,10 @@ export async function pushCommand(args: string[], io: Io): Promise<number> {
   if (!COMPRESSIONS.includes(compression)) throw new FerryError('FERRY_ERR_USAGE', { message: `--compression must be one of ${COMPRESSIONS.join(', ')}` });
   const network = values.network ?? 'bridge';
   if (network !== 'host' && network !== 'bridge' && network !== 'none') throw new FerryError('FERRY_ERR_USAGE', { message: '--network must be host, bridge or none' });
-  const health = healthFrom(values.health, values['health-retries'], values['health-interval']);
+  const health = healthFrom(values.health, {
+    retries: values['health-retries'], interval: values['health-interval'],
+    timeout: values['health-timeout'], startPeriod: values['health-start-period'],
+  });
   const config = loadSenderConfig(io.env);
 
   const logger = createLogger({ level: 'warn', name: 'ferry', destination: io.stderr });
@@ -56,6 +66,7 @@ export async function pushCommand(args: string[], io: Io): Promise<number> {
   try {
     const result = await push({
       image, to: values.to, compression,
+      resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
       service: { name: values.name, env: parseEnvPairs(values.env), network, ...(health ? { health } : {}) },
     }, {
       images: new ImageStore(createDockerClient(config.dockerHost)),
@@ -77,17 +88,32 @@ export async function pushCommand(args: string[], io: Io): Promise<number> {
   }
 }
 
-function healthFrom(url: string | undefined, retries: string | undefined, interval: string | undefined): HealthCheck | undefined {
-  if (url === undefined) {
-    if (retries !== undefined || interval !== undefined) throw new FerryError('FERRY_ERR_USAGE', { message: '--health-retries and --health-interval need --health URL' });
+interface HealthTimingArgs {
+  retries: string | undefined;
+  interval: string | undefined;
+  timeout: string | undefined;
+  startPeriod: string | undefined;
+}
+
+function healthFrom(target: string | undefined, timing: HealthTimingArgs): HealthCheck | undefined {
+  if (target === undefined) {
+    if (Object.values(timing).some((v) => v !== undefined)) throw new FerryError('FERRY_ERR_USAGE', { message: '--health-retries, --health-interval, --health-timeout and --health-start-period need --health' });
     return undefined;
   }
-  const parsed = HealthCheckSchema.safeParse({
-    type: 'http', url,
-    ...(retries !== undefined ? { retries: parseInteger('health-retries', retries, 1, 1000) } : {}),
-    ...(interval !== undefined ? { intervalMs: parseInteger('health-interval', interval, 50, 60_000) } : {}),
-  });
-  if (!parsed.success) throw new FerryError('FERRY_ERR_USAGE', { message: `--health ${url}: expected an http:// or https:// URL as seen from the target host` });
+  const timings = {
+    ...(timing.retries !== undefined ? { retries: parseInteger('health-retries', timing.retries, 1, 1000) } : {}),
+    ...(timing.interval !== undefined ? { intervalMs: parseInteger('health-interval', timing.interval, 50, 60_000) } : {}),
+    ...(timing.timeout !== undefined ? { timeoutMs: parseInteger('health-timeout', timing.timeout, 50, 60_000) } : {}),
+    ...(timing.startPeriod !== undefined ? { startPeriodMs: parseInteger('health-start-period', timing.startPeriod, 0, 600_000) } : {}),
+  };
+  const tcp = /^tcp:\/\/(\[[0-9A-Fa-f:.]+\]|[^:/[\]]+):(\d{1,5})$/.exec(target);
+  const candidate = target === 'cmd'
+    ? { type: 'cmd', ...timings }
+    : tcp
+      ? { type: 'tcp', host: (tcp[1] ?? '').replace(/^\[|\]$/g, ''), port: Number(tcp[2]), ...timings }
+      : { type: 'http', url: target, ...timings };
+  const parsed = HealthCheckSchema.safeParse(candidate);
+  if (!parsed.success) throw new FerryError('FERRY_ERR_USAGE', { message: `--health ${target}: expected an http(s):// URL, tcp://HOST:PORT (as seen from the target host) or cmd` });
   return parsed.data;
 }
 

@@ -1,0 +1,130 @@
+import { createReadStream } from 'node:fs';
+import { pipeline } from 'node:stream';
+import { createDecompressor } from '@ferry/compress';
+import type { ImageStore } from '@ferry/docker';
+import type { Logger } from '@ferry/log';
+import { FerryError, type Manifest } from '@ferry/protocol';
+import type { PackageStore } from '../store/packages.ts';
+import { ArchiveInspector, unpackLimit, type ArchiveStats } from './archive.ts';
+
+export interface LoadDeps {
+  images: ImageStore;
+  packages: PackageStore;
+  logger: Logger;
+}
+
+/** A package whose size and BLAKE3 were checked against its signed manifest. */
+export interface LoadablePackage {
+  manifest: Manifest;
+  /** In the ingest spool, or already in the package store. */
+  path: string;
+}
+
+export interface LoadOutcome {
+  /** Where the package now lives: the content-addressed store. */
+  storePath: string;
+  archive: ArchiveStats;
+}
+
+/**
+ * Loads the signed image and proves that what the engine now holds is exactly it:
+ *
+ * 1. the verified package moves into the content-addressed store, and loading reads from there;
+ * 2. its decompressed tar streams through the {@link ArchiveInspector} into `docker load` — unsafe
+ *    entries, bombs and archives of another image are refused before the engine can finish, and
+ *    the image names an archive carries are stripped, so loading tags nothing;
+ * 3. the engine's image `image.id` must then exist with `RootFS.Layers` = `image.diffIds`
+ *   (an exit status is no proof: the containerd image store logs unpack failures and succeeds).
+ *
+ * On any failure the package leaves the store (unless an earlier deployment had put it there),
+ * an image this load created is removed again, and the error is typed with no engine path in it.
+ */
+export async function loadVerified(deps: LoadDeps, pkg: LoadablePackage): Promise<LoadOutcome> {
+  const { manifest } = pkg;
+  const digest = manifest.package.digest;
+  const wasStored = await deps.packages.has(digest);
+  const storePath = await deps.packages.put(pkg.path, digest);
+  const forget = async (): Promise<void> => {
+    if (!wasStored) await deps.packages.remove(digest).catch((cause: unknown) => deps.logger.error({ err: cause }, 'could not remove a refused package'));
+  };
+  let existed: boolean;
+  try {
+    existed = (await deps.images.inspect(manifest.image.id)) !== undefined;
+  } catch (err) {
+    // Without knowing what was there before, nothing may be removed from the engine either.
+    await forget();
+    throw err;
+  }
+  let loadedIds: string[] = [];
+  try {
+    const inspector = new ArchiveInspector(
+      { imageId: manifest.image.id, diffIds: manifest.image.diffIds },
+      { limit: unpackLimit(manifest.package.size) },
+    );
+    const decompressor = createDecompressor(manifest.package.compression);
+    let decompressError: Error | undefined;
+    decompressor.once('error', (err: Error) => { decompressError ??= err; });
+    // pipeline() rather than pipe(): a read, decompression or inspection error reaches the load.
+    const archive = pipeline(createReadStream(storePath), decompressor, inspector, () => undefined);
+    try {
+      loadedIds = (await deps.images.load(archive)).imageIds;
+    } catch (err) {
+      if (inspector.failure) throw inspector.failure;
+      if (decompressError) {
+        throw new FerryError('FERRY_ERR_BAD_ARCHIVE', {
+          message: `The package does not decompress as ${manifest.package.compression}: ${decompressError.message}`,
+          cause: err, details: { reason: 'decompression failed', compression: manifest.package.compression },
+        });
+      }
+      throw sanitized(err);
+    }
+    await verifyLoaded(deps.images, manifest, loadedIds);
+    if (inspector.stats.strippedTags.length > 0) {
+      deps.logger.warn({ deploymentId: manifest.deploymentId, stripped: inspector.stats.strippedTags }, 'image names in the archive were stripped before loading');
+    }
+    return { storePath, archive: inspector.stats };
+  } catch (err) {
+    await undoLoad(deps, manifest, existed, loadedIds);
+    await forget();
+    throw err;
+  }
+}
+
+async function verifyLoaded(images: ImageStore, manifest: Manifest, loadedIds: string[]): Promise<void> {
+  const image = await images.inspect(manifest.image.id);
+  const sameLayers = image !== undefined && image.diffIds.length === manifest.image.diffIds.length
+    && image.diffIds.every((id, i) => id === manifest.image.diffIds[i]);
+  if (!loadedIds.includes(manifest.image.id) || !sameLayers) {
+    throw new FerryError('FERRY_ERR_IMAGE_MISMATCH', {
+      details: { expected: manifest.image.id, loaded: loadedIds, ...(image ? { diffIds: image.diffIds } : {}) },
+    });
+  }
+}
+
+/**
+ * Whatever a refused load left behind goes, but nothing that was there before: the signed id is
+ * removed only if this load created it, and any other id without force, so an image that a
+ * container uses or that carries tags stays.
+ */
+async function undoLoad(deps: LoadDeps, manifest: Manifest, existed: boolean, loadedIds: string[]): Promise<void> {
+  const log = (err: unknown): void => deps.logger.warn({ err, deploymentId: manifest.deploymentId }, 'could not remove a refused image');
+  if (!existed) await deps.images.remove(manifest.image.id, { force: true }).catch(log);
+  for (const id of loadedIds) {
+    if (id !== manifest.image.id) await deps.images.remove(id, { force: false }).catch(log);
+  }
+}
+
+/**
+ * The engine's words without its paths: dockerd reports a bad archive as e.g. `open
+ * /var/lib/docker/tmp/docker-import-123/…: no such file`, which tells a client the data root.
+ */
+export function sanitizeEngineMessage(text: string): string {
+  return text.replace(/\/(?:[^\s/'":,;()]+\/)+[^\s'":,;()]*/g, '<path>');
+}
+
+function sanitized(err: unknown): FerryError {
+  if (err instanceof FerryError) {
+    return new FerryError(err.code, { message: sanitizeEngineMessage(err.message), cause: err, status: err.status, ...(err.details ? { details: err.details } : {}) });
+  }
+  return new FerryError('FERRY_ERR_LOAD_FAILED', { cause: err });
+}

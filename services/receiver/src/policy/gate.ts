@@ -1,0 +1,55 @@
+import { createEvent, type EventSink } from '@ferry/events';
+import type { Logger } from '@ferry/log';
+import { FerryError, type Manifest } from '@ferry/protocol';
+import { evaluate, type Policy, type Violation } from './policy.ts';
+
+export interface PolicyGateDeps {
+  policy: Readonly<Policy>;
+  events: EventSink;
+  hostId: string;
+  logger: Logger;
+}
+
+/**
+ * The receiver's policy at its front door: every way a manifest enters (one-shot upload, upload
+ * session) calls checkPolicy() once the manifest is verified and before any byte is spooled.
+ */
+export class PolicyGate {
+  readonly #deps: PolicyGateDeps;
+
+  constructor(deps: PolicyGateDeps) {
+    this.#deps = deps;
+  }
+
+  get policy(): Readonly<Policy> {
+    return this.#deps.policy;
+  }
+
+  /**
+   * Throws FERRY_ERR_POLICY_DENIED when the manifest asks for anything the policy does not grant,
+   * after publishing the `policy.denied` audit event under the manifest's deployment id.
+   */
+  checkPolicy(manifest: Manifest): void {
+    const violations = evaluate(this.#deps.policy, manifest);
+    const first = violations[0];
+    if (!first) return;
+    const { hostId, events, logger } = this.#deps;
+    const service = manifest.service.name;
+    events.publish(createEvent('policy.denied', {
+      source: `ferry://receiver/${hostId}`, host: hostId, service, deploymentId: manifest.deploymentId,
+      data: { ...first, violations, image: manifest.image.ref, imageId: manifest.image.id },
+    }));
+    logger.warn({ deploymentId: manifest.deploymentId, service, rules: violations.map((v) => v.rule) }, 'deployment refused by policy');
+    throw policyDenied(violations, manifest.deploymentId);
+  }
+}
+
+/** The error a refused manifest gets; its message and details name the rule. */
+export function policyDenied(violations: Violation[], deploymentId: string): FerryError {
+  const rules = violations.map((v) => v.rule);
+  const first = violations[0];
+  return new FerryError('FERRY_ERR_POLICY_DENIED', {
+    message: `Refused by the receiver's policy: ${rules.join(', ')}`,
+    details: { rule: first?.rule, field: first?.field, value: first?.value, violations, deploymentId },
+  });
+}

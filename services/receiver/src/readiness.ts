@@ -1,0 +1,122 @@
+import { statfs } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { NonceStoreStatus } from '@ferry/auth';
+import type { EventSinkHealth } from '@ferry/events';
+
+/** `up` and `disabled` (not configured) are fine; `down` makes the receiver degraded. */
+export type CheckStatus = 'up' | 'down' | 'disabled';
+
+/** One dependency's state as `/readyz` shows it: a status, and details a human can act on. */
+export interface CheckResult {
+  status: CheckStatus;
+  /** Why it is down, e.g. `ECONNREFUSED`, `timeout`; never a URL with credentials. */
+  reason?: string;
+  [detail: string]: unknown;
+}
+
+export type Check = () => Promise<CheckResult>;
+
+export interface Readiness {
+  status: 'ready' | 'degraded';
+  checks: Record<string, CheckResult>;
+}
+
+/** A check that has not answered by then is down: a hung daemon must not hang the probe. */
+const CHECK_TIMEOUT_MS = 2000;
+
+/**
+ * Runs every check at once. The receiver is `ready` when none is down; `degraded` otherwise —
+ * it still deploys (events wait in the outbox, nonces fall back to memory), but an operator or
+ * a load balancer should know.
+ */
+export async function checkReadiness(checks: Record<string, Check>, timeoutMs = CHECK_TIMEOUT_MS): Promise<Readiness> {
+  const names = Object.keys(checks);
+  const results = await Promise.all(names.map(async (name) => bounded(checks[name], timeoutMs)));
+  const byName = Object.fromEntries(names.map((name, i) => [name, results[i]])) as Record<string, CheckResult>;
+  return { status: results.some((r) => r.status === 'down') ? 'degraded' : 'ready', checks: byName };
+}
+
+async function bounded(check: Check | undefined, timeoutMs: number): Promise<CheckResult> {
+  if (!check) return { status: 'disabled' };
+  const timer = new AbortController();
+  try {
+    return await Promise.race([
+      check().catch((err: unknown) => ({ status: 'down' as const, reason: reasonOf(err) })),
+      sleep(timeoutMs, { status: 'down' as const, reason: 'timeout' }, { signal: timer.signal }),
+    ]);
+  } finally {
+    timer.abort();
+  }
+}
+
+function reasonOf(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown } | null;
+  if (typeof e?.code === 'string') return e.code;
+  return typeof e?.message === 'string' ? e.message.slice(0, 200) : 'error';
+}
+
+/** The Docker engine answers `/_ping`. */
+export function dockerCheck(ping: () => Promise<unknown>): Check {
+  return async () => {
+    await ping();
+    return { status: 'up' };
+  };
+}
+
+/**
+ * NATS as the event publisher sees it, with the outbox depth: while it is down the events wait on
+ * disk, so `outbox` says how much will be delivered when it returns.
+ */
+export function natsCheck(sink: Pick<EventSinkHealth, 'status'> & Partial<EventSinkHealth>): Check {
+  return () => {
+    const outbox = sink.pending ?? 0;
+    if (sink.status === 'disabled') return Promise.resolve({ status: 'disabled', outbox });
+    if (sink.status === 'connected') return Promise.resolve({ status: 'up', outbox });
+    const since = sink.disconnectedSince;
+    return Promise.resolve({
+      status: 'down', reason: 'not connected; reconnecting', outbox, reconnectAttempts: sink.reconnectAttempts ?? 0,
+      ...(since ? { since: since.toISOString() } : {}),
+    });
+  };
+}
+
+/** The nonce store's Redis, when one is configured; a memory store has nothing to be down. */
+export function redisCheck(store: { status?: () => NonceStoreStatus } | undefined): Check {
+  return () => {
+    const status = store?.status?.();
+    if (!status || status.backend !== 'redis') return Promise.resolve({ status: 'disabled' });
+    if (status.healthy) return Promise.resolve({ status: 'up', since: status.since });
+    return Promise.resolve({ status: 'down', reason: status.reason ?? 'not answering', since: status.since });
+  };
+}
+
+/** Free space on the data directory's file system, which holds spools, the journal and the outbox. */
+export function diskCheck(dir: string, minFreeBytes: number): Check {
+  return async () => {
+    const stats = await statfs(dir);
+    const freeBytes = stats.bavail * stats.bsize;
+    return freeBytes >= minFreeBytes
+      ? { status: 'up', freeBytes, minFreeBytes }
+      : { status: 'down', reason: 'low free space', freeBytes, minFreeBytes };
+  };
+}
+
+export interface ReceiverReadinessDeps {
+  docker: { ping(): Promise<unknown> };
+  events: Pick<EventSinkHealth, 'status'> & Partial<EventSinkHealth>;
+  nonces: { status?: () => NonceStoreStatus } | undefined;
+  dataDir: string;
+  /** The free space below which the receiver refuses uploads (507); readiness warns at the same floor. */
+  minFreeBytes: number;
+}
+
+/** The receiver's four checks: docker, nats (with the outbox depth), redis, disk. */
+export function receiverReadiness(deps: ReceiverReadinessDeps): () => Promise<Readiness> {
+  const checks = {
+    docker: dockerCheck(() => deps.docker.ping()),
+    nats: natsCheck(deps.events),
+    redis: redisCheck(deps.nonces),
+    disk: diskCheck(deps.dataDir, deps.minFreeBytes),
+  };
+  return () => checkReadiness(checks);
+}

@@ -1,0 +1,81 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { Router, type RequestHandler } from 'express';
+import { trackUpload, type ReceiverMetrics } from '@ferry/metrics';
+import { FerryError, PATHS } from '@ferry/protocol';
+import type { Readiness } from '../readiness.ts';
+
+export interface HealthDeps {
+  hostId: string;
+  version: string;
+  /** The dependency checks behind `/readyz`; without it the receiver reports ready with no checks. */
+  readiness?: () => Promise<Readiness>;
+  /** Served at `/metrics`; without it that path is a 404. */
+  metrics?: ReceiverMetrics;
+  /** When set, `/metrics` wants `Authorization: Bearer <token>`. */
+  metricsToken?: string;
+}
+
+/**
+ * `/healthz` (liveness: the process answers) and `/readyz` (its dependencies answer). No signature
+ * and no source check: a load balancer's probe holds no Ferry key and may come from anywhere.
+ */
+export function healthRouter(deps: HealthDeps): Router {
+  const router = Router();
+  router.get(PATHS.healthz, (_req, res) => {
+    res.json({ status: 'ok', host: deps.hostId, version: deps.version });
+  });
+
+  router.get(PATHS.readyz, async (_req, res) => {
+    const readiness = deps.readiness ? await deps.readiness() : { status: 'ready' as const, checks: {} };
+    res.setHeader('Cache-Control', 'no-store');
+    res.status(readiness.status === 'ready' ? 200 : 503).json({ ...readiness, host: deps.hostId });
+  });
+  return router;
+}
+
+/**
+ * `/metrics` in the Prometheus text format. No signature (a scraper holds no Ferry key); mounted
+ * after the source allowlist, and behind a bearer token when FERRY_METRICS_TOKEN is set.
+ */
+export function metricsRouter(deps: Pick<HealthDeps, 'metrics' | 'metricsToken'>): Router {
+  const router = Router();
+  const metrics = deps.metrics;
+  if (metrics) {
+    const token = deps.metricsToken === undefined ? undefined : sha256(deps.metricsToken);
+    router.get(PATHS.metrics, async (req, res) => {
+      if (token && !bearerMatches(req.headers.authorization, token)) {
+        throw new FerryError('FERRY_ERR_AUTH_MISSING', { message: 'GET /metrics needs Authorization: Bearer <FERRY_METRICS_TOKEN>' });
+      }
+      const { contentType, body } = await metrics.render();
+      res.setHeader('Content-Type', contentType);
+      res.setHeader('Cache-Control', 'no-store');
+      res.send(body);
+    });
+  }
+  return router;
+}
+
+/**
+ * Counts requests that carry package bytes (the one-shot upload and resumable PATCHes) in
+ * `ferry_uploads_total` and `ferry_received_bytes_total`. Mounted before authentication, so a
+ * refused upload is counted too.
+ */
+export function countUploads(metrics: ReceiverMetrics): RequestHandler {
+  return (req, res, next) => {
+    const path = req.path;
+    const isUpload = (req.method === 'POST' && path === PATHS.packages)
+      || (req.method === 'PATCH' && path.startsWith(`${PATHS.uploads}/`));
+    if (isUpload) trackUpload(metrics, req, res);
+    next();
+  };
+}
+
+// Hashing both sides gives equal lengths, which timingSafeEqual needs, without leaking the token's length.
+function sha256(value: string): Buffer {
+  return createHash('sha256').update(value).digest();
+}
+
+function bearerMatches(header: string | undefined, expected: Buffer): boolean {
+  const match = /^Bearer (\S+)$/.exec(header ?? '');
+  return match?.[1] !== undefined && timingSafeEqual(sha256(match[1]), expected);
+}

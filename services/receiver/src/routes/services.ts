@@ -1,0 +1,45 @@
+import { Router, type Request, type Response } from 'express';
+import { digestOf } from '@ferry/integrity';
+import { FerryError, HEADERS, PATHS } from '@ferry/protocol';
+import type { AuthLocals } from '../auth.ts';
+import type { Deployer } from '../deploy/engine.ts';
+
+export interface ServicesDeps {
+  deployer: Deployer;
+}
+
+const EMPTY_DIGEST = digestOf('');
+const ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const SERVICE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+
+/**
+ * `POST /v1/services/:name/rollback[?deploymentId=<uuid>]`: swaps the kept previous container
+ * back in. The optional deployment id (signed, as part of the path) makes a retry answer the
+ * stored outcome instead of swapping a second time, which would roll forward again.
+ */
+export function servicesRouter(deps: ServicesDeps): Router {
+  const router = Router();
+  router.post(`${PATHS.services}/:name/rollback`, async (req, res) => {
+    requireEmptyBody(res);
+    const service = req.params.name;
+    if (!SERVICE.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Invalid service name' });
+    res.json(await deps.deployer.rollback(service, deploymentIdOf(req)));
+  });
+  return router;
+}
+
+function deploymentIdOf(req: Request): string | undefined {
+  const { deploymentId } = req.query;
+  if (deploymentId === undefined) return undefined;
+  if (typeof deploymentId !== 'string' || !ID.test(deploymentId)) {
+    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'deploymentId: a lowercase UUID' });
+  }
+  return deploymentId;
+}
+
+/** These requests carry no body; their signed digest is that of the empty body. */
+export function requireEmptyBody(res: Response): void {
+  if ((res.locals as AuthLocals).auth.contentDigest !== EMPTY_DIGEST) {
+    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `${HEADERS.contentDigest} must be the BLAKE3 of the empty body (${EMPTY_DIGEST})` });
+  }
+}
