@@ -15,6 +15,7 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { createDockerClient } from '@ferry/docker';
 import { digestOf } from '@ferry/integrity';
+import { ResumableClient } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { lines, parseAnswer, probe, rawRequest, signed, type RawAnswer } from '../helpers/raw-http.ts';
 import { stack } from '../helpers/stack.ts';
@@ -251,6 +252,44 @@ describe('row 8: oversized heads → 431; slow heads and trickling bodies are cu
     while ((await readdir(ingest)).length > 0) await pause(20);
     assert.ok(receiver.logs.some((entry) => entry.msg === 'request body too slow: connection closed'));
     assert.equal((await fetch(`${receiver.url}/healthz`)).status, 200, 'still serving');
+  });
+
+  test('a resumable PATCH whose body trickles is cut off too, and the upload survives it', async () => {
+    const size = 100_000;
+    const part = Buffer.alloc(size, 7);
+    const manifest = JSON.stringify({
+      schema: 'ferry.manifest/v1', deploymentId: randomUUID(), createdAt: new Date().toISOString(),
+      image: { ref: `ferry-slow-${run}:2`, id: `sha256:${'c'.repeat(64)}`, diffIds: [`sha256:${'d'.repeat(64)}`] },
+      package: { format: 'docker-archive', compression: 'none', size, digest: digestOf(part) },
+      service: { name: `slowpatch-${run}`, env: {}, network: 'none' },
+    });
+    const client = new ResumableClient({ url: receiver.url, credentials: key, audience: hostId });
+    const { uploadId, offset } = await client.create(manifest);
+    assert.equal(offset, 0);
+    const path = `/v1/uploads/${uploadId}`;
+    const headers = signed(key, hostId, { method: 'PATCH', path, digest: digestOf(part), offset: 0 });
+    const { port } = new URL(receiver.url);
+    let sent = 0;
+    await new Promise<void>((resolve, reject) => {
+      const socket = connect(Number(port), '127.0.0.1');
+      let timer: NodeJS.Timeout | undefined;
+      socket.on('connect', () => {
+        socket.write(`${[
+          `PATCH ${path} HTTP/1.1`, 'Host: 127.0.0.1', 'Content-Type: application/offset+octet-stream', `Content-Length: ${size}`,
+          'Upload-Offset: 0', ...lines(headers),
+        ].join('\r\n')}\r\n\r\n`);
+        socket.write(part.subarray(0, 4096));
+        sent = 4096;
+        timer = setInterval(() => { if (socket.writable) { socket.write(part.subarray(sent, sent + 1)); sent += 1; } }, 200);
+      });
+      socket.on('error', (err: NodeJS.ErrnoException) => { if (err.code !== 'EPIPE' && err.code !== 'ECONNRESET') reject(err); });
+      socket.on('close', () => { clearInterval(timer); resolve(); });
+    });
+    assert.ok(sent < size, 'the connection was closed before the part was complete');
+    assert.ok(receiver.logs.filter((entry) => entry.msg === 'request body too slow: connection closed').length >= 2, 'cut by the rate check');
+    // The upload survives the cut: it still answers with an offset no further than what arrived.
+    const position = await client.head(uploadId);
+    assert.ok(position.offset <= sent, `offset ${position.offset} after ${sent} bytes sent`);
   });
 
   test('a body sent at full speed is not cut off by the rate check', async () => {

@@ -64,7 +64,9 @@ export function minimumBodyRate(options: BodyRateOptions): RequestHandler {
       const arrived = read - last;
       last = read;
       if (req.complete || socket.destroyed) return stop();
-      const serverHolds = req.readableLength > 0 || req.readableFlowing === false;
+      // Unread bytes in our buffers mean the reader is the slow side (a paused pipe, a pending
+      // fsync); a slow client leaves them empty, since Node reads the socket until they fill.
+      const serverHolds = req.readableLength > 0 || socket.readableLength > 0;
       if (arrived >= minBytes || serverHolds) return;
       context(res).log.info({ arrivedBytes: arrived, windowMs: options.windowMs, minBytesPerSecond: options.minBytesPerSecond }, 'request body too slow: connection closed');
       stop();

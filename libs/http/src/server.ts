@@ -8,7 +8,11 @@ type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 export interface ListeningServer {
   server: Server;
   url: string;
-  close(): Promise<void>;
+  /**
+   * Stops accepting, lets requests in flight finish for `graceMs` (default 10 s), then cuts what
+   * is left: a stuck client must not keep a stopping service alive.
+   */
+  close(graceMs?: number): Promise<void>;
 }
 
 /** Limits on what a client may make the server wait for or hold; every field has a safe default. */
@@ -62,9 +66,13 @@ export async function listen(handler: Handler, host: string, port: number, optio
   return {
     server,
     url: `${options.tls ? 'https' : 'http'}://${shownHost}:${address.port}`,
-    close: () => {
+    close: (graceMs = 10_000) => {
       closing ??= new Promise<void>((resolve) => {
-        server.close(() => resolve());
+        const cut = setTimeout(() => server.closeAllConnections(), graceMs).unref();
+        server.close(() => {
+          clearTimeout(cut);
+          resolve();
+        });
         server.closeIdleConnections();
       });
       return closing;

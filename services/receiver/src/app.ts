@@ -47,7 +47,7 @@ export function createApp(deps: ReceiverDeps): Express {
   app.use(requireAllowedSource(deps.security ?? {}), strictHeaders(SIGNED_HEADERS));
   // A scraper holds no key either, but what it reads is for the allowed networks only.
   app.use(metricsRouter(deps));
-  app.use('/v1', requireSignature(deps.verifier, deps.security), minimumBodyRate(deps.security?.bodyRate ?? { minBytesPerSecond: 0, windowMs: 1000 }));
+  app.use('/v1', requireSignature(deps.verifier, { ...deps.security, beforeBody: () => deps.deployer.assertDiskSpace() }), minimumBodyRate(deps.security?.bodyRate ?? { minBytesPerSecond: 0, windowMs: 1000 }));
   app.use(packagesRouter(deps));
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
   if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, policy: deps.policy }));

@@ -106,7 +106,7 @@ export class Deployer {
     const stored = this.#journal.get(manifest.deploymentId);
     // Nothing is awaited between the look-ups and taking the lock: two requests cannot both pass.
     if (stored || this.#busy.has(service)) {
-      await rm(pkg.path, { force: true });
+      await this.#discard(pkg);
       if (stored) return replay(stored, { kind: 'deploy', service, imageId: manifest.image.id });
       throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { details: { service } });
     }
@@ -122,8 +122,14 @@ export class Deployer {
       return result;
     } finally {
       this.#busy.delete(service);
-      await rm(pkg.path, { force: true });
+      await this.#discard(pkg);
     }
+  }
+
+  /** Removes an upload's spool file; a file already moved into the package store stays there. */
+  async #discard(pkg: VerifiedPackage): Promise<void> {
+    if (pkg.path === this.#deps.packages.path(pkg.manifest.package.digest)) return;
+    await rm(pkg.path, { force: true });
   }
 
   /**
@@ -479,6 +485,8 @@ class Run {
           if (previousTagTarget && previousTagTarget !== manifest.image.id) await this.#deps.images.tag(previousTagTarget, manifest.image.ref);
           return id;
         });
+        // The answer says the old version serves again, so wait until it does, as far as its check can tell.
+        if (restored) await this.#awaitRestoredHealthy(restored);
         this.#timings.rollback = this.#since(started);
         await this.#entry.note({ event: 'rollback.completed' });
         this.#emit('rollback.completed', { ...(restored ? { restoredContainerId: restored } : {}), durationMs: this.#timings.rollback });
@@ -501,6 +509,17 @@ class Run {
     });
     this.#log.warn({ code: finalError.code, state: this.#state }, 'deployment failed');
     return this.#result(finalError, { ...(probes ? { probes } : {}), ...(logs ? { logs } : {}) });
+  }
+
+  async #awaitRestoredHealthy(containerId: string): Promise<void> {
+    const check = this.#manifest.service.health;
+    if (!check) return;
+    const inspect = (): ReturnType<ContainerRunner['inspect']> => this.#deps.containers.inspect(containerId);
+    const outcome = await waitHealthy(check, {
+      isRunning: async () => (await inspect())?.running ?? false,
+      dockerHealth: async () => (await inspect())?.health,
+    }).catch((err: unknown) => ({ ok: false, reason: (err as Error).message }));
+    if (!outcome.ok) this.#log.warn({ reason: outcome.reason }, 'the restored container did not pass the health check either');
   }
 
   #result(error?: FerryError, details?: Record<string, unknown>): DeploymentResult {
@@ -533,18 +552,29 @@ const ENGINE_BACK_ATTEMPTS = 30;
 const ENGINE_BACK_PAUSE_MS = 1000;
 
 /**
- * Runs `step` again while the engine cannot be reached: a rollback given up on during a daemon
- * restart would leave the new, unchecked container to come back with the engine.
+ * Runs `step` again while the engine cannot be reached or fails on its side (a daemon shutting
+ * down resets connections and answers 5xx): a rollback given up on during a daemon restart would
+ * leave the new, unchecked container to come back with the engine.
  */
 async function whileEngineRestarts<T>(step: () => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await step();
     } catch (err) {
-      if (attempt >= ENGINE_BACK_ATTEMPTS || !(err instanceof FerryError && err.code === 'FERRY_ERR_DOCKER_UNAVAILABLE')) throw err;
+      if (attempt >= ENGINE_BACK_ATTEMPTS || !engineTrouble(err)) throw err;
       await new Promise((resolve) => setTimeout(resolve, ENGINE_BACK_PAUSE_MS));
     }
   }
+}
+
+function engineTrouble(err: unknown): boolean {
+  if (!(err instanceof FerryError)) return false;
+  if (err.code === 'FERRY_ERR_DOCKER_UNAVAILABLE') return true;
+  const status = err.details?.dockerStatus;
+  // A stopping daemon refuses a start with a 500 too; a container that truly cannot start costs
+  // the wait before the rollback is declared failed.
+  if (typeof status === 'number') return status >= 500 && (err.code === 'FERRY_ERR_DOCKER' || err.code === 'FERRY_ERR_CONTAINER_FAILED');
+  return err.code === 'FERRY_ERR_DOCKER';
 }
 
 /** A failed deployment answers with its error code and status, and the whole record as details. */
@@ -562,10 +592,16 @@ function asFerryError(err: unknown, fallback: 'FERRY_ERR_INTERNAL' | 'FERRY_ERR_
  * how drift is told apart from a legitimate redeploy.
  */
 export function configHash(manifest: Manifest): string {
-  const env = Object.fromEntries(Object.entries(manifest.service.env).sort(([a], [b]) => a.localeCompare(b)));
-  const canonical = JSON.stringify({
-    image: manifest.image.ref, imageId: manifest.image.id, env, network: manifest.service.network,
-    health: manifest.service.health ?? null,
-  });
+  const canonical = stableJson({ image: manifest.image.ref, imageId: manifest.image.id, service: manifest.service });
   return `sha256:${createHash('sha256').update(canonical).digest('hex')}`;
+}
+
+/** JSON with object keys sorted at every depth, so equal configs hash equal whatever their order. */
+function stableJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(stableJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${stableJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
 }

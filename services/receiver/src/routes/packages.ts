@@ -18,8 +18,6 @@ export function packagesRouter(deps: PackagesDeps): Router {
   const router = Router();
   router.post(PATHS.packages, async (req, res) => {
     const { auth } = res.locals as AuthLocals;
-    // 507 before a byte is spooled when the data disk is below FERRY_MIN_FREE_BYTES.
-    await deps.deployer.assertDiskSpace();
     let manifest: Manifest | undefined;
     const received = await receiveMultipart(req, {
       signedDigest: auth.contentDigest,
