@@ -9,7 +9,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, open, readdir, rm, stat, statfs } from 'node:fs/promises';
 import { request, type IncomingHttpHeaders } from 'node:http';
-import { connect } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -17,7 +17,7 @@ import { signRequest } from '@ferry/auth';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { digestFile, digestOf } from '@ferry/integrity';
 import { UPLOAD_MAX_PART_BYTES, type DeploymentResult, type ManifestInput } from '@ferry/protocol';
-import { ResumableClient, buildPackage, inspectImage, type BuiltPackage } from '@ferry/sender';
+import { ResumableClient, buildPackage, inspectImage, uploadResumable, type BuiltPackage } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { stack } from '../helpers/stack.ts';
 
@@ -95,6 +95,45 @@ function openPatch(url: string, uploadId: string, offset: number, part: Buffer, 
       await until(() => received.includes('\r\n\r\n') || socket.destroyed);
       socket.destroy();
       return Number(received.split(' ')[1]);
+    },
+  };
+}
+
+/**
+ * A loopback TCP proxy that drops the client's connection once it has carried a random number of
+ * bytes, `cuts` times in all: a link that fails mid-request, below HTTP.
+ */
+async function droppingProxy(targetUrl: string, cuts: number): Promise<{ url: string; cutsDone: () => number; close: () => Promise<void> }> {
+  const { hostname, port } = new URL(targetUrl);
+  let done = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = connect(Number(port), hostname);
+    sockets.add(client).add(upstream);
+    const limit = randomInt(2000, 300_000);
+    let seen = 0;
+    client.on('data', (chunk: Buffer) => {
+      seen += chunk.length;
+      if (seen > limit && done < cuts) {
+        done += 1;
+        client.resetAndDestroy();
+        upstream.destroy();
+        return;
+      }
+      upstream.write(chunk);
+    });
+    upstream.pipe(client);
+    client.on('error', () => upstream.destroy()).on('close', () => upstream.destroy());
+    upstream.on('error', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address() as { port: number };
+  return {
+    url: `http://127.0.0.1:${address.port}`,
+    cutsDone: () => done,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
     },
   };
 }
@@ -423,6 +462,23 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     const deploy = await call(receiver.url, 'POST', `/v1/uploads/${uploadId}/deploy`);
     assert.deepEqual([deploy.status, deploy.code], [410, 'FERRY_ERR_UPLOAD_INVALIDATED']);
     await assert.rejects(target.getImage(liar.image.id).inspect(), (err: { statusCode?: number }) => err.statusCode === 404, 'no image was loaded');
+  });
+
+  test('the sender resumes over a link that drops twice mid-upload and deploys', async () => {
+    const proxy = await droppingProxy(receiver.url, 2);
+    try {
+      const { json, port } = await manifestFor(pkg);
+      const outcome = await uploadResumable({
+        url: proxy.url, credentials: key, audience: hostId, manifestJson: json,
+        packagePath: pkg.path, packageSize: pkg.size, partBytes: 128 * 1024, retryDelayMs: 20,
+      });
+      assert.equal(proxy.cutsDone(), 2);
+      assert.ok(outcome.retries >= 2, `retries: ${outcome.retries}`);
+      assert.equal(outcome.result.state, 'COMPLETED');
+      await assertServes(port);
+    } finally {
+      await proxy.close();
+    }
   });
 
   test('ferry push --resumable-threshold 1 goes through the resumable upload and deploys', async () => {
