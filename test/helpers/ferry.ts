@@ -25,8 +25,13 @@ export interface RunResult {
 
 /** Runs the real `ferry` command, as a user would, with the Node that runs the tests. */
 export function runFerry(args: string[], env: Record<string, string>): Promise<RunResult> {
+  return capture(process.execPath, [FERRY, ...args], { ...baseEnv(), ...env });
+}
+
+/** Runs a command to its end and keeps what it printed. */
+export function capture(command: string, args: string[], env: Record<string, string | undefined> = process.env): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(process.execPath, [FERRY, ...args], { env: { ...baseEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk; });
@@ -92,15 +97,7 @@ export async function freePort(): Promise<number> {
 
 /** Builds the FROM-scratch busybox test image on an engine and returns its id. */
 export async function buildTestImage(dockerHost: string, tag: string, variant: string): Promise<string> {
-  const result = await new Promise<RunResult>((resolvePromise, reject) => {
-    const child = spawn('bash', [join(ROOT, 'deploy/lib/test-image.sh'), dockerHost, tag, variant], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
-    child.once('error', reject);
-    child.once('close', (code) => resolvePromise({ code: code ?? -1, stdout, stderr }));
-  });
+  const result = await capture('bash', [join(ROOT, 'deploy/lib/test-image.sh'), dockerHost, tag, variant]);
   const id = result.stdout.trim().split('\n').at(-1) ?? '';
   if (result.code !== 0 || !/^sha256:[0-9a-f]{64}$/.test(id)) throw new Error(`test-image.sh failed (${result.code}): ${result.stderr}`);
   return id;

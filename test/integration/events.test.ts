@@ -1,86 +1,13 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { EVENT_STREAM, isFerryError, type EventType } from '@ferry/protocol';
 import { createEvent, JetStreamPublisher, readEvents, type FerryEvent } from '@ferry/events';
 import { connect, StorageType, type NatsConnection } from 'nats';
+import { NatsServer } from '../helpers/servers.ts';
 
-const NATS_SERVER = process.env.FERRY_NATS_SERVER_BIN ?? '/usr/sbin/nats-server';
 const TEST = { timeout: 60_000 };
-
-/** A nats-server with JetStream on a loopback port of its own; restartable on the same port and store. */
-class NatsServer {
-  readonly port: number;
-  readonly storeDir: string;
-  #child: ChildProcess | undefined;
-
-  private constructor(port: number, storeDir: string) {
-    this.port = port;
-    this.storeDir = storeDir;
-  }
-
-  static async start(port?: number): Promise<NatsServer> {
-    const server = new NatsServer(port ?? await freePort(), mkdtempSync(join(tmpdir(), 'ferry-nats-')));
-    await server.start();
-    return server;
-  }
-
-  static async unstarted(): Promise<NatsServer> {
-    return new NatsServer(await freePort(), mkdtempSync(join(tmpdir(), 'ferry-nats-')));
-  }
-
-  get url(): string {
-    return `nats://127.0.0.1:${this.port}`;
-  }
-
-  async start(): Promise<void> {
-    const child = spawn(NATS_SERVER, ['-js', '-a', '127.0.0.1', '-p', String(this.port), '-sd', this.storeDir], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    this.#child = child;
-    let log = '';
-    await new Promise<void>((resolve, reject) => {
-      child.stderr?.on('data', (chunk: Buffer) => {
-        log += chunk.toString();
-        if (log.includes('Server is ready')) resolve();
-      });
-      child.once('exit', (code) => reject(new Error(`nats-server exited (${code}) before it was ready:\n${log}`)));
-      child.once('error', reject);
-    });
-  }
-
-  async stop(): Promise<void> {
-    const child = this.#child;
-    this.#child = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const exited = once(child, 'exit');
-    child.kill('SIGTERM');
-    await exited;
-  }
-
-  async dispose(): Promise<void> {
-    await this.stop();
-    rmSync(this.storeDir, { recursive: true, force: true });
-  }
-}
-
-async function freePort(): Promise<number> {
-  const probe = createServer();
-  probe.listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const address = probe.address();
-  probe.close();
-  await once(probe, 'close');
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return address.port;
-}
 
 interface Stored {
   event: FerryEvent;
@@ -158,7 +85,8 @@ void describe('events on JetStream', () => {
   }
 
   before(async () => {
-    server = await NatsServer.start();
+    server = await NatsServer.create();
+    await server.start();
   });
 
   after(async () => {
@@ -283,7 +211,7 @@ void describe('a publisher started while NATS is down', () => {
   let server: NatsServer;
 
   before(async () => {
-    server = await NatsServer.unstarted();
+    server = await NatsServer.create();
   });
 
   after(async () => {

@@ -1,5 +1,6 @@
 import { mkdir, open, readdir, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fsyncPath } from '@ferry/durable';
 import type { Logger } from '@ferry/log';
 import type { DeploymentResult, DeploymentState, ErrorBody, StageTimings } from '@ferry/protocol';
 
@@ -137,7 +138,7 @@ export class Journal {
     try {
       await entry.append({ type: 'begin', at: new Date().toISOString(), header, states });
       // The file's name must survive a crash too, not only its bytes.
-      await syncDir(this.#dir);
+      await fsyncPath(this.#dir);
     } catch (err) {
       this.#open.delete(header.deploymentId);
       await handle.close().catch(() => undefined);
@@ -287,11 +288,3 @@ function newestFirst(a: DeploymentRecord, b: DeploymentRecord): number {
   return a.createdAt === b.createdAt ? b.updatedAt.localeCompare(a.updatedAt) : b.createdAt.localeCompare(a.createdAt);
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}

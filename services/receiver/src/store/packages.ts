@@ -1,5 +1,6 @@
 import { copyFile, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+import { fsyncPath, storageError } from '@ferry/durable';
 import { FerryError } from '@ferry/protocol';
 
 /** One package held by the store. */
@@ -59,19 +60,19 @@ export class PackageStore {
       await rename(verifiedPath, target);
     } catch (err) {
       // The spool and the store share FERRY_DATA_DIR, but a mount inside it would split them.
-      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw storeError('move the package into the store', err);
+      if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw storageError(err, 'Could not move the package into the store');
       await this.#copyIn(verifiedPath, target);
     }
     // The rename is durable only once both directories' entries are on disk.
-    await syncDir(this.#dir);
-    await syncDir(dirname(verifiedPath)).catch(() => undefined);
+    await fsyncPath(this.#dir);
+    await fsyncPath(dirname(verifiedPath)).catch(() => undefined);
     return target;
   }
 
   /** Deletes a package; one that is already gone is not an error. */
   async remove(digest: string): Promise<void> {
     await rm(this.path(digest), { force: true });
-    await syncDir(this.#dir).catch(() => undefined);
+    await fsyncPath(this.#dir).catch(() => undefined);
   }
 
   /** Every package held, oldest first, with what retention needs to choose. */
@@ -101,7 +102,7 @@ export class PackageStore {
       await rm(source, { force: true });
     } catch (err) {
       await rm(partial, { force: true });
-      throw storeError('copy the package into the store', err);
+      throw storageError(err, 'Could not copy the package into the store');
     }
   }
 }
@@ -113,16 +114,4 @@ function hexOf(digest: string): string {
   return hex;
 }
 
-function storeError(doing: string, err: unknown): FerryError {
-  if ((err as NodeJS.ErrnoException).code === 'ENOSPC') return new FerryError('FERRY_ERR_DISK_FULL', { message: `No space left to ${doing}`, cause: err });
-  return new FerryError('FERRY_ERR_INTERNAL', { message: `Could not ${doing}`, cause: err });
-}
 
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}

@@ -1,10 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { open, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { fsyncPath } from '@ferry/durable';
 import busboy from 'busboy';
 import { DigestTap, digestOf } from '@ferry/integrity';
 import { FerryError, MANIFEST_MAX_BYTES, parseManifest, type Manifest } from '@ferry/protocol';
@@ -114,7 +115,8 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
       const tap = new DigestTap();
       try {
         await pipeline(stream, limitBytes(manifest.package.size), tap, createWriteStream(spoolPath, { flags: 'wx' }));
-        await fsyncFile(spoolPath);
+        // The package is acknowledged only once it is on disk, not in the page cache.
+        await fsyncPath(spoolPath);
         received = { bytes: tap.bytes, digest: tap.digest() };
       } catch (err) {
         stream.resume();
@@ -182,12 +184,3 @@ async function collect(stream: Readable, max: number): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-/** The package is acknowledged only once it is on disk, not in the page cache. */
-async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}

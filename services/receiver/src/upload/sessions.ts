@@ -4,7 +4,8 @@ import { link, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { DigestTap, digestOf } from '@ferry/integrity';
+import { fsyncPath, storageError } from '@ferry/durable';
+import { DigestTap, digestFile, digestOf } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
 import { FerryError, UPLOAD_MAX_PART_BYTES, isFerryError, parseManifest, type DeploymentResult, type Manifest } from '@ferry/protocol';
 import type { VerifiedPackage } from '../deploy/engine.ts';
@@ -64,7 +65,6 @@ export interface PartRequest {
 }
 
 const ID = /^[0-9a-f]{32}$/;
-const HASH_BUFFER_BYTES = 1024 * 1024;
 const RECORD = /^([0-9a-f]{32})\.json$/;
 
 /**
@@ -275,7 +275,7 @@ export class UploadStore {
   /** Checks the finished file against the signed manifest; a mismatch deletes it, never loads it. */
   async #complete(record: SessionRecord): Promise<void> {
     const { manifest } = record;
-    const { digest, bytes } = await hashFile(this.#spool(record.id));
+    const { digest, bytes } = await digestFile(this.#spool(record.id));
     if (digest !== manifest.package.digest || bytes !== manifest.package.size) {
       const error = new FerryError('FERRY_ERR_CHECKSUM_MISMATCH', {
         details: { expected: manifest.package.digest, received: digest, deploymentId: manifest.deploymentId },
@@ -364,7 +364,7 @@ export class UploadStore {
       await handle.close();
     }
     await rename(temp, path);
-    await syncDir(this.#options.dir);
+    await fsyncPath(this.#options.dir);
   }
 
   async #removeFiles(id: string): Promise<void> {
@@ -438,51 +438,19 @@ function readManifest(bytes: Buffer): Manifest {
   return parsed.manifest;
 }
 
-/**
- * BLAKE3 of a whole spool through one reused buffer. A read stream allocates a fresh buffer per
- * chunk, which for a gigabyte costs the receiver tens of MiB of peak memory before the garbage
- * collector catches up; this costs one MiB.
- */
-async function hashFile(path: string): Promise<{ digest: string; bytes: number }> {
-  const handle = await open(path, 'r');
-  const buffer = Buffer.allocUnsafe(HASH_BUFFER_BYTES);
-  const tap = new DigestTap();
-  tap.resume();
-  try {
-    for (;;) {
-      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
-      if (bytesRead === 0) break;
-      // The hash is taken inside write(); waiting for its callback makes the buffer free again.
-      await new Promise<void>((resolve, reject) => tap.write(buffer.subarray(0, bytesRead), (err) => (err ? reject(err) : resolve())));
-    }
-  } finally {
-    tap.end();
-    await handle.close();
-  }
-  return { digest: tap.digest(), bytes: tap.bytes };
-}
 
 async function discard(handle: FileHandle, offset: number): Promise<void> {
   await handle.truncate(offset);
   await handle.sync();
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const handle = await open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 /** A full disk is the client's to wait out, not a bug: it gets its own code and 507. */
 function diskError(err: unknown, message: string): FerryError {
   if (err instanceof FerryError) return err;
   const code = (err as NodeJS.ErrnoException | null)?.code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') return new FerryError('FERRY_ERR_DISK_FULL', { cause: err });
   if (code === 'ECONNRESET' || code === 'ERR_STREAM_PREMATURE_CLOSE' || (err as Error | null)?.message === 'aborted') {
     return new FerryError('FERRY_ERR_BAD_REQUEST', { message: `${message}: the connection was cut`, cause: err });
   }
-  return new FerryError('FERRY_ERR_INTERNAL', { message, cause: err });
+  return storageError(err, message);
 }
