@@ -47,4 +47,10 @@ Runs a receiver in the foreground until SIGINT/SIGTERM. Configuration (environme
   FERRY_DATA_DIR   where uploads are spooled (default /var/lib/ferry)
   FERRY_HOST_ID    this host's name in events (default: the hostname)
   FERRY_LOG_LEVEL  fatal|error|warn|info|debug|trace (default info)
+  FERRY_REDIS_URL  redis://host:port for nonces that survive restarts (optional)
+  FERRY_ALLOW_CIDRS, FERRY_TRUSTED_PROXIES, FERRY_TLS_CERT/FERRY_TLS_KEY, FERRY_POLICY_FILE,
+  FERRY_POLICY_*, FERRY_RETAIN_IMAGES, FERRY_MIN_FREE_BYTES, FERRY_UPLOAD_TTL_SECONDS, limits and
+  timeouts: see the README's receiver table.
+Endpoints: GET /healthz, /readyz, /metrics; signed POST /v1/packages, /v1/uploads…,
+GET /v1/deployments[/ID], POST /v1/services/NAME/rollback (docs/protocol.md).
 `;
