@@ -6,10 +6,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { connect, type NatsConnection, type Subscription } from 'nats';
+import { connect, type NatsConnection } from 'nats';
 import { createDockerClient } from '@ferry/docker';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { corruptingProxy } from '../helpers/proxy.ts';
+import { EventWatcher, type WatchedEvent } from '../helpers/events.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -20,33 +21,14 @@ const service = `web-${run}`;
 const repo = `ferry-e2e-${run}`;
 const target = createDockerClient(s.targetDockerHost);
 
-interface Event { id: string; type: string; source: string; deploymentid: string; data: Record<string, unknown> }
 
-/** An independent watcher: a plain NATS subscription, not Ferry's own reader. */
-class Watcher {
-  readonly events: Event[] = [];
-  constructor(nc: NatsConnection, subject: string) {
-    const sub: Subscription = nc.subscribe(subject);
-    void (async () => {
-      for await (const msg of sub) this.events.push(msg.json<Event>());
-    })();
-  }
-  for(deploymentId: string): Event[] {
-    return this.events.filter((e) => e.deploymentid === deploymentId);
-  }
-  /** Waits until an event of `type` arrived for the deployment; a hang fails by the test timeout. */
-  async until(deploymentId: string, type: string): Promise<Event[]> {
-    while (!this.for(deploymentId).some((e) => e.type === `ferry.${type}`)) await new Promise((r) => setTimeout(r, 50));
-    return this.for(deploymentId);
-  }
-}
 
-const receiverTypes = (events: Event[]): string[] => events.filter((e) => e.source.startsWith('ferry://receiver/')).map((e) => e.type.slice(6));
+const receiverTypes = (events: WatchedEvent[]): string[] => events.filter((e) => e.source.startsWith('ferry://receiver/')).map((e) => e.type.slice(6));
 
 describe('ferry push, end to end against real Docker engines and NATS', { timeout: 300_000 }, () => {
   let receiver: ReceiverProcess;
   let nc: NatsConnection;
-  let watcher: Watcher;
+  let watcher: EventWatcher;
   let port: number;
   let v1: string;
   let v2: string;
@@ -63,7 +45,7 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
     port = await freePort();
     [v1, v2] = await Promise.all([buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`), buildTestImage(s.buildDockerHost, `${repo}:2`, `v2-${run}`)]);
     nc = await connect({ servers: s.natsUrl });
-    watcher = new Watcher(nc, `ferry.events.${hostId}.>`);
+    watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
     receiver = await startReceiverProcess({
       DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
     });
@@ -100,7 +82,8 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
     assert.equal(container.Config.Labels['ferry.deployment-id'], summary.deploymentId);
     assert.match(container.Config.Labels['ferry.config-hash'] ?? '', /^sha256:[0-9a-f]{64}$/);
 
-    const events = await watcher.until(summary.deploymentId, 'deployment.completed');
+    await watcher.until(summary.deploymentId, 'deployment.completed');
+    const events = watcher.for(summary.deploymentId);
     assert.ok(events.every((e) => e.deploymentid === summary.deploymentId && e.data.deploymentId === summary.deploymentId));
     assert.equal(events[0]?.type, 'ferry.transfer.started', 'the sender announces the transfer before the receiver says anything');
     assert.ok(events.some((e) => e.type === 'ferry.transfer.completed' && e.source.startsWith('ferry://sender/')));
@@ -149,7 +132,8 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
     assert.notEqual(image?.Id, undefined, 'the loaded image stays for inspection');
 
     const id = answer.error.details.deployment.deploymentId;
-    const events = await watcher.until(id, 'deployment.failed');
+    await watcher.until(id, 'deployment.failed');
+    const events = watcher.for(id);
     assert.deepEqual(receiverTypes(events), ['package.verified', 'image.loaded', 'container.started', 'healthcheck.failed', 'rollback.started', 'rollback.completed', 'deployment.failed']);
     const failed = events.find((e) => e.type === 'ferry.deployment.failed');
     assert.equal(failed?.data.code, 'FERRY_ERR_HEALTHCHECK_FAILED');

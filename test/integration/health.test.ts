@@ -16,6 +16,7 @@ import { createLogger } from '@ferry/log';
 import { FerryError, HealthCheckSchema, type ServiceSpec } from '@ferry/protocol';
 import { push } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { EventWatcher } from '../helpers/events.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -27,25 +28,8 @@ const repo = `ferry-hc-${run}`;
 const target = createDockerClient(s.targetDockerHost);
 const build = createDockerClient(s.buildDockerHost);
 
-interface Event { type: string; deploymentid: string; data: Record<string, unknown> }
 interface Probe { ok: boolean; status?: number; error?: string; ms: number }
 
-class Watcher {
-  readonly events: Event[] = [];
-  constructor(nc: NatsConnection, subject: string) {
-    const sub = nc.subscribe(subject);
-    void (async () => {
-      for await (const msg of sub) this.events.push(msg.json<Event>());
-    })();
-  }
-  async until(deploymentId: string, type: string): Promise<Event> {
-    for (;;) {
-      const found = this.events.find((e) => e.deploymentid === deploymentId && e.type === `ferry.${type}`);
-      if (found) return found;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}
 
 /** `docker build` of a Dockerfile with no context: FROM an image already on the build engine, so nothing is pulled. */
 function buildFrom(tag: string, dockerfile: string): Promise<void> {
@@ -64,7 +48,7 @@ function buildFrom(tag: string, dockerfile: string): Promise<void> {
 describe('health checks against a real receiver, engine and NATS', { timeout: 300_000 }, () => {
   let receiver: ReceiverProcess;
   let nc: NatsConnection;
-  let watcher: Watcher;
+  let watcher: EventWatcher;
   let port: number;
   let hang: Server;
   let hangPort: number;
@@ -135,7 +119,7 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
     await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
     hangPort = (hang.address() as { port: number }).port;
     nc = await connect({ servers: s.natsUrl });
-    watcher = new Watcher(nc, `ferry.events.${hostId}.>`);
+    watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
     receiver = await startReceiverProcess({
       DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
     });

@@ -17,6 +17,7 @@ import { createLogger } from '@ferry/log';
 import { FerryError, HealthCheckSchema, type ServiceSpec } from '@ferry/protocol';
 import { push } from '@ferry/sender';
 import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { EventWatcher } from '../helpers/events.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -31,32 +32,13 @@ const target = createDockerClient(s.targetDockerHost);
 const build = createDockerClient(s.buildDockerHost);
 const targetSocket = s.targetDockerHost.replace(/^unix:\/\//, '');
 
-interface Event { id: string; type: string; deploymentid: string; data: Record<string, unknown> }
 
-/** A plain NATS subscription, independent of Ferry's own reader. */
-class Watcher {
-  readonly events: Event[] = [];
-  constructor(nc: NatsConnection, subject: string) {
-    const sub = nc.subscribe(subject);
-    void (async () => {
-      for await (const msg of sub) this.events.push(msg.json<Event>());
-    })();
-  }
-  /** Waits for an event of `type` for the deployment; a hang fails by the suite's timeout. */
-  async until(deploymentId: string, type: string): Promise<Event> {
-    for (;;) {
-      const found = this.events.find((e) => e.deploymentid === deploymentId && e.type === `ferry.${type}`);
-      if (found) return found;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}
 
 describe('receiver policy against a real receiver, engine and NATS', { timeout: 300_000 }, () => {
   let receiver: ReceiverProcess;
   let strict: ReceiverProcess;
   let nc: NatsConnection;
-  let watcher: Watcher;
+  let watcher: EventWatcher;
   let workDir: string;
   let bindDir: string;
   let port: number;
@@ -88,7 +70,7 @@ describe('receiver policy against a real receiver, engine and NATS', { timeout: 
     assert.notEqual(okId, denyId);
     await build.getImage(denyId).tag({ repo: `evil-${run}/app`, tag: '1' });
     nc = await connect({ servers: s.natsUrl });
-    watcher = new Watcher(nc, `ferry.events.*.${service}.>`);
+    watcher = new EventWatcher(nc, `ferry.events.*.${service}.>`);
     const env = { DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_NATS_URL: s.natsUrl };
     [receiver, strict] = await Promise.all([
       startReceiverProcess({ ...env, FERRY_HOST_ID: hostId, FERRY_POLICY_FILE: policyFile }),
