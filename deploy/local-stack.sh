@@ -392,44 +392,60 @@ nats_answers() {
   case $line in INFO*'"jetstream":true'*) return 0 ;; *) return 1 ;; esac
 }
 
-start_nats() {
-  local pid rc conf="127.0.0.1:$NATS_PORT"
-  if pid=$(pid_of "$S/nats.pid" nats-server); then
-    if [ "$(cat "$S/nats.conf" 2>/dev/null || true)" = "$conf" ] && nats_answers; then
-      say "nats already running (pid $pid, port $NATS_PORT)"
+# start_loopback NAME BIN PORT PORT_VARIABLE ANSWERS_FN COMMAND...: starts a server of ours on
+# 127.0.0.1:PORT unless it already runs and answers; its pidfile, config marker and log live under
+# $S/NAME.*. A port held by something not ours is an error naming it.
+start_loopback() {
+  local name=$1 bin=$2 port=$3 port_variable=$4 answers=$5
+  shift 5
+  local pid rc k conf="127.0.0.1:$port"
+  if pid=$(pid_of "$S/$name.pid" "$bin"); then
+    if [ "$(cat "$S/$name.conf" 2>/dev/null || true)" = "$conf" ] && "$answers"; then
+      say "$name already running (pid $pid, port $port)"
       return 0
     fi
-    say "nats (pid $pid) is not answering on port $NATS_PORT with JetStream; restarting it"
-    stop_nats
+    say "$name (pid $pid) is not answering on port $port; restarting it"
+    stop_loopback "$name" "$bin"
   fi
-  rm -f "$S/nats.pid"
-  if port_open "$NATS_PORT"; then
-    die "port 127.0.0.1:$NATS_PORT is already in use by something that is not ours: $(port_owner "$NATS_PORT") (set FERRY_STACK_NATS_PORT)"
+  rm -f "$S/$name.pid"
+  if port_open "$port"; then
+    die "port 127.0.0.1:$port is already in use by something that is not ours: $(port_owner "$port") (set $port_variable)"
   fi
-  command -v nats-server >/dev/null 2>&1 || die "nats-server not found"
-  mkdir -p "$S/nats"
-  say "starting nats (JetStream) on 127.0.0.1:$NATS_PORT"
-  launch "$S/nats.log" nats-server -js -sd "$S/nats" -n ferry-stack \
-    -a 127.0.0.1 -p "$NATS_PORT" -P "$S/nats.pid"
+  command -v "$bin" >/dev/null 2>&1 || die "$bin not found"
+  mkdir -p "$S/$name"
+  say "starting $name on 127.0.0.1:$port"
+  launch "$S/$name.log" "$@"
   pid=$LAUNCHED_PID
-  rc=0; wait_ready "$pid" "$START_TIMEOUT" nats_answers || rc=$?
+  rc=0; wait_ready "$pid" "$START_TIMEOUT" "$answers" || rc=$?
   if [ "$rc" != 0 ]; then
-    [ "$rc" = 2 ] && stop_pid nats "$pid"
-    log_tail "$S/nats.log"
-    die "nats-server failed to start; log: $S/nats.log"
+    [ "$rc" = 2 ] && stop_pid "$name" "$pid"
+    log_tail "$S/$name.log"
+    die "$bin failed to start; log: $S/$name.log"
   fi
-  printf '%s\n' "$conf" > "$S/nats.conf"
-  say "nats up (pid $pid)"
+  # redis writes its pidfile a moment after it starts answering.
+  k=0
+  while ! pid_of "$S/$name.pid" "$bin" >/dev/null && [ $k -lt 50 ]; do sleep 0.1; k=$((k + 1)); done
+  pid_of "$S/$name.pid" "$bin" >/dev/null || printf '%s\n' "$pid" > "$S/$name.pid"
+  printf '%s\n' "$conf" > "$S/$name.conf"
+  say "$name up (pid $pid)"
 }
 
-stop_nats() {
-  local pid
-  if pid=$(pid_of "$S/nats.pid" nats-server); then
-    say "stopping nats (pid $pid)"
-    stop_pid nats "$pid"
+# stop_loopback NAME BIN: stops what start_loopback started, if it runs.
+stop_loopback() {
+  local name=$1 bin=$2 pid
+  if pid=$(pid_of "$S/$name.pid" "$bin"); then
+    say "stopping $name (pid $pid)"
+    stop_pid "$name" "$pid"
   fi
-  rm -f "$S/nats.pid"
+  rm -f "$S/$name.pid"
 }
+
+start_nats() {
+  start_loopback nats nats-server "$NATS_PORT" FERRY_STACK_NATS_PORT nats_answers \
+    nats-server -js -sd "$S/nats" -n ferry-stack -a 127.0.0.1 -p "$NATS_PORT" -P "$S/nats.pid"
+}
+
+stop_nats() { stop_loopback nats nats-server; }
 
 # ------------------------------------------------------------------- redis --
 
@@ -440,48 +456,13 @@ redis_answers() {
 }
 
 start_redis() {
-  local pid rc conf="127.0.0.1:$REDIS_PORT"
-  if pid=$(pid_of "$S/redis.pid" redis-server); then
-    if [ "$(cat "$S/redis.conf" 2>/dev/null || true)" = "$conf" ] && redis_answers; then
-      say "redis already running (pid $pid, port $REDIS_PORT)"
-      return 0
-    fi
-    say "redis (pid $pid) is not answering on port $REDIS_PORT; restarting it"
-    stop_redis
-  fi
-  rm -f "$S/redis.pid"
-  if port_open "$REDIS_PORT"; then
-    die "port 127.0.0.1:$REDIS_PORT is already in use by something that is not ours: $(port_owner "$REDIS_PORT") (set FERRY_STACK_REDIS_PORT)"
-  fi
-  command -v redis-server >/dev/null 2>&1 || die "redis-server not found"
-  mkdir -p "$S/redis"
-  say "starting redis on 127.0.0.1:$REDIS_PORT"
-  launch "$S/redis.log" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
+  start_loopback redis redis-server "$REDIS_PORT" FERRY_STACK_REDIS_PORT redis_answers \
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
     --protected-mode yes --save '' --appendonly no --daemonize no \
     --pidfile "$S/redis.pid" --dir "$S/redis" --logfile ''
-  pid=$LAUNCHED_PID
-  rc=0; wait_ready "$pid" "$START_TIMEOUT" redis_answers || rc=$?
-  if [ "$rc" != 0 ]; then
-    [ "$rc" = 2 ] && stop_pid redis "$pid"
-    log_tail "$S/redis.log"
-    die "redis-server failed to start; log: $S/redis.log"
-  fi
-  # redis writes its pidfile a moment after it starts answering.
-  local k=0
-  while ! pid_of "$S/redis.pid" redis-server >/dev/null && [ $k -lt 50 ]; do sleep 0.1; k=$((k + 1)); done
-  pid_of "$S/redis.pid" redis-server >/dev/null || printf '%s\n' "$pid" > "$S/redis.pid"
-  printf '%s\n' "$conf" > "$S/redis.conf"
-  say "redis up (pid $pid)"
 }
 
-stop_redis() {
-  local pid
-  if pid=$(pid_of "$S/redis.pid" redis-server); then
-    say "stopping redis (pid $pid)"
-    stop_pid redis "$pid"
-  fi
-  rm -f "$S/redis.pid"
-}
+stop_redis() { stop_loopback redis redis-server; }
 
 # ---------------------------------------------------------------- commands --
 
