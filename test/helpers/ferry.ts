@@ -76,7 +76,7 @@ export async function startReceiverProcess(env: Record<string, string>): Promise
   return {
     url, dataDir, child, logs, hostId: env.FERRY_HOST_ID ?? '',
     stop: async () => {
-      if (child.exitCode === null) {
+      if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise((r) => child.once('exit', r));
         child.kill('SIGTERM');
         await exited;

@@ -23,3 +23,4 @@ export {
 } from './progress.ts';
 export { splitReference, type ReferenceParts } from './reference.ts';
 export { splitLogLines } from './logs.ts';
+export { ImageBuilder, type BuildLogSink, type BuildOptions } from './image-builder.ts';

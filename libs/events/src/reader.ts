@@ -55,6 +55,8 @@ export async function* readEvents(options: ReadEventsOptions): AsyncGenerator<Fe
     const messages = await consumer.consume();
     const stop = (): void => void messages.close().catch(() => { /* already closed */ });
     signal?.addEventListener('abort', stop, { once: true });
+    // An abort while connecting fired before the listener existed; honour it now or the read never ends.
+    if (signal?.aborted) stop();
     try {
       if (!follow && (await consumer.info(true)).num_pending === 0) return;
       for await (const m of messages) {

@@ -30,6 +30,7 @@ export const ERRORS = {
   FERRY_ERR_USAGE: { status: 400, message: 'Invalid command line' },
   FERRY_ERR_IMAGE_NOT_FOUND: { status: 404, message: 'Image not found on the build engine' },
   FERRY_ERR_RECEIVER_UNREACHABLE: { status: 503, message: 'The receiver cannot be reached' },
+  FERRY_ERR_RECEIVER_CIRCUIT_OPEN: { status: 503, message: 'The receiver kept failing; the sender stopped trying it' },
   FERRY_ERR_BAD_RESPONSE: { status: 502, message: 'The peer sent a response Ferry does not understand' },
   FERRY_ERR_EVENTS_UNAVAILABLE: { status: 503, message: 'The event stream cannot be reached' },
   FERRY_ERR_BAD_OFFSET: { status: 400, message: 'Upload-Offset is missing, repeated or not a valid byte offset' },
@@ -54,6 +55,8 @@ export const ERRORS = {
   FERRY_ERR_INTERRUPTED: { status: 500, message: 'The receiver stopped in the middle of this deployment; it was resolved when it started again' },
   FERRY_ERR_NOTHING_TO_ROLL_BACK: { status: 409, message: 'The service has no previous version to roll back to' },
   FERRY_ERR_DEPLOYMENT_CONFLICT: { status: 409, message: 'This deployment id was already used for another service or image' },
+  FERRY_ERR_BUILD_FAILED: { status: 422, message: 'The image build failed' },
+  FERRY_ERR_IMAGE_TOO_LARGE: { status: 413, message: 'The built image is larger than the allowed size' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

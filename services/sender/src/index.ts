@@ -5,3 +5,5 @@ export { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
 export { uploadOneShot, type Credentials, type UploadOptions } from './upload.ts';
 export { ResumableClient, uploadResumable, DEFAULT_PART_BYTES, type ResumableOptions, type ResumableTarget, type UploadPosition } from './resumable.ts';
 export { loadSenderConfig } from './config.ts';
+export { pushMany, DEFAULT_PARALLEL, type FanoutRequest, type FanoutResult, type TargetResult } from './fanout.ts';
+export { retry, backoffDelay, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy } from './retry.ts';

@@ -23,6 +23,13 @@ export interface PushRequest {
   compression: Compression;
   /** Package size from which the resumable upload is used; default RESUMABLE_THRESHOLD_BYTES. */
   resumableThreshold?: number;
+  /** The deployment id to use; default a fresh UUID. */
+  deploymentId?: string;
+  /**
+   * Runs once the receiver answered and before the image is looked up, e.g. to build it; its
+   * events share the push's deployment id. A failure ends the push with that error.
+   */
+  prepare?: (context: { deploymentId: string; host: string }) => Promise<void>;
 }
 
 export interface PushDeps {
@@ -55,8 +62,9 @@ export interface PushResult {
  */
 export async function push(request: PushRequest, deps: PushDeps): Promise<PushResult> {
   const started = performance.now();
-  const deploymentId = randomUUID();
+  const deploymentId = request.deploymentId ?? randomUUID();
   const host = await probeReceiver(request.to);
+  await request.prepare?.({ deploymentId, host });
   const image = await inspectImage(deps.images, request.image);
   const emit = <T extends EventType>(type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image' | 'imageId'>): void => {
     deps.events.publish(createEvent(type, {
@@ -110,7 +118,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
 }
 
 /** Asks the receiver who it is before minutes go into packaging for a host that is not there. */
-async function probeReceiver(url: string): Promise<string> {
+export async function probeReceiver(url: string): Promise<string> {
   let response: Response;
   try {
     response = await fetch(new URL(PATHS.healthz.slice(1), url.endsWith('/') ? url : `${url}/`), { signal: AbortSignal.timeout(10_000) });

@@ -138,6 +138,8 @@ export interface ResumableOptions extends ResumableTarget {
   onProgress?: (sent: number) => void;
   /** Every package byte is acknowledged by the receiver. */
   onSent?: () => void;
+  /** The session is open and the receiver holds `offset` bytes of it (more than 0 = a resume). */
+  onSession?: (offset: number) => void;
 }
 
 /** Answers after which asking the receiver where the upload stands, and going on, makes sense. */
@@ -173,6 +175,7 @@ export async function uploadResumable(options: ResumableOptions): Promise<Upload
   while (!session) session = await client.create(options.manifestJson).catch(async (err: unknown) => { await retrying(err); return undefined; });
   const { uploadId } = session;
   let offset = session.offset;
+  options.onSession?.(offset);
   while (offset < options.packageSize) {
     const length = Math.min(partBytes, options.packageSize - offset);
     const from = offset;

@@ -8,7 +8,8 @@ import { line, type Io } from './io.ts';
 export const EVENTS_HELP = `Usage: ferry events [--deployment ID] [--service S] [--host H] [--follow] [--json]
 
 Replays Ferry's events from NATS JetStream (FERRY_NATS_URL), oldest first; --follow keeps
-printing new ones until interrupted.`;
+printing new ones until interrupted (Ctrl-C ends it with exit code 0). --service and --host
+narrow the read on the server, also while following.`;
 
 const schema = z.object({ FERRY_NATS_URL: z.string({ error: 'required: nats://host:port of the event stream' }) });
 
@@ -18,22 +19,35 @@ export async function eventsCommand(args: string[], io: Io, signal?: AbortSignal
     follow: { type: 'boolean' }, json: { type: 'boolean' },
   });
   const { FERRY_NATS_URL: url } = loadConfig(schema, io.env);
+  const follow = values.follow ?? false;
+  // Following ends on Ctrl-C or SIGTERM: the read stops, the connection closes, the exit code is 0.
+  const interrupt = follow && !signal ? new AbortController() : undefined;
+  const stop = (): void => interrupt?.abort();
+  if (interrupt) {
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  }
+  const abort = signal ?? interrupt?.signal;
   let count = 0;
   try {
     for await (const event of readEvents({
-      url, follow: values.follow ?? false,
+      url, follow,
       ...(values.deployment ? { deploymentId: values.deployment } : {}),
       ...(values.service ? { service: values.service } : {}),
       ...(values.host ? { host: values.host } : {}),
-      ...(signal ? { signal } : {}),
+      ...(abort ? { signal: abort } : {}),
     })) {
       count++;
       line(io.stdout, values.json ? JSON.stringify(event) : describe(event));
     }
   } catch (err) {
+    if (interrupt?.signal.aborted) return 0;
     throw err instanceof FerryError ? err : new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: `Cannot read events from ${url}: ${(err as Error).message}`, cause: err });
+  } finally {
+    process.removeListener('SIGINT', stop);
+    process.removeListener('SIGTERM', stop);
   }
-  if (!values.json && count === 0) line(io.stderr, 'no events matched');
+  if (!follow && !values.json && count === 0) line(io.stderr, 'no events matched');
   return 0;
 }
 

@@ -1,14 +1,20 @@
 import { FerryError, type ErrorCode } from '@ferry/protocol';
+import { BUILD_HELP, buildCommand } from './build.ts';
 import { EVENTS_HELP, eventsCommand } from './events.ts';
 import { line, processIo, type Io } from './io.ts';
 import { KEYGEN_HELP, keygenCommand } from './keygen.ts';
 import { PUSH_HELP, pushCommand } from './push.ts';
+import { ROLLBACK_HELP, rollbackCommand } from './rollback.ts';
+import { STATUS_HELP, statusCommand } from './status.ts';
 
 export const HELP = `Usage: ferry COMMAND [options]
 
 Commands:
   receiver    run a receiver in the foreground (configured by FERRY_* environment variables)
   push        package an image, send it to a receiver and deploy it
+  build       build a directory into an image on the build engine
+  status      show a deployment, or a service's recent deployments, from a receiver's journal
+  rollback    run a service's previous version again on a receiver
   events      replay (or follow) deployment events from NATS JetStream
   keygen      print a new signing key
   help        this text; "ferry help COMMAND" for one command
@@ -16,7 +22,7 @@ Commands:
 Exit codes: 0 success, 1 the deployment or request failed, 2 bad usage or configuration,
 3 a peer (receiver, Docker, NATS) could not be reached.`;
 
-const HELPS: Record<string, string> = { push: PUSH_HELP, events: EVENTS_HELP, keygen: KEYGEN_HELP };
+const HELPS: Record<string, string> = { push: PUSH_HELP, build: BUILD_HELP, events: EVENTS_HELP, keygen: KEYGEN_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP };
 
 /** What to do next, for the errors a user can act on. */
 const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
@@ -30,6 +36,9 @@ const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_DOCKER_UNAVAILABLE: 'check DOCKER_HOST and that the Docker engine runs',
   FERRY_ERR_CONFIG: 'fix the environment variables listed above',
   FERRY_ERR_DEPLOYMENT_IN_PROGRESS: 'wait for the running deployment of this service to finish',
+  FERRY_ERR_NOT_FOUND: 'check the id and that --to names the receiver that ran it; "ferry status --to URL --service S" lists what it keeps (the newest 100 per service)',
+  FERRY_ERR_NOTHING_TO_ROLL_BACK: 'that host keeps no previous version of this service (only one was deployed, or it was removed): push the version you want instead',
+  FERRY_ERR_ROLLBACK_FAILED: 'the previous version would not run: "ferry status ID --to URL" shows every step the receiver took, then check the container\'s log on that host',
 };
 
 const UNREACHABLE: ReadonlySet<ErrorCode> = new Set(['FERRY_ERR_RECEIVER_UNREACHABLE', 'FERRY_ERR_DOCKER_UNAVAILABLE', 'FERRY_ERR_EVENTS_UNAVAILABLE']);
@@ -41,7 +50,10 @@ export async function runCli(argv: string[], io: Io = processIo): Promise<number
     if (args.includes('--help') || args.includes('-h')) return help(io, command);
     switch (command) {
       case 'push': return await pushCommand(args, io);
+      case 'build': return await buildCommand(args, io);
       case 'events': return await eventsCommand(args, io);
+      case 'status': return await statusCommand(args, io);
+      case 'rollback': return await rollbackCommand(args, io);
       case 'keygen': return keygenCommand(args, io);
       case undefined: case 'help': case '--help': case '-h': return help(io, args[0]);
       default: throw new FerryError('FERRY_ERR_USAGE', { message: `Unknown command "${command}"; see "ferry help"` });

@@ -1,0 +1,36 @@
+import { FerryError } from '@ferry/protocol';
+import { ReceiverClient } from '../client.ts';
+import { loadSenderConfig } from '../config.ts';
+import { parse } from './args.ts';
+import { line, type Io } from './io.ts';
+import { formatMs } from './progress.ts';
+
+export const ROLLBACK_HELP = `Usage: ferry rollback SERVICE --to URL [--json]
+
+Asks the receiver at URL to run SERVICE's previous version again: the container it kept from the
+last deployment takes the service's name, and the one it replaces is kept in turn, so a second
+rollback rolls forward. Prints what runs now.
+
+Options:
+  --to URL   receiver base URL (required)
+  --json     print the receiver's answer as JSON
+
+Environment: FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+
+export async function rollbackCommand(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parse(args, { to: { type: 'string' }, json: { type: 'boolean' } }, 1);
+  const service = positionals[0];
+  if (!service) throw new FerryError('FERRY_ERR_USAGE', { message: 'SERVICE is required (e.g. ferry rollback web --to http://host:7701)' });
+  if (!values.to) throw new FerryError('FERRY_ERR_USAGE', { message: '--to URL is required' });
+  const client = new ReceiverClient(values.to, loadSenderConfig(io.env).credentials);
+  const result = await client.rollback(service);
+  if (values.json) {
+    line(io.stdout, JSON.stringify({ ok: true, ...result }));
+  } else {
+    line(io.stdout, `✔ ${result.service} runs ${result.image} again on ${result.host}`);
+    line(io.stdout, `  rollback    ${result.deploymentId} (${result.state}, ${formatMs(result.timings.total)})`);
+    line(io.stdout, `  image       ${result.imageId}`);
+    if (result.containerId) line(io.stdout, `  container   ${result.containerId.slice(0, 12)}`);
+  }
+  return 0;
+}

@@ -1,0 +1,81 @@
+import { FerryError } from '@ferry/protocol';
+import { ReceiverClient, type DeploymentRecord } from '../client.ts';
+import { loadSenderConfig } from '../config.ts';
+import { parse, parseInteger } from './args.ts';
+import { line, type Io } from './io.ts';
+import { formatMs } from './progress.ts';
+
+export const STATUS_HELP = `Usage: ferry status ID --to URL [--json]
+       ferry status --to URL --service SERVICE [--limit N] [--json]
+
+Shows one deployment (or rollback) as the receiver at URL journalled it: its state, every state
+it went through with the time, its timings and its error; or the recent deployments of SERVICE,
+newest first (--limit, default 20, at most 500). A FAILED deployment is still found: the exit code
+says whether the receiver knows it (0) or not (1, FERRY_ERR_NOT_FOUND).
+
+Options:
+  --to URL           receiver base URL (required)
+  --service SERVICE  list this service's deployments instead of showing one
+  --limit N          how many to list
+  --json             print the receiver's records as JSON
+
+Environment: FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+
+const TIMING_KEYS = ['receive', 'verify', 'load', 'deploy', 'health', 'rollback', 'total'] as const;
+
+export async function statusCommand(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parse(args, {
+    to: { type: 'string' }, service: { type: 'string' }, limit: { type: 'string' }, json: { type: 'boolean' },
+  }, 1);
+  const id = positionals[0];
+  if (!values.to) throw new FerryError('FERRY_ERR_USAGE', { message: '--to URL is required' });
+  if ((id === undefined) === (values.service === undefined)) {
+    throw new FerryError('FERRY_ERR_USAGE', { message: 'give either a deployment ID or --service SERVICE (e.g. ferry status --to http://host:7701 --service web)' });
+  }
+  if (id !== undefined && values.limit !== undefined) throw new FerryError('FERRY_ERR_USAGE', { message: '--limit goes with --service' });
+  const limit = parseInteger('limit', values.limit, 1, 500);
+  const client = new ReceiverClient(values.to, loadSenderConfig(io.env).credentials);
+
+  if (id !== undefined) {
+    const record = await client.deployment(id);
+    line(io.stdout, values.json ? JSON.stringify(record) : describe(record));
+    return 0;
+  }
+  const service = values.service ?? '';
+  const records = await client.deployments({ service, ...(limit !== undefined ? { limit } : {}) });
+  if (records.length === 0) {
+    throw new FerryError('FERRY_ERR_NOT_FOUND', { message: `The receiver at ${values.to} has no deployments of ${service}`, details: { service } });
+  }
+  line(io.stdout, values.json ? JSON.stringify({ deployments: records }) : table(records));
+  return 0;
+}
+
+function describe(r: DeploymentRecord): string {
+  const start = Date.parse(r.states[0]?.at ?? r.createdAt);
+  const rows = [
+    `deployment  ${r.deploymentId} (${r.kind})`,
+    `service     ${r.service} on ${r.host}`,
+    `image       ${r.image} (${shortId(r.imageId)})`,
+    `state       ${r.state}${r.finishedAt ? ` at ${r.finishedAt}` : ''}`,
+    'states',
+    ...r.states.map((s) => `  ${s.state.padEnd(13)} ${s.at}  +${formatMs(Date.parse(s.at) - start)}`),
+  ];
+  const timings = TIMING_KEYS.filter((key) => r.timings?.[key] !== undefined).map((key) => `${key} ${formatMs(r.timings?.[key])}`);
+  if (timings.length > 0) rows.push(`timings     ${timings.join(' · ')}`);
+  if (r.containerId) rows.push(`container   ${shortId(r.containerId)}`);
+  if (r.error) rows.push(`error       ${r.error.code}: ${r.error.message}`);
+  return rows.join('\n');
+}
+
+function table(records: DeploymentRecord[]): string {
+  const rows = [['DEPLOYMENT', 'KIND', 'STATE', 'IMAGE', 'STARTED', 'TOTAL', 'ERROR']];
+  for (const r of records) {
+    rows.push([r.deploymentId, r.kind, r.state, r.image, r.createdAt, formatMs(r.timings?.total), r.error?.code ?? '']);
+  }
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0))) ?? [];
+  return rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
+}
+
+function shortId(id: string): string {
+  return id.replace(/^sha256:/, '').slice(0, 12);
+}

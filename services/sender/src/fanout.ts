@@ -1,0 +1,183 @@
+import { randomUUID } from 'node:crypto';
+import CircuitBreaker from 'opossum';
+import { createEvent, type EventData } from '@ferry/events';
+import {
+  FerryError, isFerryError,
+  type Compression, type DeploymentResult, type EventType, type ManifestInput,
+} from '@ferry/protocol';
+import { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
+import { RESUMABLE_THRESHOLD_BYTES, probeReceiver, type PushDeps, type PushRequest } from './push.ts';
+import { uploadResumable } from './resumable.ts';
+import { DEFAULT_BACKOFF, isRetryable, retry, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
+import { uploadOneShot, type UploadOutcome } from './upload.ts';
+
+export const DEFAULT_PARALLEL = 5;
+
+/**
+ * Breaker settings per receiver: it opens once at least 5 calls were made within the window and
+ * half of them failed, so a receiver that restarts mid-transfer (one or two failures) is resumed,
+ * while one that stays down stops costing the push its whole backoff schedule.
+ */
+const BREAKER = { volumeThreshold: 5, errorThresholdPercentage: 50, rollingCountTimeout: 120_000, resetTimeout: 60_000, timeout: false } as const;
+
+export interface FanoutRequest extends Omit<PushRequest, 'to' | 'prepare' | 'deploymentId'> {
+  /** Receiver base URLs; each gets the same package. */
+  targets: string[];
+  /** Targets served at once; default DEFAULT_PARALLEL. */
+  parallel?: number;
+  policy?: BackoffPolicy;
+  /** Resumable part size; default DEFAULT_PART_BYTES. */
+  partBytes?: number;
+}
+
+export interface FanoutDeps extends Omit<PushDeps, 'onProgress' | 'onStage'> {
+  clock?: Clock;
+  onStage?: (stage: 'package' | 'transfer', detail: { bytes?: number }) => void;
+  /** A target's attempt failed and will be tried again after `delayMs`. */
+  onRetry?: (url: string, attempt: number, delayMs: number, err: unknown) => void;
+  /** Package bytes handed to this target's socket: the position in the package. */
+  onProgress?: (url: string, position: number) => void;
+}
+
+export interface TargetResult {
+  url: string;
+  /** The receiver's host id, once it answered. */
+  host?: string;
+  /** Reused by every attempt to this target, so a retried upload never deploys twice. */
+  deploymentId: string;
+  ok: boolean;
+  state: string;
+  attempts: number;
+  /** Package bytes handed to this target's sockets over all attempts. */
+  bytes: { sent: number };
+  durationMs: number;
+  error?: { code: string; message: string };
+  deployment?: DeploymentResult;
+}
+
+export interface FanoutResult {
+  ok: boolean;
+  service: string;
+  image: string;
+  imageId: string;
+  compression: Compression;
+  /** Built once, whatever the number of targets. */
+  bytes: { image: number; package: number };
+  timings: { package: number; total: number };
+  targets: TargetResult[];
+}
+
+/**
+ * `ferry push --to A --to B …`: docker save → compress → BLAKE3 once into one package file, then
+ * the same file goes to every target, `parallel` at a time. Each target has its own deployment
+ * id (each receiver journals its own deployment), its own retries with backoff, and its own
+ * circuit breaker; one target's failure never stops the others. Never throws for a target's
+ * failure — only when the package itself cannot be built.
+ */
+export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promise<FanoutResult> {
+  const started = performance.now();
+  const clock = deps.clock ?? systemClock;
+  const policy = request.policy ?? DEFAULT_BACKOFF;
+  const image = await inspectImage(deps.images, request.image);
+  deps.onStage?.('package', {});
+  const pkg = await buildPackage(deps.images, image, request.compression);
+  deps.onStage?.('transfer', { bytes: pkg.size });
+  try {
+    const queue = request.targets.map((url, index) => ({ url, index }));
+    const results: TargetResult[] = new Array<TargetResult>(request.targets.length);
+    const worker = async (): Promise<void> => {
+      for (let next = queue.shift(); next; next = queue.shift()) {
+        results[next.index] = await deliver(next.url, pkg, request, deps, clock, policy);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.max(1, Math.min(request.parallel ?? DEFAULT_PARALLEL, queue.length)) }, worker));
+    return {
+      ok: results.every((r) => r.ok),
+      service: request.service.name, image: image.ref, imageId: image.id, compression: pkg.compression,
+      bytes: { image: pkg.rawBytes, package: pkg.size },
+      timings: { package: pkg.durationMs, total: Math.round(performance.now() - started) },
+      targets: results,
+    };
+  } finally {
+    await pkg.remove();
+  }
+}
+
+async function deliver(url: string, pkg: BuiltPackage, request: FanoutRequest, deps: FanoutDeps, clock: Clock, policy: BackoffPolicy): Promise<TargetResult> {
+  const started = performance.now();
+  const deploymentId = randomUUID();
+  const manifest: ManifestInput = {
+    schema: 'ferry.manifest/v1',
+    deploymentId,
+    createdAt: new Date().toISOString(),
+    image: { ref: pkg.image.ref, id: pkg.image.id, diffIds: pkg.image.diffIds },
+    package: { format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest },
+    service: { env: {}, network: 'bridge', ...request.service },
+  };
+  // One manifest text for every attempt: the receiver finds the live upload session by it.
+  const manifestJson = JSON.stringify(manifest);
+  const breaker = new CircuitBreaker(async (call: () => Promise<unknown>) => call(), {
+    ...BREAKER,
+    // A 4xx (bad key, policy, refused package) is the receiver working as meant, not failing.
+    errorFilter: (err: unknown) => isFerryError(err) && !isRetryable(err),
+  });
+  const guarded = async <T>(call: () => Promise<T>): Promise<T> => {
+    try {
+      return await breaker.fire(call) as T;
+    } catch (err) {
+      if (breaker.opened && !isFerryError(err) && (err as { code?: string }).code === 'EOPENBREAKER') {
+        throw new FerryError('FERRY_ERR_RECEIVER_CIRCUIT_OPEN', { message: `${url} kept failing; stopped trying it`, details: { target: url } });
+      }
+      throw err;
+    }
+  };
+  let host: string | undefined;
+  let attempts = 0;
+  let sent = 0;
+  const emit = <T extends EventType>(type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image' | 'imageId'>): void => {
+    if (host === undefined) return;
+    deps.events.publish(createEvent(type, {
+      source: deps.source, host, service: request.service.name, deploymentId,
+      data: { deploymentId, host, service: request.service.name, image: pkg.image.ref, imageId: pkg.image.id, ...data } as unknown as EventData[T],
+    }));
+  };
+  try {
+    const outcome = await retry(async () => {
+      attempts += 1;
+      host ??= await guarded(() => probeReceiver(url));
+      const audience = host;
+      let from = 0;
+      let reached = 0;
+      const transferStarted = performance.now();
+      const resumable = pkg.size >= (request.resumableThreshold ?? RESUMABLE_THRESHOLD_BYTES);
+      if (attempts === 1) emit('transfer.started', { target: url, bytes: pkg.size, compression: pkg.compression });
+      const common = {
+        url, credentials: deps.credentials, audience, manifestJson, packagePath: pkg.path, packageSize: pkg.size,
+        onProgress: (position: number) => { reached = Math.max(reached, position); deps.onProgress?.(url, position); },
+        onSent: () => emit('transfer.completed', { target: url, bytes: pkg.size, compression: pkg.compression, durationMs: Math.round(performance.now() - transferStarted) }),
+      };
+      try {
+        return await guarded<UploadOutcome>(() => resumable
+          // attempts: 1 — this loop owns retries; the next attempt reopens the session where it stands.
+          ? uploadResumable({ ...common, attempts: 1, ...(request.partBytes ? { partBytes: request.partBytes } : {}), onSession: (offset) => { from = offset; reached = offset; } })
+          : uploadOneShot(common));
+      } finally {
+        sent += Math.max(0, reached - from);
+      }
+    }, { policy, clock, onRetry: (n, delayMs, err) => deps.onRetry?.(url, n, delayMs, err) });
+    return {
+      url, host, deploymentId, ok: outcome.result.state === 'COMPLETED', state: outcome.result.state, attempts,
+      bytes: { sent }, durationMs: Math.round(performance.now() - started), deployment: outcome.result,
+    };
+  } catch (err) {
+    const error = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', { message: (err as Error).message, cause: err });
+    const record = error.details?.deployment as DeploymentResult | undefined;
+    return {
+      url, host, deploymentId, ok: false, state: record?.state ?? 'FAILED', attempts,
+      bytes: { sent }, durationMs: Math.round(performance.now() - started),
+      error: { code: error.code, message: error.message }, ...(record ? { deployment: record } : {}),
+    };
+  } finally {
+    breaker.shutdown();
+  }
+}
