@@ -11,6 +11,7 @@ import { createDockerClient } from '@ferry/docker';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { corruptingProxy } from '../helpers/proxy.ts';
 import { EventWatcher, type WatchedEvent } from '../helpers/events.ts';
+import { removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -54,9 +55,7 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
   after(async () => {
     await receiver?.stop();
     await nc?.drain();
-    for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
-      await target.getContainer(name).remove({ force: true }).catch(() => undefined);
-    }
+    await removeService(target, service);
     for (const ref of [`${repo}:1`, `${repo}:2`]) await target.getImage(ref).remove({ force: true }).catch(() => undefined);
     const build = createDockerClient(s.buildDockerHost);
     for (const ref of [`${repo}:1`, `${repo}:2`]) await build.getImage(ref).remove({ force: true }).catch(() => undefined);

@@ -17,6 +17,7 @@ import { FerryError, HealthCheckSchema, type ServiceSpec } from '@ferry/protocol
 import { push } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { EventWatcher } from '../helpers/events.ts';
+import { removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -130,9 +131,7 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
     await nc?.drain();
     for (const socket of hangSockets) socket.destroy();
     await new Promise((r) => (hang ? hang.close(r) : r(undefined)));
-    for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
-      await target.getContainer(name).remove({ force: true }).catch(() => undefined);
-    }
+    await removeService(target, service);
     for (const ref of [`${repo}:1`, `${repo}:2`, `${repo}:hc-good`, `${repo}:hc-bad`]) {
       await target.getImage(ref).remove({ force: true }).catch(() => undefined);
       await build.getImage(ref).remove({ force: true }).catch(() => undefined);

@@ -18,6 +18,7 @@ import { digestOf } from '@ferry/integrity';
 import { ResumableClient } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { lines, parseAnswer, probe, rawRequest, signed, type RawAnswer } from '../helpers/raw-http.ts';
+import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -334,11 +335,9 @@ describe('HTTPS with FERRY_TLS_CERT / FERRY_TLS_KEY and a private CA', { timeout
 
   after(async () => {
     await receiver?.stop();
-    for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
-      await target.getContainer(name).remove({ force: true }).catch(() => undefined);
-    }
-    await target.getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
-    await createDockerClient(s.buildDockerHost).getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
+    await removeService(target, service);
+    await removeImages(target, [`${repo}:1`]);
+    await removeImages(createDockerClient(s.buildDockerHost), [`${repo}:1`]);
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 

@@ -17,7 +17,9 @@ import { digestFile } from '@ferry/integrity';
 import { FerryError, type Compression, type DeploymentResult } from '@ferry/protocol';
 import { uploadOneShot } from '@ferry/sender';
 import { buildTestImage, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
+import { tarHeader } from '../helpers/tar.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -43,25 +45,6 @@ async function saved(engine: typeof build, ref: string): Promise<Image> {
   return { id: info.Id, diffIds: info.RootFS.Layers ?? [], archive: await readAll(await engine.getImage(ref).get()) };
 }
 
-/** A minimal ustar header, independent of the code under test. */
-function header(name: string, size: number, type = '0', linkname = ''): Buffer {
-  const block = Buffer.alloc(512);
-  block.write(name, 0, 100);
-  block.write('0000644\0', 100, 'latin1');
-  block.write('0000000\0', 108, 'latin1');
-  block.write('0000000\0', 116, 'latin1');
-  block.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
-  block.write('00000000000\0', 136, 'latin1');
-  block.write(type, 156, 'latin1');
-  block.write(linkname, 157, 100);
-  block.write('ustar\0', 257, 'latin1');
-  block.write('00', 263, 'latin1');
-  block.fill(' ', 148, 156);
-  let sum = 0;
-  for (const byte of block) sum += byte;
-  block.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
-  return block;
-}
 
 /** The archive with `extra` entries added at its end, just before the end-of-archive marker. */
 function withExtra(archive: Buffer, extra: { name: string; type?: string; data?: string; linkname?: string }[]): Buffer {
@@ -73,7 +56,7 @@ function withExtra(archive: Buffer, extra: { name: string; type?: string; data?:
   const parts = [archive.subarray(0, at)];
   for (const entry of extra) {
     const data = Buffer.from(entry.data ?? '');
-    parts.push(header(entry.name, data.length, entry.type, entry.linkname), data, Buffer.alloc((512 - (data.length % 512)) % 512));
+    parts.push(tarHeader(entry.name, data.length, entry.type, entry.linkname), data, Buffer.alloc((512 - (data.length % 512)) % 512));
   }
   parts.push(Buffer.alloc(1024));
   return Buffer.concat(parts);
@@ -180,9 +163,7 @@ describe('loading: only the signed image, safely, or nothing', { timeout: 300_00
 
   after(async () => {
     await receiver?.stop();
-    for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
-      await target.getContainer(name).remove({ force: true }).catch(() => undefined);
-    }
+    await removeService(target, service);
     for (const ref of [`${repo}:1`, `${repo}:2`, `${repo}:bad`, victim, v1?.id, v2?.id]) {
       if (ref) await target.getImage(ref).remove({ force: true }).catch(() => undefined);
     }
@@ -241,7 +222,7 @@ describe('loading: only the signed image, safely, or nothing', { timeout: 300_00
 
   test('a decompression bomb is refused at the header that declares it', async () => {
     // A few KiB of zstd claiming a 4 GiB layer: over 1 GiB (the floor, as 200× the package is less).
-    const bomb = Buffer.concat([header(`${'b'.repeat(64)}/layer.tar`, 4 * 1024 ** 3), Buffer.alloc(1024 * 1024)]);
+    const bomb = Buffer.concat([tarHeader(`${'b'.repeat(64)}/layer.tar`, 4 * 1024 ** 3), Buffer.alloc(1024 * 1024)]);
     await assertUntouched(await push(await compress(bomb, 'zstd'), v2), 'FERRY_ERR_ARCHIVE_TOO_LARGE');
   });
 

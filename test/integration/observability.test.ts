@@ -13,6 +13,7 @@ import { createDockerClient } from '@ferry/docker';
 import { digestOf } from '@ferry/integrity';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { NatsServer, RedisServer } from '../helpers/servers.ts';
+import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -91,11 +92,9 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
     await receiver?.stop();
     await nats?.dispose();
     await redis?.dispose();
-    for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
-      await target.getContainer(name).remove({ force: true }).catch(() => undefined);
-    }
-    await target.getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
-    await createDockerClient(s.buildDockerHost).getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
+    await removeService(target, service);
+    await removeImages(target, [`${repo}:1`]);
+    await removeImages(createDockerClient(s.buildDockerHost), [`${repo}:1`]);
   });
 
   test('/healthz answers without a key; /readyz is ready once Docker, NATS, Redis and the disk answer', async () => {

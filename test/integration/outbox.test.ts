@@ -18,6 +18,7 @@ import { EVENT_DUPLICATE_WINDOW_MS } from '@ferry/events';
 import { EVENT_STREAM } from '@ferry/protocol';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { NatsServer } from '../helpers/servers.ts';
+import { removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -115,9 +116,7 @@ describe('the on-disk outbox delivers every event once', { timeout: 300_000 }, (
     await receiver?.stop();
     await nats?.dispose();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
-    for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
-      await target.getContainer(name).remove({ force: true }).catch(() => undefined);
-    }
+    await removeService(target, service);
     const build = createDockerClient(s.buildDockerHost);
     for (const ref of [`${repo}:1`, `${repo}:2`]) {
       await target.getImage(ref).remove({ force: true }).catch(() => undefined);

@@ -18,6 +18,7 @@ import { FerryError, HealthCheckSchema, type ServiceSpec } from '@ferry/protocol
 import { push } from '@ferry/sender';
 import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { EventWatcher } from '../helpers/events.ts';
+import { removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -82,9 +83,7 @@ describe('receiver policy against a real receiver, engine and NATS', { timeout: 
     await receiver?.stop();
     await strict?.stop();
     await nc?.drain();
-    for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
-      await target.getContainer(name).remove({ force: true }).catch(() => undefined);
-    }
+    await removeService(target, service);
     for (const ref of [`${repo}:ok`, `${repo}:deny`, evilRef]) {
       await target.getImage(ref).remove({ force: true }).catch(() => undefined);
       await build.getImage(ref).remove({ force: true }).catch(() => undefined);

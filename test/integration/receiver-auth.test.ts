@@ -18,6 +18,7 @@ import { requireAllowedSource, requireSignature } from '../../services/receiver/
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { lines, probe, rawRequest, signed, type RawAnswer } from '../helpers/raw-http.ts';
 import { RedisServer } from '../helpers/servers.ts';
+import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -350,11 +351,9 @@ describe('row 9: no key, signature or deployment env value in any log line', { t
 
   after(async () => {
     await receiver?.stop();
-    for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
-      await target.getContainer(name).remove({ force: true }).catch(() => undefined);
-    }
-    await target.getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
-    await createDockerClient(s.buildDockerHost).getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
+    await removeService(target, service);
+    await removeImages(target, [`${repo}:1`]);
+    await removeImages(createDockerClient(s.buildDockerHost), [`${repo}:1`]);
   });
 
   test('a deployment with a secret env value, a refused replay and a bad key: the logs of both sides hold none of the secrets', async () => {

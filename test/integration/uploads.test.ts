@@ -19,6 +19,7 @@ import { digestFile, digestOf } from '@ferry/integrity';
 import { UPLOAD_MAX_PART_BYTES, type DeploymentResult, type ManifestInput } from '@ferry/protocol';
 import { ResumableClient, buildPackage, inspectImage, uploadResumable, type BuiltPackage } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -238,7 +239,7 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     }
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
     for (const service of services) {
-      for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) await target.getContainer(name).remove({ force: true }).catch(() => undefined);
+      await removeService(target, service);
     }
     for (const ref of [`${repo}:ok`, `${repo}:liar`]) {
       await target.getImage(ref).remove({ force: true }).catch(() => undefined);

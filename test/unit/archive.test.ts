@@ -9,6 +9,7 @@ import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { FerryError, type ErrorCode } from '@ferry/protocol';
 import { ArchiveInspector, UNPACK_FLOOR, UNPACK_MAX, sanitizeEngineMessage, unpackLimit, type ArchiveExpectation } from '@ferry/receiver';
+import { tarHeader } from '../helpers/tar.ts';
 
 interface Entry {
   name: string;
@@ -23,22 +24,7 @@ const sha256 = (data: Buffer | string): string => createHash('sha256').update(da
 
 /** An independent, minimal ustar writer: the test does not trust the code under test to make tars. */
 function header(entry: Entry, size: number): Buffer {
-  const block = Buffer.alloc(512);
-  block.write(entry.name, 0, 100, 'utf8');
-  block.write('0000644\0', 100, 'latin1');
-  block.write('0000000\0', 108, 'latin1');
-  block.write('0000000\0', 116, 'latin1');
-  block.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
-  block.write('00000000000\0', 136, 'latin1');
-  block.write(entry.type ?? '0', 156, 'latin1');
-  block.write(entry.linkname ?? '', 157, 100, 'utf8');
-  block.write('ustar\0', 257, 'latin1');
-  block.write('00', 263, 'latin1');
-  block.fill(' ', 148, 156);
-  let sum = 0;
-  for (const byte of block) sum += byte;
-  block.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
-  return block;
+  return tarHeader(entry.name, size, entry.type ?? '0', entry.linkname ?? '');
 }
 
 function tar(entries: Entry[], { end = true } = {}): Buffer {
