@@ -14,7 +14,7 @@ import { createBaseApp, finishApp, listen } from '@ferry/http';
 import { digestOf } from '@ferry/integrity';
 import { createLogger } from '@ferry/log';
 import type { ErrorCode } from '@ferry/protocol';
-import { requireAllowedSource, requireSignature } from '../../services/receiver/src/auth.ts';
+import { requireAllowedSource, requireSignature } from '@ferry/http';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { lines, probe, rawRequest, signed, type RawAnswer } from '../helpers/raw-http.ts';
 import { RedisServer } from '../helpers/servers.ts';

@@ -1,9 +1,8 @@
 import type { Express } from 'express';
 import type { RequestVerifier } from '@ferry/auth';
-import { createBaseApp, finishApp, minimumBodyRate, strictHeaders } from '@ferry/http';
+import { SIGNED_HEADERS, createBaseApp, finishApp, minimumBodyRate, requireAllowedSource, requireSignature, strictHeaders, type SecurityOptions } from '@ferry/http';
 import type { Logger } from '@ferry/log';
 import type { ReceiverMetrics } from '@ferry/metrics';
-import { SIGNED_HEADERS, requireAllowedSource, requireSignature, type SecurityOptions } from './auth.ts';
 import type { Deployer } from './deploy/engine.ts';
 import type { PolicyGate } from './policy/index.ts';
 import type { Readiness } from './readiness.ts';

@@ -1,7 +1,7 @@
 import { Router } from 'express';
 import type { Manifest } from '@ferry/protocol';
 import { FerryError, PATHS } from '@ferry/protocol';
-import type { AuthLocals } from '../auth.ts';
+import type { AuthLocals } from '@ferry/http';
 import type { Deployer } from '../deploy/engine.ts';
 import type { PolicyGate } from '../policy/index.ts';
 import { receiveMultipart } from '../upload/multipart.ts';

@@ -1,7 +1,7 @@
 import { Router, type Request, type Response } from 'express';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, HEADERS, PATHS } from '@ferry/protocol';
-import type { AuthLocals } from '../auth.ts';
+import type { AuthLocals } from '@ferry/http';
 import type { Deployer } from '../deploy/engine.ts';
 
 export interface ServicesDeps {

@@ -2,7 +2,7 @@ import { Router, type Response } from 'express';
 import type { IncomingMessage } from 'node:http';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, HEADERS, MANIFEST_MAX_BYTES, PATHS } from '@ferry/protocol';
-import type { AuthLocals } from '../auth.ts';
+import type { AuthLocals } from '@ferry/http';
 import type { Deployer } from '../deploy/engine.ts';
 import type { PolicyGate } from '../policy/index.ts';
 import { parsePartHeaders } from '../upload/headers.ts';

@@ -1,6 +1,7 @@
 import type { RequestHandler } from 'express';
 import { clientAddress, type AddressList, type RequestVerifier } from '@ferry/auth';
-import { continueIfExpected, type BodyRateOptions } from '@ferry/http';
+import type { BodyRateOptions } from './guards.ts';
+import { continueIfExpected } from './server.ts';
 import { FerryError, HEADERS, isFerryError, type ErrorCode } from '@ferry/protocol';
 
 /** What the auth middleware leaves in `res.locals` for the routes after it. */
@@ -77,7 +78,7 @@ export function requireAllowedSource(options: SourceOptions): RequestHandler {
   };
 }
 
-/** The receiver's front-door settings beyond the signature (README "Receiver hardening"). */
+/** A signed service's front-door settings beyond the signature (README "Receiver hardening"). */
 export interface SecurityOptions extends SourceOptions {
   /** Minimum body rate of authenticated requests; without it there is none. */
   bodyRate?: BodyRateOptions;
