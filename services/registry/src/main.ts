@@ -1,0 +1,173 @@
+import { access, constants, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MemoryNonceStore, RedisNonceStore, RequestVerifier, type NonceStore } from '@ferry/auth';
+import type { Env } from '@ferry/config';
+import { JetStreamPublisher, NullSink, type EventSink, type EventSinkHealth } from '@ferry/events';
+import { listen, type ListeningServer } from '@ferry/http';
+import { createLogger, type Logger } from '@ferry/log';
+import { FerryError } from '@ferry/protocol';
+import type { Router } from 'express';
+import { createApp, type CheckResult, type Readiness } from './app.ts';
+import { loadRegistryConfig, type RegistryConfig } from './config.ts';
+import { EventProjector } from './consumer.ts';
+import { dashboardRouter } from './dashboard/index.ts';
+import { senderCorrector } from './correct.ts';
+import { Registry } from './registry.ts';
+import { MemoryStore, RedisStore, type RegistryStore } from './store.ts';
+import type { RegistryView } from './view.ts';
+
+export const VERSION = '0.1.0';
+
+/** How long start-up waits for Redis before it serves from memory (and resyncs once Redis answers). */
+const REDIS_START_WAIT_MS = 2000;
+
+export interface RunningRegistry {
+  url: string;
+  config: Readonly<RegistryConfig>;
+  registry: Registry;
+  close(): Promise<void>;
+}
+
+export interface StartRegistryOptions {
+  logger?: Logger;
+  /**
+   * Builds the dashboard's routes from the registry's read model; mounted before `/v1`. Default:
+   * the built-in dashboard (./dashboard); `false`: none. A `close()` on the router is called first
+   * at shutdown (it ends live streams, which would otherwise hold the server open).
+   */
+  dashboard?: ((view: RegistryView, config: Readonly<RegistryConfig>) => Router & { close?: () => void }) | false;
+}
+
+/** Starts a registry from the environment; the caller decides how long it lives. */
+export async function startRegistry(env: Env = process.env, options: StartRegistryOptions = {}): Promise<RunningRegistry> {
+  const config = loadRegistryConfig(env);
+  const log = options.logger ?? createLogger({ level: config.logLevel, name: 'ferry-registry' });
+  await ensureWritableDir(config.dataDir);
+
+  const events: EventSink & EventSinkHealth = config.natsUrl
+    ? await JetStreamPublisher.connect({ url: config.natsUrl, logger: log, name: `ferry-registry-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox') })
+    : new NullSink({ logger: log });
+  let store: RegistryStore;
+  if (config.redisUrl) {
+    const redis = new RedisStore(config.redisUrl, { prefix: `ferry:registry:${config.hostId}:`, log });
+    await redis.ready(REDIS_START_WAIT_MS);
+    store = redis;
+  } else {
+    store = new MemoryStore();
+  }
+  const registry = new Registry({
+    store, events, logger: log, registryId: config.hostId, ttlSeconds: config.hostTtlSeconds,
+    driftMode: config.driftMode, driftIgnore: config.driftIgnore,
+    ...(config.senderUrl && config.credentials ? { corrector: senderCorrector(config.senderUrl, config.credentials) } : {}),
+  });
+  await registry.start();
+  const projector = config.natsUrl
+    ? new EventProjector({ url: config.natsUrl, durable: `ferry-registry-${config.hostId}`, registry, logger: log })
+    : undefined;
+  projector?.start();
+
+  const nonces: NonceStore = config.redisUrl
+    ? RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
+    : new MemoryNonceStore();
+  // As in the receiver: with nonces in memory, what was signed before this second is refused.
+  const startedAt = Math.ceil(Date.now() / 1000);
+  const verifier = new RequestVerifier({ keys: config.keys, nonces, audience: config.hostId, startedAt });
+  const makeDashboard = options.dashboard ?? ((view, c) => dashboardRouter({ view, ...(c.dashboardToken ? { token: c.dashboardToken } : {}), ...(c.allowCidrs ? { allow: c.allowCidrs } : {}) }));
+  const dashboard = makeDashboard === false ? undefined : makeDashboard(registry, config);
+  const app = createApp({
+    logger: log, verifier, registry, hostId: config.hostId, version: VERSION,
+    ...(projector ? { projector } : {}), ...(config.allowCidrs ? { allow: config.allowCidrs } : {}),
+    ...(dashboard ? { dashboard } : {}),
+    readiness: () => Promise.resolve(readiness(store, events, projector)),
+  });
+  const stopAll = async (): Promise<void> => {
+    dashboard?.close?.();
+    registry.stop();
+    await projector?.close().catch((err: unknown) => log.error({ err }, 'closing the event projection failed'));
+    await events.close().catch((err: unknown) => log.error({ err }, 'closing events failed'));
+    await store.close().catch((err: unknown) => log.error({ err }, 'closing the store failed'));
+    await nonces.close?.().catch((err: unknown) => log.error({ err }, 'closing the nonce store failed'));
+  };
+  let server: ListeningServer;
+  try {
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, startedAt * 1000 - Date.now())));
+    server = await listen(app, config.listen.host, config.listen.port);
+  } catch (err) {
+    await stopAll();
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, cause: err });
+  }
+  log.info({
+    url: server.url, id: config.hostId, store: store.status().backend, nats: config.natsUrl ?? null, ttlSeconds: config.hostTtlSeconds,
+    driftMode: config.driftMode, keyRing: config.keys.describe(),
+  }, 'registry listening');
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= (async () => {
+      dashboard?.close?.();
+      await server.close().catch((err: unknown) => log.error({ err }, 'closing HTTP failed'));
+      await stopAll();
+      log.info('registry stopped');
+    })();
+    return closing;
+  };
+  return { url: server.url, config, registry, close };
+}
+
+/** `ferry registry`: runs in the foreground until SIGINT or SIGTERM. */
+export async function runRegistry(env: Env = process.env, options: StartRegistryOptions = {}): Promise<void> {
+  const running = await startRegistry(env, options);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      void running.close().then(resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}
+
+/** Degraded, never down: with Redis away the registry serves from memory; with NATS away history waits. */
+function readiness(store: RegistryStore, events: EventSinkHealth, projector: EventProjector | undefined): Readiness {
+  const s = store.status();
+  const checks: Record<string, CheckResult> = {
+    store: s.backend === 'memory'
+      ? { status: 'disabled', backend: 'memory' }
+      : { status: s.degraded ? 'down' : 'up', backend: 'redis', since: s.since, ...(s.reason === undefined ? {} : { reason: s.reason }) },
+    events: events.status === 'disabled'
+      ? { status: 'disabled' }
+      : { status: events.status === 'connected' ? 'up' : 'down', pending: events.pending },
+    projection: projector ? { ...projector.status() } : { status: 'disabled' },
+  };
+  return { status: Object.values(checks).some((c) => c.status === 'down') ? 'degraded' : 'ready', checks };
+}
+
+async function ensureWritableDir(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await access(dir, constants.W_OK);
+  } catch (err) {
+    throw new FerryError('FERRY_ERR_CONFIG', { message: `FERRY_DATA_DIR: cannot write to ${dir} (${(err as NodeJS.ErrnoException).code ?? 'error'}); set FERRY_DATA_DIR to a writable directory`, cause: err });
+  }
+}
+
+export const REGISTRY_HELP = `Usage: ferry registry
+
+Runs the registry in the foreground until SIGINT/SIGTERM: hosts and heartbeats, desired and actual
+state, drift (docs/registry.md). Configuration (environment):
+  FERRY_KEYS              keyid:secret[,…]  keys it accepts (required; "ferry keygen")
+  FERRY_LISTEN            host:port (default 127.0.0.1:7702)
+  FERRY_HOST_ID           its id, the audience of signed requests (default registry)
+  FERRY_NATS_URL          nats://host:port: the event stream it projects and publishes to
+  FERRY_REDIS_URL         redis://host:port: its store (in memory without it)
+  FERRY_DATA_DIR          its event outbox (default /var/lib/ferry-registry)
+  FERRY_HOST_TTL_SECONDS  a host without a heartbeat for this long is lost (default 30)
+  FERRY_DRIFT_MODE        warn (default) | correct (re-deploy through the sender service)
+  FERRY_DRIFT_IGNORE      fields not compared: FIELD or SERVICE:FIELD, comma-separated
+  FERRY_SENDER_URL        the sender service (correct mode), signed with FERRY_KEY_ID/FERRY_KEY
+  FERRY_ALLOW_CIDRS, FERRY_LOG_LEVEL, FERRY_DASHBOARD_TOKEN: see the README's registry table.
+Endpoints: GET /healthz, /readyz; signed /v1/hosts…, /v1/desired…, /v1/services…, /v1/drift,
+/v1/deployments, POST /v1/projection/rebuild.
+`;

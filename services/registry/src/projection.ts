@@ -1,0 +1,114 @@
+import type { FerryEvent } from '@ferry/events';
+import type { Actual, DeploymentSummary, HistoryEntry } from './view.ts';
+
+/** The subject token registry events about a host use in place of a service name (no service can be named so). */
+export const HOST_SERVICE = '_host';
+
+/** Newest entries kept per service; older ones fall off, the same way in a replay. */
+export const HISTORY_LIMIT = 500;
+
+/**
+ * Everything the event stream tells, as plain JSON-able data: a replay from the stream's start
+ * into an empty one gives the same value, field for field.
+ */
+export interface ProjectionData {
+  /** Ids of the events applied: a second copy of one (a resend, a redelivery) changes nothing. */
+  seen: Record<string, true>;
+  /** By `deploymentId/host`: one deployment may go to many hosts. */
+  deployments: Record<string, DeploymentSummary>;
+  /** By service, oldest first. */
+  history: Record<string, HistoryEntry[]>;
+  /** What the last completed deployment left running, by `host/service`. */
+  actual: Record<string, Actual>;
+  /** The `deployments` key of the newest deployment, by `host/service`. */
+  lastDeployment: Record<string, string>;
+}
+
+export function emptyProjection(): ProjectionData {
+  return { seen: {}, deployments: {}, history: {}, actual: {}, lastDeployment: {} };
+}
+
+/** What one applied event changed, for the store and the live view. */
+export interface Applied {
+  deployment?: { key: string; value: DeploymentSummary };
+  history: { service: string; entries: HistoryEntry[] };
+  actual?: { key: string; value: Actual };
+  lastDeployment?: { key: string; value: string };
+}
+
+export function serviceKey(host: string, service: string): string {
+  return `${host}/${service}`;
+}
+
+// Registry and build events are not steps of a deployment on a host.
+const NOT_DEPLOYMENT = new Set(['build.started', 'build.completed', 'host.registered', 'host.lost', 'drift.detected']);
+
+/**
+ * Folds one event into `data` (mutating it); undefined when the event was applied before. Pure:
+ * the outcome depends on `data` and the event only, never on the clock, so a replay is exact.
+ */
+export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | undefined {
+  if (data.seen[event.id]) return undefined;
+  data.seen[event.id] = true;
+  const type = event.type.slice('ferry.'.length);
+  const { host, service, deploymentId, image, imageId, ...rest } = event.data as unknown as Record<string, unknown> & {
+    host: string; service: string; deploymentId: string; image?: string; imageId?: string;
+  };
+  const entry: HistoryEntry = {
+    id: event.id, type, time: event.time, host, service, deploymentId,
+    ...(image === undefined ? {} : { image }), ...(imageId === undefined ? {} : { imageId }), data: rest,
+  };
+  const list = (data.history[service] ??= []);
+  list.push(entry);
+  // Events of one service arrive in stream order, nearly always in time order too; sorting keeps
+  // "newest first" true for a late publisher (a receiver's outbox after an outage) as well.
+  list.sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : 0));
+  if (list.length > HISTORY_LIMIT) list.splice(0, list.length - HISTORY_LIMIT);
+  const applied: Applied = { history: { service, entries: list } };
+  if (NOT_DEPLOYMENT.has(type) || deploymentId === '') return applied;
+
+  const key = `${deploymentId}/${host}`;
+  const summary: DeploymentSummary = data.deployments[key] ?? {
+    deploymentId, host, service, state: 'running', lastEvent: type, startedAt: event.time, updatedAt: event.time,
+  };
+  if (image !== undefined) summary.image = image;
+  if (imageId !== undefined) summary.imageId = imageId;
+  if (type === 'container.started' && typeof rest.containerId === 'string') summary.containerId = rest.containerId;
+  if (event.time < summary.startedAt) summary.startedAt = event.time;
+  // A terminal state stays: a sender event stored after the receiver's last one does not reopen it.
+  if (summary.state === 'running') {
+    summary.lastEvent = type;
+    if (event.time > summary.updatedAt) summary.updatedAt = event.time;
+    if (type === 'deployment.completed') {
+      summary.state = 'succeeded';
+      summary.finishedAt = event.time;
+    } else if (type === 'deployment.failed') {
+      summary.state = rest.state === 'ROLLED_BACK' ? 'rolled_back' : 'failed';
+      summary.finishedAt = event.time;
+      summary.error = { code: typeof rest.code === 'string' ? rest.code : 'FERRY_ERR_INTERNAL', reason: typeof rest.reason === 'string' ? rest.reason : '' };
+    }
+  }
+  data.deployments[key] = summary;
+  applied.deployment = { key, value: summary };
+
+  const sKey = serviceKey(host, service);
+  const newest = data.lastDeployment[sKey];
+  if (newest === undefined || (data.deployments[newest]?.startedAt ?? '') <= summary.startedAt) {
+    data.lastDeployment[sKey] = key;
+    applied.lastDeployment = { key: sKey, value: key };
+  }
+  if (type === 'deployment.completed' && summary.state === 'succeeded') {
+    const previous = data.actual[sKey];
+    if (previous === undefined || previous.reportedAt <= event.time) {
+      const actual: Actual = {
+        service, state: 'running', deploymentId, source: 'events', reportedAt: event.time,
+        ...(summary.image === undefined ? {} : { image: summary.image }),
+        ...(summary.imageId === undefined ? {} : { imageId: summary.imageId }),
+        ...(summary.containerId === undefined ? {} : { containerId: summary.containerId }),
+      };
+      data.actual[sKey] = actual;
+      applied.actual = { key: sKey, value: actual };
+    }
+  }
+  return applied;
+}

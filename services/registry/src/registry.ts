@@ -1,0 +1,452 @@
+import { randomUUID } from 'node:crypto';
+import { createEvent, type EventSink, type FerryEvent } from '@ferry/events';
+import type { Logger } from '@ferry/log';
+import { FerryError } from '@ferry/protocol';
+import { driftReasons, sameReasons, type DriftIgnoreRule } from './drift.ts';
+import { applyEvent, emptyProjection, HOST_SERVICE, serviceKey, type ProjectionData } from './projection.ts';
+import { PROJECTION_KINDS, type RegistryStore, type StoreData } from './store.ts';
+import type {
+  Actual, ActualReport, DeploymentSummary, Desired, Drift, DriftCorrection, DriftMode, HistoryEntry, HostRecord, HostStatus,
+  RegistryChange, RegistrySnapshot, RegistryView, ServiceState,
+} from './view.ts';
+
+/** What `POST /v1/hosts` carries (validated by the route). */
+export type HostRegistration = Pick<HostRecord, 'id' | 'url' | 'labels' | 'capabilities' | 'version' | 'engine'>;
+
+/** What `PUT /v1/desired/:host/:service` carries (validated by the route). */
+export type DesiredInput = Omit<Desired, 'recordedAt'>;
+
+/** Asks the sender service to deploy `desired` again; resolves with its answer. */
+export type Corrector = (desired: Desired, host: string, service: string, requestId: string) => Promise<unknown>;
+
+/** A label selector: every pair must match (`env=prod,role=web`); `k!=v` must not. */
+export interface Selector {
+  equal: [string, string][];
+  notEqual: [string, string][];
+}
+
+export interface RegistryOptions {
+  store: RegistryStore;
+  events: EventSink;
+  logger: Logger;
+  /** The registry's id: the `source` of its events. */
+  registryId: string;
+  ttlSeconds: number;
+  driftMode: DriftMode;
+  driftIgnore: readonly DriftIgnoreRule[];
+  /** Required in `correct` mode. */
+  corrector?: Corrector;
+  now?: () => number;
+}
+
+/**
+ * The registry's state and rules, in memory, written through to the store. HTTP routes, the TTL
+ * timer, heartbeats and the event projection all act through here; the dashboard reads it as a
+ * {@link RegistryView}.
+ */
+export class Registry implements RegistryView {
+  readonly ttlSeconds: number;
+  /** What a receiver is told: three heartbeats fit in one TTL, so one lost packet is not a lost host. */
+  readonly heartbeatSeconds: number;
+  readonly #store: RegistryStore;
+  readonly #events: EventSink;
+  readonly #log: Logger;
+  readonly #source: string;
+  readonly #driftMode: DriftMode;
+  readonly #ignore: readonly DriftIgnoreRule[];
+  readonly #corrector: Corrector | undefined;
+  readonly #now: () => number;
+  readonly #listeners = new Set<(change: RegistryChange) => void>();
+
+  readonly #hosts = new Map<string, HostRecord>();
+  readonly #desired = new Map<string, Desired>();
+  /** What heartbeats reported, by `host/service`. */
+  readonly #actual = new Map<string, Actual>();
+  readonly #drift = new Map<string, Drift>();
+  #projection: ProjectionData = emptyProjection();
+  /** The stream sequence of the last event applied: the consumer starts after it. */
+  #checkpoint = 0;
+  #sweeper: NodeJS.Timeout | undefined;
+
+  constructor(options: RegistryOptions) {
+    this.ttlSeconds = options.ttlSeconds;
+    this.heartbeatSeconds = Math.max(1, Math.floor(options.ttlSeconds / 3));
+    this.#store = options.store;
+    this.#events = options.events;
+    this.#log = options.logger;
+    this.#source = `ferry://registry/${options.registryId}`;
+    this.#driftMode = options.driftMode;
+    this.#ignore = options.driftIgnore;
+    this.#corrector = options.corrector;
+    this.#now = options.now ?? Date.now;
+    options.store.onRecovered(() => void this.resync());
+  }
+
+  get checkpoint(): number {
+    return this.#checkpoint;
+  }
+
+  /** Loads what the store holds (nothing, when it cannot answer now) and starts the TTL timer. */
+  async start(): Promise<void> {
+    const data = await this.#store.load();
+    if (data) this.#adopt(data, true);
+    // A quarter of the TTL (at most a second) bounds how late past its TTL a host is marked lost.
+    const every = Math.min(1000, Math.max(100, (this.ttlSeconds * 1000) / 4));
+    this.#sweeper = setInterval(() => this.sweep(), every);
+    this.#sweeper.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#sweeper);
+  }
+
+  /**
+   * Called when the store answers again after missed writes: what it holds fills what memory lacks
+   * (a registry started while Redis was down knows nothing yet), then memory is written back whole.
+   */
+  async resync(): Promise<void> {
+    const stored = await this.#store.load();
+    if (!stored) return;
+    this.#adopt(stored, false);
+    await this.#store.replace(Object.keys(stored) as (keyof StoreData)[], this.#dump());
+    this.#log.info({ hosts: this.#hosts.size, desired: this.#desired.size }, 'registry state written back to the store');
+  }
+
+  // ---- hosts ----
+
+  /** Registers or re-registers a host (idempotent by id); a lost host comes back online. */
+  register(input: HostRegistration): HostRecord {
+    const now = new Date(this.#now()).toISOString();
+    const previous = this.#hosts.get(input.id);
+    const host: HostRecord = {
+      id: input.id, url: input.url, labels: input.labels, capabilities: input.capabilities, version: input.version, engine: input.engine,
+      status: 'online', registeredAt: previous?.status === 'online' ? previous.registeredAt : now, lastSeenAt: now,
+    };
+    this.#hosts.set(host.id, host);
+    this.#store.set('hosts', host.id, host);
+    this.#publish(createEvent('host.registered', {
+      source: this.#source, host: host.id, service: HOST_SERVICE, deploymentId: '',
+      data: { address: host.url, version: host.version, labels: host.labels, capabilities: host.capabilities, engine: host.engine, reregistered: previous !== undefined },
+    }));
+    this.#emit({ kind: 'host', data: host });
+    return host;
+  }
+
+  /**
+   * Records a heartbeat and, when it carries reports, what runs on the host; drift is evaluated
+   * for every service with a desired state there.
+   *
+   * @throws FerryError FERRY_ERR_HOST_UNKNOWN for a host never registered or marked lost.
+   */
+  heartbeat(id: string, reports: ActualReport[] | undefined): void {
+    const host = this.#hosts.get(id);
+    if (!host || host.status !== 'online') {
+      throw new FerryError('FERRY_ERR_HOST_UNKNOWN', { message: host ? `Host ${id} was marked lost; register again` : `Unknown host ${id}; register first`, details: { host: id } });
+    }
+    const nowMs = this.#now();
+    const now = new Date(nowMs).toISOString();
+    host.lastSeenAt = now;
+    this.#store.set('hosts', id, host);
+    if (reports === undefined) return;
+    const reported = new Set<string>();
+    for (const report of reports) {
+      const key = serviceKey(id, report.service);
+      reported.add(key);
+      this.#setActual(key, { ...report, source: 'heartbeat', reportedAt: now });
+    }
+    // A report lists every Ferry container of the host: what it no longer lists has no container.
+    const known = new Set([...this.#actual.keys(), ...this.#desired.keys()].filter((k) => k.startsWith(`${id}/`)));
+    for (const key of known) {
+      if (reported.has(key)) continue;
+      const service = key.slice(id.length + 1);
+      this.#setActual(key, { service, state: 'missing', source: 'heartbeat', reportedAt: now });
+    }
+    for (const key of new Set([...known, ...reported])) this.#evaluate(key, nowMs);
+  }
+
+  /** Marks every online host whose last heartbeat is older than its TTL as lost, once. */
+  sweep(): void {
+    const now = this.#now();
+    for (const host of this.#hosts.values()) {
+      if (host.status !== 'online' || now - Date.parse(host.lastSeenAt) <= this.ttlSeconds * 1000) continue;
+      host.status = 'lost';
+      this.#store.set('hosts', host.id, host);
+      this.#log.warn({ host: host.id, lastSeenAt: host.lastSeenAt }, 'host lost: no heartbeat within its TTL');
+      this.#publish(createEvent('host.lost', {
+        source: this.#source, host: host.id, service: HOST_SERVICE, deploymentId: '',
+        data: { reason: `no heartbeat for more than ${this.ttlSeconds} s`, lastSeenAt: host.lastSeenAt, ttlSeconds: this.ttlSeconds },
+      }));
+      this.#emit({ kind: 'host', data: host });
+    }
+  }
+
+  hosts(filter: { selector?: Selector; status?: HostStatus } = {}): HostRecord[] {
+    return [...this.#hosts.values()]
+      .filter((h) => filter.status === undefined || h.status === filter.status)
+      .filter((h) => !filter.selector || matches(filter.selector, h.labels))
+      .sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  // ---- desired, actual, drift ----
+
+  putDesired(host: string, service: string, input: DesiredInput): ServiceState {
+    const key = serviceKey(host, service);
+    const desired: Desired = { ...input, recordedAt: new Date(this.#now()).toISOString() };
+    this.#desired.set(key, desired);
+    this.#store.set('desired', key, desired);
+    this.#evaluate(key, this.#now());
+    const state = this.#state(key);
+    this.#emit({ kind: 'service', data: state });
+    return state;
+  }
+
+  services(filter: { host?: string; service?: string } = {}): ServiceState[] {
+    const keys = new Set([...this.#desired.keys(), ...this.#actual.keys(), ...Object.keys(this.#projection.actual), ...Object.keys(this.#projection.lastDeployment)]);
+    return [...keys].sort()
+      .map((key) => this.#state(key))
+      .filter((s) => s.service !== HOST_SERVICE)
+      .filter((s) => (filter.host === undefined || s.host === filter.host) && (filter.service === undefined || s.service === filter.service));
+  }
+
+  drifted(): ServiceState[] {
+    return this.services().filter((s) => s.drift !== null);
+  }
+
+  // ---- projection ----
+
+  /** Newest first. */
+  history(service: string): HistoryEntry[] {
+    return [...(this.#projection.history[service] ?? [])].reverse();
+  }
+
+  /** Newest first. */
+  deployments(limit = 50): DeploymentSummary[] {
+    return Object.values(this.#projection.deployments)
+      .sort((a, b) => (a.startedAt < b.startedAt ? 1 : a.startedAt > b.startedAt ? -1 : a.deploymentId.localeCompare(b.deploymentId)))
+      .slice(0, limit);
+  }
+
+  /** The projection as data, for tests and the rebuild check. */
+  projectionData(): ProjectionData {
+    return structuredClone(this.#projection);
+  }
+
+  /** Folds one stored event into the projection; a second copy of an event changes nothing. */
+  project(event: FerryEvent, seq: number): boolean {
+    const applied = applyEvent(this.#projection, event);
+    this.advance(seq);
+    if (!applied) return false;
+    this.#store.set('p:seen', event.id, true);
+    this.#store.set('p:history', applied.history.service, applied.history.entries);
+    if (applied.deployment) this.#store.set('p:deployments', applied.deployment.key, applied.deployment.value);
+    if (applied.lastDeployment) this.#store.set('p:lastDeployment', applied.lastDeployment.key, applied.lastDeployment.value);
+    if (applied.actual) this.#store.set('p:actual', applied.actual.key, applied.actual.value);
+    this.#emit({ kind: 'event', data: event });
+    if (applied.deployment) this.#emit({ kind: 'deployment', data: applied.deployment.value });
+    if (applied.actual || applied.lastDeployment) {
+      const key = applied.actual?.key ?? applied.lastDeployment?.key ?? '';
+      this.#emit({ kind: 'service', data: this.#state(key) });
+    }
+    return true;
+  }
+
+  /** Moves the checkpoint past a stream message, also one that is not a Ferry event (it is skipped). */
+  advance(seq: number): void {
+    if (seq <= this.#checkpoint) return;
+    this.#checkpoint = seq;
+    this.#store.set('p:meta', 'checkpoint', seq);
+  }
+
+  /** Forgets the projection (memory and store) so that a replay from the stream's start rebuilds it. */
+  async resetProjection(): Promise<void> {
+    this.#projection = emptyProjection();
+    this.#checkpoint = 0;
+    await this.#store.replace(PROJECTION_KINDS, {});
+  }
+
+  // ---- RegistryView ----
+
+  snapshot(): Promise<RegistrySnapshot> {
+    return Promise.resolve(structuredClone({ hosts: this.hosts(), services: this.services(), deployments: this.deployments(100) }));
+  }
+
+  subscribe(listener: (change: RegistryChange) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  // ---- internals ----
+
+  #state(key: string): ServiceState {
+    const slash = key.indexOf('/');
+    const host = key.slice(0, slash);
+    const service = key.slice(slash + 1);
+    const lastKey = this.#projection.lastDeployment[key];
+    return {
+      host, service,
+      desired: this.#desired.get(key) ?? null,
+      actual: this.#currentActual(key),
+      drift: this.#drift.get(key) ?? null,
+      lastDeployment: (lastKey === undefined ? undefined : this.#projection.deployments[lastKey]) ?? null,
+    };
+  }
+
+  /** The newer of what the host reported and what the last completed deployment left. */
+  #currentActual(key: string): Actual | null {
+    const reported = this.#actual.get(key);
+    const projected = this.#projection.actual[key];
+    if (!reported) return projected ?? null;
+    if (!projected) return reported;
+    return projected.reportedAt > reported.reportedAt ? projected : reported;
+  }
+
+  #setActual(key: string, actual: Actual): void {
+    this.#actual.set(key, actual);
+    this.#store.set('actual', key, actual);
+  }
+
+  /**
+   * One drift episode per difference: it begins with one `drift.detected`, lasts while the
+   * difference does (reasons may change, no new event) and ends when desired and actual agree.
+   */
+  #evaluate(key: string, nowMs: number): void {
+    const before = JSON.stringify(this.#state(key));
+    const state = this.#state(key);
+    const reasons = driftReasons(state.service, state.desired, state.actual, this.#ignore);
+    const current = this.#drift.get(key);
+    if (reasons.length === 0) {
+      if (current) {
+        this.#drift.delete(key);
+        this.#store.delete('drift', key);
+        this.#log.info({ host: state.host, service: state.service }, 'drift resolved');
+      }
+    } else if (!current) {
+      const drift: Drift = { reasons, since: new Date(nowMs).toISOString(), mode: this.#driftMode };
+      this.#drift.set(key, drift);
+      this.#store.set('drift', key, drift);
+      this.#log.warn({ host: state.host, service: state.service, reasons }, 'drift detected');
+      const desired = state.desired;
+      this.#publish(createEvent('drift.detected', {
+        source: this.#source, host: state.host, service: state.service, deploymentId: desired?.deploymentId ?? '',
+        data: {
+          reason: reasons.map((r) => r.field).join(','), reasons, mode: this.#driftMode,
+          expected: { imageId: desired?.imageId, configHash: desired?.configHash, image: desired?.image, state: 'running' },
+          actual: state.actual,
+          ...(desired ? { image: desired.image, imageId: desired.imageId } : {}),
+        },
+      }));
+    } else if (!sameReasons(current.reasons, reasons)) {
+      current.reasons = reasons;
+      this.#store.set('drift', key, current);
+    }
+    this.#maybeCorrect(key, nowMs);
+    const after = this.#state(key);
+    if (JSON.stringify(after) !== before) this.#emit({ kind: 'service', data: after });
+  }
+
+  /**
+   * In correct mode, asks the sender once per episode, and only when the drift outlived one
+   * heartbeat interval: the sender records its desired state just after a deployment succeeds,
+   * and a heartbeat in between must not make the registry deploy the previous version back.
+   */
+  #maybeCorrect(key: string, nowMs: number): void {
+    const drift = this.#drift.get(key);
+    const desired = this.#desired.get(key);
+    if (this.#driftMode !== 'correct' || !drift || !desired || drift.correction || !this.#corrector) return;
+    if (nowMs - Date.parse(drift.since) < this.heartbeatSeconds * 1000) return;
+    const slash = key.indexOf('/');
+    const host = key.slice(0, slash);
+    const service = key.slice(slash + 1);
+    const correction: DriftCorrection = { requestId: randomUUID(), requestedAt: new Date(nowMs).toISOString(), outcome: 'pending' };
+    drift.correction = correction;
+    this.#store.set('drift', key, drift);
+    this.#log.info({ host, service, requestId: correction.requestId }, 'asking the sender service to correct a drift');
+    void this.#corrector(desired, host, service, correction.requestId).then(
+      (response) => {
+        correction.outcome = 'accepted';
+        correction.response = response;
+      },
+      (err: unknown) => {
+        const e = err instanceof FerryError ? err : new FerryError('FERRY_ERR_INTERNAL', { cause: err });
+        correction.outcome = 'failed';
+        correction.error = { code: e.code, message: e.message };
+        this.#log.error({ err, host, service }, 'the sender service did not take the drift correction');
+      },
+    ).finally(() => {
+      // The episode may have ended meanwhile; the answer is recorded only where it still lives.
+      if (this.#drift.get(key) !== drift) return;
+      this.#store.set('drift', key, drift);
+      this.#emit({ kind: 'service', data: this.#state(key) });
+    });
+  }
+
+  #publish(event: FerryEvent): void {
+    this.#events.publish(event);
+  }
+
+  #emit(live: RegistryChange): void {
+    if (this.#listeners.size === 0) return;
+    // A copy: the records are mutated in place later, and a listener may keep what it was given.
+    const change = structuredClone(live);
+    for (const listener of this.#listeners) {
+      try {
+        listener(change);
+      } catch (err) {
+        this.#log.warn({ err }, 'a registry view listener threw');
+      }
+    }
+  }
+
+  /** Takes stored state; with `replace` (at start) it is all there is, otherwise only what memory lacks. */
+  #adopt(data: StoreData, replace: boolean): void {
+    const fill = <T>(map: Map<string, T>, stored: Record<string, unknown>): void => {
+      for (const [key, value] of Object.entries(stored)) if (replace || !map.has(key)) map.set(key, value as T);
+    };
+    fill(this.#hosts, data.hosts);
+    fill(this.#desired, data.desired);
+    fill(this.#actual, data.actual);
+    fill(this.#drift, data.drift);
+    // The projection in memory is complete for its checkpoint; a stored one is taken only at start.
+    if (replace) {
+      this.#projection = {
+        seen: data['p:seen'] as ProjectionData['seen'],
+        deployments: data['p:deployments'] as ProjectionData['deployments'],
+        history: data['p:history'] as ProjectionData['history'],
+        actual: data['p:actual'] as ProjectionData['actual'],
+        lastDeployment: data['p:lastDeployment'] as ProjectionData['lastDeployment'],
+      };
+      const checkpoint = data['p:meta'].checkpoint;
+      this.#checkpoint = typeof checkpoint === 'number' ? checkpoint : 0;
+    }
+  }
+
+  #dump(): StoreData {
+    return {
+      hosts: Object.fromEntries(this.#hosts), desired: Object.fromEntries(this.#desired),
+      actual: Object.fromEntries(this.#actual), drift: Object.fromEntries(this.#drift),
+      'p:seen': this.#projection.seen, 'p:deployments': this.#projection.deployments, 'p:history': this.#projection.history,
+      'p:actual': this.#projection.actual, 'p:lastDeployment': this.#projection.lastDeployment, 'p:meta': { checkpoint: this.#checkpoint },
+    };
+  }
+}
+
+/**
+ * Parses `env=prod,role=web,tier!=db`.
+ *
+ * @throws FerryError FERRY_ERR_BAD_REQUEST naming the malformed term.
+ */
+export function parseSelector(value: string): Selector {
+  const selector: Selector = { equal: [], notEqual: [] };
+  for (const term of value.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const match = /^([A-Za-z0-9_./-]+)(!?=)(.*)$/.exec(term);
+    if (!match?.[1] || match[3] === undefined) {
+      throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `selector: "${term}" is not key=value or key!=value`, details: { selector: value } });
+    }
+    (match[2] === '=' ? selector.equal : selector.notEqual).push([match[1], match[3]]);
+  }
+  return selector;
+}
+
+export function matches(selector: Selector, labels: Record<string, string>): boolean {
+  return selector.equal.every(([k, v]) => labels[k] === v) && selector.notEqual.every(([k, v]) => labels[k] !== v);
+}

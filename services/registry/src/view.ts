@@ -1,0 +1,161 @@
+/**
+ * The registry's data model and its read model for the dashboard. Every type here is part of the
+ * HTTP contract of docs/registry.md: what the API answers is exactly these shapes as JSON.
+ */
+
+/** What a receiver's engine is, as it registered it. */
+export interface EngineInfo {
+  version: string;
+  storageDriver: string;
+  imageStore: 'legacy' | 'containerd';
+}
+
+export type HostStatus = 'online' | 'lost';
+
+/** A registered host. Times are ISO 8601. */
+export interface HostRecord {
+  id: string;
+  /** The receiver's URL, as the sender dials it. */
+  url: string;
+  labels: Record<string, string>;
+  capabilities: string[];
+  /** The receiver's version. */
+  version: string;
+  engine: EngineInfo;
+  status: HostStatus;
+  registeredAt: string;
+  lastSeenAt: string;
+}
+
+/** What a receiver reports in a heartbeat for one service: what runs now, read from the container. */
+export interface ActualReport {
+  service: string;
+  containerId?: string;
+  imageId?: string;
+  image?: string;
+  configHash?: string;
+  deploymentId?: string;
+  /** `running`, `exited`, `missing` (no container), or any other Docker state. */
+  state: string;
+}
+
+/** What the sender recorded after a successful deployment (`PUT /v1/desired/:host/:service`). */
+export interface Desired {
+  deploymentId: string;
+  image: string;
+  imageId: string;
+  configHash: string;
+  /** The manifest's `service` object (libs/protocol ServiceSpec), kept verbatim for a re-deploy. */
+  service: Record<string, unknown>;
+  /** The receiver URL the deployment went to. */
+  targetUrl: string;
+  recordedAt: string;
+}
+
+/**
+ * What runs on the host. A heartbeat report replaces it (source `heartbeat`); between heartbeats a
+ * completed deployment or rollback seen on the event stream updates it (source `events`).
+ */
+export interface Actual extends ActualReport {
+  source: 'heartbeat' | 'events';
+  reportedAt: string;
+}
+
+export type DriftField = 'imageId' | 'configHash' | 'state' | 'missing';
+
+export interface DriftReason {
+  field: DriftField;
+  desired: unknown;
+  actual: unknown;
+}
+
+export type DriftMode = 'warn' | 'correct';
+
+/** The registry's request to the sender service for one drift episode (correct mode only). */
+export interface DriftCorrection {
+  /** The id sent as the deployment document's `id`, so a retry is the same deployment. */
+  requestId: string;
+  requestedAt: string;
+  /** `accepted` when the sender answered 202, `failed` otherwise. */
+  outcome: 'pending' | 'accepted' | 'failed';
+  /** The sender's answer: its body on success, the error otherwise. */
+  response?: unknown;
+  error?: { code: string; message: string };
+}
+
+/** A difference between desired and actual state; one episode lasts until the two agree again. */
+export interface Drift {
+  reasons: DriftReason[];
+  /** When this episode began. */
+  since: string;
+  mode: DriftMode;
+  correction?: DriftCorrection;
+}
+
+/** One deployment as the event projection knows it. */
+export interface DeploymentSummary {
+  deploymentId: string;
+  host: string;
+  service: string;
+  image?: string;
+  imageId?: string;
+  /** The container it started, once `container.started` was seen. */
+  containerId?: string;
+  /** `running` until a terminal event: `succeeded` (deployment.completed), `failed`, `rolled_back`. */
+  state: 'running' | 'succeeded' | 'failed' | 'rolled_back';
+  /** The last event type seen for it, e.g. `image.loaded`. */
+  lastEvent: string;
+  startedAt: string;
+  updatedAt: string;
+  finishedAt?: string;
+  error?: { code: string; reason: string };
+}
+
+/** One entry of a service's history: a projected event, newest first in answers. */
+export interface HistoryEntry {
+  /** The CloudEvent id. */
+  id: string;
+  type: string;
+  time: string;
+  host: string;
+  service: string;
+  deploymentId: string;
+  image?: string;
+  imageId?: string;
+  /** The event's type-specific fields, verbatim. */
+  data: Record<string, unknown>;
+}
+
+/** Desired, actual and drift of one service on one host. */
+export interface ServiceState {
+  host: string;
+  service: string;
+  desired: Desired | null;
+  actual: Actual | null;
+  drift: Drift | null;
+  lastDeployment: DeploymentSummary | null;
+}
+
+/** A live change. `event` carries each projected CloudEvent (libs/events FerryEvent) as it arrives. */
+export type RegistryChange =
+  | { kind: 'host'; data: HostRecord }
+  | { kind: 'service'; data: ServiceState }
+  | { kind: 'deployment'; data: DeploymentSummary }
+  | { kind: 'event'; data: unknown };
+
+export interface RegistrySnapshot {
+  hosts: HostRecord[];
+  services: ServiceState[];
+  /** Newest first. */
+  deployments: DeploymentSummary[];
+}
+
+/**
+ * The read model the dashboard renders: a snapshot to start from, then live changes. A listener
+ * must not throw or block; a slow consumer should queue on its side.
+ */
+export interface RegistryView {
+  snapshot(): Promise<RegistrySnapshot>;
+  /** Returns the function that unsubscribes. */
+  subscribe(listener: (change: RegistryChange) => void): () => void;
+}

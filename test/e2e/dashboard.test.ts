@@ -1,0 +1,203 @@
+/**
+ * The registry dashboard in a real browser (Debian's Chromium, driven by playwright-core), fed by
+ * real parts only: a `ferry registry` process projecting the stack's NATS event stream, a
+ * `ferry receiver` process registered with it, and a real `ferry push` of a small image. The page
+ * is opened before the push and never reloaded: the deployment has to arrive over its live stream.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, before, describe, test } from 'node:test';
+import { connect } from 'nats';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { createDockerClient } from '@ferry/docker';
+import { removeImages, removeService } from '../helpers/cleanup.ts';
+import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { stack } from '../helpers/stack.ts';
+
+const run = randomBytes(4).toString('hex');
+const s = stack();
+const key = { id: `dash-${run}`, secret: randomBytes(24).toString('base64url') };
+const token = randomBytes(24).toString('base64url');
+const registryId = `registry-${run}`;
+const hostId = `dash-${run}`;
+const service = `dash-web-${run}`;
+const image = `ferry-dash-${run}:1`;
+const screenshot = join(ROOT, 'test-output', 'dashboard.png');
+
+interface RegistryProcess {
+  url: string;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** Starts `ferry registry` on a free loopback port and waits until it says it listens. */
+async function startRegistryProcess(env: Record<string, string>): Promise<RegistryProcess> {
+  const dataDir = await mkdtemp(join(tmpdir(), 'ferry-reg-'));
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('FERRY_') && name !== 'DOCKER_HOST'));
+  const child = spawn(process.execPath, [join(ROOT, 'bin/ferry.js'), 'registry'], {
+    env: { ...inherited, FERRY_LISTEN: '127.0.0.1:0', FERRY_DATA_DIR: dataDir, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { output += chunk; });
+  const url = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      output += `${line}\n`;
+      try {
+        const entry = JSON.parse(line) as { msg?: unknown; url?: unknown };
+        if (entry.msg === 'registry listening' && typeof entry.url === 'string') resolve(entry.url);
+      } catch {
+        // not a log line
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`registry exited with ${code}: ${output}`)));
+  });
+  return {
+    url, child,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        const exited = new Promise((resolve) => child.once('exit', resolve));
+        child.kill('SIGTERM');
+        await exited;
+      }
+      await rm(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+describe('the registry dashboard in a real browser', { timeout: 600_000 }, () => {
+  let registry: RegistryProcess;
+  let receiver: ReceiverProcess;
+  let browser: Browser;
+  let port: number;
+  const target = createDockerClient(s.targetDockerHost);
+  const build = createDockerClient(s.buildDockerHost);
+
+  before(async () => {
+    port = await freePort();
+    await buildTestImage(s.buildDockerHost, image, `dash-${run}`);
+    registry = await startRegistryProcess({
+      FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_HOST_ID: registryId, FERRY_NATS_URL: s.natsUrl, FERRY_DASHBOARD_TOKEN: token,
+    });
+    receiver = await startReceiverProcess({
+      DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
+      FERRY_REGISTRY_URL: registry.url, FERRY_KEY_ID: key.id, FERRY_KEY: key.secret, FERRY_LABELS: `env=e2e,run=${run}`,
+      FERRY_HEARTBEAT_SECONDS: '1',
+    });
+    browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--headless=new'] });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await receiver?.stop();
+    await registry?.stop();
+    await removeService(target, service);
+    await removeImages(target, [image]);
+    await removeImages(build, [image]);
+    // The registry's projection is a durable consumer on the shared stream; this run's goes with it.
+    const nc = await connect({ servers: s.natsUrl });
+    const jsm = await nc.jetstreamManager();
+    await jsm.consumers.delete('FERRY_EVENTS', `ferry-registry-${registryId}`).catch(() => undefined);
+    await nc.drain();
+  });
+
+  /** Opens the dashboard the way an operator does: the token once in the URL, a cookie after. */
+  async function openDashboard(): Promise<Page> {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    // Waits end when the DOM shows what is expected; a hang fails by the suite's timeout instead.
+    page.setDefaultTimeout(0);
+    const problems: string[] = [];
+    page.on('pageerror', (err) => problems.push(err.message));
+    page.on('console', (message) => {
+      if (message.type() === 'error') problems.push(message.text());
+    });
+    await page.goto(`${registry.url}/?token=${encodeURIComponent(token)}`);
+    assert.equal(new URL(page.url()).search, '', 'the token is dropped from the address bar');
+    await page.locator('#connection[data-state="live"]').waitFor();
+    assert.deepEqual(problems, [], 'no script error and no CSP violation');
+    return page;
+  }
+
+  test('a push appears live on an open page: host, deployment, service, events, then drift', async (t) => {
+    const page = await openDashboard();
+    const host = page.locator(`article[data-host="${hostId}"]`);
+    await host.locator('.badge', { hasText: 'online' }).waitFor();
+    assert.match(await host.textContent() ?? '', new RegExp(`run=${run}`), 'the host shows its labels');
+    // Heartbeats are not changes of their own; "last seen" still moves on an open page.
+    const seenAt = await host.locator('header time').getAttribute('datetime');
+    await host.locator(`header time:not([datetime="${seenAt}"])`).waitFor();
+    // A mark in the page's memory: still there at the end means the page was never reloaded.
+    await page.evaluate(() => {
+      (globalThis as { ferryMark?: string }).ferryMark = 'unchanged';
+    });
+
+    const result = await runFerry([
+      'push', image, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
+      '--health', `http://127.0.0.1:${port}/healthz`, '--json',
+    ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.id, FERRY_KEY: key.secret, FERRY_NATS_URL: s.natsUrl, FERRY_REGISTRY_URL: registry.url });
+    assert.equal(result.code, 0, result.stderr + result.stdout);
+    const { deploymentId } = JSON.parse(result.stdout) as { deploymentId: string };
+
+    const row = page.locator(`#deployments tr[data-deployment-id="${deploymentId}"][data-host="${hostId}"][data-state="succeeded"]`);
+    await row.waitFor();
+    const cells = await row.locator('td').allTextContents();
+    assert.deepEqual(cells.slice(0, 4), ['succeeded', service, hostId, image]);
+    await page.locator(`#events li[data-deployment="${deploymentId}"][data-type="ferry.deployment.completed"]`).waitFor();
+    await host.locator(`tr[data-service="${service}"]`, { hasText: image }).waitFor();
+
+    // The container stops behind Ferry's back: the next heartbeat reports it, the row turns to drift.
+    await target.getContainer(service).stop({ t: 0 });
+    const drifted = host.locator(`tr.drift[data-service="${service}"]`);
+    await drifted.waitFor();
+    assert.match(await drifted.locator('.reasons').textContent() ?? '', /state: wants running, has exited/);
+    assert.equal(await page.evaluate(() => (globalThis as { ferryMark?: string }).ferryMark), 'unchanged', 'the page was not reloaded');
+
+    await mkdir(join(ROOT, 'test-output'), { recursive: true });
+    await page.screenshot({ path: screenshot, fullPage: true });
+    t.diagnostic(`screenshot: ${screenshot}`);
+    await page.close();
+  });
+
+  test('with FERRY_DASHBOARD_TOKEN set, the dashboard refuses whoever lacks it', async () => {
+    for (const path of ['/', '/dashboard/state', '/dashboard/events', '/dashboard/app.js']) {
+      const anonymous = await fetch(`${registry.url}${path}`);
+      assert.equal(anonymous.status, 401, path);
+      assert.equal(((await anonymous.json()) as { error: { code: string } }).error.code, 'FERRY_ERR_AUTH_MISSING');
+      const wrong = await fetch(`${registry.url}${path}`, { headers: { authorization: 'Bearer not-the-token-at-all' } });
+      assert.equal(wrong.status, 401, path);
+      await wrong.body?.cancel();
+    }
+    const state = await fetch(`${registry.url}/dashboard/state`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(state.status, 200);
+    const body = await state.json() as { hosts: { id: string }[] };
+    assert.ok(body.hosts.some((h) => h.id === hostId), 'the bearer token reads the state');
+
+    // A browser without the cookie gets the refusal, not the page.
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const answer = await page.goto(registry.url);
+    assert.equal(answer?.status(), 401);
+    assert.equal(await page.locator('#hosts').count(), 0);
+    await context.close();
+
+    // The cookie a token opens is HttpOnly and SameSite=Strict; the signed API ignores it.
+    const opened = await fetch(`${registry.url}/?token=${encodeURIComponent(token)}`, { redirect: 'manual' });
+    assert.equal(opened.status, 303);
+    assert.equal(opened.headers.get('location'), '/');
+    const cookie = opened.headers.get('set-cookie') ?? '';
+    assert.match(cookie, /HttpOnly/);
+    assert.match(cookie, /SameSite=Strict/);
+    assert.ok(!cookie.includes(token), 'the cookie does not hold the token itself');
+    const withCookie = await fetch(`${registry.url}/dashboard/state`, { headers: { cookie: cookie.split(';')[0] ?? '' } });
+    assert.equal(withCookie.status, 200);
+    await withCookie.body?.cancel();
+    const api = await fetch(`${registry.url}/v1/hosts`, { headers: { cookie: cookie.split(';')[0] ?? '' } });
+    assert.equal(api.status, 401);
+    await api.body?.cancel();
+  });
+});

@@ -1,0 +1,86 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, it } from 'node:test';
+import { signRequest } from '@ferry/auth';
+import { digestOf } from '@ferry/integrity';
+import { createLogger } from '@ferry/log';
+import { startRegistry, type HistoryEntry, type RunningRegistry } from '@ferry/registry';
+import { NatsServer } from '../helpers/servers.ts';
+
+const SUITE = { timeout: 120_000 };
+const KEY_ID = 'reg-nats';
+const SECRET = randomBytes(32).toString('base64url');
+const RUN = randomBytes(3).toString('hex');
+const ID = `registry-${RUN}`;
+
+async function call(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
+  const text = body === undefined ? '' : JSON.stringify(body);
+  const headers: Record<string, string> = signRequest({ method, path, contentDigest: digestOf(text), keyId: KEY_ID, secret: SECRET, audience: ID });
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const response = await fetch(`${base}${path}`, { method, headers, ...(method === 'GET' ? {} : { body: text }) });
+  return { status: response.status, body: await response.json() as Record<string, unknown> };
+}
+
+async function until<T>(check: () => Promise<T | undefined>): Promise<T> {
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    await sleep(100);
+  }
+}
+
+function registration(id: string): Record<string, unknown> {
+  return { id, url: `http://127.0.0.1:1/${id}`, labels: {}, capabilities: [], version: '0.1.0', engine: { version: '28', storageDriver: 'overlay2', imageStore: 'legacy' } };
+}
+
+describe('registry with NATS away', SUITE, () => {
+  let nats: NatsServer;
+  let dataDir: string;
+  let registry: RunningRegistry;
+
+  before(async () => {
+    // A private nats-server (file store in its own directory): this test stops and restarts it.
+    nats = await NatsServer.create();
+    await nats.start();
+    dataDir = mkdtempSync(join(tmpdir(), 'fx-registry-nats-'));
+    registry = await startRegistry({
+      FERRY_KEYS: `${KEY_ID}:${SECRET}`, FERRY_LISTEN: '127.0.0.1:0', FERRY_HOST_ID: ID, FERRY_NATS_URL: nats.url,
+      FERRY_DATA_DIR: dataDir, FERRY_HOST_TTL_SECONDS: '60', FERRY_LOG_LEVEL: 'error',
+    }, { logger: createLogger({ level: 'silent' }) });
+  });
+
+  after(async () => {
+    await registry?.close();
+    await nats?.dispose();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  const hostHistory = async (): Promise<HistoryEntry[]> => (await call(registry.url, 'GET', '/v1/services/_host/history')).body.history as HistoryEntry[];
+  const readyz = async (): Promise<string> => ((await (await fetch(`${registry.url}/readyz`)).json()) as { status: string }).status;
+
+  it('keeps serving while NATS is down; its own events wait in the outbox and the projection catches up when NATS returns', async () => {
+    const a = `a-${RUN}`;
+    const b = `b-${RUN}`;
+    assert.equal((await call(registry.url, 'POST', '/v1/hosts', registration(a))).status, 200);
+    await until(async () => ((await hostHistory()).some((h) => h.host === a) ? true : undefined));
+
+    await nats.stop();
+    await until(async () => ((await readyz()) === 'degraded' ? true : undefined));
+    assert.equal((await call(registry.url, 'POST', '/v1/hosts', registration(b))).status, 200);
+    assert.equal((await call(registry.url, 'POST', `/v1/hosts/${a}/heartbeat`, {})).status, 200);
+    const refused = await call(registry.url, 'POST', '/v1/projection/rebuild');
+    assert.equal((refused.body.error as { code: string }).code, 'FERRY_ERR_EVENTS_UNAVAILABLE');
+
+    await nats.start();
+    const history = await until(async () => {
+      const entries = await hostHistory();
+      return entries.some((h) => h.host === b && h.type === 'host.registered') ? entries : undefined;
+    });
+    assert.equal(history.filter((h) => h.host === b).length, 1);
+    await until(async () => ((await readyz()) === 'ready' ? true : undefined));
+  });
+});
