@@ -1,0 +1,121 @@
+import type { ServiceSpec } from '@ferry/protocol';
+import { SignedClient, type ClientCredentials } from './client.ts';
+
+/** What a receiver tells the registry about itself (`POST /v1/hosts`). */
+export interface HostRegistration {
+  id: string;
+  url: string;
+  labels: Record<string, string>;
+  capabilities: string[];
+  version: string;
+  engine: { version: string; storageDriver: string; imageStore: 'legacy' | 'containerd' };
+}
+
+export interface HostRecord extends HostRegistration {
+  status: 'online' | 'lost';
+  registeredAt: string;
+  lastSeenAt: string;
+}
+
+export interface Registered {
+  host: HostRecord;
+  heartbeatSeconds: number;
+  ttlSeconds: number;
+}
+
+/** What runs for one service on a host, read from its container and the container's `ferry.*` labels. */
+export interface ActualReport {
+  service: string;
+  containerId?: string;
+  imageId?: string;
+  image?: string;
+  configHash?: string;
+  deploymentId?: string;
+  state: string;
+}
+
+/** What the sender deployed (`PUT /v1/desired/:host/:service`). */
+export interface DesiredRecord {
+  deploymentId: string;
+  image: string;
+  imageId: string;
+  configHash: string;
+  service: ServiceSpec;
+  targetUrl: string;
+}
+
+export interface DriftReason {
+  /** `imageId`, `configHash`, `state` or `missing`. */
+  field: string;
+  desired: unknown;
+  actual: unknown;
+}
+
+export interface ServiceState {
+  host: string;
+  service: string;
+  desired: (Partial<DesiredRecord> & Record<string, unknown>) | null;
+  actual: (Partial<ActualReport> & Record<string, unknown>) | null;
+  drift: { reasons: DriftReason[]; since: string; mode: string } | null;
+  lastDeployment: Record<string, unknown> | null;
+}
+
+/** `k=v,k2=v2` → `{k: 'v', k2: 'v2'}`; undefined for a malformed list (the caller names the setting). */
+export function parseLabels(text: string): Record<string, string> | undefined {
+  const labels: Record<string, string> = {};
+  for (const pair of text.split(',')) {
+    const at = pair.indexOf('=');
+    const key = pair.slice(0, at).trim();
+    if (at <= 0 || !/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/.test(key)) return undefined;
+    labels[key] = pair.slice(at + 1).trim();
+  }
+  return labels;
+}
+
+/**
+ * The registry's signed API (docs/registry.md), for the receiver (register, heartbeat) and the
+ * sender and CLI (hosts, desired state, drift). Errors are the registry's FerryErrors; an
+ * unreachable registry is FERRY_ERR_REGISTRY_UNREACHABLE.
+ */
+export class RegistryClient {
+  readonly #client: SignedClient;
+
+  constructor(url: string, credentials: ClientCredentials, options: { fetch?: typeof fetch; timeoutMs?: number } = {}) {
+    this.#client = new SignedClient({ url, credentials, peer: 'registry', unreachable: 'FERRY_ERR_REGISTRY_UNREACHABLE', ...options });
+  }
+
+  get url(): string {
+    return this.#client.url;
+  }
+
+  async register(host: HostRegistration): Promise<Registered> {
+    return await this.#client.request('POST', '/v1/hosts', host) as Registered;
+  }
+
+  /** @throws FerryError FERRY_ERR_HOST_UNKNOWN when the registry does not know the host (or marked it lost): register again. */
+  async heartbeat(hostId: string, services?: ActualReport[]): Promise<void> {
+    await this.#client.request('POST', `/v1/hosts/${encodeURIComponent(hostId)}/heartbeat`, services ? { services } : {});
+  }
+
+  async hosts(query: { selector?: string; status?: 'online' | 'lost' } = {}): Promise<HostRecord[]> {
+    return (await this.#client.request('GET', `/v1/hosts${search(query)}`) as { hosts: HostRecord[] }).hosts;
+  }
+
+  async putDesired(host: string, service: string, desired: DesiredRecord): Promise<void> {
+    await this.#client.request('PUT', `/v1/desired/${encodeURIComponent(host)}/${encodeURIComponent(service)}`, desired);
+  }
+
+  async services(query: { host?: string; service?: string } = {}): Promise<ServiceState[]> {
+    return (await this.#client.request('GET', `/v1/services${search(query)}`) as { services: ServiceState[] }).services;
+  }
+
+  async drift(): Promise<ServiceState[]> {
+    return (await this.#client.request('GET', '/v1/drift') as { drift: ServiceState[] }).drift;
+  }
+}
+
+function search(query: Record<string, string | undefined>): string {
+  const params = new URLSearchParams();
+  for (const [key, value] of Object.entries(query)) if (value !== undefined) params.set(key, value);
+  return params.size > 0 ? `?${params.toString()}` : '';
+}

@@ -1,0 +1,65 @@
+import type { ActualReport, HostRegistration } from '@ferry/auth';
+import { toFerryError } from '@ferry/docker';
+import { LABELS } from '@ferry/protocol';
+import { isContainerdStore } from '../layers/index.ts';
+
+/** One row of `GET /containers/json`, the fields read here (dockerode's ContainerInfo fits). */
+export interface ContainerSummary {
+  Id: string;
+  Names?: string[];
+  Image?: string;
+  ImageID?: string;
+  State?: string;
+  Labels?: Record<string, string> | null;
+}
+
+/** The part of a Docker client the registration reads (dockerode fits it). */
+export interface EngineReader {
+  info(): Promise<unknown>;
+  listContainers(options: { all: boolean; filters: string }): Promise<ContainerSummary[]>;
+}
+
+/**
+ * What runs here for each Ferry-managed service: the container named after the service (not the
+ * `.ferry-previous` / `.ferry-next` ones a swap keeps), with what its `ferry.*` labels say. A
+ * service whose container vanished is simply absent: the registry, which knows the desired
+ * services, reports it `missing`.
+ */
+export async function actualServices(docker: Pick<EngineReader, 'listContainers'>): Promise<ActualReport[]> {
+  let containers: ContainerSummary[];
+  try {
+    containers = await docker.listContainers({ all: true, filters: JSON.stringify({ label: [LABELS.service] }) });
+  } catch (err) {
+    throw toFerryError(err, 'FERRY_ERR_DOCKER', 'list the containers');
+  }
+  const reports: ActualReport[] = [];
+  for (const container of containers) {
+    const labels = container.Labels ?? {};
+    const service = labels[LABELS.service];
+    if (!service || !(container.Names ?? []).includes(`/${service}`)) continue;
+    const image = labels[LABELS.imageRef] ?? container.Image;
+    const imageId = container.ImageID ?? labels[LABELS.imageId];
+    reports.push({
+      service, containerId: container.Id, state: container.State ?? 'unknown',
+      ...(image ? { image } : {}), ...(imageId ? { imageId } : {}),
+      ...(labels[LABELS.configHash] ? { configHash: labels[LABELS.configHash] } : {}),
+      ...(labels[LABELS.deploymentId] ? { deploymentId: labels[LABELS.deploymentId] } : {}),
+    });
+  }
+  return reports.sort((a, b) => a.service.localeCompare(b.service));
+}
+
+/** The engine facts a registration carries: version, storage driver and image store kind. */
+export async function engineFacts(docker: Pick<EngineReader, 'info'>): Promise<HostRegistration['engine']> {
+  let info: { ServerVersion?: unknown; Driver?: unknown; DriverStatus?: unknown };
+  try {
+    info = await docker.info() as typeof info;
+  } catch (err) {
+    throw toFerryError(err, 'FERRY_ERR_DOCKER', 'read the engine info');
+  }
+  return {
+    version: typeof info.ServerVersion === 'string' ? info.ServerVersion : 'unknown',
+    storageDriver: typeof info.Driver === 'string' ? info.Driver : 'unknown',
+    imageStore: isContainerdStore(info) ? 'containerd' : 'legacy',
+  };
+}

@@ -1,0 +1,54 @@
+import { hostname } from 'node:os';
+import { RegistryClient } from '@ferry/auth';
+import type { Logger } from '@ferry/log';
+import type { RegistrySettings } from '../config.ts';
+import { actualServices, engineFacts, type EngineReader } from './actual.ts';
+import { Registration } from './registration.ts';
+
+export { actualServices, engineFacts, type ContainerSummary, type EngineReader } from './actual.ts';
+export { DEFAULT_HEARTBEAT_SECONDS, Registration, backoffMs, type RegistrationDeps } from './registration.ts';
+
+/** Limit of one registration or heartbeat request. */
+const REQUEST_TIMEOUT_MS = 10_000;
+
+export interface ReceiverRegistrationOptions {
+  settings: RegistrySettings;
+  hostId: string;
+  version: string;
+  docker: EngineReader;
+  logger: Logger;
+  /** What the receiver offers senders: `resumable`, `layers`, `tls`. */
+  capabilities: string[];
+  /** Where the server listens, known once it does (e.g. http://0.0.0.0:7701). */
+  listenUrl: () => string;
+}
+
+/** The receiver's registration, built from its settings; `start()` it once the server listens. */
+export function receiverRegistration(options: ReceiverRegistrationOptions): Registration {
+  const { settings, docker } = options;
+  return new Registration({
+    // Well under a heartbeat interval of a typical TTL: a hung request must not hold the loop.
+    registry: new RegistryClient(settings.url, settings.credentials, { timeoutMs: REQUEST_TIMEOUT_MS }),
+    logger: options.logger,
+    heartbeatSeconds: settings.heartbeatSeconds,
+    actual: () => actualServices(docker),
+    self: async () => ({
+      id: options.hostId,
+      url: settings.advertiseUrl ?? advertisedUrl(options.listenUrl()),
+      labels: settings.labels,
+      capabilities: options.capabilities,
+      version: options.version,
+      engine: await engineFacts(docker),
+    }),
+  });
+}
+
+/**
+ * The URL senders are told when FERRY_ADVERTISE_URL is not set: where the server listens, with a
+ * wildcard address (0.0.0.0, ::) replaced by the machine's name, which other hosts can resolve.
+ */
+export function advertisedUrl(listenUrl: string): string {
+  const url = new URL(listenUrl);
+  if (url.hostname === '0.0.0.0' || url.hostname === '[::]') url.hostname = hostname();
+  return url.origin;
+}

@@ -1,0 +1,271 @@
+/**
+ * Everything that talks to the registry, against a real `ferry registry` process and real
+ * `ferry receiver` processes on the stack's engines: registration (also when the registry comes up
+ * after the receiver), heartbeats carrying what really runs, `--to selector:…` pushes, the desired
+ * state the sender records, `ferry hosts`, `ferry status SERVICE`, `ferry drift` after a container
+ * is stopped behind Ferry's back, and a stopped receiver going lost and coming back online.
+ * Receiver A runs on the target engine, B on the build engine, so a selector's choice shows in
+ * which engine got the container. The registry here is private (in memory, TTL 3 s).
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, test } from 'node:test';
+import { RegistryClient, type HostRecord, type ServiceState } from '@ferry/auth';
+import { createDockerClient } from '@ferry/docker';
+import { LABELS } from '@ferry/protocol';
+import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { stack } from '../helpers/stack.ts';
+
+const run = randomBytes(4).toString('hex');
+const s = stack();
+const key = { keyId: `reg-${run}`, secret: randomBytes(24).toString('base64url') };
+const repo = `ferry-reg-${run}`;
+const target = createDockerClient(s.targetDockerHost);
+const build = createDockerClient(s.buildDockerHost);
+const hostA = `rega-${run}`;
+const hostB = `regb-${run}`;
+const web = `regweb-${run}`;
+const both = `regboth-${run}`;
+const dirs: string[] = [];
+
+interface RegistryProcess { url: string; child: ChildProcess; stop(): Promise<void> }
+
+/** `ferry registry` on a given port (in memory, no NATS), once it says it listens. */
+async function startRegistry(port: number, dataDir: string): Promise<RegistryProcess> {
+  const env: Record<string, string> = {};
+  for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !name.startsWith('FERRY_')) env[name] = value;
+  const child = spawn(process.execPath, [join(ROOT, 'bin/ferry.js'), 'registry'], {
+    env: {
+      ...env, FERRY_LISTEN: `127.0.0.1:${port}`, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_DATA_DIR: dataDir,
+      FERRY_HOST_ID: `registry-${run}`, FERRY_HOST_TTL_SECONDS: '3',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+  const url = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on('line', (text) => {
+      const entry = JSON.parse(text) as { msg?: string; url?: string };
+      if (entry.msg === 'registry listening' && typeof entry.url === 'string') resolve(entry.url);
+    });
+    child.once('exit', (code) => reject(new Error(`registry exited with ${code}: ${stderr}`)));
+  });
+  return {
+    url, child,
+    stop: async () => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+async function tempDir(label: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), `ferry-reg-${label}-`));
+  dirs.push(dir);
+  return dir;
+}
+
+/** Asks again until `probe` answers; the suite's timeout ends a wait that never does. */
+async function until<T>(probe: () => Promise<T | undefined>): Promise<T> {
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    await sleep(250);
+  }
+}
+
+describe('registry clients: receiver registration, selectors, desired state, drift', { timeout: 600_000 }, () => {
+  let registry: RegistryProcess;
+  let registryPort: number;
+  let registryDir: string;
+  let a: ReceiverProcess;
+  let b: ReceiverProcess;
+  let envA: Record<string, string>;
+  let cli: Record<string, string>;
+  let imageId: string;
+
+  const ferry = async (args: string[]): Promise<{ code: number; stdout: string; stderr: string }> => runFerry(args, cli);
+  // Waits poll the registry in-process (the same client the CLI uses); each CLI output is checked once.
+  let client: RegistryClient;
+  const hosts = async (): Promise<HostRecord[]> => client.hosts({ selector: `suite=${run}` });
+  const states = async (service: string): Promise<ServiceState[]> => client.services({ service });
+
+  before(async () => {
+    registryPort = await freePort();
+    registryDir = await tempDir('registry');
+    const registryUrl = `http://127.0.0.1:${registryPort}`;
+    cli = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret, FERRY_REGISTRY_URL: registryUrl };
+    client = new RegistryClient(registryUrl, key);
+    imageId = await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
+    const common = {
+      FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret, FERRY_REGISTRY_URL: registryUrl,
+    };
+    envA = { ...common, DOCKER_HOST: s.targetDockerHost, FERRY_HOST_ID: hostA, FERRY_LABELS: `suite=${run},role=web`, FERRY_DATA_DIR: await tempDir('a') };
+    // A starts while nothing listens at the registry's address yet.
+    a = await startReceiverProcess(envA);
+    b = await startReceiverProcess({ ...common, DOCKER_HOST: s.buildDockerHost, FERRY_HOST_ID: hostB, FERRY_LABELS: `suite=${run},role=db`, FERRY_DATA_DIR: await tempDir('b') });
+  });
+
+  after(async () => {
+    await a?.stop().catch(() => undefined);
+    await b?.stop().catch(() => undefined);
+    await registry?.stop().catch(() => undefined);
+    for (const engine of [target, build]) {
+      for (const name of [web, both]) {
+        for (const suffix of ['', '.ferry-previous', '.ferry-next', '.ferry-parked']) {
+          await engine.getContainer(`${name}${suffix}`).remove({ force: true }).catch(() => undefined);
+        }
+      }
+      await engine.getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
+    }
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+
+  test('a receiver whose registry is down serves and reports degraded, then registers once the registry is up', async () => {
+    const health = await fetch(`${a.url}/healthz`);
+    assert.equal(health.status, 200);
+    type Ready = { status: string; checks: Record<string, { status: string; reason?: string }> };
+    // The first attempt runs just after the receiver listens; its failure is what /readyz then shows.
+    const { ready, body } = await until(async () => {
+      const answer = await fetch(`${a.url}/readyz`);
+      const json = await answer.json() as Ready;
+      return json.checks.registry?.reason === 'FERRY_ERR_REGISTRY_UNREACHABLE' ? { ready: answer, body: json } : undefined;
+    });
+    assert.equal(ready.status, 503);
+    assert.equal(body.status, 'degraded');
+    assert.equal(body.checks.registry?.status, 'down');
+    assert.equal(body.checks.registry?.reason, 'FERRY_ERR_REGISTRY_UNREACHABLE');
+
+    registry = await startRegistry(registryPort, registryDir);
+    const registered = await until(async () => {
+      const list = await hosts();
+      return list.length === 2 ? list : undefined;
+    });
+    const byId = new Map(registered.map((h) => [h.id, h]));
+    const recordA = byId.get(hostA);
+    assert.ok(recordA, JSON.stringify(registered));
+    assert.equal(recordA.status, 'online');
+    assert.equal(recordA.url, a.url);
+    assert.deepEqual(recordA.labels, { suite: run, role: 'web' });
+    assert.ok(recordA.capabilities.includes('resumable') && recordA.capabilities.includes('layers'), recordA.capabilities.join(','));
+    assert.match(recordA.engine.version, /^\d+\./);
+    assert.ok(['legacy', 'containerd'].includes(recordA.engine.imageStore));
+    assert.equal(byId.get(hostB)?.labels.role, 'db');
+
+    const readyAgain = await until(async () => {
+      const answer = await (await fetch(`${a.url}/readyz`)).json() as Ready;
+      return answer.checks.registry?.status === 'up' ? answer : undefined;
+    });
+    assert.equal(readyAgain.checks.registry?.status, 'up');
+  });
+
+  test('ferry hosts prints one row per host with its status, URL, labels and version', async () => {
+    const table = await ferry(['hosts', '--selector', `suite=${run}`]);
+    assert.equal(table.code, 0, table.stderr);
+    const [header, ...rows] = table.stdout.trim().split('\n');
+    assert.match(header ?? '', /^ID\s+STATUS\s+URL\s+LABELS\s+VERSION\s+LAST SEEN$/);
+    const rowA = rows.find((r) => r.startsWith(hostA));
+    assert.ok(rowA, table.stdout);
+    assert.match(rowA, new RegExp(`online\\s+${a.url.replace(/[.]/g, '\\.')}\\s+\\S*role=web\\S*\\s+0\\.1\\.0\\s+\\d+s ago`));
+    const onlyWeb = await ferry(['hosts', '--selector', `suite=${run},role=web`, '--json']);
+    assert.deepEqual((JSON.parse(onlyWeb.stdout) as { hosts: HostRecord[] }).hosts.map((h) => h.id), [hostA]);
+  });
+
+  test('--to selector: deploys to the matching online hosts only, and the sender records the desired state', async () => {
+    // A resumable upload (threshold 1 byte) on the one-target path.
+    const pushed = await ferry(['push', `${repo}:1`, '--to', `selector:suite=${run},role=web`, '--name', web, '--network', 'none', '--resumable-threshold', '1', '--json']);
+    assert.equal(pushed.code, 0, pushed.stdout + pushed.stderr);
+    const result = JSON.parse(pushed.stdout) as { host: string; deploymentId: string; imageId: string };
+    assert.equal(result.host, hostA);
+    assert.equal(pushed.stderr.includes('warning'), false, pushed.stderr);
+    assert.equal((await target.getContainer(web).inspect()).State.Running, true);
+    await assert.rejects(build.getContainer(web).inspect(), { statusCode: 404 }, 'the db host got nothing');
+
+    const label = (await target.getContainer(web).inspect()).Config.Labels[LABELS.configHash];
+    // Desired (from the sender) and actual (from A's heartbeat, read off the real container) agree.
+    const state = await until(async () => {
+      const found = (await states(web)).find((st) => st.host === hostA);
+      return found?.desired && found.actual?.configHash ? found : undefined;
+    });
+    assert.equal(state.desired?.deploymentId, result.deploymentId);
+    assert.equal(state.desired?.imageId, imageId);
+    assert.equal(state.desired?.configHash, label);
+    assert.equal(state.actual?.configHash, label);
+    assert.equal(state.actual?.imageId, imageId);
+    assert.equal(state.actual?.deploymentId, result.deploymentId);
+    assert.equal(state.actual?.state, 'running');
+    assert.equal(state.drift, null);
+  });
+
+  test('a selector matching several hosts fans out to each, and each deployment is recorded', async () => {
+    const pushed = await ferry(['push', `${repo}:1`, '--to', `selector:suite=${run}`, '--name', both, '--network', 'none', '--json']);
+    assert.equal(pushed.code, 0, pushed.stdout + pushed.stderr);
+    const result = JSON.parse(pushed.stdout) as { ok: boolean; targets: { host: string; state: string; deploymentId: string }[] };
+    assert.deepEqual(result.targets.map((t) => [t.host, t.state]).sort(), [[hostA, 'COMPLETED'], [hostB, 'COMPLETED']]);
+    const recorded = await until(async () => {
+      const list = (await states(both)).filter((st) => st.desired && st.actual?.configHash && st.drift === null);
+      return list.length === 2 ? list : undefined;
+    });
+    for (const st of recorded) assert.equal(st.desired?.deploymentId, result.targets.find((t) => t.host === st.host)?.deploymentId);
+  });
+
+  test('a selector no online host matches fails before anything is packaged', async () => {
+    const pushed = await ferry(['push', `${repo}:1`, '--to', `selector:suite=${run},role=nothing`, '--name', web]);
+    assert.equal(pushed.code, 1, pushed.stdout + pushed.stderr);
+    assert.match(pushed.stderr, /FERRY_ERR_NO_MATCHING_HOSTS/);
+    assert.match(pushed.stderr, /next: "ferry hosts --selector/);
+  });
+
+  test('ferry status SERVICE without --to shows desired against actual per host; ferry drift is clean', async () => {
+    const status = await ferry(['status', web]);
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, new RegExp(`^${web} on 1 host`));
+    assert.match(status.stdout, new RegExp(`${hostA}\\s+${repo}:1 \\(${imageId.slice(7, 19)}\\)\\s+${repo}:1 \\(${imageId.slice(7, 19)}\\)\\s+running\\s+\\S+\\s+none`));
+    const drift = await ferry(['drift']);
+    assert.equal(drift.code, 0, drift.stdout + drift.stderr);
+    assert.match(drift.stdout, /no drift/);
+  });
+
+  test('a container stopped behind Ferry\'s back shows in ferry drift, which then exits 1', async () => {
+    await target.getContainer(web).stop();
+    await until(async () => ((await client.drift()).some((st) => st.host === hostA && st.service === web) ? true : undefined));
+    const json = await ferry(['drift', '--json']);
+    assert.equal(json.code, 1);
+    const body = JSON.parse(json.stdout) as { ok: boolean; drift: ServiceState[] };
+    assert.equal(body.ok, false);
+    const entry = body.drift.find((st) => st.service === web);
+    assert.deepEqual(entry?.drift?.reasons, [{ field: 'state', desired: 'running', actual: 'exited' }]);
+    const text = await ferry(['drift']);
+    assert.equal(text.code, 1);
+    assert.match(text.stdout, /✖ 1 service drifted/);
+    assert.match(text.stdout, new RegExp(`${hostA}\\s+${web}\\s+state\\s+running\\s+exited`));
+
+    await target.getContainer(web).remove({ force: true });
+    const missing = await until(async () => {
+      const st = (await states(web)).find((x) => x.host === hostA);
+      return st?.drift?.reasons[0]?.field === 'missing' ? st : undefined;
+    });
+    assert.equal(missing.actual?.state, 'missing');
+  });
+
+  test('a stopped receiver goes lost; started again, it registers and is online', async () => {
+    await a.stop();
+    const lost = await until(async () => (await hosts()).find((h) => h.id === hostA && h.status === 'lost'));
+    assert.equal(lost.status, 'lost');
+    assert.equal((await hosts()).find((h) => h.id === hostB)?.status, 'online', 'the other host kept heartbeating');
+    const onlineOnly = await ferry(['hosts', '--selector', `suite=${run}`, '--status', 'online', '--json']);
+    assert.deepEqual((JSON.parse(onlineOnly.stdout) as { hosts: HostRecord[] }).hosts.map((h) => h.id), [hostB]);
+
+    a = await startReceiverProcess(envA);
+    const back = await until(async () => (await hosts()).find((h) => h.id === hostA && h.status === 'online'));
+    assert.equal(back.url, a.url);
+  });
+});

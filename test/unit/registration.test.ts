@@ -1,0 +1,94 @@
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { test } from 'node:test';
+import type { ActualReport, HostRegistration, Registered } from '@ferry/auth';
+import { createLogger } from '@ferry/log';
+import { FerryError, LABELS } from '@ferry/protocol';
+import { Registration, actualServices, advertisedUrl } from '@ferry/receiver';
+
+const SELF: HostRegistration = {
+  id: 'web-1', url: 'http://10.0.0.5:7701', labels: { env: 'prod' }, capabilities: ['resumable'], version: '0.1.0',
+  engine: { version: '27.0.0', storageDriver: 'overlay2', imageStore: 'legacy' },
+};
+
+async function until(probe: () => boolean): Promise<void> {
+  while (!probe()) await sleep(10);
+}
+
+test('registration retries an unreachable registry, heartbeats, and registers again when forgotten', { timeout: 20_000 }, async () => {
+  const calls: string[] = [];
+  let registerFailures = 2;
+  let forget = 1;
+  const registry = {
+    url: 'http://registry.test:7702',
+    register: (host: HostRegistration): Promise<Registered> => {
+      calls.push(`register ${host.id}`);
+      if (registerFailures-- > 0) return Promise.reject(new FerryError('FERRY_ERR_REGISTRY_UNREACHABLE'));
+      return Promise.resolve({ host: { ...host, status: 'online', registeredAt: '', lastSeenAt: '' }, heartbeatSeconds: 1, ttlSeconds: 3 });
+    },
+    heartbeat: (id: string, services?: ActualReport[]): Promise<void> => {
+      calls.push(`heartbeat ${id} ${services?.length ?? 'none'}`);
+      if (forget-- > 0) return Promise.reject(new FerryError('FERRY_ERR_HOST_UNKNOWN'));
+      return Promise.resolve();
+    },
+  };
+  const registration = new Registration({
+    registry, self: () => Promise.resolve(SELF), actual: () => Promise.resolve([{ service: 'web', state: 'running' }]),
+    logger: createLogger({ level: 'silent' }), random: () => 0,
+  });
+  registration.start();
+  try {
+    await until(() => calls.filter((c) => c.startsWith('heartbeat')).length >= 2);
+    assert.deepEqual(calls.slice(0, 6), [
+      'register web-1', 'register web-1', 'register web-1', // two refusals, then in
+      'heartbeat web-1 1', // forgotten: 404 FERRY_ERR_HOST_UNKNOWN
+      'register web-1', 'heartbeat web-1 1',
+    ]);
+    assert.equal((await registration.check()).status, 'up');
+  } finally {
+    await registration.close();
+  }
+});
+
+test('a heartbeat goes out without the list when the engine cannot be read', { timeout: 20_000 }, async () => {
+  const beats: (ActualReport[] | undefined)[] = [];
+  const registration = new Registration({
+    registry: {
+      url: 'http://registry.test:7702',
+      register: (host) => Promise.resolve({ host: { ...host, status: 'online', registeredAt: '', lastSeenAt: '' }, heartbeatSeconds: 1, ttlSeconds: 3 }),
+      heartbeat: (_id, services) => { beats.push(services); return Promise.resolve(); },
+    },
+    self: () => Promise.resolve(SELF), actual: () => Promise.reject(new FerryError('FERRY_ERR_DOCKER_UNAVAILABLE')),
+    logger: createLogger({ level: 'silent' }),
+  });
+  registration.start();
+  try {
+    await until(() => beats.length >= 1);
+    assert.deepEqual(beats[0], undefined);
+  } finally {
+    await registration.close();
+  }
+});
+
+test('what runs is read from the container named after its service and its ferry labels', async () => {
+  const labels = (service: string): Record<string, string> => ({
+    [LABELS.service]: service, [LABELS.configHash]: `sha256:${'c'.repeat(64)}`, [LABELS.deploymentId]: 'd-1', [LABELS.imageRef]: 'web:1',
+  });
+  const reports = await actualServices({
+    listContainers: () => Promise.resolve([
+      { Id: 'c1', Names: ['/web'], Image: 'sha256:x', ImageID: `sha256:${'a'.repeat(64)}`, State: 'running', Labels: labels('web') },
+      { Id: 'c0', Names: ['/web.ferry-previous'], ImageID: `sha256:${'b'.repeat(64)}`, State: 'exited', Labels: labels('web') },
+      { Id: 'c2', Names: ['/db'], ImageID: `sha256:${'d'.repeat(64)}`, State: 'exited', Labels: { [LABELS.service]: 'db' } },
+    ]),
+  });
+  assert.deepEqual(reports, [
+    { service: 'db', containerId: 'c2', state: 'exited', imageId: `sha256:${'d'.repeat(64)}` },
+    { service: 'web', containerId: 'c1', state: 'running', image: 'web:1', imageId: `sha256:${'a'.repeat(64)}`, configHash: `sha256:${'c'.repeat(64)}`, deploymentId: 'd-1' },
+  ]);
+});
+
+test('the advertised URL replaces a wildcard listening address with the hostname', () => {
+  assert.equal(advertisedUrl('http://127.0.0.1:7701'), 'http://127.0.0.1:7701');
+  assert.doesNotMatch(advertisedUrl('http://0.0.0.0:7701'), /0\.0\.0\.0/);
+  assert.doesNotMatch(advertisedUrl('https://[::]:7701'), /\[::\]/);
+});
