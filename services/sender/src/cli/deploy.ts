@@ -1,0 +1,91 @@
+import { hostname } from 'node:os';
+import { RegistryClient } from '@ferry/auth';
+import { ImageBuilder, ImageStore, createDockerClient } from '@ferry/docker';
+import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
+import { createLogger } from '@ferry/log';
+import { loadSenderConfig } from '../config.ts';
+import { runDeployment, type ServiceOutcome } from '../deploy.ts';
+import { loadDeploymentFile } from '../deployfile/index.ts';
+import { desiredRecorder } from '../desired.ts';
+import { DEFAULT_PARALLEL } from '../fanout.ts';
+import { DEFAULT_BACKOFF } from '../retry.ts';
+import { parse, parseInteger } from './args.ts';
+import { line, type Io } from './io.ts';
+import { formatMs } from './progress.ts';
+
+export const DEPLOY_HELP = `Usage: ferry deploy [-f ferry.yaml] [options]
+
+Deploys every service of a deployment file: each is built on the build engine if it has "build",
+packaged once, and sent to all its targets (receiver URLs, or selector:KEY=VALUE,… resolved by
+the registry), service after service in the file's order. The exit code is 0 only if every
+target of every service succeeded. The file format is in the README ("Deployment files").
+
+Options:
+  -f, --file PATH     the deployment file (default ferry.yaml)
+  --only SERVICE      deploy only this service; repeat, or separate with commas
+  --parallel N        targets of one service served at once (default ${DEFAULT_PARALLEL})
+  --retries N         attempts per target, with backoff (default ${DEFAULT_BACKOFF.attempts})
+  --json              one JSON line per service, then a summary line
+
+Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
+FERRY_NATS_URL (optional: events), FERRY_REGISTRY_URL (selectors, desired state). Env values in
+the file may use \${VAR}, \${VAR:-default} and $$ from this environment.`;
+
+export async function deployCommand(args: string[], io: Io): Promise<number> {
+  const { values } = parse(args, {
+    file: { type: 'string', short: 'f' }, only: { type: 'string', multiple: true },
+    parallel: { type: 'string' }, retries: { type: 'string' }, json: { type: 'boolean' },
+  });
+  const json = values.json === true;
+  const parallel = parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL;
+  const attempts = parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts;
+  const only = (values.only ?? []).flatMap((v) => v.split(',')).map((v) => v.trim()).filter(Boolean);
+  const document = await loadDeploymentFile(values.file ?? 'ferry.yaml', io.env);
+  const config = loadSenderConfig(io.env);
+
+  const logger = createLogger({ level: 'warn', name: 'ferry', destination: io.stderr });
+  const events: EventSink = config.natsUrl
+    ? await JetStreamPublisher.connect({ url: config.natsUrl, logger, name: 'ferry-sender' })
+    : new NullSink({ logger });
+  const docker = createDockerClient(config.dockerHost);
+  const warn = (text: string): void => line(io.stderr, text);
+  const shown = new Map<string, string>();
+  try {
+    const outcome = await runDeployment(document, {
+      images: new ImageStore(docker), builder: new ImageBuilder(docker), events,
+      credentials: config.credentials, source: `ferry://sender/${hostname()}`, senderHost: hostname(),
+      registryUrl: config.registryUrl,
+      ...(config.registryUrl ? { desired: desiredRecorder(new RegistryClient(config.registryUrl, config.credentials), warn) } : {}),
+      onRetry: (url, attempt, delayMs, err) => {
+        if (!json) warn(`  retrying ${url} (attempt ${attempt + 1}) in ${formatMs(delayMs)}: ${err instanceof Error ? err.message : String(err)}`);
+      },
+      ...(json ? {} : { onBuildLog: (service: string, text: string) => warn(`  [${service}] ${text}`) }),
+      onUpdate: (service) => {
+        // Called again for every finished target: each state is told once.
+        if (shown.get(service.service) === service.state) return;
+        shown.set(service.service, service.state);
+        if (service.state !== 'succeeded' && service.state !== 'failed') {
+          if (!json) warn(`${service.service}: ${service.state}…`);
+          return;
+        }
+        if (json) line(io.stdout, JSON.stringify(service));
+        else printService(io, service);
+      },
+    }, { only, parallel, attempts });
+    const failed = outcome.services.filter((s) => !s.ok).map((s) => s.service);
+    if (json) line(io.stdout, JSON.stringify({ ok: outcome.ok, runId: outcome.runId, services: outcome.services.length, failed }));
+    else line(io.stdout, outcome.ok ? `✔ deployed ${outcome.services.length} service${outcome.services.length === 1 ? '' : 's'}` : `✖ failed: ${failed.join(', ')}`);
+    return outcome.ok ? 0 : 1;
+  } finally {
+    await events.close();
+  }
+}
+
+function printService(io: Io, s: ServiceOutcome): void {
+  const done = s.targets.filter((t) => t.ok).length;
+  line(io.stdout, `${s.ok ? '✔' : '✖'} ${s.service}: ${s.image} on ${done}/${s.targets.length} targets${s.imageId ? ` (${s.imageId.slice(0, 19)})` : ''}`);
+  if (s.error) line(io.stdout, `  failed: ${s.error.message} [${s.error.code}]`);
+  for (const t of s.targets) {
+    line(io.stdout, `  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}${t.error ? `  ${t.error.message} [${t.error.code}]` : ''}  (${t.url}${t.deploymentId ? `, deployment ${t.deploymentId}` : ''})`);
+  }
+}

@@ -1,0 +1,129 @@
+import { access, constants, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MemoryNonceStore, RedisNonceStore, RegistryClient, RequestVerifier, type NonceStore } from '@ferry/auth';
+import type { Env } from '@ferry/config';
+import { ImageBuilder, ImageStore, createDockerClient } from '@ferry/docker';
+import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
+import { listen, type ListeningServer } from '@ferry/http';
+import { createLogger, type Logger } from '@ferry/log';
+import { FerryError } from '@ferry/protocol';
+import { runDeployment } from '../deploy.ts';
+import { desiredRecorder } from '../desired.ts';
+import { createApp } from './app.ts';
+import { DEFAULT_LISTEN, loadSenderServiceConfig, type SenderServiceConfig } from './config.ts';
+import { DeploymentJobs } from './jobs.ts';
+import { JobStore } from './store.ts';
+
+export const SENDER_SERVICE_VERSION = '0.1.0';
+
+export interface RunningSenderService {
+  url: string;
+  config: Readonly<SenderServiceConfig>;
+  jobs: DeploymentJobs;
+  close(): Promise<void>;
+}
+
+/** Starts the sender service from the environment; the caller decides how long it lives. */
+export async function startSenderService(env: Env = process.env, logger?: Logger): Promise<RunningSenderService> {
+  const config = loadSenderServiceConfig(env);
+  const log = logger ?? createLogger({ level: config.logLevel, name: 'ferry-sender' });
+  await ensureWritableDir(config.dataDir);
+  const store = await JobStore.open(join(config.dataDir, 'deployments'), log);
+
+  const docker = createDockerClient(config.dockerHost);
+  // Every event is on disk in the outbox before publish() returns; NATS gets it when it can.
+  const events: EventSink = config.natsUrl
+    ? await JetStreamPublisher.connect({ url: config.natsUrl, logger: log, name: `ferry-sender-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox') })
+    : new NullSink({ logger: log });
+  const registry = config.registryUrl ? new RegistryClient(config.registryUrl, config.credentials) : undefined;
+  const deps = {
+    images: new ImageStore(docker), builder: new ImageBuilder(docker), events, credentials: config.credentials,
+    source: `ferry://sender/${config.hostId}`, senderHost: config.hostId, registryUrl: config.registryUrl,
+    ...(registry ? { desired: desiredRecorder(registry, (message: string) => log.warn(message)) } : {}),
+  };
+  const jobs = new DeploymentJobs({
+    store, log,
+    run: (document, hooks, options) => runDeployment(document, { ...deps, ...hooks }, options),
+  });
+  // Before any request: a job the previous process left half-done is answered as failed, not as running forever.
+  await jobs.recover();
+
+  const nonces: NonceStore = config.redisUrl
+    ? RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
+    : new MemoryNonceStore();
+  // As in the receiver: with nonces in memory, a request signed before this process began is refused.
+  const startedAt = Math.ceil(Date.now() / 1000);
+  const verifier = new RequestVerifier({ keys: config.keys, nonces, audience: config.hostId, startedAt });
+  const app = createApp({
+    logger: log, verifier, jobs, hostId: config.hostId, version: SENDER_SERVICE_VERSION,
+    security: { allow: config.allowCidrs },
+  });
+  let server: ListeningServer;
+  try {
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, startedAt * 1000 - Date.now())));
+    server = await listen(app, config.listen.host, config.listen.port);
+  } catch (err) {
+    jobs.close();
+    await events.close();
+    await nonces.close?.();
+    throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, cause: err });
+  }
+  log.info({ url: server.url, host: config.hostId, keyRing: config.keys.describe(), nats: config.natsUrl ?? null, registry: config.registryUrl ?? null, dataDir: config.dataDir }, 'sender listening');
+
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    // Each step's failure is logged and the next still runs, so shutdown never stops half-way.
+    closing ??= (async () => {
+      await server.close().catch((err: unknown) => log.error({ err }, 'closing HTTP failed'));
+      jobs.close();
+      await store.flush();
+      await events.close().catch((err: unknown) => log.error({ err }, 'closing events failed'));
+      await nonces.close?.().catch((err: unknown) => log.error({ err }, 'closing the nonce store failed'));
+      log.info('sender stopped');
+    })();
+    return closing;
+  };
+  return { url: server.url, config, jobs, close };
+}
+
+/** `ferry sender`: runs in the foreground until SIGINT or SIGTERM. */
+export async function runSenderService(env: Env = process.env): Promise<void> {
+  const service = await startSenderService(env);
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      void service.close().then(resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}
+
+async function ensureWritableDir(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await access(dir, constants.W_OK);
+  } catch (err) {
+    throw new FerryError('FERRY_ERR_CONFIG', { message: `FERRY_DATA_DIR: cannot write to ${dir} (${(err as NodeJS.ErrnoException).code ?? 'error'}); set FERRY_DATA_DIR to a writable directory`, cause: err });
+  }
+}
+
+export const SENDER_SERVICE_HELP = `Usage: ferry sender
+
+Runs the sender service in the foreground until SIGINT/SIGTERM: signed HTTP clients (the
+registry's drift correction, CI) POST deployment documents to it; it builds, packages and sends
+them to the receivers as "ferry deploy" does. Configuration (environment):
+  FERRY_KEYS        keyid:secret[,…]  callers it accepts (required)
+  FERRY_KEY_ID, FERRY_KEY           the key it signs uploads to receivers with (required)
+  FERRY_LISTEN      host:port to listen on (default ${DEFAULT_LISTEN})
+  FERRY_HOST_ID     its id, the audience of signed requests (default sender)
+  FERRY_DATA_DIR    job records and the event outbox (default /var/lib/ferry-sender)
+  DOCKER_HOST       the build engine (default: the local socket)
+  FERRY_NATS_URL    nats://host:port for events (optional)
+  FERRY_REDIS_URL   redis://host:port for nonces that survive restarts (optional)
+  FERRY_REGISTRY_URL  resolves selector: targets and records desired state (optional)
+  FERRY_ALLOW_CIDRS client addresses allowed (optional; default all)
+  FERRY_LOG_LEVEL   fatal|error|warn|info|debug|trace (default info)
+Endpoints: GET /healthz; signed POST /v1/deployments, GET /v1/deployments/ID (docs/protocol.md).
+`;

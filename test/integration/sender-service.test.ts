@@ -1,0 +1,238 @@
+/**
+ * `ferry sender`, the sender service, as real processes over real signed HTTP: a deployment
+ * document POSTed to it is built/packaged on the stack's build engine and deployed by a real
+ * `ferry receiver` on its target engine; refusals (bad signature, invalid document, unknown id)
+ * carry their codes; job records survive a restart, and a job cut off by SIGKILL is answered as
+ * failed with FERRY_ERR_SENDER_INTERRUPTED once the service is back.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { connect, type NatsConnection } from 'nats';
+import { SignedClient, signRequest } from '@ferry/auth';
+import { digestOf } from '@ferry/integrity';
+import { createDockerClient } from '@ferry/docker';
+import { FerryError } from '@ferry/protocol';
+import { removeImages, removeService } from '../helpers/cleanup.ts';
+import { EventWatcher } from '../helpers/events.ts';
+import { ROOT, buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { stack } from '../helpers/stack.ts';
+
+const run = randomBytes(4).toString('hex');
+const s = stack();
+const rxKey = { keyId: `ss-rx-${run}`, secret: randomBytes(24).toString('base64url') };
+const caller = { keyId: `ss-ci-${run}`, secret: randomBytes(24).toString('base64url') };
+const repo = `ferry-ss-${run}`;
+const target = createDockerClient(s.targetDockerHost);
+const services: string[] = [];
+
+interface JobView {
+  id: string;
+  state: string;
+  createdAt: string;
+  finishedAt?: string;
+  error?: { code: string };
+  services: { service: string; image: string; state: string; error?: { code: string }; targets: { url: string; host?: string; deploymentId?: string; state: string; error?: { code: string } }[] }[];
+}
+
+interface SenderProcess {
+  url: string;
+  child: ChildProcess;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/** Starts `ferry sender` on a free loopback port and waits until it says it listens. */
+async function startSender(dataDir: string): Promise<SenderProcess> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('FERRY_') && k !== 'DOCKER_HOST') env[k] = v;
+  const child = spawn(process.execPath, [join(ROOT, 'bin/ferry.js'), 'sender'], {
+    env: {
+      ...env, FERRY_LISTEN: `127.0.0.1:${await freePort()}`, FERRY_HOST_ID: `ss-${run}`, FERRY_DATA_DIR: dataDir,
+      FERRY_KEYS: `${caller.keyId}:${caller.secret}`, FERRY_KEY_ID: rxKey.keyId, FERRY_KEY: rxKey.secret,
+      DOCKER_HOST: s.buildDockerHost, FERRY_NATS_URL: s.natsUrl, FERRY_REDIS_URL: s.redisUrl,
+      // Packages are spooled there: what a SIGKILLed sender leaves goes with the data dir.
+      TMPDIR: dataDir,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
+  const url = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on('line', (text) => {
+      try {
+        const entry = JSON.parse(text) as { msg?: string; url?: string };
+        if (entry.msg === 'sender listening' && typeof entry.url === 'string') resolve(entry.url);
+      } catch { /* not a log line */ }
+    });
+    child.once('exit', (code) => reject(new Error(`sender exited with ${code}: ${stderr}`)));
+  });
+  return {
+    url, child,
+    stop: async (signal = 'SIGTERM') => {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill(signal);
+      await exited;
+    },
+  };
+}
+
+function client(url: string, credentials = caller): SignedClient {
+  return new SignedClient({ url, credentials, peer: 'sender', unreachable: 'FERRY_ERR_RECEIVER_UNREACHABLE' });
+}
+
+/** Polls until the job has left queued/running; a hang fails by the suite's timeout. */
+async function settled(api: SignedClient, id: string): Promise<JobView> {
+  for (;;) {
+    const job = await api.request('GET', `/v1/deployments/${id}`) as JobView;
+    if (job.state === 'succeeded' || job.state === 'failed') return job;
+    await sleep(300);
+  }
+}
+
+function serviceName(label: string): string {
+  const name = `${label}-${run}`;
+  services.push(name);
+  return name;
+}
+
+async function refusal(promise: Promise<unknown>): Promise<FerryError> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof FerryError) return err;
+    throw err;
+  }
+  assert.fail('expected a refusal');
+}
+
+describe('sender service', { timeout: 600_000 }, () => {
+  let rx: ReceiverProcess;
+  let dataDir: string;
+  let sender: SenderProcess;
+  let nc: NatsConnection;
+  let watcher: EventWatcher;
+
+  before(async () => {
+    nc = await connect({ servers: s.natsUrl });
+    // Build events name the sender service as their host, transfer events the receiver: both are watched.
+    watcher = new EventWatcher(nc, 'ferry.events.>');
+    await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
+    rx = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${rxKey.keyId}:${rxKey.secret}`, FERRY_HOST_ID: `ssrx-${run}` });
+    dataDir = await mkdtemp(join(tmpdir(), 'ferry-ss-'));
+    await mkdir(join(dataDir, 'ctx'));
+    await writeFile(join(dataDir, 'ctx', 'Dockerfile'), `FROM ${repo}:1\nCOPY hello.txt /www/hello.txt\n`);
+    await writeFile(join(dataDir, 'ctx', 'hello.txt'), `hello ${run}\n`);
+    sender = await startSender(dataDir);
+  });
+
+  after(async () => {
+    await sender?.stop().catch(() => undefined);
+    await rx?.stop().catch(() => undefined);
+    for (const name of services) await removeService(target, name);
+    await removeImages(target, [`${repo}:1`]);
+    await removeImages(target, [`${repo}-api:1`]);
+    await removeImages(createDockerClient(s.buildDockerHost), [`${repo}-api:1`, `${repo}:1`]);
+    await nc?.drain();
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
+
+  test('a POSTed document is built and deployed in the background; GET follows it to succeeded; events are published; the same id is idempotent', async () => {
+    const api = client(sender.url);
+    const name = serviceName('web');
+    const built = serviceName('api');
+    const id = `job-${run}`;
+    const document = {
+      version: 1, id, services: {
+        [name]: { image: `${repo}:1`, targets: [rx.url], network: 'none', env: { MODE: 'service' } },
+        [built]: { image: `${repo}-api:1`, build: { context: join(dataDir, 'ctx') }, targets: [rx.url], network: 'none' },
+      },
+    };
+    const accepted = await api.request('POST', '/v1/deployments', document) as { id: string; state: string; links: { self: string } };
+    assert.deepEqual({ id: accepted.id, self: accepted.links.self }, { id, self: `/v1/deployments/${id}` });
+    assert.ok(['queued', 'running'].includes(accepted.state), accepted.state);
+
+    const job = await settled(api, id);
+    assert.equal(job.state, 'succeeded', JSON.stringify(job));
+    assert.ok(job.finishedAt);
+    assert.deepEqual(job.services.map((sv) => [sv.service, sv.image, sv.state]), [[name, `${repo}:1`, 'succeeded'], [built, `${repo}-api:1`, 'succeeded']]);
+    const [t] = job.services[0]?.targets ?? [];
+    assert.deepEqual([t?.url, t?.host, t?.state], [rx.url, `ssrx-${run}`, 'COMPLETED']);
+    assert.match(t?.deploymentId ?? '', /^[0-9a-f-]{36}$/);
+    const container = await target.getContainer(name).inspect();
+    assert.equal(container.State.Running, true);
+    assert.ok(container.Config.Env.includes('MODE=service'));
+    assert.equal((await target.getContainer(built).inspect()).State.Running, true);
+
+    // build.* under the job's id, from the sender service; transfer.* under each target's deployment id.
+    const buildDone = await watcher.until(id, 'build.completed');
+    assert.equal(buildDone.source, `ferry://sender/ss-${run}`);
+    assert.deepEqual(watcher.for(id).map((e) => e.type), ['ferry.build.started', 'ferry.build.completed']);
+    for (const sv of job.services) {
+      const deploymentId = sv.targets[0]?.deploymentId ?? '';
+      await watcher.until(deploymentId, 'transfer.completed');
+      assert.equal(watcher.for(deploymentId)[0]?.type, 'ferry.transfer.started');
+    }
+
+    const again = await api.request('POST', '/v1/deployments', document) as { id: string; state: string; created: boolean };
+    assert.deepEqual([again.id, again.state, again.created], [id, 'succeeded', false], 'the same id answers the existing job');
+    const conflict = await refusal(api.request('POST', '/v1/deployments', { ...document, services: { [name]: { ...document.services[name], env: {} } } }));
+    assert.deepEqual([conflict.code, conflict.status], ['FERRY_ERR_DEPLOYMENT_CONFLICT', 409]);
+  });
+
+  test('refusals: bad signature 401, invalid document 400 naming the field, unknown id 404, a swapped body 422', async () => {
+    const forged = await refusal(client(sender.url, { keyId: caller.keyId, secret: randomBytes(24).toString('base64url') }).request('GET', '/v1/deployments/anything'));
+    assert.deepEqual([forged.code, forged.status], ['FERRY_ERR_BAD_SIGNATURE', 401]);
+
+    const api = client(sender.url);
+    const invalid = await refusal(api.request('POST', '/v1/deployments', {
+      version: 1, services: { [`bad-${run}`]: { image: `${repo}:1`, targets: [rx.url], ports: ['80'], enviroment: {} } },
+    }));
+    assert.deepEqual([invalid.code, invalid.status], ['FERRY_ERR_BAD_DEPLOYMENT_FILE', 400]);
+    const problems = (invalid.details?.problems ?? []) as { path: string; message: string }[];
+    assert.deepEqual(problems.map((p) => p.path).sort(), [`services.bad-${run}.enviroment`, `services.bad-${run}.ports[0]`]);
+    assert.match(problems.find((p) => p.path.endsWith('enviroment'))?.message ?? '', /did you mean env\?/);
+
+    const missing = await refusal(api.request('GET', `/v1/deployments/nope-${run}`));
+    assert.deepEqual([missing.code, missing.status], ['FERRY_ERR_NOT_FOUND', 404]);
+
+    // A body other than the one signed: the signature holds, the digest does not.
+    const signed = JSON.stringify({ version: 1, services: {} });
+    const headers = signRequest({ method: 'POST', path: '/v1/deployments', contentDigest: digestOf(signed), audience: `ss-${run}`, ...caller });
+    const swapped = await fetch(`${sender.url}/v1/deployments`, {
+      method: 'POST', headers: { ...headers, 'content-type': 'application/json' },
+      body: JSON.stringify({ version: 1, services: { [`evil-${run}`]: { image: `${repo}:1`, targets: [rx.url] } } }),
+    });
+    assert.equal(swapped.status, 422);
+    assert.equal((await swapped.json() as { error: { code: string } }).error.code, 'FERRY_ERR_BODY_DIGEST_MISMATCH');
+  });
+
+  test('after a restart GET still answers; a job cut off by SIGKILL is failed with FERRY_ERR_SENDER_INTERRUPTED', async () => {
+    let api = client(sender.url);
+    // A target that never answers keeps the job running through its whole backoff schedule.
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const id = `cut-${run}`;
+    await api.request('POST', '/v1/deployments', { version: 1, id, services: { [serviceName('cut')]: { image: `${repo}:1`, targets: [dead] } } });
+    for (let job = await api.request('GET', `/v1/deployments/${id}`) as JobView; job.state !== 'running'; job = await api.request('GET', `/v1/deployments/${id}`) as JobView) {
+      assert.equal(job.state, 'queued');
+      await sleep(100);
+    }
+    await sender.stop('SIGKILL');
+
+    sender = await startSender(dataDir);
+    api = client(sender.url);
+    const kept = await api.request('GET', `/v1/deployments/job-${run}`) as JobView;
+    assert.equal(kept.state, 'succeeded', 'the finished job is still answered after the restart');
+    const cut = await api.request('GET', `/v1/deployments/${id}`) as JobView;
+    assert.equal(cut.state, 'failed');
+    assert.equal(cut.error?.code, 'FERRY_ERR_SENDER_INTERRUPTED');
+    assert.equal(cut.services[0]?.state, 'failed');
+    assert.ok(cut.finishedAt);
+  });
+});
