@@ -1,0 +1,2 @@
+export { LayerInventory, isContainerdStore, type ImageStoreKind, type LayerAnswer, type LayerEngine } from './inventory.ts';
+export { layersRouter } from './route.ts';

@@ -1,0 +1,103 @@
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import { signRequest } from '@ferry/auth';
+import { digestOf } from '@ferry/integrity';
+import { PATHS, type Compression } from '@ferry/protocol';
+import { omittableLayers } from './layer-filter.ts';
+import { parseTarget, type Credentials } from './upload.ts';
+
+/** A question costs one image list on the target; a receiver slower than this gets the full package. */
+const ASK_TIMEOUT_MS = 15_000;
+
+export interface LayerTarget {
+  url: string;
+  credentials: Credentials;
+  /** The receiver's host id from its `GET /healthz`. */
+  audience: string;
+}
+
+/** What one target said; `present` counts the bottom layers it holds (0 when it could not say). */
+export interface TargetLayers {
+  url: string;
+  present: number;
+  imageStore?: string;
+  /** Why the target holds nothing as far as the push knows, when it did not answer. */
+  unanswered?: string;
+}
+
+/**
+ * `POST /v1/layers` (docs/protocol.md, "Layer negotiation"): how many of the image's bottom layers
+ * the target holds. Never throws: a receiver that does not know the route (404), refuses or does
+ * not answer is sent the full package, and the upload that follows reports any real problem.
+ */
+export async function askLayers(target: LayerTarget, diffIds: readonly string[]): Promise<TargetLayers> {
+  const base = parseTarget(target.url);
+  const path = `${base.basePath}${PATHS.layers}`;
+  const body = JSON.stringify({ diffIds });
+  const headers = {
+    ...signRequest({ method: 'POST', path, contentDigest: digestOf(body), audience: target.audience, ...target.credentials }),
+    'content-type': 'application/json',
+  };
+  try {
+    const response = await fetch(`${new URL(target.url).origin}${path}`, { method: 'POST', headers, body, signal: AbortSignal.timeout(ASK_TIMEOUT_MS) });
+    const answer = await response.json().catch(() => null) as { imageStore?: unknown; present?: unknown } | null;
+    if (!response.ok) return { url: target.url, present: 0, unanswered: `HTTP ${response.status}` };
+    const present = Array.isArray(answer?.present) ? answer.present : undefined;
+    // Only a bottom part of the asked list makes sense; anything else is not trusted.
+    if (present === undefined || present.length > diffIds.length || present.some((id, i) => id !== diffIds[i])) {
+      return { url: target.url, present: 0, unanswered: 'the answer does not describe the asked layers' };
+    }
+    return { url: target.url, present: present.length, ...(typeof answer?.imageStore === 'string' ? { imageStore: answer.imageStore } : {}) };
+  } catch (err) {
+    return { url: target.url, present: 0, unanswered: (err as Error).message };
+  }
+}
+
+/**
+ * The diff ids one package may leave out for all these targets: what every one of them holds, so
+ * the package carries the union of what any target lacks (one package, compressed and hashed once).
+ */
+export function layersToOmit(diffIds: readonly string[], answers: readonly TargetLayers[]): string[] {
+  if (answers.length === 0) return [];
+  return omittableLayers(diffIds, Math.min(...answers.map((answer) => answer.present)));
+}
+
+/** `--compression auto|zstd|gzip|none`. */
+export type CompressionChoice = Compression | 'auto';
+
+/**
+ * `auto`: no compression when every target is on a loopback or private link (the link is faster
+ * than zstd, so compressing only costs time), zstd otherwise. A target named by host name counts
+ * as private only if every address it resolves to is.
+ */
+export async function resolveCompression(choice: CompressionChoice, urls: readonly string[]): Promise<Compression> {
+  if (choice !== 'auto') return choice;
+  const local = await Promise.all(urls.map(async (url) => isPrivateHost(parseTarget(url).hostname)));
+  return local.length > 0 && local.every(Boolean) ? 'none' : 'zstd';
+}
+
+export async function isPrivateHost(hostname: string): Promise<boolean> {
+  if (isIP(hostname) !== 0) return isPrivateAddress(hostname);
+  if (hostname === 'localhost' || hostname.endsWith('.localhost')) return true;
+  try {
+    const addresses = await lookup(hostname, { all: true });
+    return addresses.length > 0 && addresses.every((entry) => isPrivateAddress(entry.address));
+  } catch {
+    return false;
+  }
+}
+
+/** Loopback, RFC 1918, link-local (IPv4 and IPv6), unique local IPv6, and IPv4-mapped forms of them. */
+export function isPrivateAddress(address: string): boolean {
+  const lower = address.toLowerCase();
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(lower)?.[1];
+  if (mapped !== undefined) return isPrivateAddress(mapped);
+  if (isIP(lower) === 4) {
+    const [a = -1, b = -1] = lower.split('.').map(Number);
+    return a === 127 || a === 10 || (a === 172 && b >= 16 && b <= 31) || (a === 192 && b === 168) || (a === 169 && b === 254);
+  }
+  if (isIP(lower) === 6) {
+    return lower === '::1' || /^f[cd][0-9a-f]{2}:/.test(lower) || /^fe[89ab][0-9a-f]:/.test(lower);
+  }
+  return false;
+}
