@@ -5,8 +5,37 @@ import { FerryError } from '@ferry/protocol';
  * sender's CLI. Services are loaded lazily so each command pulls in only its own code.
  */
 export async function main(argv: string[]): Promise<number> {
-  if (argv[0] === 'receiver') withSmallYoungGeneration();
+  // `ferry push` streams the same way (docker save, then one upload per target): bench/fanout-memory.ts.
+  if (argv[0] === 'receiver' || argv[0] === 'push') withSmallYoungGeneration();
   const { runCli, report, processIo } = await import('@ferry/sender');
+  if (argv[0] === 'sender') {
+    const { runSenderService, SENDER_SERVICE_HELP } = await import('@ferry/sender');
+    if (argv.includes('--help') || argv.includes('-h')) {
+      processIo.stdout.write(SENDER_SERVICE_HELP);
+      return 0;
+    }
+    try {
+      if (argv.length > 1) throw new FerryError('FERRY_ERR_USAGE', { message: '"ferry sender" takes no arguments: configure it with FERRY_* variables (see "ferry sender --help")' });
+      await runSenderService(process.env);
+      return 0;
+    } catch (err) {
+      return report(processIo, err, false);
+    }
+  }
+  if (argv[0] === 'registry') {
+    const { runRegistry, REGISTRY_HELP } = await import('@ferry/registry');
+    if (argv.includes('--help') || argv.includes('-h')) {
+      processIo.stdout.write(REGISTRY_HELP);
+      return 0;
+    }
+    try {
+      if (argv.length > 1) throw new FerryError('FERRY_ERR_USAGE', { message: '"ferry registry" takes no arguments: configure it with FERRY_* variables (see "ferry registry --help")' });
+      await runRegistry(process.env);
+      return 0;
+    } catch (err) {
+      return report(processIo, err, false);
+    }
+  }
   if (argv[0] !== 'receiver') return runCli(argv);
   if (argv.includes('--help') || argv.includes('-h')) {
     processIo.stdout.write(RECEIVER_HELP);
@@ -51,6 +80,9 @@ Runs a receiver in the foreground until SIGINT/SIGTERM. Configuration (environme
   FERRY_ALLOW_CIDRS, FERRY_TRUSTED_PROXIES, FERRY_TLS_CERT/FERRY_TLS_KEY, FERRY_POLICY_FILE,
   FERRY_POLICY_*, FERRY_RETAIN_IMAGES, FERRY_MIN_FREE_BYTES, FERRY_UPLOAD_TTL_SECONDS, limits and
   timeouts: see the README's receiver table.
+  FERRY_REGISTRY_URL   register with the registry and heartbeat to it (optional; needs FERRY_KEY_ID
+                   and FERRY_KEY to sign with; FERRY_ADVERTISE_URL, FERRY_LABELS k=v,…,
+                   FERRY_HEARTBEAT_SECONDS: see the README, "Registering with the registry")
 Endpoints: GET /healthz, /readyz, /metrics; signed POST /v1/packages, /v1/uploads…,
 GET /v1/deployments[/ID], POST /v1/services/NAME/rollback (docs/protocol.md).
 `;

@@ -1,3 +1,7 @@
+export { SignedClient, type ClientCredentials, type SignedClientOptions } from './client.ts';
+export {
+  RegistryClient, parseLabels, type ActualReport, type DesiredRecord, type DriftReason, type HostRecord, type HostRegistration, type Registered, type ServiceState,
+} from './registry.ts';
 export { canonicalString, computeSignature, signRequest, type SignedFields, type SignOptions } from './canonical.ts';
 export { AddressList, clientAddress } from './cidr.ts';
 export { KeyRing, generateSecret, isValidKeyId, type KeyDescription, type KeyEntry } from './keyring.ts';

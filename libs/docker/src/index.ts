@@ -24,3 +24,4 @@ export {
 export { splitReference, type ReferenceParts } from './reference.ts';
 export { splitLogLines } from './logs.ts';
 export { ImageBuilder, type BuildLogSink, type BuildOptions } from './image-builder.ts';
+export { statusOf, toFerryError } from './errors.ts';

@@ -57,6 +57,15 @@ export const ERRORS = {
   FERRY_ERR_DEPLOYMENT_CONFLICT: { status: 409, message: 'This deployment id was already used for another service or image' },
   FERRY_ERR_BUILD_FAILED: { status: 422, message: 'The image build failed' },
   FERRY_ERR_IMAGE_TOO_LARGE: { status: 413, message: 'The built image is larger than the allowed size' },
+  FERRY_ERR_LAYERS_MISSING: { status: 409, message: 'The package leaves out layers this host does not have; send the full package' },
+  FERRY_ERR_HOST_UNKNOWN: { status: 404, message: 'The registry does not know this host, or has marked it lost: register again' },
+  FERRY_ERR_REBUILD_IN_PROGRESS: { status: 409, message: 'A projection rebuild is already running' },
+  FERRY_ERR_SENDER_UNREACHABLE: { status: 503, message: 'The sender service cannot be reached' },
+  FERRY_ERR_REGISTRY_UNREACHABLE: { status: 503, message: 'The registry cannot be reached' },
+  FERRY_ERR_NO_MATCHING_HOSTS: { status: 404, message: 'No online host matches the selector' },
+  FERRY_ERR_BAD_DEPLOYMENT_FILE: { status: 400, message: 'The deployment document is invalid' },
+  FERRY_ERR_BODY_DIGEST_MISMATCH: { status: 422, message: 'The request body does not match the signed content digest' },
+  FERRY_ERR_SENDER_INTERRUPTED: { status: 500, message: 'The sender service stopped before this deployment finished' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -3,3 +3,5 @@ export * from './wire.ts';
 export * from './manifest.ts';
 export * from './deployment.ts';
 export * from './events.ts';
+export { configHash } from './config-hash.ts';
+export * from './layers.ts';

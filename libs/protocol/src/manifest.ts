@@ -179,8 +179,15 @@ export const ManifestSchema = z.strictObject({
     compression: z.enum(COMPRESSIONS),
     size: z.int().min(1),
     digest: z.string().regex(DIGEST_PATTERN, 'blake3:<64 hex>'),
+    /**
+     * Layers (diff ids) whose entries the archive leaves out because the target said it has them
+     * (docs/protocol.md, "Layer negotiation"); the receiver loads such a package only if it still does.
+     */
+    omittedLayers: z.array(z.string().regex(IMAGE_ID_PATTERN, 'sha256:<64 hex>')).min(1).optional(),
   }),
   service: ServiceSpecSchema,
+}).refine((m) => (m.package.omittedLayers ?? []).every((id) => m.image.diffIds.includes(id)), {
+  path: ['package', 'omittedLayers'], message: 'every omitted layer must be one of image.diffIds',
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
 /** What a client writes: fields with defaults may be left out. */

@@ -8,6 +8,7 @@ export const PATHS = {
   uploads: '/v1/uploads',
   deployments: '/v1/deployments',
   services: '/v1/services',
+  layers: '/v1/layers',
 } as const;
 
 export const HEADERS = {

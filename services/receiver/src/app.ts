@@ -6,6 +6,7 @@ import type { ReceiverMetrics } from '@ferry/metrics';
 import type { Deployer } from './deploy/engine.ts';
 import type { PolicyGate } from './policy/index.ts';
 import type { Readiness } from './readiness.ts';
+import { layersRouter, type LayerInventory } from './layers/index.ts';
 import { countUploads, healthRouter, metricsRouter } from './routes/health.ts';
 import { deploymentsRouter } from './routes/deployments.ts';
 import { packagesRouter } from './routes/packages.ts';
@@ -34,6 +35,8 @@ export interface ReceiverDeps {
   metrics?: ReceiverMetrics;
   /** FERRY_METRICS_TOKEN: when set, `/metrics` needs it as a bearer token. */
   metricsToken?: string;
+  /** Answers `POST /v1/layers` (which layers the engine holds); the route exists only with it. */
+  layers?: LayerInventory;
 }
 
 /** The receiver's HTTP surface, with no listening and no environment: main.ts and tests wire it. */
@@ -49,6 +52,7 @@ export function createApp(deps: ReceiverDeps): Express {
   app.use('/v1', requireSignature(deps.verifier, { ...deps.security, beforeBody: () => deps.deployer.assertDiskSpace() }), minimumBodyRate(deps.security?.bodyRate ?? { minBytesPerSecond: 0, windowMs: 1000 }));
   app.use(packagesRouter(deps));
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
+  if (deps.layers) app.use(layersRouter({ layers: deps.layers }));
   if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, policy: deps.policy }));
   return finishApp(app);
 }

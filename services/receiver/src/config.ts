@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { AddressList, KeyRing } from '@ferry/auth';
+import { AddressList, KeyRing, isValidKeyId, parseLabels } from '@ferry/auth';
 import { loadConfig, parseListen, type Env } from '@ferry/config';
 import { loadPolicy, type Policy } from './policy/index.ts';
 import { CRASH_POINTS, type CrashPoint } from './deploy/crash.ts';
@@ -47,7 +47,15 @@ const schema = z.object({
   FERRY_RETAIN_IMAGES: wholeNumber(1, 1000).default(DEFAULT_RETAIN_IMAGES),
   FERRY_MIN_FREE_BYTES: wholeNumber(0, Number.MAX_SAFE_INTEGER).default(DEFAULT_MIN_FREE_BYTES),
   FERRY_TEST_CRASH_AT: z.enum(CRASH_POINTS, { error: `a test hook: ${CRASH_POINTS.join(', ')}` }).optional(),
+  // Registration with the registry (README "Registering with the registry").
+  FERRY_REGISTRY_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the registry' }).optional(),
+  FERRY_ADVERTISE_URL: z.url({ protocol: /^https?$/, error: 'the http(s):// URL senders reach this receiver at' }).optional(),
+  FERRY_LABELS: z.string().refine((v) => parseLabels(v) !== undefined, 'KEY=VALUE[,KEY=VALUE…], keys of letters, digits, ".", "_", "/", "-"').optional(),
+  FERRY_HEARTBEAT_SECONDS: wholeNumber(1, 3600).optional(),
+  FERRY_KEY_ID: z.string().refine(isValidKeyId, 'letters, digits, ".", "_" and "-", at most 64').optional(),
+  FERRY_KEY: z.string().min(16, 'at least 16 characters').optional(),
 })
+  .refine((v) => v.FERRY_REGISTRY_URL === undefined || (v.FERRY_KEY_ID !== undefined && v.FERRY_KEY !== undefined), { message: 'FERRY_REGISTRY_URL needs FERRY_KEY_ID and FERRY_KEY: the key this receiver signs its registration and heartbeats with (one the registry\'s FERRY_KEYS holds)', path: ['FERRY_REGISTRY_URL'] })
   .refine((v) => (v.FERRY_TLS_CERT === undefined) === (v.FERRY_TLS_KEY === undefined), { message: 'FERRY_TLS_CERT and FERRY_TLS_KEY go together: set both or neither', path: ['FERRY_TLS_CERT'] })
   .refine((v) => v.FERRY_REQUEST_TIMEOUT_MS === 0 || v.FERRY_HEADERS_TIMEOUT_MS <= v.FERRY_REQUEST_TIMEOUT_MS, { message: 'must be 0 (off) or at least FERRY_HEADERS_TIMEOUT_MS', path: ['FERRY_REQUEST_TIMEOUT_MS'] });
 
@@ -93,10 +101,24 @@ export interface ReceiverConfig {
   metricsToken: string | undefined;
   /** Test hook only: the deployment step at which the process SIGKILLs itself. */
   testCrashAt: CrashPoint | undefined;
+  /** FERRY_REGISTRY_URL and what goes with it; undefined: the receiver registers nowhere. */
+  registry: RegistrySettings | undefined;
   http: {
     maxHeaderBytes: number; headersTimeoutMs: number; requestTimeoutMs: number; keepAliveTimeoutMs: number;
     minBodyBytesPerSecond: number; bodyRateWindowMs: number;
   };
+}
+
+/** How the receiver registers with the registry and heartbeats to it. */
+export interface RegistrySettings {
+  url: string;
+  /** FERRY_KEY_ID / FERRY_KEY: the receiver signs to the registry like a sender signs to it. */
+  credentials: { keyId: string; secret: string };
+  /** FERRY_ADVERTISE_URL; undefined: derived from where the receiver listens. */
+  advertiseUrl: string | undefined;
+  labels: Record<string, string>;
+  /** FERRY_HEARTBEAT_SECONDS; undefined: what the registry answers, else 10. */
+  heartbeatSeconds: number | undefined;
 }
 
 /** Reads and validates the receiver's environment; every problem is reported in one error. */
@@ -121,6 +143,11 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
     minFreeBytes: raw.FERRY_MIN_FREE_BYTES,
     metricsToken: raw.FERRY_METRICS_TOKEN,
     testCrashAt: raw.FERRY_TEST_CRASH_AT,
+    registry: raw.FERRY_REGISTRY_URL && raw.FERRY_KEY_ID && raw.FERRY_KEY ? {
+      url: raw.FERRY_REGISTRY_URL, credentials: { keyId: raw.FERRY_KEY_ID, secret: raw.FERRY_KEY },
+      advertiseUrl: raw.FERRY_ADVERTISE_URL, labels: raw.FERRY_LABELS ? parseLabels(raw.FERRY_LABELS) ?? {} : {},
+      heartbeatSeconds: raw.FERRY_HEARTBEAT_SECONDS,
+    } : undefined,
     redisUrl: raw.FERRY_REDIS_URL,
     allowCidrs: raw.FERRY_ALLOW_CIDRS,
     trustedProxies: raw.FERRY_TRUSTED_PROXIES,

@@ -1,6 +1,8 @@
 export { createApp, type ReceiverDeps } from './app.ts';
 export { loadReceiverConfig, type ReceiverConfig } from './config.ts';
-export { Deployer, configHash, type DeployerDeps } from './deploy/engine.ts';
+export { Deployer, type DeployerDeps } from './deploy/engine.ts';
+// Kept here for the receiver's callers; the function lives in @ferry/protocol, which the sender shares.
+export { configHash } from '@ferry/protocol';
 export { startReceiver, runReceiver, VERSION, type RunningReceiver } from './main.ts';
 export {
   DEFAULT_POLICY, PolicyGate, containerSpecFor, evaluate, globMatch, loadPolicy, repositoryOf, within,
@@ -10,3 +12,5 @@ export { probeHttp, probeTcp, waitHealthy, type HealthOutcome } from './deploy/h
 export { ArchiveInspector, UNPACK_FLOOR, UNPACK_MAX, UNPACK_RATIO, unpackLimit, type ArchiveExpectation, type ArchiveStats } from './load/archive.ts';
 export { loadVerified, sanitizeEngineMessage, type LoadDeps, type LoadOutcome, type LoadablePackage } from './load/load.ts';
 export { PackageStore, type StoredPackage } from './store/packages.ts';
+export { Registration, actualServices, advertisedUrl, backoffMs, engineFacts, receiverRegistration, type RegistrationDeps } from './registration/index.ts';
+export { LayerInventory, isContainerdStore, layersRouter, type ImageStoreKind, type LayerAnswer, type LayerEngine } from './layers/index.ts';

@@ -13,8 +13,10 @@ import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
 import { Deployer } from './deploy/engine.ts';
 import { receiverReadiness } from './readiness.ts';
 import { Journal } from './journal/journal.ts';
+import { LayerInventory } from './layers/index.ts';
 import { PackageStore } from './store/packages.ts';
 import { PolicyGate } from './policy/index.ts';
+import { receiverRegistration } from './registration/index.ts';
 import { UploadStore } from './upload/sessions.ts';
 
 export const VERSION = '0.1.0';
@@ -38,6 +40,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   await ensureWritableDir(spoolDir);
 
   const docker = createDockerClient(config.dockerHost);
+  const layers = new LayerInventory(docker);
   const metrics = createReceiverMetrics();
   // Every event is on disk in the outbox before publish() returns; NATS gets it when it can.
   const events = meteredSink(config.natsUrl
@@ -48,7 +51,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     images: new ImageStore(docker), containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log, policy: config.policy,
     packages: await PackageStore.open(config.dataDir),
     journal: await Journal.open(join(config.dataDir, 'journal'), log),
-    retainImages: config.retainImages, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes },
+    retainImages: config.retainImages, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes }, layers,
     ...(config.testCrashAt ? { crashAt: config.testCrashAt } : {}),
   });
   // Before any request: what a killed process left half-done is put right first.
@@ -67,15 +70,20 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   // for it to begin, so that no request the previous process accepted can be signed inside it.
   const startedAt = Math.ceil(Date.now() / 1000);
   const verifier = new RequestVerifier({ keys: config.keys, nonces, audience: config.hostId, startedAt });
+  let listeningUrl = '';
+  const registration = config.registry ? receiverRegistration({
+    settings: config.registry, hostId: config.hostId, version: VERSION, docker, logger: log,
+    capabilities: ['resumable', 'layers', ...(config.tls ? ['tls'] : [])], listenUrl: () => listeningUrl,
+  }) : undefined;
   const app = createApp({
-    logger: log, verifier, deployer, hostId: config.hostId, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, policy,
+    logger: log, verifier, deployer, hostId: config.hostId, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, policy, layers,
     security: {
       allow: config.allowCidrs, trustedProxies: config.trustedProxies,
       bodyRate: { minBytesPerSecond: config.http.minBodyBytesPerSecond, windowMs: config.http.bodyRateWindowMs },
       onReject: (code) => metrics.authRejections.inc({ code }),
     },
     metrics, metricsToken: config.metricsToken,
-    readiness: receiverReadiness({ docker, events, nonces, dataDir: config.dataDir, minFreeBytes: config.minFreeBytes }),
+    readiness: receiverReadiness({ docker, events, nonces, dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, ...(registration ? { registry: registration.check } : {}) }),
   });
   let server: ListeningServer;
   try {
@@ -88,12 +96,16 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     if (err instanceof FerryError) throw err;
     throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, cause: err });
   }
+  listeningUrl = server.url;
+  // In the background: an unreachable registry is retried, and never delays serving deployments.
+  registration?.start();
   log.info({ url: server.url, host: config.hostId, keyRing: config.keys.describe(), nonceStore: nonces.status?.().backend ?? 'memory', nats: config.natsUrl ?? null, dataDir: config.dataDir }, 'receiver listening');
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
     // Each step's failure is logged and the next still runs, so shutdown never stops half-way.
     closing ??= (async () => {
+      await registration?.close();
       await server.close().catch((err: unknown) => log.error({ err }, 'closing HTTP failed'));
       uploads.close();
       deployer.close();

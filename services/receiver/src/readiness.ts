@@ -108,15 +108,19 @@ export interface ReceiverReadinessDeps {
   dataDir: string;
   /** The free space below which the receiver refuses uploads (507); readiness warns at the same floor. */
   minFreeBytes: number;
+  /** The registration's state (registration/registration.ts), when FERRY_REGISTRY_URL is set. */
+  registry?: Check;
 }
 
-/** The receiver's four checks: docker, nats (with the outbox depth), redis, disk. */
+/** The receiver's four checks: docker, nats (with the outbox depth), redis, disk; and registry when it registers. */
 export function receiverReadiness(deps: ReceiverReadinessDeps): () => Promise<Readiness> {
   const checks = {
     docker: dockerCheck(() => deps.docker.ping()),
     nats: natsCheck(deps.events),
     redis: redisCheck(deps.nonces),
     disk: diskCheck(deps.dataDir, deps.minFreeBytes),
+    // Listed only when the receiver registers somewhere (FERRY_REGISTRY_URL).
+    ...(deps.registry ? { registry: deps.registry } : {}),
   };
   return () => checkReadiness(checks);
 }

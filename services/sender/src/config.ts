@@ -9,12 +9,15 @@ const schema = z.object({
     .refine(isValidKeyId, 'letters, digits, ".", "_" and "-", at most 64'),
   FERRY_KEY: z.string({ error: 'required: the secret of FERRY_KEY_ID' }).min(16, 'at least 16 characters'),
   FERRY_NATS_URL: z.string().regex(/^(nats|tls):\/\/[^\s]+$/, 'nats://host:port').optional(),
+  FERRY_REGISTRY_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the registry' }).optional(),
 });
 
 export interface SenderConfig {
   dockerHost: string | undefined;
   credentials: Credentials;
   natsUrl: string | undefined;
+  /** FERRY_REGISTRY_URL: resolves selectors, records desired state, answers hosts/drift/status. */
+  registryUrl: string | undefined;
 }
 
 export function loadSenderConfig(env: Env = process.env): Readonly<SenderConfig> {
@@ -23,5 +26,6 @@ export function loadSenderConfig(env: Env = process.env): Readonly<SenderConfig>
     dockerHost: raw.DOCKER_HOST,
     credentials: { keyId: raw.FERRY_KEY_ID, secret: raw.FERRY_KEY },
     natsUrl: raw.FERRY_NATS_URL,
+    registryUrl: raw.FERRY_REGISTRY_URL,
   });
 }

@@ -1,14 +1,15 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import type { ContainerRunner, ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import {
-  FerryError, LABELS,
+  FerryError, LABELS, configHash,
   type DeploymentResult, type DeploymentState, type EventType, type Manifest, type ProbeResult, type StageTimings,
 } from '@ferry/protocol';
 import { containerSpecFor, type Policy } from '../policy/index.ts';
-import { loadVerified } from '../load/load.ts';
+import { assertLayersPresent, loadVerified } from '../load/load.ts';
+import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
 import { waitHealthy } from './health.ts';
 import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, JournalEntry, StateStamp } from '../journal/journal.ts';
@@ -44,6 +45,8 @@ export interface DeployerDeps {
   disk?: DiskGuard;
   /** Test hook only (FERRY_TEST_CRASH_AT, never from a request): SIGKILL the process at this step. */
   crashAt?: CrashPoint;
+  /** Checks that a partial package's omitted layers are on the engine; partial packages are refused without it. */
+  layers?: LayerInventory;
 }
 
 /** Between two attempts to resolve what a dead process left unfinished while the engine is away. */
@@ -114,6 +117,8 @@ export class Deployer {
     try {
       // Refused before the journal starts: a retry under the same id once space is back deploys.
       await this.assertDiskSpace(pkg.bytes);
+      // Also before the journal: the sender then sends the full package under the same id.
+      await assertLayersPresent(this.#deps.layers, manifest);
       const entry = await this.#journal.begin(headerOf(manifest, this.#deps.hostId, pkg.bytes), receivedStates(pkg));
       const run = new Run(this.#deps, pkg, entry, (type, data) => this.#emit(manifest, type, data));
       const result = await run.execute();
@@ -587,21 +592,3 @@ function asFerryError(err: unknown, fallback: 'FERRY_ERR_INTERNAL' | 'FERRY_ERR_
   return err instanceof FerryError ? err : new FerryError(fallback, { cause: err });
 }
 
-/**
- * What the container was asked to be, hashed: the same hash later means the same config, which is
- * how drift is told apart from a legitimate redeploy.
- */
-export function configHash(manifest: Manifest): string {
-  const canonical = stableJson({ image: manifest.image.ref, imageId: manifest.image.id, service: manifest.service });
-  return `sha256:${createHash('sha256').update(canonical).digest('hex')}`;
-}
-
-/** JSON with object keys sorted at every depth, so equal configs hash equal whatever their order. */
-function stableJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(stableJson).join(',')}]`;
-  if (value !== null && typeof value === 'object') {
-    const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${stableJson(v)}`).join(',')}}`;
-  }
-  return JSON.stringify(value);
-}

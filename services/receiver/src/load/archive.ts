@@ -10,6 +10,11 @@ export interface ArchiveExpectation {
   imageId: string;
   /** The config's `rootfs.diff_ids`, bottom layer first. */
   diffIds: readonly string[];
+  /**
+   * Diff ids whose layer entries may be absent (the signed `package.omittedLayers`): the engine
+   * holds them, checked before loading. manifest.json must still name every layer.
+   */
+  omittedLayers?: readonly string[];
 }
 
 /** What an inspection saw, for logs and events. */
@@ -433,9 +438,10 @@ export class ArchiveInspector extends Transform {
     for (const [link, target] of this.#links) {
       if (!this.#files.has(target)) throw bad(`the link ${link} points at ${target}, which the archive does not hold`);
     }
-    for (const layer of manifest.layers) {
+    const omitted = new Set(expect.omittedLayers ?? []);
+    for (const [i, layer] of manifest.layers.entries()) {
       if (!LEGACY_LAYER.test(layer) && !BLOB.test(layer)) throw unsafe('manifest.json names a layer outside the archive layout', layer);
-      if (!this.#seen.has(layer)) throw bad(`the layer ${layer} listed in manifest.json is missing`);
+      if (!this.#seen.has(layer) && !omitted.has(expect.diffIds[i] ?? '')) throw bad(`the layer ${layer} listed in manifest.json is missing`);
     }
   }
 }

@@ -3,7 +3,8 @@ import { pipeline } from 'node:stream';
 import { createDecompressor } from '@ferry/compress';
 import type { ImageStore } from '@ferry/docker';
 import type { Logger } from '@ferry/log';
-import { FerryError, type Manifest } from '@ferry/protocol';
+import { FerryError, isFerryError, type Manifest } from '@ferry/protocol';
+import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
 import { ArchiveInspector, unpackLimit, type ArchiveStats } from './archive.ts';
 
@@ -11,6 +12,8 @@ export interface LoadDeps {
   images: ImageStore;
   packages: PackageStore;
   logger: Logger;
+  /** Needed for partial packages (`package.omittedLayers`), which are refused without it. */
+  layers?: LayerInventory;
 }
 
 /** A package whose size and BLAKE3 were checked against its signed manifest. */
@@ -58,7 +61,7 @@ export async function loadVerified(deps: LoadDeps, pkg: LoadablePackage): Promis
   let loadedIds: string[] = [];
   try {
     const inspector = new ArchiveInspector(
-      { imageId: manifest.image.id, diffIds: manifest.image.diffIds },
+      { imageId: manifest.image.id, diffIds: manifest.image.diffIds, omittedLayers: manifest.package.omittedLayers ?? [] },
       { limit: unpackLimit(manifest.package.size) },
     );
     const decompressor = createDecompressor(manifest.package.compression);
@@ -70,6 +73,10 @@ export async function loadVerified(deps: LoadDeps, pkg: LoadablePackage): Promis
       loadedIds = (await deps.images.load(archive)).imageIds;
     } catch (err) {
       if (inspector.failure) throw inspector.failure;
+      // A layer the package left out went away after it was checked: the engine had to read it.
+      await assertLayersPresent(deps.layers, manifest).catch((check: unknown) => {
+        if (isFerryError(check, 'FERRY_ERR_LAYERS_MISSING')) throw check;
+      });
       if (decompressError) {
         throw new FerryError('FERRY_ERR_BAD_ARCHIVE', {
           message: `The package does not decompress as ${manifest.package.compression}: ${decompressError.message}`,
@@ -88,6 +95,16 @@ export async function loadVerified(deps: LoadDeps, pkg: LoadablePackage): Promis
     await forget();
     throw err;
   }
+}
+
+/**
+ * Refuses (FERRY_ERR_LAYERS_MISSING) a partial package whose left-out layers the engine does not
+ * hold — before its journal record, so the sender can send the full package under the same id.
+ */
+export async function assertLayersPresent(layers: LayerInventory | undefined, manifest: Manifest): Promise<void> {
+  if ((manifest.package.omittedLayers ?? []).length === 0) return;
+  if (!layers) throw new FerryError('FERRY_ERR_LAYERS_MISSING', { message: 'This receiver does not take partial packages; send the full package' });
+  await layers.assertOmittedPresent(manifest);
 }
 
 async function verifyLoaded(images: ImageStore, manifest: Manifest, loadedIds: string[]): Promise<void> {

@@ -16,7 +16,7 @@ Options:
   -f, --file PATH          Dockerfile, relative to CONTEXT (default Dockerfile)
   --build-arg KEY=VALUE    build-time variable; repeat for more
   --max-image-size BYTES   refuse a built image larger than BYTES (default ${DEFAULT_MAX_IMAGE_SIZE} = 2 GiB)
-  --json                   print one JSON result instead of the log
+  --json                   print one JSON result on stdout; the log goes to stderr as JSON lines
 
 Environment: DOCKER_HOST (build engine).`;
 
@@ -36,7 +36,8 @@ export async function buildCommand(args: string[], io: Io): Promise<number> {
   const docker = createDockerClient(dockerHostFrom(io.env.DOCKER_HOST));
   const result = await buildImage(request, {
     builder: new ImageBuilder(docker), images: new ImageStore(docker),
-    ...(values.json ? {} : { onLog: (text: string) => line(io.stderr, text) }),
+    // Under --json the build log goes to stderr as JSON lines, so stdout stays one result.
+    onLog: (text: string) => line(io.stderr, values.json ? JSON.stringify({ log: text }) : text),
   });
   if (values.json) line(io.stdout, JSON.stringify({ ok: true, ...result }));
   else line(io.stdout, `✔ built ${result.image} ${result.imageId} (${formatBytes(result.bytes)}, ${formatMs(result.durationMs)})`);

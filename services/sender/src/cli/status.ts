@@ -4,14 +4,18 @@ import { loadSenderConfig } from '../config.ts';
 import { parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
+import { registryStatus } from './registry.ts';
 
 export const STATUS_HELP = `Usage: ferry status ID --to URL [--json]
        ferry status --to URL --service SERVICE [--limit N] [--json]
+       ferry status SERVICE [--json]      (asks the registry: FERRY_REGISTRY_URL)
 
 Shows one deployment (or rollback) as the receiver at URL journalled it: its state, every state
 it went through with the time, its timings and its error; or the recent deployments of SERVICE,
 newest first (--limit, default 20, at most 500). A FAILED deployment is still found: the exit code
-says whether the receiver knows it (0) or not (1, FERRY_ERR_NOT_FOUND).
+says whether the receiver knows it (0) or not (1, FERRY_ERR_NOT_FOUND). Without --to, SERVICE is
+looked up in the registry: on every host, what was deployed (desired) against what runs (actual,
+from the receivers' heartbeats) and any drift.
 
 Options:
   --to URL           receiver base URL (required)
@@ -28,7 +32,8 @@ export async function statusCommand(args: string[], io: Io): Promise<number> {
     to: { type: 'string' }, service: { type: 'string' }, limit: { type: 'string' }, json: { type: 'boolean' },
   }, 1);
   const id = positionals[0];
-  if (!values.to) throw new FerryError('FERRY_ERR_USAGE', { message: '--to URL is required' });
+  if (!values.to && id !== undefined && values.service === undefined && values.limit === undefined) return registryStatus(id, values.json === true, io);
+  if (!values.to) throw new FerryError('FERRY_ERR_USAGE', { message: '--to URL is required (or "ferry status SERVICE" to ask the registry)' });
   if ((id === undefined) === (values.service === undefined)) {
     throw new FerryError('FERRY_ERR_USAGE', { message: 'give either a deployment ID or --service SERVICE (e.g. ferry status --to http://host:7701 --service web)' });
   }
