@@ -1,31 +1,39 @@
 /**
  * `ferry push` to several receivers at once, against real `ferry receiver` processes and real
- * Docker engines: the package is built once and delivered to every target, each under its own
- * deployment id; a target that stays down opens its breaker, fails with a typed error, and the
- * others still complete. Two live targets: one receiver on the stack's target engine and one on
- * its build engine, so the same --name lands on two different engines (a third live engine would
- * mean a private dockerd per test run, heavy on this machine's two cores).
+ * Docker engines: three targets on three engines (the stack's target engine and two private
+ * dockerds started here, one with a bridge of its own so ports really publish). The package is
+ * built once — the bytes read from `docker save` are one archive's — and delivered to every
+ * target under its own deployment id; a receiver SIGKILLed mid-transfer is resumed, not started
+ * over; a target that stays down opens its breaker and the others still complete. The container
+ * flags of `ferry push` are checked on the engine that runs the container.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { watch } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type Dockerode from 'dockerode';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { NullSink } from '@ferry/events';
-import { DEFAULT_BACKOFF, pushMany, type Clock } from '@ferry/sender';
-import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { FerryError } from '@ferry/protocol';
+import { DEFAULT_BACKOFF, pushMany, uploadOneShot, type Clock } from '@ferry/sender';
+import { removeImages } from '../helpers/cleanup.ts';
+import { PrivateDockerd } from '../helpers/dockerd.ts';
+import { buildTestImage, capture, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = { keyId: `fan-${run}`, secret: randomBytes(24).toString('base64url') };
 const repo = `ferry-fan-${run}`;
-const engines = [createDockerClient(s.targetDockerHost), createDockerClient(s.buildDockerHost)];
+const build = createDockerClient(s.buildDockerHost);
 const services: string[] = [];
 const receivers: ReceiverProcess[] = [];
+const engines: PrivateDockerd[] = [];
+const volumes: { docker: Dockerode; name: string }[] = [];
 const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
 
 interface Target { url: string; host?: string; deploymentId: string; ok: boolean; state: string; attempts: number; bytes: { sent: number }; error?: { code: string; message: string } }
@@ -37,73 +45,120 @@ function serviceName(label: string): string {
   return name;
 }
 
-describe('fan-out push', { timeout: 240_000 }, () => {
-  let a: ReceiverProcess;
-  let b: ReceiverProcess;
+async function countBytes(stream: NodeJS.ReadableStream): Promise<number> {
+  let bytes = 0;
+  for await (const chunk of stream) bytes += (chunk as Buffer).length;
+  return bytes;
+}
+
+describe('fan-out push to three engines', { timeout: 420_000 }, () => {
+  /** One receiver per engine: [stack target, private with a bridge, private without]. */
+  let rx: [ReceiverProcess, ReceiverProcess, ReceiverProcess];
+  let docker: [Dockerode, Dockerode, Dockerode];
 
   before(async () => {
     await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
-    [a, b] = await Promise.all([s.targetDockerHost, s.buildDockerHost].map((dockerHost, i) => startReceiverProcess({
+    engines.push(...await Promise.all([PrivateDockerd.start({ bridge: true }), PrivateDockerd.start()]));
+    const hosts = [s.targetDockerHost, ...engines.map((e) => e.host)];
+    docker = hosts.map((h) => createDockerClient(h)) as typeof docker;
+    rx = await Promise.all(hosts.map((dockerHost, i) => startReceiverProcess({
       DOCKER_HOST: dockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `fan${i}-${run}`,
-    }))) as [ReceiverProcess, ReceiverProcess];
-    receivers.push(a, b);
+      // The flags test asks for one capability; the policy grants nothing unless told to.
+      FERRY_POLICY_CAPABILITIES: 'NET_ADMIN',
+    }))) as typeof rx;
+    receivers.push(...rx);
   });
 
   after(async () => {
-    for (const rx of receivers) await rx.stop().catch(() => undefined);
-    for (const engine of engines) {
+    for (const r of receivers) await r.stop().catch(() => undefined);
+    for (const engine of docker ?? []) {
       for (const name of services) {
         for (const suffix of ['', '.ferry-previous', '.ferry-next', '.ferry-parked']) {
           await engine.getContainer(`${name}${suffix}`).remove({ force: true }).catch(() => undefined);
         }
       }
     }
-    await engines[0]?.getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
-    await engines[1]?.getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
+    for (const v of volumes) await v.docker.getVolume(v.name).remove({ force: true }).catch(() => undefined);
+    if (docker) await removeImages(docker[0], [`${repo}:1`, `${repo}:big`]);
+    await removeImages(build, [`${repo}:1`, `${repo}:big`]);
+    await Promise.all(engines.map((e) => e.stop().catch(() => undefined)));
   });
 
-  test('one package, built once, is deployed on every target under its own deployment id', async () => {
+  test('one package, read from docker save and hashed once, runs on all three engines under three deployment ids', async () => {
     const spool = await mkdtemp(join(tmpdir(), 'ferry-fan-spool-'));
     // The sender spools its package in TMPDIR: every file it creates there is seen.
     const created = new Set<string>();
     const watcher = watch(spool, (_event, name) => { if (name) created.add(name); });
     try {
-      const service = serviceName('both');
-      const result = await runFerry(['push', `${repo}:1`, '--to', a.url, '--to', b.url, '--name', service, '--network', 'none', '--json'], { ...senderEnv, TMPDIR: spool });
+      const service = serviceName('three');
+      const result = await runFerry(['push', `${repo}:1`, ...rx.flatMap((r) => ['--to', r.url]), '--name', service, '--network', 'none', '--json'], { ...senderEnv, TMPDIR: spool });
       assert.equal(result.code, 0, result.stdout + result.stderr);
       const json = JSON.parse(result.stdout) as Fanout;
       assert.equal(json.ok, true);
-      assert.deepEqual(json.targets.map((t) => [t.url, t.host, t.state]), [[a.url, `fan0-${run}`, 'COMPLETED'], [b.url, `fan1-${run}`, 'COMPLETED']]);
-      assert.notEqual(json.targets[0]?.deploymentId, json.targets[1]?.deploymentId);
-      assert.ok(json.bytes.image > 0 && json.bytes.package > 0);
+      assert.deepEqual(json.targets.map((t) => [t.url, t.host, t.state]), rx.map((r, i) => [r.url, `fan${i}-${run}`, 'COMPLETED']));
+      assert.equal(new Set(json.targets.map((t) => t.deploymentId)).size, 3);
+      // The sender's own count of what it read from docker save is one archive, not three.
+      const archive = await countBytes(await new ImageStore(build).save(`${repo}:1`));
+      assert.equal(json.bytes.image, archive);
       for (const t of json.targets) assert.equal(t.bytes.sent, json.bytes.package, 'each target got the package exactly once');
       assert.deepEqual([...created].filter((name) => name.startsWith('ferry-')).length, 1, [...created].join(', '));
-      for (const engine of engines) {
-        const info = await engine.getContainer(service).inspect();
-        assert.equal(info.State.Running, true);
-      }
+      for (const engine of docker) assert.equal((await engine.getContainer(service).inspect()).State.Running, true);
+      // --json: progress went to stderr, one JSON object a line, ending with each target's outcome.
+      const progress = result.stderr.trim().split('\n').map((l) => JSON.parse(l) as { progress: string; target?: string; ok?: boolean });
+      assert.deepEqual(progress.filter((p) => p.progress === 'done').map((p) => [p.target, p.ok]).sort(), rx.map((r) => [r.url, true]).sort());
     } finally {
       watcher.close();
       await rm(spool, { recursive: true, force: true });
     }
   });
 
-  test('a target that stays down opens its breaker; the others complete and the exit code names it', async () => {
+  test('docker run flags reach the container: port, volume, memory, CPUs, capability, restart, label, user, command', async () => {
+    const service = serviceName('flags');
+    const port = await freePort();
+    const volume = `ferry-fan-vol-${run}`;
+    volumes.push({ docker: docker[1], name: volume });
+    const result = await runFerry([
+      'push', `${repo}:1`, '--to', rx[1].url, '--name', service,
+      '-p', `127.0.0.1:${port}:8080`, '-v', `${volume}:/data`, '--memory', '64m', '--cpus', '0.5', '--cap-add', 'NET_ADMIN',
+      '--restart', 'on-failure', '--label', `run=${run}`, '-e', 'PORT=8080', '--user', '0:0',
+      '--health', `http://127.0.0.1:${port}/healthz`, '--health-interval', '200', '--health-retries', '100',
+      '--', '/bin/busybox', 'sh', '-c', "touch /data/written; exec /bin/busybox httpd -f -p 0.0.0.0:8080 -h /www",
+    ], senderEnv);
+    assert.equal(result.code, 0, result.stdout + result.stderr);
+    const info = await docker[1].getContainer(service).inspect();
+    assert.equal(info.State.Running, true);
+    assert.deepEqual(info.HostConfig.PortBindings, { '8080/tcp': [{ HostIp: '127.0.0.1', HostPort: String(port) }] });
+    assert.deepEqual(info.Mounts.map((m) => [m.Type, m.Name, m.Destination, m.RW]), [['volume', volume, '/data', true]]);
+    assert.equal(info.HostConfig.Memory, 64 * 1024 ** 2);
+    assert.equal(info.HostConfig.NanoCpus, 0.5e9);
+    assert.deepEqual(info.HostConfig.CapAdd, ['NET_ADMIN']);
+    assert.equal(info.HostConfig.RestartPolicy?.Name, 'on-failure');
+    assert.equal(info.Config.Labels[`run`], run);
+    assert.equal(info.Config.User, '0:0');
+    assert.deepEqual(info.Config.Cmd, ['/bin/busybox', 'sh', '-c', 'touch /data/written; exec /bin/busybox httpd -f -p 0.0.0.0:8080 -h /www']);
+    // Published for real: the engine's proxy answers on the host port.
+    assert.equal(await (await fetch(`http://127.0.0.1:${port}/healthz`)).text(), 'ok\n');
+    const files = await docker[1].getVolume(volume).inspect();
+    assert.equal(files.Name, volume);
+  });
+
+  test('a target that stays down opens its breaker; the others complete and the summary names it and why', async () => {
     const dead = `http://127.0.0.1:${await freePort()}`;
     const service = serviceName('down');
-    const result = await runFerry(['push', `${repo}:1`, '--to', a.url, '--to', dead, '--to', b.url, '--name', service, '--network', 'none'], senderEnv);
+    const result = await runFerry(['push', `${repo}:1`, '--to', rx[0].url, '--to', dead, '--to', rx[2].url, '--name', service, '--network', 'none'], senderEnv);
     assert.equal(result.code, 1, result.stdout + result.stderr);
     const lines = result.stdout.split('\n');
     assert.ok(lines.some((l) => l.includes(`✔ fan0-${run}`) && l.includes('COMPLETED')), result.stdout);
-    assert.ok(lines.some((l) => l.includes(`✔ fan1-${run}`) && l.includes('COMPLETED')), result.stdout);
-    const failed = lines.find((l) => l.startsWith('  failed: '));
-    assert.ok(failed?.includes(dead) && failed.includes('FERRY_ERR_RECEIVER_CIRCUIT_OPEN'), result.stdout);
+    assert.ok(lines.some((l) => l.includes(`✔ fan2-${run}`) && l.includes('COMPLETED')), result.stdout);
+    const failed = lines.findIndex((l) => l.startsWith('  failed: '));
+    assert.ok(lines[failed]?.includes(dead) && lines[failed].includes('FERRY_ERR_RECEIVER_CIRCUIT_OPEN'), result.stdout);
+    assert.match(lines[failed + 1] ?? '', /^ {4}next: /);
     // The breaker ended the schedule early: fewer attempts than the default 8.
     assert.match(result.stdout, new RegExp(`${dead.replace(/[.:/]/g, '\\$&')}, deployment [0-9a-f-]+, [2-7] attempts`));
-    for (const engine of engines) assert.equal((await engine.getContainer(service).inspect()).State.Running, true);
+    for (const engine of [docker[0], docker[2]]) assert.equal((await engine.getContainer(service).inspect()).State.Running, true);
   });
 
-  test('a receiver SIGKILLed mid-transfer and restarted on its data dir: the push resumes from its offset', async () => {
+  test('a receiver SIGKILLed mid-transfer and restarted on its data dir resumes; the other target is not held up', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'ferry-fan-kill-'));
     const listen = `127.0.0.1:${await freePort()}`;
     const env = { DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `fankill-${run}`, FERRY_DATA_DIR: dataDir, FERRY_LISTEN: listen };
@@ -116,17 +171,25 @@ describe('fan-out push', { timeout: 240_000 }, () => {
       sleep: async (ms) => { await restarted; await new Promise((r) => setTimeout(r, Math.min(ms, 250))); },
     };
     const service = serviceName('kill');
-    const images = new ImageStore(engines[1] ?? createDockerClient(s.buildDockerHost));
+    // A layer of this run's own random bytes: whatever layers the engines share already (the
+    // sender leaves those out), the package stays large enough for many parts.
+    const ctx = await mkdtemp(join(tmpdir(), 'ferry-fan-ctx-'));
+    await writeFile(join(ctx, 'busybox'), await readFile('/bin/busybox'), { mode: 0o755 });
+    await writeFile(join(ctx, 'blob'), randomBytes(4 * 1024 * 1024));
+    await writeFile(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY busybox /bin/busybox\nCOPY blob /blob\nENTRYPOINT ["/bin/busybox", "sleep", "1000000"]\n');
+    const built = await capture('docker', ['-H', s.buildDockerHost, 'build', '-q', '-t', `${repo}:big`, ctx], { ...process.env, DOCKER_BUILDKIT: '0' });
+    await rm(ctx, { recursive: true, force: true });
+    assert.equal(built.code, 0, built.stderr);
     try {
       let size = 0;
       const result = await pushMany({
-        image: `${repo}:1`, targets: [first.url], compression: 'none', resumableThreshold: 1, partBytes: 64 * 1024,
+        image: `${repo}:big`, targets: [first.url, rx[2].url], compression: 'none', resumableThreshold: 1, partBytes: 64 * 1024,
         service: { name: service, network: 'none' }, policy: DEFAULT_BACKOFF,
       }, {
-        images, events: new NullSink(), credentials: key, source: 'ferry://sender/test', clock,
+        images: new ImageStore(build), events: new NullSink(), credentials: key, source: 'ferry://sender/test', clock,
         onStage: (stage, { bytes }) => { if (stage === 'transfer') size = bytes ?? 0; },
-        onProgress: (_url, position) => {
-          if (restarted || position < size / 2) return;
+        onProgress: (url, position) => {
+          if (url !== first.url || restarted || position < size / 2) return;
           // Killed at once, mid-PATCH, then started again on the same data dir and port.
           first.child.kill('SIGKILL');
           restarted = new Promise((r) => first.child.once('exit', r))
@@ -135,17 +198,84 @@ describe('fan-out push', { timeout: 240_000 }, () => {
         },
       });
       assert.ok(restarted, 'the receiver was killed mid-transfer');
-      const target = result.targets[0];
-      assert.equal(target?.state, 'COMPLETED', JSON.stringify(target));
-      assert.ok(target.attempts >= 2, JSON.stringify(target));
-      assert.ok(target.bytes.sent >= result.bytes.package, JSON.stringify(result));
-      assert.ok(target.bytes.sent < 1.2 * result.bytes.package, `resumed, not started over: ${target.bytes.sent} of ${result.bytes.package}`);
-      assert.equal((await engines[0]?.getContainer(service).inspect())?.State.Running, true);
+      const [killed, other] = result.targets;
+      assert.equal(killed?.state, 'COMPLETED', JSON.stringify(killed));
+      assert.ok(killed.attempts >= 2, JSON.stringify(killed));
+      assert.ok(killed.bytes.sent >= result.bytes.package, JSON.stringify(result));
+      assert.ok(killed.bytes.sent < 1.2 * result.bytes.package, `resumed, not started over: ${killed.bytes.sent} of ${result.bytes.package}`);
+      assert.deepEqual([other?.state, other?.attempts, other?.bytes.sent], ['COMPLETED', 1, result.bytes.package]);
+      assert.equal((await docker[0].getContainer(service).inspect()).State.Running, true);
+      assert.equal((await docker[2].getContainer(service).inspect()).State.Running, true);
     } finally {
       // ReceiverProcess.stop() waits for an exit that a SIGKILLed child already had.
       if (first.child.exitCode === null && first.child.signalCode === null) stopped.push(first);
-      await Promise.all(stopped.map((rx) => rx.stop().catch(() => undefined)));
+      await Promise.all(stopped.map((r) => r.stop().catch(() => undefined)));
       await rm(dataDir, { recursive: true, force: true });
     }
   });
+});
+
+describe('a one-shot upload refused mid-body', { timeout: 60_000 }, () => {
+  /**
+   * A peer on a real socket that lets the body start (100 Continue), then answers 413 while the
+   * package is still coming and resets the connection: with the whole JSON answer sent, or with
+   * the status line and only part of the answer.
+   */
+  async function refusingPeer(cutAnswer: boolean): Promise<{ url: string; close: () => Promise<void> }> {
+    const server = createServer((socket) => {
+      let seen = 0;
+      let phase: 'headers' | 'body' | 'answered' = 'headers';
+      let head = '';
+      socket.on('error', () => undefined);
+      socket.on('data', (chunk: Buffer) => {
+        if (phase === 'headers') {
+          head += chunk.toString('latin1');
+          if (!head.includes('\r\n\r\n')) return;
+          phase = 'body';
+          socket.write('HTTP/1.1 100 Continue\r\n\r\n');
+          return;
+        }
+        seen += chunk.length;
+        if (phase !== 'body' || seen < 256 * 1024) return;
+        phase = 'answered';
+        const body = JSON.stringify({ error: { code: 'FERRY_ERR_PAYLOAD_TOO_LARGE', message: 'Request body exceeds the limit', details: { limit: 1 } } });
+        socket.write(`HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${cutAnswer ? body.slice(0, 20) : body}`);
+        setTimeout(() => socket.resetAndDestroy(), 100);
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as AddressInfo;
+    return { url: `http://127.0.0.1:${port}`, close: () => new Promise((r) => { server.close(() => r()); }) };
+  }
+
+  let dir: string;
+  let packagePath: string;
+  const packageSize = 16 * 1024 * 1024;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'ferry-fan-413-'));
+    packagePath = join(dir, 'package');
+    await writeFile(packagePath, randomBytes(packageSize));
+  });
+
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  for (const cutAnswer of [false, true]) {
+    test(`surfaces the receiver's FERRY_ERR_PAYLOAD_TOO_LARGE, not an unreachable receiver (${cutAnswer ? 'answer cut after its status line' : 'whole answer'})`, async () => {
+      const peer = await refusingPeer(cutAnswer);
+      try {
+        await assert.rejects(uploadOneShot({
+          url: peer.url, credentials: key, audience: 'peer', manifestJson: '{}', packagePath, packageSize,
+        }), (err: unknown) => {
+          assert.ok(err instanceof FerryError, String(err));
+          assert.equal(err.code, 'FERRY_ERR_PAYLOAD_TOO_LARGE', err.message);
+          return true;
+        });
+      } finally {
+        await peer.close();
+      }
+    });
+  }
 });

@@ -5,6 +5,7 @@ import {
   FerryError, isFerryError,
   type Compression, type DeploymentResult, type EventType, type ManifestInput,
 } from '@ferry/protocol';
+import { askLayers, layersToOmit, resolveCompression, type TargetLayers } from './negotiate.ts';
 import { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
 import { RESUMABLE_THRESHOLD_BYTES, probeReceiver, type PushDeps, type PushRequest } from './push.ts';
 import { uploadResumable } from './resumable.ts';
@@ -37,6 +38,10 @@ export interface FanoutDeps extends Omit<PushDeps, 'onProgress' | 'onStage'> {
   onRetry?: (url: string, attempt: number, delayMs: number, err: unknown) => void;
   /** Package bytes handed to this target's socket: the position in the package. */
   onProgress?: (url: string, position: number) => void;
+  /** Every package byte reached this target; its receiver now loads and starts the image. */
+  onSent?: (url: string) => void;
+  /** This target is finished, one way or the other. */
+  onDone?: (result: TargetResult) => void;
 }
 
 export interface TargetResult {
@@ -53,6 +58,8 @@ export interface TargetResult {
   durationMs: number;
   error?: { code: string; message: string };
   deployment?: DeploymentResult;
+  /** The partial package was refused (a layer went away) and the full one was sent after it. */
+  fullAfterRefusal?: boolean;
 }
 
 export interface FanoutResult {
@@ -63,7 +70,13 @@ export interface FanoutResult {
   compression: Compression;
   /** Built once, whatever the number of targets. */
   bytes: { image: number; package: number };
-  timings: { package: number; total: number };
+  /**
+   * Layer negotiation: what each target said it holds, and the diff ids the one package left out
+   * (those every target holds: the package carries the union of what any target lacks).
+   */
+  layers: { total: number; omitted: string[]; targets: TargetLayers[] };
+  /** Milliseconds; the package's stages overlap (see PushResult.timings). */
+  timings: { package: number; total: number; negotiate: number; save: number; compress: number; hash: number };
   targets: TargetResult[];
 }
 
@@ -79,15 +92,40 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
   const clock = deps.clock ?? systemClock;
   const policy = request.policy ?? DEFAULT_BACKOFF;
   const image = await inspectImage(deps.images, request.image);
+  const negotiateStarted = performance.now();
+  const choosing = resolveCompression(request.compression, request.targets);
+  // Awaited below, after the answers; marked handled so a bad URL is not an unhandled rejection meanwhile.
+  choosing.catch(() => undefined);
+  // Every target is asked at once; one that does not answer just gets every layer.
+  const answers = await Promise.all(request.targets.map(async (url): Promise<TargetLayers> => {
+    if (request.negotiateLayers === false) return { url, present: 0, unanswered: 'negotiation off' };
+    try {
+      return await askLayers({ url, credentials: deps.credentials, audience: await probeReceiver(url) }, image.diffIds);
+    } catch (err) {
+      return { url, present: 0, unanswered: (err as Error).message };
+    }
+  }));
+  const compression = await choosing;
+  const negotiateMs = Math.round(performance.now() - negotiateStarted);
   deps.onStage?.('package', {});
-  const pkg = await buildPackage(deps.images, image, request.compression);
+  const pkg = await buildPackage(deps.images, image, compression, { omit: layersToOmit(image.diffIds, answers) });
+  // Built only if a target refuses the partial package (a layer it held went away meanwhile).
+  let whole: Promise<BuiltPackage> | undefined;
   deps.onStage?.('transfer', { bytes: pkg.size });
   try {
     const queue = request.targets.map((url, index) => ({ url, index }));
     const results: TargetResult[] = new Array<TargetResult>(request.targets.length);
     const worker = async (): Promise<void> => {
       for (let next = queue.shift(); next; next = queue.shift()) {
-        results[next.index] = await deliver(next.url, pkg, request, deps, clock, policy);
+        let result = await deliver(next.url, pkg, request, deps, clock, policy);
+        if (result.error?.code === 'FERRY_ERR_LAYERS_MISSING' && pkg.omittedLayers.length > 0) {
+          whole ??= buildPackage(deps.images, image, compression);
+          const full = await whole.catch(() => undefined);
+          const again = full && await deliver(next.url, full, request, deps, clock, policy);
+          if (again) result = { ...again, attempts: result.attempts + again.attempts, bytes: { sent: result.bytes.sent + again.bytes.sent }, fullAfterRefusal: true };
+        }
+        results[next.index] = result;
+        deps.onDone?.(result);
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, Math.min(request.parallel ?? DEFAULT_PARALLEL, queue.length)) }, worker));
@@ -95,11 +133,16 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
       ok: results.every((r) => r.ok),
       service: request.service.name, image: image.ref, imageId: image.id, compression: pkg.compression,
       bytes: { image: pkg.rawBytes, package: pkg.size },
-      timings: { package: pkg.durationMs, total: Math.round(performance.now() - started) },
+      layers: { total: image.diffIds.length, omitted: pkg.omittedLayers, targets: answers },
+      timings: {
+        package: pkg.durationMs, total: Math.round(performance.now() - started),
+        negotiate: negotiateMs, save: pkg.timings.save, compress: pkg.timings.compress, hash: pkg.timings.hash,
+      },
       targets: results,
     };
   } finally {
     await pkg.remove();
+    await whole?.then((full) => full.remove(), () => undefined);
   }
 }
 
@@ -111,7 +154,10 @@ async function deliver(url: string, pkg: BuiltPackage, request: FanoutRequest, d
     deploymentId,
     createdAt: new Date().toISOString(),
     image: { ref: pkg.image.ref, id: pkg.image.id, diffIds: pkg.image.diffIds },
-    package: { format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest },
+    package: {
+      format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest,
+      ...(pkg.omittedLayers.length > 0 ? { omittedLayers: pkg.omittedLayers } : {}),
+    },
     service: { env: {}, network: 'bridge', ...request.service },
   };
   // One manifest text for every attempt: the receiver finds the live upload session by it.
@@ -154,7 +200,10 @@ async function deliver(url: string, pkg: BuiltPackage, request: FanoutRequest, d
       const common = {
         url, credentials: deps.credentials, audience, manifestJson, packagePath: pkg.path, packageSize: pkg.size,
         onProgress: (position: number) => { reached = Math.max(reached, position); deps.onProgress?.(url, position); },
-        onSent: () => emit('transfer.completed', { target: url, bytes: pkg.size, compression: pkg.compression, durationMs: Math.round(performance.now() - transferStarted) }),
+        onSent: () => {
+          emit('transfer.completed', { target: url, bytes: pkg.size, compression: pkg.compression, durationMs: Math.round(performance.now() - transferStarted) });
+          deps.onSent?.(url);
+        },
       };
       try {
         return await guarded<UploadOutcome>(() => resumable
@@ -165,6 +214,7 @@ async function deliver(url: string, pkg: BuiltPackage, request: FanoutRequest, d
         sent += Math.max(0, reached - from);
       }
     }, { policy, clock, onRetry: (n, delayMs, err) => deps.onRetry?.(url, n, delayMs, err) });
+    if (outcome.result.state === 'COMPLETED') await deps.desired?.record({ host: host ?? outcome.result.host, url, manifest });
     return {
       url, host, deploymentId, ok: outcome.result.state === 'COMPLETED', state: outcome.result.state, attempts,
       bytes: { sent }, durationMs: Math.round(performance.now() - started), deployment: outcome.result,

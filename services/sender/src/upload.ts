@@ -69,10 +69,15 @@ export async function uploadOneShot(options: UploadOptions): Promise<UploadOutco
     delay(CONTINUE_WAIT_MS).then(() => 'continue' as const),
   ]);
   if (proceed === 'continue') {
+    // An answer before the whole body (413, 409…) is a refusal: sending on only provokes the
+    // reset that would cut that answer short.
+    let answered = false;
+    response.then(() => { answered = true; }, () => undefined);
     const body = async function* body(): AsyncGenerator<Buffer> {
       yield head;
       let sent = 0;
       for await (const chunk of createReadStream(options.packagePath) as AsyncIterable<Buffer>) {
+        if (answered) return;
         sent += chunk.length;
         options.onProgress?.(sent);
         yield chunk;
@@ -85,8 +90,9 @@ export async function uploadOneShot(options: UploadOptions): Promise<UploadOutco
     req.destroy();
   }
   const res = await response;
-  const payload = await readJson(res);
-  if (res.statusCode !== 200) throw errorFromBody(res.statusCode ?? 0, payload);
+  const payload = await readJson(res).catch(() => undefined);
+  if (res.statusCode !== 200) throw answerError(res.statusCode ?? 0, payload);
+  if (payload === undefined) throw new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: 'The receiver connection failed mid-answer' });
   return { result: payload as DeploymentResult, bodyBytes };
 }
 
@@ -123,9 +129,32 @@ function once(req: ClientRequest, event: string): Promise<void> {
   return new Promise((resolve) => req.once(event, () => resolve()));
 }
 
+/**
+ * A refusal whose body was cut short (the connection reset after the status line) still says
+ * what happened by its status; 413 is the one a one-shot upload meets mid-body.
+ */
+function answerError(status: number, payload: unknown): FerryError {
+  const error = errorFromBody(status, payload);
+  if (error.code !== 'FERRY_ERR_BAD_RESPONSE') return error;
+  if (status === 413) return new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: 'The receiver refused the package as too large (HTTP 413; its answer was cut short)', status });
+  return error;
+}
+
+/**
+ * The answer's body as JSON (or `{ text }`). A connection that fails mid-answer rejects, unless
+ * a whole JSON document had already arrived.
+ */
 export async function readJson(res: IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];
-  for await (const chunk of res) chunks.push(chunk as Buffer);
+  try {
+    for await (const chunk of res) chunks.push(chunk as Buffer);
+  } catch (err) {
+    try {
+      return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    } catch {
+      throw err;
+    }
+  }
   const text = Buffer.concat(chunks).toString('utf8');
   try {
     return JSON.parse(text) as unknown;

@@ -1,18 +1,21 @@
 import { hostname } from 'node:os';
-import type { WriteStream } from 'node:tty';
 import { ImageBuilder, ImageStore, createDockerClient } from '@ferry/docker';
+import { RegistryClient } from '@ferry/auth';
 import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
 import { createLogger } from '@ferry/log';
-import { COMPRESSIONS, FerryError, HealthCheckSchema, type Compression, type HealthCheck } from '@ferry/protocol';
+import type { CompressionChoice } from '../negotiate.ts';
+import { COMPRESSIONS, FerryError, HealthCheckSchema, type ErrorCode, type HealthCheck } from '@ferry/protocol';
 import { loadSenderConfig } from '../config.ts';
 import { buildBeforePush } from '../build.ts';
 import { DEFAULT_PARALLEL, pushMany, type FanoutDeps, type FanoutRequest, type FanoutResult } from '../fanout.ts';
+import { desiredRecorder } from '../desired.ts';
 import { push, type PushResult } from '../push.ts';
 import { DEFAULT_BACKOFF } from '../retry.ts';
+import { resolveTargets } from '../targets.ts';
 import { BUILD_OPTIONS, buildRequestFrom } from './build.ts';
-import { parse, parseEnvPairs, parseInteger } from './args.ts';
+import { SERVICE_OPTIONS, parse, parseInteger, serviceSpecFromFlags } from './args.ts';
 import { line, type Io } from './io.ts';
-import { ProgressBar, formatBytes, formatMs } from './progress.ts';
+import { createProgress, formatBytes, formatMs, type Progress } from './progress.ts';
 
 export const PUSH_HELP = `Usage: ferry push IMAGE --to URL [--to URL …] --name SERVICE [options]
 
@@ -22,6 +25,8 @@ to every receiver, each retried on its own; the exit code is 0 only if every tar
 
 Options:
   --to URL                 receiver base URL, e.g. http://10.0.0.5:7701 (required; repeat for more)
+  --to selector:K=V[,K=V…] every online host of the registry (FERRY_REGISTRY_URL) carrying
+                           all those labels, e.g. selector:env=prod,role=web
   --parallel N             targets served at once (default 5)
   --retries N              attempts per target, with backoff, after a lost connection, a
                            restarting receiver or a 5xx (default 8; given alone, also makes a
@@ -34,9 +39,33 @@ Options:
   --health-interval MS     pause between probes (default 1000)
   --health-timeout MS      limit of one probe (default 2000)
   --health-start-period MS wait before the first probe (default 0)
-  --env KEY=VALUE          environment variable for the container; repeat for more
+
+Container options (spelled as for docker run; the receiver's policy decides what it allows):
+  -e, --env KEY=VALUE      environment variable; repeat for more
   --network host|bridge|none   container network (default bridge)
-  --compression zstd|gzip|none (default zstd)
+  -p, --publish [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+                           publish a port (bridge network only); repeat for more
+  -v, --volume SOURCE:TARGET[:ro|rw]
+                           mount a named volume, or a host path (absolute) the receiver's
+                           policy allows (FERRY_POLICY_BIND_SOURCES); repeat for more
+  -m, --memory BYTES[b|k|m|g]  memory limit, at least 6m
+  --cpus N                 CPU limit, e.g. 0.5 or 2
+  --cap-add CAP            add a Linux capability, e.g. NET_ADMIN (policy: FERRY_POLICY_CAPABILITIES)
+  --restart no|unless-stopped|on-failure|always   restart policy
+  -l, --label KEY[=VALUE]  container label (not "ferry.*"); repeat for more
+  -u, --user USER[:GROUP]  user to run as, names or numeric ids
+  --entrypoint CMD         replace the image's ENTRYPOINT by one executable ("" clears it)
+  --command "CMD ARG…"     replace the image's CMD: words split like a shell does, or a JSON
+                           array; or give them last, after "--": ferry push … -- sh -c 'x'
+  --privileged, --device HOST[:CONTAINER[:rwm]], --security-opt OPT, --pid host, --ipc host|shareable
+                           asked for, not granted: every receiver refuses them unless its
+                           operator allowed them in its policy
+
+Transfer options:
+  --compression auto|zstd|gzip|none (default zstd; auto = none when every target is on a
+                           loopback or private address, zstd otherwise)
+  --no-layer-negotiation   always send every layer (by default each target is asked which
+                           layers it holds, and those are left out of the package)
   --resumable-threshold BYTES  packages of at least BYTES go over the resumable upload, which
                            resumes after a cut connection (default 67108864 = 64 MiB)
   --build CONTEXT          first build the directory CONTEXT into IMAGE on the build engine
@@ -44,82 +73,90 @@ Options:
   -f, --file PATH          with --build: Dockerfile, relative to CONTEXT
   --build-arg KEY=VALUE    with --build: build-time variable; repeat for more
   --max-image-size BYTES   with --build: refuse a built image larger than BYTES (default 2 GiB)
-  --json                   print one JSON result instead of text
+  --json                   print one JSON result on stdout instead of text; progress goes to
+                           stderr as JSON lines ({"progress": "stage"|"sent"|"retry"|"done", …})
+
+Progress goes to stderr: one bar per target, redrawn, on a terminal; plain lines otherwise.
 
 Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
-FERRY_NATS_URL (optional: publish the sender's events).`;
+FERRY_NATS_URL (optional: publish the sender's events), FERRY_REGISTRY_URL (optional: resolves
+selectors and records each successful deployment as the service's desired state on that host).`;
 
-export async function pushCommand(args: string[], io: Io): Promise<number> {
+export async function pushCommand(argv: string[], io: Io): Promise<number> {
+  // As with `docker run`, what follows "--" is the container's command, however it looks.
+  const dash = argv.indexOf('--');
+  const args = dash < 0 ? argv : argv.slice(0, dash);
   const { values, positionals } = parse(args, {
     to: { type: 'string', multiple: true }, parallel: { type: 'string' }, retries: { type: 'string' }, name: { type: 'string' }, health: { type: 'string' },
     'health-retries': { type: 'string' }, 'health-interval': { type: 'string' },
     'health-timeout': { type: 'string' }, 'health-start-period': { type: 'string' },
-    env: { type: 'string', multiple: true }, network: { type: 'string' }, compression: { type: 'string' },
-    json: { type: 'boolean' }, 'resumable-threshold': { type: 'string' },
+    ...SERVICE_OPTIONS, compression: { type: 'string' },
+    json: { type: 'boolean' }, 'resumable-threshold': { type: 'string' }, 'no-layer-negotiation': { type: 'boolean' },
     build: { type: 'string' }, ...BUILD_OPTIONS,
   }, 1);
   const image = positionals[0];
   if (!image) throw new FerryError('FERRY_ERR_USAGE', { message: 'IMAGE is required (e.g. ferry push myapp:1.2 --to http://host:7701 --name web)' });
   if (!values.to?.length) throw new FerryError('FERRY_ERR_USAGE', { message: '--to URL is required' });
   if (!values.name) throw new FerryError('FERRY_ERR_USAGE', { message: '--name SERVICE is required' });
-  const compression = (values.compression ?? 'zstd') as Compression;
-  if (!COMPRESSIONS.includes(compression)) throw new FerryError('FERRY_ERR_USAGE', { message: `--compression must be one of ${COMPRESSIONS.join(', ')}` });
-  const network = values.network ?? 'bridge';
-  if (network !== 'host' && network !== 'bridge' && network !== 'none') throw new FerryError('FERRY_ERR_USAGE', { message: '--network must be host, bridge or none' });
+  const compression = (values.compression ?? 'zstd') as CompressionChoice;
+  if (compression !== 'auto' && !COMPRESSIONS.includes(compression)) throw new FerryError('FERRY_ERR_USAGE', { message: `--compression must be auto or one of ${COMPRESSIONS.join(', ')}` });
   const health = healthFrom(values.health, {
     retries: values['health-retries'], interval: values['health-interval'],
     timeout: values['health-timeout'], startPeriod: values['health-start-period'],
   });
+  const service = serviceSpecFromFlags(values.name, values, dash < 0 ? [] : argv.slice(dash + 1), health);
   if (!values.build && (values.file || values['build-arg'] || values['max-image-size'])) throw new FerryError('FERRY_ERR_USAGE', { message: '--file, --build-arg and --max-image-size need --build CONTEXT' });
   const buildRequest = values.build ? buildRequestFrom(values.build, image, values) : undefined;
   const config = loadSenderConfig(io.env);
+  const targets = (await resolveTargets(values.to, { registryUrl: config.registryUrl, credentials: config.credentials })).map((t) => t.url);
+  const desired = config.registryUrl ? desiredRecorder(new RegistryClient(config.registryUrl, config.credentials), (text) => line(io.stderr, text)) : undefined;
 
   const logger = createLogger({ level: 'warn', name: 'ferry', destination: io.stderr });
   const events: EventSink = config.natsUrl
     ? await JetStreamPublisher.connect({ url: config.natsUrl, logger, name: 'ferry-sender' })
     : new NullSink({ logger });
-  const showProgress = !values.json && io.stderr.isTTY === true;
-  let bar: ProgressBar | undefined;
+  const progress = createProgress(io.stderr, { json: values.json === true, targets });
   const docker = createDockerClient(config.dockerHost);
   const source = `ferry://sender/${hostname()}`;
-  const fanout = values.to.length > 1 || values.parallel !== undefined || values.retries !== undefined;
+  const fanout = targets.length > 1 || values.parallel !== undefined || values.retries !== undefined;
   if (fanout && buildRequest) throw new FerryError('FERRY_ERR_USAGE', { message: '--build works with one --to; build first, then push to several targets' });
   try {
     if (fanout) {
-      return await fanoutCommand(io, {
-        image, targets: values.to, compression, json: values.json === true,
+      return await fanoutCommand(io, progress, {
+        image, targets, compression, json: values.json === true, negotiateLayers: values['no-layer-negotiation'] !== true,
         parallel: parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL,
         attempts: parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts,
         resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
-        service: { name: values.name, env: parseEnvPairs(values.env), network, ...(health ? { health } : {}) },
-      }, { images: new ImageStore(docker), events, credentials: config.credentials, source });
+        service,
+      }, { images: new ImageStore(docker), events, credentials: config.credentials, source, ...(desired ? { desired } : {}) });
     }
     const result = await push({
       ...(buildRequest ? {
         prepare: buildBeforePush(buildRequest, {
           builder: new ImageBuilder(docker), images: new ImageStore(docker), events, source, service: values.name,
-          ...(values.json ? {} : { onLog: (text: string) => line(io.stderr, text) }),
+          onLog: (text: string) => line(io.stderr, values.json ? JSON.stringify({ progress: 'build', log: text }) : text),
         }),
       } : {}),
-      image, to: values.to[0] ?? '', compression,
+      image, to: targets[0] ?? '', compression, negotiateLayers: values['no-layer-negotiation'] !== true,
       resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
-      service: { name: values.name, env: parseEnvPairs(values.env), network, ...(health ? { health } : {}) },
+      service,
     }, {
       images: new ImageStore(docker),
-      events, credentials: config.credentials, source,
+      events, credentials: config.credentials, source, ...(desired ? { desired } : {}),
       onStage: (stage, { bytes }) => {
-        if (!showProgress) return;
-        if (stage === 'package') io.stderr.write(`packaging ${image} (${compression})…\n`);
-        if (stage === 'transfer' && bytes !== undefined) bar = new ProgressBar(io.stderr as WriteStream, bytes, 'sending');
-        if (stage === 'deploy') { bar?.finish(); bar = undefined; io.stderr.write('deploying…\n'); }
+        if (stage === 'package') progress.stage('package', { image, compression });
+        if (stage === 'transfer') progress.stage('transfer', { bytes: bytes ?? 0 });
+        if (stage === 'deploy') progress.deploying(targets[0] ?? '');
       },
-      onProgress: (sent) => bar?.update(sent),
+      onProgress: (sent) => progress.sent(targets[0] ?? '', sent),
     });
+    progress.done(targets[0] ?? '', result.deployment.state === 'COMPLETED', result.deployment.state);
+    progress.close();
     if (values.json) line(io.stdout, JSON.stringify({ ok: true, ...result }));
     else printSummary(io, result);
     return 0;
   } finally {
-    if (bar) io.stderr.write('\n');
+    progress.close();
     await events.close();
   }
 }
@@ -160,7 +197,8 @@ function printSummary(io: Io, r: PushResult): void {
   line(io.stdout, `  deployment  ${r.deploymentId}`);
   line(io.stdout, `  image       ${r.imageId}`);
   line(io.stdout, `  bytes       ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, ${formatBytes(r.bytes.sent)} sent (${rate})`);
-  line(io.stdout, `  sender      package ${formatMs(t.package)} · transfer ${formatMs(t.transfer)} · total ${formatMs(t.total)}`);
+  line(io.stdout, `  layers      ${r.layers.omitted.length > 0 ? `${r.layers.present} of ${r.layers.total} already on the host, ${r.layers.omitted.length} left out of the package` : `all ${r.layers.total} sent`}${r.layers.fullAfterRefusal ? ' (the partial package was refused; sent whole)' : ''}`);
+  line(io.stdout, `  sender      package ${formatMs(t.package)} (save ${formatMs(t.save)} · compress ${formatMs(t.compress)} · hash ${formatMs(t.hash)}, overlapping) · send ${formatMs(t.send)} · total ${formatMs(t.total)}`);
   line(io.stdout, `  receiver    receive ${formatMs(t.receiver.receive)} · load ${formatMs(t.receiver.load)} · start ${formatMs(t.receiver.deploy)} · health ${formatMs(t.receiver.health)} · total ${formatMs(t.receiver.total)}`);
 }
 
@@ -170,25 +208,37 @@ interface FanoutArgs extends Omit<FanoutRequest, 'policy'> {
 }
 
 /** Several targets: one line per target, and exit 1 naming each failed host and why. */
-async function fanoutCommand(io: Io, args: FanoutArgs, deps: FanoutDeps): Promise<number> {
+async function fanoutCommand(io: Io, progress: Progress, args: FanoutArgs, deps: FanoutDeps): Promise<number> {
   const { json, attempts, ...request } = args;
   const result = await pushMany({ ...request, policy: { ...DEFAULT_BACKOFF, attempts } }, {
     ...deps,
-    onRetry: (url, attempt, delayMs, err) => {
-      if (!json) line(io.stderr, `  retrying ${url} (attempt ${attempt + 1}) in ${formatMs(delayMs)}: ${err instanceof Error ? err.message : String(err)}`);
+    onStage: (stage, { bytes }) => {
+      if (stage === 'package') progress.stage('package', { image: request.image, compression: request.compression });
+      else progress.stage('transfer', { bytes: bytes ?? 0 });
     },
+    onProgress: (url, position) => progress.sent(url, position),
+    onSent: (url) => progress.deploying(url),
+    onDone: (target) => progress.done(target.url, target.ok, target.error ? `${target.state} ${target.error.code}` : target.state),
+    onRetry: (url, attempt, delayMs, err) => progress.retrying(url, attempt, delayMs, err instanceof Error ? err.message : String(err)),
   });
+  progress.close();
+  // Loaded here, not at the top: index.ts imports this module, and a cycle at load time would
+  // leave one side uninitialised when this module is the entry point.
+  const { nextStep } = await import('./index.ts');
   if (json) line(io.stdout, JSON.stringify(result));
-  else printFanoutSummary(io, result);
+  else printFanoutSummary(io, result, nextStep);
   return result.ok ? 0 : 1;
 }
 
-function printFanoutSummary(io: Io, r: FanoutResult): void {
+function printFanoutSummary(io: Io, r: FanoutResult, nextStep: (code: ErrorCode) => string): void {
   const failed = r.targets.filter((t) => !t.ok);
   line(io.stdout, `${failed.length === 0 ? '✔' : '✖'} ${r.service}: ${r.image} on ${r.targets.length - failed.length}/${r.targets.length} targets`);
   line(io.stdout, `  package     ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, built once in ${formatMs(r.timings.package)}`);
   for (const t of r.targets) {
     line(io.stdout, `  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}  ${formatBytes(t.bytes.sent)} sent  ${formatMs(t.durationMs)}  ${t.error ? t.error.code : '-'}  (${t.url}, deployment ${t.deploymentId}, ${t.attempts} attempt${t.attempts === 1 ? '' : 's'})`);
   }
-  for (const t of failed) line(io.stdout, `  failed: ${t.host ?? t.url} — ${t.error ? `${t.error.message} [${t.error.code}]` : `deployment ${t.state}`}`);
+  for (const t of failed) {
+    line(io.stdout, `  failed: ${t.host ?? t.url} — ${t.error ? `${t.error.message} [${t.error.code}]` : `deployment ${t.state}`}`);
+    if (t.error) line(io.stdout, `    next: ${nextStep(t.error.code as ErrorCode)}`);
+  }
 }

@@ -1,0 +1,173 @@
+/** `ferry push`'s docker-run-style container flags and its three progress renderings, as pure logic. */
+import assert from 'node:assert/strict';
+import { Writable } from 'node:stream';
+import { describe, test } from 'node:test';
+import { FerryError } from '@ferry/protocol';
+import { createProgress, runCli, serviceSpecFromFlags, splitCommand, type Io } from '@ferry/sender';
+
+function usageError(fn: () => unknown, message: RegExp): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof FerryError, String(err));
+    assert.equal(err.code, 'FERRY_ERR_USAGE');
+    assert.match(err.message, message);
+    return true;
+  });
+}
+
+const ESC = '\u001b';
+
+class Capture extends Writable {
+  text = '';
+  isTTY: boolean;
+  columns = 200;
+  constructor(isTTY = false) {
+    super();
+    this.isTTY = isTTY;
+  }
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: () => void): void {
+    this.text += chunk.toString('utf8');
+    callback();
+  }
+}
+
+describe('ferry push container flags', () => {
+  test('every flag lands in its ServiceSpec field, spelled as docker run takes it', () => {
+    const spec = serviceSpecFromFlags('web', {
+      env: ['A=1', 'B=x=y'], publish: ['8080:80', '127.0.0.1:5353:53/udp'], volume: ['data:/data', '/srv/conf:/etc/app:ro'],
+      memory: '256m', cpus: '1.5', 'cap-add': ['NET_ADMIN', 'cap_sys_time'], restart: 'unless-stopped',
+      label: ['team=edge', 'flag'], user: '1000:1000', entrypoint: '/bin/app', command: 'serve --port "80 80"',
+      privileged: true, device: ['/dev/fuse'], 'security-opt': ['no-new-privileges'], pid: 'host', ipc: 'shareable',
+    });
+    assert.deepEqual(spec, {
+      name: 'web', env: { A: '1', B: 'x=y' }, network: 'bridge',
+      ports: ['8080:80', '127.0.0.1:5353:53/udp'], volumes: ['data:/data', '/srv/conf:/etc/app:ro'],
+      memory: '256m', cpus: 1.5, capAdd: ['NET_ADMIN', 'cap_sys_time'], restart: 'unless-stopped',
+      labels: { team: 'edge', flag: '' }, user: '1000:1000', entrypoint: ['/bin/app'], command: ['serve', '--port', '80 80'],
+      privileged: true, devices: ['/dev/fuse'], securityOpt: ['no-new-privileges'], pid: 'host', ipc: 'shareable',
+    });
+  });
+
+  test('no flags: only the name, no env and the bridge network', () => {
+    assert.deepEqual(serviceSpecFromFlags('web', {}), { name: 'web', env: {}, network: 'bridge' });
+  });
+
+  test('the words after "--" are the command; --entrypoint "" clears the image\'s', () => {
+    const spec = serviceSpecFromFlags('web', { entrypoint: '' }, ['sh', '-c', 'echo $HOME; sleep 1']);
+    assert.deepEqual(spec.command, ['sh', '-c', 'echo $HOME; sleep 1']);
+    assert.deepEqual(spec.entrypoint, []);
+    usageError(() => serviceSpecFromFlags('web', { command: 'a' }, ['b']), /--command or after "--", not both/);
+  });
+
+  test('a refused value names the flag the user typed and the value', () => {
+    usageError(() => serviceSpecFromFlags('web', { publish: ['8080:80', '80'] }), /^-p\/--publish 80: \[hostIp:\]hostPort/);
+    usageError(() => serviceSpecFromFlags('web', { publish: ['70000:80'] }), /^-p\/--publish 70000:80:/);
+    usageError(() => serviceSpecFromFlags('web', { volume: ['data:/srv/../etc'] }), /^-v\/--volume data:\/srv\/\.\.\/etc:/);
+    usageError(() => serviceSpecFromFlags('web', { volume: ['relative/path:/data'] }), /^-v\/--volume relative\/path:\/data:/);
+    usageError(() => serviceSpecFromFlags('web', { memory: '1m' }), /^-m\/--memory 1m: .*at least 6m/);
+    usageError(() => serviceSpecFromFlags('web', { memory: 'lots' }), /^-m\/--memory lots:/);
+    usageError(() => serviceSpecFromFlags('web', { cpus: '0' }), /^--cpus 0:/);
+    usageError(() => serviceSpecFromFlags('web', { cpus: 'two' }), /^--cpus two:/);
+    usageError(() => serviceSpecFromFlags('web', { 'cap-add': ['NET ADMIN'] }), /^--cap-add NET ADMIN: a capability name/);
+    usageError(() => serviceSpecFromFlags('web', { restart: 'sometimes' }), /^--restart sometimes: expected one of no, unless-stopped, on-failure, always/);
+    usageError(() => serviceSpecFromFlags('web', { label: ['ferry.mine=1'] }), /^--label ferry\.mine: .*reserved/);
+    usageError(() => serviceSpecFromFlags('web', { label: ['=v'] }), /^--label =v: expected KEY=VALUE/);
+    usageError(() => serviceSpecFromFlags('web', { user: 'root user' }), /^-u\/--user root user:/);
+    usageError(() => serviceSpecFromFlags('web', { device: ['dev/fuse'] }), /^--device dev\/fuse:/);
+    usageError(() => serviceSpecFromFlags('web', { 'security-opt': ['label=disable'] }), /^--security-opt label=disable:/);
+    usageError(() => serviceSpecFromFlags('web', { env: ['=1'] }), /^--env : expected KEY=VALUE/);
+    usageError(() => serviceSpecFromFlags('web', { network: 'overlay' }), /^--network must be host, bridge or none/);
+    usageError(() => serviceSpecFromFlags('web', { network: 'host', publish: ['80:80'] }), /^-p\/--publish: ports are published only with the bridge network/);
+    usageError(() => serviceSpecFromFlags('Web!', {}), /^--name Web!:/);
+    usageError(() => serviceSpecFromFlags('web', { pid: 'container:x' }), /^--pid container:x:/);
+  });
+
+  test('--command splits like a shell without expanding, or takes a JSON array', () => {
+    assert.deepEqual(splitCommand('command', `sh -c 'echo "a b"; exit 3'`), ['sh', '-c', 'echo "a b"; exit 3']);
+    assert.deepEqual(splitCommand('command', String.raw`echo a\ b "c\"d" '' $HOME`), ['echo', 'a b', 'c"d', '', '$HOME']);
+    assert.deepEqual(splitCommand('command', '  ["sh", "-c", "x y"] '), ['sh', '-c', 'x y']);
+    assert.deepEqual(splitCommand('command', '   '), []);
+    usageError(() => splitCommand('command', `echo 'open`), /unterminated ' quote/);
+    usageError(() => splitCommand('command', '["sh", 1]'), /JSON array of strings/);
+  });
+
+  test('through the CLI: a bad flag exits 2 naming it and saying what to do next, before any config is read', async () => {
+    const stdout = new Capture();
+    const stderr = new Capture();
+    const io: Io = { env: {}, stdout, stderr };
+    const code = await runCli(['push', 'img:1', '--to', 'http://127.0.0.1:1', '--name', 'web', '-p', '80', '--cap-add', 'NET_ADMIN'], io);
+    assert.equal(code, 2, stderr.text);
+    assert.match(stderr.text, /-p\/--publish 80:/);
+    assert.match(stderr.text, /next: see "ferry help push"/);
+    const json = new Capture();
+    assert.equal(await runCli(['push', 'img:1', '--to', 'http://127.0.0.1:1', '--name', 'web', '--restart', 'x', '--json'], { env: {}, stdout: json, stderr }), 2);
+    const answer = JSON.parse(json.text) as { ok: boolean; error: { code: string; message: string }; next: string };
+    assert.equal(answer.ok, false);
+    assert.equal(answer.error.code, 'FERRY_ERR_USAGE');
+    assert.match(answer.error.message, /^--restart x:/);
+    assert.match(answer.next, /ferry help/);
+  });
+
+  test('"--help" after "--" is part of the command, not a request for help', async () => {
+    const stdout = new Capture();
+    const stderr = new Capture();
+    const code = await runCli(['push', 'img:1', '--name', 'web', '--', 'app', '--help'], { env: {}, stdout, stderr });
+    assert.equal(code, 2);
+    assert.match(stderr.text, /--to URL is required/);
+  });
+});
+
+describe('push progress', () => {
+  test('not a terminal: plain lines, a quarter at a time per target', () => {
+    const out = new Capture(false);
+    const progress = createProgress(out, { json: false, targets: ['http://a', 'http://b'] });
+    progress.stage('package', { image: 'app:1', compression: 'zstd' });
+    progress.stage('transfer', { bytes: 1000 });
+    for (const position of [100, 250, 260, 500, 999, 1000]) progress.sent('http://a', position);
+    progress.deploying('http://a');
+    progress.retrying('http://b', 1, 500, 'connection reset');
+    progress.done('http://a', true, 'COMPLETED');
+    progress.done('http://b', false, 'FAILED FERRY_ERR_RECEIVER_CIRCUIT_OPEN');
+    progress.close();
+    assert.deepEqual(out.text.trimEnd().split('\n'), [
+      'packaging app:1 (zstd)', 'sending 1.0 KB',
+      'http://a 25% 250 B/1.0 KB', 'http://a 50% 500 B/1.0 KB', 'http://a 75% 999 B/1.0 KB', 'http://a 100% 1.0 KB/1.0 KB', 'http://a deploying',
+      '  retrying http://b (attempt 2) in 500 ms: connection reset',
+      'http://a done: COMPLETED', 'http://b failed: FAILED FERRY_ERR_RECEIVER_CIRCUIT_OPEN',
+    ]);
+    assert.ok(!out.text.includes(ESC), 'no terminal escapes');
+  });
+
+  test('--json: one JSON object per line, the last position of each target always reported', () => {
+    const out = new Capture(true);
+    const progress = createProgress(out, { json: true, targets: ['http://a'] });
+    progress.stage('transfer', { bytes: 10 });
+    progress.sent('http://a', 1);
+    progress.sent('http://a', 2);
+    progress.sent('http://a', 10);
+    progress.done('http://a', true, 'COMPLETED');
+    const records = out.text.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.deepEqual(records.map((r) => [r.progress, r.bytes]), [['stage', 10], ['sent', 1], ['sent', 10], ['done', undefined]]);
+    assert.ok(records.every((r) => typeof r.time === 'string'));
+  });
+
+  test('a terminal: one line per target, redrawn in place', () => {
+    const out = new Capture(true);
+    const progress = createProgress(out, { json: false, targets: ['http://a', 'http://b', 'http://c'] });
+    progress.stage('transfer', { bytes: 100 });
+    progress.done('http://b', true, 'COMPLETED');
+    progress.close();
+    // First draw: three lines; each redraw moves the cursor up over them.
+    const frames = out.text.split(`${ESC}[3A`);
+    assert.equal(frames.length, 3, JSON.stringify(out.text));
+    const last = frames.at(-1)?.split('\n').filter(Boolean) ?? [];
+    assert.equal(last.length, 3);
+    assert.match(last[1] ?? '', /^\rhttp:\/\/b .*✔ COMPLETED/);
+    assert.ok(last.every((l) => l.endsWith(`${ESC}[K`)), 'each line clears what an older, longer line left');
+    assert.match(last[0] ?? '', /^\rhttp:\/\/a .* 0% .*ETA/);
+    // Closed: the summary printed next is never drawn over.
+    const before = out.text;
+    progress.done('http://a', true, 'COMPLETED');
+    progress.close();
+    assert.equal(out.text, before);
+  });
+});
