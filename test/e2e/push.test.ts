@@ -95,7 +95,9 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
     // Past the headers and the manifest part, inside the compressed package.
     const proxy = await corruptingProxy(receiver.url, 200_000);
     try {
-      const result = await runFerry(pushArgs(`${repo}:2`, proxy.url), senderEnv());
+      // The whole image, so that the package is long enough to hold the corrupted byte: with
+      // negotiation it would carry only v2's top layer.
+      const result = await runFerry(pushArgs(`${repo}:2`, proxy.url, ['--no-layer-negotiation']), senderEnv());
       assert.ok(proxy.flipped, 'the proxy reached the byte it corrupts');
       assert.equal(result.code, 1, result.stderr);
       const answer = JSON.parse(result.stdout) as { ok: boolean; error: { code: string } };
