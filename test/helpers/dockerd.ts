@@ -3,7 +3,7 @@ import { randomBytes, randomInt } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createDockerClient } from '@ferry/docker';
-import { capture } from './ferry.ts';
+import { capture, terminate } from './ferry.ts';
 
 /**
  * A Docker engine of the test's own (socket under a short /tmp path, its own data root and
@@ -62,12 +62,7 @@ export class PrivateDockerd {
 
   /** Stops the engine (its containers with it) and removes its bridge and its files. */
   async stop(): Promise<void> {
-    const child = this.#child;
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    }
+    await terminate(this.#child);
     if (this.bridge) await capture('ip', ['link', 'del', this.bridge]);
     await rm(this.dir, { recursive: true, force: true }).catch(() => undefined);
   }

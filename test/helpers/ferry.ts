@@ -76,11 +76,7 @@ export async function startReceiverProcess(env: Record<string, string>): Promise
   return {
     url, dataDir, child, logs, hostId: env.FERRY_HOST_ID ?? '',
     stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) {
-        const exited = new Promise((r) => child.once('exit', r));
-        child.kill('SIGTERM');
-        await exited;
-      }
+      await terminate(child);
       if (!env.FERRY_DATA_DIR) await rm(dataDir, { recursive: true, force: true });
     },
   };
@@ -101,4 +97,12 @@ export async function buildTestImage(dockerHost: string, tag: string, variant: s
   const id = result.stdout.trim().split('\n').at(-1) ?? '';
   if (result.code !== 0 || !/^sha256:[0-9a-f]{64}$/.test(id)) throw new Error(`test-image.sh failed (${result.code}): ${result.stderr}`);
   return id;
+}
+
+/** SIGTERMs a child process that still runs and waits until it exited. */
+export async function terminate(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
 }

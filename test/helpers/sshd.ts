@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { capture, freePort } from './ferry.ts';
+import { capture, freePort, terminate } from './ferry.ts';
 
 /** A client key the private sshd accepts, with what to pass to ssh (or deploy/bootstrap.sh) to use it. */
 export interface SshLogin {
@@ -65,12 +65,7 @@ export class PrivateSshd {
   }
 
   async stop(): Promise<void> {
-    const child = this.#child;
-    if (child && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    }
+    await terminate(this.#child);
     await rm(this.dir, { recursive: true, force: true }).catch(() => undefined);
   }
 }

@@ -3,12 +3,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
-import { signRequest } from '@ferry/auth';
-import { digestOf } from '@ferry/integrity';
 import { createLogger } from '@ferry/log';
 import { startRegistry, type HistoryEntry, type RunningRegistry } from '@ferry/registry';
+import { hostRegistration as registration, signedCall, until, type Answer } from '../helpers/registry.ts';
 import { NatsServer } from '../helpers/servers.ts';
 
 const SUITE = { timeout: 120_000 };
@@ -17,24 +15,8 @@ const SECRET = randomBytes(32).toString('base64url');
 const RUN = randomBytes(3).toString('hex');
 const ID = `registry-${RUN}`;
 
-async function call(base: string, method: string, path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> {
-  const text = body === undefined ? '' : JSON.stringify(body);
-  const headers: Record<string, string> = signRequest({ method, path, contentDigest: digestOf(text), keyId: KEY_ID, secret: SECRET, audience: ID });
-  if (body !== undefined) headers['content-type'] = 'application/json';
-  const response = await fetch(`${base}${path}`, { method, headers, ...(method === 'GET' ? {} : { body: text }) });
-  return { status: response.status, body: await response.json() as Record<string, unknown> };
-}
-
-async function until<T>(check: () => Promise<T | undefined>): Promise<T> {
-  for (;;) {
-    const value = await check();
-    if (value !== undefined) return value;
-    await sleep(100);
-  }
-}
-
-function registration(id: string): Record<string, unknown> {
-  return { id, url: `http://127.0.0.1:1/${id}`, labels: {}, capabilities: [], version: '0.1.0', engine: { version: '28', storageDriver: 'overlay2', imageStore: 'legacy' } };
+async function call(base: string, method: string, path: string, body?: unknown): Promise<Answer> {
+  return signedCall(base, { keyId: KEY_ID, secret: SECRET, audience: ID }, method, path, body);
 }
 
 describe('registry with NATS away', SUITE, () => {

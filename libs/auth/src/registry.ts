@@ -4,13 +4,16 @@ import { SignedClient, type ClientCredentials } from './client.ts';
 /** What a receiver tells the registry about itself (`POST /v1/hosts`). */
 export interface HostRegistration {
   id: string;
+  /** The receiver's URL, as the sender dials it. */
   url: string;
   labels: Record<string, string>;
   capabilities: string[];
+  /** The receiver's version. */
   version: string;
   engine: { version: string; storageDriver: string; imageStore: 'legacy' | 'containerd' };
 }
 
+/** A registered host, as the registry answers it. Times are ISO 8601. */
 export interface HostRecord extends HostRegistration {
   status: 'online' | 'lost';
   registeredAt: string;
@@ -31,6 +34,7 @@ export interface ActualReport {
   image?: string;
   configHash?: string;
   deploymentId?: string;
+  /** `running`, `exited`, `missing` (no container), or any other Docker state. */
   state: string;
 }
 

@@ -1,6 +1,8 @@
 import type { z } from 'zod';
 import { FerryError } from '@ferry/protocol';
 
+export * from './vars.ts';
+
 /**
  * Every FERRY_* variable any Ferry component reads. A FERRY_* variable outside this list is a typo
  * (FERRY_NAT_URL) that would otherwise be ignored in silence, so loading refuses it.
@@ -52,26 +54,18 @@ export function loadConfig<S extends z.ZodObject>(schema: S, env: Env = process.
   return Object.freeze(result.data);
 }
 
-/** `host:port` or `[v6]:port`, as FERRY_LISTEN takes it. */
-export function parseListen(value: string): { host: string; port: number } | undefined {
-  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(value);
-  if (!match) return undefined;
-  const port = Number(match[3]);
-  if (port > 65535) return undefined;
-  return { host: match[1] ?? match[2] ?? '', port };
-}
-
 function closest(name: string): string | undefined {
   let best: string | undefined;
   let bestDistance = 3;
   for (const known of KNOWN_VARIABLES) {
-    const distance = levenshtein(name, known);
+    const distance = editDistance(name, known);
     if (distance < bestDistance) { best = known; bestDistance = distance; }
   }
   return best;
 }
 
-function levenshtein(a: string, b: string): number {
+/** Levenshtein distance: the fewest one-character edits from `a` to `b`, for "did you mean" hints. */
+export function editDistance(a: string, b: string): number {
   let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
   for (let i = 1; i <= a.length; i++) {
     const current = [i];

@@ -1,6 +1,7 @@
 export { createBaseApp, finishApp, errorHandler, toFerryError, context, type RequestContext } from './app.ts';
+export { healthRouter, type CheckResult, type CheckStatus, type ProbeDeps, type Readiness } from './health.ts';
 export { minimumBodyRate, strictHeaders, type BodyRateOptions } from './guards.ts';
-export { listen, continueIfExpected, type ListenOptions, type ListeningServer } from './server.ts';
+export { listen, continueIfExpected, runUntilSignal, type ListenOptions, type ListeningServer } from './server.ts';
 export {
   requireSignature, requireAllowedSource, SIGNED_HEADERS,
   type AuthLocals, type SourceLocals, type AuthHooks, type SourceOptions, type SecurityOptions,

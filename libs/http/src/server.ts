@@ -110,3 +110,19 @@ function parserReason(err: NodeJS.ErrnoException): string {
   const reason = (err as { reason?: unknown }).reason;
   return typeof reason === 'string' && reason.length > 0 ? reason : (err.code ?? 'unparseable request');
 }
+
+/**
+ * Runs a started service in the foreground: resolves once SIGINT or SIGTERM arrived and `service`
+ * closed. The handlers go away at the first signal, so a second one kills the process as usual.
+ */
+export async function runUntilSignal(service: { close(): Promise<void> }): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      void service.close().then(resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}

@@ -1,29 +1,23 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { AddressList, KeyRing, isValidKeyId, parseLabels } from '@ferry/auth';
-import { loadConfig, parseListen, type Env } from '@ferry/config';
+import {
+  KEYS_REQUIRED, dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, type Env,
+} from '@ferry/config';
 import { loadPolicy, type Policy } from './policy/index.ts';
 import { CRASH_POINTS, type CrashPoint } from './deploy/crash.ts';
 import { DEFAULT_MIN_FREE_BYTES } from './deploy/disk.ts';
 import { DEFAULT_RETAIN_IMAGES } from './deploy/retention.ts';
 
 const schema = z.object({
-  DOCKER_HOST: z.string().regex(/^(unix|tcp):\/\/.+/, 'unix:///path/to/docker.sock or tcp://host:port').optional(),
-  FERRY_LISTEN: z.string().default('127.0.0.1:7701').refine((v) => parseListen(v) !== undefined, 'host:port, e.g. 127.0.0.1:7701 or [::1]:7701'),
-  FERRY_KEYS: z.string({ error: 'required: keyid:secret[,keyid:secret…] (make one with "ferry keygen")' })
-    .transform((value, ctx) => {
-      try {
-        return KeyRing.parse(value);
-      } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
-        return z.NEVER;
-      }
-    }),
-  FERRY_NATS_URL: z.string().regex(/^(nats|tls):\/\/[^\s]+$/, 'nats://host:port').optional(),
-  FERRY_DATA_DIR: z.string().startsWith('/', 'an absolute path').default('/var/lib/ferry'),
-  FERRY_HOST_ID: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/, 'letters, digits, "-" and "_" (it becomes a NATS subject token)').default(defaultHostId()),
+  DOCKER_HOST: dockerHostVar(),
+  FERRY_LISTEN: listenVar('127.0.0.1:7701'),
+  FERRY_KEYS: parsedVar((v) => KeyRing.parse(v), KEYS_REQUIRED),
+  FERRY_NATS_URL: natsUrlVar(),
+  FERRY_DATA_DIR: dataDirVar('/var/lib/ferry'),
+  FERRY_HOST_ID: hostIdVar('it becomes a NATS subject token', defaultHostId()),
   FERRY_UPLOAD_TTL_SECONDS: z.coerce.number({ error: 'a whole number of seconds' }).int('a whole number of seconds').min(1, 'at least 1').max(30 * 24 * 3600, 'at most 30 days (2592000)').default(24 * 3600),
-  FERRY_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+  FERRY_LOG_LEVEL: logLevelVar(),
   FERRY_METRICS_TOKEN: z.string().regex(/^[\x21-\x7e]{16,256}$/, '16–256 printable characters without spaces (it is sent as a bearer token)').optional(),
   // The receiver policy (policy/load.ts checks the file and the lists' items).
   FERRY_POLICY_FILE: z.string().startsWith('/', 'an absolute path to a JSON policy file').optional(),
@@ -32,9 +26,9 @@ const schema = z.object({
   FERRY_POLICY_CAPABILITIES: z.string().optional(),
   FERRY_POLICY_HOST_NETWORK: z.enum(['true', 'false'], { error: 'true or false' }).optional(),
   // Auth and HTTP hardening (README "Receiver hardening").
-  FERRY_REDIS_URL: z.string().regex(/^rediss?:\/\/[^\s]+$/, 'redis://[user:password@]host:port[/db]').optional(),
-  FERRY_ALLOW_CIDRS: addressList().optional(),
-  FERRY_TRUSTED_PROXIES: addressList().optional(),
+  FERRY_REDIS_URL: redisUrlVar(),
+  FERRY_ALLOW_CIDRS: parsedVar((v) => AddressList.parse(v)).optional(),
+  FERRY_TRUSTED_PROXIES: parsedVar((v) => AddressList.parse(v)).optional(),
   FERRY_TLS_CERT: z.string().startsWith('/', 'an absolute path to a PEM certificate (chain)').optional(),
   FERRY_TLS_KEY: z.string().startsWith('/', 'an absolute path to a PEM private key').optional(),
   FERRY_MAX_HEADER_BYTES: wholeNumber(1024, 1024 ** 2).default(16 * 1024),
@@ -61,17 +55,6 @@ const schema = z.object({
 
 function wholeNumber(min: number, max: number) {
   return z.coerce.number({ error: 'a whole number' }).int('a whole number').min(min, `at least ${min}`).max(max, `at most ${max}`);
-}
-
-function addressList() {
-  return z.string().transform((value, ctx) => {
-    try {
-      return AddressList.parse(value);
-    } catch (err) {
-      ctx.addIssue({ code: 'custom', message: (err as Error).message });
-      return z.NEVER;
-    }
-  });
 }
 
 export interface ReceiverConfig {
@@ -124,11 +107,9 @@ export interface RegistrySettings {
 /** Reads and validates the receiver's environment; every problem is reported in one error. */
 export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverConfig> {
   const raw = loadConfig(schema, env);
-  const listen = parseListen(raw.FERRY_LISTEN);
-  if (!listen) throw new Error('unreachable: FERRY_LISTEN was validated');
   return Object.freeze({
     dockerHost: raw.DOCKER_HOST,
-    listen,
+    listen: raw.FERRY_LISTEN,
     keys: raw.FERRY_KEYS,
     natsUrl: raw.FERRY_NATS_URL,
     dataDir: raw.FERRY_DATA_DIR,

@@ -1,10 +1,10 @@
-import { access, constants, mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MemoryNonceStore, RedisNonceStore, RequestVerifier, type NonceStore } from '@ferry/auth';
-import type { Env } from '@ferry/config';
+import { ensureWritableDir, type Env } from '@ferry/config';
 import { ContainerRunner, ImageStore, createDockerClient } from '@ferry/docker';
 import { JetStreamPublisher, NullSink } from '@ferry/events';
-import { listen, type ListeningServer } from '@ferry/http';
+import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { createReceiverMetrics, meteredSink } from '@ferry/metrics';
 import { FerryError } from '@ferry/protocol';
@@ -120,16 +120,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
 
 /** `ferry receiver`: runs in the foreground until SIGINT or SIGTERM. */
 export async function runReceiver(env: Env = process.env): Promise<void> {
-  const receiver = await startReceiver(env);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      void receiver.close().then(resolve);
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  await runUntilSignal(await startReceiver(env));
 }
 
 async function readTls(tls: ReceiverConfig['tls']): Promise<{ cert: Buffer; key: Buffer } | undefined> {
@@ -138,13 +129,4 @@ async function readTls(tls: ReceiverConfig['tls']): Promise<{ cert: Buffer; key:
     throw new FerryError('FERRY_ERR_CONFIG', { message: `${name}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, cause: err });
   });
   return { cert: await read('FERRY_TLS_CERT', tls.certFile), key: await read('FERRY_TLS_KEY', tls.keyFile) };
-}
-
-async function ensureWritableDir(dir: string): Promise<void> {
-  try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await access(dir, constants.W_OK);
-  } catch (err) {
-    throw new FerryError('FERRY_ERR_CONFIG', { message: `FERRY_DATA_DIR: cannot write to ${dir} (${(err as NodeJS.ErrnoException).code ?? 'error'}); set FERRY_DATA_DIR to a writable directory`, cause: err });
-  }
 }

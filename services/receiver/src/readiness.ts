@@ -2,24 +2,12 @@ import { statfs } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { NonceStoreStatus } from '@ferry/auth';
 import type { EventSinkHealth } from '@ferry/events';
+import type { CheckResult, Readiness } from '@ferry/http';
 
-/** `up` and `disabled` (not configured) are fine; `down` makes the receiver degraded. */
-export type CheckStatus = 'up' | 'down' | 'disabled';
-
-/** One dependency's state as `/readyz` shows it: a status, and details a human can act on. */
-export interface CheckResult {
-  status: CheckStatus;
-  /** Why it is down, e.g. `ECONNREFUSED`, `timeout`; never a URL with credentials. */
-  reason?: string;
-  [detail: string]: unknown;
-}
+// `/readyz`'s shapes, shared by every Ferry service; `down` makes the receiver degraded.
+export type { CheckResult, CheckStatus, Readiness } from '@ferry/http';
 
 export type Check = () => Promise<CheckResult>;
-
-export interface Readiness {
-  status: 'ready' | 'degraded';
-  checks: Record<string, CheckResult>;
-}
 
 /** A check that has not answered by then is down: a hung daemon must not hang the probe. */
 const CHECK_TIMEOUT_MS = 2000;

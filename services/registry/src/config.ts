@@ -1,26 +1,18 @@
 import { z } from 'zod';
 import { AddressList, KeyRing, isValidKeyId } from '@ferry/auth';
-import { loadConfig, parseListen, type Env } from '@ferry/config';
+import {
+  KEYS_REQUIRED, dataDirVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, type Env,
+} from '@ferry/config';
 import { parseDriftIgnore, type DriftIgnoreRule } from './drift.ts';
 
-const ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
-
 const schema = z.object({
-  FERRY_LISTEN: z.string().default('127.0.0.1:7702').refine((v) => parseListen(v) !== undefined, 'host:port, e.g. 127.0.0.1:7702 or [::1]:7702'),
-  FERRY_KEYS: z.string({ error: 'required: keyid:secret[,keyid:secret…] (make one with "ferry keygen")' })
-    .transform((value, ctx) => {
-      try {
-        return KeyRing.parse(value);
-      } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
-        return z.NEVER;
-      }
-    }),
-  FERRY_HOST_ID: z.string().regex(ID, 'letters, digits, "-" and "_" (the audience of requests to the registry)').default('registry'),
-  FERRY_NATS_URL: z.string().regex(/^(nats|tls):\/\/[^\s]+$/, 'nats://host:port').optional(),
-  FERRY_REDIS_URL: z.string().regex(/^rediss?:\/\/[^\s]+$/, 'redis://[user:password@]host:port[/db]').optional(),
-  FERRY_DATA_DIR: z.string().startsWith('/', 'an absolute path').default('/var/lib/ferry-registry'),
-  FERRY_LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace']).default('info'),
+  FERRY_LISTEN: listenVar('127.0.0.1:7702'),
+  FERRY_KEYS: parsedVar((v) => KeyRing.parse(v), KEYS_REQUIRED),
+  FERRY_HOST_ID: hostIdVar('the audience of requests to the registry', 'registry'),
+  FERRY_NATS_URL: natsUrlVar(),
+  FERRY_REDIS_URL: redisUrlVar(),
+  FERRY_DATA_DIR: dataDirVar('/var/lib/ferry-registry'),
+  FERRY_LOG_LEVEL: logLevelVar(),
   FERRY_HOST_TTL_SECONDS: z.coerce.number({ error: 'a whole number of seconds' }).int('a whole number of seconds').min(1, 'at least 1').max(86_400, 'at most 86400').default(30),
   FERRY_DRIFT_MODE: z.enum(['warn', 'correct'], { error: 'warn or correct' }).default('warn'),
   FERRY_DRIFT_IGNORE: z.string().optional().transform((value, ctx) => {
@@ -34,15 +26,7 @@ const schema = z.object({
   FERRY_SENDER_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the sender service' }).optional(),
   FERRY_KEY_ID: z.string().refine(isValidKeyId, 'a key id: letters, digits, ".", "_" and "-"').optional(),
   FERRY_KEY: z.string().min(1).optional(),
-  FERRY_ALLOW_CIDRS: z.string().optional().transform((value, ctx) => {
-    if (value === undefined) return undefined;
-    try {
-      return AddressList.parse(value);
-    } catch (err) {
-      ctx.addIssue({ code: 'custom', message: (err as Error).message });
-      return z.NEVER;
-    }
-  }),
+  FERRY_ALLOW_CIDRS: parsedVar((v) => AddressList.parse(v)).optional(),
   FERRY_DASHBOARD_TOKEN: z.string().regex(/^[\x21-\x7e]{16,256}$/, '16–256 printable characters without spaces').optional(),
 })
   .refine((v) => (v.FERRY_KEY_ID === undefined) === (v.FERRY_KEY === undefined), { message: 'FERRY_KEY_ID and FERRY_KEY go together: set both or neither', path: ['FERRY_KEY_ID'] })
@@ -73,10 +57,8 @@ export interface RegistryConfig {
 /** @throws FerryError FERRY_ERR_CONFIG listing every problem at once. */
 export function loadRegistryConfig(env: Env = process.env): RegistryConfig {
   const c = loadConfig(schema, env);
-  const listen = parseListen(c.FERRY_LISTEN);
-  if (!listen) throw new TypeError('unreachable: FERRY_LISTEN was validated');
   return {
-    listen, keys: c.FERRY_KEYS, hostId: c.FERRY_HOST_ID, natsUrl: c.FERRY_NATS_URL, redisUrl: c.FERRY_REDIS_URL,
+    listen: c.FERRY_LISTEN, keys: c.FERRY_KEYS, hostId: c.FERRY_HOST_ID, natsUrl: c.FERRY_NATS_URL, redisUrl: c.FERRY_REDIS_URL,
     dataDir: c.FERRY_DATA_DIR, logLevel: c.FERRY_LOG_LEVEL, hostTtlSeconds: c.FERRY_HOST_TTL_SECONDS,
     driftMode: c.FERRY_DRIFT_MODE, driftIgnore: c.FERRY_DRIFT_IGNORE, senderUrl: c.FERRY_SENDER_URL?.replace(/\/+$/, ''),
     credentials: c.FERRY_KEY_ID !== undefined && c.FERRY_KEY !== undefined ? { keyId: c.FERRY_KEY_ID, secret: c.FERRY_KEY } : undefined,

@@ -1,9 +1,8 @@
-import { access, constants, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MemoryNonceStore, RedisNonceStore, RequestVerifier, type NonceStore } from '@ferry/auth';
-import type { Env } from '@ferry/config';
+import { ensureWritableDir, type Env } from '@ferry/config';
 import { JetStreamPublisher, NullSink, type EventSink, type EventSinkHealth } from '@ferry/events';
-import { listen, type ListeningServer } from '@ferry/http';
+import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { FerryError } from '@ferry/protocol';
 import type { Router } from 'express';
@@ -117,16 +116,7 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
 
 /** `ferry registry`: runs in the foreground until SIGINT or SIGTERM. */
 export async function runRegistry(env: Env = process.env, options: StartRegistryOptions = {}): Promise<void> {
-  const running = await startRegistry(env, options);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      void running.close().then(resolve);
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
+  await runUntilSignal(await startRegistry(env, options));
 }
 
 /** Degraded, never down: with Redis away the registry serves from memory; with NATS away history waits. */
@@ -142,15 +132,6 @@ function readiness(store: RegistryStore, events: EventSinkHealth, projector: Eve
     projection: projector ? { ...projector.status() } : { status: 'disabled' },
   };
   return { status: Object.values(checks).some((c) => c.status === 'down') ? 'degraded' : 'ready', checks };
-}
-
-async function ensureWritableDir(dir: string): Promise<void> {
-  try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await access(dir, constants.W_OK);
-  } catch (err) {
-    throw new FerryError('FERRY_ERR_CONFIG', { message: `FERRY_DATA_DIR: cannot write to ${dir} (${(err as NodeJS.ErrnoException).code ?? 'error'}); set FERRY_DATA_DIR to a writable directory`, cause: err });
-  }
 }
 
 export const REGISTRY_HELP = `Usage: ferry registry

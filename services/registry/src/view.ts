@@ -3,41 +3,16 @@
  * HTTP contract of docs/registry.md: what the API answers is exactly these shapes as JSON.
  */
 
+import type { ActualReport, HostRecord } from '@ferry/auth';
+
+// A registered host (times ISO 8601) and a heartbeat's report for one service: the wire contract
+// the receivers' client in @ferry/auth speaks, defined there once.
+export type { ActualReport, HostRecord };
+
 /** What a receiver's engine is, as it registered it. */
-export interface EngineInfo {
-  version: string;
-  storageDriver: string;
-  imageStore: 'legacy' | 'containerd';
-}
+export type EngineInfo = HostRecord['engine'];
 
-export type HostStatus = 'online' | 'lost';
-
-/** A registered host. Times are ISO 8601. */
-export interface HostRecord {
-  id: string;
-  /** The receiver's URL, as the sender dials it. */
-  url: string;
-  labels: Record<string, string>;
-  capabilities: string[];
-  /** The receiver's version. */
-  version: string;
-  engine: EngineInfo;
-  status: HostStatus;
-  registeredAt: string;
-  lastSeenAt: string;
-}
-
-/** What a receiver reports in a heartbeat for one service: what runs now, read from the container. */
-export interface ActualReport {
-  service: string;
-  containerId?: string;
-  imageId?: string;
-  image?: string;
-  configHash?: string;
-  deploymentId?: string;
-  /** `running`, `exited`, `missing` (no container), or any other Docker state. */
-  state: string;
-}
+export type HostStatus = HostRecord['status'];
 
 /** What the sender recorded after a successful deployment (`PUT /v1/desired/:host/:service`). */
 export interface Desired {

@@ -4,6 +4,9 @@ import { trackUpload, type ReceiverMetrics } from '@ferry/metrics';
 import { FerryError, PATHS } from '@ferry/protocol';
 import type { Readiness } from '../readiness.ts';
 
+// `/healthz` and `/readyz` are the same for every Ferry service.
+export { healthRouter } from '@ferry/http';
+
 export interface HealthDeps {
   hostId: string;
   version: string;
@@ -13,24 +16,6 @@ export interface HealthDeps {
   metrics?: ReceiverMetrics;
   /** When set, `/metrics` wants `Authorization: Bearer <token>`. */
   metricsToken?: string;
-}
-
-/**
- * `/healthz` (liveness: the process answers) and `/readyz` (its dependencies answer). No signature
- * and no source check: a load balancer's probe holds no Ferry key and may come from anywhere.
- */
-export function healthRouter(deps: HealthDeps): Router {
-  const router = Router();
-  router.get(PATHS.healthz, (_req, res) => {
-    res.json({ status: 'ok', host: deps.hostId, version: deps.version });
-  });
-
-  router.get(PATHS.readyz, async (_req, res) => {
-    const readiness = deps.readiness ? await deps.readiness() : { status: 'ready' as const, checks: {} };
-    res.setHeader('Cache-Control', 'no-store');
-    res.status(readiness.status === 'ready' ? 200 : 503).json({ ...readiness, host: deps.hostId });
-  });
-  return router;
 }
 
 /**

@@ -1,3 +1,4 @@
+import { editDistance } from '@ferry/config';
 import { FerryError } from '@ferry/protocol';
 
 /** One thing wrong with a deployment document: where (field path, and line:column in a file) and what. */
@@ -47,20 +48,8 @@ export function closest(word: string, candidates: readonly string[]): string | u
   let bestDistance = Math.max(2, Math.floor(word.length / 3)) + 1;
   const lower = word.toLowerCase();
   for (const candidate of candidates) {
-    const distance = levenshtein(lower, candidate.toLowerCase());
+    const distance = editDistance(lower, candidate.toLowerCase());
     if (distance < bestDistance) { best = candidate; bestDistance = distance; }
   }
   return best;
-}
-
-function levenshtein(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, i) => i);
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i];
-    for (let j = 1; j <= b.length; j++) {
-      current[j] = Math.min((previous[j] ?? 0) + 1, (current[j - 1] ?? 0) + 1, (previous[j - 1] ?? 0) + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    previous = current;
-  }
-  return previous[b.length] ?? 0;
 }

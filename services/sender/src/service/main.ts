@@ -1,10 +1,9 @@
-import { access, constants, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MemoryNonceStore, RedisNonceStore, RegistryClient, RequestVerifier, type NonceStore } from '@ferry/auth';
-import type { Env } from '@ferry/config';
+import { ensureWritableDir, type Env } from '@ferry/config';
 import { ImageBuilder, ImageStore, createDockerClient } from '@ferry/docker';
 import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
-import { listen, type ListeningServer } from '@ferry/http';
+import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { FerryError } from '@ferry/protocol';
 import { runDeployment } from '../deploy.ts';
@@ -88,25 +87,7 @@ export async function startSenderService(env: Env = process.env, logger?: Logger
 
 /** `ferry sender`: runs in the foreground until SIGINT or SIGTERM. */
 export async function runSenderService(env: Env = process.env): Promise<void> {
-  const service = await startSenderService(env);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      void service.close().then(resolve);
-    };
-    process.on('SIGINT', stop);
-    process.on('SIGTERM', stop);
-  });
-}
-
-async function ensureWritableDir(dir: string): Promise<void> {
-  try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await access(dir, constants.W_OK);
-  } catch (err) {
-    throw new FerryError('FERRY_ERR_CONFIG', { message: `FERRY_DATA_DIR: cannot write to ${dir} (${(err as NodeJS.ErrnoException).code ?? 'error'}); set FERRY_DATA_DIR to a writable directory`, cause: err });
-  }
+  await runUntilSignal(await startSenderService(env));
 }
 
 export const SENDER_SERVICE_HELP = `Usage: ferry sender
