@@ -193,7 +193,7 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     // Desired (from the sender) and actual (from A's heartbeat, read off the real container) agree.
     const state = await until(async () => {
       const found = (await states(web)).find((st) => st.host === hostA);
-      return found?.desired && found.actual?.configHash ? found : undefined;
+      return found?.desired && found.actual?.deploymentId === result.deploymentId ? found : undefined;
     });
     assert.equal(state.desired?.deploymentId, result.deploymentId);
     assert.equal(state.desired?.imageId, imageId);

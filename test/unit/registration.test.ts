@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import type { ActualReport, HostRegistration, Registered } from '@ferry/auth';
 import { createLogger } from '@ferry/log';
 import { FerryError, LABELS } from '@ferry/protocol';
-import { Registration, actualServices, advertisedUrl } from '@ferry/receiver';
+import { Registration, actualServices, advertisedUrl, settledServices } from '@ferry/receiver';
 
 const SELF: HostRegistration = {
   id: 'web-1', url: 'http://10.0.0.5:7701', labels: { env: 'prod' }, capabilities: ['resumable'], version: '0.1.0',
@@ -91,4 +91,16 @@ test('the advertised URL replaces a wildcard listening address with the hostname
   assert.equal(advertisedUrl('http://127.0.0.1:7701'), 'http://127.0.0.1:7701');
   assert.doesNotMatch(advertisedUrl('http://0.0.0.0:7701'), /0\.0\.0\.0/);
   assert.doesNotMatch(advertisedUrl('https://[::]:7701'), /\[::\]/);
+});
+
+test('no list goes out while a deployment is under way, nor when one began during the read', async () => {
+  const list: ActualReport[] = [{ service: 'web', state: 'running' }];
+  let reads = 0;
+  const read = (): Promise<ActualReport[]> => { reads += 1; return Promise.resolve(list); };
+  assert.equal(await settledServices(read, () => true), undefined);
+  assert.equal(reads, 0, 'the engine is not read mid-deployment');
+  assert.deepEqual(await settledServices(read, () => false), list);
+  let changing = false;
+  const racing = (): Promise<ActualReport[]> => { changing = true; return Promise.resolve(list); };
+  assert.equal(await settledServices(racing, () => changing), undefined);
 });

@@ -12,5 +12,5 @@ export { probeHttp, probeTcp, waitHealthy, type HealthOutcome } from './deploy/h
 export { ArchiveInspector, UNPACK_FLOOR, UNPACK_MAX, UNPACK_RATIO, unpackLimit, type ArchiveExpectation, type ArchiveStats } from './load/archive.ts';
 export { loadVerified, sanitizeEngineMessage, type LoadDeps, type LoadOutcome, type LoadablePackage } from './load/load.ts';
 export { PackageStore, type StoredPackage } from './store/packages.ts';
-export { Registration, actualServices, advertisedUrl, backoffMs, engineFacts, receiverRegistration, type RegistrationDeps } from './registration/index.ts';
+export { Registration, actualServices, advertisedUrl, backoffMs, engineFacts, receiverRegistration, settledServices, type RegistrationDeps } from './registration/index.ts';
 export { LayerInventory, isContainerdStore, layersRouter, type ImageStoreKind, type LayerAnswer, type LayerEngine } from './layers/index.ts';

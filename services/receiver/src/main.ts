@@ -74,6 +74,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   const registration = config.registry ? receiverRegistration({
     settings: config.registry, hostId: config.hostId, version: VERSION, docker, logger: log,
     capabilities: ['resumable', 'layers', ...(config.tls ? ['tls'] : [])], listenUrl: () => listeningUrl,
+    changing: () => deployer.changing,
   }) : undefined;
   const app = createApp({
     logger: log, verifier, deployer, hostId: config.hostId, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, policy, layers,

@@ -25,7 +25,7 @@ const schema = z.object({
   }),
   FERRY_SENDER_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the sender service' }).optional(),
   FERRY_KEY_ID: z.string().refine(isValidKeyId, 'a key id: letters, digits, ".", "_" and "-"').optional(),
-  FERRY_KEY: z.string().min(1).optional(),
+  FERRY_KEY: z.string().min(16, 'at least 16 characters').optional(),
   FERRY_ALLOW_CIDRS: parsedVar((v) => AddressList.parse(v)).optional(),
   FERRY_DASHBOARD_TOKEN: z.string().regex(/^[\x21-\x7e]{16,256}$/, '16–256 printable characters without spaces').optional(),
 })

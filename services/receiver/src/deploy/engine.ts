@@ -78,6 +78,11 @@ export class Deployer {
     this.#journal = deps.journal;
   }
 
+  /** True while any service is being deployed, rolled back or reconciled. */
+  get changing(): boolean {
+    return this.#busy.size > 0;
+  }
+
   get journal(): Journal {
     return this.#journal;
   }

@@ -49,6 +49,17 @@ export async function actualServices(docker: Pick<EngineReader, 'listContainers'
   return reports.sort((a, b) => a.service.localeCompare(b.service));
 }
 
+/**
+ * The list for a heartbeat, or undefined while a deployment is under way: its containers are then
+ * mid-swap (created, renamed, stopped), and the registry would read the swap itself as drift. A
+ * deployment that began during the read drops the list too.
+ */
+export async function settledServices(read: () => Promise<ActualReport[]>, changing: () => boolean): Promise<ActualReport[] | undefined> {
+  if (changing()) return undefined;
+  const services = await read();
+  return changing() ? undefined : services;
+}
+
 /** The engine facts a registration carries: version, storage driver and image store kind. */
 export async function engineFacts(docker: Pick<EngineReader, 'info'>): Promise<HostRegistration['engine']> {
   let info: { ServerVersion?: unknown; Driver?: unknown; DriverStatus?: unknown };

@@ -2,10 +2,10 @@ import { hostname } from 'node:os';
 import { RegistryClient } from '@ferry/auth';
 import type { Logger } from '@ferry/log';
 import type { RegistrySettings } from '../config.ts';
-import { actualServices, engineFacts, type EngineReader } from './actual.ts';
+import { actualServices, engineFacts, settledServices, type EngineReader } from './actual.ts';
 import { Registration } from './registration.ts';
 
-export { actualServices, engineFacts, type ContainerSummary, type EngineReader } from './actual.ts';
+export { actualServices, engineFacts, settledServices, type ContainerSummary, type EngineReader } from './actual.ts';
 export { DEFAULT_HEARTBEAT_SECONDS, Registration, backoffMs, type RegistrationDeps } from './registration.ts';
 
 /** Limit of one registration or heartbeat request. */
@@ -21,6 +21,8 @@ export interface ReceiverRegistrationOptions {
   capabilities: string[];
   /** Where the server listens, known once it does (e.g. http://0.0.0.0:7701). */
   listenUrl: () => string;
+  /** True while a deployment is under way (see settledServices). */
+  changing?: () => boolean;
 }
 
 /** The receiver's registration, built from its settings; `start()` it once the server listens. */
@@ -31,7 +33,7 @@ export function receiverRegistration(options: ReceiverRegistrationOptions): Regi
     registry: new RegistryClient(settings.url, settings.credentials, { timeoutMs: REQUEST_TIMEOUT_MS }),
     logger: options.logger,
     heartbeatSeconds: settings.heartbeatSeconds,
-    actual: () => actualServices(docker),
+    actual: () => settledServices(() => actualServices(docker), options.changing ?? (() => false)),
     self: async () => ({
       id: options.hostId,
       url: settings.advertiseUrl ?? advertisedUrl(options.listenUrl()),

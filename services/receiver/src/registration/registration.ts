@@ -16,8 +16,11 @@ export interface RegistrationDeps {
   registry: Pick<RegistryClient, 'register' | 'heartbeat' | 'url'>;
   /** What this receiver registers as; asked at each (re-)registration, as engine facts may change. */
   self: () => Promise<HostRegistration>;
-  /** What runs here now; a failure (engine down) sends a heartbeat without the list. */
-  actual: () => Promise<ActualReport[]>;
+  /**
+   * What runs here now; undefined (a deployment is under way) or a failure (engine down) sends a
+   * heartbeat without the list, which leaves the registry's view of this host as it was.
+   */
+  actual: () => Promise<ActualReport[] | undefined>;
   logger: Logger;
   /** FERRY_HEARTBEAT_SECONDS; undefined: the registry's answer, else DEFAULT_HEARTBEAT_SECONDS. */
   heartbeatSeconds?: number | undefined;
