@@ -1,0 +1,257 @@
+/**
+ * `npm run bench`: Ferry against every other way of moving an image, in one invocation.
+ *
+ *   npm run bench -- [--sizes small,medium,large] [--runs 3] [--out bench/results.md]
+ *
+ * Methods, in turn for every run: `docker save | docker load` piped between the engines (the
+ * floor), the classic `save | gzip | ssh | gunzip | load` script against a private sshd, a local
+ * registry (push + pull), and `ferry push` to a receiver process — cold (image absent) and warm
+ * (v2 while v1 is present). Everything runs on loopback against the local stack's two engines
+ * (deploy/local-stack.sh). Writes bench/results.md after every size. See bench/README.md.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { SIZES, ensureImages, type BenchImage, type BenchImages, type SizeName } from './images.ts';
+import { Engine } from './lib/docker.ts';
+import { machineFacts, type MachineFacts } from './lib/facts.ts';
+import { methods as allMethods, type Method, type MethodContext, type MethodId, type Phase } from './lib/methods.ts';
+import { Processes, run, runAllowingFailure, sleep } from './lib/proc.ts';
+import { CountingProxy } from './lib/proxy.ts';
+import { renderReport, type Sample } from './lib/report.ts';
+import { startPrivateSshd } from './lib/sshd.ts';
+import { startReceiverProcess, type ReceiverProcess } from '../test/helpers/ferry.ts';
+import { stack } from '../test/helpers/stack.ts';
+
+const ROOT = resolve(import.meta.dirname, '..');
+const USAGE = `Usage: npm run bench -- [--sizes small,medium,large] [--runs N] [--out FILE]
+
+  --sizes   which generated images to move (default: all: ~10 MB, ~200 MB, ~1 GB)
+  --runs    runs of every method per size and phase; the report gives medians (default 3)
+  --out     where the report goes (default bench/results.md)
+  --methods a subset of pipe,ssh,registry,ferry, in that order (default all; the pipe is the
+            reference of the ratios)
+  --note    a sentence for the report's notes (repeat for more)
+
+Needs the local stack (bash deploy/local-stack.sh up). For development: --sizes small --runs 1.`;
+
+const log = (message: string): void => { process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${message}\n`); };
+
+const METHOD_IDS: readonly MethodId[] = ['pipe', 'ssh', 'registry', 'ferry'];
+
+interface Options {
+  sizes: SizeName[];
+  runs: number;
+  out: string;
+  methods: MethodId[];
+  notes: string[];
+}
+
+function options(argv: string[]): Options | undefined {
+  const { values } = parseArgs({ args: argv, options: { sizes: { type: 'string' }, runs: { type: 'string' }, out: { type: 'string' }, methods: { type: 'string' }, note: { type: 'string', multiple: true }, help: { type: 'boolean', short: 'h' } } });
+  if (values.help) return undefined;
+  const sizes = (values.sizes ?? SIZES.join(',')).split(',').map((z) => z.trim()).filter(Boolean);
+  for (const size of sizes) if (!(SIZES as readonly string[]).includes(size)) throw new Error(`--sizes: unknown size "${size}" (${SIZES.join(', ')})`);
+  const runs = Number(values.runs ?? 3);
+  if (!Number.isInteger(runs) || runs < 1 || runs > 50) throw new Error('--runs must be a whole number from 1 to 50');
+  const methods = (values.methods ?? METHOD_IDS.join(',')).split(',').map((m) => m.trim()).filter(Boolean);
+  for (const method of methods) if (!(METHOD_IDS as readonly string[]).includes(method)) throw new Error(`--methods: unknown method "${method}" (${METHOD_IDS.join(', ')})`);
+  return {
+    sizes: SIZES.filter((z) => sizes.includes(z)), runs, out: resolve(values.out ?? join(ROOT, 'bench/results.md')),
+    methods: METHOD_IDS.filter((m) => methods.includes(m)), notes: values.note ?? [],
+  };
+}
+
+class Bench {
+  readonly procs = new Processes();
+  readonly #opts: Options;
+  readonly #build: Engine;
+  readonly #target: Engine;
+  readonly #samples: Sample[] = [];
+  readonly #images: BenchImages[] = [];
+  readonly #command: string;
+  #facts: MachineFacts | undefined;
+  #revision = 'unknown';
+  #tmp: string | undefined;
+  #receiver: ReceiverProcess | undefined;
+  #proxies: CountingProxy[] = [];
+  #methods: Method[] = [];
+  #stopSshd: (() => Promise<void>) | undefined;
+  #closed = false;
+
+  constructor(opts: Options, command: string) {
+    this.#opts = opts;
+    this.#command = command;
+    const s = stack();
+    this.#build = new Engine(s.buildDockerHost, this.procs);
+    this.#target = new Engine(s.targetDockerHost, this.procs);
+  }
+
+  async run(): Promise<void> {
+    this.#facts = await machineFacts(this.procs, this.#build, this.#target);
+    this.#revision = await revision(this.procs);
+    this.#tmp = await mkdtemp(join(tmpdir(), 'ferry-bench-'));
+    const context = await this.#startServices(this.#tmp);
+    this.#methods = allMethods(context).filter((m) => this.#opts.methods.includes(m.id));
+    for (const size of this.#opts.sizes) {
+      const images = await ensureImages(this.#build.host, size, this.procs, log);
+      this.#images.push(images);
+      log(`${size}: ${images.v1.ref} ${(images.v1.bytes / 1e6).toFixed(1)} MB, ${images.v1.diffIds.length} layers`);
+      await this.#phase(images, 'cold');
+      await this.#phase(images, 'warm');
+      await this.#clearTarget(images);
+      await this.#write(false);
+    }
+    await this.#write(true);
+  }
+
+  async #startServices(tmp: string): Promise<MethodContext> {
+    const credentials = { keyId: `bench-${randomBytes(3).toString('hex')}`, secret: randomBytes(32).toString('base64url') };
+    const hostId = `bench-${randomBytes(3).toString('hex')}`;
+    this.#receiver = await startReceiverProcess({
+      DOCKER_HOST: this.#target.host, FERRY_KEYS: `${credentials.keyId}:${credentials.secret}`, FERRY_HOST_ID: hostId,
+      FERRY_DATA_DIR: join(tmp, 'receiver'),
+    });
+    // A request signed within the receiver's first second is refused: its nonce window starts then.
+    await sleep(1100);
+    const receiverPort = Number(new URL(this.#receiver.url).port);
+    const sshd = await startPrivateSshd(join(tmp, 'sshd'), this.procs);
+    this.#stopSshd = () => sshd.stop();
+    const receiverProxy = await CountingProxy.start(receiverPort);
+    const sshProxy = await CountingProxy.start(sshd.port);
+    const registryProxy = await CountingProxy.start(0);
+    this.#proxies = [receiverProxy, sshProxy, registryProxy];
+    log(`receiver ${this.#receiver.url} (via ${receiverProxy.port}), sshd 127.0.0.1:${sshd.port} (via ${sshProxy.port}), registry via ${registryProxy.port}`);
+    return {
+      procs: this.procs, build: this.#build, target: this.#target, tmp, root: ROOT, nodePath: process.execPath,
+      sshd, sshProxy, registryProxy, receiverProxy, credentials, log,
+      receiver: { url: this.#receiver.url, pid: this.#receiver.child.pid },
+    };
+  }
+
+  async #phase(images: BenchImages, phase: Phase): Promise<void> {
+    const image = phase === 'cold' ? images.v1 : images.v2;
+    await this.#clearTarget(images);
+    if (phase === 'warm') {
+      log(`${images.size}: warm set-up: v1 onto the target (untimed)`);
+      for (const method of this.#methods) {
+        try {
+          await method.prepareWarm?.(images);
+        } catch (err) {
+          log(`${images.size}: warm set-up of ${method.id} failed (its warm runs start without it): ${err instanceof Error ? err.message : String(err)}`);
+        }
+      }
+      // Without the registry among the methods, v1 arrives by the plain pipe.
+      if (!await this.#target.has(images.v1.id)) {
+        await run(this.procs, 'bash', ['-o', 'pipefail', '-c', `docker -H ${this.#build.host} save ${images.v1.ref} | docker -H ${this.#target.host} load`]);
+      }
+    }
+    for (let round = 1; round <= this.#opts.runs; round += 1) {
+      for (const method of this.#methods) {
+        const sample: Sample = { size: images.size, phase, method: method.id, run: round, load: loadavg()[0] ?? 0 };
+        try {
+          await this.#ready(images, phase);
+          sample.measurement = await method.measure(image, images, phase);
+          const m = sample.measurement;
+          log(`${images.size} ${phase} ${method.id} #${round}: ${m.moveSeconds.toFixed(1)} s to the target + ${m.startSeconds.toFixed(1)} s start = ${m.totalSeconds.toFixed(1)} s, ${(m.wireBytes / 1e6).toFixed(1)} MB on the wire${m.detail ? ` (${m.detail})` : ''}`);
+        } catch (err) {
+          sample.error = err instanceof Error ? err.message : String(err);
+          log(`${images.size} ${phase} ${method.id} #${round} FAILED: ${sample.error}`);
+        }
+        this.#samples.push(sample);
+        await this.#target.removeImage(image.id).catch((err: unknown) => log(`could not remove ${image.ref} from the target: ${String(err)}`));
+      }
+      await this.#write(false);
+    }
+  }
+
+  /** Cold: neither version on the target. Warm: v1 there, v2 not. Whatever a failed run left is cleared. */
+  async #ready(images: BenchImages, phase: Phase): Promise<void> {
+    await this.#target.removeImage(images.v2.id);
+    if (phase === 'cold') await this.#target.removeImage(images.v1.id);
+    else if (!await this.#target.has(images.v1.id)) throw new Error(`${images.v1.ref} left the target during the warm phase`);
+  }
+
+  async #clearTarget(images: BenchImages): Promise<void> {
+    for (const image of [images.v2, images.v1] satisfies BenchImage[]) await this.#target.removeImage(image.id);
+  }
+
+  async #write(complete: boolean): Promise<void> {
+    if (!this.#facts) return;
+    const text = renderReport({
+      command: this.#command, facts: this.#facts, complete, runs: this.#opts.runs, sizes: this.#opts.sizes,
+      loadAtEnd: loadavg().map((n) => n.toFixed(2)).join(' '), finishedAt: new Date().toISOString(),
+      methods: this.#methods, images: this.#images, samples: this.#samples, revision: this.#revision, notes: this.#opts.notes,
+    });
+    await writeFile(this.#opts.out, text);
+  }
+
+  /** Stops everything this bench started and removes what it left on the target; safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const method of this.#methods) await method.close?.().catch(() => undefined);
+    await this.#stopSshd?.().catch(() => undefined);
+    await this.#receiver?.stop().catch(() => undefined);
+    for (const proxy of this.#proxies) await proxy.close().catch(() => undefined);
+    await this.procs.stopAll();
+    for (const images of this.#images) await this.#clearTarget(images).catch(() => undefined);
+    await this.procs.stopAll();
+    if (this.#tmp) await rm(this.#tmp, { recursive: true, force: true });
+  }
+
+  async interrupted(): Promise<void> {
+    await this.#write(false).catch(() => undefined);
+    await this.close();
+  }
+}
+
+/** The commit measured, and whether the working tree had changes on top of it. */
+async function revision(procs: Processes): Promise<string> {
+  const head = await runAllowingFailure(procs, 'git', ['-C', ROOT, 'log', '-1', '--format=%h %cI %s']);
+  const status = await runAllowingFailure(procs, 'git', ['-C', ROOT, 'status', '--porcelain', '--untracked-files=no']);
+  if (head.code !== 0) return 'not a git checkout';
+  const changed = status.stdout.split('\n').filter(Boolean).length;
+  return `commit ${head.stdout.trim()}${changed ? ` plus uncommitted changes in ${changed} tracked files` : ''}`;
+}
+
+async function main(): Promise<number> {
+  let opts: Options | undefined;
+  try {
+    opts = options(process.argv.slice(2));
+  } catch (err) {
+    process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n${USAGE}\n`);
+    return 2;
+  }
+  if (!opts) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const command = `npm run bench -- --sizes ${opts.sizes.join(',')} --runs ${opts.runs}${opts.methods.length < METHOD_IDS.length ? ` --methods ${opts.methods.join(',')}` : ''}`;
+  const bench = new Bench(opts, command);
+  let stopping = false;
+  const stop = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: stopping every process the bench started and cleaning up`);
+    void bench.interrupted().finally(() => process.exit(130));
+  };
+  process.on('SIGINT', stop).on('SIGTERM', stop);
+  try {
+    await bench.run();
+    log(`wrote ${opts.out}`);
+    return 0;
+  } catch (err) {
+    // After Ctrl-C, the killed children make the current step fail: that is not news.
+    if (stopping) return 130;
+    log(`bench failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
+    await bench.interrupted();
+    return 1;
+  } finally {
+    await bench.close();
+  }
+}
+
+process.exitCode = await main();

@@ -1,0 +1,73 @@
+/**
+ * The benchmark's own arithmetic and byte counting: medians, the report's ratios and table cells,
+ * and the counting proxy over real loopback sockets (what "bytes on the wire" rests on).
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { connect, createServer, type Server } from 'node:net';
+import { after, describe, it } from 'node:test';
+import { CountingProxy } from '../../bench/lib/proxy.ts';
+import { median, renderReport, type ReportInput } from '../../bench/lib/report.ts';
+
+describe('bench arithmetic and report', { timeout: 30_000 }, () => {
+  it('takes the median of odd and even counts and of nothing', () => {
+    assert.equal(median([3, 1, 2]), 2);
+    assert.equal(median([4, 1, 3, 2]), 2.5);
+    assert.ok(Number.isNaN(median([])));
+  });
+
+  it('gives ratios to the first row of a phase and escapes pipes in method names', () => {
+    const measurement = (total: number, wire: number) => ({ moveSeconds: total - 1, startSeconds: 1, totalSeconds: total, wireBytes: wire, wireDetail: '' });
+    const input: ReportInput = {
+      command: 'npm run bench', revision: 'commit abc', notes: ['a note'], loadAtEnd: '1 1 1', finishedAt: 'now', complete: true, runs: 2, sizes: ['small'], images: [],
+      facts: { date: 'then', nproc: 2, cpu: 'cpu', memory: '1 GiB', kernel: 'Linux', node: 'v24', dockerClient: '28', buildEngine: 'b', targetEngine: 't', tools: '', loadAtStart: '1 1 1' },
+      methods: [{ id: 'pipe', title: 'save | load', commands: [] }, { id: 'ferry', title: 'ferry push', commands: [] }],
+      samples: [
+        { size: 'small', phase: 'cold', method: 'pipe', run: 1, load: 1, measurement: measurement(11, 100e6) },
+        { size: 'small', phase: 'cold', method: 'pipe', run: 2, load: 1, measurement: measurement(9, 100e6) },
+        { size: 'small', phase: 'cold', method: 'ferry', run: 1, load: 1, measurement: measurement(6, 40e6) },
+        { size: 'small', phase: 'cold', method: 'ferry', run: 2, load: 1, error: 'boom' },
+      ],
+    };
+    const text = renderReport(input);
+    const pipeRow = text.split('\n').find((line) => line.startsWith('| save \\| load |'));
+    assert.ok(pipeRow, text);
+    assert.match(pipeRow, /\| 9\.0 \| 1\.00× \|/);
+    const ferryRow = text.split('\n').find((line) => line.startsWith('| ferry push (cold) (1 failed) |'));
+    assert.ok(ferryRow, text);
+    assert.match(ferryRow, /\| 5\.0 \| 0\.56× \| 1\.0 \| 6\.0 \| 0\.60× \| 40\.0 \|/);
+    assert.match(text, /small cold ferry run 2: boom/);
+    assert.match(text, /^- a note$/m);
+  });
+});
+
+describe('CountingProxy', { timeout: 30_000 }, () => {
+  let echo: Server | undefined;
+  let proxy: CountingProxy | undefined;
+  after(async () => {
+    await proxy?.close();
+    await new Promise((resolve) => (echo ? echo.close(resolve) : resolve(undefined)));
+  });
+
+  it('counts every byte each way through a real loopback connection', async () => {
+    // The server answers each byte it reads with two, so the two directions differ.
+    echo = createServer({ allowHalfOpen: true }, (socket) => {
+      socket.on('data', (chunk: Buffer) => socket.write(Buffer.concat([chunk, chunk])));
+      socket.on('end', () => socket.end());
+    });
+    await new Promise<void>((resolve) => echo?.listen(0, '127.0.0.1', resolve));
+    const address = echo.address();
+    assert.ok(address && typeof address !== 'string');
+    proxy = await CountingProxy.start(address.port);
+    const payload = randomBytes(3 * 1024 * 1024 + 17);
+    const client = connect(proxy.port, '127.0.0.1');
+    let received = 0;
+    client.on('data', (chunk: Buffer) => { received += chunk.length; });
+    const closed = new Promise((resolve) => client.once('close', resolve));
+    client.end(payload);
+    await closed;
+    assert.equal(received, payload.length * 2);
+    assert.deepEqual(proxy.take(), { up: payload.length, down: payload.length * 2 });
+    assert.deepEqual(proxy.take(), { up: 0, down: 0 });
+  });
+});
