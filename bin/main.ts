@@ -1,50 +1,28 @@
 import { FerryError } from '@ferry/protocol';
 
-/**
- * The `ferry` command. `receiver` runs the receiver service; everything else belongs to the
- * sender's CLI. Services are loaded lazily so each command pulls in only its own code.
- */
+/** The long-running services, each configured by FERRY_* variables only and loaded on demand. */
+const SERVICES: Record<string, () => Promise<{ run: (env: NodeJS.ProcessEnv) => Promise<void>; help: string }>> = {
+  receiver: async () => ({ run: (await import('@ferry/receiver')).runReceiver, help: RECEIVER_HELP }),
+  sender: async () => { const m = await import('@ferry/sender'); return { run: m.runSenderService, help: m.SENDER_SERVICE_HELP }; },
+  registry: async () => { const m = await import('@ferry/registry'); return { run: (env) => m.runRegistry(env), help: m.REGISTRY_HELP }; },
+};
+
+/** The `ferry` command: `receiver`, `sender` and `registry` run a service; the rest is the CLI. */
 export async function main(argv: string[]): Promise<number> {
+  const [command = ''] = argv;
   // `ferry push` streams the same way (docker save, then one upload per target): bench/fanout-memory.ts.
-  if (argv[0] === 'receiver' || argv[0] === 'push') withSmallYoungGeneration();
+  if (command === 'receiver' || command === 'push') withSmallYoungGeneration();
   const { runCli, report, processIo } = await import('@ferry/sender');
-  if (argv[0] === 'sender') {
-    const { runSenderService, SENDER_SERVICE_HELP } = await import('@ferry/sender');
-    if (argv.includes('--help') || argv.includes('-h')) {
-      processIo.stdout.write(SENDER_SERVICE_HELP);
-      return 0;
-    }
-    try {
-      if (argv.length > 1) throw new FerryError('FERRY_ERR_USAGE', { message: '"ferry sender" takes no arguments: configure it with FERRY_* variables (see "ferry sender --help")' });
-      await runSenderService(process.env);
-      return 0;
-    } catch (err) {
-      return report(processIo, err, false);
-    }
-  }
-  if (argv[0] === 'registry') {
-    const { runRegistry, REGISTRY_HELP } = await import('@ferry/registry');
-    if (argv.includes('--help') || argv.includes('-h')) {
-      processIo.stdout.write(REGISTRY_HELP);
-      return 0;
-    }
-    try {
-      if (argv.length > 1) throw new FerryError('FERRY_ERR_USAGE', { message: '"ferry registry" takes no arguments: configure it with FERRY_* variables (see "ferry registry --help")' });
-      await runRegistry(process.env);
-      return 0;
-    } catch (err) {
-      return report(processIo, err, false);
-    }
-  }
-  if (argv[0] !== 'receiver') return runCli(argv);
-  if (argv.includes('--help') || argv.includes('-h')) {
-    processIo.stdout.write(RECEIVER_HELP);
-    return 0;
-  }
+  const load = Object.hasOwn(SERVICES, command) ? SERVICES[command] : undefined;
+  if (!load) return runCli(argv);
   try {
-    if (argv.length > 1) throw new FerryError('FERRY_ERR_USAGE', { message: '"ferry receiver" takes no arguments: configure it with FERRY_* variables (see "ferry receiver --help")' });
-    const { runReceiver } = await import('@ferry/receiver');
-    await runReceiver(process.env);
+    const service = await load();
+    if (argv.includes('--help') || argv.includes('-h')) {
+      processIo.stdout.write(service.help);
+      return 0;
+    }
+    if (argv.length > 1) throw new FerryError('FERRY_ERR_USAGE', { message: `"ferry ${command}" takes no arguments: configure it with FERRY_* variables (see "ferry ${command} --help")` });
+    await service.run(process.env);
     return 0;
   } catch (err) {
     return report(processIo, err, false);
