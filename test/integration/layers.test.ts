@@ -244,6 +244,28 @@ describe('layer negotiation', { timeout: 300_000 }, () => {
     assert.equal(ok.status, 200);
     assert.deepEqual(await ok.json(), { imageStore: 'legacy', present: [] });
     const other = await fetch(`${rx.url}${path}`, { method: 'POST', headers: signed(digestOf('{}')), body });
-    assert.equal(other.status, 400);
+    assert.equal(other.status, 422);
+    assert.equal(((await other.json()) as { error: { code: string } }).error.code, 'FERRY_ERR_BODY_DIGEST_MISMATCH');
+  });
+
+  test('POST /v1/layers answers bad input with a typed 4xx', async () => {
+    const path = PATHS.layers;
+    const id = 'sha256:' + 'a'.repeat(64);
+    const cases: [string, string, number, string, string?][] = [
+      ['malformed JSON', '{"diffIds":', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['JSON null', 'null', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['wrong type', JSON.stringify({ diffIds: id }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['not a digest', JSON.stringify({ diffIds: ['sha256:../../etc'] }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['no ids', JSON.stringify({ diffIds: [] }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['too many ids', JSON.stringify({ diffIds: Array.from({ length: 1001 }, () => id) }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['unknown field', JSON.stringify({ diffIds: [id], extra: 1 }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['oversize body', JSON.stringify({ diffIds: [id], pad: 'a'.repeat(200 * 1024) }), 413, 'FERRY_ERR_PAYLOAD_TOO_LARGE'],
+      ['wrong media type', JSON.stringify({ diffIds: [id] }), 415, 'FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', 'text/plain'],
+    ];
+    for (const [name, body, status, code, type] of cases) {
+      const headers = { ...signRequest({ method: 'POST', path, contentDigest: digestOf(body), audience: hostId, ...key }), 'content-type': type ?? 'application/json' };
+      const answer = await fetch(`${rx.url}${path}`, { method: 'POST', headers, body });
+      assert.deepEqual([answer.status, (await answer.json() as { error: { code: string } }).error.code], [status, code], name);
+    }
   });
 });

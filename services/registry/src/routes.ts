@@ -1,9 +1,7 @@
-import type { IncomingMessage } from 'node:http';
-import { Router, type Request, type Response } from 'express';
+import { Router, type Request } from 'express';
 import { z } from 'zod';
-import type { AuthLocals } from '@ferry/http';
-import { digestOf } from '@ferry/integrity';
-import { FerryError, HEADERS, SERVICE_NAME_PATTERN } from '@ferry/protocol';
+import { readSignedJson } from '@ferry/http';
+import { FerryError, SERVICE_NAME_PATTERN } from '@ferry/protocol';
 import type { EventProjector } from './consumer.ts';
 import { parseSelector, type Registry } from './registry.ts';
 
@@ -56,13 +54,13 @@ export function registryRouter(deps: RegistryRouteDeps): Router {
   const router = Router();
 
   router.post('/v1/hosts', async (req, res) => {
-    const body = parse(HostSchema, await readJson(req, res));
+    const body = parse(HostSchema, await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'object' }));
     const host = registry.register(body);
     res.json({ host, heartbeatSeconds: registry.heartbeatSeconds, ttlSeconds: registry.ttlSeconds });
   });
 
   router.post('/v1/hosts/:id/heartbeat', async (req, res) => {
-    const body = parse(HeartbeatSchema, await readJson(req, res));
+    const body = parse(HeartbeatSchema, await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'object' }));
     registry.heartbeat(param(req, 'id'), body.services);
     res.json({ ok: true });
   });
@@ -75,7 +73,7 @@ export function registryRouter(deps: RegistryRouteDeps): Router {
   });
 
   router.put('/v1/desired/:host/:service', async (req, res) => {
-    const body = parse(DesiredSchema, await readJson(req, res));
+    const body = parse(DesiredSchema, await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'object' }));
     const host = param(req, 'host');
     const service = param(req, 'service');
     if (!ID.test(host)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'host: letters, digits, "-" and "_"' });
@@ -105,7 +103,7 @@ export function registryRouter(deps: RegistryRouteDeps): Router {
   });
 
   router.post('/v1/projection/rebuild', async (req, res) => {
-    await readJson(req, res, true);
+    await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'only' });
     if (!deps.projector) throw new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: 'The registry has no event stream configured (FERRY_NATS_URL)' });
     res.json({ events: await deps.projector.rebuild() });
   });
@@ -134,29 +132,3 @@ function parse<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
   return result.data;
 }
 
-/**
- * Reads the body, checks it against the signed content digest (the signature covers the digest,
- * the digest covers the bytes) and parses it as JSON. An empty body is `{}`.
- */
-async function readJson(req: IncomingMessage, res: Response, emptyOnly = false): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_BODY_BYTES) throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `The body exceeds ${MAX_BODY_BYTES} bytes` });
-    chunks.push(chunk);
-  }
-  const raw = Buffer.concat(chunks);
-  if (digestOf(raw) !== (res.locals as AuthLocals).auth.contentDigest) {
-    throw new FerryError('FERRY_ERR_BODY_DIGEST_MISMATCH', { message: `${HEADERS.contentDigest} is not the BLAKE3 of the body` });
-  }
-  if (raw.length === 0) return {};
-  if (emptyOnly) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'This request takes no body' });
-  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-  if (type !== 'application/json') throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'Send the body as Content-Type: application/json' });
-  try {
-    return JSON.parse(raw.toString('utf8'));
-  } catch (err) {
-    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'The body is not JSON', cause: err });
-  }
-}

@@ -1,8 +1,6 @@
-import type { IncomingMessage } from 'node:http';
 import { Router, type Express } from 'express';
 import type { RequestVerifier } from '@ferry/auth';
-import { SIGNED_HEADERS, createBaseApp, finishApp, requireAllowedSource, requireSignature, strictHeaders, type AuthLocals, type SecurityOptions } from '@ferry/http';
-import { digestOf } from '@ferry/integrity';
+import { SIGNED_HEADERS, createBaseApp, finishApp, requireAllowedSource, requireSignature, readSignedJson, strictHeaders, type AuthLocals, type SecurityOptions } from '@ferry/http';
 import type { Logger } from '@ferry/log';
 import { FerryError, PATHS } from '@ferry/protocol';
 import { invalidDocument, parseDeploymentJson } from '../deployfile/index.ts';
@@ -38,7 +36,7 @@ function deploymentsRouter(jobs: DeploymentJobs): Router {
   const router = Router();
   router.post(PATHS.deployments, async (req, res) => {
     const { auth } = res.locals as AuthLocals;
-    const body = await readJsonBody(req, auth.contentDigest);
+    const body = await readSignedJson(req, res, { maxBytes: MAX_DOCUMENT_BYTES });
     const parsed = parseDeploymentJson(body);
     if (!parsed.ok) throw invalidDocument(parsed.problems);
     const { job, created } = await jobs.submit(parsed.document, auth.keyId);
@@ -53,22 +51,3 @@ function deploymentsRouter(jobs: DeploymentJobs): Router {
   return router;
 }
 
-/** Reads the body whole (it is small and bounded) and checks it is the body that was signed. */
-async function readJsonBody(req: IncomingMessage, signedDigest: string): Promise<unknown> {
-  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-  if (type !== 'application/json') throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'A deployment document is sent as Content-Type: application/json' });
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MAX_DOCUMENT_BYTES) throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `A deployment document is at most ${MAX_DOCUMENT_BYTES} bytes` });
-    chunks.push(chunk);
-  }
-  const raw = Buffer.concat(chunks);
-  if (digestOf(raw) !== signedDigest) throw new FerryError('FERRY_ERR_BODY_DIGEST_MISMATCH', { message: 'The body is not the one the signature covers (X-Ferry-Content-Digest)' });
-  try {
-    return JSON.parse(raw.toString('utf8')) as unknown;
-  } catch (err) {
-    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The body is not JSON: ${(err as Error).message}`, cause: err });
-  }
-}
