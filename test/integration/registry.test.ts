@@ -371,4 +371,51 @@ describe('registry', SUITE, () => {
     assert.deepEqual(request.body.services, { web: { env: { A: '1' }, ports: ['8080:80'], image: 'demo:1', targets: [targetUrl] } });
     assert.equal((corrected.drift?.correction?.response as { state: string }).state, 'queued');
   });
+
+  it('bad input answers a typed 4xx and changes nothing', async () => {
+    const audience = `registry-${RUN}`;
+    const raw = async (method: string, path: string, text: string, type = 'application/json'): Promise<Answer> => {
+      const headers: Record<string, string> = { ...signRequest({ method, path, contentDigest: digestOf(text), keyId: KEY_ID, secret: SECRET, audience }), 'content-type': type };
+      const response = await fetch(`${registry.url}${path}`, { method, headers, ...(method === 'GET' ? {} : { body: text }) });
+      return { status: response.status, body: await response.json() as Record<string, unknown> };
+    };
+    const host = `bad-${RUN}`;
+    assert.equal((await api('POST', '/v1/hosts', registration(host, {}))).status, 200);
+    const desired = { deploymentId: randomUUID(), image: 'demo:1', imageId: IMAGE_A, configHash: 'sha256:c1', targetUrl: 'http://127.0.0.1:1/x', service: { name: 'web' } };
+    // Hosts may go lost by their TTL meanwhile: what must not change is which hosts and services exist.
+    const snapshot = async (): Promise<string[]> => [
+      ...((await api('GET', '/v1/hosts')).body.hosts as { id: string }[]).map((h) => h.id),
+      ...((await api('GET', '/v1/services')).body.services as ServiceState[]).map((s) => `${s.host}/${s.service}`),
+    ].sort();
+    const unchanged = await snapshot();
+    const cases: [string, string, string, string, number, string][] = [
+      ['malformed JSON', 'POST', '/v1/hosts', '{"id":', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['JSON null', 'POST', '/v1/hosts', 'null', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['wrong types', 'POST', '/v1/hosts', JSON.stringify({ ...registration(`x-${RUN}`, {}), id: 5, labels: [] }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['bad host id', 'POST', '/v1/hosts', JSON.stringify(registration('../etc', {})), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['oversize body', 'POST', '/v1/hosts', JSON.stringify({ pad: 'a'.repeat(300 * 1024) }), 413, 'FERRY_ERR_PAYLOAD_TOO_LARGE'],
+      ['heartbeat wrong types', 'POST', `/v1/hosts/${host}/heartbeat`, JSON.stringify({ services: { web: 1 } }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['heartbeat bad service', 'POST', `/v1/hosts/${host}/heartbeat`, JSON.stringify({ services: [{ service: '../x', state: 'running' }] }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['heartbeat bad id', 'POST', '/v1/hosts/no%20such/heartbeat', '{}', 404, 'FERRY_ERR_HOST_UNKNOWN'],
+      ['heartbeat undecodable id', 'POST', '/v1/hosts/%ZZ/heartbeat', '{}', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['desired bad host', 'PUT', '/v1/desired/a%20b/web', JSON.stringify(desired), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['desired bad service', 'PUT', `/v1/desired/${host}/Web!`, JSON.stringify(desired), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['desired wrong types', 'PUT', `/v1/desired/${host}/web`, JSON.stringify({ ...desired, service: 'web' }), 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['desired not JSON', 'PUT', `/v1/desired/${host}/web`, 'web', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['wrong media type', 'PUT', `/v1/desired/${host}/web`, JSON.stringify(desired), 415, 'FERRY_ERR_UNSUPPORTED_MEDIA_TYPE'],
+      ['selector without operator', 'GET', '/v1/hosts?selector=env', '', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['selector without key', 'GET', '/v1/hosts?selector=%3Dprod', '', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['selector unknown operator', 'GET', '/v1/hosts?selector=env~prod', '', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['selector twice', 'GET', '/v1/hosts?selector=a%3Db&selector=c%3Dd', '', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['unknown status', 'GET', '/v1/hosts?status=gone', '', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['services filter twice', 'GET', '/v1/services?host=a&host=b', '', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['rebuild with a body', 'POST', '/v1/projection/rebuild', '{}', 400, 'FERRY_ERR_BAD_REQUEST'],
+    ];
+    for (const [name, method, path, text, status, code] of cases) {
+      const answer = await raw(method, path, text, name === 'wrong media type' ? 'text/plain' : 'application/json');
+      assert.equal(answer.status, status, `${name}: ${JSON.stringify(answer.body)}`);
+      assert.equal((answer.body.error as { code: string }).code, code, name);
+    }
+    assert.deepEqual(await snapshot(), unchanged);
+  });
 });

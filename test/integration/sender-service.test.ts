@@ -235,4 +235,30 @@ describe('sender service', { timeout: 600_000 }, () => {
     assert.equal(cut.services[0]?.state, 'failed');
     assert.ok(cut.finishedAt);
   });
+
+  test('bad input answers a typed 4xx and creates no job', async () => {
+    const send = async (method: string, path: string, text: string, type = 'application/json'): Promise<[number, string]> => {
+      const headers = { ...signRequest({ method, path, contentDigest: digestOf(text), audience: `ss-${run}`, ...caller }), 'content-type': type };
+      const response = await fetch(`${sender.url}${path}`, { method, headers, ...(method === 'GET' ? {} : { body: text }) });
+      return [response.status, (await response.json() as { error: { code: string } }).error.code];
+    };
+    const id = `typed-${run}`;
+    const document = { version: 1, id, services: { [`typed-${run}`]: { image: `${repo}:1`, targets: [rx.url] } } };
+    const cases: [string, string, string, string, number, string][] = [
+      ['malformed JSON', 'POST', '/v1/deployments', '{"version":', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['JSON null', 'POST', '/v1/deployments', 'null', 400, 'FERRY_ERR_BAD_DEPLOYMENT_FILE'],
+      ['JSON array', 'POST', '/v1/deployments', '[]', 400, 'FERRY_ERR_BAD_DEPLOYMENT_FILE'],
+      ['wrong types', 'POST', '/v1/deployments', JSON.stringify({ ...document, version: '1', services: [] }), 400, 'FERRY_ERR_BAD_DEPLOYMENT_FILE'],
+      ['bad service name', 'POST', '/v1/deployments', JSON.stringify({ ...document, services: { '../x': document.services[`typed-${run}`] } }), 400, 'FERRY_ERR_BAD_DEPLOYMENT_FILE'],
+      ['oversize body', 'POST', '/v1/deployments', JSON.stringify({ ...document, pad: 'a'.repeat(1024 ** 2) }), 413, 'FERRY_ERR_PAYLOAD_TOO_LARGE'],
+      ['wrong media type', 'POST', '/v1/deployments', JSON.stringify(document), 415, 'FERRY_ERR_UNSUPPORTED_MEDIA_TYPE'],
+      ['id not a job id', 'GET', '/v1/deployments/..%2F..%2Fetc', '', 404, 'FERRY_ERR_NOT_FOUND'],
+      ['id too long', 'GET', `/v1/deployments/${'a'.repeat(200)}`, '', 404, 'FERRY_ERR_NOT_FOUND'],
+      ['id undecodable', 'GET', '/v1/deployments/%ZZ', '', 400, 'FERRY_ERR_BAD_REQUEST'],
+    ];
+    for (const [name, method, path, text, status, code] of cases) {
+      assert.deepEqual(await send(method, path, text, name === 'wrong media type' ? 'text/plain' : 'application/json'), [status, code], name);
+    }
+    assert.deepEqual(await send('GET', `/v1/deployments/${id}`, ''), [404, 'FERRY_ERR_NOT_FOUND'], 'no job was created');
+  });
 });
