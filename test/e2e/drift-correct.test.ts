@@ -8,19 +8,17 @@
  * the drift clears once the desired image runs again.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { RegistryClient, SignedClient, type ServiceState } from '@ferry/auth';
 import { createDockerClient } from '@ferry/docker';
 import { LABELS } from '@ferry/protocol';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { buildTestImage, freePort, runFerry, startFerryProcess, startReceiverProcess, type FerryProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { until } from '../helpers/registry.ts';
 import { NatsServer } from '../helpers/servers.ts';
 import { stack } from '../helpers/stack.ts';
 
@@ -40,14 +38,6 @@ const target = createDockerClient(s.targetDockerHost);
 const build = createDockerClient(s.buildDockerHost);
 const dirs: string[] = [];
 
-interface ServiceProcess {
-  url: string;
-  child: ChildProcess;
-  /** Every JSON log line it wrote so far. */
-  logs: Record<string, unknown>[];
-  stop(): Promise<void>;
-}
-
 interface JobView {
   id: string;
   state: string;
@@ -60,50 +50,10 @@ async function tempDir(label: string): Promise<string> {
   return dir;
 }
 
-/** Starts `ferry <command>` with only the FERRY_* variables given and waits for its "… listening" line. */
-async function startFerryService(command: 'registry' | 'sender', env: Record<string, string>): Promise<ServiceProcess> {
-  const inherited: Record<string, string> = {};
-  for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !name.startsWith('FERRY_') && name !== 'DOCKER_HOST') inherited[name] = value;
-  const child = spawn(process.execPath, [join(ROOT, 'bin/ferry.js'), command], { env: { ...inherited, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  const logs: Record<string, unknown>[] = [];
-  let stderr = '';
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
-  const url = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout }).on('line', (text) => {
-      try {
-        const entry = JSON.parse(text) as Record<string, unknown>;
-        logs.push(entry);
-        if (entry.msg === `${command} listening` && typeof entry.url === 'string') resolve(entry.url);
-      } catch {
-        logs.push({ text });
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`ferry ${command} exited with ${code}: ${stderr}${JSON.stringify(logs)}`)));
-  });
-  return {
-    url, child, logs,
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((resolve) => child.once('exit', resolve));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
-
-/** Asks again until `probe` answers; the suite's timeout ends a wait that never does. */
-async function until<T>(probe: () => Promise<T | undefined>): Promise<T> {
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    await sleep(250);
-  }
-}
-
 describe('drift correction: registry (correct mode) → sender service → receiver, end to end', { timeout: 900_000 }, () => {
   let nats: NatsServer;
-  let registry: ServiceProcess;
-  let sender: ServiceProcess;
+  let registry: FerryProcess;
+  let sender: FerryProcess;
   let receiver: ReceiverProcess;
   let registryClient: RegistryClient;
   let senderClient: SignedClient;
@@ -156,7 +106,7 @@ describe('drift correction: registry (correct mode) → sender service → recei
     // Each needs the other's address at start: both ports are chosen first.
     const registryUrl = `http://127.0.0.1:${await freePort()}`;
     const senderUrl = `http://127.0.0.1:${await freePort()}`;
-    registry = await startFerryService('registry', {
+    registry = await startFerryProcess('registry', {
       FERRY_LISTEN: new URL(registryUrl).host, FERRY_HOST_ID: registryId, FERRY_DATA_DIR: await tempDir('registry'),
       FERRY_KEYS: `${ops.keyId}:${ops.secret},${fleet.keyId}:${fleet.secret}`, FERRY_NATS_URL: nats.url,
       // Hosts beat every second here; the registry waits one of its own intervals (⌊TTL/3⌋ = 2 s) before correcting.
@@ -164,7 +114,7 @@ describe('drift correction: registry (correct mode) → sender service → recei
       FERRY_KEY_ID: ops.keyId, FERRY_KEY: ops.secret,
     });
     const senderDir = await tempDir('sender');
-    sender = await startFerryService('sender', {
+    sender = await startFerryProcess('sender', {
       FERRY_LISTEN: new URL(senderUrl).host, FERRY_HOST_ID: senderId, FERRY_DATA_DIR: senderDir,
       FERRY_KEYS: `${ops.keyId}:${ops.secret}`, FERRY_KEY_ID: fleet.keyId, FERRY_KEY: fleet.secret,
       DOCKER_HOST: s.buildDockerHost, FERRY_NATS_URL: nats.url, FERRY_REGISTRY_URL: registryUrl,

@@ -4,6 +4,9 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
+import { connect, type NatsConnection } from 'nats';
+import { EventWatcher } from './events.ts';
+import { stack } from './stack.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 const FERRY = join(ROOT, 'bin/ferry.js');
@@ -51,13 +54,21 @@ export interface ReceiverProcess {
   stop(): Promise<void>;
 }
 
-/** Starts `ferry receiver` on a free loopback port and waits until it says it listens. */
-export async function startReceiverProcess(env: Record<string, string>): Promise<ReceiverProcess> {
-  const dataDir = env.FERRY_DATA_DIR ?? await mkdtemp(join(tmpdir(), 'ferry-rx-'));
-  const child = spawn(process.execPath, [FERRY, 'receiver'], {
-    env: { ...baseEnv(), FERRY_LISTEN: '127.0.0.1:0', FERRY_DATA_DIR: dataDir, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+export interface FerryProcess {
+  url: string;
+  child: ChildProcess;
+  /** Every JSON log line it wrote so far. */
+  logs: Record<string, unknown>[];
+  /** SIGTERMs it (if it still runs) and waits until it exited. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts a long-running `ferry <command>` (receiver, sender, registry) with the test's environment
+ * minus FERRY_* plus `env`, and waits for its "<command> listening" line.
+ */
+export async function startFerryProcess(command: 'receiver' | 'sender' | 'registry', env: Record<string, string>): Promise<FerryProcess> {
+  const child = spawn(process.execPath, [FERRY, command], { env: { ...baseEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
@@ -66,13 +77,20 @@ export async function startReceiverProcess(env: Record<string, string>): Promise
       try {
         const entry = JSON.parse(text) as Record<string, unknown>;
         logs.push(entry);
-        if (entry.msg === 'receiver listening' && typeof entry.url === 'string') resolvePromise(entry.url);
+        if (entry.msg === `${command} listening` && typeof entry.url === 'string') resolvePromise(entry.url);
       } catch {
         logs.push({ text });
       }
     });
-    child.once('exit', (code) => reject(new Error(`receiver exited with ${code}: ${stderr}${JSON.stringify(logs)}`)));
+    child.once('exit', (code) => reject(new Error(`ferry ${command} exited with ${code}: ${stderr}${JSON.stringify(logs)}`)));
   });
+  return { url, child, logs, stop: () => terminate(child) };
+}
+
+/** Starts `ferry receiver` on a free loopback port and waits until it says it listens. */
+export async function startReceiverProcess(env: Record<string, string>): Promise<ReceiverProcess> {
+  const dataDir = env.FERRY_DATA_DIR ?? await mkdtemp(join(tmpdir(), 'ferry-rx-'));
+  const { url, child, logs } = await startFerryProcess('receiver', { FERRY_LISTEN: '127.0.0.1:0', FERRY_DATA_DIR: dataDir, ...env });
   return {
     url, dataDir, child, logs, hostId: env.FERRY_HOST_ID ?? '',
     stop: async () => {
@@ -80,6 +98,27 @@ export async function startReceiverProcess(env: Record<string, string>): Promise
       if (!env.FERRY_DATA_DIR) await rm(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+export interface WatchedReceiver {
+  receiver: ReceiverProcess;
+  watcher: EventWatcher;
+  nc: NatsConnection;
+}
+
+/**
+ * A `ferry receiver` on the stack's target engine publishing to the stack's NATS, with a watcher on
+ * its host's events subscribed before it starts, so no event is missed. The caller stops the
+ * receiver and drains `nc`.
+ */
+export async function startWatchedReceiver(hostId: string, keys: string, extraEnv: Record<string, string> = {}): Promise<WatchedReceiver> {
+  const s = stack();
+  const nc = await connect({ servers: s.natsUrl });
+  const watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
+  const receiver = await startReceiverProcess({
+    DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: keys, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId, ...extraEnv,
+  });
+  return { receiver, watcher, nc };
 }
 
 export async function freePort(): Promise<number> {

@@ -9,11 +9,11 @@ import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { ImageBuilder, createDockerClient } from '@ferry/docker';
 import { FerryError } from '@ferry/protocol';
-import { EventWatcher } from '../helpers/events.ts';
-import { freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import type { EventWatcher } from '../helpers/events.ts';
+import { freePort, runFerry, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -139,11 +139,7 @@ describe('building images on the real build engine', { timeout: 300_000 }, () =>
     let pushedId: string | undefined;
 
     before(async () => {
-      nc = await connect({ servers: s.natsUrl });
-      watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
-      receiver = await startReceiverProcess({
-        DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
-      });
+      ({ receiver, watcher, nc } = await startWatchedReceiver(hostId, `${key.keyId}:${key.secret}`));
     });
 
     after(async () => {

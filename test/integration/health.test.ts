@@ -9,14 +9,14 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createServer, type Server, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { NullSink } from '@ferry/events';
 import { createLogger } from '@ferry/log';
 import { FerryError, HealthCheckSchema, type ServiceSpec } from '@ferry/protocol';
 import { push } from '@ferry/sender';
-import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
-import { EventWatcher } from '../helpers/events.ts';
+import { buildTestImage, freePort, runFerry, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
+import type { EventWatcher } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
@@ -119,11 +119,7 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
     });
     await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
     hangPort = (hang.address() as { port: number }).port;
-    nc = await connect({ servers: s.natsUrl });
-    watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
-    receiver = await startReceiverProcess({
-      DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
-    });
+    ({ receiver, watcher, nc } = await startWatchedReceiver(hostId, `${key.keyId}:${key.secret}`));
   });
 
   after(async () => {

@@ -8,18 +8,16 @@
  * which engine got the container. The registry here is private (in memory, TTL 3 s).
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { RegistryClient, type HostRecord, type ServiceState } from '@ferry/auth';
 import { createDockerClient } from '@ferry/docker';
 import { LABELS } from '@ferry/protocol';
-import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { buildTestImage, freePort, runFerry, startFerryProcess, startReceiverProcess, type FerryProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { until } from '../helpers/registry.ts';
 import { stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -34,37 +32,12 @@ const web = `regweb-${run}`;
 const both = `regboth-${run}`;
 const dirs: string[] = [];
 
-interface RegistryProcess { url: string; child: ChildProcess; stop(): Promise<void> }
-
 /** `ferry registry` on a given port (in memory, no NATS), once it says it listens. */
-async function startRegistry(port: number, dataDir: string): Promise<RegistryProcess> {
-  const env: Record<string, string> = {};
-  for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !name.startsWith('FERRY_')) env[name] = value;
-  const child = spawn(process.execPath, [join(ROOT, 'bin/ferry.js'), 'registry'], {
-    env: {
-      ...env, FERRY_LISTEN: `127.0.0.1:${port}`, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_DATA_DIR: dataDir,
-      FERRY_HOST_ID: `registry-${run}`, FERRY_HOST_TTL_SECONDS: '3',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
+function startRegistry(port: number, dataDir: string): Promise<FerryProcess> {
+  return startFerryProcess('registry', {
+    FERRY_LISTEN: `127.0.0.1:${port}`, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_DATA_DIR: dataDir,
+    FERRY_HOST_ID: `registry-${run}`, FERRY_HOST_TTL_SECONDS: '3',
   });
-  let stderr = '';
-  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
-  const url = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout }).on('line', (text) => {
-      const entry = JSON.parse(text) as { msg?: string; url?: string };
-      if (entry.msg === 'registry listening' && typeof entry.url === 'string') resolve(entry.url);
-    });
-    child.once('exit', (code) => reject(new Error(`registry exited with ${code}: ${stderr}`)));
-  });
-  return {
-    url, child,
-    stop: async () => {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = new Promise((r) => child.once('exit', r));
-      child.kill('SIGTERM');
-      await exited;
-    },
-  };
 }
 
 async function tempDir(label: string): Promise<string> {
@@ -73,17 +46,8 @@ async function tempDir(label: string): Promise<string> {
   return dir;
 }
 
-/** Asks again until `probe` answers; the suite's timeout ends a wait that never does. */
-async function until<T>(probe: () => Promise<T | undefined>): Promise<T> {
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    await sleep(250);
-  }
-}
-
 describe('registry clients: receiver registration, selectors, desired state, drift', { timeout: 600_000 }, () => {
-  let registry: RegistryProcess;
+  let registry: FerryProcess;
   let registryPort: number;
   let registryDir: string;
   let a: ReceiverProcess;
