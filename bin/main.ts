@@ -8,7 +8,9 @@ const SERVICES: Record<string, () => Promise<{ run: (env: NodeJS.ProcessEnv) => 
 };
 
 /** The `ferry` command: `receiver`, `sender` and `registry` run a service; the rest is the CLI. */
-export async function main(argv: string[]): Promise<number> {
+export async function main(args: string[]): Promise<number> {
+  // "ferry help registry" is "ferry registry --help": a service's help lives with the service.
+  const argv = args[0] === 'help' && args[1] !== undefined && Object.hasOwn(SERVICES, args[1]) ? [args[1], '--help'] : args;
   const [command = ''] = argv;
   // `ferry push` streams the same way (docker save, then one upload per target): bench/fanout-memory.ts.
   if (command === 'receiver' || command === 'push') withSmallYoungGeneration();

@@ -188,3 +188,20 @@ describe('ferry status, rollback and events --follow', { timeout: 600_000 }, () 
     assert.equal(await exited, 0, stderr);
   });
 });
+
+describe('the services behind ferry', { timeout: 60_000 }, () => {
+  test('"ferry help SERVICE" and "ferry SERVICE --help" print the service\'s own settings; an argument is a usage error', async () => {
+    for (const service of ['receiver', 'sender', 'registry']) {
+      const viaHelp = await runFerry(['help', service], {});
+      const viaFlag = await runFerry([service, '--help'], {});
+      assert.equal(viaHelp.code, 0, viaHelp.stderr);
+      assert.match(viaHelp.stdout, new RegExp(`^Usage: ferry ${service}\\n`));
+      assert.equal(viaHelp.stdout, viaFlag.stdout);
+      const extra = await runFerry([service, 'extra'], {});
+      assert.equal(extra.code, 2);
+      assert.match(extra.stderr, /FERRY_ERR_USAGE/);
+    }
+    const general = await runFerry(['help'], {});
+    for (const service of ['receiver', 'sender', 'registry']) assert.match(general.stdout, new RegExp(`^  ${service} `, 'm'));
+  });
+});

@@ -17,6 +17,7 @@ Commands:
   push        package an image, send it to a receiver and deploy it
   deploy      deploy every service of a deployment file (ferry.yaml) to its targets
   sender      run the sender service (deployments over signed HTTP) in the foreground
+  registry    run the registry (hosts, desired and actual state, drift, dashboard) in the foreground
   build       build a directory into an image on the build engine
   status      show a deployment, or a service's recent deployments, from a receiver's journal;
               without --to, a service's desired and actual state on every host (the registry)
