@@ -25,3 +25,14 @@ export { splitReference, type ReferenceParts } from './reference.ts';
 export { splitLogLines } from './logs.ts';
 export { ImageBuilder, type BuildLogSink, type BuildOptions } from './image-builder.ts';
 export { statusOf, toFerryError } from './errors.ts';
+export {
+  BLOCK,
+  TYPE,
+  paddedSize,
+  parsePax,
+  readHeader,
+  readString,
+  writeHeader,
+  type HeaderResult,
+  type RawHeader,
+} from './tar.ts';

@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
+import { BLOCK, TYPE, paddedSize, parsePax, readHeader, readString } from '@ferry/docker';
 import { FerryError, chainIds } from '@ferry/protocol';
 
-const BLOCK = 512;
 /** `<v1 id>/json` and PAX data are read whole; real ones are a few KiB. */
 const CAPTURE_MAX = 8 * 1024 * 1024;
 const HEX = '[0-9a-f]{64}';
@@ -125,24 +125,25 @@ export class LayerFilter extends Transform {
   }
 
   #onHeader(block: Buffer): void {
-    if (block.every((byte) => byte === 0)) {
+    const read = readHeader(block);
+    if (read.kind === 'end') {
       if (this.#pending.length > 0) this.push(Buffer.concat(this.#pending));
       this.#pending = [];
       this.#state = 'end';
       this.push(block);
       return;
     }
-    const type = String.fromCharCode(block[156] ?? 0);
-    const size = this.#pendingSize ?? readSize(block);
-    const padded = Math.ceil(size / BLOCK) * BLOCK;
-    if (type === 'x' || type === 'L' || type === 'K') {
-      const ownSize = readSize(block);
+    if (read.kind === 'invalid') throw new FerryError('FERRY_ERR_BAD_ARCHIVE', { message: `docker save wrote an unreadable tar: ${read.reason}` });
+    const { type, size: ownSize } = read.header;
+    const size = this.#pendingSize ?? ownSize;
+    const padded = paddedSize(size);
+    if (type === TYPE.paxNext || type === TYPE.gnuLongName || type === TYPE.gnuLongLink) {
       if (ownSize > CAPTURE_MAX) throw new FerryError('FERRY_ERR_BAD_ARCHIVE', { message: 'docker save wrote an extended header larger than 8 MiB' });
       this.#pending.push(block);
-      return this.#startData('extension', Math.ceil(ownSize / BLOCK) * BLOCK, type);
+      return this.#startData('extension', paddedSize(ownSize), type);
     }
-    const name = normalize(this.#pendingPath ?? readName(block));
-    const linkname = this.#pendingLinkpath ?? readString(block, 157, 100);
+    const name = normalize(this.#pendingPath ?? read.header.name);
+    const linkname = this.#pendingLinkpath ?? read.header.linkname;
     this.#pendingPath = undefined;
     this.#pendingLinkpath = undefined;
     this.#pendingSize = undefined;
@@ -171,8 +172,8 @@ export class LayerFilter extends Transform {
       this.#droppedPaths.add(name);
       return 'drop';
     }
-    if ((type === '1' || type === '2') && linkname !== '') {
-      const target = type === '2' ? posix.normalize(posix.join(posix.dirname(name), linkname)) : normalize(linkname);
+    if ((type === TYPE.hardlink || type === TYPE.symlink) && linkname !== '') {
+      const target = type === TYPE.symlink ? posix.normalize(posix.join(posix.dirname(name), linkname)) : normalize(linkname);
       if (this.#droppedPaths.has(target)) throw new PartialPackageUnavailable(`${name} links to the left-out ${target}`);
     }
     return 'pass';
@@ -226,12 +227,14 @@ export class LayerFilter extends Transform {
   }
 
   #onExtension(type: string, data: Buffer): void {
-    if (type === 'L' || type === 'K') {
-      if (type === 'L') this.#pendingPath = readString(data, 0, data.length);
+    if (type === TYPE.gnuLongName || type === TYPE.gnuLongLink) {
+      if (type === TYPE.gnuLongName) this.#pendingPath = readString(data, 0, data.length);
       else this.#pendingLinkpath = readString(data, 0, data.length);
       return;
     }
-    for (const [key, value] of parsePax(data)) {
+    const records = parsePax(data);
+    if (records === undefined) throw new FerryError('FERRY_ERR_BAD_ARCHIVE', { message: 'docker save wrote a PAX header that does not parse' });
+    for (const [key, value] of records) {
       if (key === 'path') this.#pendingPath = value;
       else if (key === 'linkpath') this.#pendingLinkpath = value;
       else if (key === 'size' && /^\d{1,16}$/.test(value)) this.#pendingSize = Number(value);
@@ -328,46 +331,6 @@ function sha256(text: string): string {
   return createHash('sha256').update(text).digest('hex');
 }
 
-function readString(block: Buffer, offset: number, length: number): string {
-  const field = block.subarray(offset, offset + length);
-  const nul = field.indexOf(0);
-  return field.subarray(0, nul === -1 ? field.length : nul).toString('utf8');
-}
-
-function readName(block: Buffer): string {
-  const name = readString(block, 0, 100);
-  const ustar = block.subarray(257, 262).toString('latin1') === 'ustar';
-  const prefix = ustar ? readString(block, 345, 155) : '';
-  return prefix === '' ? name : `${prefix}/${name}`;
-}
-
-function readSize(block: Buffer): number {
-  const field = block.subarray(124, 136);
-  if (((field[0] ?? 0) & 0x80) !== 0) {
-    let value = 0;
-    for (let i = 1; i < field.length; i += 1) value = value * 256 + (field[i] ?? 0);
-    return value;
-  }
-  const text = readString(block, 124, 12).trim();
-  return text === '' ? 0 : Number.parseInt(text, 8);
-}
-
 function normalize(name: string): string {
   return name.split('/').filter((part) => part !== '.' && part !== '').join('/');
-}
-
-function parsePax(data: Buffer): Map<string, string> {
-  const records = new Map<string, string>();
-  let at = 0;
-  while (at < data.length) {
-    const space = data.indexOf(0x20, at);
-    if (space === -1) break;
-    const length = Number.parseInt(data.subarray(at, space).toString('latin1'), 10);
-    if (!Number.isSafeInteger(length) || length <= 0) break;
-    const record = data.subarray(space + 1, at + length - 1).toString('utf8');
-    const equals = record.indexOf('=');
-    if (equals > 0) records.set(record.slice(0, equals), record.slice(equals + 1));
-    at += length;
-  }
-  return records;
 }

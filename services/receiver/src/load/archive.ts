@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { posix } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { FerryError } from '@ferry/protocol';
-import { BLOCK, TYPE, paddedSize, parsePax, readHeader, readString, writeHeader, type RawHeader } from './tar.ts';
+import { BLOCK, TYPE, paddedSize, parsePax, readHeader, readString, writeHeader, type RawHeader } from '@ferry/docker';
 
 /** What the signed manifest says the archive holds. */
 export interface ArchiveExpectation {

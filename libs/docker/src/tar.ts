@@ -1,6 +1,7 @@
 /**
- * The little of the tar format the archive inspector needs: reading one header block as Go's
- * archive/tar (what `docker load` uses) would, and writing a plain ustar header back.
+ * The little of the tar format Ferry needs (the receiver's archive inspector, the sender's layer
+ * filter): reading one header block as Go's archive/tar (what `docker load` uses) would, and
+ * writing a plain ustar header back.
  */
 
 export const BLOCK = 512;
