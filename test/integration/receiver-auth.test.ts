@@ -47,8 +47,16 @@ function assertRefusedBeforeBody(answer: RawAnswer, status: number, code: string
   assert.equal(answer.headers.connection, 'close', label);
 }
 
-const flipBit = (text: string, index: number): string =>
-  text.slice(0, index) + String.fromCharCode(text.charCodeAt(index) ^ 0x01) + text.slice(index + 1);
+/**
+ * One bit of one character flipped, staying in the field's alphabet (hex, base64url, host id):
+ * a nonce's "-" flipped to "," would be refused as malformed before the signature is checked.
+ */
+const flipBit = (text: string, index: number): string => {
+  const original = text[index] ?? '';
+  const flipped = String.fromCharCode(original.charCodeAt(0) ^ 0x01);
+  const alphabet = /[0-9a-f]/.test(original) ? /^[0-9a-f]$/ : /^[A-Za-z0-9]$/;
+  return text.slice(0, index) + (alphabet.test(flipped) ? flipped : original === '0' ? '1' : '0') + text.slice(index + 1);
+};
 
 async function restart(receiver: ReceiverProcess, env: Record<string, string>): Promise<ReceiverProcess> {
   await receiver.stop();
