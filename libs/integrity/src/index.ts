@@ -45,6 +45,26 @@ export class DigestTap extends Transform {
   }
 }
 
+/** BLAKE3 fed piece by piece, for bytes that arrive in parts rather than as one stream. */
+export class IncrementalDigest {
+  #hasher = new Blake3Hasher();
+  #bytes = 0;
+
+  update(data: Uint8Array): void {
+    this.#hasher.update(data);
+    this.#bytes += data.length;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** The digest of everything so far; further updates continue from it. */
+  digest(): Digest {
+    return formatDigest(this.#hasher.digest('hex'));
+  }
+}
+
 const FILE_BUFFER_BYTES = 1024 * 1024;
 
 /**

@@ -57,6 +57,7 @@ export const ERRORS = {
   FERRY_ERR_DEPLOYMENT_CONFLICT: { status: 409, message: 'This deployment id was already used for another service or image' },
   FERRY_ERR_BUILD_FAILED: { status: 422, message: 'The image build failed' },
   FERRY_ERR_IMAGE_TOO_LARGE: { status: 413, message: 'The built image is larger than the allowed size' },
+  FERRY_ERR_STREAM_UNAVAILABLE: { status: 409, message: 'This receiver cannot load a package while it streams in; send it as a package or a resumable upload' },
   FERRY_ERR_LAYERS_MISSING: { status: 409, message: 'The package leaves out layers this host does not have; send the full package' },
   FERRY_ERR_HOST_UNKNOWN: { status: 404, message: 'The registry does not know this host, or has marked it lost: register again' },
   FERRY_ERR_REBUILD_IN_PROGRESS: { status: 409, message: 'A projection rebuild is already running' },

@@ -190,6 +190,41 @@ export const ManifestSchema = z.strictObject({
   path: ['package', 'omittedLayers'], message: 'every omitted layer must be one of image.diffIds',
 });
 export type Manifest = z.infer<typeof ManifestSchema>;
+
+/**
+ * The package's size and digest, known only once the last byte is made: a streamed upload
+ * (docs/protocol.md §10.6) starts with a manifest without them and signs them at the end.
+ */
+export const PackageSealSchema = z.strictObject({
+  size: z.int().min(1),
+  digest: z.string().regex(DIGEST_PATTERN, 'blake3:<64 hex>'),
+});
+export type PackageSeal = z.infer<typeof PackageSealSchema>;
+
+/** A manifest whose `package` has no `size` and `digest` yet: the body that opens a stream. */
+export type DeferredManifestInput = Omit<ManifestInput, 'package'> & { package: Omit<ManifestInput['package'], 'size' | 'digest'> };
+
+/**
+ * The opening manifest of a stream, checked as a full manifest would be, with a placeholder seal
+ * that {@link sealManifest} replaces.
+ */
+export function parseDeferredManifest(value: unknown): ManifestResult {
+  if (typeof value !== 'object' || value === null || typeof (value as { package?: unknown }).package !== 'object' || (value as { package?: unknown }).package === null) {
+    return parseManifest(value);
+  }
+  const pkg = (value as { package: Record<string, unknown> }).package;
+  const problems = ['size', 'digest'].filter((key) => key in pkg).map((key) => `package.${key}: comes with the stream's deploy call, not in its opening manifest`);
+  const result = parseManifest({ ...value, package: { ...pkg, ...PLACEHOLDER_SEAL } });
+  if (problems.length > 0) return { ok: false, problems: [...problems, ...(result.ok ? [] : result.problems)] };
+  return result;
+}
+
+const PLACEHOLDER_SEAL: PackageSeal = { size: 1, digest: `blake3:${'0'.repeat(64)}` };
+
+/** The manifest a stream's bytes were signed for: its opening manifest with the signed seal. */
+export function sealManifest(opening: Manifest, seal: PackageSeal): Manifest {
+  return { ...opening, package: { ...opening.package, size: seal.size, digest: seal.digest } };
+}
 /** What a client writes: fields with defaults may be left out. */
 export type ManifestInput = z.input<typeof ManifestSchema>;
 

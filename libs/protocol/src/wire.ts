@@ -6,6 +6,7 @@ export const PATHS = {
   metrics: '/metrics',
   packages: '/v1/packages',
   uploads: '/v1/uploads',
+  streams: '/v1/streams',
   deployments: '/v1/deployments',
   services: '/v1/services',
   layers: '/v1/layers',
@@ -50,3 +51,12 @@ export const LABELS = {
   imageRef: 'ferry.image-ref',
   imageId: 'ferry.image-id',
 } as const;
+
+/**
+ * Largest part of a streamed upload (docs/protocol.md §10.6). The receiver holds a part in memory
+ * until its signed digest is checked, so this bounds its memory per stream.
+ */
+export const STREAM_MAX_PART_BYTES = 16 * 1024 ** 2;
+
+/** The part size the Ferry sender streams in: small enough to keep memory flat, large enough that signing and a round trip per part cost little. */
+export const STREAM_PART_BYTES = 8 * 1024 ** 2;

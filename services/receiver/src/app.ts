@@ -13,6 +13,8 @@ import { packagesRouter } from './routes/packages.ts';
 import { servicesRouter } from './routes/services.ts';
 import { uploadsRouter } from './routes/uploads.ts';
 import type { UploadStore } from './upload/sessions.ts';
+import type { StreamStore } from './upload/streams.ts';
+import { streamsRouter } from './routes/streams.ts';
 
 export interface ReceiverDeps {
   logger: Logger;
@@ -27,6 +29,8 @@ export interface ReceiverDeps {
   policy: PolicyGate;
   /** Resumable upload sessions; without it the receiver offers only the one-shot upload. */
   uploads?: UploadStore;
+  /** Streamed uploads, loaded as they arrive; without it the routes do not exist (404). */
+  streams?: StreamStore;
   /** Source allowlist, body rate and the hook every auth refusal calls (for a metric). */
   security?: SecurityOptions;
   /** Dependency checks behind `GET /readyz` (readiness.ts). */
@@ -54,5 +58,6 @@ export function createApp(deps: ReceiverDeps): Express {
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
   if (deps.layers) app.use(layersRouter({ layers: deps.layers }));
   if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, policy: deps.policy }));
+  if (deps.streams) app.use(streamsRouter({ deployer: deps.deployer, streams: deps.streams, policy: deps.policy }));
   return finishApp(app);
 }

@@ -18,6 +18,7 @@ import { PackageStore } from './store/packages.ts';
 import { PolicyGate } from './policy/index.ts';
 import { receiverRegistration } from './registration/index.ts';
 import { UploadStore } from './upload/sessions.ts';
+import { StreamStore } from './upload/streams.ts';
 
 export const VERSION = '0.1.0';
 
@@ -47,9 +48,11 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     ? await JetStreamPublisher.connect({ url: config.natsUrl, logger: log, name: `ferry-receiver-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox') })
     : new NullSink({ logger: log }), metrics);
   metrics.watchEvents(events);
+  const images = new ImageStore(docker);
+  const packages = await PackageStore.open(config.dataDir);
   const deployer = new Deployer({
-    images: new ImageStore(docker), containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log, policy: config.policy,
-    packages: await PackageStore.open(config.dataDir),
+    images, containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log, policy: config.policy,
+    packages,
     journal: await Journal.open(join(config.dataDir, 'journal'), log),
     retainImages: config.retainImages, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes }, layers,
     ...(config.testCrashAt ? { crashAt: config.testCrashAt } : {}),
@@ -62,6 +65,11 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     onRejected: (manifest, error) => deployer.rejected(manifest, error),
   });
   uploads.startSweeper();
+  const streams = new StreamStore({
+    load: { images, packages, logger: log, layers }, layers, logger: log,
+    onRejected: (manifest, error) => deployer.rejected(manifest, error),
+    assertDiskSpace: () => deployer.assertDiskSpace(),
+  });
   // Redis being down must not stop deployments: the store then answers from memory (status() says so).
   const nonces: NonceStore = config.redisUrl
     ? RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
@@ -73,11 +81,11 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   let listeningUrl = '';
   const registration = config.registry ? receiverRegistration({
     settings: config.registry, hostId: config.hostId, version: VERSION, docker, logger: log,
-    capabilities: ['resumable', 'layers', ...(config.tls ? ['tls'] : [])], listenUrl: () => listeningUrl,
+    capabilities: ['resumable', 'layers', 'streams', ...(config.tls ? ['tls'] : [])], listenUrl: () => listeningUrl,
     changing: () => deployer.changing,
   }) : undefined;
   const app = createApp({
-    logger: log, verifier, deployer, hostId: config.hostId, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, policy, layers,
+    logger: log, verifier, deployer, hostId: config.hostId, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, streams, policy, layers,
     security: {
       allow: config.allowCidrs, trustedProxies: config.trustedProxies,
       bodyRate: { minBytesPerSecond: config.http.minBodyBytesPerSecond, windowMs: config.http.bodyRateWindowMs },
@@ -109,6 +117,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
       await registration?.close();
       await server.close().catch((err: unknown) => log.error({ err }, 'closing HTTP failed'));
       uploads.close();
+      streams.close();
       deployer.close();
       await events.close().catch((err: unknown) => log.error({ err }, 'closing events failed'));
       await nonces.close?.().catch((err: unknown) => log.error({ err }, 'closing the nonce store failed'));

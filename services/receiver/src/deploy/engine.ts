@@ -18,14 +18,20 @@ import { assertFreeSpace, type DiskGuard } from './disk.ts';
 import { DEFAULT_RETAIN_IMAGES, pruneImages } from './retention.ts';
 import { finishSwapBack, nextName, previousName, replaceContainer, restorePrevious, swapToPrevious, undoSwap } from './swap.ts';
 
-export interface VerifiedPackage {
+export type VerifiedPackage = {
   manifest: Manifest;
-  /** In the ingest spool, or already in the PackageStore (loading moves it there). */
-  path: string;
   bytes: number;
   /** Time spent receiving and hashing, reported as the receive stage. */
   durationMs: number;
-}
+} & (
+  /** In the ingest spool, or already in the PackageStore (loading moves it there). */
+  | { path: string }
+  /**
+   * A streamed upload's load, started while its parts arrived and completed once its seal
+   * matched (upload/streams.ts): the LOADING state waits for it instead of loading a file.
+   */
+  | { loading: Promise<unknown> }
+);
 
 export interface DeployerDeps {
   images: ImageStore;
@@ -138,7 +144,7 @@ export class Deployer {
 
   /** Removes an upload's spool file; a file already moved into the package store stays there. */
   async #discard(pkg: VerifiedPackage): Promise<void> {
-    if (pkg.path === this.#deps.packages.path(pkg.manifest.package.digest)) return;
+    if (!('path' in pkg) || pkg.path === this.#deps.packages.path(pkg.manifest.package.digest)) return;
     await rm(pkg.path, { force: true });
   }
 
@@ -426,7 +432,8 @@ class Run {
     const manifest = this.#manifest;
     this.#state = 'LOADING';
     const started = performance.now();
-    await loadVerified(this.#deps, this.#pkg);
+    const pkg = this.#pkg;
+    await ('loading' in pkg ? pkg.loading : loadVerified(this.#deps, { manifest, path: pkg.path }));
     this.#timings.load = this.#since(started);
     this.#emit('image.loaded', { imageId: manifest.image.id, durationMs: this.#timings.load });
   }

@@ -116,10 +116,19 @@ export class ArchiveInspector extends Transform {
   #manifest: { config: string; layers: string[] } | undefined;
   #failure: FerryError | undefined;
 
-  constructor(expect: ArchiveExpectation, options: { limit: number }) {
+  readonly #endAfterInput: boolean;
+  #endHeld = false;
+
+  /**
+   * `endAfterInput`: the end-of-archive marker waits for the end of the input even when the
+   * archive's own end came earlier, so whoever feeds the inspector decides when the engine may
+   * finish (a streamed upload ends its input only once the whole package's digest matched).
+   */
+  constructor(expect: ArchiveExpectation, options: { limit: number; endAfterInput?: boolean }) {
     super();
     this.#expect = expect;
     this.#limit = options.limit;
+    this.#endAfterInput = options.endAfterInput ?? false;
     this.#configHex = expect.imageId.replace(/^sha256:/, '');
   }
 
@@ -142,7 +151,10 @@ export class ArchiveInspector extends Transform {
   }
 
   override _flush(callback: TransformCallback): void {
-    if (this.#state === 'end') return callback();
+    if (this.#state === 'end') {
+      if (this.#endHeld) this.push(Buffer.alloc(2 * BLOCK));
+      return callback();
+    }
     const reason = this.#bytes === 0 ? 'the archive is empty' : 'the archive is truncated (no end-of-archive marker)';
     callback(this.#refuse(bad(reason)));
   }
@@ -416,7 +428,8 @@ export class ArchiveInspector extends Transform {
   #onEnd(): void {
     this.#finalCheck();
     this.#state = 'end';
-    this.push(Buffer.alloc(2 * BLOCK));
+    if (this.#endAfterInput) this.#endHeld = true;
+    else this.push(Buffer.alloc(2 * BLOCK));
   }
 
   #finalCheck(): void {

@@ -1,5 +1,5 @@
 import { createReadStream } from 'node:fs';
-import { pipeline } from 'node:stream';
+import { pipeline, type Readable } from 'node:stream';
 import { createDecompressor } from '@ferry/compress';
 import type { ImageStore } from '@ferry/docker';
 import type { Logger } from '@ferry/log';
@@ -47,28 +47,47 @@ export async function loadVerified(deps: LoadDeps, pkg: LoadablePackage): Promis
   const digest = manifest.package.digest;
   const wasStored = await deps.packages.has(digest);
   const storePath = await deps.packages.put(pkg.path, digest);
-  const forget = async (): Promise<void> => {
+  try {
+    const archive = await loadArchive(deps, manifest, createReadStream(storePath), { limit: unpackLimit(manifest.package.size) });
+    return { storePath, archive };
+  } catch (err) {
     if (!wasStored) await deps.packages.remove(digest).catch((cause: unknown) => deps.logger.error({ err: cause }, 'could not remove a refused package'));
-  };
+    throw err;
+  }
+}
+
+export interface ArchiveLoadOptions {
+  /** Decompressed bytes the archive may expand to (the decompression-bomb rule). */
+  limit: number;
+  /** Hold the end-of-archive marker until `source` ends (see {@link ArchiveInspector}). */
+  endAfterInput?: boolean;
+}
+
+/**
+ * Steps 2 and 3 of {@link loadVerified} for a package read from `source` (its compressed bytes):
+ * a file in the package store, or the parts of a streamed upload as they are verified. A failed
+ * load removes the image it created and leaves what was there before.
+ */
+export async function loadArchive(deps: LoadDeps, manifest: Manifest, source: Readable, options: ArchiveLoadOptions): Promise<ArchiveStats> {
   let existed: boolean;
   try {
     existed = (await deps.images.inspect(manifest.image.id)) !== undefined;
   } catch (err) {
     // Without knowing what was there before, nothing may be removed from the engine either.
-    await forget();
+    source.destroy();
     throw err;
   }
   let loadedIds: string[] = [];
   try {
     const inspector = new ArchiveInspector(
       { imageId: manifest.image.id, diffIds: manifest.image.diffIds, omittedLayers: manifest.package.omittedLayers ?? [] },
-      { limit: unpackLimit(manifest.package.size) },
+      options,
     );
     const decompressor = createDecompressor(manifest.package.compression);
     let decompressError: Error | undefined;
     decompressor.once('error', (err: Error) => { decompressError ??= err; });
     // pipeline() rather than pipe(): a read, decompression or inspection error reaches the load.
-    const archive = pipeline(createReadStream(storePath), decompressor, inspector, () => undefined);
+    const archive = pipeline(source, decompressor, inspector, () => undefined);
     try {
       loadedIds = (await deps.images.load(archive)).imageIds;
     } catch (err) {
@@ -89,10 +108,9 @@ export async function loadVerified(deps: LoadDeps, pkg: LoadablePackage): Promis
     if (inspector.stats.strippedTags.length > 0) {
       deps.logger.warn({ deploymentId: manifest.deploymentId, stripped: inspector.stats.strippedTags }, 'image names in the archive were stripped before loading');
     }
-    return { storePath, archive: inspector.stats };
+    return inspector.stats;
   } catch (err) {
     await undoLoad(deps, manifest, existed, loadedIds);
-    await forget();
     throw err;
   }
 }
