@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { PassThrough, type Readable } from 'node:stream';
-import { IncrementalDigest, digestOf } from '@ferry/integrity';
+import { IncrementalDigest } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
 import {
   FerryError, PackageSealSchema, STREAM_MAX_PART_BYTES, parseDeferredManifest, parseManifest, sealManifest,
@@ -130,8 +130,9 @@ export class StreamStore {
   }
 
   /**
-   * Takes one part: read whole, checked against its signed digest, then handed to the load; the
-   * answer waits until the load took it (backpressure reaches the sender). Answers the new offset.
+   * Takes one part: read whole, checked against its signed digest, then handed to the load once
+   * the load took the part before it, so the engine unpacks one part while the next travels, and
+   * its pace still reaches the sender. Answers the new offset.
    */
   async writePart(part: PartWrite): Promise<number> {
     const stream = this.#live(part.streamId);
@@ -144,14 +145,17 @@ export class StreamStore {
     stream.busy = true;
     this.#touch(stream);
     try {
-      const bytes = await readPart(part.body, part.contentLength);
-      if (digestOf(bytes) !== part.digest) throw new FerryError('FERRY_ERR_CHECKSUM_MISMATCH', { message: 'The part is not the one its request signed', details: { offset: part.offset } });
+      const chunks = await readPart(part.body, part.contentLength);
+      if (chunks.digest() !== part.digest) throw new FerryError('FERRY_ERR_CHECKSUM_MISMATCH', { message: 'The part is not the one its request signed', details: { offset: part.offset } });
+      // The previous part had the engine busy while this one arrived; it must be taken before
+      // this one goes in, so at most one part waits in memory for the load.
+      if (stream.input.writableNeedDrain) await Promise.race([once(stream.input, 'drain'), stream.loading.then(() => undefined)]);
       throwIfFailed(stream);
-      stream.hasher.update(bytes);
-      stream.offset += bytes.length;
-      if (!stream.input.write(bytes)) await Promise.race([once(stream.input, 'drain'), stream.loading.then(() => undefined)]);
-      // The load may have refused the archive while this part went in.
-      throwIfFailed(stream);
+      for (const chunk of chunks.list) {
+        stream.hasher.update(chunk);
+        stream.input.write(chunk);
+      }
+      stream.offset += chunks.bytes;
       return stream.offset;
     } finally {
       stream.busy = false;
@@ -262,17 +266,20 @@ function readOpeningManifest(json: unknown): Manifest {
   return parsed.manifest;
 }
 
-/** A part whole, or an error when the connection ends first (the part is then not taken). */
-async function readPart(body: Readable, length: number): Promise<Buffer> {
-  const bytes = Buffer.allocUnsafe(length);
-  let filled = 0;
+/**
+ * A part whole, as the socket delivered it (no copy into one buffer) and hashed on the way, or an
+ * error when the connection ends first (the part is then not taken).
+ */
+async function readPart(body: Readable, length: number): Promise<{ list: Buffer[]; bytes: number; digest: () => string }> {
+  const list: Buffer[] = [];
+  const hash = new IncrementalDigest();
   for await (const chunk of body as AsyncIterable<Buffer>) {
-    if (filled + chunk.length > length) throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: 'The part is longer than its Content-Length' });
-    chunk.copy(bytes, filled);
-    filled += chunk.length;
+    if (hash.bytes + chunk.length > length) throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: 'The part is longer than its Content-Length' });
+    hash.update(chunk);
+    list.push(chunk);
   }
-  if (filled !== length) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The part ended after ${filled} of ${length} bytes` });
-  return bytes;
+  if (hash.bytes !== length) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The part ended after ${hash.bytes} of ${length} bytes` });
+  return { list, bytes: length, digest: () => hash.digest() };
 }
 
 function throwIfFailed(stream: Stream): void {
