@@ -1,5 +1,3 @@
-import { FerryError } from '@ferry/protocol';
-
 /** The long-running services, each configured by FERRY_* variables only and loaded on demand. */
 const SERVICES: Record<string, () => Promise<{ run: (env: NodeJS.ProcessEnv) => Promise<void>; help: string }>> = {
   receiver: async () => ({ run: (await import('@ferry/receiver')).runReceiver, help: RECEIVER_HELP }),
@@ -14,7 +12,8 @@ export async function main(args: string[]): Promise<number> {
   const [command = ''] = argv;
   // `ferry push` streams the same way (docker save, then one upload per target): bench/fanout-memory.ts.
   if (command === 'receiver' || command === 'push') withSmallYoungGeneration();
-  const { runCli, report, processIo } = await import('@ferry/sender');
+  // The CLI entry point only: each command loads its own code when it runs (@ferry/sender/cli).
+  const { runCli, reportError, processIo } = await import('@ferry/sender/cli');
   const load = Object.hasOwn(SERVICES, command) ? SERVICES[command] : undefined;
   if (!load) return runCli(argv);
   try {
@@ -23,11 +22,14 @@ export async function main(args: string[]): Promise<number> {
       processIo.stdout.write(service.help);
       return 0;
     }
-    if (argv.length > 1) throw new FerryError('FERRY_ERR_USAGE', { message: `"ferry ${command}" takes no arguments: configure it with FERRY_* variables (see "ferry ${command} --help")` });
+    if (argv.length > 1) {
+      const { FerryError } = await import('@ferry/protocol');
+      throw new FerryError('FERRY_ERR_USAGE', { message: `"ferry ${command}" takes no arguments: configure it with FERRY_* variables (see "ferry ${command} --help")` });
+    }
     await service.run(process.env);
     return 0;
   } catch (err) {
-    return report(processIo, err, false);
+    return await reportError(processIo, err, false);
   }
 }
 

@@ -223,6 +223,8 @@ interface PushJson {
   ok?: boolean;
   bytes?: { image?: number; package?: number; sent?: number };
   compression?: string;
+  /** Sent while docker save ran and loaded while it arrived (docs/protocol.md §10.6). */
+  streamed?: boolean;
   timings?: Record<string, unknown> & { receiver?: Record<string, number | undefined> };
   layers?: { total?: number; present?: number };
 }
@@ -280,7 +282,7 @@ function ferryMethod(ctx: MethodContext): Method {
         detail: `sender: ${stages(result.timings ?? {})}; receiver: ${stages(receiver)}${layers}${outside}`,
         moveSeconds: totalSeconds - startSeconds, startSeconds, totalSeconds, senderPeakKb, receiverPeakKb,
         wireBytes: wire.up + wire.down,
-        wireDetail: `package ${mb(result.bytes?.package ?? 0)} (${result.compression ?? '?'}; docker save ${mb(result.bytes?.image ?? 0)})`,
+        wireDetail: `package ${mb(result.bytes?.package ?? 0)} (${result.compression ?? '?'}${result.streamed === true ? ', streamed' : ''}; docker save ${mb(result.bytes?.image ?? 0)})`,
       };
     },
   };

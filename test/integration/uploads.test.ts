@@ -488,7 +488,8 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     const port = await freePort();
     const result = await runFerry([
       'push', `${repo}:ok`, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
-      '--health', `http://127.0.0.1:${port}/healthz`, '--resumable-threshold', '1', '--json',
+      // One target is streamed by default; the spooled package is what takes the resumable path.
+      '--health', `http://127.0.0.1:${port}/healthz`, '--resumable-threshold', '1', '--no-stream', '--json',
     ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret });
     assert.equal(result.code, 0, result.stderr + result.stdout);
     const summary = JSON.parse(result.stdout) as { deploymentId: string; deployment: { state: string } };

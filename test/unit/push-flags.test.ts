@@ -1,9 +1,9 @@
-/** `ferry push`'s docker-run-style container flags and its three progress renderings, as pure logic. */
+/** `ferry push`'s docker-run-style container flags, its three progress renderings and `ferry help`, as pure logic. */
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { describe, test } from 'node:test';
 import { FerryError } from '@ferry/protocol';
-import { createProgress, runCli, serviceSpecFromFlags, splitCommand, type Io } from '@ferry/sender';
+import { DEFAULT_BACKOFF, DEFAULT_PARALLEL, createProgress, runCli, serviceSpecFromFlags, splitCommand, type Io } from '@ferry/sender';
 
 function usageError(fn: () => unknown, message: RegExp): void {
   assert.throws(fn, (err: unknown) => {
@@ -113,6 +113,44 @@ describe('ferry push container flags', () => {
     const code = await runCli(['push', 'img:1', '--name', 'web', '--', 'app', '--help'], { env: {}, stdout, stderr });
     assert.equal(code, 2);
     assert.match(stderr.text, /--to URL is required/);
+  });
+});
+
+describe('ferry help', () => {
+  async function helpOf(...argv: string[]): Promise<string> {
+    const stdout = new Capture();
+    assert.equal(await runCli(argv, { env: {}, stdout, stderr: new Capture() }), 0);
+    return stdout.text;
+  }
+
+  test('every command listed has its own help, also as COMMAND --help', async () => {
+    const listed = [...(await helpOf('help')).matchAll(/^ {2}([a-z]+) {2,}/gm)].map((m) => m[1] ?? '');
+    const cli = listed.filter((name) => !['receiver', 'sender', 'registry', 'help'].includes(name));
+    assert.deepEqual(cli, ['push', 'deploy', 'build', 'status', 'rollback', 'hosts', 'drift', 'events', 'keygen']);
+    for (const name of cli) {
+      const text = await helpOf('help', name);
+      assert.match(text, new RegExp(`^Usage: ferry ${name} `));
+      assert.equal(await helpOf(name, '--help'), text);
+    }
+  });
+
+  test('the help states the defaults the commands use', async () => {
+    // The texts are written out (help.ts loads none of the commands' code): this keeps them true.
+    const push = await helpOf('help', 'push');
+    assert.match(push, new RegExp(`--parallel N +targets served at once \\(default ${DEFAULT_PARALLEL}\\)`));
+    assert.match(push, new RegExp(`restarting receiver or a 5xx \\(default ${DEFAULT_BACKOFF.attempts};`));
+    assert.match(push, /--compression auto\|zstd\|gzip\|none \(default auto = none when every target is on a/);
+    const deploy = await helpOf('help', 'deploy');
+    assert.match(deploy, new RegExp(`--parallel N +targets of one service served at once \\(default ${DEFAULT_PARALLEL}\\)`));
+    assert.match(deploy, new RegExp(`--retries N +attempts per target, with backoff \\(default ${DEFAULT_BACKOFF.attempts}\\)`));
+  });
+
+  test('an unknown command exits 2 and points to "ferry help"', async () => {
+    const stdout = new Capture();
+    const stderr = new Capture();
+    assert.equal(await runCli(['frobnicate'], { env: {}, stdout, stderr }), 2);
+    assert.match(stderr.text, /Unknown command "frobnicate"; see "ferry help" \[FERRY_ERR_USAGE\]/);
+    assert.equal(stdout.text, '');
   });
 });
 

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { ImageBuilder, ImageStore } from '@ferry/docker';
 import { createEvent, type EventSink } from '@ferry/events';
-import { FerryError, isFerryError, type Compression } from '@ferry/protocol';
+import { FerryError, isFerryError } from '@ferry/protocol';
 import { buildImage } from './build.ts';
 import { serviceSpecOf, type DeploymentDocument, type ServiceEntry } from './deployfile/index.ts';
 import type { DesiredRecorder } from './desired.ts';
 import { DEFAULT_PARALLEL, pushMany, type FanoutDeps, type TargetResult } from './fanout.ts';
+import type { CompressionChoice } from './negotiate.ts';
 import { DEFAULT_BACKOFF } from './retry.ts';
 import { resolveTargets } from './targets.ts';
 import type { Credentials } from './upload.ts';
@@ -68,7 +69,8 @@ export interface DeployOptions {
   parallel?: number;
   /** Attempts per target. */
   attempts?: number;
-  compression?: Compression;
+  /** Default `auto`: none when every target of a service is on a loopback or private address, zstd otherwise. */
+  compression?: CompressionChoice;
   runId?: string;
   signal?: AbortSignal;
 }
@@ -126,7 +128,7 @@ async function deployService(name: string, entry: ServiceEntry, outcome: Service
   deps.onUpdate?.(outcome);
   const result = await pushMany({
     image: entry.image, targets: targets.map((t) => t.url), service: serviceSpecOf(name, entry),
-    compression: options.compression ?? 'zstd', parallel: options.parallel ?? DEFAULT_PARALLEL,
+    compression: options.compression ?? 'auto', parallel: options.parallel ?? DEFAULT_PARALLEL,
     policy: { ...DEFAULT_BACKOFF, attempts: options.attempts ?? DEFAULT_BACKOFF.attempts },
   }, {
     images: deps.images, events: deps.events, credentials: deps.credentials, source: deps.source,

@@ -1,9 +1,11 @@
-export { runCli, report, HELP } from './cli/index.ts';
+export { runCli, HELP } from './cli/index.ts';
+export { report } from './cli/report.ts';
 export { processIo, type Io } from './cli/io.ts';
 export { push, type PushRequest, type PushResult, type PushDeps } from './push.ts';
-export { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
+export { buildPackage, producePackage, inspectImage, type BuiltPackage, type ProducedPackage } from './package.ts';
 export { uploadOneShot, type Credentials, type UploadOptions } from './upload.ts';
 export { ResumableClient, uploadResumable, DEFAULT_PART_BYTES, type ResumableOptions, type ResumableTarget, type UploadPosition } from './resumable.ts';
+export { StreamClient, StreamUpload, StreamUnavailable, PartCutter, type StreamOptions, type StreamOutcome, type StreamTarget } from './stream.ts';
 export { loadSenderConfig } from './config.ts';
 export { resolveTargets, isSelector, type ResolvedTarget, type ResolveOptions } from './targets.ts';
 export { desiredRecorder, type Deployed, type DesiredRecorder } from './desired.ts';

@@ -2,7 +2,7 @@ import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Transform, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createCompressor } from '@ferry/compress';
 import type { ImageStore } from '@ferry/docker';
@@ -29,9 +29,9 @@ export interface PackageTimings {
   total: number;
 }
 
-export interface BuiltPackage {
+/** What packaging made and how, wherever its bytes went (a spool file or a streamed upload). */
+export interface ProducedPackage {
   image: ImageFacts;
-  path: string;
   size: number;
   digest: Digest;
   compression: Compression;
@@ -41,6 +41,10 @@ export interface BuiltPackage {
   omittedLayers: string[];
   durationMs: number;
   timings: PackageTimings;
+}
+
+export interface BuiltPackage extends ProducedPackage {
+  path: string;
   remove(): Promise<void>;
 }
 
@@ -74,8 +78,30 @@ export async function buildPackage(images: ImageStore, image: ImageFacts, compre
 }
 
 async function build(images: ImageStore, image: ImageFacts, compression: Compression, dir: string, filter: LayerFilter | undefined): Promise<BuiltPackage> {
-  const started = performance.now();
   const path = join(dir, `ferry-${image.id.slice(7, 19)}-${process.pid}-${Date.now()}.tar${compression === 'none' ? '' : compression === 'zstd' ? '.zst' : '.gz'}`);
+  try {
+    const produced = await produce(images, image, compression, filter, () => createWriteStream(path, { flags: 'wx', mode: 0o600 }));
+    return { ...produced, path, remove: () => rm(path, { force: true }) };
+  } catch (err) {
+    await rm(path, { force: true });
+    throw err;
+  }
+}
+
+/**
+ * The same pipeline into `destination` instead of a file: a streamed upload's part cutter
+ * (stream.ts), whose backpressure paces docker save. Layers in `omit` are left out when the
+ * archive layout allows it; when it does not, this throws {@link PartialPackageUnavailable} — by
+ * then bytes have gone to `destination`, so the caller abandons it and starts again whole.
+ * FerryErrors `destination` raises pass through as they are.
+ */
+export async function producePackage(images: ImageStore, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[] } = {}): Promise<ProducedPackage> {
+  const omit = options.omit ?? [];
+  return produce(images, image, compression, omit.length === 0 ? undefined : new LayerFilter(image.diffIds, omit), () => destination);
+}
+
+async function produce(images: ImageStore, image: ImageFacts, compression: Compression, filter: LayerFilter | undefined, destination: () => Writable): Promise<ProducedPackage> {
+  const started = performance.now();
   const raw = new ByteCounter();
   const packed = new TimedDigestTap();
   const compressor = timed(createCompressor(compression));
@@ -83,22 +109,20 @@ async function build(images: ImageStore, image: ImageFacts, compression: Compres
   try {
     const saved = await images.save(image.id);
     saved.once('end', () => { saveMs = Math.round(performance.now() - started); });
-    await pipeline(saved, raw, ...(filter ? [filter] : []), compressor.stream, packed, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
+    await pipeline(saved, raw, ...(filter ? [filter] : []), compressor.stream, packed, destination());
   } catch (err) {
-    await rm(path, { force: true });
     if (err instanceof PartialPackageUnavailable || err instanceof FerryError) throw err;
     throw new FerryError('FERRY_ERR_DOCKER', { message: `docker save of ${image.ref} failed: ${(err as Error).message}`, cause: err });
   }
   const total = Math.round(performance.now() - started);
   return {
-    image, path, compression,
+    image, compression,
     size: packed.bytes,
     digest: packed.digest(),
     rawBytes: raw.bytes,
     omittedLayers: filter?.omitted ?? [],
     durationMs: total,
     timings: { save: saveMs, compress: Math.round(compressor.busyMs()), hash: Math.round(packed.busyMs), total },
-    remove: () => rm(path, { force: true }),
   };
 }
 

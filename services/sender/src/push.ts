@@ -1,14 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import type { ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
+import type { Digest } from '@ferry/integrity';
 import {
   FerryError, PATHS, errorFromBody, isFerryError,
-  type Compression, type DeploymentResult, type EventType, type ManifestInput, type ServiceSpec, type StageTimings,
+  type Compression, type DeferredManifestInput, type DeploymentResult, type EventType, type ManifestInput, type ServiceSpec, type StageTimings,
 } from '@ferry/protocol';
 import type { DesiredRecorder } from './desired.ts';
+import { PartialPackageUnavailable } from './layer-filter.ts';
 import { askLayers, layersToOmit, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';
-import { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
+import { buildPackage, inspectImage, producePackage, type BuiltPackage } from './package.ts';
 import { uploadResumable } from './resumable.ts';
+import { StreamUnavailable, StreamUpload } from './stream.ts';
 import { uploadOneShot, type Credentials } from './upload.ts';
 
 /** NATS being down must not stall a push: events wait in the sink's queue past this. */
@@ -28,6 +31,11 @@ export interface PushRequest {
   negotiateLayers?: boolean;
   /** Package size from which the resumable upload is used; default RESUMABLE_THRESHOLD_BYTES. */
   resumableThreshold?: number;
+  /**
+   * Stream the package while docker save makes it (docs/protocol.md §10.6) instead of spooling it
+   * to a file first; default true. A receiver that does not take streams gets the packaged upload.
+   */
+  stream?: boolean;
   /** The deployment id to use; default a fresh UUID. */
   deploymentId?: string;
   /**
@@ -68,19 +76,24 @@ export interface PushResult {
   /**
    * Milliseconds. `package` is docker save → compress → hash → file, whose stages overlap:
    * `save` is the wall time until docker save ended, `compress` and `hash` the time each was busy;
-   * `send` (= `transfer`) the upload of the package; `receiver` the receiver's own stages.
+   * `send` (= `transfer`) the upload of the package; `receiver` the receiver's own stages. When
+   * streamed, these overlap too: `package` runs until the last part was acknowledged, and
+   * `send` from the first part until the seal went out.
    */
   timings: {
     package: number; transfer: number; total: number; receiver: StageTimings;
     negotiate: number; save: number; compress: number; hash: number; send: number;
   };
+  /** Whether the package went as a stream (§10.6) rather than as a spooled package. */
+  streamed: boolean;
   deployment: DeploymentResult;
 }
 
 /**
- * `ferry push`: package the image once, upload it signed, and return the receiver's outcome. A
- * failure is a FerryError whose details carry the deployment id and, when the receiver got that
- * far, its record of the deployment.
+ * `ferry push`: package the image once, upload it signed, and return the receiver's outcome. The
+ * package is streamed while docker save makes it (unless `stream` is false), or spooled to a file
+ * and uploaded when the receiver does not take streams. A failure is a FerryError whose details
+ * carry the deployment id and, when the receiver got that far, its record of the deployment.
  */
 export async function push(request: PushRequest, deps: PushDeps): Promise<PushResult> {
   const started = performance.now();
@@ -105,25 +118,34 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   const negotiateMs = Math.round(performance.now() - negotiateStarted);
   await deps.onNegotiated?.(layers);
 
-  // One attempt: package, sign, upload. A partial package refused because a layer it leaves out
-  // went away meanwhile (FERRY_ERR_LAYERS_MISSING) is followed by one with every layer.
-  let resumable = false;
-  const attempt = async (omit: string[], id: string): Promise<PushResult> => {
+  const manifestFor = <P extends DeferredManifestInput['package']>(id: string, pkg: P): Omit<ManifestInput, 'package'> & { package: P } => ({
+    schema: 'ferry.manifest/v1',
+    deploymentId: id,
+    createdAt: new Date().toISOString(),
+    image: { ref: image.ref, id: image.id, diffIds: image.diffIds },
+    package: pkg,
+    service: { env: {}, network: 'bridge', ...request.service },
+  });
+  const failed = (id: string) => (err: unknown): never => {
+    throw err instanceof FerryError ? err.withDetails({ deploymentId: id, host }) : err;
+  };
+
+  // After a failed attempt: its deployment id, and whether that is still free for the next one.
+  let lastId = deploymentId;
+  let idFree = true;
+
+  // One packaged attempt: package to a spool file, sign, upload.
+  const packaged = async (omit: string[], id: string): Promise<PushResult> => {
+    lastId = id;
     deps.onStage?.('package', {});
     let pkg: BuiltPackage | undefined;
+    let resumable = false;
     try {
       pkg = await buildPackage(deps.images, image, compression, { omit });
-      const manifest: ManifestInput = {
-        schema: 'ferry.manifest/v1',
-        deploymentId: id,
-        createdAt: new Date().toISOString(),
-        image: { ref: image.ref, id: image.id, diffIds: image.diffIds },
-        package: {
-          format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest,
-          ...(pkg.omittedLayers.length > 0 ? { omittedLayers: pkg.omittedLayers } : {}),
-        },
-        service: { env: {}, network: 'bridge', ...request.service },
-      };
+      const manifest = manifestFor(id, {
+        format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest,
+        ...(pkg.omittedLayers.length > 0 ? { omittedLayers: pkg.omittedLayers } : {}),
+      });
       deps.onStage?.('transfer', { bytes: pkg.size });
       const transferStarted = performance.now();
       emit(id, 'transfer.started', { target: request.to, bytes: pkg.size, compression: pkg.compression });
@@ -142,9 +164,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
           emit(id, 'transfer.completed', { target: request.to, bytes: built.size, compression: built.compression, durationMs: transferMs });
           deps.onStage?.('deploy', {});
         },
-      }).catch((err: unknown) => {
-        throw err instanceof FerryError ? err.withDetails({ deploymentId: id, host }) : err;
-      });
+      }).catch(failed(id));
       if (outcome.result.state === 'COMPLETED') await deps.desired?.record({ host, url: request.to, manifest });
       return {
         deploymentId: id, host, service: request.service.name, image: image.ref, imageId: image.id,
@@ -155,23 +175,102 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
           package: pkg.durationMs, transfer: transferMs, total: Math.round(performance.now() - started), receiver: outcome.result.timings,
           negotiate: negotiateMs, save: pkg.timings.save, compress: pkg.timings.compress, hash: pkg.timings.hash, send: transferMs,
         },
+        streamed: false,
         deployment: outcome.result,
       };
+    } catch (err) {
+      // Refused before its journal record, a one-shot upload's id is still free. Refused during
+      // the load, the id is spent on that failure; after a resumable upload, the receiver's
+      // session holds it with the partial manifest.
+      idFree = !resumable && !(isFerryError(err) && err.details?.deployment !== undefined);
+      throw err;
     } finally {
       await pkg?.remove();
     }
   };
 
+  // One streamed attempt (docs/protocol.md §10.6): docker save feeds the receiver's docker load
+  // part by part, and the seal signs the size and digest once the last byte is made. The opening
+  // manifest names every layer it means to leave out; the receiver lets those be absent.
+  const streamed = async (omit: string[], id: string): Promise<PushResult> => {
+    lastId = id;
+    deps.onStage?.('package', {});
+    const manifest = manifestFor(id, { format: 'docker-archive' as const, compression, ...(omit.length > 0 ? { omittedLayers: omit } : {}) });
+    let transferStarted = 0;
+    let transferMs = 0;
+    let sealed: { size: number; digest: Digest } | undefined;
+    const upload = new StreamUpload({
+      url: request.to, credentials: deps.credentials, audience: host, manifestJson: JSON.stringify(manifest),
+      onOpened: () => {
+        // The size is not known before the last byte: the events and the stage say 0.
+        deps.onStage?.('transfer', { bytes: 0 });
+        transferStarted = performance.now();
+        emit(id, 'transfer.started', { target: request.to, bytes: 0, compression });
+      },
+      onProgress: (acknowledged) => deps.onProgress?.(acknowledged, 0),
+      onSent: () => {
+        transferMs = Math.round(performance.now() - transferStarted);
+        emit(id, 'transfer.completed', { target: request.to, bytes: sealed?.size ?? 0, compression, durationMs: transferMs });
+        deps.onStage?.('deploy', {});
+      },
+    });
+    try {
+      const outcome = await upload.run(async (destination) => {
+        // Watchers should see the transfer start before anything the receiver says about it.
+        await flushWithin(deps.events, EVENT_FLUSH_WAIT_MS);
+        const produced = await producePackage(deps.images, image, compression, destination, { omit });
+        sealed = { size: produced.size, digest: produced.digest };
+        return produced;
+      });
+      const pkg = outcome.produced;
+      if (outcome.result.state === 'COMPLETED') {
+        await deps.desired?.record({ host, url: request.to, manifest: { ...manifest, package: { ...manifest.package, size: pkg.size, digest: pkg.digest } } });
+      }
+      return {
+        deploymentId: id, host, service: request.service.name, image: image.ref, imageId: image.id,
+        bytes: { image: pkg.rawBytes, package: pkg.size, sent: outcome.bodyBytes },
+        compression: pkg.compression,
+        layers: { total: image.diffIds.length, present: layers.present, omitted: pkg.omittedLayers, fullAfterRefusal: false },
+        timings: {
+          package: outcome.packageMs, transfer: outcome.sendMs, total: Math.round(performance.now() - started), receiver: outcome.result.timings,
+          negotiate: negotiateMs, save: pkg.timings.save, compress: pkg.timings.compress, hash: pkg.timings.hash, send: outcome.sendMs,
+        },
+        streamed: true,
+        deployment: outcome.result,
+      };
+    } catch (err) {
+      idFree = upload.idFree && !(isFerryError(err) && err.details?.deployment !== undefined);
+      if (err instanceof StreamUnavailable || err instanceof PartialPackageUnavailable) throw err;
+      return failed(id)(err);
+    }
+  };
+
+  // Streams go to one target unless turned off. A receiver without them, or a stream that went
+  // away, gets the packaged attempt instead; a partial package whose layers cannot be left out is
+  // streamed again whole. Each retry keeps the deployment id if the receiver cannot hold it.
+  let streaming = request.stream !== false;
+  const attempt = async (omit: string[], id: string): Promise<PushResult> => {
+    for (;;) {
+      if (!streaming) return packaged(omit, id);
+      try {
+        return await streamed(omit, id);
+      } catch (err) {
+        if (err instanceof PartialPackageUnavailable) omit = [];
+        else if (err instanceof StreamUnavailable) streaming = false;
+        else throw err;
+        if (!idFree) id = randomUUID();
+      }
+    }
+  };
+
+  // A partial package refused because a layer it leaves out went away meanwhile
+  // (FERRY_ERR_LAYERS_MISSING) is followed by one with every layer.
   const omit = layersToOmit(image.diffIds, [layers]);
   try {
     return await attempt(omit, deploymentId);
   } catch (err) {
     if (omit.length === 0 || !isFerryError(err, 'FERRY_ERR_LAYERS_MISSING')) throw err;
-    // Refused before its journal record, a one-shot upload's id is still free. Refused during the
-    // load, the id is spent on that failure; after a resumable upload, the receiver's session
-    // holds it with the partial manifest. The full package then goes under a new id.
-    const id = err.details?.deployment === undefined && !resumable ? deploymentId : randomUUID();
-    const result = await attempt([], id);
+    const result = await attempt([], idFree ? lastId : randomUUID());
     return { ...result, layers: { ...result.layers, fullAfterRefusal: true } };
   }
 }

@@ -36,11 +36,11 @@ export interface UploadPosition {
  */
 export class ResumableClient {
   readonly #target: ResumableTarget;
-  readonly #base: ReturnType<typeof parseTarget>;
 
   constructor(target: ResumableTarget) {
     this.#target = target;
-    this.#base = parseTarget(target.url);
+    // A malformed URL is a usage error now, not at the first request.
+    parseTarget(target.url);
   }
 
   /** `POST /v1/uploads`: opens a session, or finds the live one for this manifest's deployment id. */
@@ -92,37 +92,62 @@ export class ResumableClient {
     return answer.body as DeploymentResult;
   }
 
-  async #send(method: string, path: string, options: {
-    digest?: string; offset?: number; headers?: Record<string, string>; body?: () => Readable; bodyBytes?: number;
-  }): Promise<{ status: number; headers: IncomingHttpHeaders; body: unknown }> {
-    const fullPath = `${this.#base.basePath}${path}`;
-    const headers: Record<string, string> = {
-      ...signRequest({
-        method, path: fullPath, contentDigest: options.digest ?? digestOf(''), audience: this.#target.audience,
-        ...(options.offset === undefined ? {} : { offset: options.offset }), ...this.#target.credentials,
-      }),
-      ...options.headers,
-      'content-length': String(options.bodyBytes ?? 0),
-    };
-    if (options.offset !== undefined) headers['upload-offset'] = String(options.offset);
-    const send = this.#base.protocol === 'https:' ? httpsRequest : httpRequest;
-    const req = send({ host: this.#base.hostname, port: this.#base.port, path: fullPath, method, headers });
-    const response = new Promise<IncomingMessage>((resolve, reject) => {
-      req.once('response', resolve);
-      req.once('error', (err: NodeJS.ErrnoException) => {
-        reject(new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: `The receiver connection failed: ${err.code ?? err.message}`, cause: err }));
-      });
-    });
-    // If the receiver answers early (409, 413…) it stops reading; its answer is what matters.
-    const sending = options.body ? pipeline(options.body(), req).catch(() => undefined) : Promise.resolve(req.end());
-    const res = await response;
-    await sending;
-    const body = method === 'HEAD' ? null : await readJson(res).catch((err: unknown) => {
-      throw new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: 'The receiver connection failed mid-answer', cause: err });
-    });
-    if (method === 'HEAD') res.resume();
-    return { status: res.statusCode ?? 0, headers: res.headers, body };
+  #send(method: string, path: string, options: SignedRequestOptions): Promise<SignedAnswer> {
+    return sendSigned(this.#target, method, path, options);
   }
+}
+
+export interface SignedRequestOptions {
+  /** The signed content digest; default the BLAKE3 of an empty body. */
+  digest?: string;
+  /** Sent as `Upload-Offset` and signed (line 9 of the canonical string). */
+  offset?: number;
+  headers?: Record<string, string>;
+  /** Called once per attempt, so a retry sends a fresh stream of the same bytes. */
+  body?: () => Readable;
+  bodyBytes?: number;
+}
+
+export interface SignedAnswer {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: unknown;
+}
+
+/**
+ * One request to a receiver, signed for its host id (docs/protocol.md §3); shared by the
+ * resumable and the streamed upload. A failed connection or a cut answer rejects with
+ * FERRY_ERR_RECEIVER_UNREACHABLE; any HTTP answer resolves, whatever its status.
+ */
+export async function sendSigned(target: ResumableTarget, method: string, path: string, options: SignedRequestOptions): Promise<SignedAnswer> {
+  const base = parseTarget(target.url);
+  const fullPath = `${base.basePath}${path}`;
+  const headers: Record<string, string> = {
+    ...signRequest({
+      method, path: fullPath, contentDigest: options.digest ?? digestOf(''), audience: target.audience,
+      ...(options.offset === undefined ? {} : { offset: options.offset }), ...target.credentials,
+    }),
+    ...options.headers,
+    'content-length': String(options.bodyBytes ?? 0),
+  };
+  if (options.offset !== undefined) headers['upload-offset'] = String(options.offset);
+  const send = base.protocol === 'https:' ? httpsRequest : httpRequest;
+  const req = send({ host: base.hostname, port: base.port, path: fullPath, method, headers });
+  const response = new Promise<IncomingMessage>((resolve, reject) => {
+    req.once('response', resolve);
+    req.once('error', (err: NodeJS.ErrnoException) => {
+      reject(new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: `The receiver connection failed: ${err.code ?? err.message}`, cause: err }));
+    });
+  });
+  // If the receiver answers early (409, 413…) it stops reading; its answer is what matters.
+  const sending = options.body ? pipeline(options.body(), req).catch(() => undefined) : Promise.resolve(req.end());
+  const res = await response;
+  await sending;
+  const body = method === 'HEAD' ? null : await readJson(res).catch((err: unknown) => {
+    throw new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: 'The receiver connection failed mid-answer', cause: err });
+  });
+  if (method === 'HEAD') res.resume();
+  return { status: res.statusCode ?? 0, headers: res.headers, body };
 }
 
 export interface ResumableOptions extends ResumableTarget {

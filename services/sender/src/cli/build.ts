@@ -1,24 +1,9 @@
 import { ImageBuilder, ImageStore, createDockerClient } from '@ferry/docker';
 import { FerryError } from '@ferry/protocol';
-import { DEFAULT_MAX_IMAGE_SIZE, buildImage, type BuildRequest } from '../build.ts';
+import { buildImage, type BuildRequest } from '../build.ts';
 import { parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatBytes, formatMs } from './progress.ts';
-
-export const BUILD_HELP = `Usage: ferry build CONTEXT -t NAME[:TAG] [options]
-
-Builds the directory CONTEXT into an image on the build engine (DOCKER_HOST) and prints the
-build log. The context is streamed to the engine as a tar; .dockerignore is honoured for plain
-patterns (no "!" exceptions, no "**").
-
-Options:
-  -t, --tag NAME[:TAG]     name of the built image (required)
-  -f, --file PATH          Dockerfile, relative to CONTEXT (default Dockerfile)
-  --build-arg KEY=VALUE    build-time variable; repeat for more
-  --max-image-size BYTES   refuse a built image larger than BYTES (default ${DEFAULT_MAX_IMAGE_SIZE} = 2 GiB)
-  --json                   print one JSON result on stdout; the log goes to stderr as JSON lines
-
-Environment: DOCKER_HOST (build engine).`;
 
 /** The options `ferry build` and `ferry push --build` share. */
 export const BUILD_OPTIONS = {
@@ -27,6 +12,7 @@ export const BUILD_OPTIONS = {
   'max-image-size': { type: 'string' },
 } as const;
 
+/** `ferry build`: what it does and takes is its help text, in help.ts. */
 export async function buildCommand(args: string[], io: Io): Promise<number> {
   const { values, positionals } = parse(args, { ...BUILD_OPTIONS, tag: { type: 'string', short: 't' }, json: { type: 'boolean' } }, 1);
   const context = positionals[0];

@@ -13,24 +13,7 @@ import { parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
 
-export const DEPLOY_HELP = `Usage: ferry deploy [-f ferry.yaml] [options]
-
-Deploys every service of a deployment file: each is built on the build engine if it has "build",
-packaged once, and sent to all its targets (receiver URLs, or selector:KEY=VALUE,… resolved by
-the registry), service after service in the file's order. The exit code is 0 only if every
-target of every service succeeded. The file format is in the README ("Deployment files").
-
-Options:
-  -f, --file PATH     the deployment file (default ferry.yaml)
-  --only SERVICE      deploy only this service; repeat, or separate with commas
-  --parallel N        targets of one service served at once (default ${DEFAULT_PARALLEL})
-  --retries N         attempts per target, with backoff (default ${DEFAULT_BACKOFF.attempts})
-  --json              one JSON line per service, then a summary line
-
-Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
-FERRY_NATS_URL (optional: events), FERRY_REGISTRY_URL (selectors, desired state). Env values in
-the file may use \${VAR}, \${VAR:-default} and $$ from this environment.`;
-
+/** `ferry deploy`: what it does and takes is its help text, in help.ts. */
 export async function deployCommand(args: string[], io: Io): Promise<number> {
   const { values } = parse(args, {
     file: { type: 'string', short: 'f' }, only: { type: 'string', multiple: true },

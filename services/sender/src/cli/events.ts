@@ -5,14 +5,9 @@ import { FerryError } from '@ferry/protocol';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
 
-export const EVENTS_HELP = `Usage: ferry events [--deployment ID] [--service S] [--host H] [--follow] [--json]
-
-Replays Ferry's events from NATS JetStream (FERRY_NATS_URL), oldest first; --follow keeps
-printing new ones until interrupted (Ctrl-C ends it with exit code 0). --service and --host
-narrow the read on the server, also while following.`;
-
 const schema = z.object({ FERRY_NATS_URL: z.string({ error: 'required: nats://host:port of the event stream' }) });
 
+/** `ferry events`: what it does and takes is its help text, in help.ts. */
 export async function eventsCommand(args: string[], io: Io, signal?: AbortSignal): Promise<number> {
   const { values } = parse(args, {
     deployment: { type: 'string' }, service: { type: 'string' }, host: { type: 'string' },

@@ -4,20 +4,7 @@ import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
 import { ago, registryFrom, table } from './registry.ts';
 
-export const HOSTS_HELP = `Usage: ferry hosts [--selector KEY=VALUE[,KEY=VALUE…]] [--status online|lost] [--json]
-
-Lists the receivers registered with the registry: id, status (online, or lost when its heartbeats
-stopped), the URL senders reach it at, its labels, its version and when it was last heard from.
---selector keeps the hosts carrying all those labels — the hosts "ferry push --to selector:…"
-would deploy to, when online.
-
-Options:
-  --selector K=V[,K=V…]  only hosts with all these labels
-  --status online|lost   only hosts in this state
-  --json                 print {"hosts": [...]} as the registry answers it
-
-Environment: FERRY_REGISTRY_URL (required), FERRY_KEY_ID and FERRY_KEY (the signing key).`;
-
+/** `ferry hosts`: what it does and takes is its help text, in help.ts. */
 export async function hostsCommand(args: string[], io: Io): Promise<number> {
   const { values } = parse(args, { selector: { type: 'string' }, status: { type: 'string' }, json: { type: 'boolean' } });
   if (values.selector !== undefined && parseLabels(values.selector) === undefined) {

@@ -3,10 +3,7 @@ import { FerryError } from '@ferry/protocol';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
 
-export const KEYGEN_HELP = `Usage: ferry keygen [--id KEY_ID] [--json]
-
-Prints a new signing key: FERRY_KEYS for the receiver, FERRY_KEY_ID and FERRY_KEY for the sender.`;
-
+/** `ferry keygen`: what it does and takes is its help text, in help.ts. */
 export function keygenCommand(args: string[], io: Io): number {
   const { values } = parse(args, { id: { type: 'string' }, json: { type: 'boolean' } });
   const keyId = values.id ?? `key-${new Date().toISOString().slice(0, 10)}`;

@@ -15,73 +15,10 @@ import { resolveTargets } from '../targets.ts';
 import { BUILD_OPTIONS, buildRequestFrom } from './build.ts';
 import { SERVICE_OPTIONS, parse, parseInteger, serviceSpecFromFlags } from './args.ts';
 import { line, type Io } from './io.ts';
+import { nextStep } from './report.ts';
 import { createProgress, formatBytes, formatMs, type Progress } from './progress.ts';
 
-export const PUSH_HELP = `Usage: ferry push IMAGE --to URL [--to URL …] --name SERVICE [options]
-
-Packages IMAGE from the build engine (DOCKER_HOST), uploads it signed to the receiver at URL, and
-deploys it there as the container SERVICE. With several --to, the package is built once and sent
-to every receiver, each retried on its own; the exit code is 0 only if every target succeeded.
-
-Options:
-  --to URL                 receiver base URL, e.g. http://10.0.0.5:7701 (required; repeat for more)
-  --to selector:K=V[,K=V…] every online host of the registry (FERRY_REGISTRY_URL) carrying
-                           all those labels, e.g. selector:env=prod,role=web
-  --parallel N             targets served at once (default 5)
-  --retries N              attempts per target, with backoff, after a lost connection, a
-                           restarting receiver or a 5xx (default 8; given alone, also makes a
-                           single-target push use the retrying fan-out path)
-  --name SERVICE           service (and container) name on the target (required)
-  --health URL|tcp://HOST:PORT|cmd
-                           health check run from the target host: an HTTP URL (2xx/3xx passes),
-                           a TCP connect, or cmd = the image's own HEALTHCHECK, run by Docker
-  --health-retries N       probes before the deployment fails and rolls back (default 30)
-  --health-interval MS     pause between probes (default 1000)
-  --health-timeout MS      limit of one probe (default 2000)
-  --health-start-period MS wait before the first probe (default 0)
-
-Container options (spelled as for docker run; the receiver's policy decides what it allows):
-  -e, --env KEY=VALUE      environment variable; repeat for more
-  --network host|bridge|none   container network (default bridge)
-  -p, --publish [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
-                           publish a port (bridge network only); repeat for more
-  -v, --volume SOURCE:TARGET[:ro|rw]
-                           mount a named volume, or a host path (absolute) the receiver's
-                           policy allows (FERRY_POLICY_BIND_SOURCES); repeat for more
-  -m, --memory BYTES[b|k|m|g]  memory limit, at least 6m
-  --cpus N                 CPU limit, e.g. 0.5 or 2
-  --cap-add CAP            add a Linux capability, e.g. NET_ADMIN (policy: FERRY_POLICY_CAPABILITIES)
-  --restart no|unless-stopped|on-failure|always   restart policy
-  -l, --label KEY[=VALUE]  container label (not "ferry.*"); repeat for more
-  -u, --user USER[:GROUP]  user to run as, names or numeric ids
-  --entrypoint CMD         replace the image's ENTRYPOINT by one executable ("" clears it)
-  --command "CMD ARG…"     replace the image's CMD: words split like a shell does, or a JSON
-                           array; or give them last, after "--": ferry push … -- sh -c 'x'
-  --privileged, --device HOST[:CONTAINER[:rwm]], --security-opt OPT, --pid host, --ipc host|shareable
-                           asked for, not granted: every receiver refuses them unless its
-                           operator allowed them in its policy
-
-Transfer options:
-  --compression auto|zstd|gzip|none (default zstd; auto = none when every target is on a
-                           loopback or private address, zstd otherwise)
-  --no-layer-negotiation   always send every layer (by default each target is asked which
-                           layers it holds, and those are left out of the package)
-  --resumable-threshold BYTES  packages of at least BYTES go over the resumable upload, which
-                           resumes after a cut connection (default 67108864 = 64 MiB)
-  --build CONTEXT          first build the directory CONTEXT into IMAGE on the build engine
-                           (events build.started / build.completed under the deployment id)
-  -f, --file PATH          with --build: Dockerfile, relative to CONTEXT
-  --build-arg KEY=VALUE    with --build: build-time variable; repeat for more
-  --max-image-size BYTES   with --build: refuse a built image larger than BYTES (default 2 GiB)
-  --json                   print one JSON result on stdout instead of text; progress goes to
-                           stderr as JSON lines ({"progress": "stage"|"sent"|"retry"|"done", …})
-
-Progress goes to stderr: one bar per target, redrawn, on a terminal; plain lines otherwise.
-
-Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
-FERRY_NATS_URL (optional: publish the sender's events), FERRY_REGISTRY_URL (optional: resolves
-selectors and records each successful deployment as the service's desired state on that host).`;
-
+/** `ferry push`: what it does and takes is its help text, in help.ts. */
 export async function pushCommand(argv: string[], io: Io): Promise<number> {
   // As with `docker run`, what follows "--" is the container's command, however it looks.
   const dash = argv.indexOf('--');
@@ -92,13 +29,14 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
     'health-timeout': { type: 'string' }, 'health-start-period': { type: 'string' },
     ...SERVICE_OPTIONS, compression: { type: 'string' },
     json: { type: 'boolean' }, 'resumable-threshold': { type: 'string' }, 'no-layer-negotiation': { type: 'boolean' },
+    'no-stream': { type: 'boolean' },
     build: { type: 'string' }, ...BUILD_OPTIONS,
   }, 1);
   const image = positionals[0];
   if (!image) throw new FerryError('FERRY_ERR_USAGE', { message: 'IMAGE is required (e.g. ferry push myapp:1.2 --to http://host:7701 --name web)' });
   if (!values.to?.length) throw new FerryError('FERRY_ERR_USAGE', { message: '--to URL is required' });
   if (!values.name) throw new FerryError('FERRY_ERR_USAGE', { message: '--name SERVICE is required' });
-  const compression = (values.compression ?? 'zstd') as CompressionChoice;
+  const compression = (values.compression ?? 'auto') as CompressionChoice;
   if (compression !== 'auto' && !COMPRESSIONS.includes(compression)) throw new FerryError('FERRY_ERR_USAGE', { message: `--compression must be auto or one of ${COMPRESSIONS.join(', ')}` });
   const health = healthFrom(values.health, {
     retries: values['health-retries'], interval: values['health-interval'],
@@ -138,6 +76,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
         }),
       } : {}),
       image, to: targets[0] ?? '', compression, negotiateLayers: values['no-layer-negotiation'] !== true,
+      ...(values['no-stream'] ? { stream: false } : {}),
       resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
       service,
     }, {
@@ -222,15 +161,12 @@ async function fanoutCommand(io: Io, progress: Progress, args: FanoutArgs, deps:
     onRetry: (url, attempt, delayMs, err) => progress.retrying(url, attempt, delayMs, err instanceof Error ? err.message : String(err)),
   });
   progress.close();
-  // Loaded here, not at the top: index.ts imports this module, and a cycle at load time would
-  // leave one side uninitialised when this module is the entry point.
-  const { nextStep } = await import('./index.ts');
   if (json) line(io.stdout, JSON.stringify(result));
-  else printFanoutSummary(io, result, nextStep);
+  else printFanoutSummary(io, result);
   return result.ok ? 0 : 1;
 }
 
-function printFanoutSummary(io: Io, r: FanoutResult, nextStep: (code: ErrorCode) => string): void {
+function printFanoutSummary(io: Io, r: FanoutResult): void {
   const failed = r.targets.filter((t) => !t.ok);
   line(io.stdout, `${failed.length === 0 ? '✔' : '✖'} ${r.service}: ${r.image} on ${r.targets.length - failed.length}/${r.targets.length} targets`);
   line(io.stdout, `  package     ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, built once in ${formatMs(r.timings.package)}`);

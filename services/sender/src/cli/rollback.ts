@@ -5,18 +5,7 @@ import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
 
-export const ROLLBACK_HELP = `Usage: ferry rollback SERVICE --to URL [--json]
-
-Asks the receiver at URL to run SERVICE's previous version again: the container it kept from the
-last deployment takes the service's name, and the one it replaces is kept in turn, so a second
-rollback rolls forward. Prints what runs now.
-
-Options:
-  --to URL   receiver base URL (required)
-  --json     print the receiver's answer as JSON
-
-Environment: FERRY_KEY_ID and FERRY_KEY (the signing key).`;
-
+/** `ferry rollback`: what it does and takes is its help text, in help.ts. */
 export async function rollbackCommand(args: string[], io: Io): Promise<number> {
   const { values, positionals } = parse(args, { to: { type: 'string' }, json: { type: 'boolean' } }, 1);
   const service = positionals[0];

@@ -6,27 +6,9 @@ import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
 import { registryStatus } from './registry.ts';
 
-export const STATUS_HELP = `Usage: ferry status ID --to URL [--json]
-       ferry status --to URL --service SERVICE [--limit N] [--json]
-       ferry status SERVICE [--json]      (asks the registry: FERRY_REGISTRY_URL)
-
-Shows one deployment (or rollback) as the receiver at URL journalled it: its state, every state
-it went through with the time, its timings and its error; or the recent deployments of SERVICE,
-newest first (--limit, default 20, at most 500). A FAILED deployment is still found: the exit code
-says whether the receiver knows it (0) or not (1, FERRY_ERR_NOT_FOUND). Without --to, SERVICE is
-looked up in the registry: on every host, what was deployed (desired) against what runs (actual,
-from the receivers' heartbeats) and any drift.
-
-Options:
-  --to URL           receiver base URL (required)
-  --service SERVICE  list this service's deployments instead of showing one
-  --limit N          how many to list
-  --json             print the receiver's records as JSON
-
-Environment: FERRY_KEY_ID and FERRY_KEY (the signing key).`;
-
 const TIMING_KEYS = ['receive', 'verify', 'load', 'deploy', 'health', 'rollback', 'total'] as const;
 
+/** `ferry status`: what it does and takes is its help text, in help.ts. */
 export async function statusCommand(args: string[], io: Io): Promise<number> {
   const { values, positionals } = parse(args, {
     to: { type: 'string' }, service: { type: 'string' }, limit: { type: 'string' }, json: { type: 'boolean' },

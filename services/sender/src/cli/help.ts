@@ -1,0 +1,197 @@
+/**
+ * What `ferry help` and `ferry help COMMAND` print. The texts live apart from the commands so that
+ * asking for help loads none of a command's code (Docker, NATS, HTTP clients…): every command
+ * module is imported only when that command runs (index.ts).
+ */
+
+export const HELP = `Usage: ferry COMMAND [options]
+
+Commands:
+  receiver    run a receiver in the foreground (configured by FERRY_* environment variables)
+  push        package an image, send it to a receiver and deploy it
+  deploy      deploy every service of a deployment file (ferry.yaml) to its targets
+  sender      run the sender service (deployments over signed HTTP) in the foreground
+  registry    run the registry (hosts, desired and actual state, drift, dashboard) in the foreground
+  build       build a directory into an image on the build engine
+  status      show a deployment, or a service's recent deployments, from a receiver's journal;
+              without --to, a service's desired and actual state on every host (the registry)
+  rollback    run a service's previous version again on a receiver
+  hosts       list the receivers registered with the registry (FERRY_REGISTRY_URL)
+  drift       list services whose running container differs from what was deployed; exit 1 if any
+  events      replay (or follow) deployment events from NATS JetStream
+  keygen      print a new signing key
+  help        this text; "ferry help COMMAND" for one command
+
+Exit codes: 0 success, 1 the deployment or request failed, 2 bad usage or configuration,
+3 a peer (receiver, Docker, NATS) could not be reached.`;
+
+const PUSH_HELP = `Usage: ferry push IMAGE --to URL [--to URL …] --name SERVICE [options]
+
+Packages IMAGE from the build engine (DOCKER_HOST), uploads it signed to the receiver at URL, and
+deploys it there as the container SERVICE. With several --to, the package is built once and sent
+to every receiver, each retried on its own; the exit code is 0 only if every target succeeded.
+
+Options:
+  --to URL                 receiver base URL, e.g. http://10.0.0.5:7701 (required; repeat for more)
+  --to selector:K=V[,K=V…] every online host of the registry (FERRY_REGISTRY_URL) carrying
+                           all those labels, e.g. selector:env=prod,role=web
+  --parallel N             targets served at once (default 5)
+  --retries N              attempts per target, with backoff, after a lost connection, a
+                           restarting receiver or a 5xx (default 8; given alone, also makes a
+                           single-target push use the retrying fan-out path)
+  --name SERVICE           service (and container) name on the target (required)
+  --health URL|tcp://HOST:PORT|cmd
+                           health check run from the target host: an HTTP URL (2xx/3xx passes),
+                           a TCP connect, or cmd = the image's own HEALTHCHECK, run by Docker
+  --health-retries N       probes before the deployment fails and rolls back (default 30)
+  --health-interval MS     pause between probes (default 1000)
+  --health-timeout MS      limit of one probe (default 2000)
+  --health-start-period MS wait before the first probe (default 0)
+
+Container options (spelled as for docker run; the receiver's policy decides what it allows):
+  -e, --env KEY=VALUE      environment variable; repeat for more
+  --network host|bridge|none   container network (default bridge)
+  -p, --publish [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+                           publish a port (bridge network only); repeat for more
+  -v, --volume SOURCE:TARGET[:ro|rw]
+                           mount a named volume, or a host path (absolute) the receiver's
+                           policy allows (FERRY_POLICY_BIND_SOURCES); repeat for more
+  -m, --memory BYTES[b|k|m|g]  memory limit, at least 6m
+  --cpus N                 CPU limit, e.g. 0.5 or 2
+  --cap-add CAP            add a Linux capability, e.g. NET_ADMIN (policy: FERRY_POLICY_CAPABILITIES)
+  --restart no|unless-stopped|on-failure|always   restart policy
+  -l, --label KEY[=VALUE]  container label (not "ferry.*"); repeat for more
+  -u, --user USER[:GROUP]  user to run as, names or numeric ids
+  --entrypoint CMD         replace the image's ENTRYPOINT by one executable ("" clears it)
+  --command "CMD ARG…"     replace the image's CMD: words split like a shell does, or a JSON
+                           array; or give them last, after "--": ferry push … -- sh -c 'x'
+  --privileged, --device HOST[:CONTAINER[:rwm]], --security-opt OPT, --pid host, --ipc host|shareable
+                           asked for, not granted: every receiver refuses them unless its
+                           operator allowed them in its policy
+
+Transfer options:
+  --compression auto|zstd|gzip|none (default auto = none when every target is on a
+                           loopback or private address, zstd otherwise)
+  --no-layer-negotiation   always send every layer (by default each target is asked which
+                           layers it holds, and those are left out of the package)
+  --no-stream              package the image to a file first and upload it afterwards
+                           (default for one target: stream while docker save runs; several
+                           targets always package once)
+  --resumable-threshold BYTES  packages of at least BYTES go over the resumable upload, which
+                           resumes after a cut connection (default 67108864 = 64 MiB)
+  --build CONTEXT          first build the directory CONTEXT into IMAGE on the build engine
+                           (events build.started / build.completed under the deployment id)
+  -f, --file PATH          with --build: Dockerfile, relative to CONTEXT
+  --build-arg KEY=VALUE    with --build: build-time variable; repeat for more
+  --max-image-size BYTES   with --build: refuse a built image larger than BYTES (default 2 GiB)
+  --json                   print one JSON result on stdout instead of text; progress goes to
+                           stderr as JSON lines ({"progress": "stage"|"sent"|"retry"|"done", …})
+
+Progress goes to stderr: one bar per target, redrawn, on a terminal; plain lines otherwise.
+
+Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
+FERRY_NATS_URL (optional: publish the sender's events), FERRY_REGISTRY_URL (optional: resolves
+selectors and records each successful deployment as the service's desired state on that host).`;
+
+const DEPLOY_HELP = `Usage: ferry deploy [-f ferry.yaml] [options]
+
+Deploys every service of a deployment file: each is built on the build engine if it has "build",
+packaged once, and sent to all its targets (receiver URLs, or selector:KEY=VALUE,… resolved by
+the registry), service after service in the file's order. The exit code is 0 only if every
+target of every service succeeded. The file format is in the README ("Deployment files").
+
+Options:
+  -f, --file PATH     the deployment file (default ferry.yaml)
+  --only SERVICE      deploy only this service; repeat, or separate with commas
+  --parallel N        targets of one service served at once (default 5)
+  --retries N         attempts per target, with backoff (default 8)
+  --json              one JSON line per service, then a summary line
+
+Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
+FERRY_NATS_URL (optional: events), FERRY_REGISTRY_URL (selectors, desired state). Env values in
+the file may use \${VAR}, \${VAR:-default} and $$ from this environment.`;
+
+const BUILD_HELP = `Usage: ferry build CONTEXT -t NAME[:TAG] [options]
+
+Builds the directory CONTEXT into an image on the build engine (DOCKER_HOST) and prints the
+build log. The context is streamed to the engine as a tar; .dockerignore is honoured for plain
+patterns (no "!" exceptions, no "**").
+
+Options:
+  -t, --tag NAME[:TAG]     name of the built image (required)
+  -f, --file PATH          Dockerfile, relative to CONTEXT (default Dockerfile)
+  --build-arg KEY=VALUE    build-time variable; repeat for more
+  --max-image-size BYTES   refuse a built image larger than BYTES (default 2147483648 = 2 GiB)
+  --json                   print one JSON result on stdout; the log goes to stderr as JSON lines
+
+Environment: DOCKER_HOST (build engine).`;
+
+const STATUS_HELP = `Usage: ferry status ID --to URL [--json]
+       ferry status --to URL --service SERVICE [--limit N] [--json]
+       ferry status SERVICE [--json]      (asks the registry: FERRY_REGISTRY_URL)
+
+Shows one deployment (or rollback) as the receiver at URL journalled it: its state, every state
+it went through with the time, its timings and its error; or the recent deployments of SERVICE,
+newest first (--limit, default 20, at most 500). A FAILED deployment is still found: the exit code
+says whether the receiver knows it (0) or not (1, FERRY_ERR_NOT_FOUND). Without --to, SERVICE is
+looked up in the registry: on every host, what was deployed (desired) against what runs (actual,
+from the receivers' heartbeats) and any drift.
+
+Options:
+  --to URL           receiver base URL (required)
+  --service SERVICE  list this service's deployments instead of showing one
+  --limit N          how many to list
+  --json             print the receiver's records as JSON
+
+Environment: FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+
+const ROLLBACK_HELP = `Usage: ferry rollback SERVICE --to URL [--json]
+
+Asks the receiver at URL to run SERVICE's previous version again: the container it kept from the
+last deployment takes the service's name, and the one it replaces is kept in turn, so a second
+rollback rolls forward. Prints what runs now.
+
+Options:
+  --to URL   receiver base URL (required)
+  --json     print the receiver's answer as JSON
+
+Environment: FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+
+const HOSTS_HELP = `Usage: ferry hosts [--selector KEY=VALUE[,KEY=VALUE…]] [--status online|lost] [--json]
+
+Lists the receivers registered with the registry: id, status (online, or lost when its heartbeats
+stopped), the URL senders reach it at, its labels, its version and when it was last heard from.
+--selector keeps the hosts carrying all those labels — the hosts "ferry push --to selector:…"
+would deploy to, when online.
+
+Options:
+  --selector K=V[,K=V…]  only hosts with all these labels
+  --status online|lost   only hosts in this state
+  --json                 print {"hosts": [...]} as the registry answers it
+
+Environment: FERRY_REGISTRY_URL (required), FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+
+const DRIFT_HELP = `Usage: ferry drift [--json]
+
+Lists the services whose running container differs from what was last deployed to that host, as
+the registry sees it from the receivers' heartbeats: another image, another configuration, a
+stopped container (state) or none at all (missing). Exits 1 when anything drifted and 0 when
+nothing did, so a script or a CI step can gate on it.
+
+Options:
+  --json   print {"ok": BOOLEAN, "drift": [...]} (the registry's service states)
+
+Environment: FERRY_REGISTRY_URL (required), FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+
+const EVENTS_HELP = `Usage: ferry events [--deployment ID] [--service S] [--host H] [--follow] [--json]
+
+Replays Ferry's events from NATS JetStream (FERRY_NATS_URL), oldest first; --follow keeps
+printing new ones until interrupted (Ctrl-C ends it with exit code 0). --service and --host
+narrow the read on the server, also while following.`;
+
+const KEYGEN_HELP = `Usage: ferry keygen [--id KEY_ID] [--json]
+
+Prints a new signing key: FERRY_KEYS for the receiver, FERRY_KEY_ID and FERRY_KEY for the sender.`;
+
+/** Each CLI command's own help, by command name. */
+export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, keygen: KEYGEN_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP };

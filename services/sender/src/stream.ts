@@ -1,0 +1,341 @@
+import { Readable, Writable } from 'node:stream';
+import { digestOf, type Digest } from '@ferry/integrity';
+import {
+  FerryError, PATHS, STREAM_MAX_PART_BYTES, STREAM_PART_BYTES, UPLOAD_PART_MEDIA_TYPE, errorFromBody, isErrorCode, isFerryError,
+  type DeploymentResult, type ErrorCode, type PackageSeal,
+} from '@ferry/protocol';
+import { sendSigned, type ResumableTarget } from './resumable.ts';
+
+/** Failures in a row, on one part or on the seal's answer, before a stream gives up. */
+const DEFAULT_ATTEMPTS = 6;
+
+export type StreamTarget = ResumableTarget;
+
+/**
+ * The stream cannot carry this push, and the packaged path can: the receiver does not offer
+ * streams (`unavailable`: 404 or FERRY_ERR_STREAM_UNAVAILABLE at create), or the stream went away
+ * under it (`vanished`: 404/410 on a part — receiver restarted, stream aborted or expired).
+ */
+export class StreamUnavailable extends Error {
+  override readonly name = 'StreamUnavailable';
+  readonly reason: 'unavailable' | 'vanished';
+
+  constructor(reason: 'unavailable' | 'vanished', cause: FerryError) {
+    super(reason === 'unavailable' ? `The receiver does not take streams: ${cause.message}` : `The stream went away: ${cause.message}`, { cause });
+    this.reason = reason;
+  }
+}
+
+/**
+ * The streamed upload protocol (docs/protocol.md §10.6), one call per request, each signed for
+ * the receiver's host id like the resumable ones; a PATCH also signs its `Upload-Offset`.
+ */
+export class StreamClient {
+  readonly #target: StreamTarget;
+
+  constructor(target: StreamTarget) {
+    this.#target = target;
+  }
+
+  /**
+   * `POST /v1/streams` with the deferred manifest (no package size or digest): the stream's id.
+   * A receiver without streams (404, FERRY_ERR_STREAM_UNAVAILABLE) throws {@link StreamUnavailable}.
+   */
+  async create(manifestJson: string): Promise<string> {
+    const body = Buffer.from(manifestJson, 'utf8');
+    const answer = await sendSigned(this.#target, 'POST', PATHS.streams, {
+      digest: digestOf(body), headers: { 'content-type': 'application/json' }, body: () => Readable.from([body]), bodyBytes: body.length,
+    });
+    if (answer.status !== 201) {
+      const error = errorFromBody(answer.status, answer.body);
+      // An older receiver does not know the route: its 404 says nothing typed about streams.
+      if (answer.status === 404 || error.code === 'FERRY_ERR_STREAM_UNAVAILABLE') throw new StreamUnavailable('unavailable', error);
+      throw error;
+    }
+    const streamId = (answer.body as { streamId?: unknown } | null)?.streamId;
+    if (typeof streamId !== 'string' || !/^[0-9a-f]{32}$/.test(streamId)) throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: 'The receiver did not name the stream it opened' });
+    return streamId;
+  }
+
+  /**
+   * `PATCH /v1/streams/<id>`: one part at `offset`, signed with its own BLAKE3; the receiver's new
+   * offset. A refusal is a FerryError whose details carry the receiver's `uploadOffset` if it said one.
+   */
+  async patch(streamId: string, offset: number, part: Buffer): Promise<number> {
+    const answer = await sendSigned(this.#target, 'PATCH', `${PATHS.streams}/${streamId}`, {
+      digest: digestOf(part), offset, headers: { 'content-type': UPLOAD_PART_MEDIA_TYPE }, body: () => Readable.from([part]), bodyBytes: part.length,
+    });
+    const said = Number(answer.headers['upload-offset']);
+    const uploadOffset = typeof answer.headers['upload-offset'] === 'string' && Number.isSafeInteger(said) ? said : undefined;
+    if (answer.status !== 204) throw errorFromBody(answer.status, answer.body).withDetails({ streamId, ...(uploadOffset === undefined ? {} : { uploadOffset }) });
+    if (uploadOffset === undefined) throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: 'The receiver did not say where the stream stands (Upload-Offset)' });
+    return uploadOffset;
+  }
+
+  /** `POST /v1/streams/<id>/deploy` with the seal: the deployment's outcome, as for a resumable upload. */
+  async deploy(streamId: string, seal: PackageSeal): Promise<DeploymentResult> {
+    const body = Buffer.from(JSON.stringify(seal), 'utf8');
+    const answer = await sendSigned(this.#target, 'POST', `${PATHS.streams}/${streamId}/deploy`, {
+      digest: digestOf(body), headers: { 'content-type': 'application/json' }, body: () => Readable.from([body]), bodyBytes: body.length,
+    });
+    if (answer.status !== 200) throw errorFromBody(answer.status, answer.body);
+    return answer.body as DeploymentResult;
+  }
+
+  /** `DELETE /v1/streams/<id>`: whether the stream is known to be gone (aborted now, or already). */
+  async abort(streamId: string): Promise<boolean> {
+    const answer = await sendSigned(this.#target, 'DELETE', `${PATHS.streams}/${streamId}`, {});
+    return answer.status === 204 || answer.status === 404 || answer.status === 410;
+  }
+}
+
+export interface StreamOptions extends StreamTarget {
+  /** The deferred manifest: its `package` has no size and digest; the seal brings them. */
+  manifestJson: string;
+  /** Default STREAM_PART_BYTES; at most STREAM_MAX_PART_BYTES. */
+  partBytes?: number;
+  /** Failures in a row before giving up. */
+  attempts?: number;
+  /** Pause before the first retry; it doubles with each failure in a row. */
+  retryDelayMs?: number;
+  /** The stream is open: the package starts now. */
+  onOpened?: () => void;
+  /** Package bytes the receiver acknowledged so far. */
+  onProgress?: (acknowledged: number) => void;
+  /** Every part is acknowledged; the seal goes out now. */
+  onSent?: () => void;
+}
+
+export interface StreamOutcome<T> {
+  result: DeploymentResult;
+  /** What `produce` returned: the package's facts. */
+  produced: T;
+  streamId: string;
+  /** Bytes of every PATCH body sent, resent parts included. */
+  bodyBytes: number;
+  /** Part requests sent again after a failure. */
+  retries: number;
+  /** Milliseconds from the first PATCH until the seal went out (0 when no part went). */
+  sendMs: number;
+  /** Milliseconds from the start until the last part was acknowledged. */
+  packageMs: number;
+}
+
+/** Answers after which sending the same part again can help. */
+const RESEND: readonly ErrorCode[] = ['FERRY_ERR_RECEIVER_UNREACHABLE', 'FERRY_ERR_UPLOAD_BUSY', 'FERRY_ERR_REPLAY'];
+
+/**
+ * One push as a streamed upload: open the stream, let `produce` write the package into the part
+ * cutter it is given (docker save → … → BLAKE3 → here), PATCH each part as it fills, then send
+ * the seal — the size and BLAKE3 `produce` reports — and return the deployment's outcome. A
+ * failure after the stream opened and before the seal sends `DELETE` (best effort), so the
+ * receiver loads nothing; {@link idFree} then says whether the deployment id may be used again.
+ */
+export class StreamUpload {
+  readonly #client: StreamClient;
+  readonly #options: StreamOptions;
+  readonly #partBytes: number;
+  #streamId: string | undefined;
+  /** The receiver may hold a stream (or, after the seal, a journal record) under this deployment id. */
+  #idHeld = false;
+  #vanished: FerryError | undefined;
+  #bodyBytes = 0;
+  #retries = 0;
+  #firstPatch: number | undefined;
+
+  constructor(options: StreamOptions) {
+    this.#client = new StreamClient(options);
+    this.#options = options;
+    this.#partBytes = options.partBytes ?? STREAM_PART_BYTES;
+    if (!Number.isSafeInteger(this.#partBytes) || this.#partBytes < 1 || this.#partBytes > STREAM_MAX_PART_BYTES) {
+      throw new FerryError('FERRY_ERR_USAGE', { message: `A stream part is 1 to ${STREAM_MAX_PART_BYTES} bytes, not ${this.#partBytes}` });
+    }
+  }
+
+  /**
+   * Whether the deployment id is free for another attempt after a failure: false when the seal
+   * went out (the receiver may have journalled the id) or the stream may still be live.
+   */
+  get idFree(): boolean {
+    return !this.#idHeld;
+  }
+
+  async run<T extends { size: number; digest: Digest }>(produce: (destination: Writable) => Promise<T>): Promise<StreamOutcome<T>> {
+    const started = performance.now();
+    const streamId = await this.#client.create(this.#options.manifestJson);
+    this.#streamId = streamId;
+    this.#idHeld = true;
+    this.#options.onOpened?.();
+    const cutter = new PartCutter(this.#partBytes, (part, offset) => this.#sendPart(streamId, part, offset));
+    let produced: T;
+    try {
+      produced = await produce(cutter);
+      if (cutter.acknowledged !== produced.size) {
+        throw new FerryError('FERRY_ERR_INTERNAL', { message: `The stream carried ${cutter.acknowledged} bytes of a ${produced.size}-byte package` });
+      }
+    } catch (err) {
+      await this.#abandon();
+      if (this.#vanished) throw new StreamUnavailable('vanished', this.#vanished);
+      throw err;
+    }
+    const packageMs = Math.round(performance.now() - started);
+    const sendMs = this.#firstPatch === undefined ? 0 : Math.round(performance.now() - this.#firstPatch);
+    this.#options.onSent?.();
+    const result = await this.#deploy(streamId, { size: produced.size, digest: produced.digest });
+    return { result, produced, streamId, bodyBytes: this.#bodyBytes, retries: this.#retries, sendMs, packageMs };
+  }
+
+  /** Best effort: a stream the receiver still holds is aborted, so it loads nothing and frees the id. */
+  async #abandon(): Promise<void> {
+    if (this.#streamId === undefined || !this.#idHeld) return;
+    if (await this.#client.abort(this.#streamId).catch(() => false)) this.#idHeld = false;
+  }
+
+  /**
+   * Sends one part until the receiver holds it: a lost answer or a 5xx is resent after a pause
+   * (a 409 whose offset is past the part says the lost attempt was in fact taken); a part digest
+   * refused once is resent once; a stream gone (404/410) is reported for the packaged fallback.
+   */
+  async #sendPart(streamId: string, part: Buffer, offset: number): Promise<void> {
+    const attempts = this.#options.attempts ?? DEFAULT_ATTEMPTS;
+    const pause = this.#options.retryDelayMs ?? 500;
+    const end = offset + part.length;
+    let failures = 0;
+    let digestResent = false;
+    this.#firstPatch ??= performance.now();
+    for (;;) {
+      this.#bodyBytes += part.length;
+      let err: unknown;
+      try {
+        const now = await this.#client.patch(streamId, offset, part);
+        if (now === end) break;
+        err = new FerryError('FERRY_ERR_OFFSET_MISMATCH', { message: `The receiver took the part at ${offset} and says it stands at ${now}, not ${end}`, details: { uploadOffset: now } });
+      } catch (caught) {
+        err = caught;
+      }
+      if (!isFerryError(err)) throw err;
+      const said = err.details?.uploadOffset;
+      if (err.code === 'FERRY_ERR_OFFSET_MISMATCH' && said === end) break;
+      const refusal = endedBy(err);
+      if (refusal) throw refusal;
+      // Gone: the DELETE that follows costs one request, and frees the stream should only the
+      // answer have been wrong (a proxy, a misrouted request).
+      if (err.status === 404 || err.status === 410) {
+        this.#vanished = err;
+        throw err;
+      }
+      const resend = RESEND.includes(err.code) || err.status >= 500
+        || (err.code === 'FERRY_ERR_OFFSET_MISMATCH' && said === offset)
+        || (err.code === 'FERRY_ERR_CHECKSUM_MISMATCH' && !digestResent);
+      if (!resend) throw err;
+      if (err.code === 'FERRY_ERR_CHECKSUM_MISMATCH') digestResent = true;
+      failures += 1;
+      this.#retries += 1;
+      if (failures >= attempts) throw err;
+      await delay(pause * 2 ** (failures - 1));
+    }
+    this.#options.onProgress?.(end);
+  }
+
+  /**
+   * The seal, retried only after a lost answer: the receiver answers a repeat from its journal. A
+   * stream gone before its first seal arrived (404/410) goes to the packaged fallback, but under a
+   * new id (the id stays held here), as the receiver may have begun a record of it.
+   */
+  async #deploy(streamId: string, seal: PackageSeal): Promise<DeploymentResult> {
+    const attempts = this.#options.attempts ?? DEFAULT_ATTEMPTS;
+    const pause = this.#options.retryDelayMs ?? 500;
+    for (let failures = 0; ; ) {
+      try {
+        return await this.#client.deploy(streamId, seal);
+      } catch (err) {
+        const refusal = isFerryError(err) ? endedBy(err) : undefined;
+        if (refusal) throw refusal;
+        if (failures === 0 && isFerryError(err) && (err.code === 'FERRY_ERR_UPLOAD_NOT_FOUND' || err.code === 'FERRY_ERR_UPLOAD_INVALIDATED' || err.code === 'FERRY_ERR_UPLOAD_EXPIRED')) {
+          throw new StreamUnavailable('vanished', err);
+        }
+        failures += 1;
+        if (!isFerryError(err, 'FERRY_ERR_RECEIVER_UNREACHABLE') || failures >= attempts) throw err;
+        await delay(pause * 2 ** (failures - 1));
+      }
+    }
+  }
+}
+
+/**
+ * Cuts the package into parts of exactly `partBytes` (the last one shorter) and hands each to
+ * `send`. At most one part is in flight while the next one fills: a full part waits for the one
+ * before it to be acknowledged, and until then this stream takes no more bytes, so backpressure
+ * reaches docker save and memory stays at two parts whatever the image's size.
+ */
+export class PartCutter extends Writable {
+  readonly #partBytes: number;
+  readonly #send: (part: Buffer, offset: number) => Promise<void>;
+  #part: Buffer | undefined;
+  #fill = 0;
+  #offset = 0;
+  #inFlight: Promise<void> | undefined;
+  #acknowledged = 0;
+
+  constructor(partBytes: number, send: (part: Buffer, offset: number) => Promise<void>) {
+    super();
+    this.#partBytes = partBytes;
+    this.#send = send;
+  }
+
+  /** Bytes of parts whose sending finished. */
+  get acknowledged(): number {
+    return this.#acknowledged;
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    this.#take(chunk).then(() => callback(), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    (async () => {
+      if (this.#fill > 0) await this.#cut();
+      await this.#inFlight;
+    })().then(() => callback(), callback);
+  }
+
+  async #take(chunk: Buffer): Promise<void> {
+    let at = 0;
+    while (at < chunk.length) {
+      this.#part ??= Buffer.allocUnsafe(this.#partBytes);
+      const take = Math.min(this.#partBytes - this.#fill, chunk.length - at);
+      chunk.copy(this.#part, this.#fill, at, at + take);
+      this.#fill += take;
+      at += take;
+      if (this.#fill === this.#partBytes) await this.#cut();
+    }
+  }
+
+  async #cut(): Promise<void> {
+    const part = (this.#part ?? Buffer.alloc(0)).subarray(0, this.#fill);
+    this.#part = undefined;
+    this.#fill = 0;
+    await this.#inFlight;
+    const offset = this.#offset;
+    this.#offset += part.length;
+    const sending = this.#send(part, offset).then(() => { this.#acknowledged += part.length; });
+    // A failure ends the pipeline at once, not only at the next write, which may be far off.
+    sending.catch((err: unknown) => this.destroy(err as Error));
+    this.#inFlight = sending;
+  }
+}
+
+/**
+ * A stream the receiver ended because of what it carried (a refused archive, layers missing, a
+ * failed load) answers later requests 410 with that error's code as `details.reason`: that error
+ * is the outcome, not a stream gone for the packaged path to replace.
+ */
+function endedBy(err: FerryError): FerryError | undefined {
+  const reason = err.details?.reason;
+  if (err.code !== 'FERRY_ERR_UPLOAD_INVALIDATED' || !isErrorCode(reason) || reason === 'FERRY_ERR_UPLOAD_EXPIRED') return undefined;
+  return new FerryError(reason, { message: err.message, details: err.details });
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
