@@ -1,5 +1,5 @@
 import { Readable, Writable } from 'node:stream';
-import { digestOf, type Digest } from '@ferry/integrity';
+import { IncrementalDigest, digestOf, type Digest } from '@ferry/integrity';
 import {
   FerryError, PATHS, STREAM_MAX_PART_BYTES, STREAM_PART_BYTES, UPLOAD_PART_MEDIA_TYPE, errorFromBody, isErrorCode, isFerryError,
   type DeploymentResult, type ErrorCode, type PackageSeal,
@@ -61,9 +61,9 @@ export class StreamClient {
    * `PATCH /v1/streams/<id>`: one part at `offset`, signed with its own BLAKE3; the receiver's new
    * offset. A refusal is a FerryError whose details carry the receiver's `uploadOffset` if it said one.
    */
-  async patch(streamId: string, offset: number, part: Buffer): Promise<number> {
+  async patch(streamId: string, offset: number, part: Part): Promise<number> {
     const answer = await sendSigned(this.#target, 'PATCH', `${PATHS.streams}/${streamId}`, {
-      digest: digestOf(part), offset, headers: { 'content-type': UPLOAD_PART_MEDIA_TYPE }, body: () => Readable.from([part]), bodyBytes: part.length,
+      digest: partDigest(part), offset, headers: { 'content-type': UPLOAD_PART_MEDIA_TYPE }, body: () => Readable.from(part.chunks), bodyBytes: part.bytes,
     });
     const said = Number(answer.headers['upload-offset']);
     const uploadOffset = typeof answer.headers['upload-offset'] === 'string' && Number.isSafeInteger(said) ? said : undefined;
@@ -196,15 +196,15 @@ export class StreamUpload {
    * (a 409 whose offset is past the part says the lost attempt was in fact taken); a part digest
    * refused once is resent once; a stream gone (404/410) is reported for the packaged fallback.
    */
-  async #sendPart(streamId: string, part: Buffer, offset: number): Promise<void> {
+  async #sendPart(streamId: string, part: Part, offset: number): Promise<void> {
     const attempts = this.#options.attempts ?? DEFAULT_ATTEMPTS;
     const pause = this.#options.retryDelayMs ?? 500;
-    const end = offset + part.length;
+    const end = offset + part.bytes;
     let failures = 0;
     let digestResent = false;
     this.#firstPatch ??= performance.now();
     for (;;) {
-      this.#bodyBytes += part.length;
+      this.#bodyBytes += part.bytes;
       let err: unknown;
       try {
         const now = await this.#client.patch(streamId, offset, part);
@@ -264,22 +264,29 @@ export class StreamUpload {
 
 /**
  * Cuts the package into parts of exactly `partBytes` (the last one shorter) and hands each to
- * `send`. At most one part is in flight while the next one fills: a full part waits for the one
- * before it to be acknowledged, and until then this stream takes no more bytes, so backpressure
- * reaches docker save and memory stays at two parts whatever the image's size.
+ * `send`, one at a time and in order. Up to `ahead` full parts wait behind the one in flight, so
+ * docker save keeps producing while a part travels and the next is ready the moment the receiver
+ * answers; past that, this stream takes no more bytes, so backpressure reaches docker save and
+ * memory stays at `ahead + 2` parts whatever the image's size.
  */
 export class PartCutter extends Writable {
   readonly #partBytes: number;
-  readonly #send: (part: Buffer, offset: number) => Promise<void>;
-  #part: Buffer | undefined;
+  readonly #ahead: number;
+  readonly #send: (part: Part, offset: number) => Promise<void>;
+  /** The part filling: the pipeline's own chunks, never copied (the last one is split if need be). */
+  #chunks: Buffer[] = [];
   #fill = 0;
   #offset = 0;
-  #inFlight: Promise<void> | undefined;
+  /** The last part handed on; each part's sending starts once the one before it was acknowledged. */
+  #tail: Promise<void> = Promise.resolve();
+  /** Parts cut and not yet acknowledged, the one in flight included. */
+  #pending: Promise<void>[] = [];
   #acknowledged = 0;
 
-  constructor(partBytes: number, send: (part: Buffer, offset: number) => Promise<void>) {
+  constructor(partBytes: number, send: (part: Part, offset: number) => Promise<void>, ahead = 2) {
     super();
     this.#partBytes = partBytes;
+    this.#ahead = ahead;
     this.#send = send;
   }
 
@@ -294,35 +301,53 @@ export class PartCutter extends Writable {
 
   override _final(callback: (error?: Error | null) => void): void {
     (async () => {
-      if (this.#fill > 0) await this.#cut();
-      await this.#inFlight;
+      if (this.#fill > 0) this.#cut();
+      await this.#tail;
     })().then(() => callback(), callback);
   }
 
   async #take(chunk: Buffer): Promise<void> {
-    let at = 0;
-    while (at < chunk.length) {
-      this.#part ??= Buffer.allocUnsafe(this.#partBytes);
-      const take = Math.min(this.#partBytes - this.#fill, chunk.length - at);
-      chunk.copy(this.#part, this.#fill, at, at + take);
+    let rest = chunk;
+    while (rest.length > 0) {
+      const take = Math.min(this.#partBytes - this.#fill, rest.length);
+      this.#chunks.push(take === rest.length ? rest : rest.subarray(0, take));
       this.#fill += take;
-      at += take;
-      if (this.#fill === this.#partBytes) await this.#cut();
+      rest = rest.subarray(take);
+      if (this.#fill === this.#partBytes) {
+        this.#cut();
+        // The one in flight plus `ahead` waiting: take nothing more until the oldest is acknowledged.
+        while (this.#pending.length > this.#ahead) await this.#pending[0];
+      }
     }
   }
 
-  async #cut(): Promise<void> {
-    const part = (this.#part ?? Buffer.alloc(0)).subarray(0, this.#fill);
-    this.#part = undefined;
+  #cut(): void {
+    const part: Part = { chunks: this.#chunks, bytes: this.#fill };
+    this.#chunks = [];
     this.#fill = 0;
-    await this.#inFlight;
     const offset = this.#offset;
-    this.#offset += part.length;
-    const sending = this.#send(part, offset).then(() => { this.#acknowledged += part.length; });
+    this.#offset += part.bytes;
+    const sending = this.#tail.then(() => this.#send(part, offset)).then(() => {
+      this.#acknowledged += part.bytes;
+      void this.#pending.shift();
+    });
     // A failure ends the pipeline at once, not only at the next write, which may be far off.
     sending.catch((err: unknown) => this.destroy(err as Error));
-    this.#inFlight = sending;
+    this.#pending.push(sending);
+    this.#tail = sending;
   }
+}
+
+/** A part as the chunks it was cut from, so that no byte of the package is copied to send it. */
+export interface Part {
+  chunks: readonly Buffer[];
+  bytes: number;
+}
+
+function partDigest(part: Part): Digest {
+  const hash = new IncrementalDigest();
+  for (const chunk of part.chunks) hash.update(chunk);
+  return hash.digest();
 }
 
 /**
