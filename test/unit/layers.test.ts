@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import { describe, it } from 'node:test';
 import { FerryError, chainIds } from '@ferry/protocol';
 import { ArchiveInspector, isContainerdStore } from '@ferry/receiver';
-import { LayerFilter, identifyLayer, isPrivateAddress, layersToOmit, omittableLayers, resolveCompression } from '@ferry/sender';
+import { LayerFilter, identifyLayer, isPrivateAddress, layersToOmit, omittableLayers, packageCompression, resolveCompression } from '@ferry/sender';
 import { tarHeader } from '../helpers/tar.ts';
 
 /** A three-layer image as dockerd 20.10 saved it: its diff ids, and the v1 directory and JSON of each layer. */
@@ -174,5 +174,9 @@ describe('--compression auto', () => {
     assert.equal(await resolveCompression('auto', ['http://127.0.0.1:7701', 'http://[::1]:7701', 'http://localhost:7701']), 'none');
     assert.equal(await resolveCompression('auto', ['http://127.0.0.1:7701', 'http://203.0.113.5:7701']), 'zstd');
     assert.equal(await resolveCompression('gzip', ['http://127.0.0.1:7701']), 'gzip');
+    // A partial package is the few top layers: zstd costs little there, even on a fast link.
+    assert.equal(packageCompression('auto', 'none', ['sha256:' + 'a'.repeat(64)]), 'zstd');
+    assert.equal(packageCompression('auto', 'none', []), 'none');
+    assert.equal(packageCompression('none', 'none', ['sha256:' + 'a'.repeat(64)]), 'none');
   });
 });

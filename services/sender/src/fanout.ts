@@ -5,7 +5,7 @@ import {
   FerryError, isFerryError,
   type Compression, type DeploymentResult, type EventType, type ManifestInput,
 } from '@ferry/protocol';
-import { askLayers, layersToOmit, resolveCompression, type TargetLayers } from './negotiate.ts';
+import { askLayers, layersToOmit, packageCompression, resolveCompression, type TargetLayers } from './negotiate.ts';
 import { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
 import { RESUMABLE_THRESHOLD_BYTES, probeReceiver, type PushDeps, type PushRequest } from './push.ts';
 import { uploadResumable } from './resumable.ts';
@@ -105,10 +105,11 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
       return { url, present: 0, unanswered: (err as Error).message };
     }
   }));
-  const compression = await choosing;
+  const omit = layersToOmit(image.diffIds, answers);
+  const compression = packageCompression(request.compression, await choosing, omit);
   const negotiateMs = Math.round(performance.now() - negotiateStarted);
   deps.onStage?.('package', {});
-  const pkg = await buildPackage(deps.images, image, compression, { omit: layersToOmit(image.diffIds, answers) });
+  const pkg = await buildPackage(deps.images, image, compression, { omit });
   // Built only if a target refuses the partial package (a layer it held went away meanwhile).
   let whole: Promise<BuiltPackage> | undefined;
   deps.onStage?.('transfer', { bytes: pkg.size });
@@ -119,7 +120,7 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
       for (let next = queue.shift(); next; next = queue.shift()) {
         let result = await deliver(next.url, pkg, request, deps, clock, policy);
         if (result.error?.code === 'FERRY_ERR_LAYERS_MISSING' && pkg.omittedLayers.length > 0) {
-          whole ??= buildPackage(deps.images, image, compression);
+          whole ??= choosing.then((link) => buildPackage(deps.images, image, link));
           const full = await whole.catch(() => undefined);
           const again = full && await deliver(next.url, full, request, deps, clock, policy);
           if (again) result = { ...again, attempts: result.attempts + again.attempts, bytes: { sent: result.bytes.sent + again.bytes.sent }, fullAfterRefusal: true };

@@ -17,4 +17,4 @@ export { startSenderService, runSenderService, createApp as createSenderApp, Dep
 export { serviceSpecFromFlags, splitCommand, parseLabels } from './cli/args.ts';
 export { createProgress, type Progress } from './cli/progress.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
-export { askLayers, isPrivateAddress, layersToOmit, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';
+export { askLayers, isPrivateAddress, layersToOmit, packageCompression, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';

@@ -76,6 +76,17 @@ export async function resolveCompression(choice: CompressionChoice, urls: readon
   return local.length > 0 && local.every(Boolean) ? 'none' : 'zstd';
 }
 
+/**
+ * The compression of one package, given the link's (from {@link resolveCompression}): `auto`
+ * compresses a partial package with zstd even on a fast link. What a warm push sends is the few
+ * top layers, which zstd packs in a fraction of a second; what it saves on the wire is what a
+ * registry's gzip would have saved, while a whole image is where compressing costs more time
+ * than a fast link gains.
+ */
+export function packageCompression(choice: CompressionChoice, link: Compression, omittedLayers: readonly string[]): Compression {
+  return choice === 'auto' && omittedLayers.length > 0 ? 'zstd' : link;
+}
+
 export async function isPrivateHost(hostname: string): Promise<boolean> {
   if (isIP(hostname) !== 0) return isPrivateAddress(hostname);
   if (hostname === 'localhost' || hostname.endsWith('.localhost')) return true;

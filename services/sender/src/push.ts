@@ -8,7 +8,7 @@ import {
 } from '@ferry/protocol';
 import type { DesiredRecorder } from './desired.ts';
 import { PartialPackageUnavailable } from './layer-filter.ts';
-import { askLayers, layersToOmit, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';
+import { askLayers, layersToOmit, packageCompression, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';
 import { buildPackage, inspectImage, producePackage, type BuiltPackage } from './package.ts';
 import { uploadResumable } from './resumable.ts';
 import { StreamUnavailable, StreamUpload } from './stream.ts';
@@ -109,7 +109,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   };
 
   const negotiateStarted = performance.now();
-  const [compression, layers] = await Promise.all([
+  const [linkCompression, layers] = await Promise.all([
     resolveCompression(request.compression, [request.to]),
     request.negotiateLayers === false
       ? { url: request.to, present: 0, unanswered: 'negotiation off' }
@@ -136,6 +136,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
 
   // One packaged attempt: package to a spool file, sign, upload.
   const packaged = async (omit: string[], id: string): Promise<PushResult> => {
+    const compression = packageCompression(request.compression, linkCompression, omit);
     lastId = id;
     deps.onStage?.('package', {});
     let pkg: BuiltPackage | undefined;
@@ -193,6 +194,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   // part by part, and the seal signs the size and digest once the last byte is made. The opening
   // manifest names every layer it means to leave out; the receiver lets those be absent.
   const streamed = async (omit: string[], id: string): Promise<PushResult> => {
+    const compression = packageCompression(request.compression, linkCompression, omit);
     lastId = id;
     deps.onStage?.('package', {});
     const manifest = manifestFor(id, { format: 'docker-archive' as const, compression, ...(omit.length > 0 ? { omittedLayers: omit } : {}) });
