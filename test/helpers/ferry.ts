@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -136,6 +136,32 @@ export async function buildTestImage(dockerHost: string, tag: string, variant: s
   const id = result.stdout.trim().split('\n').at(-1) ?? '';
   if (result.code !== 0 || !/^sha256:[0-9a-f]{64}$/.test(id)) throw new Error(`test-image.sh failed (${result.code}): ${result.stderr}`);
   return id;
+}
+
+/**
+ * busybox, then a layer of `base` bytes (one only the caller has, so what a target holds of it is
+ * known whatever other tests do), then a small top file; it runs `busybox sleep`, so a deployment
+ * without a health check completes once it started. Answers the image id.
+ */
+export async function buildLayeredImage(dockerHost: string, ref: string, base: Buffer, top: string, label = ''): Promise<string> {
+  const context = await mkdtemp(join(tmpdir(), 'ferry-img-'));
+  try {
+    await copyFile(process.env.FERRY_BUSYBOX ?? '/bin/busybox', join(context, 'busybox'));
+    await writeFile(join(context, 'base.bin'), base);
+    await writeFile(join(context, 'top.txt'), top);
+    await writeFile(join(context, 'Dockerfile'), [
+      'FROM scratch', 'COPY busybox /bin/busybox', 'COPY base.bin /base.bin', 'COPY top.txt /top.txt',
+      'ENTRYPOINT ["/bin/busybox", "sleep", "86400"]', '',
+    ].join('\n'));
+    const env = { ...process.env, DOCKER_HOST: dockerHost, DOCKER_BUILDKIT: '0' };
+    const built = await capture('docker', ['build', '-q', ...(label ? ['--label', label] : []), '-t', ref, context], env);
+    if (built.code !== 0) throw new Error(`docker build failed: ${built.stderr}`);
+    const id = (await capture('docker', ['image', 'inspect', '--format', '{{.Id}}', ref], env)).stdout.trim();
+    if (!/^sha256:[0-9a-f]{64}$/.test(id)) throw new Error(`${ref} was not built`);
+    return id;
+  } finally {
+    await rm(context, { recursive: true, force: true });
+  }
 }
 
 /** SIGTERMs a child process that still runs and waits until it exited. */

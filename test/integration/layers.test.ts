@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -20,7 +20,7 @@ import { NullSink } from '@ferry/events';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, PATHS, type ManifestInput } from '@ferry/protocol';
 import { askLayers, buildPackage, inspectImage, push, pushMany, uploadOneShot, type PushResult } from '@ferry/sender';
-import { capture, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { buildLayeredImage, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
@@ -37,26 +37,10 @@ const refs: string[] = [];
 const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
 let workDir = '';
 
-/**
- * busybox, then `base` random bytes (the layer this run alone has), then a small top file; it
- * runs `busybox sleep`, so a deployment without a health check completes once it started.
- */
 async function buildImage(tag: string, base: string, top: string, label = ''): Promise<string> {
-  const context = await mkdtemp(join(workDir, 'ctx-'));
-  await copyFile(process.env.FERRY_BUSYBOX ?? '/bin/busybox', join(context, 'busybox'));
-  await writeFile(join(context, 'base.bin'), Buffer.from(base, 'base64url'));
-  await writeFile(join(context, 'top.txt'), top);
-  await writeFile(join(context, 'Dockerfile'), [
-    'FROM scratch', 'COPY busybox /bin/busybox', 'COPY base.bin /base.bin', 'COPY top.txt /top.txt',
-    'ENTRYPOINT ["/bin/busybox", "sleep", "86400"]', '',
-  ].join('\n'));
   const ref = `${repo}:${tag}`;
   refs.push(ref);
-  const built = await capture('docker', ['build', '-q', ...(label ? ['--label', label] : []), '-t', ref, context], { ...process.env, DOCKER_HOST: s.buildDockerHost, DOCKER_BUILDKIT: '0' });
-  if (built.code !== 0) throw new Error(`docker build failed: ${built.stderr}`);
-  const info = await buildImages.inspect(ref);
-  if (!info) throw new Error(`${ref} was not built`);
-  return info.id;
+  return buildLayeredImage(s.buildDockerHost, ref, Buffer.from(base, 'base64url'), top, label);
 }
 
 function serviceName(label: string): string {

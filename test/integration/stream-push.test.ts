@@ -7,16 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, request, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { NullSink } from '@ferry/events';
 import { push as pushApi, type PushResult } from '@ferry/sender';
-import { buildTestImage, capture, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { buildLayeredImage, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
 
@@ -30,30 +27,10 @@ const build = createDockerClient(s.buildDockerHost);
 const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
 const refs: string[] = [];
 
-/**
- * busybox, then a layer of random bytes only this run has, then a small top file: what the target
- * holds of it is known whatever other tests do. Runs `busybox sleep`.
- */
 async function buildImage(tag: string, base: Buffer, top: string): Promise<string> {
-  const context = await mkdtemp(join(tmpdir(), 'ferry-sp-'));
-  try {
-    await copyFile(process.env.FERRY_BUSYBOX ?? '/bin/busybox', join(context, 'busybox'));
-    await writeFile(join(context, 'base.bin'), base);
-    await writeFile(join(context, 'top.txt'), top);
-    await writeFile(join(context, 'Dockerfile'), [
-      'FROM scratch', 'COPY busybox /bin/busybox', 'COPY base.bin /base.bin', 'COPY top.txt /top.txt',
-      'ENTRYPOINT ["/bin/busybox", "sleep", "86400"]', '',
-    ].join('\n'));
-    const ref = `${repo}:${tag}`;
-    refs.push(ref);
-    const built = await capture('docker', ['build', '-q', '-t', ref, context], { ...process.env, DOCKER_HOST: s.buildDockerHost, DOCKER_BUILDKIT: '0' });
-    if (built.code !== 0) throw new Error(`docker build failed: ${built.stderr}`);
-    const info = await new ImageStore(build).inspect(ref);
-    if (!info) throw new Error(`${ref} was not built`);
-    return info.id;
-  } finally {
-    await rm(context, { recursive: true, force: true });
-  }
+  const ref = `${repo}:${tag}`;
+  refs.push(ref);
+  return buildLayeredImage(s.buildDockerHost, ref, base, top);
 }
 
 /** What the proxy does to a request instead of forwarding it; undefined forwards it. */

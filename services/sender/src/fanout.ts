@@ -106,7 +106,7 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
     }
   }));
   const omit = layersToOmit(image.diffIds, answers);
-  const compression = packageCompression(request.compression, await choosing, omit);
+  const compression = packageCompression(request.compression, await choosing, omit, image.diffIds.length);
   const negotiateMs = Math.round(performance.now() - negotiateStarted);
   deps.onStage?.('package', {});
   const pkg = await buildPackage(deps.images, image, compression, { omit });

@@ -78,13 +78,13 @@ export async function resolveCompression(choice: CompressionChoice, urls: readon
 
 /**
  * The compression of one package, given the link's (from {@link resolveCompression}): `auto`
- * compresses a partial package with zstd even on a fast link. What a warm push sends is the few
- * top layers, which zstd packs in a fraction of a second; what it saves on the wire is what a
- * registry's gzip would have saved, while a whole image is where compressing costs more time
- * than a fast link gains.
+ * compresses with zstd, even on a fast link, a package that leaves out most of the image's
+ * layers. Such a warm push sends a few top layers, which zstd packs in a fraction of a second,
+ * and then moves about what a registry's gzip would; a package with most of the image is where
+ * compressing costs more time than a fast link gains.
  */
-export function packageCompression(choice: CompressionChoice, link: Compression, omittedLayers: readonly string[]): Compression {
-  return choice === 'auto' && omittedLayers.length > 0 ? 'zstd' : link;
+export function packageCompression(choice: CompressionChoice, link: Compression, omittedLayers: readonly string[], totalLayers: number): Compression {
+  return choice === 'auto' && omittedLayers.length * 2 > totalLayers ? 'zstd' : link;
 }
 
 export async function isPrivateHost(hostname: string): Promise<boolean> {

@@ -135,8 +135,27 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   let idFree = true;
 
   // One packaged attempt: package to a spool file, sign, upload.
+  /** One push's result, whichever way its package went. */
+  const resultOf = (
+    id: string,
+    pkg: Pick<BuiltPackage, 'rawBytes' | 'size' | 'compression' | 'omittedLayers' | 'timings'>,
+    sent: { packageMs: number; sendMs: number; bodyBytes: number; result: DeploymentResult },
+    streamed: boolean,
+  ): PushResult => ({
+    deploymentId: id, host, service: request.service.name, image: image.ref, imageId: image.id,
+    bytes: { image: pkg.rawBytes, package: pkg.size, sent: sent.bodyBytes },
+    compression: pkg.compression,
+    layers: { total: image.diffIds.length, present: layers.present, omitted: pkg.omittedLayers, fullAfterRefusal: false },
+    timings: {
+      package: sent.packageMs, transfer: sent.sendMs, total: Math.round(performance.now() - started), receiver: sent.result.timings,
+      negotiate: negotiateMs, save: pkg.timings.save, compress: pkg.timings.compress, hash: pkg.timings.hash, send: sent.sendMs,
+    },
+    streamed,
+    deployment: sent.result,
+  });
+
   const packaged = async (omit: string[], id: string): Promise<PushResult> => {
-    const compression = packageCompression(request.compression, linkCompression, omit);
+    const compression = packageCompression(request.compression, linkCompression, omit, image.diffIds.length);
     lastId = id;
     deps.onStage?.('package', {});
     let pkg: BuiltPackage | undefined;
@@ -167,18 +186,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
         },
       }).catch(failed(id));
       if (outcome.result.state === 'COMPLETED') await deps.desired?.record({ host, url: request.to, manifest });
-      return {
-        deploymentId: id, host, service: request.service.name, image: image.ref, imageId: image.id,
-        bytes: { image: pkg.rawBytes, package: pkg.size, sent: outcome.bodyBytes },
-        compression: pkg.compression,
-        layers: { total: image.diffIds.length, present: layers.present, omitted: pkg.omittedLayers, fullAfterRefusal: false },
-        timings: {
-          package: pkg.durationMs, transfer: transferMs, total: Math.round(performance.now() - started), receiver: outcome.result.timings,
-          negotiate: negotiateMs, save: pkg.timings.save, compress: pkg.timings.compress, hash: pkg.timings.hash, send: transferMs,
-        },
-        streamed: false,
-        deployment: outcome.result,
-      };
+      return resultOf(id, pkg, { packageMs: pkg.durationMs, sendMs: transferMs, bodyBytes: outcome.bodyBytes, result: outcome.result }, false);
     } catch (err) {
       // Refused before its journal record, a one-shot upload's id is still free. Refused during
       // the load, the id is spent on that failure; after a resumable upload, the receiver's
@@ -194,7 +202,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   // part by part, and the seal signs the size and digest once the last byte is made. The opening
   // manifest names every layer it means to leave out; the receiver lets those be absent.
   const streamed = async (omit: string[], id: string): Promise<PushResult> => {
-    const compression = packageCompression(request.compression, linkCompression, omit);
+    const compression = packageCompression(request.compression, linkCompression, omit, image.diffIds.length);
     lastId = id;
     deps.onStage?.('package', {});
     const manifest = manifestFor(id, { format: 'docker-archive' as const, compression, ...(omit.length > 0 ? { omittedLayers: omit } : {}) });
@@ -228,18 +236,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
       if (outcome.result.state === 'COMPLETED') {
         await deps.desired?.record({ host, url: request.to, manifest: { ...manifest, package: { ...manifest.package, size: pkg.size, digest: pkg.digest } } });
       }
-      return {
-        deploymentId: id, host, service: request.service.name, image: image.ref, imageId: image.id,
-        bytes: { image: pkg.rawBytes, package: pkg.size, sent: outcome.bodyBytes },
-        compression: pkg.compression,
-        layers: { total: image.diffIds.length, present: layers.present, omitted: pkg.omittedLayers, fullAfterRefusal: false },
-        timings: {
-          package: outcome.packageMs, transfer: outcome.sendMs, total: Math.round(performance.now() - started), receiver: outcome.result.timings,
-          negotiate: negotiateMs, save: pkg.timings.save, compress: pkg.timings.compress, hash: pkg.timings.hash, send: outcome.sendMs,
-        },
-        streamed: true,
-        deployment: outcome.result,
-      };
+      return resultOf(id, pkg, outcome, true);
     } catch (err) {
       idFree = upload.idFree && !(isFerryError(err) && err.details?.deployment !== undefined);
       if (err instanceof StreamUnavailable || err instanceof PartialPackageUnavailable) throw err;

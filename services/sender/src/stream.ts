@@ -273,8 +273,13 @@ export class PartCutter extends Writable {
   readonly #partBytes: number;
   readonly #ahead: number;
   readonly #send: (part: Part, offset: number) => Promise<void>;
-  /** The part filling: the pipeline's own chunks, never copied (the last one is split if need be). */
-  #chunks: Buffer[] = [];
+  /**
+   * Part buffers, reused once their part was acknowledged (its request body is then written):
+   * the pipeline's chunks are copied out at once and die young, so memory does not grow with
+   * chunks kept alive across a part's round trip until a full garbage collection.
+   */
+  readonly #free: Buffer[] = [];
+  #part: Buffer | undefined;
   #fill = 0;
   #offset = 0;
   /** The last part handed on; each part's sending starts once the one before it was acknowledged. */
@@ -307,12 +312,13 @@ export class PartCutter extends Writable {
   }
 
   async #take(chunk: Buffer): Promise<void> {
-    let rest = chunk;
-    while (rest.length > 0) {
-      const take = Math.min(this.#partBytes - this.#fill, rest.length);
-      this.#chunks.push(take === rest.length ? rest : rest.subarray(0, take));
+    let at = 0;
+    while (at < chunk.length) {
+      this.#part ??= this.#free.pop() ?? Buffer.allocUnsafe(this.#partBytes);
+      const take = Math.min(this.#partBytes - this.#fill, chunk.length - at);
+      chunk.copy(this.#part, this.#fill, at, at + take);
       this.#fill += take;
-      rest = rest.subarray(take);
+      at += take;
       if (this.#fill === this.#partBytes) {
         this.#cut();
         // The one in flight plus `ahead` waiting: take nothing more until the oldest is acknowledged.
@@ -322,14 +328,16 @@ export class PartCutter extends Writable {
   }
 
   #cut(): void {
-    const part: Part = { chunks: this.#chunks, bytes: this.#fill };
-    this.#chunks = [];
+    const buffer = this.#part ?? Buffer.alloc(0);
+    const part: Part = { chunks: [buffer.subarray(0, this.#fill)], bytes: this.#fill };
+    this.#part = undefined;
     this.#fill = 0;
     const offset = this.#offset;
     this.#offset += part.bytes;
     const sending = this.#tail.then(() => this.#send(part, offset)).then(() => {
       this.#acknowledged += part.bytes;
       void this.#pending.shift();
+      if (buffer.length === this.#partBytes) this.#free.push(buffer);
     });
     // A failure ends the pipeline at once, not only at the next write, which may be far off.
     sending.catch((err: unknown) => this.destroy(err as Error));
@@ -338,7 +346,7 @@ export class PartCutter extends Writable {
   }
 }
 
-/** A part as the chunks it was cut from, so that no byte of the package is copied to send it. */
+/** A part's bytes, as one or more buffers. */
 export interface Part {
   chunks: readonly Buffer[];
   bytes: number;

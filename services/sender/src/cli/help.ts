@@ -72,7 +72,7 @@ Container options (spelled as for docker run; the receiver's policy decides what
 Transfer options:
   --compression auto|zstd|gzip|none (default auto = none when every target is on a
                            loopback or private address, zstd otherwise; a package that
-                           leaves layers out is always zstd)
+                           leaves out most layers is always zstd)
   --no-layer-negotiation   always send every layer (by default each target is asked which
                            layers it holds, and those are left out of the package)
   --no-stream              package the image to a file first and upload it afterwards
