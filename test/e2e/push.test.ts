@@ -92,12 +92,13 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
 
   test('a byte corrupted in flight is refused with a checksum error; nothing is loaded; the running service is untouched', async () => {
     const before = await target.getContainer(service).inspect();
-    // Past the headers and the manifest part, inside the compressed package.
+    // Past the headers and the manifest part, inside the package.
     const proxy = await corruptingProxy(receiver.url, 200_000);
     try {
       // The whole image, so that the package is long enough to hold the corrupted byte: with
-      // negotiation it would carry only v2's top layer.
-      const result = await runFerry(pushArgs(`${repo}:2`, proxy.url, ['--no-layer-negotiation']), senderEnv());
+      // negotiation it would carry only v2's top layer. Spooled, so that the whole-package digest
+      // is what catches it (a streamed part is checked on its own and sent again: streams.test.ts).
+      const result = await runFerry(pushArgs(`${repo}:2`, proxy.url, ['--no-layer-negotiation', '--no-stream']), senderEnv());
       assert.ok(proxy.flipped, 'the proxy reached the byte it corrupts');
       assert.equal(result.code, 1, result.stderr);
       const answer = JSON.parse(result.stdout) as { ok: boolean; error: { code: string } };

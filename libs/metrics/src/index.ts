@@ -127,7 +127,10 @@ export function trackUpload(metrics: ReceiverMetrics, req: IncomingMessage, res:
   const socket = req.socket;
   const startBytes = socket.bytesRead;
   res.once('close', () => {
-    const read = socket.bytesRead - startBytes;
+    // A small body can come in the same socket read as the head, before this runs; an answered
+    // upload has read all of its body, so its Content-Length is the least it received.
+    const answered = res.writableFinished && res.statusCode < 300 ? Number(req.headers['content-length'] ?? 0) : 0;
+    const read = Math.max(socket.bytesRead - startBytes, Number.isSafeInteger(answered) ? answered : 0);
     if (read > 0) metrics.receivedBytes.inc(read);
     metrics.uploads.inc({ outcome: outcomeOf(res) });
   });

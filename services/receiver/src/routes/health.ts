@@ -41,7 +41,7 @@ export function metricsRouter(deps: Pick<HealthDeps, 'metrics' | 'metricsToken'>
 }
 
 /**
- * Counts requests that carry package bytes (the one-shot upload and resumable PATCHes) in
+ * Counts requests that carry package bytes (the one-shot upload, resumable and streamed PATCHes) in
  * `ferry_uploads_total` and `ferry_received_bytes_total`. Mounted before authentication, so a
  * refused upload is counted too.
  */
@@ -49,7 +49,7 @@ export function countUploads(metrics: ReceiverMetrics): RequestHandler {
   return (req, res, next) => {
     const path = req.path;
     const isUpload = (req.method === 'POST' && path === PATHS.packages)
-      || (req.method === 'PATCH' && path.startsWith(`${PATHS.uploads}/`));
+      || (req.method === 'PATCH' && (path.startsWith(`${PATHS.uploads}/`) || path.startsWith(`${PATHS.streams}/`)));
     if (isUpload) trackUpload(metrics, req, res);
     next();
   };

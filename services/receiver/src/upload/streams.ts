@@ -89,7 +89,13 @@ export class StreamStore {
   /** Opens a stream for an opening manifest (a signed body) and starts its load; `admit` is the policy. */
   async open(body: unknown, admit?: (manifest: Manifest) => void): Promise<{ streamId: string }> {
     const manifest = readOpeningManifest(body);
-    admit?.(manifest);
+    try {
+      admit?.(manifest);
+    } catch (err) {
+      // A refusal by the policy ends this deployment: watchers see it fail, as for a one-shot upload.
+      if (err instanceof FerryError) this.#options.onRejected(manifest, err);
+      throw err;
+    }
     const existing = this.#byDeployment.get(manifest.deploymentId);
     if (existing !== undefined && this.#streams.has(existing)) {
       throw new FerryError('FERRY_ERR_UPLOAD_CONFLICT', { message: 'A live stream has this deployment id', details: { deploymentId: manifest.deploymentId, streamId: existing } });
