@@ -87,7 +87,7 @@ export async function loadArchive(deps: LoadDeps, manifest: Manifest, source: Re
     let decompressError: Error | undefined;
     decompressor.once('error', (err: Error) => { decompressError ??= err; });
     // pipeline() rather than pipe(): a read, decompression or inspection error reaches the load.
-    const archive = manifest.package.compression === 'none' ? pipeline(source, inspector, () => undefined) : pipeline(source, decompressor, inspector, () => undefined);
+    const archive = pipeline(source, decompressor, inspector, () => undefined);
     try {
       loadedIds = (await deps.images.load(archive)).imageIds;
     } catch (err) {
