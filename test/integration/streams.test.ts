@@ -52,7 +52,8 @@ function call(url: string, method: string, path: string, body: Buffer = Buffer.a
         resolve({ status: res.statusCode ?? 0, code: (json as { error?: { code?: string } } | undefined)?.error?.code, json, offset: Array.isArray(offsetHeader) ? offsetHeader[0] : offsetHeader });
       });
     });
-    req.on('error', reject);
+    // The receiver may answer (413) and close before the body is all written; the answer is what counts.
+    req.on('error', (err: NodeJS.ErrnoException) => { if (err.code !== 'EPIPE' && err.code !== 'ECONNRESET') reject(err); });
     req.end(body);
   });
 }
@@ -213,6 +214,26 @@ describe('streamed upload', { timeout: 300_000 }, () => {
     // The inspector refuses the first header; the refusal reaches this part or the next request.
     const next = answer.status === 204 ? await seal(id, { size: junk.length, digest: digestOf(junk) }) : answer;
     assert.ok(next.code === 'FERRY_ERR_BAD_ARCHIVE' || next.code === 'FERRY_ERR_UPLOAD_INVALIDATED', JSON.stringify(next.json));
+  });
+
+  test('a malformed seal and an unknown stream are refused with typed errors and change nothing', async () => {
+    const image = images.get('ok');
+    assert.ok(image);
+    const { manifest } = await opening('ok');
+    const id = await open(manifest);
+    const half = await send(id, image.tar, 0, PART);
+    for (const body of [{ size: 'all' }, { size: image.tar.length }, { size: 1, digest: 'sha256:x', extra: true }]) {
+      const answer = await seal(id, body);
+      assert.equal(answer.status, 400, JSON.stringify(answer.json));
+      assert.equal(answer.code, 'FERRY_ERR_BAD_REQUEST');
+    }
+    const unknown = await call(receiver.url, 'PATCH', '/v1/streams/not-a-stream', Buffer.from('x'), { offset: 0 });
+    assert.equal(unknown.status, 404);
+    assert.equal(unknown.code, 'FERRY_ERR_UPLOAD_NOT_FOUND');
+    // The stream took none of it: it still finishes and deploys.
+    await send(id, image.tar, half);
+    const answer = await seal(id, { size: image.tar.length, digest: digestOf(image.tar) });
+    assert.equal(answer.status, 200, JSON.stringify(answer.json));
   });
 
   test('an opening manifest that carries a size or digest is refused', async () => {
