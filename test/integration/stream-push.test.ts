@@ -129,6 +129,7 @@ describe('streamed push', { timeout: 300_000 }, () => {
   test('one target: the package is streamed, the image arrives with its id and its container runs healthy', async () => {
     const { result, service, port } = await push(receiver.url);
     assert.equal(result.streamed, true);
+    assert.equal(result.exportedBy, 'layer-store');
     assert.equal(result.deployment.state, 'COMPLETED');
     assert.equal(result.imageId, imageId);
     assert.equal(result.host, hostId);
@@ -139,6 +140,15 @@ describe('streamed push', { timeout: 300_000 }, () => {
   test('--no-stream: the spooled package, the same outcome', async () => {
     const { result, service, port } = await push(receiver.url, ['--no-stream']);
     assert.equal(result.streamed, false);
+    assert.equal(result.exportedBy, 'layer-store');
+    assert.equal(result.deployment.state, 'COMPLETED');
+    await assertRunning(service, port);
+  });
+
+  test('--no-layer-store: the stream comes from docker save, the same outcome', async () => {
+    const { result, service, port } = await push(receiver.url, ['--no-layer-store']);
+    assert.equal(result.streamed, true);
+    assert.equal(result.exportedBy, 'docker-save');
     assert.equal(result.deployment.state, 'COMPLETED');
     await assertRunning(service, port);
   });

@@ -2,6 +2,7 @@ import { addAbortSignal, type Readable } from 'node:stream';
 import type Dockerode from 'dockerode';
 import { FerryError } from '@ferry/protocol';
 import { statusOf, toFerryError } from './errors.ts';
+import { LayerStore } from './layer-store.ts';
 import { readProgress, type ProgressEvent } from './progress.ts';
 import { splitReference } from './reference.ts';
 
@@ -34,6 +35,27 @@ export class ImageStore {
 
   constructor(docker: Dockerode) {
     this.#docker = docker;
+  }
+
+  #layerStore: Promise<LayerStore | undefined> | undefined;
+
+  /**
+   * The engine's layer store, when it can be read from here: the engine is reached over a unix
+   * socket (so it runs on this machine), uses the legacy overlay2 store, and this process may read
+   * its data root. Asked once per ImageStore; any doubt answers undefined and `docker save` is used.
+   */
+  async layerStore(): Promise<LayerStore | undefined> {
+    this.#layerStore ??= (async () => {
+      if (typeof (this.#docker.modem as { socketPath?: unknown }).socketPath !== 'string') return undefined;
+      try {
+        const info = await this.#docker.info() as { DockerRootDir?: unknown; Driver?: unknown };
+        if (typeof info.DockerRootDir !== 'string' || typeof info.Driver !== 'string') return undefined;
+        return await LayerStore.open(info.DockerRootDir, info.Driver);
+      } catch {
+        return undefined;
+      }
+    })();
+    return this.#layerStore;
   }
 
   /** Undefined when the engine has no such image; every other failure throws. */

@@ -21,6 +21,7 @@ export {
   type JsonMessage,
   type ProgressEvent,
 } from './progress.ts';
+export { LayerStore, LayerStoreUnreadable, type StoredLayer } from './layer-store.ts';
 export { splitReference, type ReferenceParts } from './reference.ts';
 export { splitLogLines } from './logs.ts';
 export { ImageBuilder, type BuildLogSink, type BuildOptions } from './image-builder.ts';

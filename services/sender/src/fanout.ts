@@ -109,7 +109,7 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
   const compression = packageCompression(request.compression, await choosing, omit, image.diffIds.length);
   const negotiateMs = Math.round(performance.now() - negotiateStarted);
   deps.onStage?.('package', {});
-  const pkg = await buildPackage(deps.images, image, compression, { omit });
+  const pkg = await buildPackage(deps.images, image, compression, { omit, layerStore: request.layerStore !== false });
   // Built only if a target refuses the partial package (a layer it held went away meanwhile).
   let whole: Promise<BuiltPackage> | undefined;
   deps.onStage?.('transfer', { bytes: pkg.size });
@@ -120,7 +120,7 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
       for (let next = queue.shift(); next; next = queue.shift()) {
         let result = await deliver(next.url, pkg, request, deps, clock, policy);
         if (result.error?.code === 'FERRY_ERR_LAYERS_MISSING' && pkg.omittedLayers.length > 0) {
-          whole ??= choosing.then((link) => buildPackage(deps.images, image, link));
+          whole ??= choosing.then((link) => buildPackage(deps.images, image, link, { layerStore: request.layerStore !== false }));
           const full = await whole.catch(() => undefined);
           const again = full && await deliver(next.url, full, request, deps, clock, policy);
           if (again) result = { ...again, attempts: result.attempts + again.attempts, bytes: { sent: result.bytes.sent + again.bytes.sent }, fullAfterRefusal: true };

@@ -2,13 +2,14 @@ import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Transform, type TransformCallback, type Writable } from 'node:stream';
+import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createCompressor } from '@ferry/compress';
-import type { ImageStore } from '@ferry/docker';
+import { LayerStoreUnreadable, type ImageStore } from '@ferry/docker';
 import { DigestTap, type Digest } from '@ferry/integrity';
 import { FerryError, type Compression } from '@ferry/protocol';
 import { LayerFilter, PartialPackageUnavailable } from './layer-filter.ts';
+import { planStoreArchive, streamStoreArchive } from './store-archive.ts';
 
 export interface ImageFacts {
   ref: string;
@@ -35,13 +36,20 @@ export interface ProducedPackage {
   size: number;
   digest: Digest;
   compression: Compression;
-  /** Bytes docker save produced, before layers were left out and before compression. */
+  /**
+   * Bytes of the uncompressed archive: docker save's, before layers were left out; the layer
+   * store's, which holds only the layers carried.
+   */
   rawBytes: number;
   /** Diff ids whose layer entries this package leaves out (the manifest's `package.omittedLayers`). */
   omittedLayers: string[];
   durationMs: number;
   timings: PackageTimings;
+  /** Where the image's bytes came from: read from the engine's layer store, or `docker save`. */
+  exportedBy: ExportedBy;
 }
+
+export type ExportedBy = 'layer-store' | 'docker-save';
 
 export interface BuiltPackage extends ProducedPackage {
   path: string;
@@ -52,6 +60,8 @@ export interface PackageOptions {
   /** Diff ids the targets hold: their entries are left out when the archive layout allows it. */
   omit?: readonly string[];
   dir?: string;
+  /** Read the image from the engine's layer store when it can be (see {@link sourceOf}); default true. */
+  layerStore?: boolean;
 }
 
 export async function inspectImage(images: ImageStore, ref: string): Promise<ImageFacts> {
@@ -61,26 +71,28 @@ export async function inspectImage(images: ImageStore, ref: string): Promise<Ima
 }
 
 /**
- * docker save → (leave out held layers) → compress → BLAKE3 → spool file, in one pipeline: the
- * image never sits in memory, is written once, and the digest the manifest signs exists before
- * the first byte is sent, because it goes in the request headers. If held layers cannot be left
- * out (see {@link LayerFilter}), the package is built whole.
+ * docker save (or the layer store) → (leave out held layers) → compress → BLAKE3 → spool file, in
+ * one pipeline: the image never sits in memory, is written once, and the digest the manifest signs
+ * exists before the first byte is sent, because it goes in the request headers. If held layers
+ * cannot be left out (see {@link LayerFilter}), the package is built whole; if the layer store
+ * turns out unreadable midway, it is built again from docker save.
  */
 export async function buildPackage(images: ImageStore, image: ImageFacts, compression: Compression, options: PackageOptions = {}): Promise<BuiltPackage> {
   const omit = options.omit ?? [];
-  if (omit.length === 0) return build(images, image, compression, options.dir ?? tmpdir(), undefined);
+  const dir = options.dir ?? tmpdir();
   try {
-    return await build(images, image, compression, options.dir ?? tmpdir(), new LayerFilter(image.diffIds, omit));
+    return await build(image, compression, dir, await sourceOf(images, image, omit, options.layerStore !== false));
   } catch (err) {
-    if (err instanceof PartialPackageUnavailable) return build(images, image, compression, options.dir ?? tmpdir(), undefined);
+    if (err instanceof LayerStoreUnreadable) return buildPackage(images, image, compression, { ...options, layerStore: false });
+    if (err instanceof PartialPackageUnavailable) return build(image, compression, dir, await sourceOf(images, image, [], false));
     throw err;
   }
 }
 
-async function build(images: ImageStore, image: ImageFacts, compression: Compression, dir: string, filter: LayerFilter | undefined): Promise<BuiltPackage> {
+async function build(image: ImageFacts, compression: Compression, dir: string, source: Source): Promise<BuiltPackage> {
   const path = join(dir, `ferry-${image.id.slice(7, 19)}-${process.pid}-${Date.now()}.tar${compression === 'none' ? '' : compression === 'zstd' ? '.zst' : '.gz'}`);
   try {
-    const produced = await produce(images, image, compression, filter, () => createWriteStream(path, { flags: 'wx', mode: 0o600 }));
+    const produced = await produce(image, compression, source, () => createWriteStream(path, { flags: 'wx', mode: 0o600 }));
     return { ...produced, path, remove: () => rm(path, { force: true }) };
   } catch (err) {
     await rm(path, { force: true });
@@ -90,28 +102,55 @@ async function build(images: ImageStore, image: ImageFacts, compression: Compres
 
 /**
  * The same pipeline into `destination` instead of a file: a streamed upload's part cutter
- * (stream.ts), whose backpressure paces docker save. Layers in `omit` are left out when the
- * archive layout allows it; when it does not, this throws {@link PartialPackageUnavailable} — by
- * then bytes have gone to `destination`, so the caller abandons it and starts again whole.
- * FerryErrors `destination` raises pass through as they are.
+ * (stream.ts), whose backpressure paces the export. Layers in `omit` are left out when the
+ * archive layout allows it; when it does not, this throws {@link PartialPackageUnavailable}, and
+ * a layer store that turns out unreadable midway throws LayerStoreUnreadable — by then bytes
+ * have gone to `destination`, so the caller abandons it and starts again whole, or from docker
+ * save. FerryErrors `destination` raises pass through as they are.
  */
-export async function producePackage(images: ImageStore, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[] } = {}): Promise<ProducedPackage> {
-  const omit = options.omit ?? [];
-  return produce(images, image, compression, omit.length === 0 ? undefined : new LayerFilter(image.diffIds, omit), () => destination);
+export async function producePackage(images: ImageStore, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[]; layerStore?: boolean } = {}): Promise<ProducedPackage> {
+  return produce(image, compression, await sourceOf(images, image, options.omit ?? [], options.layerStore !== false), () => destination);
 }
 
-async function produce(images: ImageStore, image: ImageFacts, compression: Compression, filter: LayerFilter | undefined, destination: () => Writable): Promise<ProducedPackage> {
+/** Where an image's archive comes from, and what it leaves out. */
+interface Source {
+  exportedBy: ExportedBy;
+  open(): Promise<Readable>;
+  filter?: LayerFilter;
+  omitted(): string[];
+}
+
+/**
+ * The layer store when the engine runs here, on overlay2, with its data root readable and every
+ * layer the package carries in it: it streams from the first byte and reads only those layers,
+ * where docker save first writes the whole image out. Anything else uses docker save.
+ */
+async function sourceOf(images: ImageStore, image: ImageFacts, omit: readonly string[], layerStore: boolean): Promise<Source> {
+  const store = layerStore ? await images.layerStore() : undefined;
+  if (store) {
+    try {
+      const plan = await planStoreArchive(store, image.id, image.diffIds, omit);
+      return { exportedBy: 'layer-store', open: () => Promise.resolve(streamStoreArchive(store, image.id, image.diffIds, plan)), omitted: () => plan.omitted };
+    } catch (err) {
+      if (!(err instanceof LayerStoreUnreadable)) throw err;
+    }
+  }
+  const filter = omit.length > 0 ? new LayerFilter(image.diffIds, omit) : undefined;
+  return { exportedBy: 'docker-save', open: () => images.save(image.id), ...(filter ? { filter } : {}), omitted: () => filter?.omitted ?? [] };
+}
+
+async function produce(image: ImageFacts, compression: Compression, source: Source, destination: () => Writable): Promise<ProducedPackage> {
   const started = performance.now();
   const raw = new ByteCounter();
   const packed = new TimedDigestTap();
   const compressor = timed(createCompressor(compression));
   let saveMs = 0;
   try {
-    const saved = await images.save(image.id);
+    const saved = await source.open();
     saved.once('end', () => { saveMs = Math.round(performance.now() - started); });
-    await pipeline(saved, raw, ...(filter ? [filter] : []), compressor.stream, packed, destination());
+    await pipeline(saved, raw, ...(source.filter ? [source.filter] : []), compressor.stream, packed, destination());
   } catch (err) {
-    if (err instanceof PartialPackageUnavailable || err instanceof FerryError) throw err;
+    if (err instanceof PartialPackageUnavailable || err instanceof LayerStoreUnreadable || err instanceof FerryError) throw err;
     throw new FerryError('FERRY_ERR_DOCKER', { message: `docker save of ${image.ref} failed: ${(err as Error).message}`, cause: err });
   }
   const total = Math.round(performance.now() - started);
@@ -120,13 +159,14 @@ async function produce(images: ImageStore, image: ImageFacts, compression: Compr
     size: packed.bytes,
     digest: packed.digest(),
     rawBytes: raw.bytes,
-    omittedLayers: filter?.omitted ?? [],
+    omittedLayers: source.omitted(),
     durationMs: total,
     timings: { save: saveMs, compress: Math.round(compressor.busyMs()), hash: Math.round(packed.busyMs), total },
+    exportedBy: source.exportedBy,
   };
 }
 
-/** Counts what docker save produced; hashing it too would cost a second BLAKE3 for nothing. */
+/** Counts what the export produced; hashing it too would cost a second BLAKE3 for nothing. */
 class ByteCounter extends Transform {
   bytes = 0;
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { ImageStore } from '@ferry/docker';
+import { LayerStoreUnreadable, type ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Digest } from '@ferry/integrity';
 import {
@@ -9,7 +9,7 @@ import {
 import type { DesiredRecorder } from './desired.ts';
 import { PartialPackageUnavailable } from './layer-filter.ts';
 import { askLayers, layersToOmit, packageCompression, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';
-import { buildPackage, inspectImage, producePackage, type BuiltPackage } from './package.ts';
+import { buildPackage, inspectImage, producePackage, type BuiltPackage, type ExportedBy } from './package.ts';
 import { uploadResumable } from './resumable.ts';
 import { StreamUnavailable, StreamUpload } from './stream.ts';
 import { uploadOneShot, type Credentials } from './upload.ts';
@@ -36,6 +36,12 @@ export interface PushRequest {
    * to a file first; default true. A receiver that does not take streams gets the packaged upload.
    */
   stream?: boolean;
+  /**
+   * Read the image straight from the build engine's layer store when the engine runs on this
+   * machine on overlay2 and its data root is readable; default true. Otherwise, or when false,
+   * the image comes from docker save.
+   */
+  layerStore?: boolean;
   /** The deployment id to use; default a fresh UUID. */
   deploymentId?: string;
   /**
@@ -86,6 +92,8 @@ export interface PushResult {
   };
   /** Whether the package went as a stream (§10.6) rather than as a spooled package. */
   streamed: boolean;
+  /** Where the image's bytes came from: the engine's layer store, or docker save. */
+  exportedBy: ExportedBy;
   deployment: DeploymentResult;
 }
 
@@ -138,7 +146,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   /** One push's result, whichever way its package went. */
   const resultOf = (
     id: string,
-    pkg: Pick<BuiltPackage, 'rawBytes' | 'size' | 'compression' | 'omittedLayers' | 'timings'>,
+    pkg: Pick<BuiltPackage, 'rawBytes' | 'size' | 'compression' | 'omittedLayers' | 'timings' | 'exportedBy'>,
     sent: { packageMs: number; sendMs: number; bodyBytes: number; result: DeploymentResult },
     streamed: boolean,
   ): PushResult => ({
@@ -151,6 +159,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
       negotiate: negotiateMs, save: pkg.timings.save, compress: pkg.timings.compress, hash: pkg.timings.hash, send: sent.sendMs,
     },
     streamed,
+    exportedBy: pkg.exportedBy,
     deployment: sent.result,
   });
 
@@ -161,7 +170,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
     let pkg: BuiltPackage | undefined;
     let resumable = false;
     try {
-      pkg = await buildPackage(deps.images, image, compression, { omit });
+      pkg = await buildPackage(deps.images, image, compression, { omit, layerStore });
       const manifest = manifestFor(id, {
         format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest,
         ...(pkg.omittedLayers.length > 0 ? { omittedLayers: pkg.omittedLayers } : {}),
@@ -228,7 +237,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
       const outcome = await upload.run(async (destination) => {
         // Watchers should see the transfer start before anything the receiver says about it.
         await flushWithin(deps.events, EVENT_FLUSH_WAIT_MS);
-        const produced = await producePackage(deps.images, image, compression, destination, { omit });
+        const produced = await producePackage(deps.images, image, compression, destination, { omit, layerStore });
         sealed = { size: produced.size, digest: produced.digest };
         return produced;
       });
@@ -239,15 +248,17 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
       return resultOf(id, pkg, outcome, true);
     } catch (err) {
       idFree = upload.idFree && !(isFerryError(err) && err.details?.deployment !== undefined);
-      if (err instanceof StreamUnavailable || err instanceof PartialPackageUnavailable) throw err;
+      if (err instanceof StreamUnavailable || err instanceof PartialPackageUnavailable || err instanceof LayerStoreUnreadable) throw err;
       return failed(id)(err);
     }
   };
 
   // Streams go to one target unless turned off. A receiver without them, or a stream that went
   // away, gets the packaged attempt instead; a partial package whose layers cannot be left out is
-  // streamed again whole. Each retry keeps the deployment id if the receiver cannot hold it.
+  // streamed again whole, and one whose layer store read went wrong again from docker save. Each
+  // retry keeps the deployment id if the receiver cannot hold it.
   let streaming = request.stream !== false;
+  let layerStore = request.layerStore !== false;
   const attempt = async (omit: string[], id: string): Promise<PushResult> => {
     for (;;) {
       if (!streaming) return packaged(omit, id);
@@ -255,6 +266,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
         return await streamed(omit, id);
       } catch (err) {
         if (err instanceof PartialPackageUnavailable) omit = [];
+        else if (err instanceof LayerStoreUnreadable) layerStore = false;
         else if (err instanceof StreamUnavailable) streaming = false;
         else throw err;
         if (!idFree) id = randomUUID();

@@ -78,6 +78,9 @@ Transfer options:
   --no-stream              package the image to a file first and upload it afterwards
                            (default for one target: stream while docker save runs; several
                            targets always package once)
+  --no-layer-store         always export the image with docker save (by default, when the
+                           build engine runs here on overlay2 and its data root is readable,
+                           the layers are read straight from its layer store)
   --resumable-threshold BYTES  packages of at least BYTES go over the resumable upload, which
                            resumes after a cut connection (default 67108864 = 64 MiB)
   --build CONTEXT          first build the directory CONTEXT into IMAGE on the build engine

@@ -29,7 +29,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
     'health-timeout': { type: 'string' }, 'health-start-period': { type: 'string' },
     ...SERVICE_OPTIONS, compression: { type: 'string' },
     json: { type: 'boolean' }, 'resumable-threshold': { type: 'string' }, 'no-layer-negotiation': { type: 'boolean' },
-    'no-stream': { type: 'boolean' },
+    'no-stream': { type: 'boolean' }, 'no-layer-store': { type: 'boolean' },
     build: { type: 'string' }, ...BUILD_OPTIONS,
   }, 1);
   const image = positionals[0];
@@ -62,6 +62,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
     if (fanout) {
       return await fanoutCommand(io, progress, {
         image, targets, compression, json: values.json === true, negotiateLayers: values['no-layer-negotiation'] !== true,
+        ...(values['no-layer-store'] ? { layerStore: false } : {}),
         parallel: parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL,
         attempts: parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts,
         resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
@@ -77,6 +78,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
       } : {}),
       image, to: targets[0] ?? '', compression, negotiateLayers: values['no-layer-negotiation'] !== true,
       ...(values['no-stream'] ? { stream: false } : {}),
+      ...(values['no-layer-store'] ? { layerStore: false } : {}),
       resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
       service,
     }, {
@@ -137,7 +139,7 @@ function printSummary(io: Io, r: PushResult): void {
   line(io.stdout, `  image       ${r.imageId}`);
   line(io.stdout, `  bytes       ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, ${formatBytes(r.bytes.sent)} sent (${rate})`);
   line(io.stdout, `  layers      ${r.layers.omitted.length > 0 ? `${r.layers.present} of ${r.layers.total} already on the host, ${r.layers.omitted.length} left out of the package` : `all ${r.layers.total} sent`}${r.layers.fullAfterRefusal ? ' (the partial package was refused; sent whole)' : ''}`);
-  line(io.stdout, `  sender      package ${formatMs(t.package)} (save ${formatMs(t.save)} · compress ${formatMs(t.compress)} · hash ${formatMs(t.hash)}, overlapping) · send ${formatMs(t.send)} · total ${formatMs(t.total)}`);
+  line(io.stdout, `  sender      package ${formatMs(t.package)} (${r.exportedBy === 'layer-store' ? 'read from the layer store' : 'docker save'} ${formatMs(t.save)} · compress ${formatMs(t.compress)} · hash ${formatMs(t.hash)}, overlapping) · send ${formatMs(t.send)} · total ${formatMs(t.total)}`);
   line(io.stdout, `  receiver    receive ${formatMs(t.receiver.receive)} · load ${formatMs(t.receiver.load)} · start ${formatMs(t.receiver.deploy)} · health ${formatMs(t.receiver.health)} · total ${formatMs(t.receiver.total)}`);
 }
 

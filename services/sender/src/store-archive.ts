@@ -1,0 +1,56 @@
+import { Readable } from 'node:stream';
+import { BLOCK, TYPE, paddedSize, writeHeader, type LayerStore, type StoredLayer } from '@ferry/docker';
+import { chainIds } from '@ferry/protocol';
+
+/** An archive of one image, planned from the layer store: nothing is read until it is streamed. */
+export interface StoreArchivePlan {
+  /** The layers the archive carries, bottom first (those the targets hold are left out). */
+  layers: StoredLayer[];
+  config: Buffer;
+  /** Diff ids the archive names but does not carry, bottom first. */
+  omitted: string[];
+}
+
+/**
+ * Plans the docker-archive `docker save` would make of the image, from the engine's layer store:
+ * every layer the targets lack as `<chain id>/layer.tar`, the config as `<image id>.json`, and a
+ * manifest.json naming every layer, held or not (legacy `docker load` reads no file for a layer
+ * whose chain id it has). Throws LayerStoreUnreadable when a layer or the config is not there.
+ */
+export async function planStoreArchive(store: LayerStore, imageId: string, diffIds: readonly string[], omit: readonly string[]): Promise<StoreArchivePlan> {
+  const chains = chainIds(diffIds);
+  const left = new Set(omit);
+  const layers: StoredLayer[] = [];
+  for (const [i, diffId] of diffIds.entries()) {
+    if (!left.has(diffId)) layers.push(await store.layer(diffId, chains[i] ?? diffId));
+  }
+  return { layers, config: await store.config(imageId), omitted: diffIds.filter((id, i) => left.has(id) && diffIds.indexOf(id) === i) };
+}
+
+/** The planned archive as a byte stream with backpressure; a layer whose bytes are not its diff id errors it. */
+export function streamStoreArchive(store: LayerStore, imageId: string, diffIds: readonly string[], plan: StoreArchivePlan): Readable {
+  return Readable.from(entries(store, imageId, diffIds, plan), { objectMode: false, highWaterMark: 1024 * 1024 });
+}
+
+async function* entries(store: LayerStore, imageId: string, diffIds: readonly string[], plan: StoreArchivePlan): AsyncGenerator<Buffer> {
+  const configName = `${imageId.replace(/^sha256:/, '')}.json`;
+  yield* file(configName, plan.config);
+  for (const layer of plan.layers) {
+    yield writeHeader({ name: `${dirOf(layer.chainId)}/layer.tar`, type: TYPE.file, size: layer.size });
+    yield* store.read(layer);
+    const padding = paddedSize(layer.size) - layer.size;
+    if (padding > 0) yield Buffer.alloc(padding);
+  }
+  const manifest = [{ Config: configName, RepoTags: null, Layers: chainIds(diffIds).map((chain) => `${dirOf(chain)}/layer.tar`) }];
+  yield* file('manifest.json', Buffer.from(JSON.stringify(manifest)));
+  yield Buffer.alloc(2 * BLOCK);
+}
+
+function* file(name: string, content: Buffer): Generator<Buffer> {
+  yield writeHeader({ name, type: TYPE.file, size: content.length });
+  yield Buffer.concat([content, Buffer.alloc(paddedSize(content.length) - content.length)]);
+}
+
+function dirOf(chainId: string): string {
+  return chainId.replace(/^sha256:/, '');
+}
