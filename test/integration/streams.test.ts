@@ -12,7 +12,7 @@ import { zstdCompressSync } from 'node:zlib';
 import { signRequest } from '@ferry/auth';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { digestOf } from '@ferry/integrity';
-import type { DeferredManifestInput, DeploymentResult } from '@ferry/protocol';
+import { STREAM_MAX_PART_BYTES, type DeferredManifestInput, type DeploymentResult } from '@ferry/protocol';
 import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { stack } from '../helpers/stack.ts';
@@ -191,6 +191,29 @@ describe('streamed upload', { timeout: 300_000 }, () => {
     await send(id, image.tar);
     const answer = await seal(id, { size: image.tar.length, digest: digestOf(image.tar) });
     assert.equal(answer.status, 200, JSON.stringify(answer.json));
+  });
+
+  test('a part over 16 MiB sent whole gets its 413 while still being sent, and the stream goes on from where it was', async () => {
+    const image = images.get('ok');
+    assert.ok(image);
+    const { manifest } = await opening('ok');
+    const id = await open(manifest);
+    const first = await send(id, image.tar, 0, PART);
+    const oversized = Buffer.alloc(STREAM_MAX_PART_BYTES + 1);
+    // Refused from its headers while the client still writes it: the answer must not be lost to
+    // the connection's close (a client that never reads it waits until the suite's timeout).
+    // It was a race, so a few tries.
+    for (let i = 0; i < 3; i += 1) {
+      const refused = await call(receiver.url, 'PATCH', `/v1/streams/${id}`, oversized, { offset: first });
+      assert.equal(refused.status, 413, JSON.stringify(refused.json));
+      assert.equal(refused.code, 'FERRY_ERR_PAYLOAD_TOO_LARGE');
+      assert.equal(refused.offset, String(first));
+    }
+    // None of it was taken: the next part at the same offset is, and the stream deploys.
+    assert.equal(await send(id, image.tar, first), image.tar.length);
+    const answer = await seal(id, { size: image.tar.length, digest: digestOf(image.tar) });
+    assert.equal(answer.status, 200, JSON.stringify(answer.json));
+    assert.equal((answer.json as DeploymentResult).state, 'COMPLETED');
   });
 
   test('an abandoned stream loads nothing', async () => {

@@ -304,6 +304,24 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     assert.equal((await call(receiver.url, 'HEAD', `/v1/uploads/${second.uploadId}`)).status, 410);
   });
 
+  test('a part refused from its headers while its body is still being sent gets its answer (409, 413)', async () => {
+    const partHeaders = { 'content-type': 'application/offset+octet-stream' };
+    const oversized = Buffer.alloc(16 * 1024 ** 2 + 1);
+    assert.ok(oversized.length > pkg.size, 'the part is longer than the package');
+    const { json } = await manifestFor(pkg);
+    const { uploadId } = await client.create(json);
+    await client.patchFile(uploadId, pkg.path, 0, 1000);
+    // The answer must not be lost to the connection's close (a client that never reads it waits
+    // until the suite's timeout). It was a race, so a few tries: a 409 leaves the upload as it was.
+    for (let i = 0; i < 3; i += 1) {
+      const misplaced = await call(receiver.url, 'PATCH', `/v1/uploads/${uploadId}`, { body: oversized, offset: '0', headers: partHeaders });
+      assert.deepEqual([misplaced.status, misplaced.code, misplaced.headers['upload-offset']], [409, 'FERRY_ERR_OFFSET_MISMATCH', '1000']);
+    }
+    const tooLong = await call(receiver.url, 'PATCH', `/v1/uploads/${uploadId}`, { body: oversized, offset: '1000', headers: partHeaders });
+    assert.deepEqual([tooLong.status, tooLong.code], [413, 'FERRY_ERR_PAYLOAD_TOO_LARGE']);
+    assert.equal((await call(receiver.url, 'HEAD', `/v1/uploads/${uploadId}`)).status, 410);
+  });
+
   test('a connection cut at a random byte keeps only acknowledged bytes; resuming gives the identical BLAKE3 and deploys', async () => {
     const { json, port } = await manifestFor(pkg);
     const { uploadId } = await client.create(json);

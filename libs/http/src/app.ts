@@ -3,6 +3,7 @@ import express, { type ErrorRequestHandler, type Express, type RequestHandler, t
 import helmet from 'helmet';
 import { FerryError, HEADERS } from '@ferry/protocol';
 import type { Logger } from '@ferry/log';
+import { closeAfterAnswer } from './server.ts';
 
 const REQUEST_ID = /^[A-Za-z0-9._-]{1,128}$/;
 
@@ -56,8 +57,8 @@ export const errorHandler: ErrorRequestHandler = (err: unknown, req, res, _next)
     res.destroy();
     return;
   }
-  // A refused request may still have a body on the wire; closing is cheaper than reading it.
-  if (!req.readableEnded) res.setHeader('Connection', 'close');
+  // A refused request may still have a body on the wire; closing is cheaper than reading it all.
+  if (!req.readableEnded) closeAfterAnswer(req, res);
   res.status(ferryError.status).json(ferryError.toJSON());
 };
 

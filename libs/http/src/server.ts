@@ -80,6 +80,51 @@ export async function listen(handler: Handler, host: string, port: number, optio
   };
 }
 
+/**
+ * How long, and for how many bytes, the connection of a request refused before its body was read
+ * is still read after the answer: enough for the answer to reach the client, bounded so a client
+ * that keeps sending cannot hold the connection.
+ */
+const LINGER = { ms: 5_000, bytes: 64 * 1024 ** 2, pollMs: 50 } as const;
+
+/**
+ * Answers with `Connection: close` and closes the connection the way RFC 9112 §9.6 asks, for a
+ * request whose body is still on the wire (a refusal decided from its headers). Closing a socket
+ * that holds unread bytes makes the kernel send a reset, which can discard the answer before the
+ * client reads it: a client still writing its body then sees only EPIPE and waits on. So once the
+ * answer is flushed only the sending side is closed, and what the client still sends is read and
+ * dropped until it closes its side, for at most {@link LINGER}; then the connection is cut.
+ * Call before the answer is sent.
+ */
+export function closeAfterAnswer(req: IncomingMessage, res: ServerResponse): void {
+  res.setHeader('Connection', 'close');
+  const socket = res.socket;
+  // A body destroyed half-read (a failed pipeline) stops the parser at its next chunk, so there
+  // is nothing to drop the rest with: that connection closes as Node closes it.
+  if (socket === null || req.destroyed) return;
+  // Node's server calls destroySoon() on the socket of a `Connection: close` answer once that
+  // answer is flushed; the request's unread body is resumed (dropped) by then.
+  socket.destroySoon = () => linger(socket);
+}
+
+function linger(socket: Socket): void {
+  if (socket.destroyed) return;
+  const until = socket.bytesRead + LINGER.bytes;
+  const started = performance.now();
+  // Polled, not a 'data' listener: one would take the socket away from the HTTP parser, which
+  // reads (and drops) the body natively.
+  const timer = setInterval(() => {
+    if (socket.bytesRead > until || performance.now() - started >= LINGER.ms) cut();
+  }, LINGER.pollMs).unref();
+  const cut = (): void => {
+    clearInterval(timer);
+    socket.destroy();
+  };
+  socket.once('end', cut);
+  socket.once('close', () => clearInterval(timer));
+  socket.end();
+}
+
 /** Sends `100 Continue` when the client waits for it; a no-op otherwise. Call once auth passed. */
 export function continueIfExpected(req: IncomingMessage, res: ServerResponse): void {
   if (req.headers.expect?.toLowerCase() === '100-continue' && !res.headersSent) res.writeContinue();
