@@ -130,6 +130,16 @@ export class ImageStore {
     }
   }
 
+  /** Ids of the untagged images that carry the label `label` (any value). */
+  async listByLabel(label: string): Promise<string[]> {
+    try {
+      const images = await this.#docker.listImages({ filters: JSON.stringify({ label: [label], dangling: ['true'] }) });
+      return images.map((image) => image.Id);
+    } catch (err) {
+      throw toFerryError(err, 'FERRY_ERR_DOCKER', `list images labelled ${label}`);
+    }
+  }
+
   /** Points `ref` (`name[:tag]`, tag defaults to `latest`) at the image `id`. */
   async tag(id: string, ref: string): Promise<void> {
     const { repository, tag } = splitReference(ref);

@@ -14,6 +14,7 @@ import { Deployer } from './deploy/engine.ts';
 import { receiverReadiness } from './readiness.ts';
 import { Journal } from './journal/journal.ts';
 import { LayerInventory } from './layers/index.ts';
+import { removePartialImages } from './load/layered.ts';
 import { PackageStore } from './store/packages.ts';
 import { PolicyGate } from './policy/index.ts';
 import { receiverRegistration } from './registration/index.ts';
@@ -59,6 +60,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   });
   // Before any request: what a killed process left half-done is put right first.
   await deployer.recover();
+  await removePartialImages(images, log).catch((err: unknown) => log.warn({ err }, 'could not look for layer images an earlier run left'));
   const policy = new PolicyGate({ policy: config.policy, events, hostId: config.hostId, logger: log });
   const uploads = await UploadStore.open({
     dir: join(config.dataDir, 'uploads'), ttlSeconds: config.uploadTtlSeconds, maxUploadBytes: MAX_UPLOAD_BYTES, logger: log,

@@ -7,6 +7,7 @@ import { FerryError, isFerryError, type Manifest } from '@ferry/protocol';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
 import { ArchiveInspector, unpackLimit, type ArchiveStats } from './archive.ts';
+import { loadLayered } from './layered.ts';
 
 export interface LoadDeps {
   images: ImageStore;
@@ -89,7 +90,10 @@ export async function loadArchive(deps: LoadDeps, manifest: Manifest, source: Re
     // pipeline() rather than pipe(): a read, decompression or inspection error reaches the load.
     const archive = pipeline(source, decompressor, inspector, () => undefined);
     try {
-      loadedIds = (await deps.images.load(archive)).imageIds;
+      // Layered loads need the legacy store's chain ids; the containerd store imports as it reads.
+      loadedIds = (deps.layers && await deps.layers.imageStore() === 'legacy'
+        ? await loadLayered(deps, { imageId: manifest.image.id, diffIds: manifest.image.diffIds, omittedLayers: manifest.package.omittedLayers ?? [], deploymentId: manifest.deploymentId }, archive)
+        : await deps.images.load(archive)).imageIds;
     } catch (err) {
       if (inspector.failure) throw inspector.failure;
       // A layer the package left out went away after it was checked: the engine had to read it.

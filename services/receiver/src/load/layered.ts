@@ -1,0 +1,237 @@
+import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import { PassThrough, Readable } from 'node:stream';
+import { BLOCK, TYPE, paddedSize, readHeader, writeHeader, type ImageStore, type LoadResult, type RawHeader } from '@ferry/docker';
+import type { Logger } from '@ferry/log';
+import { FerryError, chainIds } from '@ferry/protocol';
+
+/** Bytes handed to a load at once. */
+const BATCH = 1024 * 1024;
+
+/** Marks the images a layered load makes on its way; a receiver removes leftovers at start. */
+export const PARTIAL_LABEL = 'dev.ferry.partial-load';
+
+/** The signed image a layered load must end with. */
+export interface LayeredExpectation {
+  imageId: string;
+  diffIds: readonly string[];
+  /** Diff ids the archive leaves out: the engine holds them. */
+  omittedLayers: readonly string[];
+  deploymentId: string;
+}
+
+export interface LayeredDeps {
+  images: ImageStore;
+  logger: Logger;
+}
+
+/**
+ * `docker load` of an archive (already checked by the ArchiveInspector) in a way that overlaps
+ * the engine's two phases. Legacy `docker load` unpacks the whole archive to a temporary
+ * directory and only then registers its layers one after the other, so registering — about as
+ * long as unpacking — waits for the archive's last byte. When the archive holds its layers bottom
+ * first, after the config, under their chain ids (what `ferry push` writes when it reads the
+ * build engine's layer store), each layer instead goes into a load of its own: an archive of one
+ * layer and a config of the receiver's making whose `rootfs.diff_ids` are the signed ones up to
+ * that layer. The engine registers layer k while layer k+1 arrives and unpacks; load k+1 may end
+ * only once load k has (it needs its parent), so at most two loads run. A last load with the
+ * signed config and manifest, every layer now held, makes the image; the intermediate images go.
+ *
+ * Each layer the engine registers is checked by it against a signed diff id, so a stream that
+ * fails later leaves nothing but verified layers of the signed image, and those go with the
+ * intermediate images (and at the next start if the receiver died: {@link removePartialImages}).
+ * Any other layout goes to one `docker load` as it is.
+ */
+export async function loadLayered(deps: LayeredDeps, expect: LayeredExpectation, archive: Readable): Promise<LoadResult> {
+  const reader = new ByteReader(archive);
+  const configName = `${hex(expect.imageId)}.json`;
+  const chains = chainIds(expect.diffIds);
+  const omitted = new Set(expect.omittedLayers);
+  const kept = expect.diffIds.map((_, i) => i).filter((i) => !omitted.has(expect.diffIds[i] ?? ''));
+  const layerName = (i: number): string => `${hex(chains[i] ?? '')}/layer.tar`;
+
+  const prefix: Buffer[] = [];
+  const first = await reader.header(prefix);
+  if (first?.name !== configName || first.type !== TYPE.file || kept.length === 0) return deps.images.load(reader.replay(prefix));
+  const configBytes = await reader.exact(paddedSize(first.size), prefix);
+  const config = configBytes.subarray(0, first.size);
+  let next = await reader.header(prefix);
+  if (next?.name !== layerName(kept[0] ?? -1) || next.type !== TYPE.file) return deps.images.load(reader.replay(prefix));
+
+  const { architecture, os } = JSON.parse(config.toString('utf8')) as { architecture?: unknown; os?: unknown };
+  const made: string[] = [];
+  let previous: Promise<unknown> = Promise.resolve();
+  let current: PassThrough | undefined;
+  try {
+    for (const [n, i] of kept.entries()) {
+      if (n > 0) next = await reader.header();
+      if (next?.name !== layerName(i) || next.type !== TYPE.file) throw bad(`expected ${layerName(i)} next, in layer order`);
+      const partial = Buffer.from(JSON.stringify({
+        architecture, os,
+        config: { Labels: { [PARTIAL_LABEL]: expect.deploymentId } },
+        rootfs: { type: 'layers', diff_ids: expect.diffIds.slice(0, i + 1) },
+      }));
+      const partialId = `sha256:${createHash('sha256').update(partial).digest('hex')}`;
+      const input = new PassThrough();
+      current = input;
+      const loading = deps.images.load(input);
+      loading.catch(() => undefined);
+      await write(input, loading, [
+        ...entry(`${hex(partialId)}.json`, partial),
+        ...entry('manifest.json', Buffer.from(JSON.stringify([{ Config: `${hex(partialId)}.json`, RepoTags: null, Layers: chains.slice(0, i + 1).map((_, j) => layerName(j)) }]))),
+        writeHeader({ name: layerName(i), type: TYPE.file, size: next.size }),
+      ]);
+      for await (const chunk of reader.body(paddedSize(next.size))) await write(input, loading, [chunk]);
+      // This load registers layer i on top of layer i-1: the load before it must have ended.
+      await previous;
+      await write(input, loading, [Buffer.alloc(2 * BLOCK)]);
+      input.end();
+      previous = loading.then((result) => {
+        if (!result.imageIds.includes(partialId)) throw new FerryError('FERRY_ERR_LOAD_FAILED', { message: `The engine loaded ${result.imageIds.join(', ')} instead of the layer image ${partialId}` });
+        made.push(partialId);
+      });
+      // Awaited before the next layer ends; a failure meanwhile must not count as unhandled.
+      previous.catch(() => undefined);
+    }
+    const manifest = await reader.header();
+    if (manifest?.name !== 'manifest.json') throw bad('expected manifest.json after the layers');
+    const manifestBytes = await reader.exact(paddedSize(manifest.size));
+    if (await reader.header() !== undefined) throw bad('expected the end of the archive after manifest.json');
+    await reader.drain();
+    await previous;
+    current = undefined;
+    return await deps.images.load(Readable.from([
+      writeHeader({ name: configName, type: TYPE.file, size: first.size }), configBytes,
+      writeHeader({ name: 'manifest.json', type: TYPE.file, size: manifest.size }), manifestBytes,
+      Buffer.alloc(2 * BLOCK),
+    ]));
+  } catch (err) {
+    current?.destroy(err as Error);
+    await previous.catch(() => undefined);
+    archive.destroy();
+    throw err;
+  } finally {
+    for (const id of made) {
+      await deps.images.remove(id).catch((err: unknown) => deps.logger.warn({ err, image: id }, 'could not remove a layer image'));
+    }
+  }
+}
+
+/**
+ * Removes what layered loads of an earlier run left (the receiver stopped mid-way): untagged
+ * images carrying {@link PARTIAL_LABEL}. Their layers go with them unless an image uses them.
+ */
+export async function removePartialImages(images: ImageStore, logger: Logger): Promise<void> {
+  for (const id of await images.listByLabel(PARTIAL_LABEL)) {
+    await images.remove(id).catch((err: unknown) => logger.warn({ err, image: id }, 'could not remove a layer image left by an earlier run'));
+  }
+}
+
+function bad(reason: string): FerryError {
+  return new FerryError('FERRY_ERR_BAD_ARCHIVE', { message: `The archive is not in layer order: ${reason}`, details: { reason } });
+}
+
+function entry(name: string, content: Buffer): Buffer[] {
+  return [writeHeader({ name, type: TYPE.file, size: content.length }), content, Buffer.alloc(paddedSize(content.length) - content.length)];
+}
+
+/** Writes with backpressure; a load that failed (and destroyed its input) ends the wait. */
+async function write(input: PassThrough, loading: Promise<unknown>, chunks: Buffer[]): Promise<void> {
+  for (const chunk of chunks) {
+    if (input.destroyed) break;
+    if (!input.write(chunk)) await Promise.race([once(input, 'drain'), loading]);
+  }
+  if (input.destroyed) await loading;
+}
+
+function hex(digest: string): string {
+  return digest.replace(/^sha256:/, '');
+}
+
+/**
+ * Reads a byte stream piece by piece: tar headers, exact spans, and spans passed on as they come.
+ * What it read can be replayed in front of the rest of the stream.
+ */
+class ByteReader {
+  readonly #source: Readable;
+  readonly #chunks: AsyncIterator<Buffer>;
+  #held: Buffer = Buffer.alloc(0);
+
+  constructor(source: Readable) {
+    this.#source = source;
+    this.#chunks = (source as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  }
+
+  /** The next header, or undefined at the end-of-archive marker. */
+  async header(seen?: Buffer[]): Promise<RawHeader | undefined> {
+    const block = await this.exact(BLOCK, seen);
+    const read = readHeader(block);
+    if (read.kind === 'invalid') throw new Error(read.reason);
+    return read.kind === 'end' ? undefined : read.header;
+  }
+
+  async exact(length: number, seen?: Buffer[]): Promise<Buffer> {
+    while (this.#held.length < length) {
+      const next = await this.#chunks.next();
+      if (next.done) throw new Error('the archive ended early');
+      this.#held = this.#held.length === 0 ? next.value : Buffer.concat([this.#held, next.value]);
+    }
+    const out = this.#held.subarray(0, length);
+    this.#held = this.#held.subarray(length);
+    seen?.push(out);
+    return out;
+  }
+
+  /**
+   * `length` bytes, passed on as they come but in pieces of up to {@link BATCH}: every write to
+   * the engine's socket wakes the engine, and the network's 64 KiB reads would mean sixteen
+   * times as many.
+   */
+  async *body(length: number): AsyncGenerator<Buffer> {
+    let left = length;
+    while (left > 0) {
+      const pieces: Buffer[] = [];
+      let size = 0;
+      while (size < Math.min(BATCH, left)) {
+        if (this.#held.length === 0) {
+          const next = await this.#chunks.next();
+          if (next.done) throw new Error('the archive ended early');
+          this.#held = next.value;
+        }
+        const take = Math.min(left - size, BATCH - size, this.#held.length);
+        pieces.push(this.#held.subarray(0, take));
+        this.#held = this.#held.subarray(take);
+        size += take;
+      }
+      left -= size;
+      yield pieces.length === 1 ? pieces[0] ?? Buffer.alloc(0) : Buffer.concat(pieces, size);
+    }
+  }
+
+  /** Reads to the end: the second zero block and any record padding. */
+  async drain(): Promise<void> {
+    for (;;) {
+      const next = await this.#chunks.next();
+      if (next.done) return;
+    }
+  }
+
+  /** What was read, then the rest of the stream, as one stream. */
+  replay(seen: Buffer[]): Readable {
+    const held = this.#held;
+    const chunks = this.#chunks;
+    const source = this.#source;
+    const replayed = Readable.from((async function* () {
+      yield* seen;
+      if (held.length > 0) yield held;
+      for (;;) {
+        const next = await chunks.next();
+        if (next.done) return;
+        yield next.value;
+      }
+    })(), { objectMode: false });
+    // A stream error reaches the load, which then fails as it would reading the stream itself.
+    replayed.once('close', () => { if (!replayed.readableEnded) source.destroy(); });
+    return replayed;
+  }
+}
