@@ -29,6 +29,16 @@ const logger = createLogger({ level: 'silent', name: 'test' });
 const repo = `ferry-ll-${run}`;
 const base = randomBytes(3 * 1024 * 1024);
 
+/** The target engine's images, counting the loads. */
+class CountingImages extends ImageStore {
+  loads = 0;
+
+  override load(archive: Readable, signal?: AbortSignal): ReturnType<ImageStore['load']> {
+    this.loads += 1;
+    return super.load(archive, signal);
+  }
+}
+
 /** Flips one byte at `at` of the stream, or ends the stream with an error there. */
 class Spoil extends Transform {
   #seen = 0;
@@ -64,7 +74,8 @@ describe('layered load', { timeout: 300_000 }, () => {
     const plan = await planStoreArchive(store, image.id, image.diffIds, []);
     return BLOCK + paddedSize(plan.config.length) + BLOCK + paddedSize(plan.layers[0]?.size ?? 0) + BLOCK;
   };
-  const leftovers = async (): Promise<string[]> => targetImages.listByLabel(PARTIAL_LABEL);
+  /** Layer images of this test's loads still on the target (other runs' may be there too). */
+  const leftovers = async (value = `ll-${run}`): Promise<string[]> => targetImages.listByLabel(`${PARTIAL_LABEL}=${value}`);
 
   before(async () => {
     const found = await buildImages.layerStore();
@@ -87,9 +98,18 @@ describe('layered load', { timeout: 300_000 }, () => {
   });
 
   test('an archive in layer order loads one layer at a time and ends as the signed image, with no layer image left', async () => {
-    const result = await loadLayered({ images: targetImages, logger }, expectation(), await archive());
+    const counting = new CountingImages(target);
+    const result = await loadLayered({ images: counting, logger }, expectation(), await archive(), { groupBytes: 1 });
     assert.deepEqual(result.imageIds, [image.id]);
+    assert.equal(counting.loads, 3, 'one load per layer');
     assert.deepEqual((await targetImages.inspect(image.id))?.diffIds, image.diffIds);
+    assert.deepEqual(await leftovers(), []);
+  });
+
+  test('layers smaller than a group go in one load with the signed config', async () => {
+    const counting = new CountingImages(target);
+    assert.deepEqual((await loadLayered({ images: counting, logger }, expectation(), await archive())).imageIds, [image.id]);
+    assert.equal(counting.loads, 1);
     assert.deepEqual(await leftovers(), []);
   });
 
@@ -100,7 +120,7 @@ describe('layered load', { timeout: 300_000 }, () => {
     await targetImages.load(await buildImages.save(sibling));
     const held = image.diffIds.slice(0, 2);
     assert.deepEqual((await buildImages.inspect(sibling))?.diffIds.slice(0, 2), held);
-    const result = await loadLayered({ images: targetImages, logger }, { ...expectation(), omittedLayers: held }, await archive(held));
+    const result = await loadLayered({ images: targetImages, logger }, { ...expectation(), omittedLayers: held }, await archive(held), { groupBytes: 1 });
     assert.deepEqual(result.imageIds, [image.id]);
     assert.deepEqual((await targetImages.inspect(image.id))?.diffIds, image.diffIds);
     assert.deepEqual(await leftovers(), []);
@@ -115,7 +135,7 @@ describe('layered load', { timeout: 300_000 }, () => {
 
   test('a layer whose bytes are not its diff id: nothing is loaded and nothing left', async () => {
     const spoiled = (await archive()).pipe(new Spoil(await secondLayerData() + 1024 * 1024, 'flip'));
-    await assert.rejects(loadLayered({ images: targetImages, logger }, expectation(), spoiled), (err: unknown) => isFerryError(err, 'FERRY_ERR_LOAD_FAILED'));
+    await assert.rejects(loadLayered({ images: targetImages, logger }, expectation(), spoiled, { groupBytes: 1 }), (err: unknown) => isFerryError(err, 'FERRY_ERR_LOAD_FAILED'));
     assert.equal(await targetImages.inspect(image.id), undefined);
     assert.deepEqual(await leftovers(), []);
   });
@@ -125,7 +145,7 @@ describe('layered load', { timeout: 300_000 }, () => {
     const cut = new Spoil(await secondLayerData() + 1024 * 1024, 'cut');
     source.pipe(cut);
     cut.once('error', () => source.destroy());
-    await assert.rejects(loadLayered({ images: targetImages, logger }, expectation(), cut));
+    await assert.rejects(loadLayered({ images: targetImages, logger }, expectation(), cut, { groupBytes: 1 }));
     assert.equal(await targetImages.inspect(image.id), undefined);
     assert.deepEqual(await leftovers(), []);
   });
@@ -141,13 +161,13 @@ describe('layered load', { timeout: 300_000 }, () => {
     const third = second + BLOCK + paddedSize(plan.layers[1]?.size ?? 0);
     writeHeader({ name: `${(chains[2] ?? '').slice(7)}/layer.tar`, type: TYPE.file, size: plan.layers[1]?.size ?? 0 }).copy(whole, second);
     writeHeader({ name: `${(chains[1] ?? '').slice(7)}/layer.tar`, type: TYPE.file, size: plan.layers[2]?.size ?? 0 }).copy(whole, third);
-    await assert.rejects(loadLayered({ images: targetImages, logger }, expectation(), Readable.from([whole])), (err: unknown) => isFerryError(err, 'FERRY_ERR_BAD_ARCHIVE'));
+    await assert.rejects(loadLayered({ images: targetImages, logger }, expectation(), Readable.from([whole]), { groupBytes: 1 }), (err: unknown) => isFerryError(err, 'FERRY_ERR_BAD_ARCHIVE'));
     assert.equal(await targetImages.inspect(image.id), undefined);
     assert.deepEqual(await leftovers(), []);
   });
 
   test('a layer image an earlier run left is removed at start', async () => {
-    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Labels: { [PARTIAL_LABEL]: 'gone' } }, rootfs: { type: 'layers', diff_ids: image.diffIds.slice(0, 1) } }));
+    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Labels: { [PARTIAL_LABEL]: `gone-${run}` } }, rootfs: { type: 'layers', diff_ids: image.diffIds.slice(0, 1) } }));
     const id = `sha256:${createHash('sha256').update(config).digest('hex')}`;
     const layer = streamStoreArchive(store, image.id, image.diffIds, await planStoreArchive(store, image.id, image.diffIds, image.diffIds.slice(1)));
     // The first layer's entry of a whole archive, re-wrapped under the partial config.
@@ -166,8 +186,8 @@ describe('layered load', { timeout: 300_000 }, () => {
       Buffer.alloc(2 * BLOCK),
     ]);
     assert.deepEqual((await targetImages.load(Readable.from([tar]))).imageIds, [id]);
-    assert.deepEqual(await leftovers(), [id]);
+    assert.deepEqual(await leftovers(`gone-${run}`), [id]);
     await removePartialImages(targetImages, logger);
-    assert.deepEqual(await leftovers(), []);
+    assert.deepEqual(await leftovers(`gone-${run}`), []);
   });
 });

@@ -130,7 +130,7 @@ export class ImageStore {
     }
   }
 
-  /** Ids of the untagged images that carry the label `label` (any value). */
+  /** Ids of the untagged images that carry the label `label` (`key` for any value, or `key=value`). */
   async listByLabel(label: string): Promise<string[]> {
     try {
       const images = await this.#docker.listImages({ filters: JSON.stringify({ label: [label], dangling: ['true'] }) });

@@ -8,6 +8,12 @@ import { FerryError, chainIds } from '@ferry/protocol';
 /** Bytes handed to a load at once. */
 const BATCH = 1024 * 1024;
 
+/**
+ * A load of its own for at least this many bytes of layers: each `docker load` costs the engine
+ * a fraction of a second, so runs of small layers go together.
+ */
+export const GROUP_BYTES = 64 * 1024 * 1024;
+
 /** Marks the images a layered load makes on its way; a receiver removes leftovers at start. */
 export const PARTIAL_LABEL = 'dev.ferry.partial-load';
 
@@ -31,18 +37,21 @@ export interface LayeredDeps {
  * directory and only then registers its layers one after the other, so registering — about as
  * long as unpacking — waits for the archive's last byte. When the archive holds its layers bottom
  * first, after the config, under their chain ids (what `ferry push` writes when it reads the
- * build engine's layer store), each layer instead goes into a load of its own: an archive of one
- * layer and a config of the receiver's making whose `rootfs.diff_ids` are the signed ones up to
- * that layer. The engine registers layer k while layer k+1 arrives and unpacks; load k+1 may end
- * only once load k has (it needs its parent), so at most two loads run. A last load with the
- * signed config and manifest, every layer now held, makes the image; the intermediate images go.
+ * build engine's layer store), they go instead into several loads of {@link GROUP_BYTES} or more:
+ * each an archive of a run of layers and a config of the receiver's making whose
+ * `rootfs.diff_ids` are the signed ones up to its last layer. The engine registers one run while
+ * the next arrives and unpacks; a load may end only once the one before it has (its layers are
+ * the parents), so at most two run. The last run goes with the signed config and manifest.json
+ * and makes the image; the intermediate images go. An image smaller than a group is one load,
+ * as before.
  *
  * Each layer the engine registers is checked by it against a signed diff id, so a stream that
  * fails later leaves nothing but verified layers of the signed image, and those go with the
  * intermediate images (and at the next start if the receiver died: {@link removePartialImages}).
  * Any other layout goes to one `docker load` as it is.
  */
-export async function loadLayered(deps: LayeredDeps, expect: LayeredExpectation, archive: Readable): Promise<LoadResult> {
+export async function loadLayered(deps: LayeredDeps, expect: LayeredExpectation, archive: Readable, options: { groupBytes?: number } = {}): Promise<LoadResult> {
+  const groupBytes = options.groupBytes ?? GROUP_BYTES;
   const reader = new ByteReader(archive);
   const configName = `${hex(expect.imageId)}.json`;
   const chains = chainIds(expect.diffIds);
@@ -54,44 +63,46 @@ export async function loadLayered(deps: LayeredDeps, expect: LayeredExpectation,
   const first = await reader.header(prefix);
   if (first?.name !== configName || first.type !== TYPE.file || kept.length === 0) return deps.images.load(reader.replay(prefix));
   const configBytes = await reader.exact(paddedSize(first.size), prefix);
-  const config = configBytes.subarray(0, first.size);
   let next = await reader.header(prefix);
   if (next?.name !== layerName(kept[0] ?? -1) || next.type !== TYPE.file) return deps.images.load(reader.replay(prefix));
 
-  const { architecture, os } = JSON.parse(config.toString('utf8')) as { architecture?: unknown; os?: unknown };
+  const { architecture, os } = JSON.parse(configBytes.subarray(0, first.size).toString('utf8')) as { architecture?: unknown; os?: unknown };
   const made: string[] = [];
   let previous: Promise<unknown> = Promise.resolve();
-  let current: PassThrough | undefined;
+  let group: { input: PassThrough; loading: Promise<LoadResult>; bytes: number } | undefined;
   try {
     for (const [n, i] of kept.entries()) {
       if (n > 0) next = await reader.header();
       if (next?.name !== layerName(i) || next.type !== TYPE.file) throw bad(`expected ${layerName(i)} next, in layer order`);
+      if (!group) {
+        const input = new PassThrough();
+        const loading = deps.images.load(input);
+        loading.catch(() => undefined);
+        group = { input, loading, bytes: 0 };
+      }
+      const { input, loading } = group;
+      await write(input, loading, [writeHeader({ name: layerName(i), type: TYPE.file, size: next.size })]);
+      for await (const chunk of reader.body(paddedSize(next.size))) await write(input, loading, [chunk]);
+      group.bytes += next.size;
+      if (group.bytes < groupBytes || n === kept.length - 1) continue;
+      // An intermediate image of the layers so far; it registers on top of the group before it.
       const partial = Buffer.from(JSON.stringify({
         architecture, os,
         config: { Labels: { [PARTIAL_LABEL]: expect.deploymentId } },
         rootfs: { type: 'layers', diff_ids: expect.diffIds.slice(0, i + 1) },
       }));
       const partialId = `sha256:${createHash('sha256').update(partial).digest('hex')}`;
-      const input = new PassThrough();
-      current = input;
-      const loading = deps.images.load(input);
-      loading.catch(() => undefined);
-      await write(input, loading, [
-        ...entry(`${hex(partialId)}.json`, partial),
-        ...entry('manifest.json', Buffer.from(JSON.stringify([{ Config: `${hex(partialId)}.json`, RepoTags: null, Layers: chains.slice(0, i + 1).map((_, j) => layerName(j)) }]))),
-        writeHeader({ name: layerName(i), type: TYPE.file, size: next.size }),
-      ]);
-      for await (const chunk of reader.body(paddedSize(next.size))) await write(input, loading, [chunk]);
-      // This load registers layer i on top of layer i-1: the load before it must have ended.
+      const manifest = Buffer.from(JSON.stringify([{ Config: `${hex(partialId)}.json`, RepoTags: null, Layers: chains.slice(0, i + 1).map((_, j) => layerName(j)) }]));
       await previous;
-      await write(input, loading, [Buffer.alloc(2 * BLOCK)]);
+      await write(input, loading, [...entry(`${hex(partialId)}.json`, partial), ...entry('manifest.json', manifest), Buffer.alloc(2 * BLOCK)]);
       input.end();
       previous = loading.then((result) => {
         if (!result.imageIds.includes(partialId)) throw new FerryError('FERRY_ERR_LOAD_FAILED', { message: `The engine loaded ${result.imageIds.join(', ')} instead of the layer image ${partialId}` });
         made.push(partialId);
       });
-      // Awaited before the next layer ends; a failure meanwhile must not count as unhandled.
+      // Awaited before the next group ends; a failure meanwhile must not count as unhandled.
       previous.catch(() => undefined);
+      group = undefined;
     }
     const manifest = await reader.header();
     if (manifest?.name !== 'manifest.json') throw bad('expected manifest.json after the layers');
@@ -99,14 +110,20 @@ export async function loadLayered(deps: LayeredDeps, expect: LayeredExpectation,
     if (await reader.header() !== undefined) throw bad('expected the end of the archive after manifest.json');
     await reader.drain();
     await previous;
-    current = undefined;
-    return await deps.images.load(Readable.from([
+    // The last group ends with the signed config and manifest.json (as the inspector let them
+    // through): this load makes the image.
+    const last = group;
+    if (!last) throw bad('no layer left for the last load');
+    await write(last.input, last.loading, [
       writeHeader({ name: configName, type: TYPE.file, size: first.size }), configBytes,
       writeHeader({ name: 'manifest.json', type: TYPE.file, size: manifest.size }), manifestBytes,
       Buffer.alloc(2 * BLOCK),
-    ]));
+    ]);
+    last.input.end();
+    group = undefined;
+    return await last.loading;
   } catch (err) {
-    current?.destroy(err as Error);
+    group?.input.destroy(err as Error);
     await previous.catch(() => undefined);
     archive.destroy();
     throw err;
