@@ -225,6 +225,7 @@ interface PushJson {
   compression?: string;
   /** Sent while docker save ran and loaded while it arrived (docs/protocol.md §10.6). */
   streamed?: boolean;
+  exportedBy?: string;
   timings?: Record<string, unknown> & { receiver?: Record<string, number | undefined> };
   layers?: { total?: number; present?: number };
 }
@@ -282,7 +283,7 @@ function ferryMethod(ctx: MethodContext): Method {
         detail: `sender: ${stages(result.timings ?? {})}; receiver: ${stages(receiver)}${layers}${outside}`,
         moveSeconds: totalSeconds - startSeconds, startSeconds, totalSeconds, senderPeakKb, receiverPeakKb,
         wireBytes: wire.up + wire.down,
-        wireDetail: `package ${mb(result.bytes?.package ?? 0)} (${result.compression ?? '?'}${result.streamed === true ? ', streamed' : ''}; docker save ${mb(result.bytes?.image ?? 0)})`,
+        wireDetail: `package ${mb(result.bytes?.package ?? 0)} (${result.compression ?? '?'}${result.streamed === true ? ', streamed' : ''}; ${result.exportedBy === 'layer-store' ? 'read from the layer store' : 'docker save'} ${mb(result.bytes?.image ?? 0)})`,
       };
     },
   };

@@ -1,5 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type Dockerode from 'dockerode';
+import { ImageStore, createDockerClient } from '@ferry/docker';
 
 /**
  * Where the local stack (deploy/local-stack.sh) put the real parts the integration and e2e tests
@@ -25,6 +27,13 @@ export function stack(): Stack {
     natsUrl: pick('FERRY_NATS_URL'),
     redisUrl: pick('FERRY_REDIS_URL'),
   };
+}
+
+/** The stack's two engines, as Docker clients and as Ferry's image stores. */
+export function engines(s: Stack = stack()): { build: Dockerode; target: Dockerode; buildImages: ImageStore; targetImages: ImageStore } {
+  const build = createDockerClient(s.buildDockerHost);
+  const target = createDockerClient(s.targetDockerHost);
+  return { build, target, buildImages: new ImageStore(build), targetImages: new ImageStore(target) };
 }
 
 function readStackEnv(): Record<string, string> {

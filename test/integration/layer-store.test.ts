@@ -19,14 +19,11 @@ import { NullSink } from '@ferry/events';
 import { planStoreArchive, push, streamStoreArchive } from '@ferry/sender';
 import { capture, startReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { engines, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const build = createDockerClient(s.buildDockerHost);
-const target = createDockerClient(s.targetDockerHost);
-const buildImages = new ImageStore(build);
-const targetImages = new ImageStore(target);
+const { build, target, buildImages, targetImages } = engines(s);
 const repo = `ferry-ls-${run}`;
 /** The same in v1 and v2, so that only their top layers differ. */
 const big = randomBytes(3 * 1024 * 1024 + 123);
