@@ -19,7 +19,7 @@ import type Dockerode from 'dockerode';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { NullSink } from '@ferry/events';
 import { FerryError } from '@ferry/protocol';
-import { DEFAULT_BACKOFF, pushMany, uploadOneShot, type Clock } from '@ferry/sender';
+import { DEFAULT_BACKOFF, planStoreArchive, pushMany, streamStoreArchive, uploadOneShot, type Clock } from '@ferry/sender';
 import { removeImages } from '../helpers/cleanup.ts';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { buildTestImage, capture, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
@@ -37,7 +37,7 @@ const volumes: { docker: Dockerode; name: string }[] = [];
 const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
 
 interface Target { url: string; host?: string; deploymentId: string; ok: boolean; state: string; attempts: number; bytes: { sent: number }; error?: { code: string; message: string } }
-interface Fanout { ok: boolean; bytes: { image: number; package: number }; targets: Target[] }
+interface Fanout { ok: boolean; bytes: { image: number; package: number }; exportedBy: string; targets: Target[] }
 
 function serviceName(label: string): string {
   const name = `${label}-${run}`;
@@ -84,7 +84,8 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     await Promise.all(engines.map((e) => e.stop().catch(() => undefined)));
   });
 
-  test('one package, read from docker save and hashed once, runs on all three engines under three deployment ids', async () => {
+  test('one package, read once and hashed once, runs on all three engines under three deployment ids', async () => {
+    const store = await new ImageStore(build).layerStore();
     const spool = await mkdtemp(join(tmpdir(), 'ferry-fan-spool-'));
     // The sender spools its package in TMPDIR: every file it creates there is seen.
     const created = new Set<string>();
@@ -97,8 +98,12 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
       assert.equal(json.ok, true);
       assert.deepEqual(json.targets.map((t) => [t.url, t.host, t.state]), rx.map((r, i) => [r.url, `fan${i}-${run}`, 'COMPLETED']));
       assert.equal(new Set(json.targets.map((t) => t.deploymentId)).size, 3);
-      // The sender's own count of what it read from docker save is one archive, not three.
-      const archive = await countBytes(await new ImageStore(build).save(`${repo}:1`));
+      // The sender's own count of what it read is one archive, not three: from the stack's build
+      // engine, the archive it writes from the layer store.
+      assert.equal(json.exportedBy, 'layer-store');
+      const info = await new ImageStore(build).inspect(`${repo}:1`);
+      assert.ok(store && info);
+      const archive = await countBytes(streamStoreArchive(store, info.id, info.diffIds, await planStoreArchive(store, info.id, info.diffIds, [])));
       assert.equal(json.bytes.image, archive);
       for (const t of json.targets) assert.equal(t.bytes.sent, json.bytes.package, 'each target got the package exactly once');
       assert.deepEqual([...created].filter((name) => name.startsWith('ferry-')).length, 1, [...created].join(', '));

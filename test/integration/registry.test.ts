@@ -241,7 +241,14 @@ describe('registry', SUITE, () => {
     await until(() => (registry.registry.checkpoint >= junk.seq ? true : undefined));
     // The stream must be still for a snapshot to compare: once every host of the earlier tests is
     // lost (TTL 2 s) the registry publishes nothing more, and the projection has caught up with it.
-    await until(async () => ((await api('GET', '/v1/hosts?status=online')).body.hosts as unknown[]).length === 0 ? true : undefined);
+    // A host turns lost before its host.lost event is in the stream: wait for the event of each.
+    await until(async () => {
+      const hosts = (await api('GET', '/v1/hosts')).body.hosts as { id: string; status: string; lastSeenAt: string }[];
+      if (hosts.some((h) => h.status === 'online')) return undefined;
+      const lost = ((await api('GET', '/v1/services/_host/history')).body.history as { type: string; host: string; data?: { lastSeenAt?: string } }[])
+        .filter((h) => h.type === 'host.lost');
+      return hosts.every((h) => lost.some((e) => e.host === h.id && e.data?.lastSeenAt === h.lastSeenAt)) ? true : undefined;
+    });
     const lastSeq = (await (await nc.jetstreamManager()).streams.info('FERRY_EVENTS')).state.last_seq;
     await until(() => (registry.registry.checkpoint >= lastSeq ? true : undefined));
     const read = async (): Promise<unknown> => ({

@@ -6,7 +6,7 @@ import {
   type Compression, type DeploymentResult, type EventType, type ManifestInput,
 } from '@ferry/protocol';
 import { askLayers, layersToOmit, packageCompression, resolveCompression, type TargetLayers } from './negotiate.ts';
-import { buildPackage, inspectImage, type BuiltPackage } from './package.ts';
+import { buildPackage, inspectImage, type BuiltPackage, type ExportedBy } from './package.ts';
 import { RESUMABLE_THRESHOLD_BYTES, probeReceiver, type PushDeps, type PushRequest } from './push.ts';
 import { uploadResumable } from './resumable.ts';
 import { DEFAULT_BACKOFF, isRetryable, retry, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
@@ -70,6 +70,8 @@ export interface FanoutResult {
   compression: Compression;
   /** Built once, whatever the number of targets. */
   bytes: { image: number; package: number };
+  /** Where the image's bytes came from: the engine's layer store, or docker save. */
+  exportedBy: ExportedBy;
   /**
    * Layer negotiation: what each target said it holds, and the diff ids the one package left out
    * (those every target holds: the package carries the union of what any target lacks).
@@ -134,6 +136,7 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
       ok: results.every((r) => r.ok),
       service: request.service.name, image: image.ref, imageId: image.id, compression: pkg.compression,
       bytes: { image: pkg.rawBytes, package: pkg.size },
+      exportedBy: pkg.exportedBy,
       layers: { total: image.diffIds.length, omitted: pkg.omittedLayers, targets: answers },
       timings: {
         package: pkg.durationMs, total: Math.round(performance.now() - started),
