@@ -29,6 +29,7 @@ export { statusOf, toFerryError } from './errors.ts';
 export {
   BLOCK,
   TYPE,
+  fileEntry,
   paddedSize,
   parsePax,
   readHeader,

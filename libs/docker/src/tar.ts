@@ -88,6 +88,15 @@ export function writeHeader(entry: { name: string; type: string; size: number; l
 }
 
 /**
+ * A whole regular-file entry: its header, the content and the padding to the next block — for
+ * the small entries Ferry writes itself (configs, manifest.json).
+ */
+export function fileEntry(name: string, content: Buffer, mtime = 0): Buffer[] {
+  const padding = paddedSize(content.length) - content.length;
+  return [writeHeader({ name, type: TYPE.file, size: content.length, mtime }), content, ...(padding > 0 ? [Buffer.alloc(padding)] : [])];
+}
+
+/**
  * PAX extended header records (`"<len> key=value\n"`…). Undefined when they do not parse: a
  * reader that guessed here could see a different name than Docker does.
  */

@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import { BLOCK, TYPE, paddedSize, writeHeader, type LayerStore, type StoredLayer } from '@ferry/docker';
+import { BLOCK, TYPE, fileEntry, paddedSize, writeHeader, type LayerStore, type StoredLayer } from '@ferry/docker';
 import { chainIds } from '@ferry/protocol';
 
 /** An archive of one image, planned from the layer store: nothing is read until it is streamed. */
@@ -34,7 +34,7 @@ export function streamStoreArchive(store: LayerStore, imageId: string, diffIds: 
 
 async function* entries(store: LayerStore, imageId: string, diffIds: readonly string[], plan: StoreArchivePlan): AsyncGenerator<Buffer> {
   const configName = `${imageId.replace(/^sha256:/, '')}.json`;
-  yield* file(configName, plan.config);
+  yield* fileEntry(configName, plan.config);
   for (const layer of plan.layers) {
     yield writeHeader({ name: `${dirOf(layer.chainId)}/layer.tar`, type: TYPE.file, size: layer.size });
     yield* store.read(layer);
@@ -42,13 +42,8 @@ async function* entries(store: LayerStore, imageId: string, diffIds: readonly st
     if (padding > 0) yield Buffer.alloc(padding);
   }
   const manifest = [{ Config: configName, RepoTags: null, Layers: chainIds(diffIds).map((chain) => `${dirOf(chain)}/layer.tar`) }];
-  yield* file('manifest.json', Buffer.from(JSON.stringify(manifest)));
+  yield* fileEntry('manifest.json', Buffer.from(JSON.stringify(manifest)));
   yield Buffer.alloc(2 * BLOCK);
-}
-
-function* file(name: string, content: Buffer): Generator<Buffer> {
-  yield writeHeader({ name, type: TYPE.file, size: content.length });
-  yield Buffer.concat([content, Buffer.alloc(paddedSize(content.length) - content.length)]);
 }
 
 function dirOf(chainId: string): string {

@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { posix } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { FerryError } from '@ferry/protocol';
-import { BLOCK, TYPE, paddedSize, parsePax, readHeader, readString, writeHeader, type RawHeader } from '@ferry/docker';
+import { BLOCK, TYPE, fileEntry, paddedSize, parsePax, readHeader, readString, writeHeader, type RawHeader } from '@ferry/docker';
 
 /** What the signed manifest says the archive holds. */
 export interface ArchiveExpectation {
@@ -418,10 +418,7 @@ export class ArchiveInspector extends Transform {
   }
 
   #emitRewritten(name: string, mtime: number, content: Buffer): void {
-    this.push(writeHeader({ name, type: TYPE.file, size: content.length, mtime }));
-    this.push(content);
-    const padding = paddedSize(content.length) - content.length;
-    if (padding > 0) this.push(Buffer.alloc(padding));
+    for (const piece of fileEntry(name, content, mtime)) this.push(piece);
   }
 
   /** The first zero block: the engine sees the end of the archive only if everything holds. */

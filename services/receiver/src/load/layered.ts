@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { PassThrough, Readable } from 'node:stream';
-import { BLOCK, TYPE, paddedSize, readHeader, writeHeader, type ImageStore, type LoadResult, type RawHeader } from '@ferry/docker';
+import { BLOCK, TYPE, fileEntry, paddedSize, readHeader, writeHeader, type ImageStore, type LoadResult, type RawHeader } from '@ferry/docker';
 import type { Logger } from '@ferry/log';
 import { FerryError, chainIds } from '@ferry/protocol';
 
@@ -94,7 +94,7 @@ export async function loadLayered(deps: LayeredDeps, expect: LayeredExpectation,
       const partialId = `sha256:${createHash('sha256').update(partial).digest('hex')}`;
       const manifest = Buffer.from(JSON.stringify([{ Config: `${hex(partialId)}.json`, RepoTags: null, Layers: chains.slice(0, i + 1).map((_, j) => layerName(j)) }]));
       await previous;
-      await write(input, loading, [...entry(`${hex(partialId)}.json`, partial), ...entry('manifest.json', manifest), Buffer.alloc(2 * BLOCK)]);
+      await write(input, loading, [...fileEntry(`${hex(partialId)}.json`, partial), ...fileEntry('manifest.json', manifest), Buffer.alloc(2 * BLOCK)]);
       input.end();
       previous = loading.then((result) => {
         if (!result.imageIds.includes(partialId)) throw new FerryError('FERRY_ERR_LOAD_FAILED', { message: `The engine loaded ${result.imageIds.join(', ')} instead of the layer image ${partialId}` });
@@ -148,10 +148,6 @@ function bad(reason: string): FerryError {
   return new FerryError('FERRY_ERR_BAD_ARCHIVE', { message: `The archive is not in layer order: ${reason}`, details: { reason } });
 }
 
-function entry(name: string, content: Buffer): Buffer[] {
-  return [writeHeader({ name, type: TYPE.file, size: content.length }), content, Buffer.alloc(paddedSize(content.length) - content.length)];
-}
-
 /** Writes with backpressure; a load that failed (and destroyed its input) ends the wait. */
 async function write(input: PassThrough, loading: Promise<unknown>, chunks: Buffer[]): Promise<void> {
   for (const chunk of chunks) {
@@ -183,7 +179,7 @@ class ByteReader {
   async header(seen?: Buffer[]): Promise<RawHeader | undefined> {
     const block = await this.exact(BLOCK, seen);
     const read = readHeader(block);
-    if (read.kind === 'invalid') throw new Error(read.reason);
+    if (read.kind === 'invalid') throw bad(read.reason);
     return read.kind === 'end' ? undefined : read.header;
   }
 
