@@ -13,9 +13,9 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { BLOCK, ImageStore, TYPE, paddedSize, writeHeader, type LayerStore } from '@ferry/docker';
 import { createLogger } from '@ferry/log';
 import { chainIds, isFerryError } from '@ferry/protocol';
-import { PARTIAL_LABEL, loadLayered, removePartialImages } from '@ferry/receiver';
+import { PARTIAL_LABEL, loadLayered } from '@ferry/receiver';
 import { planStoreArchive, streamStoreArchive } from '@ferry/sender';
-import { buildLayeredImage } from '../helpers/ferry.ts';
+import { buildLayeredImage, startReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages } from '../helpers/cleanup.ts';
 import { engines, stack } from '../helpers/stack.ts';
 
@@ -184,7 +184,9 @@ describe('layered load', { timeout: 300_000 }, () => {
     ]);
     assert.deepEqual((await targetImages.load(Readable.from([tar]))).imageIds, [id]);
     assert.deepEqual(await leftovers(`gone-${run}`), [id]);
-    await removePartialImages(targetImages, logger);
+    // A receiver starting on this engine removes it before it listens.
+    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `ll-${run}:${randomBytes(24).toString('base64url')}`, FERRY_HOST_ID: `ll-${run}` });
+    await receiver.stop();
     assert.deepEqual(await leftovers(`gone-${run}`), []);
   });
 });
