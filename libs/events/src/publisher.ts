@@ -1,7 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createLogger, type Logger } from '@ferry/log';
 import { FerryError } from '@ferry/protocol';
-import { connect, DebugEvents, Events, type JetStreamClient, type NatsConnection } from 'nats';
+import type { JetStreamClient, NatsConnection } from 'nats';
+import { loadNats } from './nats.ts';
 import { subjectOf, type FerryEvent } from './envelope.ts';
 import { Outbox, type OutboxEntry } from './outbox.ts';
 import { ensureEventStream } from './stream.ts';
@@ -314,6 +315,7 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
       if (this.#stop.signal.aborted) throw new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: 'Event publisher is closed' });
       this.#setStatus('connecting');
       try {
+        const { connect } = await loadNats();
         const nc = await connect({
           servers: this.#url.split(',').map((s) => s.trim()).filter(Boolean),
           name: this.#name,
@@ -343,6 +345,7 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
     this.#nc = nc;
     this.#setStatus('connected');
     void (async () => {
+      const { DebugEvents, Events } = await loadNats();
       for await (const s of nc.status()) {
         if (s.type === Events.Disconnect) {
           this.#setStatus('connecting');

@@ -1,6 +1,7 @@
 import type { Logger } from '@ferry/log';
 import { EVENT_STREAM, EVENT_SUBJECT_PREFIX, FerryError, subjectToken } from '@ferry/protocol';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
+import { loadNats } from './nats.ts';
 import { isFerryEvent, type FerryEvent } from './envelope.ts';
 import { ensureEventStream, eventStreamInfo } from './stream.ts';
 
@@ -81,6 +82,7 @@ export async function* readEvents(options: ReadEventsOptions): AsyncGenerator<Fe
 
 async function connectReader(url: string, follow: boolean): Promise<NatsConnection> {
   try {
+    const { connect } = await loadNats();
     return await connect({
       servers: url.split(',').map((s) => s.trim()).filter(Boolean),
       name: 'ferry-events-reader',

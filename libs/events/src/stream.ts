@@ -1,6 +1,7 @@
 import type { Logger } from '@ferry/log';
 import { EVENT_STREAM, EVENT_SUBJECT_PREFIX } from '@ferry/protocol';
-import { millis, nanos, NatsError, StorageType, type JetStreamManager, type StreamInfo } from 'nats';
+import type { JetStreamManager, StreamInfo } from 'nats';
+import { loadNats } from './nats.ts';
 
 /** Every subject the event stream captures. */
 export const EVENT_STREAM_SUBJECTS = `${EVENT_SUBJECT_PREFIX}.>`;
@@ -18,8 +19,12 @@ export const EVENT_DUPLICATE_WINDOW_MS = 24 * 60 * 60 * 1000;
 const STREAM_NOT_FOUND = 10059;
 const STREAM_NAME_IN_USE = 10058;
 
+// Read from the error's shape, so that a caller need not load nats.js to ask.
 export function jsErrorCode(err: unknown): number | undefined {
-  return err instanceof NatsError ? err.jsError()?.err_code : undefined;
+  const jsError = (err as { jsError?: unknown } | null)?.jsError;
+  if (typeof jsError !== 'function') return undefined;
+  const code = (jsError.call(err) as { err_code?: unknown } | null)?.err_code;
+  return typeof code === 'number' ? code : undefined;
 }
 
 /** The stream's info, or undefined when it does not exist. */
@@ -38,6 +43,7 @@ export async function eventStreamInfo(jsm: JetStreamManager): Promise<StreamInfo
  * shorter than EVENT_DUPLICATE_WINDOW_MS is only reported, as it weakens exactly-once delivery.
  */
 export async function ensureEventStream(jsm: JetStreamManager, logger?: Logger): Promise<void> {
+  const { millis, nanos, StorageType } = await loadNats();
   const existing = await eventStreamInfo(jsm);
   if (existing) {
     const windowMs = millis(existing.config.duplicate_window ?? 0);

@@ -74,7 +74,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   });
   // Redis being down must not stop deployments: the store then answers from memory (status() says so).
   const nonces: NonceStore = config.redisUrl
-    ? RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
+    ? await RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
     : new MemoryNonceStore();
   // Requests signed before this second are refused while nonces are in memory; listening waits
   // for it to begin, so that no request the previous process accepted can be signed inside it.

@@ -66,7 +66,7 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   projector?.start();
 
   const nonces: NonceStore = config.redisUrl
-    ? RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
+    ? await RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
     : new MemoryNonceStore();
   // As in the receiver: with nonces in memory, what was signed before this second is refused.
   const startedAt = Math.ceil(Date.now() / 1000);

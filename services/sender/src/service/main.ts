@@ -48,7 +48,7 @@ export async function startSenderService(env: Env = process.env, logger?: Logger
   await jobs.recover();
 
   const nonces: NonceStore = config.redisUrl
-    ? RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
+    ? await RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
     : new MemoryNonceStore();
   // As in the receiver: with nonces in memory, a request signed before this process began is refused.
   const startedAt = Math.ceil(Date.now() / 1000);
