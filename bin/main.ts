@@ -10,8 +10,9 @@ export async function main(args: string[]): Promise<number> {
   // "ferry help registry" is "ferry registry --help": a service's help lives with the service.
   const argv = args[0] === 'help' && args[1] !== undefined && Object.hasOwn(SERVICES, args[1]) ? [args[1], '--help'] : args;
   const [command = ''] = argv;
-  // `ferry push` streams the same way (docker save, then one upload per target): bench/fanout-memory.ts.
-  if (command === 'receiver' || command === 'push') withSmallYoungGeneration();
+  // `ferry push` scavenges on a timer instead (services/sender/src/young-gc.ts): a second start
+  // would cost a short push ~0.1 s.
+  if (command === 'receiver') withSmallYoungGeneration();
   // The CLI entry point only: each command loads its own code when it runs (@ferry/sender/cli).
   const { runCli, reportError, processIo } = await import('@ferry/sender/cli');
   const load = Object.hasOwn(SERVICES, command) ? SERVICES[command] : undefined;

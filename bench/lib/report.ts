@@ -121,7 +121,12 @@ function targets(input: ReportInput): string[] {
   const registryWarm = warm.get('registry');
   if (ferryWarm?.runs && registryWarm?.runs) {
     out.push(`- warm bytes: ferry ${MB(ferryWarm.wire)} MB vs the ${MB(registryWarm.oneHop)} MB the registry moves each way (the larger of push and pull; ${MB(registryWarm.wire)} MB both) = ${x(ferryWarm.wire, registryWarm.oneHop)} (target ≤ 1.1×): ${verdict(ferryWarm.wire <= 1.1 * registryWarm.oneHop)}.`);
-    out.push(`- warm time: ferry ${s(ferryWarm.total)} s (whole push) vs the registry's push + pull ${s(registryWarm.move)} s: ${verdict(ferryWarm.total <= registryWarm.move)}.`);
+    // Three readings of "time ≤ the registry's push + pull": like for like (the image on the
+    // target), end to end (both also start the container and pass its health check), and the
+    // strict one, ferry's whole push against the registry's move alone.
+    out.push(`- warm time, image on target: ferry ${s(ferryWarm.move)} s vs the registry's push + pull ${s(registryWarm.move)} s: ${verdict(ferryWarm.move <= registryWarm.move)}.`);
+    out.push(`- warm time, end to end (container replaced and healthy): ferry ${s(ferryWarm.total)} s vs the registry's ${s(registryWarm.total)} s: ${verdict(ferryWarm.total <= registryWarm.total)}.`);
+    out.push(`- warm time, strict: ferry's whole push ${s(ferryWarm.total)} s vs the registry's push + pull alone ${s(registryWarm.move)} s: ${verdict(ferryWarm.total <= registryWarm.move)}.`);
   }
   const peaks = input.sizes.flatMap((z) => rows(input, z, 'cold').filter((r) => r.method === 'ferry' && r.runs).map((r) => `${z} ${MiB(r.sender)}/${MiB(r.receiver)}`));
   if (peaks.length) out.push(`- memory flat in image size: sender/receiver peak MiB by size: ${peaks.join(', ')}.`);

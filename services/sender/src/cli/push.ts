@@ -17,6 +17,7 @@ import { SERVICE_OPTIONS, parse, parseInteger, serviceSpecFromFlags } from './ar
 import { line, type Io } from './io.ts';
 import { nextStep } from './report.ts';
 import { createProgress, formatBytes, formatMs, type Progress } from './progress.ts';
+import { scavengePeriodically } from '../young-gc.ts';
 
 /** `ferry push`: what it does and takes is its help text, in help.ts. */
 export async function pushCommand(argv: string[], io: Io): Promise<number> {
@@ -58,6 +59,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
   const source = `ferry://sender/${hostname()}`;
   const fanout = targets.length > 1 || values.parallel !== undefined || values.retries !== undefined;
   if (fanout && buildRequest) throw new FerryError('FERRY_ERR_USAGE', { message: '--build works with one --to; build first, then push to several targets' });
+  const stopScavenging = scavengePeriodically();
   try {
     if (fanout) {
       return await fanoutCommand(io, progress, {
@@ -97,6 +99,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
     else printSummary(io, result);
     return 0;
   } finally {
+    stopScavenging();
     progress.close();
     await events.close();
   }
