@@ -19,10 +19,9 @@ import { readFileSync } from 'node:fs';
 import { copyFile, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createDockerClient } from '@ferry/docker';
 import { PrivateDockerd } from '../test/helpers/dockerd.ts';
 import { ROOT, capture, startReceiverProcess, type ReceiverProcess } from '../test/helpers/ferry.ts';
-import { stack } from '../test/helpers/stack.ts';
+import { dockerodeFor, stack } from '../test/helpers/stack.ts';
 
 const s = stack();
 const LIMIT_MB = Number(process.env.BENCH_LIMIT_MB ?? 200);
@@ -33,7 +32,7 @@ const log = (msg: string): void => { process.stderr.write(`[${new Date().toISOSt
 const mib = (bytes: number): string => `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
 
 async function ensureImage(): Promise<string> {
-  const build = createDockerClient(s.buildDockerHost);
+  const build = dockerodeFor(s.buildDockerHost);
   const wanted = process.env.BENCH_IMAGE ?? 'ferry-bench-large:v1';
   if (await build.getImage(wanted).inspect().then(() => true, () => false)) return wanted;
   const ref = 'ferry-bench-fanout:10x100';
@@ -90,14 +89,14 @@ function parseJson(text: string): unknown {
 
 async function main(): Promise<void> {
   const image = await ensureImage();
-  const info = await createDockerClient(s.buildDockerHost).getImage(image).inspect();
+  const info = await dockerodeFor(s.buildDockerHost).getImage(image).inspect();
   log(`image ${image}: ${mib(info.Size)} on the build engine`);
   const engines: PrivateDockerd[] = [];
   const receivers: ReceiverProcess[] = [];
   const spool = await mkdtemp(join(tmpdir(), 'ferry-fanbench-spool-'));
   const dockerHosts = [s.targetDockerHost];
   // Others' benchmarks may hold the image on the shared target engine: leave it as it was found.
-  const onTarget = await createDockerClient(s.targetDockerHost).getImage(image).inspect().then(() => true, () => false);
+  const onTarget = await dockerodeFor(s.targetDockerHost).getImage(image).inspect().then(() => true, () => false);
   try {
     log('starting two private dockerds');
     engines.push(...await Promise.all([PrivateDockerd.start(), PrivateDockerd.start()]));
@@ -161,10 +160,10 @@ async function main(): Promise<void> {
     log('cleaning up');
     await Promise.all(receivers.map((r) => r.stop().catch(() => undefined)));
     for (const host of dockerHosts) {
-      const docker = createDockerClient(host);
+      const docker = dockerodeFor(host);
       for (const suffix of ['', '.ferry-previous', '.ferry-next', '.ferry-parked']) await docker.getContainer(`${service}${suffix}`).remove({ force: true }).catch(() => undefined);
     }
-    if (!onTarget) await createDockerClient(s.targetDockerHost).getImage(image).remove({ force: true }).catch(() => undefined);
+    if (!onTarget) await dockerodeFor(s.targetDockerHost).getImage(image).remove({ force: true }).catch(() => undefined);
     await Promise.all(engines.map((e) => e.stop().catch(() => undefined)));
     await rm(spool, { recursive: true, force: true });
   }

@@ -27,7 +27,7 @@ import { DigestTap, digestFile } from '@ferry/integrity';
 import type { ManifestInput } from '@ferry/protocol';
 import { ResumableClient, buildPackage, inspectImage } from '@ferry/sender';
 import { freePort, startReceiverProcess, type ReceiverProcess } from '../test/helpers/ferry.ts';
-import { stack } from '../test/helpers/stack.ts';
+import { dockerodeFor, stack } from '../test/helpers/stack.ts';
 
 const LAYERS = Number(process.env.BENCH_LAYERS ?? 10);
 const LAYER_MB = Number(process.env.BENCH_LAYER_MB ?? 100);
@@ -53,7 +53,7 @@ function sh(cmd: string, args: string[], env: Record<string, string> = {}): Prom
 }
 
 async function ensureImage(): Promise<void> {
-  const build = createDockerClient(s.buildDockerHost);
+  const build = dockerodeFor(s.buildDockerHost);
   if (await build.getImage(ref).inspect().then(() => true, () => false)) {
     log(`reusing ${ref} on the build engine`);
     return;
@@ -210,7 +210,7 @@ async function main(): Promise<void> {
     if (worst >= 150) process.exitCode = 1;
   } finally {
     await receiver?.stop().catch(() => undefined);
-    const target = createDockerClient(s.targetDockerHost);
+    const target = dockerodeFor(s.targetDockerHost);
     for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) await target.getContainer(name).remove({ force: true }).catch(() => undefined);
     await target.getImage(ref).remove({ force: true }).catch(() => undefined);
     await rm(dataDir, { recursive: true, force: true });

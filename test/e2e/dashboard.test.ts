@@ -14,10 +14,9 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import { connect } from 'nats';
 import { chromium, type Browser, type Page } from 'playwright-core';
-import { createDockerClient } from '@ferry/docker';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -75,8 +74,8 @@ describe('the registry dashboard in a real browser', { timeout: 600_000 }, () =>
   let receiver: ReceiverProcess;
   let browser: Browser;
   let port: number;
-  const target = createDockerClient(s.targetDockerHost);
-  const build = createDockerClient(s.buildDockerHost);
+  const target = dockerodeFor(s.targetDockerHost);
+  const build = dockerodeFor(s.buildDockerHost);
 
   before(async () => {
     port = await freePort();

@@ -14,13 +14,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { RegistryClient, SignedClient, type ServiceState } from '@ferry/auth';
-import { createDockerClient } from '@ferry/docker';
 import { LABELS } from '@ferry/protocol';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { buildTestImage, freePort, runFerry, startFerryProcess, startReceiverProcess, type FerryProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { until } from '../helpers/registry.ts';
 import { NatsServer } from '../helpers/servers.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -34,8 +33,8 @@ const hostId = `dchost-${run}`;
 const service = `dcweb-${run}`;
 const image = `ferry-dc-${run}:1`;
 const otherImage = `ferry-dc-other-${run}:1`;
-const target = createDockerClient(s.targetDockerHost);
-const build = createDockerClient(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 const dirs: string[] = [];
 
 interface JobView {

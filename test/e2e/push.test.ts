@@ -7,12 +7,11 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { connect, type NatsConnection } from 'nats';
-import { createDockerClient } from '@ferry/docker';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { corruptingProxy } from '../helpers/proxy.ts';
 import { EventWatcher, type WatchedEvent } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -20,8 +19,7 @@ const key = { id: `e2e-${run}`, secret: randomBytes(24).toString('base64url') };
 const hostId = `e2e-${run}`;
 const service = `web-${run}`;
 const repo = `ferry-e2e-${run}`;
-const target = createDockerClient(s.targetDockerHost);
-
+const target = dockerodeFor(s.targetDockerHost);
 
 
 const receiverTypes = (events: WatchedEvent[]): string[] => events.filter((e) => e.source.startsWith('ferry://receiver/')).map((e) => e.type.slice(6));
@@ -57,12 +55,12 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
     await nc?.drain();
     await removeService(target, service);
     for (const ref of [`${repo}:1`, `${repo}:2`]) await target.getImage(ref).remove({ force: true }).catch(() => undefined);
-    const build = createDockerClient(s.buildDockerHost);
+    const build = dockerodeFor(s.buildDockerHost);
     for (const ref of [`${repo}:1`, `${repo}:2`]) await build.getImage(ref).remove({ force: true }).catch(() => undefined);
   });
 
   test('a multi-layer image is deployed, answers, and its whole lifecycle is on NATS under one id', async () => {
-    const built = await createDockerClient(s.buildDockerHost).getImage(v1).inspect();
+    const built = await dockerodeFor(s.buildDockerHost).getImage(v1).inspect();
     assert.ok(built.RootFS.Layers && built.RootFS.Layers.length >= 3, 'the test image has several layers');
 
     const result = await runFerry(pushArgs(`${repo}:1`, receiver.url), senderEnv());

@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type Dockerode from 'dockerode';
+import Dockerode from 'dockerode';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 
 /**
@@ -29,11 +29,27 @@ export function stack(): Stack {
   };
 }
 
-/** The stack's two engines, as Docker clients and as Ferry's image stores. */
+/**
+ * The stack's two engines: dockerode clients for looking at them independently of Ferry's own
+ * client, and Ferry's image stores over that client.
+ */
 export function engines(s: Stack = stack()): { build: Dockerode; target: Dockerode; buildImages: ImageStore; targetImages: ImageStore } {
-  const build = createDockerClient(s.buildDockerHost);
-  const target = createDockerClient(s.targetDockerHost);
-  return { build, target, buildImages: new ImageStore(build), targetImages: new ImageStore(target) };
+  return {
+    build: dockerodeFor(s.buildDockerHost),
+    target: dockerodeFor(s.targetDockerHost),
+    buildImages: new ImageStore(createDockerClient(s.buildDockerHost)),
+    targetImages: new ImageStore(createDockerClient(s.targetDockerHost)),
+  };
+}
+
+/**
+ * A dockerode client for a `unix:///path` or `tcp://host[:port]` engine address: tests check what
+ * Ferry did through a client that is not Ferry's.
+ */
+export function dockerodeFor(dockerHost: string): Dockerode {
+  if (dockerHost.startsWith('unix://')) return new Dockerode({ socketPath: dockerHost.slice('unix://'.length) });
+  const url = new URL(dockerHost);
+  return new Dockerode({ host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: url.port ? Number(url.port) : 2375, protocol: 'http' });
 }
 
 function readStackEnv(): Record<string, string> {

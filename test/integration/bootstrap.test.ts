@@ -12,16 +12,15 @@ import { mkdir, readFile, readdir, stat, symlink } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { createDockerClient } from '@ferry/docker';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { ROOT, buildTestImage, capture, freePort, runFerry, type RunResult } from '../helpers/ferry.ts';
 import { removeImages } from '../helpers/cleanup.ts';
 import { PrivateSshd, type SshLogin } from '../helpers/sshd.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const build = createDockerClient(s.buildDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 const receiverImage = `ferry-receiver:bt-${run}`;
 const upgradeImage = `ferry-receiver:bt2-${run}`;
 const repo = `ferry-bt-${run}`;
@@ -58,7 +57,7 @@ function printed(result: RunResult, field: string): string {
 }
 
 async function receiverContainer(): Promise<{ Id: string; Image: string; State: { Running: boolean } }> {
-  return createDockerClient(engine.host).getContainer('ferry-receiver').inspect();
+  return dockerodeFor(engine.host).getContainer('ferry-receiver').inspect();
 }
 
 async function variant(): Promise<string> {
@@ -121,7 +120,7 @@ describe('deploy/bootstrap.sh', { timeout: 1_800_000 }, () => {
     firstDeployment = (JSON.parse(pushed.stdout) as { deploymentId: string }).deploymentId;
     assert.equal(await variant(), `v1-${run}`);
     // It runs on the bootstrapped host's engine, not on the stack's.
-    assert.equal((await createDockerClient(engine.host).getContainer(service).inspect()).State.Running, true);
+    assert.equal((await dockerodeFor(engine.host).getContainer(service).inspect()).State.Running, true);
 
     const shell = await capture('bash', [
       join(ROOT, 'deploy/ferry-push.sh'), `${repo}:2`, url, service, '--network', 'host', '--env', `PORT=${appPort}`,
@@ -147,7 +146,7 @@ describe('deploy/bootstrap.sh', { timeout: 1_800_000 }, () => {
     assert.match(await readFile(settings, 'utf8'), /^FERRY_RETAIN_IMAGES=5$/m);
     assert.equal((await stat(settings)).mode & 0o777, 0o600);
     assert.equal(after.Image, (await build.getImage(upgradeImage).inspect()).Id);
-    const names = (await createDockerClient(engine.host).listContainers({ all: true })).flatMap((c) => c.Names);
+    const names = (await dockerodeFor(engine.host).listContainers({ all: true })).flatMap((c) => c.Names);
     assert.ok(!names.includes('/ferry-receiver.previous'), `the old container is removed: ${names.join(', ')}`);
 
     const status = await runFerry(['status', firstDeployment, '--to', url, '--json'], { FERRY_KEY_ID: keyId, FERRY_KEY: secret });

@@ -14,13 +14,13 @@ import { ImageBuilder, createDockerClient } from '@ferry/docker';
 import { FerryError } from '@ferry/protocol';
 import type { EventWatcher } from '../helpers/events.ts';
 import { freePort, runFerry, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const build = createDockerClient(s.buildDockerHost);
-const target = createDockerClient(s.targetDockerHost);
-const builder = new ImageBuilder(build);
+const build = dockerodeFor(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const builder = new ImageBuilder(createDockerClient(s.buildDockerHost));
 const repo = `ferry-build-${run}`;
 const BUSYBOX = process.env.FERRY_BUSYBOX ?? '/bin/busybox';
 

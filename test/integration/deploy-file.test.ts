@@ -10,17 +10,16 @@ import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { createDockerClient } from '@ferry/docker';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = { keyId: `df-${run}`, secret: randomBytes(24).toString('base64url') };
 const repo = `ferry-df-${run}`;
-const target = createDockerClient(s.targetDockerHost);
-const build = createDockerClient(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
 const names = { web: `web-${run}`, api: `api-${run}`, lone: `lone-${run}` };
 

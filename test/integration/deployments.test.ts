@@ -19,16 +19,16 @@ import { digestOf } from '@ferry/integrity';
 import { FerryError, type DeploymentResult, type ManifestInput } from '@ferry/protocol';
 import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { ROOT, buildTestImage, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = { keyId: `dep-${run}`, secret: randomBytes(24).toString('base64url') };
 const hostId = `dep-${run}`;
 const repo = `ferry-dep-${run}`;
-const target = createDockerClient(s.targetDockerHost);
-const build = createDockerClient(s.buildDockerHost);
-const buildImages = new ImageStore(build);
+const target = dockerodeFor(s.targetDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
+const buildImages = new ImageStore(createDockerClient(s.buildDockerHost));
 const services: string[] = [];
 const receivers: ReceiverProcess[] = [];
 const dataDirs: string[] = [];
@@ -470,7 +470,7 @@ class PrivateDockerd {
   async start(): Promise<void> {
     await writeFile(join(this.dir, 'empty.json'), '{}');
     this.#child = spawn('dockerd', this.#args, { stdio: 'ignore' });
-    const client = createDockerClient(this.host);
+    const client = dockerodeFor(this.host);
     for (;;) {
       if (this.#child.exitCode !== null) throw new Error(`private dockerd exited with ${this.#child.exitCode}`);
       if (await client.ping().then(() => true, () => false)) return;
@@ -522,7 +522,7 @@ describe('row 28: a Docker daemon restarted mid-load', { timeout: 600_000 }, () 
 
   test('the deployment fails with a typed error (or completes), the journal says which, and a retry by id is safe', async () => {
     const rx = await receiver({}, dockerd.host);
-    const engine = createDockerClient(dockerd.host);
+    const engine = dockerodeFor(dockerd.host);
     const service = serviceName('restart');
     const id = randomUUID();
     const spec = { name: service, network: 'none' as const, env: {} };
@@ -590,7 +590,7 @@ describe('row 28: a Docker daemon restarted mid-run', { timeout: 600_000 }, () =
 
   test('the engine gone during the health check: the deployment rolls back once it is back, with a typed error; a retry by id is safe', async () => {
     const rx = await receiver({}, dockerd.host);
-    const engine = createDockerClient(dockerd.host);
+    const engine = dockerodeFor(dockerd.host);
     const service = serviceName('midrun');
     const first = await deployWithId(rx.url, `${repo}:m1`, { name: service, network: 'none', env: {} }, randomUUID());
     assert.ok(first.ok, JSON.stringify(first));

@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import type Dockerode from 'dockerode';
 import { isFerryError } from '@ferry/protocol';
 import { ContainerRunner, ImageStore, createDockerClient, type ContainerSpec } from '@ferry/docker';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const ROOT = new URL('../..', import.meta.url).pathname;
 const RUN = `ferry-it-${process.pid}-${randomBytes(3).toString('hex')}`;
@@ -17,11 +17,11 @@ const RUN_LABEL = 'ferry.test.run';
 const TIMEOUT = 120_000;
 
 const { buildDockerHost, targetDockerHost } = stack();
-const buildDocker = createDockerClient(buildDockerHost);
-const targetDocker = createDockerClient(targetDockerHost);
-const buildImages = new ImageStore(buildDocker);
-const targetImages = new ImageStore(targetDocker);
-const runner = new ContainerRunner(targetDocker);
+const buildDocker = dockerodeFor(buildDockerHost);
+const targetDocker = dockerodeFor(targetDockerHost);
+const buildImages = new ImageStore(createDockerClient(buildDockerHost));
+const targetImages = new ImageStore(createDockerClient(targetDockerHost));
+const runner = new ContainerRunner(createDockerClient(targetDockerHost));
 
 /** Everything this run created, removed in `after` even when a test failed half-way. */
 const created = { build: new Set<string>(), target: new Set<string>() };

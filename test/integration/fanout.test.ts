@@ -23,13 +23,13 @@ import { DEFAULT_BACKOFF, planStoreArchive, pushMany, streamStoreArchive, upload
 import { removeImages } from '../helpers/cleanup.ts';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { buildTestImage, capture, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = { keyId: `fan-${run}`, secret: randomBytes(24).toString('base64url') };
 const repo = `ferry-fan-${run}`;
-const build = createDockerClient(s.buildDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 const services: string[] = [];
 const receivers: ReceiverProcess[] = [];
 const engines: PrivateDockerd[] = [];
@@ -60,7 +60,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
     engines.push(...await Promise.all([PrivateDockerd.start({ bridge: true }), PrivateDockerd.start()]));
     const hosts = [s.targetDockerHost, ...engines.map((e) => e.host)];
-    docker = hosts.map((h) => createDockerClient(h)) as typeof docker;
+    docker = hosts.map((h) => dockerodeFor(h)) as typeof docker;
     rx = await Promise.all(hosts.map((dockerHost, i) => startReceiverProcess({
       DOCKER_HOST: dockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `fan${i}-${run}`,
       // The flags test asks for one capability; the policy grants nothing unless told to.
@@ -85,7 +85,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
   });
 
   test('one package, read once and hashed once, runs on all three engines under three deployment ids', async () => {
-    const store = await new ImageStore(build).layerStore();
+    const store = await new ImageStore(createDockerClient(s.buildDockerHost)).layerStore();
     const spool = await mkdtemp(join(tmpdir(), 'ferry-fan-spool-'));
     // The sender spools its package in TMPDIR: every file it creates there is seen.
     const created = new Set<string>();
@@ -101,7 +101,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
       // The sender's own count of what it read is one archive, not three: from the stack's build
       // engine, the archive it writes from the layer store.
       assert.equal(json.exportedBy, 'layer-store');
-      const info = await new ImageStore(build).inspect(`${repo}:1`);
+      const info = await new ImageStore(createDockerClient(s.buildDockerHost)).inspect(`${repo}:1`);
       assert.ok(store && info);
       const archive = await countBytes(streamStoreArchive(store, info.id, info.diffIds, await planStoreArchive(store, info.id, info.diffIds, [])));
       assert.equal(json.bytes.image, archive);
@@ -191,7 +191,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
         image: `${repo}:big`, targets: [first.url, rx[2].url], compression: 'none', resumableThreshold: 1, partBytes: 64 * 1024,
         service: { name: service, network: 'none' }, policy: DEFAULT_BACKOFF,
       }, {
-        images: new ImageStore(build), events: new NullSink(), credentials: key, source: 'ferry://sender/test', clock,
+        images: new ImageStore(createDockerClient(s.buildDockerHost)), events: new NullSink(), credentials: key, source: 'ferry://sender/test', clock,
         onStage: (stage, { bytes }) => { if (stage === 'transfer') size = bytes ?? 0; },
         onProgress: (url, position) => {
           if (url !== first.url || restarted || position < size / 2) return;

@@ -18,7 +18,7 @@ import { push } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
 import type { EventWatcher } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -26,11 +26,10 @@ const key = { keyId: `hc-${run}`, secret: randomBytes(24).toString('base64url') 
 const hostId = `hc-${run}`;
 const service = `hc-${run}`;
 const repo = `ferry-hc-${run}`;
-const target = createDockerClient(s.targetDockerHost);
-const build = createDockerClient(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 
 interface Probe { ok: boolean; status?: number; error?: string; ms: number }
-
 
 /** `docker build` of a Dockerfile with no context: FROM an image already on the build engine, so nothing is pulled. */
 function buildFrom(tag: string, dockerfile: string): Promise<void> {
@@ -65,7 +64,7 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
   const deploy = (image: string, extra: Partial<ServiceSpec>) => push({
     image, to: receiver.url, compression: 'zstd',
     service: { name: service, network: 'host', env: { PORT: String(port) }, ...extra },
-  }, { images: new ImageStore(build), events: new NullSink({ logger }), credentials: key, source: 'ferry://sender/test' });
+  }, { images: new ImageStore(createDockerClient(s.buildDockerHost)), events: new NullSink({ logger }), credentials: key, source: 'ferry://sender/test' });
 
   const refused = async (image: string, extra: Partial<ServiceSpec>): Promise<FerryError> => {
     const error = await deploy(image, extra).then(() => undefined, (err: unknown) => err);

@@ -13,13 +13,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { createDockerClient } from '@ferry/docker';
 import { digestOf } from '@ferry/integrity';
 import { ResumableClient } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { lines, parseAnswer, probe, rawRequest, signed, type RawAnswer } from '../helpers/raw-http.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const key = { keyId: 'hardening', secret: randomBytes(24).toString('base64url') };
@@ -315,7 +314,7 @@ describe('HTTPS with FERRY_TLS_CERT / FERRY_TLS_KEY and a private CA', { timeout
   const hostId = `tls-${run}`;
   const repo = `ferry-tls-${run}`;
   const service = `tls-${run}`;
-  const target = createDockerClient(s.targetDockerHost);
+  const target = dockerodeFor(s.targetDockerHost);
   let dir: string;
   let ca: Buffer;
   let receiver: ReceiverProcess;
@@ -337,7 +336,7 @@ describe('HTTPS with FERRY_TLS_CERT / FERRY_TLS_KEY and a private CA', { timeout
     await receiver?.stop();
     await removeService(target, service);
     await removeImages(target, [`${repo}:1`]);
-    await removeImages(createDockerClient(s.buildDockerHost), [`${repo}:1`]);
+    await removeImages(dockerodeFor(s.buildDockerHost), [`${repo}:1`]);
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 

@@ -207,7 +207,7 @@ describe('reading images from the layer store', { timeout: 300_000 }, () => {
     const service = `ls-${run}`;
     try {
       // The build engine's own images, but its layer store is the broken copy.
-      const images = new ImageStore(build);
+      const images = new ImageStore(createDockerClient(s.buildDockerHost));
       images.layerStore = () => Promise.resolve(copy);
       const result = await push({ image: `${repo}:1`, to: receiver.url, service: { name: service, network: 'none' }, compression: 'none' }, {
         images, events: new NullSink(), credentials: key, source: `ferry://sender/test-${run}`,

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { after, before, beforeEach, describe, test } from 'node:test';
-import { BLOCK, ImageStore, TYPE, paddedSize, writeHeader, type LayerStore } from '@ferry/docker';
+import { BLOCK, ImageStore, TYPE, createDockerClient, paddedSize, writeHeader, type LayerStore } from '@ferry/docker';
 import { createLogger } from '@ferry/log';
 import { chainIds, isFerryError } from '@ferry/protocol';
 import { PARTIAL_LABEL, loadLayered } from '@ferry/receiver';
@@ -95,7 +95,7 @@ describe('layered load', { timeout: 300_000 }, () => {
   });
 
   test('an archive in layer order loads one layer at a time and ends as the signed image, with no layer image left', async () => {
-    const counting = new CountingImages(target);
+    const counting = new CountingImages(createDockerClient(s.targetDockerHost));
     const result = await loadLayered({ images: counting, logger }, expectation(), await archive(), { groupBytes: 1 });
     assert.deepEqual(result.imageIds, [image.id]);
     assert.equal(counting.loads, 3, 'one load per layer');
@@ -104,7 +104,7 @@ describe('layered load', { timeout: 300_000 }, () => {
   });
 
   test('layers smaller than a group go in one load with the signed config', async () => {
-    const counting = new CountingImages(target);
+    const counting = new CountingImages(createDockerClient(s.targetDockerHost));
     assert.deepEqual((await loadLayered({ images: counting, logger }, expectation(), await archive())).imageIds, [image.id]);
     assert.equal(counting.loads, 1);
     assert.deepEqual(await leftovers(), []);

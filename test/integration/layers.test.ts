@@ -22,15 +22,15 @@ import { FerryError, PATHS, type ManifestInput } from '@ferry/protocol';
 import { askLayers, buildPackage, inspectImage, push, pushMany, uploadOneShot, type PushResult } from '@ferry/sender';
 import { buildLayeredImage, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = { keyId: `lyr-${run}`, secret: randomBytes(24).toString('base64url') };
 const hostId = `lyr-${run}`;
-const build = createDockerClient(s.buildDockerHost);
-const target = createDockerClient(s.targetDockerHost);
-const buildImages = new ImageStore(build);
+const build = dockerodeFor(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const buildImages = new ImageStore(createDockerClient(s.buildDockerHost));
 const repo = `ferry-lyr-${run}`;
 const services: string[] = [];
 const refs: string[] = [];
@@ -144,7 +144,7 @@ describe('layer negotiation', { timeout: 300_000 }, () => {
     const v1 = await buildImage('gone1', base, `gone v1 ${run}\n`);
     const v2 = await buildImage('gone2', base, `gone v2 ${run}\n`);
     // The target gets v1 (and with it the base layer) without running it, so it can be removed.
-    await new ImageStore(target).load(await buildImages.save(v1));
+    await new ImageStore(createDockerClient(s.targetDockerHost)).load(await buildImages.save(v1));
     const service = serviceName('gone');
     let removedAfterQuestion = false;
     const result = await push({ image: `${repo}:gone2`, to: rx.url, service: { name: service, network: 'none' }, compression: 'zstd' }, {
@@ -172,7 +172,7 @@ describe('layer negotiation', { timeout: 300_000 }, () => {
     const v2 = await buildImage('fan2', base, `fan v2 ${run}\n`);
     const diffIds = (await buildImages.inspect(v2))?.diffIds ?? [];
     // The target engine holds v2's lower two layers (through v1); the build engine all of v2.
-    await new ImageStore(target).load(await buildImages.save(v1));
+    await new ImageStore(createDockerClient(s.targetDockerHost)).load(await buildImages.save(v1));
     const onBuild = await startReceiverProcess({ DOCKER_HOST: s.buildDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `lyrb-${run}` });
     const service = serviceName('fan');
     try {
@@ -201,7 +201,7 @@ describe('layer negotiation', { timeout: 300_000 }, () => {
     // The same layers under another config (a label makes no layer): a new image id.
     const relabelled = await buildImage('relabelled', base, `held ${run}\n`, `ferry.test.run=${run}`);
     assert.notEqual(relabelled, held);
-    await new ImageStore(target).load(await buildImages.save(held));
+    await new ImageStore(createDockerClient(s.targetDockerHost)).load(await buildImages.save(held));
     try {
       const service = serviceName('relabelled');
       const result = await push({ image: `${repo}:relabelled`, to: rx.url, service: { name: service, network: 'none' }, compression: 'zstd' }, {

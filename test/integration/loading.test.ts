@@ -12,13 +12,12 @@ import { join } from 'node:path';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { createCompressor } from '@ferry/compress';
-import { createDockerClient } from '@ferry/docker';
 import { digestFile } from '@ferry/integrity';
 import { FerryError, type Compression, type DeploymentResult } from '@ferry/protocol';
 import { uploadOneShot } from '@ferry/sender';
 import { buildTestImage, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 import { tarHeader } from '../helpers/tar.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -28,8 +27,8 @@ const hostId = `load-${run}`;
 const service = `load-svc-${run}`;
 const repo = `ferry-load-${run}`;
 const victim = `ferry-victim-${run}:16`;
-const target = createDockerClient(s.targetDockerHost);
-const build = createDockerClient(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 
 interface Image { id: string; diffIds: string[]; archive: Buffer }
 interface Answer { status: number; code?: string; message?: string; result?: DeploymentResult }
@@ -44,7 +43,6 @@ async function saved(engine: typeof build, ref: string): Promise<Image> {
   const info = await engine.getImage(ref).inspect();
   return { id: info.Id, diffIds: info.RootFS.Layers ?? [], archive: await readAll(await engine.getImage(ref).get()) };
 }
-
 
 /** The archive with `extra` entries added at its end, just before the end-of-archive marker. */
 function withExtra(archive: Buffer, extra: { name: string; type?: string; data?: string; linkname?: string }[]): Buffer {

@@ -9,12 +9,11 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { signRequest } from '@ferry/auth';
-import { createDockerClient } from '@ferry/docker';
 import { digestOf } from '@ferry/integrity';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { NatsServer, RedisServer } from '../helpers/servers.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -24,7 +23,7 @@ const envSecret = `env-${randomBytes(16).toString('hex')}`;
 const hostId = `obs-${run}`;
 const service = `obs-${run}`;
 const repo = `ferry-obs-${run}`;
-const target = createDockerClient(s.targetDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
 
 interface Check { status: string; reason?: string; outbox?: number; reconnectAttempts?: number; freeBytes?: number }
 interface Ready { status: string; checks: Record<string, Check | undefined> }
@@ -98,7 +97,7 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
     await redis?.dispose();
     await removeService(target, service);
     await removeImages(target, [`${repo}:1`]);
-    await removeImages(createDockerClient(s.buildDockerHost), [`${repo}:1`]);
+    await removeImages(dockerodeFor(s.buildDockerHost), [`${repo}:1`]);
   });
 
   test('/healthz answers without a key; /readyz is ready once Docker, NATS, Redis and the disk answer', async () => {

@@ -13,13 +13,12 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { connect, millis } from 'nats';
-import { createDockerClient } from '@ferry/docker';
 import { EVENT_DUPLICATE_WINDOW_MS } from '@ferry/events';
 import { EVENT_STREAM } from '@ferry/protocol';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { NatsServer } from '../helpers/servers.ts';
 import { removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -27,7 +26,7 @@ const key = { id: `ob-${run}`, secret: randomBytes(24).toString('base64url') };
 const hostId = `ob-${run}`;
 const service = `ob-${run}`;
 const repo = `ferry-outbox-${run}`;
-const target = createDockerClient(s.targetDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
 
 interface Event { id: string; type: string; deploymentid: string }
 interface Stored { event: Event; msgId: string | undefined }
@@ -117,7 +116,7 @@ describe('the on-disk outbox delivers every event once', { timeout: 300_000 }, (
     await nats?.dispose();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
     await removeService(target, service);
-    const build = createDockerClient(s.buildDockerHost);
+    const build = dockerodeFor(s.buildDockerHost);
     for (const ref of [`${repo}:1`, `${repo}:2`]) {
       await target.getImage(ref).remove({ force: true }).catch(() => undefined);
       await build.getImage(ref).remove({ force: true }).catch(() => undefined);

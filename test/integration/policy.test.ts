@@ -19,7 +19,7 @@ import { push } from '@ferry/sender';
 import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { EventWatcher } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -29,10 +29,9 @@ const strictHostId = `pol-strict-${run}`;
 const service = `pol-${run}`;
 const repo = `ferry-pol-${run}`;
 const evilRef = `evil-${run}/app:1`;
-const target = createDockerClient(s.targetDockerHost);
-const build = createDockerClient(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 const targetSocket = s.targetDockerHost.replace(/^unix:\/\//, '');
-
 
 
 describe('receiver policy against a real receiver, engine and NATS', { timeout: 300_000 }, () => {
@@ -53,7 +52,7 @@ describe('receiver policy against a real receiver, engine and NATS', { timeout: 
       health: HealthCheckSchema.parse({ type: 'http', url: `http://127.0.0.1:${port}/healthz`, intervalMs: 100, timeoutMs: 2000, retries: 50 }),
       ...extra,
     },
-  }, { images: new ImageStore(build), events: new NullSink({ logger }), credentials: key, source: 'ferry://sender/test' });
+  }, { images: new ImageStore(createDockerClient(s.buildDockerHost)), events: new NullSink({ logger }), credentials: key, source: 'ferry://sender/test' });
 
   before(async () => {
     port = await freePort();

@@ -9,7 +9,6 @@ import { randomBytes } from 'node:crypto';
 import { createServer, connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { AddressList, KeyRing, MemoryNonceStore, RequestVerifier, signRequest } from '@ferry/auth';
-import { createDockerClient } from '@ferry/docker';
 import { createBaseApp, finishApp, listen } from '@ferry/http';
 import { digestOf } from '@ferry/integrity';
 import { createLogger } from '@ferry/log';
@@ -19,7 +18,7 @@ import { buildTestImage, freePort, runFerry, startReceiverProcess, type Receiver
 import { lines, probe, rawRequest, signed, type RawAnswer } from '../helpers/raw-http.ts';
 import { RedisServer } from '../helpers/servers.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const key = { keyId: 'auth-test', secret: randomBytes(24).toString('base64url') };
@@ -347,7 +346,7 @@ describe('row 9: no key, signature or deployment env value in any log line', { t
   const hostId = `secrets-${run}`;
   const envSecret = `env-value-${randomBytes(12).toString('hex')}`;
   let receiver: ReceiverProcess;
-  const target = createDockerClient(s.targetDockerHost);
+  const target = dockerodeFor(s.targetDockerHost);
 
   before(async () => {
     await buildTestImage(s.buildDockerHost, `${repo}:1`, `secret-${run}`);
@@ -361,7 +360,7 @@ describe('row 9: no key, signature or deployment env value in any log line', { t
     await receiver?.stop();
     await removeService(target, service);
     await removeImages(target, [`${repo}:1`]);
-    await removeImages(createDockerClient(s.buildDockerHost), [`${repo}:1`]);
+    await removeImages(dockerodeFor(s.buildDockerHost), [`${repo}:1`]);
   });
 
   test('a deployment with a secret env value, a refused replay and a bad key: the logs of both sides hold none of the secrets', async () => {

@@ -17,19 +17,18 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { connect, type NatsConnection } from 'nats';
 import { SignedClient, signRequest } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
-import { createDockerClient } from '@ferry/docker';
 import { FerryError } from '@ferry/protocol';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { EventWatcher } from '../helpers/events.ts';
 import { ROOT, buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const rxKey = { keyId: `ss-rx-${run}`, secret: randomBytes(24).toString('base64url') };
 const caller = { keyId: `ss-ci-${run}`, secret: randomBytes(24).toString('base64url') };
 const repo = `ferry-ss-${run}`;
-const target = createDockerClient(s.targetDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
 const services: string[] = [];
 
 interface JobView {
@@ -138,7 +137,7 @@ describe('sender service', { timeout: 600_000 }, () => {
     for (const name of services) await removeService(target, name);
     await removeImages(target, [`${repo}:1`]);
     await removeImages(target, [`${repo}-api:1`]);
-    await removeImages(createDockerClient(s.buildDockerHost), [`${repo}-api:1`, `${repo}:1`]);
+    await removeImages(dockerodeFor(s.buildDockerHost), [`${repo}-api:1`, `${repo}:1`]);
     await nc?.drain();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
   });

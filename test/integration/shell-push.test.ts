@@ -10,10 +10,9 @@ import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { createDockerClient } from '@ferry/docker';
 import { ROOT, buildTestImage, capture, freePort, startReceiverProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const SCRIPT = join(ROOT, 'deploy/ferry-push.sh');
 const run = randomBytes(4).toString('hex');
@@ -22,8 +21,8 @@ const key = { keyId: `shell-${run}`, secret: randomBytes(24).toString('base64url
 const hostId = `shell-${run}`;
 const repo = `ferry-shell-${run}`;
 const service = `shell-${run}`;
-const target = createDockerClient(s.targetDockerHost);
-const build = createDockerClient(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 let receiver: ReceiverProcess;
 let port: number;
 

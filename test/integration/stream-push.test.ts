@@ -15,15 +15,15 @@ import { NullSink } from '@ferry/events';
 import { push as pushApi, type PushResult } from '@ferry/sender';
 import { buildLayeredImage, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = { keyId: `sp-${run}`, secret: randomBytes(24).toString('base64url') };
 const hostId = `sp-${run}`;
 const repo = `ferry-sp-${run}`;
-const target = createDockerClient(s.targetDockerHost);
-const build = createDockerClient(s.buildDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
+const build = dockerodeFor(s.buildDockerHost);
 const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
 const refs: string[] = [];
 
@@ -200,9 +200,9 @@ describe('streamed push', { timeout: 300_000 }, () => {
     const base = randomBytes(128 * 1024);
     const v1 = await buildImage('gone1', base, `gone v1 ${run}\n`);
     const v2 = await buildImage('gone2', base, `gone v2 ${run}\n`);
-    const buildImages = new ImageStore(build);
+    const buildImages = new ImageStore(createDockerClient(s.buildDockerHost));
     // The target gets v1 (and with it the base layer) without running it, so it can be removed.
-    await new ImageStore(target).load(await buildImages.save(v1));
+    await new ImageStore(createDockerClient(s.targetDockerHost)).load(await buildImages.save(v1));
     const service = `sp-${run}-${services.length}`;
     services.push(service);
     const result = await pushApi({ image: `${repo}:gone2`, to: receiver.url, service: { name: service, network: 'none' }, compression: 'zstd' }, {

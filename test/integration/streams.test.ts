@@ -15,14 +15,14 @@ import { digestOf } from '@ferry/integrity';
 import { STREAM_MAX_PART_BYTES, type DeferredManifestInput, type DeploymentResult } from '@ferry/protocol';
 import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = { keyId: `st-${run}`, secret: randomBytes(24).toString('base64url') };
 const hostId = `st-${run}`;
 const repo = `ferry-st-${run}`;
-const target = createDockerClient(s.targetDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
 const build = new ImageStore(createDockerClient(s.buildDockerHost));
 const PART = 256 * 1024;
 

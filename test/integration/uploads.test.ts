@@ -20,14 +20,14 @@ import { UPLOAD_MAX_PART_BYTES, type DeploymentResult, type ManifestInput } from
 import { ResumableClient, buildPackage, inspectImage, uploadResumable, type BuiltPackage } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeService } from '../helpers/cleanup.ts';
-import { stack } from '../helpers/stack.ts';
+import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = { keyId: `up-${run}`, secret: randomBytes(24).toString('base64url') };
 const hostId = `up-${run}`;
 const repo = `ferry-up-${run}`;
-const target = createDockerClient(s.targetDockerHost);
+const target = dockerodeFor(s.targetDockerHost);
 const services: string[] = [];
 
 interface Answer { status: number; headers: IncomingHttpHeaders; code: string | undefined }
@@ -243,7 +243,7 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     }
     for (const ref of [`${repo}:ok`, `${repo}:liar`]) {
       await target.getImage(ref).remove({ force: true }).catch(() => undefined);
-      await createDockerClient(s.buildDockerHost).getImage(ref).remove({ force: true }).catch(() => undefined);
+      await dockerodeFor(s.buildDockerHost).getImage(ref).remove({ force: true }).catch(() => undefined);
     }
     await pkg?.remove();
     await liar?.remove();

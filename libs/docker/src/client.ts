@@ -1,20 +1,28 @@
-import Dockerode from 'dockerode';
 import { FerryError } from '@ferry/protocol';
+import { DockerEngine } from './engine.ts';
 
 const DEFAULT_TCP_PORT = 2375;
+const DEFAULT_SOCKET = '/var/run/docker.sock';
 
 /**
  * A client for one engine. `dockerHost` takes the DOCKER_HOST forms Ferry supports:
  * `unix:///path/to/docker.sock` or `tcp://host[:port]` (plain HTTP, default port 2375). Without it,
- * dockerode's own defaults apply (the DOCKER_HOST environment variable, then the usual sockets).
+ * the DOCKER_HOST environment variable applies when set, else `/var/run/docker.sock`.
  */
-export function createDockerClient(dockerHost?: string): Dockerode {
-  if (dockerHost === undefined || dockerHost.trim() === '') return new Dockerode();
+export function createDockerClient(dockerHost?: string): DockerEngine {
+  if (dockerHost === undefined || dockerHost.trim() === '') {
+    const fromEnv = process.env.DOCKER_HOST?.trim();
+    return fromEnv ? parseHost(fromEnv) : new DockerEngine({ socketPath: DEFAULT_SOCKET });
+  }
+  return parseHost(dockerHost);
+}
+
+function parseHost(dockerHost: string): DockerEngine {
   const value = dockerHost.trim();
   if (value.startsWith('unix://')) {
     const socketPath = value.slice('unix://'.length);
     if (!socketPath.startsWith('/')) throw invalid(dockerHost, 'a unix socket needs an absolute path');
-    return new Dockerode({ socketPath });
+    return new DockerEngine({ socketPath });
   }
   if (value.startsWith('tcp://')) {
     let url: URL;
@@ -27,7 +35,7 @@ export function createDockerClient(dockerHost?: string): Dockerode {
     // URL keeps the brackets of an IPv6 literal; the socket layer wants the bare address.
     const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
     const port = url.port ? Number(url.port) : DEFAULT_TCP_PORT;
-    return new Dockerode({ host, port, protocol: 'http' });
+    return new DockerEngine({ host, port });
   }
   throw invalid(dockerHost, 'expected unix:///path or tcp://host:port');
 }

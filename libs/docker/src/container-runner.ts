@@ -1,6 +1,5 @@
-import type { IncomingMessage } from 'node:http';
-import type Dockerode from 'dockerode';
 import { FerryError } from '@ferry/protocol';
+import { namePath, type ContainerCreateBody, type DockerEngine, type HealthInspect, type HostConfig } from './engine.ts';
 import { statusOf, toFerryError } from './errors.ts';
 import { splitLogLines } from './logs.ts';
 
@@ -106,16 +105,16 @@ const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
 
 /** Container lifecycle on one engine, with Ferry's error codes. */
 export class ContainerRunner {
-  readonly #docker: Dockerode;
+  readonly #docker: DockerEngine;
 
-  constructor(docker: Dockerode) {
+  constructor(docker: DockerEngine) {
     this.#docker = docker;
   }
 
   /** Undefined when there is no such container; every other failure throws. */
   async inspect(nameOrId: string): Promise<ContainerInfo | undefined> {
     try {
-      const info = await this.#docker.getContainer(nameOrId).inspect();
+      const info = await this.#docker.inspectContainer(nameOrId);
       return {
         id: info.Id,
         name: info.Name.replace(/^\//, ''),
@@ -153,7 +152,7 @@ export class ContainerRunner {
     }
     // Each field is copied by name: a spec object carrying anything else (a smuggled HostConfig,
     // Binds, CapAdd under another spelling) has no way into the request.
-    const hostConfig: Dockerode.HostConfig = {
+    const hostConfig: HostConfig = {
       NetworkMode: spec.network,
       RestartPolicy: { Name: restart },
       ...(ports.length > 0 ? { PortBindings: bindings } : {}),
@@ -169,8 +168,7 @@ export class ContainerRunner {
     };
     const health = spec.healthcheck;
     try {
-      const container = await this.#docker.createContainer({
-        name: spec.name,
+      const created = await this.#docker.json<{ Id: string }>({ method: 'POST', path: '/containers/create', query: { name: spec.name }, body: {
         Image: spec.image,
         Env: env,
         Labels: { ...spec.labels },
@@ -186,19 +184,19 @@ export class ContainerRunner {
           },
         } : {}),
         HostConfig: hostConfig,
-      });
-      return container.id;
+      } satisfies ContainerCreateBody });
+      if (!created?.Id) throw new Error('the engine created the container without naming it');
+      return created.Id;
     } catch (err) {
       throw toFerryError(err, 'FERRY_ERR_CONTAINER_FAILED', `create container ${spec.name}`);
     }
   }
 
-  /** Starting a running container is not an error. */
+  /** Starting a running container is not an error (the engine answers 304). */
   async start(id: string): Promise<void> {
     try {
-      await this.#docker.getContainer(id).start();
+      await this.#docker.json({ method: 'POST', path: `/containers/${namePath(id)}/start` });
     } catch (err) {
-      if (statusOf(err) === 304) return;
       throw toFerryError(err, 'FERRY_ERR_CONTAINER_FAILED', `start container ${id}`);
     }
   }
@@ -206,9 +204,8 @@ export class ContainerRunner {
   /** Sends the stop signal, then kills after `timeoutSeconds`. Stopping a stopped container is not an error. */
   async stop(id: string, timeoutSeconds = 10): Promise<void> {
     try {
-      await this.#docker.getContainer(id).stop({ t: timeoutSeconds });
+      await this.#docker.json({ method: 'POST', path: `/containers/${namePath(id)}/stop`, query: { t: timeoutSeconds } });
     } catch (err) {
-      if (statusOf(err) === 304) return;
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `stop container ${id}`);
     }
   }
@@ -216,7 +213,7 @@ export class ContainerRunner {
   /** Removing a container that is already gone is not an error. */
   async remove(id: string, options: RemoveContainerOptions = {}): Promise<void> {
     try {
-      await this.#docker.getContainer(id).remove({ force: options.force ?? false });
+      await this.#docker.json({ method: 'DELETE', path: `/containers/${namePath(id)}`, query: { force: options.force ?? false } });
     } catch (err) {
       if (statusOf(err) === 404) return;
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `remove container ${id}`);
@@ -225,7 +222,7 @@ export class ContainerRunner {
 
   async rename(id: string, newName: string): Promise<void> {
     try {
-      await this.#docker.getContainer(id).rename({ name: newName });
+      await this.#docker.json({ method: 'POST', path: `/containers/${namePath(id)}/rename`, query: { name: newName } });
     } catch (err) {
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `rename container ${id} to ${newName}`);
     }
@@ -241,29 +238,16 @@ export class ContainerRunner {
     }
   }
 
-  // dockerode's own logs() runs a non-streamed answer through JSON.parse, so a TTY container whose
-  // output happens to be JSON would come back as an object; asking for the raw stream avoids that.
-  #readLogs(id: string, tail: number): Promise<Buffer> {
-    return new Promise((resolve, reject) => {
-      this.#docker.modem.dial({
-        path: `/containers/${encodeURIComponent(id)}/logs?`,
-        method: 'GET',
-        options: { stdout: true, stderr: true, follow: false, tail },
-        isStream: true,
-        statusCodes: { 200: true, 404: 'no such container', 500: 'server error' },
-      }, (err, response) => {
-        if (err) return reject(err);
-        const chunks: Buffer[] = [];
-        const stream = response as IncomingMessage;
-        stream.on('data', (chunk: Buffer) => chunks.push(chunk));
-        stream.on('error', reject);
-        stream.on('end', () => resolve(Buffer.concat(chunks)));
-      });
-    });
+  // Raw bytes, never parsed: a TTY container's output is whatever the program wrote, JSON or not.
+  async #readLogs(id: string, tail: number): Promise<Buffer> {
+    const stream = await this.#docker.stream({ path: `/containers/${namePath(id)}/logs`, query: { stdout: true, stderr: true, follow: false, tail } });
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
+    return Buffer.concat(chunks);
   }
 }
 
-function healthOf(health: Dockerode.ContainerInspectInfo['State']['Health'] & object): ContainerHealth {
+function healthOf(health: HealthInspect): ContainerHealth {
   return {
     status: health.Status,
     failingStreak: health.FailingStreak,

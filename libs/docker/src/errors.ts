@@ -6,7 +6,8 @@ import { FerryError, type ErrorCode } from '@ferry/protocol';
  */
 const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOENT', 'EACCES', 'EHOSTUNREACH', 'ENOTFOUND', 'ETIMEDOUT']);
 
-interface DockerodeError {
+/** What a failed engine call carries: an EngineError (statusCode, json) or a socket error (code). */
+interface EngineFailure {
   statusCode?: unknown;
   code?: unknown;
   json?: unknown;
@@ -15,28 +16,28 @@ interface DockerodeError {
 
 /** The HTTP status the engine answered with, when the failure was an answer at all. */
 export function statusOf(err: unknown): number | undefined {
-  const status = (err as DockerodeError | null)?.statusCode;
+  const status = (err as EngineFailure | null)?.statusCode;
   return typeof status === 'number' ? status : undefined;
 }
 
 export function isUnreachable(err: unknown): boolean {
-  const code = (err as DockerodeError | null)?.code;
+  const code = (err as EngineFailure | null)?.code;
   return typeof code === 'string' && UNREACHABLE.has(code);
 }
 
-/** The engine's own words: dockerode buries them in `json.message` behind an HTTP preamble. */
+/** The engine's own words: its answer's `json.message`, without the status preamble of `message`. */
 export function daemonMessage(err: unknown): string {
-  const json = (err as DockerodeError | null)?.json;
+  const json = (err as EngineFailure | null)?.json;
   if (json && typeof json === 'object' && typeof (json as { message?: unknown }).message === 'string') {
     return (json as { message: string }).message.trim();
   }
   if (typeof json === 'string' && json.trim()) return json.trim();
-  const message = (err as DockerodeError | null)?.message;
+  const message = (err as EngineFailure | null)?.message;
   return typeof message === 'string' ? message.trim() : String(err);
 }
 
 /**
- * Turns whatever dockerode threw into a FerryError: unreachable engines get their own code so the
+ * Turns whatever an engine call threw into a FerryError: unreachable engines get their own code so the
  * caller can tell "retry later" from "this request is wrong"; everything else gets `code`.
  */
 export function toFerryError(err: unknown, code: ErrorCode, doing: string): FerryError {
@@ -44,7 +45,7 @@ export function toFerryError(err: unknown, code: ErrorCode, doing: string): Ferr
   const status = statusOf(err);
   if (status === undefined && isUnreachable(err)) {
     return new FerryError('FERRY_ERR_DOCKER_UNAVAILABLE', {
-      message: `The Docker engine cannot be reached while trying to ${doing} (${String((err as DockerodeError).code)})`,
+      message: `The Docker engine cannot be reached while trying to ${doing} (${String((err as EngineFailure).code)})`,
       cause: err,
     });
   }

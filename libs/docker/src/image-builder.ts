@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
 import { readFile, stat } from 'node:fs/promises';
 import { join, posix } from 'node:path';
-import { addAbortSignal, type Readable } from 'node:stream';
-import type Dockerode from 'dockerode';
+import type { Readable } from 'node:stream';
 import { FerryError } from '@ferry/protocol';
+import type { DockerEngine } from './engine.ts';
 import { toFerryError } from './errors.ts';
 import { readProgress } from './progress.ts';
 
@@ -33,9 +33,9 @@ const SUCCESSFULLY_BUILT = /^Successfully built ([0-9a-f]{12,64})$/;
  * with FERRY_ERR_BUILD_FAILED rather than silently sending what the user meant to leave out.
  */
 export class ImageBuilder {
-  readonly #docker: Dockerode;
+  readonly #docker: DockerEngine;
 
-  constructor(docker: Dockerode) {
+  constructor(docker: DockerEngine) {
     this.#docker = docker;
   }
 
@@ -75,18 +75,17 @@ export class ImageBuilder {
       controller.signal.throwIfAborted();
       let response: Readable;
       try {
-        response = await this.#docker.buildImage(tar.stdout, {
+        response = await this.#docker.stream({ method: 'POST', path: '/build', body: tar.stdout, signal: controller.signal, query: {
           t: options.tag,
           // The classic builder answers this endpoint in the JSON lines parsed below.
           version: '1',
           ...(options.dockerfile ? { dockerfile: options.dockerfile } : {}),
           ...(options.buildArgs && Object.keys(options.buildArgs).length > 0 ? { buildargs: options.buildArgs } : {}),
-          abortSignal: controller.signal,
-        }) as Readable;
+        } });
       } catch (err) {
         throw (await tarFailed()) ?? toFerryError(err, 'FERRY_ERR_BUILD_FAILED', `build ${options.tag}`);
       }
-      const reported = await readBuildLog(addAbortSignal(controller.signal, response), onLog);
+      const reported = await readBuildLog(response, onLog);
       // A context cut short by tar can still look like a build to the engine.
       const unreadable = await tarFailed();
       if (unreadable) throw unreadable;
@@ -105,7 +104,7 @@ export class ImageBuilder {
   async #fullId(reported: string, tag: string): Promise<string> {
     if (reported.startsWith('sha256:')) return reported;
     try {
-      return (await this.#docker.getImage(reported).inspect()).Id;
+      return (await this.#docker.inspectImage(reported)).Id;
     } catch (err) {
       throw toFerryError(err, 'FERRY_ERR_BUILD_FAILED', `inspect the image just built as ${tag}`);
     }

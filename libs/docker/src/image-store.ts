@@ -1,7 +1,7 @@
-import { addAbortSignal, type Readable } from 'node:stream';
-import type Dockerode from 'dockerode';
+import type { Readable } from 'node:stream';
 import { FerryError } from '@ferry/protocol';
 import { statusOf, toFerryError } from './errors.ts';
+import { namePath, type DockerEngine } from './engine.ts';
 import { LayerStore } from './layer-store.ts';
 import { readProgress, type ProgressEvent } from './progress.ts';
 import { splitReference } from './reference.ts';
@@ -31,9 +31,9 @@ const LOADED_TAG = /^Loaded image: (\S+)$/;
 
 /** Image operations on one engine, with Ferry's error codes. */
 export class ImageStore {
-  readonly #docker: Dockerode;
+  readonly #docker: DockerEngine;
 
-  constructor(docker: Dockerode) {
+  constructor(docker: DockerEngine) {
     this.#docker = docker;
   }
 
@@ -46,9 +46,9 @@ export class ImageStore {
    */
   async layerStore(): Promise<LayerStore | undefined> {
     this.#layerStore ??= (async () => {
-      if (typeof (this.#docker.modem as { socketPath?: unknown }).socketPath !== 'string') return undefined;
+      if (this.#docker.socketPath === undefined) return undefined;
       try {
-        const info = await this.#docker.info() as { DockerRootDir?: unknown; Driver?: unknown };
+        const info = await this.#docker.info();
         if (typeof info.DockerRootDir !== 'string' || typeof info.Driver !== 'string') return undefined;
         return await LayerStore.open(info.DockerRootDir, info.Driver);
       } catch {
@@ -61,7 +61,7 @@ export class ImageStore {
   /** Undefined when the engine has no such image; every other failure throws. */
   async inspect(ref: string): Promise<ImageInfo | undefined> {
     try {
-      const info = await this.#docker.getImage(ref).inspect();
+      const info = await this.#docker.inspectImage(ref);
       return {
         id: info.Id,
         diffIds: info.RootFS?.Layers ?? [],
@@ -82,7 +82,7 @@ export class ImageStore {
     const info = await this.inspect(ref);
     if (!info) throw new FerryError('FERRY_ERR_IMAGE_NOT_FOUND', { message: `Image ${ref} is not on the build engine`, details: { ref } });
     try {
-      return (await this.#docker.getImage(info.id).get()) as Readable;
+      return await this.#docker.stream({ path: `/images/${namePath(info.id)}/get` });
     } catch (err) {
       if (statusOf(err) === 404) throw new FerryError('FERRY_ERR_IMAGE_NOT_FOUND', { message: `Image ${ref} is not on the build engine`, cause: err, details: { ref } });
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `save image ${ref}`);
@@ -111,9 +111,8 @@ export class ImageStore {
     if (archive.errored) onInputError(archive.errored);
     try {
       controller.signal.throwIfAborted();
-      const response = await this.#docker.loadImage(archive, { quiet: true, abortSignal: controller.signal });
-      // The request's signal stops at the response headers; the body needs its own.
-      return await collectLoadResult(readProgress(addAbortSignal(controller.signal, response as Readable)));
+      const response = await this.#docker.stream({ method: 'POST', path: '/images/load', query: { quiet: true }, body: archive, signal: controller.signal });
+      return await collectLoadResult(readProgress(response));
     } catch (err) {
       archive.destroy();
       if (inputError) {
@@ -133,7 +132,7 @@ export class ImageStore {
   /** Ids of the untagged images that carry the label `label` (`key` for any value, or `key=value`). */
   async listByLabel(label: string): Promise<string[]> {
     try {
-      const images = await this.#docker.listImages({ filters: JSON.stringify({ label: [label], dangling: ['true'] }) });
+      const images = await this.#docker.listImages({ filters: { label: [label], dangling: ['true'] } });
       return images.map((image) => image.Id);
     } catch (err) {
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `list images labelled ${label}`);
@@ -144,7 +143,7 @@ export class ImageStore {
   async tag(id: string, ref: string): Promise<void> {
     const { repository, tag } = splitReference(ref);
     try {
-      await this.#docker.getImage(id).tag({ repo: repository, tag });
+      await this.#docker.json({ method: 'POST', path: `/images/${namePath(id)}/tag`, query: { repo: repository, tag } });
     } catch (err) {
       if (statusOf(err) === 404) throw new FerryError('FERRY_ERR_IMAGE_NOT_FOUND', { message: `Image ${id} is not on this engine`, cause: err, details: { id } });
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `tag image ${id} as ${ref}`);
@@ -154,7 +153,7 @@ export class ImageStore {
   /** Removes a tag or an image; one that is already gone is not an error. */
   async remove(ref: string, options: RemoveImageOptions = {}): Promise<void> {
     try {
-      await this.#docker.getImage(ref).remove({ force: options.force ?? false });
+      await this.#docker.json({ method: 'DELETE', path: `/images/${namePath(ref)}`, query: { force: options.force ?? false } });
     } catch (err) {
       if (statusOf(err) === 404) return;
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `remove image ${ref}`);

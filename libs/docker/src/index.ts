@@ -1,4 +1,24 @@
 export { createDockerClient } from './client.ts';
+export {
+  DockerEngine,
+  EngineError,
+  encodeQuery,
+  namePath,
+  type ContainerCreateBody,
+  type ContainerInspect,
+  type ContainerSummary,
+  type EngineAddress,
+  type EngineInfo,
+  type EngineVersion,
+  type HealthInspect,
+  type HostConfig,
+  type ImageInspect,
+  type ImageSummary,
+  type JsonRequest,
+  type Query,
+  type QueryValue,
+  type StreamRequest,
+} from './engine.ts';
 export { ImageStore, type ImageInfo, type LoadResult, type RemoveImageOptions } from './image-store.ts';
 export {
   ContainerRunner,
@@ -25,7 +45,7 @@ export { LayerStore, LayerStoreUnreadable, type StoredLayer } from './layer-stor
 export { splitReference, type ReferenceParts } from './reference.ts';
 export { splitLogLines } from './logs.ts';
 export { ImageBuilder, type BuildLogSink, type BuildOptions } from './image-builder.ts';
-export { statusOf, toFerryError } from './errors.ts';
+export { isUnreachable, statusOf, toFerryError } from './errors.ts';
 export {
   BLOCK,
   TYPE,

@@ -15,11 +15,11 @@ export interface LayerAnswer {
   present: string[];
 }
 
-/** The part of a Docker client this needs (dockerode fits it). */
+/** The part of a Docker client this needs (@ferry/docker's DockerEngine fits it). */
 export interface LayerEngine {
   info(): Promise<unknown>;
-  listImages(options: { all: boolean }): Promise<{ Id: string }[]>;
-  getImage(id: string): { inspect(): Promise<{ RootFS?: { Layers?: string[] } }> };
+  listImages(query: { all: boolean }): Promise<{ Id: string }[]>;
+  inspectImage(id: string): Promise<{ RootFS?: { Layers?: string[] } }>;
 }
 
 /** `docker info` is not free; the store kind changes only with a daemon restart. */
@@ -111,7 +111,7 @@ export class LayerInventory {
   /** Undefined when the image went away since the list. */
   async #layersOf(id: string): Promise<string[] | undefined> {
     try {
-      return (await this.#docker.getImage(id).inspect()).RootFS?.Layers ?? [];
+      return (await this.#docker.inspectImage(id)).RootFS?.Layers ?? [];
     } catch (err) {
       if (statusOf(err) === 404) return undefined;
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `inspect image ${id}`);

@@ -3,7 +3,7 @@ import { toFerryError } from '@ferry/docker';
 import { LABELS } from '@ferry/protocol';
 import { isContainerdStore } from '../layers/index.ts';
 
-/** One row of `GET /containers/json`, the fields read here (dockerode's ContainerInfo fits). */
+/** One row of `GET /containers/json`, the fields read here (@ferry/docker's ContainerSummary fits). */
 export interface ContainerSummary {
   Id: string;
   Names?: string[];
@@ -13,10 +13,10 @@ export interface ContainerSummary {
   Labels?: Record<string, string> | null;
 }
 
-/** The part of a Docker client the registration reads (dockerode fits it). */
+/** The part of a Docker client the registration reads (@ferry/docker's DockerEngine fits it). */
 export interface EngineReader {
   info(): Promise<unknown>;
-  listContainers(options: { all: boolean; filters: string }): Promise<ContainerSummary[]>;
+  listContainers(query: { all: boolean; filters: { label: string[] } }): Promise<ContainerSummary[]>;
 }
 
 /**
@@ -28,7 +28,7 @@ export interface EngineReader {
 export async function actualServices(docker: Pick<EngineReader, 'listContainers'>): Promise<ActualReport[]> {
   let containers: ContainerSummary[];
   try {
-    containers = await docker.listContainers({ all: true, filters: JSON.stringify({ label: [LABELS.service] }) });
+    containers = await docker.listContainers({ all: true, filters: { label: [LABELS.service] } });
   } catch (err) {
     throw toFerryError(err, 'FERRY_ERR_DOCKER', 'list the containers');
   }
