@@ -1,17 +1,7 @@
 import type { ActualReport, HostRegistration } from '@ferry/auth';
-import { toFerryError } from '@ferry/docker';
+import { toFerryError, type ContainerSummary } from '@ferry/docker';
 import { LABELS } from '@ferry/protocol';
 import { isContainerdStore } from '../layers/index.ts';
-
-/** One row of `GET /containers/json`, the fields read here (@ferry/docker's ContainerSummary fits). */
-export interface ContainerSummary {
-  Id: string;
-  Names?: string[];
-  Image?: string;
-  ImageID?: string;
-  State?: string;
-  Labels?: Record<string, string> | null;
-}
 
 /** The part of a Docker client the registration reads (@ferry/docker's DockerEngine fits it). */
 export interface EngineReader {

@@ -5,7 +5,7 @@ import type { RegistrySettings } from '../config.ts';
 import { actualServices, engineFacts, settledServices, type EngineReader } from './actual.ts';
 import { Registration } from './registration.ts';
 
-export { actualServices, engineFacts, settledServices, type ContainerSummary, type EngineReader } from './actual.ts';
+export { actualServices, engineFacts, settledServices, type EngineReader } from './actual.ts';
 export { DEFAULT_HEARTBEAT_SECONDS, Registration, backoffMs, type RegistrationDeps } from './registration.ts';
 
 /** Limit of one registration or heartbeat request. */
