@@ -4,8 +4,8 @@ import type { Compression } from '@ferry/protocol';
 
 /**
  * Output chunk size of every (de)compressor. Node's default, 16 KiB, sends the stream to the thread
- * pool and back once per 16 KiB it writes: ~640 round trips for a 10 MB layer, which made a small
- * push's packaging ~15% slower (bench/README.md, "where time goes").
+ * pool and back once per 16 KiB it writes: ~640 round trips for a 10 MB layer, a third more time
+ * in a warm push's packaging (bench/README.md, "Where a push's time goes").
  */
 const CHUNK_BYTES = 256 * 1024;
 
