@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Readable, Transform } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fsyncPath, storageError } from '@ferry/durable';
 import { DigestTap, digestFile, digestOf } from '@ferry/integrity';
@@ -248,7 +248,7 @@ export class UploadStore {
       const tap = new DigestTap();
       // The stream gets its own descriptor: one borrowed with autoClose off never emits 'close',
       // which pipeline() waits for. fsync through `handle` covers the file whichever fd wrote it.
-      await pipeline(keepOpen(part.body, tap), createWriteStream(spool, { flags: 'r+', start: part.offset }));
+      await pipeline(part.body, tap, createWriteStream(spool, { flags: 'r+', start: part.offset }));
       if (tap.bytes !== part.contentLength) {
         throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The part ended after ${tap.bytes} of ${part.contentLength} bytes` });
       }
@@ -453,24 +453,4 @@ function diskError(err: unknown, message: string): FerryError {
     return new FerryError('FERRY_ERR_BAD_REQUEST', { message: `${message}: the connection was cut`, cause: err });
   }
   return storageError(err, message);
-}
-
-/**
- * `body` piped into `into`, which is returned for a pipeline. A pipeline would destroy the request
- * when the file write fails (a full disk), and a destroyed request closes its connection under
- * the 507 before the client reads it (libs/http `closeAfterAnswer`). Piped, the request is only
- * unpiped, and its rest is dropped after the answer. A request cut short still fails the write.
- */
-function keepOpen(body: Readable, into: Transform): Transform {
-  const fail = (err?: Error): void => {
-    if (!body.readableEnded) into.destroy(err ?? new Error('The request ended before its body did'));
-  };
-  body.once('error', fail);
-  body.once('close', () => fail());
-  into.once('close', () => {
-    body.off('error', fail);
-    body.unpipe(into);
-  });
-  body.pipe(into);
-  return into;
 }
