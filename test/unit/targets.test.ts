@@ -44,6 +44,9 @@ describe('resolveTargets', () => {
 
   test('a selector becomes the matching online hosts, asked with a request the registry can verify', async () => {
     const registry = fakeRegistry(FLEET);
+    // The registry's verifier is up before the request is signed, as a running registry would be:
+    // built after, it could take a request signed in the previous second for one from before it started.
+    const verifier = new RequestVerifier({ keys: KeyRing.parse(`ci:${SECRET}`), nonces: new MemoryNonceStore(), audience: 'registry' });
     const targets = await resolveTargets(['selector:env=prod,role=web', 'http://10.0.0.1:7701'], {
       registryUrl: 'http://registry.test:7702', credentials, fetch: registry.fetch,
     });
@@ -52,7 +55,6 @@ describe('resolveTargets', () => {
     assert.ok(ask);
     assert.equal(ask.url.searchParams.get('selector'), 'env=prod,role=web');
     assert.equal(ask.url.searchParams.get('status'), 'online');
-    const verifier = new RequestVerifier({ keys: KeyRing.parse(`ci:${SECRET}`), nonces: new MemoryNonceStore(), audience: 'registry' });
     const verified = await verifier.verify({ method: 'GET', path: `${ask.url.pathname}${ask.url.search}`, headers: ask.headers });
     assert.equal(verified.keyId, 'ci');
   });
