@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -9,6 +8,7 @@ import { DigestTap, digestFile, digestOf } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
 import { FerryError, UPLOAD_MAX_PART_BYTES, isFerryError, parseManifest, type DeploymentResult, type Manifest } from '@ferry/protocol';
 import type { VerifiedPackage } from '../deploy/engine.ts';
+import { SpoolWriter } from './spool-writer.ts';
 
 /**
  * - `receiving`: accepting parts; the spool holds exactly `offset` bytes.
@@ -246,9 +246,14 @@ export class UploadStore {
       // The file may hold the tail of a part that failed before: its length must be the offset.
       await handle.truncate(part.offset);
       const tap = new DigestTap();
-      // The stream gets its own descriptor: one borrowed with autoClose off never emits 'close',
-      // which pipeline() waits for. fsync through `handle` covers the file whichever fd wrote it.
-      await pipeline(part.body, tap, createWriteStream(spool, { flags: 'r+', start: part.offset }));
+      const writer = new SpoolWriter(handle, part.offset);
+      const written = pipeline(part.body, tap, writer);
+      const failure = await Promise.race([written.then(() => undefined), writer.failed]);
+      if (failure) {
+        // The request drains into the writer, which drops it, until the answer's connection closes.
+        written.catch(() => undefined);
+        throw failure;
+      }
       if (tap.bytes !== part.contentLength) {
         throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The part ended after ${tap.bytes} of ${part.contentLength} bytes` });
       }
