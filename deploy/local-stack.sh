@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # deploy/local-stack.sh - the services Ferry runs against, on loopback.
 #
-# Usage: deploy/local-stack.sh up | down [--purge] | status | env
+# Usage: deploy/local-stack.sh up | down [--purge] | status | env | install PACKAGE[:COMMAND]...
 #
 #   up       install what is missing (Debian packages) and start what is not
 #            running; idempotent: a second `up` restarts only what died.
@@ -14,6 +14,9 @@
 #   status   show what runs; exit 0 if everything is up, 3 otherwise.
 #   env      print stack.env; use it with `eval "$(deploy/local-stack.sh env)"`
 #            or `. /tmp/ferry-stack/stack.env`.
+#   install  install the Debian packages named that are missing (one whose
+#            COMMAND, a name or a path, is present counts as there): what the
+#            tests and the bench need beyond the stack, e.g. openssh-server:/usr/sbin/sshd.
 #
 # What `up` starts (all local, nothing listens beyond 127.0.0.1):
 #   build engine    dockerd, socket $FERRY_STACK_DIR/build.sock
@@ -67,7 +70,7 @@ die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
 
 usage() {
   cat >&2 <<'EOF'
-usage: deploy/local-stack.sh up | down [--purge] | status | env
+usage: deploy/local-stack.sh up | down [--purge] | status | env | install PACKAGE[:COMMAND]...
 EOF
   exit 2
 }
@@ -211,11 +214,16 @@ pkg_installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
 
+# ensure_packages OWN_DOCKER [PACKAGE:COMMAND ...]: installs what is missing of the stack's
+# packages, or of the ones named. OWN_DOCKER: 1 = dockerd and its daemons too, 0 = the docker CLI,
+# - = no Docker at all. An empty COMMAND checks the package only.
 ensure_packages() {
   local own_docker=$1 missing=() want
-  # package:command (command empty = check the package only)
-  for want in nats-server:nats-server redis-server:redis-server zstd:zstd b3sum:b3sum \
-              busybox-static: curl:curl; do
+  shift
+  local wants=("$@")
+  [ "${#wants[@]}" -gt 0 ] || wants=(nats-server:nats-server redis-server:redis-server zstd:zstd b3sum:b3sum \
+                                     busybox-static: curl:curl)
+  for want in "${wants[@]}"; do
     local pkg=${want%%:*} cmd=${want#*:}
     if pkg_installed "$pkg"; then continue; fi
     if [ -n "$cmd" ] && command -v "$cmd" >/dev/null 2>&1; then continue; fi
@@ -227,7 +235,7 @@ ensure_packages() {
            && command -v runc >/dev/null 2>&1 && command -v docker >/dev/null 2>&1; }; then
       pkg_installed docker.io || missing+=(docker.io)
     fi
-  else
+  elif [ "$own_docker" = 0 ]; then
     command -v docker >/dev/null 2>&1 || pkg_installed docker.io || missing+=(docker.io)
   fi
   [ "${#missing[@]}" -gt 0 ] || return 0
@@ -596,6 +604,15 @@ cmd_status() {
   return "$all"
 }
 
+cmd_install() {
+  local want
+  for want in "$@"; do
+    case $want in *[!A-Za-z0-9.+:/_-]*|:*) die "install takes PACKAGE[:COMMAND] arguments (got '$want')" ;; esac
+  done
+  mkdir -p "$S"
+  ensure_packages - "$@"
+}
+
 cmd_env() {
   [ -s "$ENV_FILE" ] || die "no $ENV_FILE: run deploy/local-stack.sh up first"
   cat "$ENV_FILE"
@@ -608,6 +625,7 @@ case $cmd in
   down)   [ "$#" -le 1 ] || usage; cmd_down "$@" ;;
   status) [ "$#" = 0 ] || usage; cmd_status ;;
   env)    [ "$#" = 0 ] || usage; cmd_env ;;
+  install) [ "$#" -ge 1 ] || usage; cmd_install "$@" ;;
   -h|--help|help) usage ;;
   *) usage ;;
 esac

@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/lib/ensure-node-deps.sh
 bash deploy/local-stack.sh up >/dev/null
+# Beyond the stack: sshd for the bootstrap tests, ssh and openssl for the shell client, Chromium
+# for the dashboard in a real browser.
+bash deploy/local-stack.sh install openssh-server:/usr/sbin/sshd openssh-client:ssh openssl:openssl chromium:/usr/bin/chromium
 # shellcheck disable=SC1091
 . "${FERRY_STACK_DIR:-/tmp/ferry-stack}/stack.env"
 export PATH="$PWD/node_modules/.bin:$PATH"
@@ -17,5 +20,6 @@ if [ "$#" -eq 0 ]; then
   set -- 'test/unit/**/*.test.ts' 'test/integration/**/*.test.ts' 'test/e2e/**/*.test.ts'
 fi
 echo "== tests" >&2
-# One file at a time: the integration files share the two engines and the NATS stream.
-exec node --test --test-concurrency=1 --test-reporter=spec "$@"
+# One file at a time: the integration files share the two engines and the NATS stream. A test
+# that hangs fails after 15 minutes instead of holding the run (the slowest takes about one).
+exec node --test --test-concurrency=1 --test-timeout=900000 --test-reporter=spec "$@"

@@ -397,6 +397,8 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     await c1.patchFile(uploadId, pkg.path, 0, acknowledged);
     const patch = openPatch(first.url, uploadId, acknowledged, bytes.subarray(acknowledged), Math.floor((pkg.size - acknowledged) / 2));
     await until(async () => (await sizeOf(spoolPath(first, uploadId))) > acknowledged);
+    // Had it exited on its own, 'exit' would never come again and the test would wait forever.
+    assert.equal(first.child.exitCode ?? first.child.signalCode, null, `the receiver exited by itself: ${JSON.stringify(first.logs.slice(-5))}`);
     const exited = new Promise((r) => first.child.once('exit', r));
     first.child.kill('SIGKILL');
     await exited;

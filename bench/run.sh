@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# npm run bench: installs and starts what the comparison needs (the npm dependencies with Node 24,
+# the local stack, sshd for the classic script, Debian's docker-registry), then runs compare.ts
+# with the arguments given.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/lib/ensure-node-deps.sh
+bash deploy/local-stack.sh up >/dev/null
+bash deploy/local-stack.sh install openssh-server:/usr/sbin/sshd openssh-client:ssh docker-registry:/usr/bin/docker-registry
+export PATH="$PWD/node_modules/.bin:$PATH"
+exec node bench/compare.ts "$@"
