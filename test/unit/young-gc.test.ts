@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setImmediate as turn } from 'node:timers/promises';
-import { scavenge } from '@ferry/sender';
+import { BufferBudget, scavenge } from '@ferry/sender';
 
 const MiB = 1024 * 1024;
 
@@ -23,4 +23,28 @@ test('a scavenge frees the buffers that died since the last one', async () => {
 /** Buffers that die as this returns, as a push's socket reads do; answers their bytes. */
 function allocateAndDrop(count: number, size: number): number {
   return Array.from({ length: count }, () => Buffer.allocUnsafe(size)).reduce((sum, buffer) => sum + buffer.length, 0);
+}
+
+test('buffers that lived through scavenges are freed once they outgrow the budget', async () => {
+  assert.equal(scavenge(), true);
+  const budget = new BufferBudget(16 * MiB);
+  const before = process.memoryUsage().arrayBuffers;
+  const held = new Set<Buffer[]>([Array.from({ length: 512 }, () => Buffer.allocUnsafe(64 * 1024))]);
+  // Two scavenges while they are held move them to the old generation, where scavenges no longer reach.
+  scavenge();
+  scavenge();
+  held.clear();
+  scavenge();
+  await settle();
+  assert.ok(process.memoryUsage().arrayBuffers >= before + 24 * MiB, 'a scavenge does not free promoted buffers');
+  assert.equal(budget.check(), true, '32 MiB over a 16 MiB budget: a full collection');
+  await settle();
+  assert.ok(process.memoryUsage().arrayBuffers < before + 8 * MiB, 'the full collection freed them');
+  assert.equal(budget.check(), false, 'the level it left is the new floor');
+  assert.equal(budget.check(), false);
+});
+
+/** V8 releases freed buffers' memory on another thread: a few turns of the event loop. */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 5; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
 }

@@ -19,4 +19,4 @@ export { serviceSpecFromFlags, splitCommand, parseLabels } from './cli/args.ts';
 export { createProgress, type Progress } from './cli/progress.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
 export { askLayers, isPrivateAddress, layersToOmit, packageCompression, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';
-export { scavenge, scavengePeriodically } from './young-gc.ts';
+export { BufferBudget, scavenge, scavengePeriodically } from './young-gc.ts';
