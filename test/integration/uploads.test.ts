@@ -322,6 +322,28 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     assert.equal((await call(receiver.url, 'HEAD', `/v1/uploads/${uploadId}`)).status, 410);
   });
 
+  test('a manifest far over its limit gets its 413 while the client is still sending it', async () => {
+    // Sixteen MiB the client writes whole before it reads anything: a reset would drop the answer
+    // waiting in its socket, so the receiver has to read the rest and close gracefully.
+    const huge = Buffer.alloc(16 * 1024 ** 2, 0x20);
+    const { hostname, port } = new URL(receiver.url);
+    const headers = {
+      ...signRequest({ method: 'POST', path: '/v1/uploads', contentDigest: digestOf(huge), audience: hostId, ...key }),
+      'content-type': 'application/json', 'content-length': String(huge.length),
+    };
+    const socket = connect(Number(port), hostname).pause();
+    const written = await new Promise<Error | null | undefined>((resolve) => {
+      socket.write([`POST /v1/uploads HTTP/1.1`, `Host: ${hostname}:${port}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', ''].join('\r\n'));
+      socket.write(huge, resolve);
+    });
+    let answer = '';
+    socket.setEncoding('latin1').on('data', (c: string) => { answer += c; }).on('error', () => undefined).resume();
+    await new Promise((resolve) => socket.once('close', resolve));
+    assert.equal(written ?? undefined, undefined, 'the whole body was taken');
+    assert.match(answer, /^HTTP\/1\.1 413 /);
+    assert.match(answer, /FERRY_ERR_PAYLOAD_TOO_LARGE/);
+  });
+
   test('a connection cut at a random byte keeps only acknowledged bytes; resuming gives the identical BLAKE3 and deploys', async () => {
     const { json, port } = await manifestFor(pkg);
     const { uploadId } = await client.create(json);

@@ -1,3 +1,4 @@
+import type { IncomingMessage } from 'node:http';
 import type { Request, Response } from 'express';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, HEADERS } from '@ferry/protocol';
@@ -15,14 +16,7 @@ export interface SignedJsonOptions {
  * covers (the signature covers the digest, the digest covers the bytes) before anything parses it.
  */
 export async function readSignedJson(req: Request, res: Response, options: SignedJsonOptions): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > options.maxBytes) throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `The body exceeds ${options.maxBytes} bytes` });
-    chunks.push(chunk);
-  }
-  const raw = Buffer.concat(chunks);
+  const raw = await readBody(req, options.maxBytes, 'The body');
   if (digestOf(raw) !== (res.locals as AuthLocals).auth.contentDigest) {
     throw new FerryError('FERRY_ERR_BODY_DIGEST_MISMATCH', { message: `${HEADERS.contentDigest} is not the BLAKE3 of the body` });
   }
@@ -36,4 +30,26 @@ export async function readSignedJson(req: Request, res: Response, options: Signe
   } catch (err) {
     throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The body is not JSON: ${(err as Error).message}`, cause: err });
   }
+}
+
+/**
+ * Reads a small body whole; past `maxBytes` it is refused with 413 (`what` names it in the
+ * message). The request is not destroyed then: a destroyed request closes its connection under
+ * the 413, and the reset can take the answer from the client before it reads it. Its rest is
+ * dropped while the answer goes out, for as long as closeAfterAnswer allows.
+ */
+export async function readBody(req: IncomingMessage, maxBytes: number, what: string): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
+      size += chunk.length;
+      if (size > maxBytes) throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `${what} exceeds ${maxBytes} bytes` });
+      chunks.push(chunk);
+    }
+  } catch (err) {
+    if (!req.destroyed) req.resume();
+    throw err;
+  }
+  return Buffer.concat(chunks);
 }

@@ -2,7 +2,7 @@ import { Router, type Response } from 'express';
 import type { IncomingMessage } from 'node:http';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, HEADERS, MANIFEST_MAX_BYTES, PATHS } from '@ferry/protocol';
-import type { AuthLocals } from '@ferry/http';
+import { readBody, type AuthLocals } from '@ferry/http';
 import type { Deployer } from '../deploy/engine.ts';
 import type { PolicyGate } from '../policy/index.ts';
 import { parsePartHeaders } from '../upload/headers.ts';
@@ -80,12 +80,5 @@ function requireEmptyBody(res: Response): void {
 async function readManifestBody(req: IncomingMessage): Promise<Buffer> {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
   if (type !== 'application/json') throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'The manifest is sent as Content-Type: application/json' });
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > MANIFEST_MAX_BYTES) throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `Manifest exceeds ${MANIFEST_MAX_BYTES} bytes` });
-    chunks.push(chunk);
-  }
-  return Buffer.concat(chunks);
+  return readBody(req, MANIFEST_MAX_BYTES, 'Manifest');
 }
