@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, open, readdir, rm, stat, statfs } from 'node:fs/promises';
+import { mkdtemp, open, readFile, readdir, rm, stat, statfs } from 'node:fs/promises';
 import { request, type IncomingHttpHeaders } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -98,6 +98,41 @@ function openPatch(url: string, uploadId: string, offset: number, part: Buffer, 
       return Number(received.split(' ')[1]);
     },
   };
+}
+
+/**
+ * A client that writes its whole request before it reads a byte of the answer, as a simple client
+ * does: an answer sent early reaches it only if the server reads the rest of the body and closes
+ * gracefully (a reset drops what waits unread in the client's socket).
+ */
+async function sendWholeThenRead(url: string, method: string, path: string, body: Buffer, extra: Record<string, string>, offset?: number): Promise<{ written: Error | undefined; answer: string }> {
+  const { hostname, port } = new URL(url);
+  const headers = {
+    ...signRequest({ method, path, contentDigest: digestOf(body), audience: hostId, ...key, ...(offset === undefined ? {} : { offset }) }),
+    ...(offset === undefined ? {} : { 'upload-offset': String(offset) }),
+    'content-length': String(body.length), ...extra,
+  };
+  const socket = connect(Number(port), hostname).pause();
+  const written = await new Promise<Error | undefined>((resolve) => {
+    socket.write([`${method} ${path} HTTP/1.1`, `Host: ${hostname}:${port}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', ''].join('\r\n'));
+    socket.write(body, (err) => resolve(err ?? undefined));
+  });
+  // Read until the answer is whole (or the connection closes); half-closing instead would have
+  // Node's server drop the request, as HTTP/1.1 servers may.
+  let answer = '';
+  const whole = (): boolean => {
+    const end = answer.indexOf('\r\n\r\n');
+    const length = /\r\ncontent-length: *(\d+)/i.exec(answer)?.[1];
+    return end >= 0 && length !== undefined && answer.length >= end + 4 + Number(length);
+  };
+  await new Promise<void>((resolve) => {
+    socket.setEncoding('latin1').on('data', (c: string) => {
+      answer += c;
+      if (whole()) resolve();
+    }).on('error', () => undefined).once('close', () => resolve()).resume();
+  });
+  socket.destroy();
+  return { written, answer };
 }
 
 /**
@@ -326,20 +361,8 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     // Sixteen MiB the client writes whole before it reads anything: a reset would drop the answer
     // waiting in its socket, so the receiver has to read the rest and close gracefully.
     const huge = Buffer.alloc(16 * 1024 ** 2, 0x20);
-    const { hostname, port } = new URL(receiver.url);
-    const headers = {
-      ...signRequest({ method: 'POST', path: '/v1/uploads', contentDigest: digestOf(huge), audience: hostId, ...key }),
-      'content-type': 'application/json', 'content-length': String(huge.length),
-    };
-    const socket = connect(Number(port), hostname).pause();
-    const written = await new Promise<Error | null | undefined>((resolve) => {
-      socket.write([`POST /v1/uploads HTTP/1.1`, `Host: ${hostname}:${port}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', ''].join('\r\n'));
-      socket.write(huge, resolve);
-    });
-    let answer = '';
-    socket.setEncoding('latin1').on('data', (c: string) => { answer += c; }).on('error', () => undefined).resume();
-    await new Promise((resolve) => socket.once('close', resolve));
-    assert.equal(written ?? undefined, undefined, 'the whole body was taken');
+    const { written, answer } = await sendWholeThenRead(receiver.url, 'POST', '/v1/uploads', huge, { 'content-type': 'application/json' });
+    assert.equal(written, undefined, 'the whole body was taken');
     assert.match(answer, /^HTTP\/1\.1 413 /);
     assert.match(answer, /FERRY_ERR_PAYLOAD_TOO_LARGE/);
   });
@@ -460,6 +483,11 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     const refused = await c.patchFile(uploadId, pkg.path, first, pkg.size - first).then(() => undefined, (err: unknown) => err as { code: string; details?: Record<string, unknown> });
     assert.equal(refused?.code, 'FERRY_ERR_DISK_FULL');
     assert.equal(refused?.details?.uploadOffset, first);
+    // Again from a client that writes the whole part before it reads the answer.
+    const rest = (await readFile(pkg.path)).subarray(first);
+    const raw = await sendWholeThenRead(full.url, 'PATCH', `/v1/uploads/${uploadId}`, rest, { 'content-type': 'application/offset+octet-stream' }, first);
+    assert.equal(raw.written, undefined, 'the whole part was taken');
+    assert.match(raw.answer, /^HTTP\/1\.1 507 [^]*FERRY_ERR_DISK_FULL/);
     assert.equal((await c.head(uploadId)).offset, first);
     assert.equal(await sizeOf(spoolPath(full, uploadId)), first);
 
