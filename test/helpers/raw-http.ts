@@ -131,3 +131,35 @@ export async function probe(url: string, headers: Record<string, string>, extra:
   const body = (await res.json().catch(() => null)) as { error?: { code?: string; details?: Record<string, unknown> } } | null;
   return { status: res.status, code: body?.error?.code, details: body?.error?.details };
 }
+
+/**
+ * Writes the whole request before reading a byte of the answer, as a simple client does. An
+ * answer sent early (a refusal mid-body) reaches such a client only if the server reads the rest
+ * of the body and closes gracefully: a reset drops what waits unread in the client's socket.
+ * Resolves once the answer is whole (by its Content-Length) or the connection closed; `written`
+ * is the error that ended writing the body, if any.
+ */
+export async function rawRequestWriteFirst(url: string, request: Omit<RawRequest, 'waitForContinue'>): Promise<RawAnswer & { written: Error | undefined }> {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname.replace(/^\[|\]$/g, '')).pause();
+  const written = await new Promise<Error | undefined>((resolve) => {
+    socket.once('error', resolve);
+    socket.write(`${request.head.join('\r\n')}\r\n\r\n`);
+    socket.write(request.body ?? Buffer.alloc(0), (err) => resolve(err ?? undefined));
+  });
+  let received = '';
+  const whole = (): boolean => {
+    const end = received.indexOf('\r\n\r\n');
+    const length = /\r\ncontent-length: *(\d+)/i.exec(received)?.[1];
+    return end >= 0 && length !== undefined && received.length >= end + 4 + Number(length);
+  };
+  // Half-closing instead would have Node's server drop the request, as HTTP/1.1 servers may.
+  await new Promise<void>((resolve) => {
+    socket.setEncoding('latin1').on('data', (chunk: string) => {
+      received += chunk;
+      if (whole()) resolve();
+    }).on('error', () => undefined).once('close', () => resolve()).resume();
+  });
+  socket.destroy();
+  return { ...parseAnswer(received, request.body?.length ?? 0), written };
+}

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, open, readFile, readdir, rm, stat, statfs } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm, stat, statfs } from 'node:fs/promises';
 import { request, type IncomingHttpHeaders } from 'node:http';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -20,6 +20,7 @@ import { UPLOAD_MAX_PART_BYTES, type DeploymentResult, type ManifestInput } from
 import { ResumableClient, buildPackage, inspectImage, uploadResumable, type BuiltPackage } from '@ferry/sender';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeService } from '../helpers/cleanup.ts';
+import { lines, rawRequestWriteFirst, signed } from '../helpers/raw-http.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -98,41 +99,6 @@ function openPatch(url: string, uploadId: string, offset: number, part: Buffer, 
       return Number(received.split(' ')[1]);
     },
   };
-}
-
-/**
- * A client that writes its whole request before it reads a byte of the answer, as a simple client
- * does: an answer sent early reaches it only if the server reads the rest of the body and closes
- * gracefully (a reset drops what waits unread in the client's socket).
- */
-async function sendWholeThenRead(url: string, method: string, path: string, body: Buffer, extra: Record<string, string>, offset?: number): Promise<{ written: Error | undefined; answer: string }> {
-  const { hostname, port } = new URL(url);
-  const headers = {
-    ...signRequest({ method, path, contentDigest: digestOf(body), audience: hostId, ...key, ...(offset === undefined ? {} : { offset }) }),
-    ...(offset === undefined ? {} : { 'upload-offset': String(offset) }),
-    'content-length': String(body.length), ...extra,
-  };
-  const socket = connect(Number(port), hostname).pause();
-  const written = await new Promise<Error | undefined>((resolve) => {
-    socket.write([`${method} ${path} HTTP/1.1`, `Host: ${hostname}:${port}`, ...Object.entries(headers).map(([k, v]) => `${k}: ${v}`), '', ''].join('\r\n'));
-    socket.write(body, (err) => resolve(err ?? undefined));
-  });
-  // Read until the answer is whole (or the connection closes); half-closing instead would have
-  // Node's server drop the request, as HTTP/1.1 servers may.
-  let answer = '';
-  const whole = (): boolean => {
-    const end = answer.indexOf('\r\n\r\n');
-    const length = /\r\ncontent-length: *(\d+)/i.exec(answer)?.[1];
-    return end >= 0 && length !== undefined && answer.length >= end + 4 + Number(length);
-  };
-  await new Promise<void>((resolve) => {
-    socket.setEncoding('latin1').on('data', (c: string) => {
-      answer += c;
-      if (whole()) resolve();
-    }).on('error', () => undefined).once('close', () => resolve()).resume();
-  });
-  socket.destroy();
-  return { written, answer };
 }
 
 /**
@@ -361,10 +327,12 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     // Sixteen MiB the client writes whole before it reads anything: a reset would drop the answer
     // waiting in its socket, so the receiver has to read the rest and close gracefully.
     const huge = Buffer.alloc(16 * 1024 ** 2, 0x20);
-    const { written, answer } = await sendWholeThenRead(receiver.url, 'POST', '/v1/uploads', huge, { 'content-type': 'application/json' });
-    assert.equal(written, undefined, 'the whole body was taken');
-    assert.match(answer, /^HTTP\/1\.1 413 /);
-    assert.match(answer, /FERRY_ERR_PAYLOAD_TOO_LARGE/);
+    const answer = await rawRequestWriteFirst(receiver.url, {
+      head: ['POST /v1/uploads HTTP/1.1', 'Host: receiver', ...lines({ ...signed(key, hostId, { method: 'POST', path: '/v1/uploads', digest: digestOf(huge) }), 'content-type': 'application/json', 'content-length': String(huge.length) })],
+      body: huge,
+    });
+    assert.equal(answer.written, undefined, 'the whole body was taken');
+    assert.deepEqual([answer.status, answer.code], [413, 'FERRY_ERR_PAYLOAD_TOO_LARGE']);
   });
 
   test('a connection cut at a random byte keeps only acknowledged bytes; resuming gives the identical BLAKE3 and deploys', async () => {
@@ -462,7 +430,7 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
 
   test('a full disk mid-upload answers 507, keeps the offset consistent, and the upload resumes once space returns', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'ferry-up-full-'));
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', dataDir]);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=80m', 'tmpfs', dataDir]);
     mounts.push(dataDir);
     const full = await startFresh(receiverEnv({ FERRY_DATA_DIR: dataDir, FERRY_MIN_FREE_BYTES: '0' }));
     extraReceivers.push(full);
@@ -471,6 +439,9 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     const { uploadId } = await c.create(json);
     const first = Math.floor(pkg.size / 4);
     await c.patchFile(uploadId, pkg.path, 0, first);
+    // A second upload that says its package is 32 MiB, opened while there is room: a 16 MiB part
+    // sent to it is still mostly on the wire when the disk fills.
+    const big = await c.create((await manifestFor(pkg, { size: 32 * 1024 ** 2 })).json);
 
     // Leave less room than the rest of the package needs.
     const fs = await statfs(dataDir);
@@ -483,11 +454,21 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
     const refused = await c.patchFile(uploadId, pkg.path, first, pkg.size - first).then(() => undefined, (err: unknown) => err as { code: string; details?: Record<string, unknown> });
     assert.equal(refused?.code, 'FERRY_ERR_DISK_FULL');
     assert.equal(refused?.details?.uploadOffset, first);
-    // Again from a client that writes the whole part before it reads the answer.
-    const rest = (await readFile(pkg.path)).subarray(first);
-    const raw = await sendWholeThenRead(full.url, 'PATCH', `/v1/uploads/${uploadId}`, rest, { 'content-type': 'application/offset+octet-stream' }, first);
+    // From a client that writes its whole part before it reads the answer: the 507 comes while
+    // most of the part is still on its way, and must not be lost to a reset.
+    const part = Buffer.alloc(16 * 1024 ** 2, 0x5a);
+    const path = `/v1/uploads/${big.uploadId}`;
+    const raw = await rawRequestWriteFirst(full.url, {
+      head: [`PATCH ${path} HTTP/1.1`, 'Host: receiver', ...lines({
+        ...signed(key, hostId, { method: 'PATCH', path, digest: digestOf(part), offset: 0 }),
+        'content-type': 'application/offset+octet-stream', 'content-length': String(part.length), 'upload-offset': '0',
+      })],
+      body: part,
+    });
     assert.equal(raw.written, undefined, 'the whole part was taken');
-    assert.match(raw.answer, /^HTTP\/1\.1 507 [^]*FERRY_ERR_DISK_FULL/);
+    assert.deepEqual([raw.status, raw.code], [507, 'FERRY_ERR_DISK_FULL']);
+    assert.equal((await c.head(big.uploadId)).offset, 0);
+    assert.equal(await sizeOf(spoolPath(full, big.uploadId)), 0);
     assert.equal((await c.head(uploadId)).offset, first);
     assert.equal(await sizeOf(spoolPath(full, uploadId)), first);
 
