@@ -17,7 +17,7 @@ import { SERVICE_OPTIONS, parse, parseInteger, serviceSpecFromFlags } from './ar
 import { line, type Io } from './io.ts';
 import { nextStep } from './report.ts';
 import { createProgress, formatBytes, formatMs, type Progress } from './progress.ts';
-import { scavengePeriodically } from '../young-gc.ts';
+import { scavengePeriodically } from '@ferry/memory';
 
 /** `ferry push`: what it does and takes is its help text, in help.ts. */
 export async function pushCommand(argv: string[], io: Io): Promise<number> {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { setImmediate as turn } from 'node:timers/promises';
-import { BufferBudget, scavenge } from '@ferry/sender';
+import { BufferBudget, scavenge } from '@ferry/memory';
 
 const MiB = 1024 * 1024;
 
@@ -30,13 +30,12 @@ test('buffers that lived through scavenges are freed once they outgrow the budge
   const budget = new BufferBudget(16 * MiB);
   const before = process.memoryUsage().arrayBuffers;
   const held = new Set<Buffer[]>([Array.from({ length: 512 }, () => Buffer.allocUnsafe(64 * 1024))]);
-  // Two scavenges while they are held move them to the old generation, where scavenges no longer reach.
+  // Two scavenges while they are held move them to the old generation, where scavenges no longer
+  // reach. (Whether V8 frees them sooner on its own depends on its heuristics: not checked here.)
   scavenge();
   scavenge();
   held.clear();
-  scavenge();
-  await settle();
-  assert.ok(process.memoryUsage().arrayBuffers >= before + 24 * MiB, 'a scavenge does not free promoted buffers');
+  assert.ok(process.memoryUsage().arrayBuffers >= before + 24 * MiB, 'dead, and not collected yet');
   assert.equal(budget.check(), true, '32 MiB over a 16 MiB budget: a full collection');
   await settle();
   assert.ok(process.memoryUsage().arrayBuffers < before + 8 * MiB, 'the full collection freed them');

@@ -1,0 +1,1 @@
+export { BUFFER_BUDGET_BYTES, BufferBudget, scavenge, scavengePeriodically } from './gc.ts';
