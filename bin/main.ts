@@ -10,7 +10,7 @@ export async function main(args: string[]): Promise<number> {
   // "ferry help registry" is "ferry registry --help": a service's help lives with the service.
   const argv = args[0] === 'help' && args[1] !== undefined && Object.hasOwn(SERVICES, args[1]) ? [args[1], '--help'] : args;
   const [command = ''] = argv;
-  // `ferry push` scavenges on a timer instead (services/sender/src/young-gc.ts): a second start
+  // `ferry push` scavenges on a timer instead (libs/memory/src/gc.ts): a second start
   // would cost a short push ~0.1 s.
   if (command === 'receiver') withSmallYoungGeneration();
   // The CLI entry point only: each command loads its own code when it runs (@ferry/sender/cli).
@@ -38,15 +38,23 @@ export async function main(args: string[]): Promise<number> {
  * The receiver streams gigabytes in 64 KiB socket buffers. With V8's default 16 MiB semi-spaces
  * those buffers pile up between scavenges and add ~60 MiB to its peak memory; 1 MiB semi-spaces
  * keep it flat (bench/resume-large.ts measures both); one V8 worker thread instead of one per
- * core saves a few more, for a service that waits on disks and sockets. The flags only work at
- * start-up, so the process replaces itself (same pid, same descriptors) unless the operator chose
- * a semi-space size.
+ * core saves a few more, for a service that waits on disks and sockets. `--expose-gc` lets it run
+ * a full collection once the buffers that outlived their scavenges pile up (@ferry/memory), which
+ * V8 itself only does past ~64 MiB of them. glibc gives buffers of 64 KiB and more their own
+ * mappings (MALLOC_MMAP_THRESHOLD_), so that the memory a push used goes back to the system once
+ * they are freed: by default it raises that threshold as such buffers are freed, serves them from
+ * its heap instead, and a long-lived receiver then kept ~50 MiB after its first large push.
+ * The flags only work at start-up, so the process replaces itself (same pid, same descriptors)
+ * unless the operator chose a semi-space size; a malloc setting of the operator's own is kept.
  */
 function withSmallYoungGeneration(): void {
   const chosen = [...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((flag) => flag.includes('semi-space-size'));
   const script = process.argv[1];
   if (chosen || script === undefined || typeof process.execve !== 'function') return;
-  process.execve(process.execPath, [process.execPath, '--max-semi-space-size=1', '--v8-pool-size=1', ...process.execArgv, script, ...process.argv.slice(2)], process.env);
+  const env = Object.keys(process.env).some((name) => name.startsWith('MALLOC_') || name === 'GLIBC_TUNABLES')
+    ? process.env
+    : { ...process.env, MALLOC_MMAP_THRESHOLD_: String(64 * 1024) };
+  process.execve(process.execPath, [process.execPath, '--max-semi-space-size=1', '--v8-pool-size=1', '--expose-gc', ...process.execArgv, script, ...process.argv.slice(2)], env);
 }
 
 const RECEIVER_HELP = `Usage: ferry receiver

@@ -6,6 +6,7 @@ import { ContainerRunner, ImageStore, createDockerClient } from '@ferry/docker';
 import { JetStreamPublisher, NullSink } from '@ferry/events';
 import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
+import { BUFFER_BUDGET_BYTES, BufferBudget } from '@ferry/memory';
 import { createReceiverMetrics, meteredSink } from '@ferry/metrics';
 import { FerryError } from '@ferry/protocol';
 import { createApp } from './app.ts';
@@ -67,10 +68,12 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     onRejected: (manifest, error) => deployer.rejected(manifest, error),
   });
   uploads.startSweeper();
+  const buffers = new BufferBudget(BUFFER_BUDGET_BYTES);
   const streams = new StreamStore({
     load: { images, packages, logger: log, layers }, layers, logger: log,
     onRejected: (manifest, error) => deployer.rejected(manifest, error),
     assertDiskSpace: () => deployer.assertDiskSpace(),
+    afterPart: () => buffers.check(),
   });
   // Redis being down must not stop deployments: the store then answers from memory (status() says so).
   const nonces: NonceStore = config.redisUrl

@@ -32,6 +32,11 @@ export interface StreamStoreOptions {
   assertDiskSpace?: () => Promise<void>;
   maxStreams?: number;
   idleMs?: number;
+  /**
+   * Runs after each part went to its load: the receiver's buffer budget (@ferry/memory), whose
+   * full collections free the parts' buffers, which live too long to die in a scavenge.
+   */
+  afterPart?: () => void;
 }
 
 interface Stream {
@@ -162,6 +167,7 @@ export class StreamStore {
         stream.input.write(chunk);
       }
       stream.offset += chunks.bytes;
+      this.#options.afterPart?.();
       return stream.offset;
     } finally {
       stream.busy = false;
