@@ -5,9 +5,6 @@ import { BLOCK, TYPE, fileEntry, paddedSize, readHeader, writeHeader, type Image
 import type { Logger } from '@ferry/log';
 import { FerryError, chainIds } from '@ferry/protocol';
 
-/** Bytes handed to a load at once. */
-const BATCH = 1024 * 1024;
-
 /**
  * A load of its own for at least this many bytes of layers: each `docker load` costs the engine
  * a fraction of a second, so runs of small layers go together.
@@ -196,28 +193,22 @@ class ByteReader {
   }
 
   /**
-   * `length` bytes, passed on as they come but in pieces of up to {@link BATCH}: every write to
-   * the engine's socket wakes the engine, and the network's 64 KiB reads would mean sixteen
-   * times as many.
+   * `length` bytes, passed on as they come, without a copy. (Gathering them into 1 MiB writes cost
+   * a copy of every byte and ~20 MiB of peak memory on a 1 GB push, and saved no time.)
    */
   async *body(length: number): AsyncGenerator<Buffer> {
     let left = length;
     while (left > 0) {
-      const pieces: Buffer[] = [];
-      let size = 0;
-      while (size < Math.min(BATCH, left)) {
-        if (this.#held.length === 0) {
-          const next = await this.#chunks.next();
-          if (next.done) throw new Error('the archive ended early');
-          this.#held = next.value;
-        }
-        const take = Math.min(left - size, BATCH - size, this.#held.length);
-        pieces.push(this.#held.subarray(0, take));
-        this.#held = this.#held.subarray(take);
-        size += take;
+      if (this.#held.length === 0) {
+        const next = await this.#chunks.next();
+        if (next.done) throw new Error('the archive ended early');
+        this.#held = next.value;
       }
-      left -= size;
-      yield pieces.length === 1 ? pieces[0] ?? Buffer.alloc(0) : Buffer.concat(pieces, size);
+      const take = Math.min(left, this.#held.length);
+      const piece = this.#held.subarray(0, take);
+      this.#held = this.#held.subarray(take);
+      left -= take;
+      yield piece;
     }
   }
 
