@@ -16,7 +16,7 @@ import { after, before, describe, test } from 'node:test';
 import { BLOCK, ImageStore, LayerStore, LayerStoreUnreadable, createDockerClient, paddedSize, readHeader } from '@ferry/docker';
 import { chainIds } from '@ferry/protocol';
 import { NullSink } from '@ferry/events';
-import { planStoreArchive, push, streamStoreArchive } from '@ferry/sender';
+import { buildPackage, planStoreArchive, push, storeArchiveChunks, streamStoreArchive } from '@ferry/sender';
 import { capture, startReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { engines, stack } from '../helpers/stack.ts';
@@ -160,6 +160,29 @@ describe('reading images from the layer store', { timeout: 300_000 }, () => {
     };
     return { root, copy, filesOf };
   };
+
+  test('an uncompressed package is read into one reused buffer and is the streamed archive, byte for byte', async () => {
+    const plan = await planStoreArchive(store, v1.id, v1.diffIds, []);
+    const streamed = await collect(streamStoreArchive(store, v1.id, v1.diffIds, plan));
+    // Each layer's chunks are one buffer, read into again for the next chunk (big.bin spans several).
+    const buffers = new Set<ArrayBufferLike>();
+    const copied: Buffer[] = [];
+    for await (const chunk of storeArchiveChunks(store, v1.id, v1.diffIds, plan, { reuse: true })) {
+      if (chunk.length >= 64 * 1024) buffers.add(chunk.buffer);
+      copied.push(Buffer.from(chunk));
+    }
+    assert.ok(buffers.size <= plan.layers.length, `${buffers.size} buffers for ${plan.layers.length} layers`);
+    assert.ok(Buffer.concat(copied).equals(streamed));
+    const pkg = await buildPackage(buildImages, { ref: `${repo}:1`, id: v1.id, diffIds: v1.diffIds }, 'none');
+    try {
+      assert.equal(pkg.exportedBy, 'layer-store');
+      assert.ok((await readFile(pkg.path)).equals(streamed), 'the package file is the archive');
+      assert.equal(pkg.size, streamed.length);
+      assert.equal(pkg.rawBytes, streamed.length);
+    } finally {
+      await pkg.remove();
+    }
+  });
 
   test('a copy of the store reads the same; a changed byte, a file turned symlink or a missing tar-split fails the read', async () => {
     const { root, copy, filesOf } = await copyStore();

@@ -103,11 +103,14 @@ export class LayerStore {
   }
 
   /**
-   * The layer's tar, byte for byte what `docker save` holds, in chunks of about 1 MiB that are
-   * never reused (consumers may keep them). Throws {@link LayerStoreUnreadable} once the bytes do
-   * not hash to the diff id, which is before the end of the layer is yielded.
+   * The layer's tar, byte for byte what `docker save` holds, in chunks of about 1 MiB. Throws
+   * {@link LayerStoreUnreadable} once the bytes do not hash to the diff id, which is before the
+   * end of the layer is yielded. Each chunk is a buffer of its own, which consumers may keep;
+   * with `reuse`, every chunk is the same buffer, read into again once the next chunk is asked
+   * for: for a consumer done with each chunk by then, it spares a gigabyte's worth of buffers for
+   * the garbage collector to free.
    */
-  async *read(layer: StoredLayer): AsyncGenerator<Buffer> {
+  async *read(layer: StoredLayer, options: { reuse?: boolean } = {}): AsyncGenerator<Buffer> {
     const hash = createHash('sha256');
     let chunk = Buffer.allocUnsafeSlow(CHUNK);
     let fill = 0;
@@ -116,7 +119,7 @@ export class LayerStore {
       const out = chunk.subarray(0, fill);
       hash.update(out);
       total += fill;
-      chunk = Buffer.allocUnsafeSlow(CHUNK);
+      if (!options.reuse) chunk = Buffer.allocUnsafeSlow(CHUNK);
       fill = 0;
       return out;
     };

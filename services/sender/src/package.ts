@@ -3,13 +3,13 @@ import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Transform, type Readable, type TransformCallback, type Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import { createCompressor } from '@ferry/compress';
 import { LayerStoreUnreadable, type ImageStore } from '@ferry/docker';
-import { DigestTap, type Digest } from '@ferry/integrity';
+import { DigestTap, IncrementalDigest, type Digest } from '@ferry/integrity';
 import { FerryError, type Compression } from '@ferry/protocol';
 import { LayerFilter, PartialPackageUnavailable } from './layer-filter.ts';
-import { planStoreArchive, streamStoreArchive } from './store-archive.ts';
+import { planStoreArchive, storeArchiveChunks, streamStoreArchive } from './store-archive.ts';
 
 export interface ImageFacts {
   ref: string;
@@ -116,6 +116,8 @@ export async function producePackage(images: ImageStore, image: ImageFacts, comp
 interface Source {
   exportedBy: ExportedBy;
   open(): Promise<Readable>;
+  /** The same archive as chunks each valid only until the next is asked for (the layer store's). */
+  chunks?(): AsyncIterable<Buffer>;
   filter?: LayerFilter;
   omitted(): string[];
 }
@@ -130,7 +132,11 @@ async function sourceOf(images: ImageStore, image: ImageFacts, omit: readonly st
   if (store) {
     try {
       const plan = await planStoreArchive(store, image.id, image.diffIds, omit);
-      return { exportedBy: 'layer-store', open: () => Promise.resolve(streamStoreArchive(store, image.id, image.diffIds, plan)), omitted: () => plan.omitted };
+      return {
+        exportedBy: 'layer-store', omitted: () => plan.omitted,
+        open: () => Promise.resolve(streamStoreArchive(store, image.id, image.diffIds, plan)),
+        chunks: () => storeArchiveChunks(store, image.id, image.diffIds, plan, { reuse: true }),
+      };
     } catch (err) {
       if (!(err instanceof LayerStoreUnreadable)) throw err;
     }
@@ -140,6 +146,7 @@ async function sourceOf(images: ImageStore, image: ImageFacts, omit: readonly st
 }
 
 async function produce(image: ImageFacts, compression: Compression, source: Source, destination: () => Writable): Promise<ProducedPackage> {
+  if (compression === 'none' && source.chunks && !source.filter) return produceDirect(image, source, source.chunks(), destination());
   const started = performance.now();
   const raw = new ByteCounter();
   const packed = new TimedDigestTap();
@@ -150,8 +157,7 @@ async function produce(image: ImageFacts, compression: Compression, source: Sour
     saved.once('end', () => { saveMs = Math.round(performance.now() - started); });
     await pipeline(saved, raw, ...(source.filter ? [source.filter] : []), compressor.stream, packed, destination());
   } catch (err) {
-    if (err instanceof PartialPackageUnavailable || err instanceof LayerStoreUnreadable || err instanceof FerryError) throw err;
-    throw new FerryError('FERRY_ERR_DOCKER', { message: `docker save of ${image.ref} failed: ${(err as Error).message}`, cause: err });
+    throw packagingError(image, err);
   }
   const total = Math.round(performance.now() - started);
   return {
@@ -164,6 +170,47 @@ async function produce(image: ImageFacts, compression: Compression, source: Sour
     timings: { save: saveMs, compress: Math.round(compressor.busyMs()), hash: Math.round(packed.busyMs), total },
     exportedBy: source.exportedBy,
   };
+}
+
+/**
+ * {@link produce} for an uncompressed package from reused chunks: each is counted, hashed and
+ * written, and the next is read only once `destination` called back for it, when it no longer
+ * needs the bytes (a part cutter has copied them, a file has them). Nothing is allocated per
+ * chunk, where the pipeline takes a new 1 MiB buffer for every one; reading still runs ahead of
+ * the network by the part cutter's waiting parts.
+ */
+async function produceDirect(image: ImageFacts, source: Source, chunks: AsyncIterable<Buffer>, destination: Writable): Promise<ProducedPackage> {
+  const started = performance.now();
+  const hash = new IncrementalDigest();
+  let hashMs = 0;
+  let failure: Error | undefined;
+  const onError = (err: Error): void => { failure ??= err; };
+  destination.on('error', onError);
+  try {
+    for await (const chunk of chunks) {
+      const hashing = performance.now();
+      hash.update(chunk);
+      hashMs += performance.now() - hashing;
+      await new Promise<void>((resolve, reject) => destination.write(chunk, (err) => (err ? reject(err) : resolve())));
+    }
+    const saveMs = Math.round(performance.now() - started);
+    destination.end();
+    await finished(destination);
+    return {
+      image, compression: 'none', size: hash.bytes, digest: hash.digest(), rawBytes: hash.bytes, omittedLayers: source.omitted(),
+      durationMs: Math.round(performance.now() - started),
+      timings: { save: saveMs, compress: 0, hash: Math.round(hashMs), total: Math.round(performance.now() - started) },
+      exportedBy: source.exportedBy,
+    };
+  } catch (err) {
+    // The destination's own failure (a part the receiver refused) is the cause, not the write it failed.
+    const cause = err instanceof LayerStoreUnreadable ? err : failure ?? err;
+    destination.destroy(cause as Error);
+    await finished(destination).catch(() => undefined);
+    throw packagingError(image, cause);
+  } finally {
+    destination.off('error', onError);
+  }
 }
 
 /** Counts what the export produced; hashing it too would cost a second BLAKE3 for nothing. */
@@ -212,4 +259,10 @@ function timed(stream: Transform): { stream: Transform; busyMs: () => number } {
     };
   }
   return { stream, busyMs: () => busy };
+}
+
+/** What a packaging failure is reported as: the typed errors as they are, anything else as docker's. */
+function packagingError(image: ImageFacts, err: unknown): Error {
+  if (err instanceof PartialPackageUnavailable || err instanceof LayerStoreUnreadable || err instanceof FerryError) return err;
+  return new FerryError('FERRY_ERR_DOCKER', { message: `docker save of ${image.ref} failed: ${(err as Error).message}`, cause: err });
 }

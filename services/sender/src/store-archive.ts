@@ -29,15 +29,19 @@ export async function planStoreArchive(store: LayerStore, imageId: string, diffI
 
 /** The planned archive as a byte stream with backpressure; a layer whose bytes are not its diff id errors it. */
 export function streamStoreArchive(store: LayerStore, imageId: string, diffIds: readonly string[], plan: StoreArchivePlan): Readable {
-  return Readable.from(entries(store, imageId, diffIds, plan), { objectMode: false, highWaterMark: 1024 * 1024 });
+  return Readable.from(storeArchiveChunks(store, imageId, diffIds, plan), { objectMode: false, highWaterMark: 1024 * 1024 });
 }
 
-async function* entries(store: LayerStore, imageId: string, diffIds: readonly string[], plan: StoreArchivePlan): AsyncGenerator<Buffer> {
+/**
+ * The planned archive as chunks; with `reuse`, a layer's chunks are one buffer read into again
+ * once the next chunk is asked for (see LayerStore.read), so each must be done with by then.
+ */
+export async function* storeArchiveChunks(store: LayerStore, imageId: string, diffIds: readonly string[], plan: StoreArchivePlan, options: { reuse?: boolean } = {}): AsyncGenerator<Buffer> {
   const configName = `${imageId.replace(/^sha256:/, '')}.json`;
   yield* fileEntry(configName, plan.config);
   for (const layer of plan.layers) {
     yield writeHeader({ name: `${dirOf(layer.chainId)}/layer.tar`, type: TYPE.file, size: layer.size });
-    yield* store.read(layer);
+    yield* store.read(layer, options);
     const padding = paddedSize(layer.size) - layer.size;
     if (padding > 0) yield Buffer.alloc(padding);
   }
