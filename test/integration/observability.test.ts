@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { signRequest } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
+import { STREAM_PART_BYTES } from '@ferry/protocol';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { NatsServer, RedisServer } from '../helpers/servers.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
@@ -58,17 +59,20 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
     assert.match(res.headers.get('content-type') ?? '', /^text\/plain/);
     return res.text();
   };
-  /** What the last push sent, by its own count. */
+  /** What the last push sent, by its own count, and in how many requests carrying package bytes. */
   let pushedBytes = 0;
+  let uploadRequests = 0;
   const push = async (): Promise<void> => {
     const result = await runFerry([
       'push', `${repo}:1`, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
       '--env', `SECRET=${envSecret}`, '--health', `http://127.0.0.1:${port}/healthz`, '--json',
     ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.id, FERRY_KEY: key.secret });
     assert.equal(result.code, 0, result.stderr + result.stdout);
-    const answer = JSON.parse(result.stdout) as { deployment: { state: string }; bytes: { sent: number } };
+    const answer = JSON.parse(result.stdout) as { deployment: { state: string }; bytes: { sent: number }; streamed: boolean };
     assert.equal(answer.deployment.state, 'COMPLETED');
     pushedBytes = answer.bytes.sent;
+    // Each PATCH of a streamed upload is an upload request of its own.
+    uploadRequests = answer.streamed ? Math.ceil(pushedBytes / STREAM_PART_BYTES) : 1;
   };
   /** A signed one-shot upload head that authentication refuses; returns the error code. */
   const refused = async (overrides: { now?: number; secret?: string }): Promise<string> => {
@@ -151,7 +155,8 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
     const text = await metrics();
     assert.equal(sample(text, 'ferry_auth_rejections_total{code="FERRY_ERR_STALE_TIMESTAMP"}'), 1);
     assert.equal(sample(text, 'ferry_auth_rejections_total{code="FERRY_ERR_BAD_SIGNATURE"}'), 1);
-    assert.equal(sample(text, 'ferry_uploads_total{outcome="ok"}'), 1);
+    assert.ok(uploadRequests > 0);
+    assert.equal(sample(text, 'ferry_uploads_total{outcome="ok"}'), uploadRequests, 'one per request that carried package bytes');
     assert.equal(sample(text, 'ferry_uploads_total{outcome="refused"}'), 2);
     assert.ok(pushedBytes > 0 && (sample(text, 'ferry_received_bytes_total') ?? 0) >= pushedBytes, 'the package bytes were counted');
     assert.equal(sample(text, 'ferry_deployments_total{outcome="completed"}'), 1);
