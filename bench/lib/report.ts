@@ -81,6 +81,8 @@ function rows(input: ReportInput, size: SizeName, phase: Phase): Row[] {
 /** A pipe inside a table cell ends the cell in Markdown. */
 const cell = (text: string): string => text.replaceAll('|', '\\|');
 const s = (n: number): string => (Number.isFinite(n) ? n.toFixed(1) : '—');
+/** Two figures set side by side in a verdict: with two decimals where one would show them equal. */
+const pair = (a: number, b: number): [string, string] => (s(a) === s(b) && a !== b ? [a.toFixed(2), b.toFixed(2)] : [s(a), s(b)]);
 const x = (n: number, base: number): string => (Number.isFinite(n) && Number.isFinite(base) && base > 0 ? `${(n / base).toFixed(2)}×` : '—');
 const MB = (n: number): string => (Number.isFinite(n) ? (n / 1e6).toFixed(1) : '—');
 const MiB = (kb: number): string => (Number.isFinite(kb) ? (kb / 1024).toFixed(0) : '—');
@@ -124,9 +126,12 @@ function targets(input: ReportInput): string[] {
     // Three readings of "time ≤ the registry's push + pull": like for like (the image on the
     // target), end to end (both also start the container and pass its health check), and the
     // strict one, ferry's whole push against the registry's move alone.
-    out.push(`- warm time, image on target: ferry ${s(ferryWarm.move)} s vs the registry's push + pull ${s(registryWarm.move)} s: ${verdict(ferryWarm.move <= registryWarm.move)}.`);
-    out.push(`- warm time, end to end (container replaced and healthy): ferry ${s(ferryWarm.total)} s vs the registry's ${s(registryWarm.total)} s: ${verdict(ferryWarm.total <= registryWarm.total)}.`);
-    out.push(`- warm time, strict: ferry's whole push ${s(ferryWarm.total)} s vs the registry's push + pull alone ${s(registryWarm.move)} s: ${verdict(ferryWarm.total <= registryWarm.move)}.`);
+    const like = pair(ferryWarm.move, registryWarm.move);
+    const whole = pair(ferryWarm.total, registryWarm.total);
+    const strict = pair(ferryWarm.total, registryWarm.move);
+    out.push(`- warm time, image on target: ferry ${like[0]} s vs the registry's push + pull ${like[1]} s: ${verdict(ferryWarm.move <= registryWarm.move)}.`);
+    out.push(`- warm time, end to end (container replaced and healthy): ferry ${whole[0]} s vs the registry's ${whole[1]} s: ${verdict(ferryWarm.total <= registryWarm.total)}.`);
+    out.push(`- warm time, strict: ferry's whole push ${strict[0]} s vs the registry's push + pull alone ${strict[1]} s: ${verdict(ferryWarm.total <= registryWarm.move)}.`);
   }
   const peaks = input.sizes.flatMap((z) => rows(input, z, 'cold').filter((r) => r.method === 'ferry' && r.runs).map((r) => `${z} ${MiB(r.sender)}/${MiB(r.receiver)}`));
   if (peaks.length) out.push(`- memory flat in image size: sender/receiver peak MiB by size: ${peaks.join(', ')}.`);

@@ -39,6 +39,25 @@ describe('bench arithmetic and report', { timeout: 30_000 }, () => {
     assert.match(text, /small cold ferry run 2: boom/);
     assert.match(text, /^- a note$/m);
   });
+
+  it('checks the warm targets on the largest size and tells apart figures that round alike', () => {
+    const warm = (move: number, start: number, wire: number) => ({ moveSeconds: move, startSeconds: start, totalSeconds: move + start, wireBytes: wire, wireDetail: '' });
+    const input: ReportInput = {
+      command: 'npm run bench', revision: 'commit abc', notes: [], loadAtEnd: '1 1 1', finishedAt: 'now', complete: true, runs: 1, sizes: ['large'], images: [],
+      facts: { date: 'then', nproc: 2, cpu: 'cpu', memory: '1 GiB', kernel: 'Linux', node: 'v24', dockerClient: '28', buildEngine: 'b', targetEngine: 't', tools: '', loadAtStart: '1 1 1' },
+      methods: [{ id: 'pipe', title: 'pipe', commands: [] }, { id: 'registry', title: 'registry', commands: [] }, { id: 'ferry', title: 'ferry push', commands: [] }],
+      samples: [
+        { size: 'large', phase: 'cold', method: 'pipe', run: 1, load: 1, measurement: warm(17, 1, 1e9) },
+        { size: 'large', phase: 'cold', method: 'ferry', run: 1, load: 1, measurement: warm(12, 1, 1e9) },
+        { size: 'large', phase: 'warm', method: 'registry', run: 1, load: 1, measurement: { ...warm(0.61, 0.1, 10e6), oneHopBytes: 5e6 } },
+        { size: 'large', phase: 'warm', method: 'ferry', run: 1, load: 1, measurement: warm(0.54, 0.1, 5.2e6) },
+      ],
+    };
+    const text = renderReport(input);
+    assert.match(text, /warm bytes: ferry 5\.2 MB vs the 5\.0 MB .* = 1\.04× \(target ≤ 1\.1×\): met\./);
+    assert.match(text, /warm time, image on target: ferry 0\.5 s vs the registry's push \+ pull 0\.6 s: met\./);
+    assert.match(text, /warm time, strict: ferry's whole push 0\.64 s vs the registry's push \+ pull alone 0\.61 s: \*\*not met\*\*\./);
+  });
 });
 
 describe('CountingProxy', { timeout: 30_000 }, () => {
