@@ -14,7 +14,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { SIZES, ensureImages, type BenchImage, type BenchImages, type SizeName } from './images.ts';
+import { DEFAULT_SIZES, SIZES, ensureImages, type BenchImage, type BenchImages, type SizeName } from './images.ts';
 import { Engine } from './lib/docker.ts';
 import { machineFacts, type MachineFacts } from './lib/facts.ts';
 import { methods as allMethods, type Method, type MethodContext, type MethodId, type Phase } from './lib/methods.ts';
@@ -28,7 +28,8 @@ import { stack } from '../test/helpers/stack.ts';
 const ROOT = resolve(import.meta.dirname, '..');
 const USAGE = `Usage: npm run bench -- [--sizes small,medium,large] [--runs N] [--out FILE]
 
-  --sizes   which generated images to move (default: all: ~10 MB, ~200 MB, ~1 GB)
+  --sizes   which generated images to move (default small,medium,large: ~10 MB, ~200 MB, ~1 GB;
+            xlarge, ~3 GB, checks that memory stays where the large one's is)
   --runs    runs of every method per size and phase; the report gives medians (default 3)
   --out     where the report goes (default bench/results.md)
   --methods a subset of pipe,ssh,registry,ferry, in that order (default all; the pipe is the
@@ -52,7 +53,7 @@ interface Options {
 function options(argv: string[]): Options | undefined {
   const { values } = parseArgs({ args: argv, options: { sizes: { type: 'string' }, runs: { type: 'string' }, out: { type: 'string' }, methods: { type: 'string' }, note: { type: 'string', multiple: true }, help: { type: 'boolean', short: 'h' } } });
   if (values.help) return undefined;
-  const sizes = (values.sizes ?? SIZES.join(',')).split(',').map((z) => z.trim()).filter(Boolean);
+  const sizes = (values.sizes ?? DEFAULT_SIZES.join(',')).split(',').map((z) => z.trim()).filter(Boolean);
   for (const size of sizes) if (!(SIZES as readonly string[]).includes(size)) throw new Error(`--sizes: unknown size "${size}" (${SIZES.join(', ')})`);
   const runs = Number(values.runs ?? 3);
   if (!Number.isInteger(runs) || runs < 1 || runs > 50) throw new Error('--runs must be a whole number from 1 to 50');
