@@ -159,17 +159,15 @@ async function produce(image: ImageFacts, compression: Compression, source: Sour
   } catch (err) {
     throw packagingError(image, err);
   }
-  const total = Math.round(performance.now() - started);
-  return {
-    image, compression,
-    size: packed.bytes,
-    digest: packed.digest(),
-    rawBytes: raw.bytes,
-    omittedLayers: source.omitted(),
-    durationMs: total,
-    timings: { save: saveMs, compress: Math.round(compressor.busyMs()), hash: Math.round(packed.busyMs), total },
-    exportedBy: source.exportedBy,
-  };
+  return packaged(image, source, {
+    compression, size: packed.bytes, digest: packed.digest(), rawBytes: raw.bytes,
+    timings: { save: saveMs, compress: Math.round(compressor.busyMs()), hash: Math.round(packed.busyMs), total: Math.round(performance.now() - started) },
+  });
+}
+
+/** The package's facts from what its pipeline counted, and what the source left out. */
+function packaged(image: ImageFacts, source: Source, counted: Pick<ProducedPackage, 'compression' | 'size' | 'digest' | 'rawBytes' | 'timings'>): ProducedPackage {
+  return { image, ...counted, omittedLayers: source.omitted(), durationMs: counted.timings.total, exportedBy: source.exportedBy };
 }
 
 /**
@@ -196,12 +194,10 @@ async function produceDirect(image: ImageFacts, source: Source, chunks: AsyncIte
     const saveMs = Math.round(performance.now() - started);
     destination.end();
     await finished(destination);
-    return {
-      image, compression: 'none', size: hash.bytes, digest: hash.digest(), rawBytes: hash.bytes, omittedLayers: source.omitted(),
-      durationMs: Math.round(performance.now() - started),
+    return packaged(image, source, {
+      compression: 'none', size: hash.bytes, digest: hash.digest(), rawBytes: hash.bytes,
       timings: { save: saveMs, compress: 0, hash: Math.round(hashMs), total: Math.round(performance.now() - started) },
-      exportedBy: source.exportedBy,
-    };
+    });
   } catch (err) {
     // The destination's own failure (a part the receiver refused) is the cause, not the write it failed.
     const cause = err instanceof LayerStoreUnreadable ? err : failure ?? err;
