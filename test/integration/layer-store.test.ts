@@ -11,12 +11,13 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readFile, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { Writable } from 'node:stream';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { BLOCK, ImageStore, LayerStore, LayerStoreUnreadable, createDockerClient, paddedSize, readHeader } from '@ferry/docker';
-import { chainIds } from '@ferry/protocol';
+import { FerryError, chainIds } from '@ferry/protocol';
 import { NullSink } from '@ferry/events';
-import { buildPackage, planStoreArchive, push, storeArchiveChunks, streamStoreArchive } from '@ferry/sender';
+import { buildPackage, planStoreArchive, producePackage, push, storeArchiveChunks, streamStoreArchive } from '@ferry/sender';
 import { capture, startReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { engines, stack } from '../helpers/stack.ts';
@@ -182,6 +183,22 @@ describe('reading images from the layer store', { timeout: 300_000 }, () => {
     } finally {
       await pkg.remove();
     }
+  });
+
+  test('an uncompressed package whose destination fails midway fails with the destination\'s own error, not as a docker failure', async () => {
+    // What a part cutter does when the receiver refuses a part: it fails with the refusal.
+    const refusal = new FerryError('FERRY_ERR_BODY_DIGEST_MISMATCH', { message: 'refused by the receiver' });
+    let taken = 0;
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        taken += chunk.length;
+        callback(taken > 1024 * 1024 ? refusal : null);
+      },
+    });
+    await assert.rejects(
+      producePackage(buildImages, { ref: `${repo}:1`, id: v1.id, diffIds: v1.diffIds }, 'none', destination),
+      (err: unknown) => err === refusal,
+    );
   });
 
   test('a copy of the store reads the same; a changed byte, a file turned symlink or a missing tar-split fails the read', async () => {
