@@ -7,7 +7,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer as createTlsServer, type Server as HttpsServer } from 'node:https';
 import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { NatsConnection } from 'nats';
 import { ImageStore, createDockerClient } from '@ferry/docker';
@@ -15,7 +19,7 @@ import { NullSink } from '@ferry/events';
 import { createLogger } from '@ferry/log';
 import { FerryError, HealthCheckSchema, type ServiceSpec } from '@ferry/protocol';
 import { push } from '@ferry/sender';
-import { buildTestImage, freePort, runFerry, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
+import { buildTestImage, capture, freePort, runFerry, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
 import type { EventWatcher } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
@@ -54,6 +58,10 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
   let hangPort: number;
   const hangSockets = new Set<Socket>();
   let hangAccepted = 0;
+  /** HTTPS health endpoints: one whose certificate the receiver trusts, one it does not. */
+  let certs: string;
+  const tls: { trusted?: HttpsServer; untrusted?: HttpsServer } = {};
+  const tlsPort = (server: Server | undefined): number => (server?.address() as { port: number }).port;
   const logger = createLogger({ level: 'silent' });
   // Says something on start, so a failure event has log lines to carry.
   const chatty = (listenPort: number): Partial<ServiceSpec> => ({
@@ -118,7 +126,20 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
     });
     await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
     hangPort = (hang.address() as { port: number }).port;
-    ({ receiver, watcher, nc } = await startWatchedReceiver(hostId, `${key.keyId}:${key.secret}`));
+    certs = await mkdtemp(join(tmpdir(), 'ferry-hc-tls-'));
+    for (const name of ['trusted', 'untrusted'] as const) {
+      const made = await capture('openssl', [
+        'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', `/CN=ferry-hc-${name}`,
+        '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(certs, `${name}.key`), '-out', join(certs, `${name}.pem`),
+      ]);
+      assert.equal(made.code, 0, made.stderr);
+      const server = createTlsServer({ key: await readFile(join(certs, `${name}.key`)), cert: await readFile(join(certs, `${name}.pem`)) }, (req, res) => {
+        res.writeHead(req.url === '/healthz' ? 200 : 404).end('ok\n');
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+      tls[name] = server;
+    }
+    ({ receiver, watcher, nc } = await startWatchedReceiver(hostId, `${key.keyId}:${key.secret}`, { NODE_EXTRA_CA_CERTS: join(certs, 'trusted.pem') }));
   });
 
   after(async () => {
@@ -126,6 +147,11 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
     await nc?.drain();
     for (const socket of hangSockets) socket.destroy();
     await new Promise((r) => (hang ? hang.close(r) : r(undefined)));
+    for (const server of [tls.trusted, tls.untrusted]) {
+      server?.closeAllConnections();
+      await new Promise((r) => (server ? server.close(r) : r(undefined)));
+    }
+    if (certs) await rm(certs, { recursive: true, force: true });
     await removeService(target, service);
     for (const ref of [`${repo}:1`, `${repo}:2`, `${repo}:hc-good`, `${repo}:hc-bad`]) {
       await target.getImage(ref).remove({ force: true }).catch(() => undefined);
@@ -198,5 +224,21 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
     const result = await deploy(`${repo}:1`, { health: HealthCheckSchema.parse({ type: 'http', url: `http://127.0.0.1:${port}/healthz`, intervalMs: 100, retries: 50 }) });
     assert.equal(result.deployment.state, 'COMPLETED');
     assert.match(await page(), new RegExp(`v1-${run}`));
+  });
+
+  test('an https probe to a certificate the receiver does not trust fails on it, then the deployment rolls back', async () => {
+    const previous = await target.getContainer(service).inspect();
+    const error = await refused(`${repo}:2`, {
+      ...chatty(port), health: HealthCheckSchema.parse({ type: 'http', url: `https://127.0.0.1:${tlsPort(tls.untrusted)}/healthz`, intervalMs: 100, retries: 2 }),
+    });
+    const { probes } = await assertRolledBack(error, { id: previous.Id, variant: `v1-${run}` });
+    assert.equal(probes.length, 2);
+    assert.ok(probes.every((p) => p.error === 'DEPTH_ZERO_SELF_SIGNED_CERT'), JSON.stringify(probes));
+  });
+
+  test('an https probe to a certificate the receiver trusts (NODE_EXTRA_CA_CERTS) completes the deployment', async () => {
+    const result = await deploy(`${repo}:2`, { health: HealthCheckSchema.parse({ type: 'http', url: `https://127.0.0.1:${tlsPort(tls.trusted)}/healthz`, intervalMs: 100, retries: 50 }) });
+    assert.equal(result.deployment.state, 'COMPLETED');
+    assert.match(await page(), new RegExp(`v2-${run}`));
   });
 });
