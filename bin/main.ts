@@ -12,7 +12,7 @@ export async function main(args: string[]): Promise<number> {
   const [command = ''] = argv;
   // `ferry push` scavenges on a timer instead (libs/memory/src/gc.ts): a second start
   // would cost a short push ~0.1 s.
-  if (command === 'receiver') withSmallYoungGeneration();
+  if (command === 'receiver') withStreamingRuntime();
   // The CLI entry point only: each command loads its own code when it runs (@ferry/sender/cli).
   const { runCli, reportError, processIo } = await import('@ferry/sender/cli');
   const load = Object.hasOwn(SERVICES, command) ? SERVICES[command] : undefined;
@@ -47,7 +47,7 @@ export async function main(args: string[]): Promise<number> {
  * The flags only work at start-up, so the process replaces itself (same pid, same descriptors)
  * unless the operator chose a semi-space size; a malloc setting of the operator's own is kept.
  */
-function withSmallYoungGeneration(): void {
+function withStreamingRuntime(): void {
   const chosen = [...process.execArgv, process.env.NODE_OPTIONS ?? ''].some((flag) => flag.includes('semi-space-size'));
   const script = process.argv[1];
   if (chosen || script === undefined || typeof process.execve !== 'function') return;
