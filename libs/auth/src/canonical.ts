@@ -1,5 +1,6 @@
-import { createHmac, randomBytes } from 'node:crypto';
+import { randomBytes, type KeyObject } from 'node:crypto';
 import { HEADERS, SIGNATURE_SCHEME } from '@ferry/protocol';
+import { signBytes } from './keys.ts';
 
 /** The signed facts of one request. */
 export interface SignedFields {
@@ -17,7 +18,7 @@ export interface SignedFields {
 }
 
 /**
- * The string the HMAC covers: one field per line, no trailing newline (so a request without an
+ * The string the Ed25519 signature covers: one field per line, no trailing newline (so a request without an
  * offset ends with the LF that starts the empty offset line). Its exact form is in
  * docs/protocol.md; the worked example there is a unit test vector.
  */
@@ -35,8 +36,8 @@ export function canonicalString(fields: SignedFields): string {
   ].join('\n');
 }
 
-export function computeSignature(secret: string, fields: SignedFields): string {
-  return createHmac('sha256', secret).update(canonicalString(fields), 'utf8').digest('hex');
+export function computeSignature(privateKey: KeyObject, fields: SignedFields): string {
+  return signBytes(privateKey, canonicalString(fields));
 }
 
 export interface SignOptions {
@@ -44,7 +45,12 @@ export interface SignOptions {
   path: string;
   contentDigest: string;
   keyId: string;
-  secret: string;
+  privateKey: KeyObject;
+  /**
+   * The key's grant (a signed document, base64url of its JSON), sent as `X-Ferry-Grant` so that
+   * a receiver that trusts its issuer needs no copy of it.
+   */
+  grant?: string | undefined;
   /** The receiver's host id, as its `GET /healthz` reports it: the request is refused anywhere else. */
   audience: string;
   /**
@@ -75,6 +81,7 @@ export function signRequest(options: SignOptions): Record<string, string> {
     [HEADERS.nonce]: fields.nonce,
     [HEADERS.contentDigest]: fields.contentDigest,
     [HEADERS.audience]: fields.audience,
-    [HEADERS.signature]: computeSignature(options.secret, fields),
+    [HEADERS.signature]: computeSignature(options.privateKey, fields),
+    ...(options.grant === undefined ? {} : { [HEADERS.grant]: options.grant }),
   };
 }

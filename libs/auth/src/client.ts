@@ -1,13 +1,17 @@
 import { digestOf } from '@ferry/integrity';
 import { FerryError, PATHS, errorFromBody, type ErrorCode } from '@ferry/protocol';
+import type { KeyObject } from 'node:crypto';
 import { signRequest } from './canonical.ts';
+import { checkIdentity, newChallenge } from './identity.ts';
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 
-/** The key a client signs its requests with (FERRY_KEY_ID / FERRY_KEY). */
+/** The key a client signs its requests with (FERRY_KEY_ID, FERRY_KEY_FILE, FERRY_GRANT_FILE). */
 export interface ClientCredentials {
   keyId: string;
-  secret: string;
+  privateKey: KeyObject;
+  /** The key's grant, sent with every request as `X-Ferry-Grant` (base64url of the signed document). */
+  grant?: string | undefined;
 }
 
 export interface SignedClientOptions {
@@ -18,8 +22,16 @@ export interface SignedClientOptions {
   peer: string;
   /** The code thrown when the peer cannot be reached at all (its exit code is 3 in the CLI). */
   unreachable: ErrorCode;
-  /** The audience, when the caller already knows it; otherwise `GET /healthz` is asked once. */
+  /** The audience, when the caller already knows it; otherwise the service is asked once. */
   audience?: string;
+  /**
+   * How the audience is learnt: `identity` (a receiver) asks `GET /v1/identity` with a fresh
+   * challenge and checks the host key's signature (and `hostKey`, when given); `healthz` (the
+   * registry, the sender service) reads the id `GET /healthz` names.
+   */
+  learn?: 'identity' | 'healthz';
+  /** The host key fingerprint (`SHA256:…`) the service must prove, when known. */
+  hostKey?: string;
   timeoutMs?: number;
   /** Injected by unit tests; the global fetch otherwise. */
   fetch?: typeof fetch;
@@ -27,9 +39,9 @@ export interface SignedClientOptions {
 
 /**
  * A signed JSON client for any Ferry service (receiver, registry, sender service). Every `/v1/`
- * request carries the HMAC headers of docs/protocol.md, with the BLAKE3 of the exact body bytes
- * as content digest and, as audience, the id the service names in `GET /healthz` (asked on the
- * first call and kept: the id of a service does not change while it runs).
+ * request carries the Ed25519 headers of docs/protocol.md, with the BLAKE3 of the exact body
+ * bytes as content digest and, as audience, the id the service proves (a receiver's signed
+ * identity) or names (`GET /healthz`), asked on the first call and kept.
  */
 export class SignedClient {
   readonly url: string;
@@ -77,8 +89,15 @@ export class SignedClient {
     return answer;
   }
 
-  /** The service's id from `GET /healthz`: the audience its signed requests must name. */
+  /** The service's id: the audience its signed requests must name. */
   async audience(): Promise<string> {
+    if ((this.#options.learn ?? 'identity') === 'identity') {
+      const challenge = newChallenge();
+      const response = await this.#send(`${this.#base}${PATHS.identity}?challenge=${challenge}`, {});
+      const answer = await response.json().catch(() => null) as { identity?: unknown } | null;
+      if (!response.ok) throw errorFromBody(response.status, answer);
+      return checkIdentity(answer?.identity, challenge, this.#options.hostKey).host;
+    }
     const response = await this.#send(`${this.#base}${PATHS.healthz}`, {});
     const answer = await response.json().catch(() => null) as { host?: unknown } | null;
     if (!response.ok) throw errorFromBody(response.status, answer);

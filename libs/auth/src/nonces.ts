@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { TIMESTAMP_WINDOW_SECONDS } from '@ferry/protocol';
 import type { Redis } from 'ioredis';
 
 /** What a health or metrics endpoint may read about a nonce store. */
@@ -13,6 +15,8 @@ export interface NonceStoreStatus {
   since: string;
   /** Why the store is degraded, e.g. `ECONNREFUSED`; never a URL or a password. */
   reason?: string;
+  /** See {@link NonceStore.notBefore} (ISO 8601); present only while it is defined. */
+  notBefore?: string;
 }
 
 /**
@@ -20,16 +24,52 @@ export interface NonceStoreStatus {
  * cannot be sent again.
  */
 export interface NonceStore {
-  /** Records the nonce; false when it was already recorded and has not expired. */
+  /**
+   * Records the nonce; false when it was already recorded and has not expired, or when the store
+   * has just found that it lost what it had recorded (the request may be a replay of one whose
+   * nonce was lost, so it is refused like one).
+   */
   remember(nonce: string, ttlSeconds: number): Promise<boolean>;
   /**
    * True while the store knows nonces accepted before this process started (a shared Redis
-   * answers). When false or absent, the verifier refuses every request signed before the
-   * process started: those are the ones whose nonces may have been forgotten.
+   * answers and has lost nothing within the timestamp window). When false or absent, the
+   * verifier refuses every request signed before the process started: those are the ones whose
+   * nonces may have been forgotten.
    */
   readonly persistent?: boolean;
+  /**
+   * Unix seconds. Defined while the store cannot vouch for requests signed before this second: it
+   * found that it had lost nonces (its Redis came back empty, or older than what it had written,
+   * or held no record of this store at all). The verifier refuses a request signed before it.
+   * Undefined again once every such request is outside the timestamp window, which then refuses
+   * them anyway. Absent on a store whose nonces live and die with the process.
+   */
+  notBefore?(): number | undefined;
   status?(): NonceStoreStatus;
   close?(): Promise<void>;
+}
+
+/** The earliest timestamp a verifier accepts, and why; see {@link replayFloor}. */
+export interface ReplayFloor {
+  /** Unix seconds: a request signed before this second is refused as a possible replay. */
+  notBefore: number;
+  /**
+   * `before-boot`: the store keeps nonces in memory only, so the previous process's are gone.
+   * `store-lost`: the store found its Redis had lost nonces.
+   */
+  reason: 'before-boot' | 'store-lost';
+}
+
+/**
+ * The earliest timestamp (unix seconds) a request may carry for `store` to recognise it if it was
+ * accepted before, or undefined when the store knows every nonce that could still be replayed.
+ * `startedAt` is the verifier's first second; the later of the two floors wins.
+ */
+export function replayFloor(store: NonceStore, startedAt: number): ReplayFloor | undefined {
+  const lost = store.notBefore?.();
+  const boot = store.persistent === true ? undefined : startedAt;
+  if (lost !== undefined && (boot === undefined || lost > boot)) return { notBefore: lost, reason: 'store-lost' };
+  return boot === undefined ? undefined : { notBefore: boot, reason: 'before-boot' };
 }
 
 export class MemoryNonceStore implements NonceStore {
@@ -86,12 +126,60 @@ export interface StoreLogger {
 }
 
 export interface RedisNonceStoreOptions {
-  /** Keys are `<prefix><nonce>`; a receiver uses `ferry:nonce:<host id>:`. */
+  /**
+   * Keys are `<prefix><nonce>`; a receiver uses `ferry:nonce:<host id>:`. The store's marker is
+   * `<prefix>#epoch`, a name no `<key id>:<nonce>` can take.
+   */
   prefix: string;
   log?: StoreLogger;
   /** Called on every change between healthy and degraded; a metrics gauge may follow it. */
   onStatus?: (status: NonceStoreStatus) => void;
+  /** Milliseconds since the epoch; for tests. */
+  now?: () => number;
+  /** The verifier's timestamp window: how long a loss keeps mattering. Defaults to the protocol's. */
+  windowSeconds?: number;
 }
+
+/** The marker's fields, as a script found them. */
+interface Marker {
+  epoch: string;
+  /** When the epoch began (ms), by the clock of the store that began it. */
+  since: number;
+  /** Nonces written in this epoch. */
+  writes: number;
+  /** True when this very call began the epoch: Redis had no marker, or an older count. */
+  created: boolean;
+}
+
+/*
+ * One round trip that checks the marker and, given a nonce key (KEYS[2]), records the nonce.
+ * ARGV: the epoch this store vouches for ('' before its first answer), the highest write count it
+ * has seen, an epoch and a time (ms) to begin a new one with, the nonce's time to live (s).
+ * Answers the marker ({epoch, since, writes}) when the epoch is not the one given: a new one was
+ * begun here because the marker was missing or its count had gone back (Redis came back empty or
+ * older), or another store began one. Otherwise -1 for a known nonce, the new write count for a
+ * recorded one, the current count when no nonce was given. The count goes up in the same script
+ * as the nonce, so a snapshot that lacks a nonce also lacks its count.
+ */
+const EXCHANGE = `
+local marker, nonce = KEYS[1], KEYS[2]
+local epoch, writes = false, 0
+if redis.call('TYPE', marker)['ok'] == 'hash' then
+  epoch = redis.call('HGET', marker, 'epoch')
+  writes = tonumber(redis.call('HGET', marker, 'writes')) or 0
+end
+if not epoch or (epoch == ARGV[1] and writes < tonumber(ARGV[2])) then
+  redis.call('DEL', marker)
+  redis.call('HSET', marker, 'epoch', ARGV[3], 'since', ARGV[4], 'writes', 0)
+  return {ARGV[3], ARGV[4], 0}
+end
+if epoch ~= ARGV[1] then
+  return {epoch, redis.call('HGET', marker, 'since') or '', writes}
+end
+if not nonce then return writes end
+if not redis.call('SET', nonce, '1', 'EX', ARGV[5], 'NX') then return -1 end
+return redis.call('HINCRBY', marker, 'writes', 1)
+`;
 
 /**
  * Nonces in Redis (`SET key 1 NX EX ttl`), so that a receiver that restarts still knows them.
@@ -101,26 +189,50 @@ export interface RedisNonceStoreOptions {
  * receiver keeps working rather than refusing every deployment because Redis is down. Nonces
  * accepted meanwhile are written to Redis once it answers again, so that a later restart does not
  * forget them either.
+ *
+ * A Redis that answers may still have lost what it held: restarted without persistence, flushed,
+ * or restored from an older snapshot. A marker key (`<prefix>#epoch`: a random epoch id, when it
+ * began, how many nonces were written in it) tells: the store checks it on every connection and
+ * in the same script as every nonce it records. When it is missing, belongs to another epoch, or
+ * counts fewer writes than this store has seen, the nonces of other processes (an earlier run of
+ * this receiver, above all) may be gone; the store then starts a new epoch and, through
+ * {@link RedisNonceStore.notBefore}, refuses requests signed before it found out, until those are
+ * outside the timestamp window. A Redis that loses data while this process is stopped, and comes
+ * back with an older marker, is not noticed: run it without persistence, or with an append-only
+ * file synced on every write.
  */
 export class RedisNonceStore implements NonceStore {
   readonly #redis: Redis;
   readonly #prefix: string;
+  readonly #marker: string;
   readonly #log: StoreLogger | undefined;
   readonly #onStatus: ((status: NonceStoreStatus) => void) | undefined;
+  readonly #now: () => number;
+  readonly #window: number;
   readonly #memory = new MemoryNonceStore();
   /** Nonces accepted while Redis was not answering, to be written there on recovery. */
   readonly #pending = new Set<string>();
   #state: 'connecting' | 'up' | 'down' = 'connecting';
   #since = new Date().toISOString();
   #reason: string | undefined = 'connecting';
+  /** The epoch this store vouches for; undefined until Redis first answered. */
+  #epoch: string | undefined;
+  /** The highest write count seen in that epoch: a lower one means Redis went back in time. */
+  #writes = 0;
+  /** When this store found data lost (ms), or when the epoch it joined began. */
+  #lostAt: number | undefined;
+  #checking: Promise<void> | undefined;
   #flushing = false;
   #closing: Promise<void> | undefined;
 
   constructor(redis: Redis, options: RedisNonceStoreOptions) {
     this.#redis = redis;
     this.#prefix = options.prefix;
+    this.#marker = `${options.prefix}#epoch`;
     this.#log = options.log;
     this.#onStatus = options.onStatus;
+    this.#now = options.now ?? Date.now;
+    this.#window = options.windowSeconds ?? TIMESTAMP_WINDOW_SECONDS;
     // ioredis reports every failed reconnection; the state change is logged once, not each retry.
     redis.on('error', (err: NodeJS.ErrnoException) => this.#down(err.code ?? err.message));
     redis.on('close', () => this.#down('connection closed'));
@@ -146,8 +258,9 @@ export class RedisNonceStore implements NonceStore {
     return new RedisNonceStore(redis, options);
   }
 
+  /** True while Redis answers, its marker was checked, and no loss is still within the window. */
   get persistent(): boolean {
-    return this.#state === 'up';
+    return this.#state === 'up' && this.#epoch !== undefined && this.notBefore() === undefined;
   }
 
   /** False while Redis does not answer (also before its first answer); /readyz reads this. */
@@ -155,11 +268,24 @@ export class RedisNonceStore implements NonceStore {
     return this.#state === 'up';
   }
 
+  /**
+   * The second after this store found data lost (or after the epoch it joined on its first
+   * answer began), while a request signed before it could still be inside the window.
+   */
+  notBefore(): number | undefined {
+    if (this.#lostAt === undefined) return undefined;
+    // The second after: a request signed in the same second may have been accepted before the loss.
+    const floor = Math.floor(this.#lostAt / 1000) + 1;
+    return this.#now() < (floor + this.#window) * 1000 ? floor : undefined;
+  }
+
   status(): NonceStoreStatus {
     const up = this.#state === 'up';
+    const notBefore = this.notBefore();
     return {
-      backend: 'redis', healthy: up, degraded: !up, persistent: up, since: this.#since,
+      backend: 'redis', healthy: up, degraded: !up, persistent: this.persistent, since: this.#since,
       ...(this.#reason === undefined ? {} : { reason: this.#reason }),
+      ...(notBefore === undefined ? {} : { notBefore: new Date(notBefore * 1000).toISOString() }),
     };
   }
 
@@ -171,9 +297,18 @@ export class RedisNonceStore implements NonceStore {
       return true;
     }
     try {
-      const answer = await this.#redis.set(this.#prefix + nonce, '1', 'EX', ttlSeconds, 'NX');
+      // Until the marker is known, the verifier applied the boot rule; only then may Redis vouch.
+      if (this.#epoch === undefined) await this.#check();
+      const answer = await this.#exchange(this.#prefix + nonce, ttlSeconds);
       this.#up();
-      return answer === 'OK';
+      if (typeof answer !== 'number') {
+        // Lost since the last answer: this request may replay one whose nonce is gone.
+        this.#adopt(answer);
+        return false;
+      }
+      if (answer < 0) return false;
+      this.#writes = Math.max(this.#writes, answer);
+      return true;
     } catch (err) {
       this.#down((err as NodeJS.ErrnoException).code ?? (err as Error).message);
       this.#pending.add(nonce);
@@ -187,13 +322,63 @@ export class RedisNonceStore implements NonceStore {
     return this.#closing;
   }
 
-  // 'ready' means connected, not that a command works (e.g. a replica in read-only mode).
+  // 'ready' means connected, not that a command works (e.g. a replica in read-only mode), nor that
+  // Redis still holds what it held before the connection dropped.
   async #probe(): Promise<void> {
     try {
-      await this.#redis.ping();
+      await this.#check();
       this.#up();
     } catch (err) {
       this.#down((err as Error).message);
+    }
+  }
+
+  // One check at a time: a reconnection's probe and the first remember() may both ask.
+  #check(): Promise<void> {
+    this.#checking ??= this.#exchange().then((answer) => {
+      if (typeof answer === 'number') this.#writes = Math.max(this.#writes, answer);
+      else this.#adopt(answer);
+    }).finally(() => { this.#checking = undefined; });
+    return this.#checking;
+  }
+
+  async #exchange(nonceKey?: string, ttlSeconds?: number): Promise<number | Marker> {
+    const fresh = randomBytes(16).toString('base64url');
+    const keys = nonceKey === undefined ? [this.#marker] : [this.#marker, nonceKey];
+    const args = [this.#epoch ?? '', this.#writes, fresh, this.#now(), ...(ttlSeconds === undefined ? [] : [ttlSeconds])];
+    const answer = await this.#redis.eval(EXCHANGE, keys.length, ...keys, ...args);
+    if (typeof answer === 'number') return answer;
+    if (Array.isArray(answer) && answer.length === 3) {
+      const since = Number(answer[1]);
+      const epoch = String(answer[0]);
+      return { epoch, since: Number.isFinite(since) ? since : this.#now(), writes: Number(answer[2]), created: epoch === fresh };
+    }
+    throw new Error('unexpected answer from the nonce script');
+  }
+
+  #adopt(marker: Marker): void {
+    // Two calls in flight may both bring the new epoch; the first one took it.
+    if (marker.epoch === this.#epoch) return;
+    const first = this.#epoch === undefined;
+    this.#epoch = marker.epoch;
+    this.#writes = marker.writes;
+    // On the first answer the epoch's start is the best bound there is: the boot rule covered the
+    // time before it. Later, the loss happened at some point before now, and an older marker
+    // restored from a snapshot carries an older start, so now is the only safe bound.
+    this.#lostAt = first ? marker.since : this.#now();
+    const notBefore = this.notBefore();
+    if (notBefore === undefined) return;
+    const fields = {
+      nonceStore: 'redis',
+      notBefore: new Date(notBefore * 1000).toISOString(),
+      until: new Date((notBefore + this.#window) * 1000).toISOString(),
+    };
+    if (!first) {
+      this.#log?.warn(fields, 'nonce store: Redis lost nonces (it came back empty, flushed or older); requests signed before notBefore are refused until then');
+    } else if (marker.created) {
+      this.#log?.warn(fields, 'nonce store: Redis holds no record of this store (a new Redis, or one that lost its data); requests signed before notBefore are refused until then');
+    } else {
+      this.#log?.info(fields, 'nonce store: the epoch in Redis began recently; requests signed before it are refused until then');
     }
   }
 

@@ -44,7 +44,22 @@ export function listenVar(fallback: string) {
 }
 
 /** FERRY_KEYS' problem when missing, for a service that anyone holding a `ferry keygen` key calls. */
-export const KEYS_REQUIRED = 'required: keyid:secret[,keyid:secret…] (make one with "ferry keygen")';
+/**
+ * A client's signing key and grant (libs/auth loadCredentials reads the files): FERRY_KEY_ID,
+ * FERRY_KEY_FILE or FERRY_KEY (the PEM itself), FERRY_GRANT_FILE or FERRY_GRANT.
+ */
+export const credentialVars = {
+  FERRY_KEY_ID: z.string({ error: 'required: the id of the signing key (make one with "ferry key new")' }),
+  FERRY_KEY_FILE: z.string().startsWith('/', 'an absolute path to the PEM private key').optional(),
+  FERRY_KEY: z.string().optional(),
+  FERRY_GRANT_FILE: z.string().startsWith('/', 'an absolute path to the signed grant').optional(),
+  FERRY_GRANT: z.string().optional(),
+};
+
+/** FERRY_TRUST_FILE: the keys, grants and revocations a service trusts ("ferry trust"). */
+export function trustFileVar() {
+  return z.string().startsWith('/', 'an absolute path to the trust file ("ferry trust add")').optional();
+}
 
 /** FERRY_HOST_ID: the service's id, the audience of requests to it; `why` ends the message. */
 export function hostIdVar(why: string, fallback: string) {

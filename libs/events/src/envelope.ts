@@ -126,6 +126,15 @@ export interface PolicyDeniedFields {
   violations: { rule: string; field: string; value: string }[];
 }
 
+/** A deployment let in only because its key's grant is inside its grace period: renew the grant. */
+export interface GrantGraceFields {
+  keyId: string;
+  /** The grant's id; null for a key written in the trust file itself. */
+  grant: string | null;
+  notAfter: string | null;
+  graceSeconds: number;
+}
+
 /** The type-specific fields of each event type. */
 export interface EventFields {
   'build.started': BuildStartedFields;
@@ -145,6 +154,7 @@ export interface EventFields {
   'host.lost': HostLostFields;
   'drift.detected': DriftDetectedFields;
   'policy.denied': PolicyDeniedFields;
+  'grant.grace': GrantGraceFields;
 }
 
 /** The payload (`data`) of each event type. Mapped over EventType, so a new type without fields fails to compile. */

@@ -1,12 +1,13 @@
 import type { RequestHandler } from 'express';
-import { clientAddress, type AddressList, type RequestVerifier } from '@ferry/auth';
+import { authorize, clientAddress, type Action, type AddressList, type RequestVerifier, type ScopeAtTime } from '@ferry/auth';
 import type { BodyRateOptions } from './guards.ts';
 import { continueIfExpected } from './server.ts';
 import { FerryError, HEADERS, isFerryError, type ErrorCode } from '@ferry/protocol';
 
 /** What the auth middleware leaves in `res.locals` for the routes after it. */
 export interface AuthLocals {
-  auth: { keyId: string; contentDigest: string };
+  /** The key that signed, the digest it signed, and its scopes in force (for a route's own checks). */
+  auth: { keyId: string; contentDigest: string; scopes: ScopeAtTime[] };
 }
 
 /** What the source check leaves in `res.locals`. */
@@ -17,7 +18,7 @@ export interface SourceLocals {
 
 /** Headers a signed request carries once at most; two copies are a 400 before any check. */
 export const SIGNED_HEADERS = [
-  HEADERS.keyId, HEADERS.timestamp, HEADERS.nonce, HEADERS.contentDigest, HEADERS.signature, HEADERS.audience, HEADERS.uploadOffset,
+  HEADERS.keyId, HEADERS.timestamp, HEADERS.nonce, HEADERS.contentDigest, HEADERS.signature, HEADERS.audience, HEADERS.uploadOffset, HEADERS.grant,
 ] as const;
 
 export interface AuthHooks {
@@ -28,6 +29,16 @@ export interface AuthHooks {
    * disk guard): a refusal then costs the client no upload, and no EPIPE hides the answer.
    */
   beforeBody?: () => Promise<void>;
+  /**
+   * What the request asks to do, checked against the key's role before the body is read; routes
+   * check services and hosts themselves once they know them. Default: GET and HEAD read, the
+   * rest deploy.
+   */
+  action?: (req: { method: string; path: string }) => Action;
+}
+
+function defaultAction(req: { method: string }): Action {
+  return req.method === 'GET' || req.method === 'HEAD' ? 'read' : 'deploy';
 }
 
 /**
@@ -39,11 +50,12 @@ export function requireSignature(verifier: RequestVerifier, hooks: AuthHooks = {
     let verified;
     try {
       verified = await verifier.verify({ method: req.method, path: req.originalUrl, headers: req.headers });
+      authorize(verified, (hooks.action ?? defaultAction)(req));
     } catch (err) {
       hooks.onReject?.(isFerryError(err) ? err.code : 'FERRY_ERR_INTERNAL');
       throw err;
     }
-    (res.locals as AuthLocals).auth = { keyId: verified.keyId, contentDigest: verified.contentDigest };
+    (res.locals as AuthLocals).auth = { keyId: verified.keyId, contentDigest: verified.contentDigest, scopes: verified.scopes };
     if (hasBody(req)) await hooks.beforeBody?.();
     continueIfExpected(req, res);
     next();

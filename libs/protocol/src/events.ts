@@ -10,7 +10,7 @@ export const EVENT_TYPES = [
   'deployment.completed', 'deployment.failed',
   'rollback.started', 'rollback.completed',
   'host.registered', 'host.lost', 'drift.detected',
-  'policy.denied',
+  'policy.denied', 'grant.grace',
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 

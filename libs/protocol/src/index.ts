@@ -5,3 +5,4 @@ export * from './deployment.ts';
 export * from './events.ts';
 export { configHash } from './config-hash.ts';
 export * from './layers.ts';
+export * from './selector.ts';

@@ -10,6 +10,7 @@ export const PATHS = {
   deployments: '/v1/deployments',
   services: '/v1/services',
   layers: '/v1/layers',
+  identity: '/v1/identity',
 } as const;
 
 export const HEADERS = {
@@ -19,6 +20,7 @@ export const HEADERS = {
   contentDigest: 'x-ferry-content-digest',
   signature: 'x-ferry-signature',
   audience: 'x-ferry-audience',
+  grant: 'x-ferry-grant',
   requestId: 'x-request-id',
   uploadOffset: 'upload-offset',
   uploadLength: 'upload-length',
@@ -26,7 +28,7 @@ export const HEADERS = {
 } as const;
 
 /** The first line of every canonical string: a change of signing rules gets a new label. */
-export const SIGNATURE_SCHEME = 'FERRY-HMAC-SHA256-V1';
+export const SIGNATURE_SCHEME = 'FERRY-ED25519-V1';
 
 /** Accepted distance between the signed timestamp and the receiver's clock. */
 export const TIMESTAMP_WINDOW_SECONDS = 300;

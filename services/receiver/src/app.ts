@@ -1,6 +1,6 @@
 import type { Express } from 'express';
-import type { RequestVerifier } from '@ferry/auth';
-import { SIGNED_HEADERS, createBaseApp, finishApp, minimumBodyRate, requireAllowedSource, requireSignature, strictHeaders, type SecurityOptions } from '@ferry/http';
+import type { RequestVerifier, SigningKey } from '@ferry/auth';
+import { SIGNED_HEADERS, createBaseApp, finishApp, identityRouter, minimumBodyRate, requireAllowedSource, requireSignature, strictHeaders, type SecurityOptions } from '@ferry/http';
 import type { Logger } from '@ferry/log';
 import type { ReceiverMetrics } from '@ferry/metrics';
 import type { Deployer } from './deploy/engine.ts';
@@ -21,6 +21,8 @@ export interface ReceiverDeps {
   verifier: RequestVerifier;
   deployer: Deployer;
   hostId: string;
+  /** The receiver's own key: it signs `GET /v1/identity`, from which senders learn the audience. */
+  hostKey: SigningKey;
   version: string;
   /** Where uploads are spooled while they are hashed. */
   spoolDir: string;
@@ -53,6 +55,7 @@ export function createApp(deps: ReceiverDeps): Express {
   app.use(requireAllowedSource(deps.security ?? {}), strictHeaders(SIGNED_HEADERS));
   // A scraper holds no key either, but what it reads is for the allowed networks only.
   app.use(metricsRouter(deps));
+  app.use(identityRouter(deps));
   app.use('/v1', requireSignature(deps.verifier, { ...deps.security, beforeBody: () => deps.deployer.assertDiskSpace() }), minimumBodyRate(deps.security?.bodyRate ?? { minBytesPerSecond: 0, windowMs: 1000 }));
   app.use(packagesRouter(deps));
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));

@@ -1,8 +1,9 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
-import { AddressList, KeyRing, isValidKeyId, parseLabels } from '@ferry/auth';
+import { join } from 'node:path';
+import { AddressList, parseLabels } from '@ferry/auth';
 import {
-  KEYS_REQUIRED, dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, type Env,
+  dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
 import { loadPolicy, type Policy } from './policy/index.ts';
 import { CRASH_POINTS, type CrashPoint } from './deploy/crash.ts';
@@ -12,7 +13,7 @@ import { DEFAULT_RETAIN_IMAGES } from './deploy/retention.ts';
 const schema = z.object({
   DOCKER_HOST: dockerHostVar(),
   FERRY_LISTEN: listenVar('127.0.0.1:7701'),
-  FERRY_KEYS: parsedVar((v) => KeyRing.parse(v), KEYS_REQUIRED),
+  FERRY_TRUST_FILE: trustFileVar(),
   FERRY_NATS_URL: natsUrlVar(),
   FERRY_DATA_DIR: dataDirVar('/var/lib/ferry'),
   FERRY_HOST_ID: hostIdVar('it becomes a NATS subject token', defaultHostId()),
@@ -46,10 +47,8 @@ const schema = z.object({
   FERRY_ADVERTISE_URL: z.url({ protocol: /^https?$/, error: 'the http(s):// URL senders reach this receiver at' }).optional(),
   FERRY_LABELS: z.string().refine((v) => parseLabels(v) !== undefined, 'KEY=VALUE[,KEY=VALUE…], keys of letters, digits, ".", "_", "/", "-"').optional(),
   FERRY_HEARTBEAT_SECONDS: wholeNumber(1, 3600).optional(),
-  FERRY_KEY_ID: z.string().refine(isValidKeyId, 'letters, digits, ".", "_" and "-", at most 64').optional(),
-  FERRY_KEY: z.string().min(16, 'at least 16 characters').optional(),
+  FERRY_JOIN_TOKEN: z.string().regex(/^[A-Za-z0-9_-]{22,256}$/, 'the one-time token "ferry host join-token" printed').optional(),
 })
-  .refine((v) => v.FERRY_REGISTRY_URL === undefined || (v.FERRY_KEY_ID !== undefined && v.FERRY_KEY !== undefined), { message: 'FERRY_REGISTRY_URL needs FERRY_KEY_ID and FERRY_KEY: the key this receiver signs its registration and heartbeats with (one the registry\'s FERRY_KEYS holds)', path: ['FERRY_REGISTRY_URL'] })
   .refine((v) => (v.FERRY_TLS_CERT === undefined) === (v.FERRY_TLS_KEY === undefined), { message: 'FERRY_TLS_CERT and FERRY_TLS_KEY go together: set both or neither', path: ['FERRY_TLS_CERT'] })
   .refine((v) => v.FERRY_REQUEST_TIMEOUT_MS === 0 || v.FERRY_HEADERS_TIMEOUT_MS <= v.FERRY_REQUEST_TIMEOUT_MS, { message: 'must be 0 (off) or at least FERRY_HEADERS_TIMEOUT_MS', path: ['FERRY_REQUEST_TIMEOUT_MS'] });
 
@@ -60,7 +59,10 @@ function wholeNumber(min: number, max: number) {
 export interface ReceiverConfig {
   dockerHost: string | undefined;
   listen: { host: string; port: number };
-  keys: KeyRing;
+  /** The trust file: the keys that may call this receiver and what each may do. */
+  trustFile: string;
+  /** FERRY_LABELS: this host's labels, which grants' host selectors are matched against. */
+  labels: Record<string, string>;
   natsUrl: string | undefined;
   dataDir: string;
   hostId: string;
@@ -95,11 +97,10 @@ export interface ReceiverConfig {
 /** How the receiver registers with the registry and heartbeats to it. */
 export interface RegistrySettings {
   url: string;
-  /** FERRY_KEY_ID / FERRY_KEY: the receiver signs to the registry like a sender signs to it. */
-  credentials: { keyId: string; secret: string };
+  /** FERRY_JOIN_TOKEN: enrolls the host key at the first registration; afterwards the key alone is proof. */
+  joinToken: string | undefined;
   /** FERRY_ADVERTISE_URL; undefined: derived from where the receiver listens. */
   advertiseUrl: string | undefined;
-  labels: Record<string, string>;
   /** FERRY_HEARTBEAT_SECONDS; undefined: what the registry answers, else 10. */
   heartbeatSeconds: number | undefined;
 }
@@ -110,7 +111,8 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
   return Object.freeze({
     dockerHost: raw.DOCKER_HOST,
     listen: raw.FERRY_LISTEN,
-    keys: raw.FERRY_KEYS,
+    trustFile: raw.FERRY_TRUST_FILE ?? join(raw.FERRY_DATA_DIR, 'trust.json'),
+    labels: raw.FERRY_LABELS ? parseLabels(raw.FERRY_LABELS) ?? {} : {},
     natsUrl: raw.FERRY_NATS_URL,
     dataDir: raw.FERRY_DATA_DIR,
     hostId: raw.FERRY_HOST_ID,
@@ -124,9 +126,9 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
     minFreeBytes: raw.FERRY_MIN_FREE_BYTES,
     metricsToken: raw.FERRY_METRICS_TOKEN,
     testCrashAt: raw.FERRY_TEST_CRASH_AT,
-    registry: raw.FERRY_REGISTRY_URL && raw.FERRY_KEY_ID && raw.FERRY_KEY ? {
-      url: raw.FERRY_REGISTRY_URL, credentials: { keyId: raw.FERRY_KEY_ID, secret: raw.FERRY_KEY },
-      advertiseUrl: raw.FERRY_ADVERTISE_URL, labels: raw.FERRY_LABELS ? parseLabels(raw.FERRY_LABELS) ?? {} : {},
+    registry: raw.FERRY_REGISTRY_URL ? {
+      url: raw.FERRY_REGISTRY_URL, joinToken: raw.FERRY_JOIN_TOKEN,
+      advertiseUrl: raw.FERRY_ADVERTISE_URL,
       heartbeatSeconds: raw.FERRY_HEARTBEAT_SECONDS,
     } : undefined,
     redisUrl: raw.FERRY_REDIS_URL,

@@ -1,9 +1,9 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MemoryNonceStore, RedisNonceStore, RequestVerifier, type NonceStore } from '@ferry/auth';
+import { MemoryNonceStore, RedisNonceStore, RequestVerifier, TrustStore, fingerprint, loadOrCreateHostKey, type NonceStore } from '@ferry/auth';
 import { ensureWritableDir, type Env } from '@ferry/config';
 import { ContainerRunner, ImageStore, createDockerClient } from '@ferry/docker';
-import { JetStreamPublisher, NullSink } from '@ferry/events';
+import { JetStreamPublisher, NullSink, redactNatsUrl } from '@ferry/events';
 import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { BUFFER_BUDGET_BYTES, BufferBudget } from '@ferry/memory';
@@ -41,6 +41,9 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   const log = logger ?? createLogger({ level: config.logLevel, name: 'ferry-receiver' });
   const spoolDir = join(config.dataDir, 'ingest');
   await ensureWritableDir(spoolDir);
+  // Read before anything starts: a receiver nobody may call is a configuration error, not a service.
+  const trust = new TrustStore({ file: config.trustFile });
+  const hostKey = await loadOrCreateHostKey(config.dataDir, config.hostId);
 
   const docker = createDockerClient(config.dockerHost);
   const layers = new LayerInventory(docker);
@@ -82,15 +85,15 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   // Requests signed before this second are refused while nonces are in memory; listening waits
   // for it to begin, so that no request the previous process accepted can be signed inside it.
   const startedAt = Math.ceil(Date.now() / 1000);
-  const verifier = new RequestVerifier({ keys: config.keys, nonces, audience: config.hostId, startedAt });
+  const verifier = new RequestVerifier({ trust, nonces, audience: config.hostId, subject: { id: config.hostId, labels: config.labels }, startedAt });
   let listeningUrl = '';
   const registration = config.registry ? receiverRegistration({
-    settings: config.registry, hostId: config.hostId, version: VERSION, docker, logger: log,
+    settings: config.registry, hostId: config.hostId, hostKey, labels: config.labels, version: VERSION, docker, logger: log,
     capabilities: ['resumable', 'layers', 'streams', ...(config.tls ? ['tls'] : [])], listenUrl: () => listeningUrl,
     changing: () => deployer.changing,
   }) : undefined;
   const app = createApp({
-    logger: log, verifier, deployer, hostId: config.hostId, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, streams, policy, layers,
+    logger: log, verifier, deployer, hostId: config.hostId, hostKey, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, streams, policy, layers,
     security: {
       allow: config.allowCidrs, trustedProxies: config.trustedProxies,
       bodyRate: { minBytesPerSecond: config.http.minBodyBytesPerSecond, windowMs: config.http.bodyRateWindowMs },
@@ -113,7 +116,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   listeningUrl = server.url;
   // In the background: an unreachable registry is retried, and never delays serving deployments.
   registration?.start();
-  log.info({ url: server.url, host: config.hostId, keyRing: config.keys.describe(), nonceStore: nonces.status?.().backend ?? 'memory', nats: config.natsUrl ?? null, dataDir: config.dataDir }, 'receiver listening');
+  log.info({ url: server.url, host: config.hostId, hostKey: fingerprint(hostKey.privateKey), trust: trust.describe(), nonceStore: nonces.status?.().backend ?? 'memory', nats: config.natsUrl === undefined ? null : redactNatsUrl(config.natsUrl), dataDir: config.dataDir }, 'receiver listening');
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {

@@ -1,13 +1,14 @@
 import { z } from 'zod';
-import { AddressList, KeyRing, isValidKeyId } from '@ferry/auth';
+import { join } from 'node:path';
+import { AddressList, loadCredentials, type ClientCredentials } from '@ferry/auth';
 import {
-  KEYS_REQUIRED, dataDirVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, type Env,
+  dataDirVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
 import { parseDriftIgnore, type DriftIgnoreRule } from './drift.ts';
 
 const schema = z.object({
   FERRY_LISTEN: listenVar('127.0.0.1:7702'),
-  FERRY_KEYS: parsedVar((v) => KeyRing.parse(v), KEYS_REQUIRED),
+  FERRY_TRUST_FILE: trustFileVar(),
   FERRY_HOST_ID: hostIdVar('the audience of requests to the registry', 'registry'),
   FERRY_NATS_URL: natsUrlVar(),
   FERRY_REDIS_URL: redisUrlVar(),
@@ -24,19 +25,23 @@ const schema = z.object({
     }
   }),
   FERRY_SENDER_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the sender service' }).optional(),
-  FERRY_KEY_ID: z.string().refine(isValidKeyId, 'a key id: letters, digits, ".", "_" and "-"').optional(),
-  FERRY_KEY: z.string().min(16, 'at least 16 characters').optional(),
+  FERRY_KEY_ID: z.string().optional(),
+  FERRY_KEY_FILE: z.string().startsWith('/', 'an absolute path to the PEM private key').optional(),
+  FERRY_KEY: z.string().optional(),
+  FERRY_GRANT_FILE: z.string().startsWith('/', 'an absolute path to the signed grant').optional(),
+  FERRY_GRANT: z.string().optional(),
   FERRY_ALLOW_CIDRS: parsedVar((v) => AddressList.parse(v)).optional(),
   FERRY_DASHBOARD_TOKEN: z.string().regex(/^[\x21-\x7e]{16,256}$/, '16–256 printable characters without spaces').optional(),
 })
-  .refine((v) => (v.FERRY_KEY_ID === undefined) === (v.FERRY_KEY === undefined), { message: 'FERRY_KEY_ID and FERRY_KEY go together: set both or neither', path: ['FERRY_KEY_ID'] })
+  .refine((v) => (v.FERRY_KEY_ID === undefined) === (v.FERRY_KEY === undefined && v.FERRY_KEY_FILE === undefined), { message: 'FERRY_KEY_ID and FERRY_KEY_FILE (or FERRY_KEY) go together: set both or neither', path: ['FERRY_KEY_ID'] })
   .refine((v) => v.FERRY_DRIFT_MODE !== 'correct' || (v.FERRY_SENDER_URL !== undefined && v.FERRY_KEY_ID !== undefined), {
-    message: 'FERRY_DRIFT_MODE=correct needs FERRY_SENDER_URL and FERRY_KEY_ID/FERRY_KEY (the registry signs its request to the sender service)', path: ['FERRY_DRIFT_MODE'],
+    message: 'FERRY_DRIFT_MODE=correct needs FERRY_SENDER_URL and FERRY_KEY_ID/FERRY_KEY_FILE (the registry signs its request to the sender service)', path: ['FERRY_DRIFT_MODE'],
   });
 
 export interface RegistryConfig {
   listen: { host: string; port: number };
-  keys: KeyRing;
+  /** The trust file: the keys that may call the registry and what each may do. */
+  trustFile: string;
   /** The registry's id: the audience of signed requests to it. */
   hostId: string;
   natsUrl: string | undefined;
@@ -48,7 +53,7 @@ export interface RegistryConfig {
   driftIgnore: readonly DriftIgnoreRule[];
   senderUrl: string | undefined;
   /** What the registry signs its own requests (to the sender service) with. */
-  credentials: { keyId: string; secret: string } | undefined;
+  credentials: ClientCredentials | undefined;
   allowCidrs: AddressList | undefined;
   /** For the dashboard, when one is mounted. */
   dashboardToken: string | undefined;
@@ -58,10 +63,10 @@ export interface RegistryConfig {
 export function loadRegistryConfig(env: Env = process.env): RegistryConfig {
   const c = loadConfig(schema, env);
   return {
-    listen: c.FERRY_LISTEN, keys: c.FERRY_KEYS, hostId: c.FERRY_HOST_ID, natsUrl: c.FERRY_NATS_URL, redisUrl: c.FERRY_REDIS_URL,
+    listen: c.FERRY_LISTEN, trustFile: c.FERRY_TRUST_FILE ?? join(c.FERRY_DATA_DIR, 'trust.json'), hostId: c.FERRY_HOST_ID, natsUrl: c.FERRY_NATS_URL, redisUrl: c.FERRY_REDIS_URL,
     dataDir: c.FERRY_DATA_DIR, logLevel: c.FERRY_LOG_LEVEL, hostTtlSeconds: c.FERRY_HOST_TTL_SECONDS,
     driftMode: c.FERRY_DRIFT_MODE, driftIgnore: c.FERRY_DRIFT_IGNORE, senderUrl: c.FERRY_SENDER_URL?.replace(/\/+$/, ''),
-    credentials: c.FERRY_KEY_ID !== undefined && c.FERRY_KEY !== undefined ? { keyId: c.FERRY_KEY_ID, secret: c.FERRY_KEY } : undefined,
+    credentials: c.FERRY_KEY_ID === undefined ? undefined : loadCredentials({ keyId: c.FERRY_KEY_ID, keyFile: c.FERRY_KEY_FILE, key: c.FERRY_KEY, grantFile: c.FERRY_GRANT_FILE, grant: c.FERRY_GRANT }),
     allowCidrs: c.FERRY_ALLOW_CIDRS, dashboardToken: c.FERRY_DASHBOARD_TOKEN,
   };
 }

@@ -1,4 +1,4 @@
-import { signRequest } from '@ferry/auth';
+import { signRequest, type ClientCredentials } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, errorFromBody } from '@ferry/protocol';
 import type { Corrector } from './registry.ts';
@@ -19,7 +19,7 @@ export function correctionDocument(desired: Desired, service: string, requestId:
  * Drift correction through the sender service: a signed `POST {senderUrl}/v1/deployments`, with
  * the audience the sender names in `GET /healthz`.
  */
-export function senderCorrector(senderUrl: string, credentials: { keyId: string; secret: string }): Corrector {
+export function senderCorrector(senderUrl: string, credentials: ClientCredentials): Corrector {
   const base = senderUrl.replace(/\/+$/, '');
   const basePath = new URL(base).pathname.replace(/\/+$/, '');
   let audience: string | undefined;

@@ -9,5 +9,6 @@ export { correctionDocument, senderCorrector } from './correct.ts';
 export { driftReasons, parseDriftIgnore, type DriftIgnoreRule } from './drift.ts';
 export { REGISTRY_HELP, runRegistry, startRegistry, VERSION, type RunningRegistry, type StartRegistryOptions } from './main.ts';
 export { applyEvent, emptyProjection, HISTORY_LIMIT, HOST_SERVICE, type ProjectionData } from './projection.ts';
-export { matches, parseSelector, Registry, type Corrector, type DesiredInput, type HostRegistration, type RegistryOptions, type Selector } from './registry.ts';
+export { Registry, type Corrector, type DesiredInput, type HostRegistration, type RegistryOptions } from './registry.ts';
+export { matchesSelector as matches, parseSelector, type Selector } from '@ferry/protocol';
 export { MemoryStore, RedisStore, STORE_KINDS, type RegistryStore, type StoreKind, type StoreStatus } from './store.ts';

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
-import { MemoryNonceStore, RedisNonceStore, RequestVerifier, type NonceStore } from '@ferry/auth';
+import { MemoryNonceStore, RedisNonceStore, RequestVerifier, TrustStore, type NonceStore } from '@ferry/auth';
 import { ensureWritableDir, type Env } from '@ferry/config';
-import { JetStreamPublisher, NullSink, type EventSink, type EventSinkHealth } from '@ferry/events';
+import { JetStreamPublisher, NullSink, redactNatsUrl, type EventSink, type EventSinkHealth } from '@ferry/events';
 import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { FerryError } from '@ferry/protocol';
@@ -70,7 +70,7 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
     : new MemoryNonceStore();
   // As in the receiver: with nonces in memory, what was signed before this second is refused.
   const startedAt = Math.ceil(Date.now() / 1000);
-  const verifier = new RequestVerifier({ keys: config.keys, nonces, audience: config.hostId, startedAt });
+  const verifier = new RequestVerifier({ trust: new TrustStore({ file: config.trustFile }), nonces, audience: config.hostId, startedAt });
   const makeDashboard = options.dashboard ?? ((view, c) => dashboardRouter({ view, ...(c.dashboardToken ? { token: c.dashboardToken } : {}), ...(c.allowCidrs ? { allow: c.allowCidrs } : {}) }));
   const dashboard = makeDashboard === false ? undefined : makeDashboard(registry, config);
   const app = createApp({
@@ -97,8 +97,8 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
     throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, cause: err });
   }
   log.info({
-    url: server.url, id: config.hostId, store: store.status().backend, nats: config.natsUrl ?? null, ttlSeconds: config.hostTtlSeconds,
-    driftMode: config.driftMode, keyRing: config.keys.describe(),
+    url: server.url, id: config.hostId, store: store.status().backend, nats: config.natsUrl === undefined ? null : redactNatsUrl(config.natsUrl), ttlSeconds: config.hostTtlSeconds,
+    driftMode: config.driftMode, trust: verifier.trust.describe(),
   }, 'registry listening');
 
   let closing: Promise<void> | undefined;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { createEvent, type EventSink, type FerryEvent } from '@ferry/events';
 import type { Logger } from '@ferry/log';
-import { FerryError } from '@ferry/protocol';
+import { FerryError, matchesSelector, type Selector } from '@ferry/protocol';
 import { driftReasons, sameReasons, type DriftIgnoreRule } from './drift.ts';
 import { applyEvent, emptyProjection, HOST_SERVICE, serviceKey, type ProjectionData } from './projection.ts';
 import { PROJECTION_KINDS, type RegistryStore, type StoreData } from './store.ts';
@@ -19,11 +19,6 @@ export type DesiredInput = Omit<Desired, 'recordedAt'>;
 /** Asks the sender service to deploy `desired` again; resolves with its answer. */
 export type Corrector = (desired: Desired, host: string, service: string, requestId: string) => Promise<unknown>;
 
-/** A label selector: every pair must match (`env=prod,role=web`); `k!=v` must not. */
-export interface Selector {
-  equal: [string, string][];
-  notEqual: [string, string][];
-}
 
 export interface RegistryOptions {
   store: RegistryStore;
@@ -183,7 +178,7 @@ export class Registry implements RegistryView {
   hosts(filter: { selector?: Selector; status?: HostStatus } = {}): HostRecord[] {
     return [...this.#hosts.values()]
       .filter((h) => filter.status === undefined || h.status === filter.status)
-      .filter((h) => !filter.selector || matches(filter.selector, h.labels))
+      .filter((h) => !filter.selector || matchesSelector(filter.selector, h.labels))
       .sort((a, b) => a.id.localeCompare(b.id));
   }
 
@@ -435,18 +430,3 @@ export class Registry implements RegistryView {
  *
  * @throws FerryError FERRY_ERR_BAD_REQUEST naming the malformed term.
  */
-export function parseSelector(value: string): Selector {
-  const selector: Selector = { equal: [], notEqual: [] };
-  for (const term of value.split(',').map((s) => s.trim()).filter(Boolean)) {
-    const match = /^([A-Za-z0-9_./-]+)(!?=)(.*)$/.exec(term);
-    if (!match?.[1] || match[3] === undefined) {
-      throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `selector: "${term}" is not key=value or key!=value`, details: { selector: value } });
-    }
-    (match[2] === '=' ? selector.equal : selector.notEqual).push([match[1], match[3]]);
-  }
-  return selector;
-}
-
-export function matches(selector: Selector, labels: Record<string, string>): boolean {
-  return selector.equal.every(([k, v]) => labels[k] === v) && selector.notEqual.every(([k, v]) => labels[k] !== v);
-}

@@ -1,9 +1,9 @@
 import { Router, type Request } from 'express';
 import { z } from 'zod';
 import { readSignedJson } from '@ferry/http';
-import { FerryError, SERVICE_NAME_PATTERN } from '@ferry/protocol';
+import { FerryError, SERVICE_NAME_PATTERN, parseSelector } from '@ferry/protocol';
 import type { EventProjector } from './consumer.ts';
-import { parseSelector, type Registry } from './registry.ts';
+import type { Registry } from './registry.ts';
 
 /** Registry request bodies are small JSON documents; a desired state with its service spec fits easily. */
 const MAX_BODY_BYTES = 256 * 1024;

@@ -1,13 +1,11 @@
 import { z } from 'zod';
-import { isValidKeyId } from '@ferry/auth';
-import { loadConfig, type Env } from '@ferry/config';
+import { loadCredentials } from '@ferry/auth';
+import { credentialVars, loadConfig, type Env } from '@ferry/config';
 import type { Credentials } from './upload.ts';
 
 const schema = z.object({
   DOCKER_HOST: z.string().regex(/^(unix|tcp):\/\/.+/, 'unix:///path/to/docker.sock or tcp://host:port').optional(),
-  FERRY_KEY_ID: z.string({ error: 'required: the key id the receiver knows this key by (see "ferry keygen")' })
-    .refine(isValidKeyId, 'letters, digits, ".", "_" and "-", at most 64'),
-  FERRY_KEY: z.string({ error: 'required: the secret of FERRY_KEY_ID' }).min(16, 'at least 16 characters'),
+  ...credentialVars,
   FERRY_NATS_URL: z.string().regex(/^(nats|tls):\/\/[^\s]+$/, 'nats://host:port').optional(),
   FERRY_REGISTRY_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the registry' }).optional(),
 });
@@ -20,11 +18,16 @@ export interface SenderConfig {
   registryUrl: string | undefined;
 }
 
+/** The signing key and grant named by FERRY_KEY_ID, FERRY_KEY_FILE (or FERRY_KEY) and FERRY_GRANT_FILE (or FERRY_GRANT). */
+export function credentialsFrom(raw: { FERRY_KEY_ID: string; FERRY_KEY_FILE?: string | undefined; FERRY_KEY?: string | undefined; FERRY_GRANT_FILE?: string | undefined; FERRY_GRANT?: string | undefined }): Credentials {
+  return loadCredentials({ keyId: raw.FERRY_KEY_ID, keyFile: raw.FERRY_KEY_FILE, key: raw.FERRY_KEY, grantFile: raw.FERRY_GRANT_FILE, grant: raw.FERRY_GRANT });
+}
+
 export function loadSenderConfig(env: Env = process.env): Readonly<SenderConfig> {
   const raw = loadConfig(schema, env);
   return Object.freeze({
     dockerHost: raw.DOCKER_HOST,
-    credentials: { keyId: raw.FERRY_KEY_ID, secret: raw.FERRY_KEY },
+    credentials: credentialsFrom(raw),
     natsUrl: raw.FERRY_NATS_URL,
     registryUrl: raw.FERRY_REGISTRY_URL,
   });

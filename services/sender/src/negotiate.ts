@@ -12,7 +12,7 @@ const ASK_TIMEOUT_MS = 15_000;
 export interface LayerTarget {
   url: string;
   credentials: Credentials;
-  /** The receiver's host id from its `GET /healthz`. */
+  /** The receiver's host id from its signed identity. */
   audience: string;
 }
 

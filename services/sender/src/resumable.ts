@@ -18,7 +18,7 @@ export interface ResumableTarget {
   /** The receiver's base URL, e.g. http://10.0.0.5:7701. */
   url: string;
   credentials: Credentials;
-  /** The receiver's host id from its `GET /healthz`; the signature is valid on that host only. */
+  /** The receiver's host id from its signed identity; the signature is valid on that host only. */
   audience: string;
 }
 

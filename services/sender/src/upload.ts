@@ -3,22 +3,20 @@ import { createReadStream } from 'node:fs';
 import { request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { pipeline } from 'node:stream/promises';
-import { signRequest } from '@ferry/auth';
+import { signRequest, type ClientCredentials } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, PATHS, errorFromBody, type DeploymentResult } from '@ferry/protocol';
 
 const CONTINUE_WAIT_MS = 1000;
 
-export interface Credentials {
-  keyId: string;
-  secret: string;
-}
+/** The key the sender signs with, and its grant. */
+export type Credentials = ClientCredentials;
 
 export interface UploadOptions {
   /** The receiver's base URL, e.g. http://10.0.0.5:7701. */
   url: string;
   credentials: Credentials;
-  /** The receiver's host id from its `GET /healthz`; the signature is valid on that host only. */
+  /** The receiver's host id from its signed identity; the signature is valid on that host only. */
   audience: string;
   manifestJson: string;
   packagePath: string;

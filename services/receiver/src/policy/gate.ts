@@ -1,3 +1,4 @@
+import { authorize, type ScopeAtTime } from '@ferry/auth';
 import { createEvent, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import { FerryError, type Manifest } from '@ferry/protocol';
@@ -23,6 +24,26 @@ export class PolicyGate {
 
   get policy(): Readonly<Policy> {
     return this.#deps.policy;
+  }
+
+  /**
+   * The one admission of a manifest, whichever way it enters: the signing key's grants must cover
+   * its service (FERRY_ERR_NOT_GRANTED otherwise; a grant inside its grace is let in with a
+   * `grant.grace` warning event), then the policy must allow what it asks for.
+   */
+  admit(manifest: Manifest, auth: { keyId: string; scopes: ScopeAtTime[] }): void {
+    const { hostId, events, logger } = this.#deps;
+    const service = manifest.service.name;
+    const granted = authorize(auth, 'deploy', { service });
+    if (granted.grace) {
+      const notAfter = granted.scope.notAfter === undefined ? null : new Date(granted.scope.notAfter * 1000).toISOString();
+      events.publish(createEvent('grant.grace', {
+        source: `ferry://receiver/${hostId}`, host: hostId, service, deploymentId: manifest.deploymentId,
+        data: { keyId: auth.keyId, grant: granted.scope.grantId ?? null, notAfter, graceSeconds: granted.scope.graceSeconds },
+      }));
+      logger.warn({ deploymentId: manifest.deploymentId, service, keyId: auth.keyId, notAfter }, 'deployment let in by its grant\'s grace period');
+    }
+    this.checkPolicy(manifest);
   }
 
   /**

@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import { RegistryClient } from '@ferry/auth';
+import { RegistryClient, type SigningKey } from '@ferry/auth';
 import type { Logger } from '@ferry/log';
 import type { RegistrySettings } from '../config.ts';
 import { actualServices, engineFacts, settledServices, type EngineReader } from './actual.ts';
@@ -14,6 +14,9 @@ const REQUEST_TIMEOUT_MS = 10_000;
 export interface ReceiverRegistrationOptions {
   settings: RegistrySettings;
   hostId: string;
+  /** The host key: it signs the registration and heartbeats (the registry enrolled it). */
+  hostKey: SigningKey;
+  labels: Record<string, string>;
   version: string;
   docker: EngineReader;
   logger: Logger;
@@ -30,14 +33,14 @@ export function receiverRegistration(options: ReceiverRegistrationOptions): Regi
   const { settings, docker } = options;
   return new Registration({
     // Well under a heartbeat interval of a typical TTL: a hung request must not hold the loop.
-    registry: new RegistryClient(settings.url, settings.credentials, { timeoutMs: REQUEST_TIMEOUT_MS }),
+    registry: new RegistryClient(settings.url, { keyId: options.hostKey.keyId, privateKey: options.hostKey.privateKey }, { timeoutMs: REQUEST_TIMEOUT_MS }),
     logger: options.logger,
     heartbeatSeconds: settings.heartbeatSeconds,
     actual: () => settledServices(() => actualServices(docker), options.changing ?? (() => false)),
     self: async () => ({
       id: options.hostId,
       url: settings.advertiseUrl ?? advertisedUrl(options.listenUrl()),
-      labels: settings.labels,
+      labels: options.labels,
       capabilities: options.capabilities,
       version: options.version,
       engine: await engineFacts(docker),

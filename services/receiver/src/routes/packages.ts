@@ -24,7 +24,7 @@ export function packagesRouter(deps: PackagesDeps): Router {
       spoolDir: deps.spoolDir,
       maxPackageBytes: deps.maxPackageBytes,
       // A refusal here stops the package from being spooled; the upload is drained, then answered 403.
-      onManifest: (m) => { manifest = m; deps.policy.checkPolicy(m); },
+      onManifest: (m) => { manifest = m; deps.policy.admit(m, auth); },
     }).catch((err: unknown) => {
       if (manifest && err instanceof FerryError) deps.deployer.rejected(manifest, err);
       throw err;

@@ -1,4 +1,5 @@
 import { Router, type Request, type Response } from 'express';
+import { authorize } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, HEADERS, PATHS } from '@ferry/protocol';
 import type { AuthLocals } from '@ferry/http';
@@ -23,6 +24,7 @@ export function servicesRouter(deps: ServicesDeps): Router {
     requireEmptyBody(res);
     const service = req.params.name;
     if (!SERVICE.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Invalid service name' });
+    authorize((res.locals as AuthLocals).auth, 'deploy', { service });
     res.json(await deps.deployer.rollback(service, deploymentIdOf(req)));
   });
   return router;

@@ -26,7 +26,8 @@ export function streamsRouter(deps: StreamsDeps): Router {
 
   router.post(PATHS.streams, async (req, res) => {
     const manifest = await readSignedJson(req, res, { maxBytes: MANIFEST_MAX_BYTES });
-    const { streamId } = await streams.open(manifest, (m) => deps.policy?.checkPolicy(m));
+    const { auth } = res.locals as AuthLocals;
+    const { streamId } = await streams.open(manifest, (m) => deps.policy?.admit(m, auth));
     res.setHeader('Location', `${PATHS.streams}/${streamId}`);
     offsetHeader(res, 0);
     res.status(201).json({ streamId, offset: 0 });

@@ -27,7 +27,7 @@ export function uploadsRouter(deps: UploadsDeps): Router {
 
   router.post(PATHS.uploads, async (req, res) => {
     const { auth } = res.locals as AuthLocals;
-    const { view, created } = await uploads.create(await readManifestBody(req), auth.contentDigest, (m) => deps.policy?.checkPolicy(m));
+    const { view, created } = await uploads.create(await readManifestBody(req), auth.contentDigest, (m) => deps.policy?.admit(m, auth));
     res.setHeader('Location', `${PATHS.uploads}/${view.uploadId}`);
     offsetHeaders(res, view);
     res.status(created ? 201 : 200).json({ uploadId: view.uploadId, offset: view.offset, length: view.length, expiresAt: view.expiresAt });

@@ -3,8 +3,14 @@ import { line, type Io } from './io.ts';
 
 /** What to do next, for the errors a user can act on. */
 const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
-  FERRY_ERR_UNKNOWN_KEY: 'the receiver does not know FERRY_KEY_ID: add the key to its FERRY_KEYS',
-  FERRY_ERR_BAD_SIGNATURE: 'FERRY_KEY differs from the secret the receiver has for FERRY_KEY_ID',
+  FERRY_ERR_UNKNOWN_KEY: 'the receiver does not know FERRY_KEY_ID: give the sender its grant (FERRY_GRANT_FILE, "ferry grant issue") or add the key to the receiver\'s trust file ("ferry trust add")',
+  FERRY_ERR_BAD_SIGNATURE: 'FERRY_KEY_FILE is not the private key of the public key the receiver trusts for FERRY_KEY_ID',
+  FERRY_ERR_BAD_GRANT: 'the grant is not signed by an admin key the receiver trusts, or was altered: "ferry grant show FILE" says who signed it',
+  FERRY_ERR_NOT_GRANTED: 'the key\'s grant does not cover this service or host: have an admin issue one that does ("ferry grant issue")',
+  FERRY_ERR_GRANT_EXPIRED: 'the key\'s grant is past its notAfter date and its grace: have an admin issue a new one ("ferry grant issue")',
+  FERRY_ERR_GRANT_NOT_YET_VALID: 'the key\'s grant starts later (notBefore), or the clocks differ: wait, or sync the clocks',
+  FERRY_ERR_KEY_REVOKED: 'this key or its grant was revoked: make a new key ("ferry key new") and have an admin grant it',
+  FERRY_ERR_HOST_KEY_MISMATCH: 'the host answered with another host key than the one known for it: someone may be in the way; check the URL and the host\'s key ("ferry key show" on it)',
   FERRY_ERR_STALE_TIMESTAMP: 'this machine\'s clock and the receiver\'s differ by more than 5 minutes: sync them (NTP)',
   FERRY_ERR_CHECKSUM_MISMATCH: 'the package was damaged on the way: push again, and check the network path if it repeats',
   FERRY_ERR_HEALTHCHECK_FAILED: 'the new version did not answer its health check: read its log lines above, then fix and push again',
@@ -25,9 +31,8 @@ const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_PAYLOAD_TOO_LARGE: 'the package is over the receiver\'s limit: make the image smaller or raise the limit on that host',
   FERRY_ERR_DISK_FULL: 'free disk space on the target host (old images, its FERRY_DATA_DIR), then push again: a resumable upload goes on where it stopped',
   FERRY_ERR_REPLAY: 'push again: every attempt is signed anew',
-  FERRY_ERR_AUTH_MISSING: 'set FERRY_KEY_ID and FERRY_KEY (see "ferry keygen")',
+  FERRY_ERR_AUTH_MISSING: 'set FERRY_KEY_ID and FERRY_KEY_FILE (see "ferry key new")',
   FERRY_ERR_WRONG_AUDIENCE: 'the URL answers as another host than expected: check --to',
-  FERRY_ERR_KEY_EXPIRED: 'the key is past its notAfter date: make a new one with "ferry keygen" and add it to the receiver\'s FERRY_KEYS',
   FERRY_ERR_FORBIDDEN_SOURCE: 'the receiver does not accept requests from this address: have its operator add it to its allowed sources',
   FERRY_ERR_LOAD_FAILED: 'the target\'s Docker engine could not load the image: check its disk space and its log, then push again',
   FERRY_ERR_CONTAINER_FAILED: 'the container would not start with these options: check the ports (already in use?), volumes and command',

@@ -1,8 +1,10 @@
 import { z } from 'zod';
-import { AddressList, KeyRing, isValidKeyId } from '@ferry/auth';
+import { join } from 'node:path';
+import { AddressList } from '@ferry/auth';
 import {
-  dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, type Env,
+  credentialVars, dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
+import { credentialsFrom } from '../config.ts';
 import type { Credentials } from '../upload.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7703';
@@ -11,9 +13,8 @@ const schema = z.object({
   DOCKER_HOST: dockerHostVar(),
   FERRY_LISTEN: listenVar(DEFAULT_LISTEN),
   FERRY_HOST_ID: hostIdVar('the audience of signed requests', 'sender'),
-  FERRY_KEYS: parsedVar((v) => KeyRing.parse(v), 'required: keyid:secret[,keyid:secret…] of the callers allowed to ask for deployments'),
-  FERRY_KEY_ID: z.string({ error: 'required: the key id the receivers know this sender by' }).refine(isValidKeyId, 'letters, digits, ".", "_" and "-", at most 64'),
-  FERRY_KEY: z.string({ error: 'required: the secret of FERRY_KEY_ID' }).min(16, 'at least 16 characters'),
+  FERRY_TRUST_FILE: trustFileVar(),
+  ...credentialVars,
   FERRY_DATA_DIR: dataDirVar('/var/lib/ferry-sender'),
   FERRY_NATS_URL: natsUrlVar(),
   FERRY_REDIS_URL: redisUrlVar(),
@@ -27,8 +28,8 @@ export interface SenderServiceConfig {
   dockerHost: string | undefined;
   listen: { host: string; port: number };
   hostId: string;
-  /** The callers it verifies. */
-  keys: KeyRing;
+  /** The trust file: the callers it accepts and what each may deploy. */
+  trustFile: string;
   /** What it signs its uploads to receivers (and registry calls) with. */
   credentials: Credentials;
   dataDir: string;
@@ -46,8 +47,8 @@ export function loadSenderServiceConfig(env: Env = process.env): Readonly<Sender
     dockerHost: raw.DOCKER_HOST,
     listen: raw.FERRY_LISTEN,
     hostId: raw.FERRY_HOST_ID,
-    keys: raw.FERRY_KEYS,
-    credentials: { keyId: raw.FERRY_KEY_ID, secret: raw.FERRY_KEY },
+    trustFile: raw.FERRY_TRUST_FILE ?? join(raw.FERRY_DATA_DIR, 'trust.json'),
+    credentials: credentialsFrom(raw),
     dataDir: raw.FERRY_DATA_DIR,
     natsUrl: raw.FERRY_NATS_URL,
     redisUrl: raw.FERRY_REDIS_URL,

@@ -1,8 +1,8 @@
 import { join } from 'node:path';
-import { MemoryNonceStore, RedisNonceStore, RegistryClient, RequestVerifier, type NonceStore } from '@ferry/auth';
+import { MemoryNonceStore, RedisNonceStore, RegistryClient, RequestVerifier, TrustStore, type NonceStore } from '@ferry/auth';
 import { ensureWritableDir, type Env } from '@ferry/config';
 import { ImageBuilder, ImageStore, createDockerClient } from '@ferry/docker';
-import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
+import { JetStreamPublisher, NullSink, redactNatsUrl, type EventSink } from '@ferry/events';
 import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { FerryError } from '@ferry/protocol';
@@ -52,7 +52,7 @@ export async function startSenderService(env: Env = process.env, logger?: Logger
     : new MemoryNonceStore();
   // As in the receiver: with nonces in memory, a request signed before this process began is refused.
   const startedAt = Math.ceil(Date.now() / 1000);
-  const verifier = new RequestVerifier({ keys: config.keys, nonces, audience: config.hostId, startedAt });
+  const verifier = new RequestVerifier({ trust: new TrustStore({ file: config.trustFile }), nonces, audience: config.hostId, startedAt });
   const app = createApp({
     logger: log, verifier, jobs, hostId: config.hostId, version: SENDER_SERVICE_VERSION,
     security: { allow: config.allowCidrs },
@@ -67,7 +67,7 @@ export async function startSenderService(env: Env = process.env, logger?: Logger
     await nonces.close?.();
     throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, cause: err });
   }
-  log.info({ url: server.url, host: config.hostId, keyRing: config.keys.describe(), nats: config.natsUrl ?? null, registry: config.registryUrl ?? null, dataDir: config.dataDir }, 'sender listening');
+  log.info({ url: server.url, host: config.hostId, trust: verifier.trust.describe(), nats: config.natsUrl === undefined ? null : redactNatsUrl(config.natsUrl), registry: config.registryUrl ?? null, dataDir: config.dataDir }, 'sender listening');
 
   let closing: Promise<void> | undefined;
   const close = (): Promise<void> => {
