@@ -19,7 +19,9 @@ Commands:
   hosts       list the receivers registered with the registry (FERRY_REGISTRY_URL)
   drift       list services whose running container differs from what was deployed; exit 1 if any
   events      replay (or follow) deployment events from NATS JetStream
-  keygen      print a new signing key
+  key         "key new --id ID": make an Ed25519 key pair; "key show FILE": its public key and fingerprint
+  trust       "trust add|remove|list": the keys, grants and revocations a receiver or registry trusts
+  grant       "grant issue|show|revoke": grants and revocation lists signed with an admin key
   help        this text; "ferry help COMMAND" for one command
 
 Exit codes: 0 success, 1 the deployment or request failed, 2 bad usage or configuration,
@@ -193,9 +195,40 @@ Replays Ferry's events from NATS JetStream (FERRY_NATS_URL), oldest first; --fol
 printing new ones until interrupted (Ctrl-C ends it with exit code 0). --service and --host
 narrow the read on the server, also while following.`;
 
-const KEYGEN_HELP = `Usage: ferry keygen [--id KEY_ID] [--json]
+const KEY_HELP = `Usage: ferry key new --id KEY_ID [--out FILE] [--json]
+       ferry key show FILE | --data-dir DIR [--json]
 
-Prints a new signing key: FERRY_KEYS for the receiver, FERRY_KEY_ID and FERRY_KEY for the sender.`;
+"key new" makes an Ed25519 key pair: the private key goes to FILE (default ./KEY_ID.key, mode
+0600, never overwritten, never printed); the public key and its fingerprint are printed, to be
+trusted by receivers ("ferry trust add") or granted ("ferry grant issue"). The same key works
+with openssl: "openssl genpkey -algorithm ed25519" makes an equivalent one.
+"key show" prints the public key and fingerprint of a private key file, or of a receiver's own
+host key (--data-dir: its FERRY_DATA_DIR).`;
 
-/** Each CLI command's own help, by command name. */
-export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, keygen: KEYGEN_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP };
+const TRUST_HELP = `Usage: ferry trust add --id KEY_ID --public-key KEY --role ROLE [scope] [--file TRUST_FILE]
+       ferry trust add GRANT_OR_REVOCATION_FILE [--file TRUST_FILE]
+       ferry trust remove KEY_ID|GRANT_ID [--file TRUST_FILE]
+       ferry trust list [--file TRUST_FILE] [--json]
+
+Edits the trust file of a receiver, registry or sender service (--file, else FERRY_TRUST_FILE,
+else /var/lib/ferry/trust.json), written whole and 0600; a running service reads it again within
+a second. A key is trusted with a scope:
+  --role deploy|read|admin|host   what it may do (admin keys also sign grants and revocations)
+  --service GLOB                  services it may deploy, e.g. web-* (repeatable; default *)
+  --host ID|K=V[,K=V]             hosts, by id (globs) or label selector (repeatable; default *)
+  --not-before WHEN, --not-after WHEN   ISO 8601 with a zone, or a span from now (90d)
+  --grace DURATION                after --not-after it still works, with a warning event (7d)
+KEY is base64 of the raw 32-byte public key (as "ferry key new" prints it), a PEM, or a file.`;
+
+const GRANT_HELP = `Usage: ferry grant issue --id KEY_ID --public-key KEY --role ROLE [scope] [--out FILE]
+       ferry grant revoke [--key KEY_ID|FINGERPRINT]… [--grant GRANT_ID]… [--out FILE]
+       ferry grant show FILE [--trust TRUST_FILE] [--json]
+
+A grant is a small document signed by an admin key: which key, which role, which services and
+hosts, from when until when and with how much grace (scope options as for "ferry trust add").
+Give it to the key's holder (FERRY_GRANT_FILE: sent with every request, so receivers that trust
+the admin key need nothing more) or add it to trust files. A revocation list is added to trust
+files with "ferry trust add". The admin key signs: --key-id/--key-file, or FERRY_KEY_ID and
+FERRY_KEY_FILE. "grant show" prints a grant or list and checks it against a trust file.`;
+
+export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP };

@@ -21,6 +21,9 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   hosts: async () => (await import('./hosts.ts')).hostsCommand,
   drift: async () => (await import('./drift.ts')).driftCommand,
   keygen: async () => (await import('./keygen.ts')).keygenCommand,
+  key: async () => (await import('./keys.ts')).keyCommand,
+  trust: async () => (await import('./grants.ts')).trustCommand,
+  grant: async () => (await import('./grants.ts')).grantCommand,
 };
 
 export async function runCli(argv: string[], io: Io = processIo): Promise<number> {
