@@ -186,6 +186,11 @@ export const ManifestSchema = z.strictObject({
     omittedLayers: z.array(z.string().regex(IMAGE_ID_PATTERN, 'sha256:<64 hex>')).min(1).optional(),
   }),
   service: ServiceSpecSchema,
+  /**
+   * A release signed before the one the host runs is refused (a replayed old release must not
+   * downgrade a host) unless the release itself says, under the signature, that it is a rollback.
+   */
+  rollback: z.boolean().optional(),
 }).refine((m) => (m.package.omittedLayers ?? []).every((id) => m.image.diffIds.includes(id)), {
   path: ['package', 'omittedLayers'], message: 'every omitted layer must be one of image.diffIds',
 });

@@ -65,7 +65,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   // Before any request: what a killed process left half-done is put right first.
   await deployer.recover();
   await removePartialImages(images, log).catch((err: unknown) => log.warn({ err }, 'could not look for layer images an earlier run left'));
-  const policy = new PolicyGate({ policy: config.policy, events, hostId: config.hostId, logger: log });
+  const policy = new PolicyGate({ policy: config.policy, events, hostId: config.hostId, logger: log, newestSigned: (service) => deployer.journal.newestSigned(service) });
   const uploads = await UploadStore.open({
     dir: join(config.dataDir, 'uploads'), ttlSeconds: config.uploadTtlSeconds, maxUploadBytes: MAX_UPLOAD_BYTES, logger: log,
     onRejected: (manifest, error) => deployer.rejected(manifest, error),

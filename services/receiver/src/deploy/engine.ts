@@ -1,13 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { rm } from 'node:fs/promises';
-import type { ContainerRunner, ImageStore } from '@ferry/docker';
+import type { ContainerRunner, ContainerSpec, ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import {
   FerryError, LABELS, configHash,
   type DeploymentResult, type DeploymentState, type EventType, type Manifest, type ProbeResult, type StageTimings,
 } from '@ferry/protocol';
-import { containerSpecFor, type Policy } from '../policy/index.ts';
+import { DEFAULT_POLICY, checkBindSources, containerSpecFor, policyDenied, type Policy } from '../policy/index.ts';
 import { assertLayersPresent, loadVerified } from '../load/load.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
@@ -331,7 +331,7 @@ function headerOf(manifest: Manifest, host: string, bytes: number): DeploymentHe
     image: manifest.image.ref, imageId: manifest.image.id, configHash: configHash(manifest),
     // Names only: values may be secrets, and a reconcile never needs them (see DeploymentHeader).
     envNames: Object.keys(manifest.service.env).sort(),
-    package: { digest: manifest.package.digest, size: manifest.package.size }, bytes,
+    package: { digest: manifest.package.digest, size: manifest.package.size }, signedAt: manifest.createdAt, bytes,
   };
 }
 
@@ -390,12 +390,15 @@ class Run {
       const preexisting = (await this.#deps.images.inspect(manifest.image.id)) !== undefined;
       await this.#enter('LOADING', { imagePreexisting: preexisting });
       await this.#load();
+      // Checked here, after a load that may have taken minutes, and before anything the running
+      // service depends on changes: a refusal leaves the image name and the container as they were.
+      const spec = await this.#bindsOnHost(this.#spec());
       previousTagTarget = (await this.#deps.images.inspect(manifest.image.ref))?.id;
       // Written before the tag moves, so a reconcile can point the name back.
       if (previousTagTarget) await this.#entry.note({ previousImageId: previousTagTarget });
       await this.#deps.images.tag(manifest.image.id, manifest.image.ref);
       await this.#enter('DEPLOYING');
-      await this.#start();
+      await this.#start(spec);
     } catch (err) {
       return this.#fail(asFerryError(err), previousTagTarget);
     }
@@ -438,16 +441,34 @@ class Run {
     this.#emit('image.loaded', { imageId: manifest.image.id, durationMs: this.#timings.load });
   }
 
-  async #start(): Promise<void> {
+  #spec(): ContainerSpec {
     const manifest = this.#manifest;
-    const started = performance.now();
-    const spec = containerSpecFor(manifest, {
+    return containerSpecFor(manifest, {
       [LABELS.service]: manifest.service.name,
       [LABELS.deploymentId]: manifest.deploymentId,
       [LABELS.configHash]: configHash(manifest),
       [LABELS.imageRef]: manifest.image.ref,
       [LABELS.imageId]: manifest.image.id,
     }, this.#deps.policy);
+  }
+
+  /**
+   * The spec with its bind sources as found on the host now (no symbolic link in them, each
+   * allowed by the policy); a refusal publishes the `policy.denied` audit event, as the gate does,
+   * and throws FERRY_ERR_POLICY_DENIED.
+   */
+  async #bindsOnHost(spec: ContainerSpec): Promise<ContainerSpec> {
+    const { spec: resolved, violations } = await checkBindSources(spec, this.#deps.policy ?? DEFAULT_POLICY);
+    const first = violations[0];
+    if (!first) return resolved;
+    const manifest = this.#manifest;
+    this.#emit('policy.denied', { ...first, violations });
+    this.#log.warn({ rules: violations.map((v) => v.rule) }, 'deployment refused by policy: bind source on the host');
+    throw policyDenied(violations, manifest.deploymentId);
+  }
+
+  async #start(spec: ContainerSpec): Promise<void> {
+    const started = performance.now();
     const swapped = await replaceContainer(this.#deps.containers, spec, {
       created: async (containerId) => {
         // Known from here, so a failure at any later step removes this container, not the old one.
@@ -456,7 +477,12 @@ class Run {
       },
       replacing: (previousContainerId) => this.#entry.note({ previousContainerId }),
       stoppedOld: () => Promise.resolve(this.#crashAt('after-stop-old')),
-      renamedNew: () => Promise.resolve(this.#crashAt('before-start-new')),
+      renamedNew: async () => {
+        this.#crashAt('before-start-new');
+        // The engine mounts bind sources when it starts the container, not when it creates it: a
+        // link planted since the check above is caught here, and the swap is undone.
+        await this.#bindsOnHost(spec);
+      },
     }).catch((err: unknown) => {
       throw asFerryError(err, 'FERRY_ERR_CONTAINER_FAILED');
     });

@@ -29,6 +29,8 @@ export interface DeploymentHeader {
   envNames?: string[];
   /** The package's digest and size, as signed. */
   package?: { digest: string; size: number };
+  /** When the release was signed (its manifest's createdAt): an older one may not replace it. */
+  signedAt?: string;
   bytes: number;
 }
 
@@ -119,6 +121,15 @@ export class Journal {
     const all = [...this.#records.values()].filter((r) => filter.service === undefined || r.service === filter.service);
     all.sort(newestFirst);
     return all.slice(0, filter.limit ?? all.length).map((r) => structuredClone(r));
+  }
+
+  /** When the newest release that completed on `service` was signed; undefined when none did. */
+  newestSigned(service: string): string | undefined {
+    let newest: string | undefined;
+    for (const r of this.#records.values()) {
+      if (r.service === service && r.state === 'COMPLETED' && r.signedAt !== undefined && (newest === undefined || r.signedAt > newest)) newest = r.signedAt;
+    }
+    return newest;
   }
 
   /** Records that never reached a final state: the receiver stopped in their middle. */

@@ -9,6 +9,8 @@ export interface PolicyGateDeps {
   events: EventSink;
   hostId: string;
   logger: Logger;
+  /** When the newest release that completed on a service was signed (the journal knows). */
+  newestSigned?: (service: string) => string | undefined;
 }
 
 /**
@@ -43,7 +45,15 @@ export class PolicyGate {
       }));
       logger.warn({ deploymentId: manifest.deploymentId, service, keyId: auth.keyId, notAfter }, 'deployment let in by its grant\'s grace period');
     }
+    this.#checkNotOlder(manifest);
     this.checkPolicy(manifest);
+  }
+
+  /** A signed release older than the one that runs is a replay, unless it is a signed rollback. */
+  #checkNotOlder(manifest: Manifest): void {
+    const current = this.#deps.newestSigned?.(manifest.service.name);
+    if (current === undefined || manifest.rollback === true || Date.parse(manifest.createdAt) >= Date.parse(current)) return;
+    throw new FerryError('FERRY_ERR_DOWNGRADE', { details: { service: manifest.service.name, signedAt: manifest.createdAt, current } });
   }
 
   /**
