@@ -32,17 +32,18 @@ export interface NonceStore {
   remember(nonce: string, ttlSeconds: number): Promise<boolean>;
   /**
    * True while the store knows nonces accepted before this process started (a shared Redis
-   * answers and has lost nothing within the timestamp window). When false or absent, the
+   * answers), except those signed before {@link NonceStore.notBefore}. When false or absent, the
    * verifier refuses every request signed before the process started: those are the ones whose
    * nonces may have been forgotten.
    */
   readonly persistent?: boolean;
   /**
    * Unix seconds. Defined while the store cannot vouch for requests signed before this second: it
-   * found that it had lost nonces (its Redis came back empty, or older than what it had written,
-   * or held no record of this store at all). The verifier refuses a request signed before it.
-   * Undefined again once every such request is outside the timestamp window, which then refuses
-   * them anyway. Absent on a store whose nonces live and die with the process.
+   * found that it had lost nonces (its Redis came back empty, or older than what it had written),
+   * or its Redis has held this store's nonces only since then (the first process to use it, or
+   * the first after a loss, began recording then). The verifier refuses a request signed before
+   * it. Undefined again once every such request is outside the timestamp window, which then
+   * refuses them anyway. Absent on a store whose nonces live and die with the process.
    */
   notBefore?(): number | undefined;
   status?(): NonceStoreStatus;
@@ -221,6 +222,8 @@ export class RedisNonceStore implements NonceStore {
   #writes = 0;
   /** When this store found data lost (ms), or when the epoch it joined began. */
   #lostAt: number | undefined;
+  /** When this store was made (ms), at the process's start: the start of an epoch it begins on its first answer. */
+  readonly #createdAt: number;
   #checking: Promise<void> | undefined;
   #flushing = false;
   #closing: Promise<void> | undefined;
@@ -233,6 +236,7 @@ export class RedisNonceStore implements NonceStore {
     this.#onStatus = options.onStatus;
     this.#now = options.now ?? Date.now;
     this.#window = options.windowSeconds ?? TIMESTAMP_WINDOW_SECONDS;
+    this.#createdAt = this.#now();
     // ioredis reports every failed reconnection; the state change is logged once, not each retry.
     redis.on('error', (err: NodeJS.ErrnoException) => this.#down(err.code ?? err.message));
     redis.on('close', () => this.#down('connection closed'));
@@ -258,9 +262,9 @@ export class RedisNonceStore implements NonceStore {
     return new RedisNonceStore(redis, options);
   }
 
-  /** True while Redis answers, its marker was checked, and no loss is still within the window. */
+  /** True while Redis answers and its marker was checked; see {@link RedisNonceStore.notBefore} for the exception. */
   get persistent(): boolean {
-    return this.#state === 'up' && this.#epoch !== undefined && this.notBefore() === undefined;
+    return this.#state === 'up' && this.#epoch !== undefined;
   }
 
   /** False while Redis does not answer (also before its first answer); /readyz reads this. */
@@ -269,13 +273,13 @@ export class RedisNonceStore implements NonceStore {
   }
 
   /**
-   * The second after this store found data lost (or after the epoch it joined on its first
-   * answer began), while a request signed before it could still be inside the window.
+   * The first whole second after this store found data lost, or after the epoch it joined on its
+   * first answer began, while a request signed before it could still be inside the window.
    */
   notBefore(): number | undefined {
     if (this.#lostAt === undefined) return undefined;
-    // The second after: a request signed in the same second may have been accepted before the loss.
-    const floor = Math.floor(this.#lostAt / 1000) + 1;
+    // Rounded up: a request signed in the second of the loss may have been accepted before it.
+    const floor = Math.ceil(this.#lostAt / 1000);
     return this.#now() < (floor + this.#window) * 1000 ? floor : undefined;
   }
 
@@ -345,7 +349,12 @@ export class RedisNonceStore implements NonceStore {
   async #exchange(nonceKey?: string, ttlSeconds?: number): Promise<number | Marker> {
     const fresh = randomBytes(16).toString('base64url');
     const keys = nonceKey === undefined ? [this.#marker] : [this.#marker, nonceKey];
-    const args = [this.#epoch ?? '', this.#writes, fresh, this.#now(), ...(ttlSeconds === undefined ? [] : [ttlSeconds])];
+    // An epoch begun on the first answer starts with the process: what it accepted before Redis
+    // answered reaches Redis too (the pending nonces), what earlier processes accepted may not.
+    const start = this.#epoch === undefined ? this.#createdAt : this.#now();
+    const args = [this.#epoch ?? '', this.#writes, fresh, start, ...(ttlSeconds === undefined ? [] : [ttlSeconds])];
+    // EVAL, not EVALSHA: Redis caches the script after its first run anyway, and a Redis that came
+    // back empty has forgotten the script too, which would cost a NOSCRIPT round trip each time.
     const answer = await this.#redis.eval(EXCHANGE, keys.length, ...keys, ...args);
     if (typeof answer === 'number') return answer;
     if (Array.isArray(answer) && answer.length === 3) {
@@ -362,9 +371,9 @@ export class RedisNonceStore implements NonceStore {
     const first = this.#epoch === undefined;
     this.#epoch = marker.epoch;
     this.#writes = marker.writes;
-    // On the first answer the epoch's start is the best bound there is: the boot rule covered the
-    // time before it. Later, the loss happened at some point before now, and an older marker
-    // restored from a snapshot carries an older start, so now is the only safe bound.
+    // On the first answer the epoch's start is the best bound there is. Later, the loss happened at
+    // some point before now, and an older marker restored from a snapshot carries an older start,
+    // so now is the only safe bound.
     this.#lostAt = first ? marker.since : this.#now();
     const notBefore = this.notBefore();
     if (notBefore === undefined) return;
@@ -374,11 +383,11 @@ export class RedisNonceStore implements NonceStore {
       until: new Date((notBefore + this.#window) * 1000).toISOString(),
     };
     if (!first) {
-      this.#log?.warn(fields, 'nonce store: Redis lost nonces (it came back empty, flushed or older); requests signed before notBefore are refused until then');
+      this.#log?.warn(fields, 'nonce store: Redis lost nonces (it came back empty, flushed or older); requests signed before notBefore are refused until the window has passed');
     } else if (marker.created) {
-      this.#log?.warn(fields, 'nonce store: Redis holds no record of this store (a new Redis, or one that lost its data); requests signed before notBefore are refused until then');
+      this.#log?.warn(fields, 'nonce store: Redis holds no record of this store (a new Redis, or one that lost its data); requests signed before this process started are refused until the window has passed');
     } else {
-      this.#log?.info(fields, 'nonce store: the epoch in Redis began recently; requests signed before it are refused until then');
+      this.#log?.info(fields, 'nonce store: Redis has held this store\'s nonces only since notBefore; requests signed before it are refused until the window has passed');
     }
   }
 
