@@ -28,7 +28,7 @@ function scopes(entry: Record<string, unknown>, validity: 'valid' | 'grace' = 'v
 
 function gate(newest?: string): { gate: PolicyGate; events: FerryEvent[] } {
   const events: FerryEvent[] = [];
-  const sink: EventSink = { publish: (e) => { events.push(e); }, flush: () => Promise.resolve(), close: () => Promise.resolve(), status: 'connected' } as unknown as EventSink;
+  const sink = { publish: (e: FerryEvent) => { events.push(e); }, flush: () => Promise.resolve(), close: () => Promise.resolve(), status: 'connected' } as unknown as EventSink;
   return {
     events,
     gate: new PolicyGate({ policy: DEFAULT_POLICY, events: sink, hostId: 'edge-1', logger: createLogger({ level: 'silent' }), newestSigned: () => newest }),
