@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { KeyRing, MemoryNonceStore, RequestVerifier, parseLabels } from '@ferry/auth';
+import { MemoryNonceStore, RequestVerifier, TrustStore, parseLabels } from '@ferry/auth';
 import type { FerryError } from '@ferry/protocol';
 import { backoffMs as backoffOf } from '@ferry/receiver';
 import { resolveTargets } from '@ferry/sender';
+import { testKey, trustDocument } from '../helpers/keys.ts';
 
-const SECRET = 'a'.repeat(32);
-const credentials = { keyId: 'ci', secret: SECRET };
+const credentials = testKey('ci');
 
 interface Call {
   url: URL;
@@ -46,7 +46,7 @@ describe('resolveTargets', () => {
     const registry = fakeRegistry(FLEET);
     // The registry's verifier is up before the request is signed, as a running registry would be:
     // built after, it could take a request signed in the previous second for one from before it started.
-    const verifier = new RequestVerifier({ keys: KeyRing.parse(`ci:${SECRET}`), nonces: new MemoryNonceStore(), audience: 'registry' });
+    const verifier = new RequestVerifier({ trust: new TrustStore({ data: trustDocument([credentials]) }), nonces: new MemoryNonceStore(), audience: 'registry' });
     const targets = await resolveTargets(['selector:env=prod,role=web', 'http://10.0.0.1:7701'], {
       registryUrl: 'http://registry.test:7702', credentials, fetch: registry.fetch,
     });

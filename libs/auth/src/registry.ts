@@ -1,5 +1,7 @@
+import { createHmac, hkdfSync, type KeyObject } from 'node:crypto';
 import type { ServiceSpec } from '@ferry/protocol';
 import { SignedClient, type ClientCredentials } from './client.ts';
+import { publicKeyText } from './keys.ts';
 
 /** What a receiver tells the registry about itself (`POST /v1/hosts`). */
 export interface HostRegistration {
@@ -15,6 +17,8 @@ export interface HostRegistration {
 
 /** A registered host, as the registry answers it. Times are ISO 8601. */
 export interface HostRecord extends HostRegistration {
+  /** The fingerprint (`SHA256:…`) of the host key it enrolled: what a sender pins when it dials `url`. */
+  hostKey?: string;
   status: 'online' | 'lost';
   registeredAt: string;
   lastSeenAt: string;
@@ -38,7 +42,11 @@ export interface ActualReport {
   state: string;
 }
 
-/** What the sender deployed (`PUT /v1/desired/:host/:service`). */
+/**
+ * What the sender deployed (`PUT /v1/desired/:host/:service`). `service.env` is given with its
+ * values; {@link RegistryClient.putDesired} sends a keyed digest of each instead (see
+ * {@link envDigests}): the registry never holds a value.
+ */
 export interface DesiredRecord {
   deploymentId: string;
   image: string;
@@ -46,6 +54,13 @@ export interface DesiredRecord {
   configHash: string;
   service: ServiceSpec;
   targetUrl: string;
+}
+
+/** What `POST /v1/join-tokens` answers: the token is shown this once; the registry keeps its hash. */
+export interface JoinToken {
+  token: string;
+  host: string;
+  expiresAt: string;
 }
 
 export interface DriftReason {
@@ -83,17 +98,38 @@ export function parseLabels(text: string): Record<string, string> | undefined {
  */
 export class RegistryClient {
   readonly #client: SignedClient;
+  readonly #credentials: ClientCredentials;
 
   constructor(url: string, credentials: ClientCredentials, options: { fetch?: typeof fetch; timeoutMs?: number } = {}) {
-    this.#client = new SignedClient({ url, credentials, peer: 'registry', unreachable: 'FERRY_ERR_REGISTRY_UNREACHABLE', ...options });
+    this.#credentials = credentials;
+    this.#client = new SignedClient({ url, credentials, peer: 'registry', unreachable: 'FERRY_ERR_REGISTRY_UNREACHABLE', learn: 'healthz', ...options });
   }
 
   get url(): string {
     return this.#client.url;
   }
 
+  /** Signed by the host's own enrolled key (`host.<id>`). */
   async register(host: HostRegistration): Promise<Registered> {
     return await this.#client.request('POST', '/v1/hosts', host) as Registered;
+  }
+
+  /**
+   * A receiver's first registration: presents its host key (this client's key, whose id must be
+   * `host.<id>`) with a join token, and proves it holds the key by signing the request with it.
+   *
+   * @throws FerryError FERRY_ERR_JOIN_TOKEN_INVALID, FERRY_ERR_HOST_ENROLLED, FERRY_ERR_LABELS_PINNED.
+   */
+  async enroll(token: string, host: HostRegistration): Promise<Registered> {
+    return await this.#client.request('POST', '/v1/enroll', { token, publicKey: publicKeyText(this.#credentials.privateKey), registration: host }) as Registered;
+  }
+
+  /**
+   * A one-time join token for `host` (an admin key): `labels` fixes the labels the host must
+   * register with, `replace` lets it enroll another key in place of the one it has.
+   */
+  async joinToken(request: { host: string; labels?: Record<string, string>; ttlSeconds?: number; replace?: boolean }): Promise<JoinToken> {
+    return await this.#client.request('POST', '/v1/join-tokens', request) as JoinToken;
   }
 
   /** @throws FerryError FERRY_ERR_HOST_UNKNOWN when the registry does not know the host (or marked it lost): register again. */
@@ -105,8 +141,10 @@ export class RegistryClient {
     return (await this.#client.request('GET', `/v1/hosts${search(query)}`) as { hosts: HostRecord[] }).hosts;
   }
 
+  /** Records a deployment; the env values stay here, the registry gets their digests (see {@link envDigests}). */
   async putDesired(host: string, service: string, desired: DesiredRecord): Promise<void> {
-    await this.#client.request('PUT', `/v1/desired/${encodeURIComponent(host)}/${encodeURIComponent(service)}`, desired);
+    const recorded = { ...desired, service: { ...desired.service, env: envDigests(desired.service.env, this.#credentials.privateKey) } };
+    await this.#client.request('PUT', `/v1/desired/${encodeURIComponent(host)}/${encodeURIComponent(service)}`, recorded);
   }
 
   async services(query: { host?: string; service?: string } = {}): Promise<ServiceState[]> {
@@ -116,6 +154,21 @@ export class RegistryClient {
   async drift(): Promise<ServiceState[]> {
     return (await this.#client.request('GET', '/v1/drift') as { drift: ServiceState[] }).drift;
   }
+}
+
+/**
+ * Each env value as `hmac-sha256:<hex>`, keyed by a key derived (HKDF-SHA256) from the signing
+ * key's private bytes: two records made with the same key show whether a value changed, and no
+ * one without that key can test a guess against a digest (the registry and its store hold none).
+ */
+export function envDigests(env: Readonly<Record<string, string>>, privateKey: KeyObject): Record<string, string> {
+  const secret = privateKey.export({ format: 'der', type: 'pkcs8' });
+  const key = Buffer.from(hkdfSync('sha256', secret, Buffer.alloc(0), 'ferry env digest v1', 32));
+  const digests: Record<string, string> = {};
+  for (const [name, value] of Object.entries(env)) {
+    digests[name] = `hmac-sha256:${createHmac('sha256', key).update(name).update('\0').update(value).digest('hex')}`;
+  }
+  return digests;
 }
 
 function search(query: Record<string, string | undefined>): string {
