@@ -41,15 +41,21 @@ image_id=$(bash deploy/lib/test-image.sh "$FERRY_BUILD_DOCKER_HOST" ferry-demo:1
 DOCKER_HOST=$FERRY_BUILD_DOCKER_HOST docker history --format '  {{.Size}}\t{{.CreatedBy}}' ferry-demo:1.0 | cut -c1-100
 
 say "starting a receiver for the target engine on $listen"
-if [ ! -f "$demo_dir/key.env" ]; then
-  node bin/ferry.js keygen --id demo > "$demo_dir/key.env"
-  chmod 600 "$demo_dir/key.env"
+# The demo's signing key, and the receiver's trust file that lets it deploy anything anywhere.
+if [ ! -f "$demo_dir/demo.key" ] || [ ! -f "$demo_dir/trust.json" ]; then
+  rm -f "$demo_dir/demo.key" "$demo_dir/trust.json"
+  public_key=$(node bin/ferry.js key new --id demo --out "$demo_dir/demo.key" | awk '$1 == "public" && $2 == "key" { print $3 }')
+  node bin/ferry.js trust add --id demo --public-key "$public_key" --role deploy --file "$demo_dir/trust.json" >/dev/null
 fi
+# Written each run: a key.env from an older demo may name variables Ferry no longer reads.
+printf 'FERRY_KEY_ID=demo\nFERRY_KEY_FILE=%s\n' "$demo_dir/demo.key" > "$demo_dir/key.env"
+set -a
 # shellcheck disable=SC1091
-set -a; . "$demo_dir/key.env"; set +a
+. "$demo_dir/key.env"
+set +a
 stop_receiver
 DOCKER_HOST=$FERRY_TARGET_DOCKER_HOST FERRY_LISTEN=$listen FERRY_DATA_DIR=$demo_dir/data FERRY_HOST_ID=demo-target \
-  FERRY_KEYS=$FERRY_KEYS FERRY_NATS_URL=$FERRY_NATS_URL \
+  FERRY_TRUST_FILE=$demo_dir/trust.json FERRY_NATS_URL=$FERRY_NATS_URL \
   nohup node bin/ferry.js receiver > "$demo_dir/receiver.log" 2>&1 &
 echo $! > "$demo_dir/receiver.pid"
 for _ in $(seq 100); do
@@ -60,7 +66,7 @@ done
 curl -fsS "http://$listen/healthz"; echo
 
 say "ferry push ferry-demo:1.0 --to http://$listen --name demo-web"
-DOCKER_HOST=$FERRY_BUILD_DOCKER_HOST FERRY_KEY_ID=$FERRY_KEY_ID FERRY_KEY=$FERRY_KEY FERRY_NATS_URL=$FERRY_NATS_URL \
+DOCKER_HOST=$FERRY_BUILD_DOCKER_HOST FERRY_KEY_ID=$FERRY_KEY_ID FERRY_KEY_FILE=$FERRY_KEY_FILE FERRY_NATS_URL=$FERRY_NATS_URL \
   node bin/ferry.js push ferry-demo:1.0 --to "http://$listen" --name demo-web \
   --network host --env "PORT=$port" --health "http://127.0.0.1:$port/healthz"
 

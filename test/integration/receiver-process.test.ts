@@ -7,10 +7,11 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { describe, test } from 'node:test';
 import { startReceiverProcess } from '../helpers/ferry.ts';
+import { testKey, trustFile } from '../helpers/keys.ts';
 import { stack } from '../helpers/stack.ts';
 
 const s = stack();
-const keys = `rp:${randomBytes(24).toString('base64url')}`;
+const trust = trustFile(testKey('rp'));
 
 async function procOf(pid: number | undefined): Promise<{ argv: string[]; env: Map<string, string> }> {
   assert.ok(pid !== undefined);
@@ -21,7 +22,7 @@ async function procOf(pid: number | undefined): Promise<{ argv: string[]; env: M
 
 describe('the receiver process', { timeout: 120_000 }, () => {
   test('runs with 1 MiB semi-spaces, gc exposed and buffers of 64 KiB or more mapped on their own', async () => {
-    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: keys, FERRY_HOST_ID: `rp-${randomBytes(3).toString('hex')}` });
+    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trust, FERRY_HOST_ID: `rp-${randomBytes(3).toString('hex')}` });
     try {
       const { argv, env } = await procOf(receiver.child.pid);
       for (const flag of ['--max-semi-space-size=1', '--v8-pool-size=1', '--expose-gc']) assert.ok(argv.includes(flag), `${flag} in ${argv.join(' ')}`);
@@ -32,7 +33,7 @@ describe('the receiver process', { timeout: 120_000 }, () => {
   });
 
   test("keeps the operator's own malloc setting", async () => {
-    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: keys, FERRY_HOST_ID: `rp-${randomBytes(3).toString('hex')}`, MALLOC_ARENA_MAX: '2' });
+    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trust, FERRY_HOST_ID: `rp-${randomBytes(3).toString('hex')}`, MALLOC_ARENA_MAX: '2' });
     try {
       const { argv, env } = await procOf(receiver.child.pid);
       assert.ok(argv.includes('--expose-gc'));

@@ -68,8 +68,9 @@ void describe('log redaction', () => {
 
   void it('removes keys and secrets in configuration-shaped objects', () => {
     const { logger, text } = sinkLogger();
-    logger.info({ FERRY_KEYS: `ci:${secret}`, FERRY_KEY: secret }, 'env');
-    logger.info({ config: { keys: `ci:${secret}`, secret } }, 'config');
+    // FERRY_KEY carries a sender's private key (PEM text) when no FERRY_KEY_FILE names one.
+    logger.info({ FERRY_KEY_ID: 'ci', FERRY_KEY: secret }, 'env');
+    logger.info({ config: { key: secret, secret } }, 'config');
     logger.info({ key: secret, secret }, 'flat');
     assertClean(text());
   });
