@@ -1,6 +1,6 @@
 export { SignedClient, type ClientCredentials, type SignedClientOptions } from './client.ts';
 export {
-  RegistryClient, parseLabels, type ActualReport, type DesiredRecord, type DriftReason, type HostRecord, type HostRegistration, type Registered, type ServiceState,
+  RegistryClient, envDigests, parseLabels, type JoinToken, type ActualReport, type DesiredRecord, type DriftReason, type HostRecord, type HostRegistration, type Registered, type ServiceState,
 } from './registry.ts';
 export { canonicalString, computeSignature, signRequest, type SignedFields, type SignOptions } from './canonical.ts';
 export { AddressList, clientAddress } from './cidr.ts';
@@ -19,6 +19,6 @@ export {
 export { IDENTITY_TYPE, checkIdentity, hostKeyId, isChallenge, newChallenge, signIdentity, type Identity } from './identity.ts';
 export { HOST_KEY_FILE, loadCredentials, loadOrCreateHostKey, type CredentialSources } from './credentials.ts';
 export {
-  MemoryNonceStore, RedisNonceStore, type NonceStore, type NonceStoreStatus, type RedisNonceStoreOptions, type StoreLogger,
+  MemoryNonceStore, RedisNonceStore, replayFloor, type NonceStore, type ReplayFloor, type NonceStoreStatus, type RedisNonceStoreOptions, type StoreLogger,
 } from './nonces.ts';
 export { RequestVerifier, authorize, type Authorized, type RequestFacts, type ScopeAtTime, type Verified, type VerifierOptions } from './verify.ts';

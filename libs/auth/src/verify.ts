@@ -2,7 +2,7 @@ import { DIGEST_PATTERN, FerryError, HEADERS, TIMESTAMP_WINDOW_SECONDS } from '@
 import { canonicalString, type SignedFields } from './canonical.ts';
 import { coversHost, coversService, roleAllows, validity, type Action, type HostFacts, type Scope, type Validity } from './grants.ts';
 import { verifyBytes } from './keys.ts';
-import type { NonceStore } from './nonces.ts';
+import { replayFloor, type NonceStore } from './nonces.ts';
 import type { TrustStore } from './trust.ts';
 
 const NONCE = /^[A-Za-z0-9_-]{22,128}$/;
@@ -126,12 +126,15 @@ export class RequestVerifier {
     }
     const scopes = inForce(live, now, this.#subject);
 
-    // A store that forgets on restart cannot recognise a request accepted by the previous process:
-    // refusing everything signed before this one started closes that gap.
-    if (this.#nonces.persistent !== true && seconds < this.#startedAt) {
+    // A store that forgot (a restart of this process with nonces in memory, or a Redis that lost its
+    // data) cannot recognise a request accepted before: what was signed before then is refused.
+    const floor = replayFloor(this.#nonces, this.#startedAt);
+    if (floor !== undefined && seconds < floor.notBefore) {
       throw new FerryError('FERRY_ERR_REPLAY', {
-        message: 'The request was signed before this receiver started; sign it anew',
-        details: { reason: 'before-boot' },
+        message: floor.reason === 'before-boot'
+          ? 'The request was signed before this receiver started; sign it anew'
+          : 'The request was signed before the nonce store lost its data; sign it anew',
+        details: { reason: floor.reason },
       });
     }
     // A nonce must outlive the window on both sides of the clock to make a replay impossible.
