@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { connect, type NatsConnection } from 'nats';
 import { EventWatcher } from './events.ts';
+import { trustFile, type TestKey } from './keys.ts';
 import { stack } from './stack.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
@@ -108,15 +109,17 @@ export interface WatchedReceiver {
 
 /**
  * A `ferry receiver` on the stack's target engine publishing to the stack's NATS, with a watcher on
- * its host's events subscribed before it starts, so no event is missed. The caller stops the
- * receiver and drains `nc`.
+ * its host's events subscribed before it starts, so no event is missed. `trust` is a trust file's
+ * path, or a key the receiver then trusts to deploy anything. The caller stops the receiver and
+ * drains `nc`.
  */
-export async function startWatchedReceiver(hostId: string, keys: string, extraEnv: Record<string, string> = {}): Promise<WatchedReceiver> {
+export async function startWatchedReceiver(hostId: string, trust: string | TestKey, extraEnv: Record<string, string> = {}): Promise<WatchedReceiver> {
   const s = stack();
   const nc = await connect({ servers: s.natsUrl });
   const watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
   const receiver = await startReceiverProcess({
-    DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: keys, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId, ...extraEnv,
+    DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: typeof trust === 'string' ? trust : trustFile(trust), FERRY_NATS_URL: s.natsUrl,
+    FERRY_HOST_ID: hostId, ...extraEnv,
   });
   return { receiver, watcher, nc };
 }

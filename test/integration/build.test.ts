@@ -15,6 +15,7 @@ import { FerryError } from '@ferry/protocol';
 import type { EventWatcher } from '../helpers/events.ts';
 import { freePort, runFerry, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { keyEnv, testKey } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -130,7 +131,7 @@ describe('building images on the real build engine', { timeout: 300_000 }, () =>
   });
 
   describe('ferry push --build', () => {
-    const key = { keyId: `bd-${run}`, secret: randomBytes(24).toString('base64url') };
+    const key = testKey(`bd-${run}`);
     const hostId = `bd-${run}`;
     const service = `bd-${run}`;
     let receiver: ReceiverProcess;
@@ -139,7 +140,7 @@ describe('building images on the real build engine', { timeout: 300_000 }, () =>
     let pushedId: string | undefined;
 
     before(async () => {
-      ({ receiver, watcher, nc } = await startWatchedReceiver(hostId, `${key.keyId}:${key.secret}`));
+      ({ receiver, watcher, nc } = await startWatchedReceiver(hostId, key));
     });
 
     after(async () => {
@@ -159,7 +160,7 @@ describe('building images on the real build engine', { timeout: 300_000 }, () =>
       const result = await runFerry([
         'push', ref, '--build', dir, '--build-arg', `VARIANT=${run}`, '--to', receiver.url, '--name', service,
         '--network', 'host', '--health', `tcp://127.0.0.1:${port}`, '--json',
-      ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret, FERRY_NATS_URL: s.natsUrl });
+      ], { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key), FERRY_NATS_URL: s.natsUrl });
       assert.equal(result.code, 0, result.stdout + result.stderr);
       const body = JSON.parse(result.stdout.trim()) as { deploymentId: string; imageId: string };
       pushedId = body.imageId;

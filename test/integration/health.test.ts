@@ -23,10 +23,11 @@ import { buildTestImage, capture, freePort, runFerry, startWatchedReceiver, type
 import type { EventWatcher } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { keyEnv, testKey } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `hc-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`hc-${run}`);
 const hostId = `hc-${run}`;
 const service = `hc-${run}`;
 const repo = `ferry-hc-${run}`;
@@ -139,7 +140,7 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
       tls[name] = server;
     }
-    ({ receiver, watcher, nc } = await startWatchedReceiver(hostId, `${key.keyId}:${key.secret}`, { NODE_EXTRA_CA_CERTS: join(certs, 'trusted.pem') }));
+    ({ receiver, watcher, nc } = await startWatchedReceiver(hostId, key, { NODE_EXTRA_CA_CERTS: join(certs, 'trusted.pem') }));
   });
 
   after(async () => {
@@ -163,7 +164,7 @@ describe('health checks against a real receiver, engine and NATS', { timeout: 30
     const result = await runFerry([
       'push', `${repo}:1`, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
       '--health', `tcp://127.0.0.1:${port}`, '--health-interval', '100', '--health-timeout', '1000', '--health-start-period', '0', '--json',
-    ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret });
+    ], { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) });
     assert.equal(result.code, 0, result.stdout + result.stderr);
     const summary = JSON.parse(result.stdout) as { deploymentId: string; deployment: { state: string } };
     assert.equal(summary.deployment.state, 'COMPLETED');

@@ -21,6 +21,7 @@ import { buildPackage, planStoreArchive, producePackage, push, storeArchiveChunk
 import { capture, startReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { engines, stack } from '../helpers/stack.ts';
+import { testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -242,8 +243,8 @@ describe('reading images from the layer store', { timeout: 300_000 }, () => {
     changed[0] = (changed[0] ?? 0) ^ 0xff;
     await writeFile(join(await filesOf(v1.diffIds[1] ?? ''), 'data', 'big.bin'), changed);
     await removeImages(target, [v2.id, v1.id]);
-    const key = { keyId: `ls-${run}`, secret: randomBytes(24).toString('base64url') };
-    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `ls-${run}` });
+    const key = testKey(`ls-${run}`);
+    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `ls-${run}` });
     const service = `ls-${run}`;
     try {
       // The build engine's own images, but its layer store is the broken copy.

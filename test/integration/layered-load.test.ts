@@ -18,6 +18,7 @@ import { planStoreArchive, streamStoreArchive } from '@ferry/sender';
 import { buildLayeredImage, startReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages } from '../helpers/cleanup.ts';
 import { engines, stack } from '../helpers/stack.ts';
+import { testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -185,7 +186,7 @@ describe('layered load', { timeout: 300_000 }, () => {
     assert.deepEqual((await targetImages.load(Readable.from([tar]))).imageIds, [id]);
     assert.deepEqual(await leftovers(`gone-${run}`), [id]);
     // A receiver starting on this engine removes it before it listens.
-    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `ll-${run}:${randomBytes(24).toString('base64url')}`, FERRY_HOST_ID: `ll-${run}` });
+    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey(`ll-${run}`)), FERRY_HOST_ID: `ll-${run}` });
     await receiver.stop();
     assert.deepEqual(await leftovers(`gone-${run}`), []);
   });

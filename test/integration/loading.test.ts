@@ -19,10 +19,11 @@ import { buildTestImage, startReceiverProcess, type ReceiverProcess } from '../h
 import { removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 import { tarHeader } from '../helpers/tar.ts';
+import { testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `load-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`load-${run}`);
 const hostId = `load-${run}`;
 const service = `load-svc-${run}`;
 const repo = `ferry-load-${run}`;
@@ -143,7 +144,7 @@ describe('loading: only the signed image, safely, or nothing', { timeout: 300_00
     [v1, v2] = await Promise.all([saved(build, id1), saved(build, id2)]);
     victimId = await buildTestImage(s.targetDockerHost, victim, `victim-${run}`);
     for (const id of [v1.id, v2.id, victimId]) known.add(id);
-    receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId });
+    receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId });
     // Requests signed in the receiver's first second are refused as "before boot" (whole-second
     // timestamps against a fractional start time); let that second pass.
     await new Promise((resolve) => setTimeout(resolve, 1100));
