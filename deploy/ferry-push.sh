@@ -10,8 +10,16 @@
 #   NAME    service (container) name on the target
 #
 # Options:
-#   --key-id ID --key SECRET   signing key (prefer FERRY_KEY_ID / FERRY_KEY in the environment:
-#                              an argument is visible to other local users in ps)
+#   --key-id ID                the signing key's id (or FERRY_KEY_ID)
+#   --key-file PATH            its Ed25519 private key, PKCS#8 PEM as `openssl genpkey -algorithm
+#                              ed25519` or `ferry key new` write it (or FERRY_KEY_FILE; FERRY_KEY
+#                              may hold the PEM itself). The key is only ever passed to openssl
+#                              as a file, never on a command line
+#   --grant-file PATH          the key's grant, sent with every request as X-Ferry-Grant (or
+#                              FERRY_GRANT_FILE; FERRY_GRANT may hold the grant itself), for a
+#                              receiver that trusts the grant's issuer rather than the key
+#   --host-key SHA256:…        the receiver's host key fingerprint: refuse a receiver that cannot
+#                              prove it holds that key (FERRY_ERR_HOST_KEY_MISMATCH)
 #   --env K=V                  container environment variable; repeat for more
 #   --health URL|tcp://HOST:PORT|cmd   health check, run by the receiver on the target host
 #   --health-interval MS       pause between probes (receiver default 1000)
@@ -22,11 +30,15 @@
 #   --part-size BYTES          resumable part size (default 33554432 = 32 MiB)
 #   --json                     print the receiver's answer as one JSON line (stdout)
 #
-# Prints the receiver's deployment record; on failure prints the error code (FERRY_ERR_…) and
-# message and exits 1 (2: usage, 3: the receiver cannot be reached). Temporary files go to TMPDIR.
+# It first asks the receiver who it is (GET /v1/identity with a fresh challenge) and checks the
+# answer's Ed25519 signature with openssl: the host id it proves is the audience every request is
+# signed for. Prints the receiver's deployment record; on failure prints the error code
+# (FERRY_ERR_…) and message and exits 1 (2: usage, 3: the receiver cannot be reached). Temporary
+# files go to TMPDIR.
 #
-# FERRY_PUSH_TEST_CORRUPT=1 flips one byte of the package after it was hashed: a test hook for
-# the receiver's digest check. It MUST NOT be set otherwise.
+# FERRY_PUSH_TEST_CORRUPT is a test hook that MUST NOT be set otherwise: 1 flips one byte of the
+# package after it was hashed (the receiver's digest check), signature flips one hex digit of
+# every request's signature (the receiver's signature check).
 set -euo pipefail
 umask 077
 
@@ -35,7 +47,7 @@ EMPTY_DIGEST=blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f
 JSON=0
 
 say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-usage() { printf '%s: %s\nusage: deploy/ferry-push.sh IMAGE URL NAME [--key-id ID --key SECRET] [--env K=V]… [--health URL] [--network host|bridge|none] [--resumable-threshold BYTES] [--json]\n' "$PROG" "$1" >&2; exit 2; }
+usage() { printf '%s: %s\nusage: deploy/ferry-push.sh IMAGE URL NAME [--key-id ID --key-file PATH] [--grant-file PATH] [--host-key SHA256:…] [--env K=V]… [--health URL] [--network host|bridge|none] [--resumable-threshold BYTES] [--json]\n' "$PROG" "$1" >&2; exit 2; }
 # fail CODE MESSAGE [EXIT]: the one way out on failure, the code first so scripts can match it.
 fail() {
   if [ "$JSON" = 1 ]; then printf '{"error":{"code":"%s","message":"%s"}}\n' "$1" "$(json_escape "$2")"; fi
@@ -52,38 +64,82 @@ json_escape() {
 }
 
 # ------------------------------------------------------------------ signing (docs/protocol.md §3) --
-# sign METHOD PATH DIGEST [OFFSET]: sets HDR to the six signed headers as curl arguments. The
-# HMAC is computed from two SHA-256 passes (RFC 2104) so the secret never appears on a command
-# line, where `openssl dgst -hmac SECRET` would show it to every local user.
-hmac() {  # KEY < MESSAGE → lowercase hex HMAC-SHA256
-  local LC_ALL=C k=$1 h='' i ip='' op=''
-  if ((${#k} > 64)); then h=$(printf '%s' "$k" | openssl dgst -sha256 -hex | awk '{print $NF}')
-  else for ((i = 0; i < ${#k}; i++)); do printf -v h '%s%02x' "$h" "'${k:i:1}"; done; fi
-  h+=$(printf '%0128d' 0)
-  for ((i = 0; i < 128; i += 2)); do
-    printf -v ip '%s\\x%02x' "$ip" $((0x${h:i:2} ^ 0x36)); printf -v op '%s\\x%02x' "$op" $((0x${h:i:2} ^ 0x5c))
-  done
-  { printf "$op"; { printf "$ip"; cat; } | openssl dgst -sha256 -binary; } | openssl dgst -sha256 -hex | awk '{print $NF}'
+# canonical METHOD PATH TIMESTAMP NONCE DIGEST KEY-ID AUDIENCE [OFFSET]: the canonical string of
+# §3.1, nine lines, no trailing newline.
+canonical() {
+  printf 'FERRY-ED25519-V1\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s' "$1" "$2" "$3" "$4" "$5" "$6" "$7" "${8:-}"
 }
+# ed25519_sign KEY-FILE MESSAGE-FILE: the Ed25519 signature of the file's bytes, 128 lowercase hex.
+# openssl signs Ed25519 in one pass over a file it can size: not from a pipe.
+ed25519_sign() {
+  openssl pkeyutl -sign -inkey "$1" -rawin -in "$2" | od -An -v -tx1 | tr -d ' \n'
+}
+# sign METHOD PATH DIGEST [OFFSET]: sets HDR to the signed headers (and the grant) as curl arguments.
 sign() {
   local ts nonce sig
   ts=$(date +%s); nonce=$(openssl rand -hex 16)
-  sig=$(printf 'FERRY-HMAC-SHA256-V1\n%s\n%s\n%s\n%s\n%s\n%s\n%s\n%s' "$1" "$2" "$ts" "$nonce" "$3" "$KEY_ID" "$AUDIENCE" "${4:-}" | hmac "$KEY")
+  canonical "$1" "$2" "$ts" "$nonce" "$3" "$KEY_ID" "$AUDIENCE" "${4:-}" > "$WORK/canonical"
+  sig=$(ed25519_sign "$KEY_FILE" "$WORK/canonical") || sig=''
+  [[ $sig =~ ^[0-9a-f]{128}$ ]] || fail FERRY_ERR_CONFIG "openssl could not sign with $KEY_FILE"
+  if [ "${FERRY_PUSH_TEST_CORRUPT:-}" = signature ]; then
+    case ${sig:0:1} in 0) sig=1${sig:1} ;; *) sig=0${sig:1} ;; esac
+  fi
   HDR=(-H "X-Ferry-Key-Id: $KEY_ID" -H "X-Ferry-Timestamp: $ts" -H "X-Ferry-Nonce: $nonce"
        -H "X-Ferry-Content-Digest: $3" -H "X-Ferry-Audience: $AUDIENCE" -H "X-Ferry-Signature: $sig")
+  [ -z "$GRANT" ] || HDR+=(-H "X-Ferry-Grant: $GRANT")
+}
+
+# unhex HEX: the bytes the hex digits stand for.
+unhex() {
+  local h=$1 out='' i
+  for ((i = 0; i < ${#h}; i += 2)); do out+="\\x${h:i:2}"; done
+  printf '%b' "$out"
+}
+
+# identity: asks GET /v1/identity with a fresh challenge and checks the signed answer (§3.6): the
+# payload is signed by the key it names, over our challenge, and, with --host-key, that key is the
+# one expected. Sets AUDIENCE (the host id) and HOST_FP (the host key's fingerprint).
+identity() {
+  local challenge type payload signature public
+  challenge=$(openssl rand -base64 16 | tr '+/' '-_' | tr -d '=\n')
+  request "$WORK/identity" "$URL/v1/identity?challenge=$challenge"
+  [ "$STATUS" = 200 ] || fail FERRY_ERR_BAD_RESPONSE "$URL/v1/identity answered HTTP $STATUS: not a Ferry receiver that proves its identity"
+  type=$(field type "$WORK/identity"); payload=$(field payload "$WORK/identity"); signature=$(field signature "$WORK/identity")
+  [ "$type" = ferry.identity/v1 ] && [[ $payload =~ ^[A-Za-z0-9+/]+={0,2}$ ]] && [[ $signature =~ ^[0-9a-f]{128}$ ]] \
+    || fail FERRY_ERR_BAD_RESPONSE "$URL/v1/identity: not a signed identity"
+  printf '%s' "$payload" | openssl base64 -d -A > "$WORK/identity.payload"
+  public=$(field publicKey "$WORK/identity.payload")
+  [[ $public =~ ^[A-Za-z0-9+/]{43}=$ ]] || fail FERRY_ERR_BAD_RESPONSE "$URL/v1/identity: the identity names no Ed25519 public key"
+  { unhex 302a300506032b6570032100; printf '%s' "$public" | openssl base64 -d -A; } > "$WORK/host.der"
+  { printf 'FERRY-SIGNED-V1\nferry.identity/v1\n'; cat "$WORK/identity.payload"; } > "$WORK/identity.msg"
+  unhex "$signature" > "$WORK/identity.sig"
+  openssl pkeyutl -verify -pubin -keyform DER -inkey "$WORK/host.der" -rawin -in "$WORK/identity.msg" -sigfile "$WORK/identity.sig" >/dev/null 2>&1 \
+    || fail FERRY_ERR_BAD_RESPONSE "$URL/v1/identity: the identity's signature does not verify"
+  [ "$(field challenge "$WORK/identity.payload")" = "$challenge" ] \
+    || fail FERRY_ERR_BAD_RESPONSE "$URL/v1/identity answers another challenge (a replayed answer)"
+  HOST_FP=SHA256:$(printf '%s' "$public" | openssl base64 -d -A | openssl dgst -sha256 -binary | openssl base64 -A | tr -d '=')
+  [ "$(field fingerprint "$WORK/identity.payload")" = "$HOST_FP" ] \
+    || fail FERRY_ERR_BAD_RESPONSE "$URL/v1/identity names a fingerprint that is not its key's"
+  if [ -n "$HOST_KEY" ] && [ "$HOST_FP" != "$HOST_KEY" ]; then
+    fail FERRY_ERR_HOST_KEY_MISMATCH "$URL proved host key $HOST_FP, not the expected $HOST_KEY"
+  fi
+  AUDIENCE=$(field host "$WORK/identity.payload")
+  [[ $AUDIENCE =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]] || fail FERRY_ERR_BAD_RESPONSE "$URL/v1/identity names no host id"
 }
 
 # ---------------------------------------------------------------------------------- arguments --
 IMAGE='' URL='' NAME='' NETWORK=bridge HEALTH='' HEALTH_INTERVAL='' HEALTH_RETRIES=''
 THRESHOLD=67108864 PART=33554432 ENVS=()
-KEY_ID=${FERRY_KEY_ID:-} KEY=${FERRY_KEY:-}
+KEY_ID=${FERRY_KEY_ID:-} KEY_FILE=${FERRY_KEY_FILE:-} GRANT_FILE=${FERRY_GRANT_FILE:-} HOST_KEY='' GRANT=''
 positional=()
 while [ "$#" -gt 0 ]; do
   case $1 in
-    --key-id|--key|--env|--health|--health-interval|--health-retries|--network|--resumable-threshold|--part-size)
+    --key) usage "--key is gone: requests are signed with an Ed25519 key file, --key-file PATH (openssl genpkey -algorithm ed25519)" ;;
+    --key-id|--key-file|--grant-file|--host-key|--env|--health|--health-interval|--health-retries|--network|--resumable-threshold|--part-size)
       [ "$#" -ge 2 ] || usage "$1 needs a value"
       case $1 in
-        --key-id) KEY_ID=$2 ;; --key) KEY=$2 ;; --env) ENVS+=("$2") ;; --health) HEALTH=$2 ;;
+        --key-id) KEY_ID=$2 ;; --key-file) KEY_FILE=$2 ;; --grant-file) GRANT_FILE=$2 ;; --host-key) HOST_KEY=$2 ;;
+        --env) ENVS+=("$2") ;; --health) HEALTH=$2 ;;
         --health-interval) HEALTH_INTERVAL=$2 ;; --health-retries) HEALTH_RETRIES=$2 ;;
         --network) NETWORK=$2 ;; --resumable-threshold) THRESHOLD=$2 ;; --part-size) PART=$2 ;;
       esac
@@ -97,7 +153,10 @@ while [ "$#" -gt 0 ]; do
 done
 [ "${#positional[@]}" = 3 ] || usage "IMAGE, URL and NAME are required"
 IMAGE=${positional[0]} URL=${positional[1]%/} NAME=${positional[2]}
-[ -n "$KEY_ID" ] && [ -n "$KEY" ] || usage "a signing key is required: --key-id ID --key SECRET, or FERRY_KEY_ID and FERRY_KEY"
+[ -n "$KEY_ID" ] && { [ -n "$KEY_FILE" ] || [ -n "${FERRY_KEY:-}" ]; } \
+  || usage "a signing key is required: --key-id ID --key-file PATH, or FERRY_KEY_ID and FERRY_KEY_FILE"
+[[ $KEY_ID =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]] || usage "--key-id: letters, digits, '.', '_' and '-', at most 128"
+[ -z "$HOST_KEY" ] || [[ $HOST_KEY =~ ^SHA256:[A-Za-z0-9+/]{43}$ ]] || usage "--host-key takes a fingerprint, SHA256: and 43 base64 characters"
 [[ $URL =~ ^https?://[^/]+$ ]] || usage "URL must be http(s)://host:port (got '$URL')"
 [[ $NAME =~ ^[a-z0-9][a-z0-9_-]{0,62}$ ]] || usage "NAME must be lowercase letters, digits, - and _, at most 63 (got '$NAME')"
 case $NETWORK in host|bridge|none) ;; *) usage "--network must be host, bridge or none" ;; esac
@@ -125,6 +184,29 @@ done
 # ------------------------------------------------------------------------------------ helpers --
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ferry-push.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+
+# The key: a file openssl reads. PEM text from FERRY_KEY goes to a file of our own (0600 by the
+# umask), written by printf, a builtin, so it is on no command line either.
+if [ -z "$KEY_FILE" ]; then
+  KEY_FILE=$WORK/key.pem
+  printf '%s\n' "$FERRY_KEY" > "$KEY_FILE"
+fi
+[ -r "$KEY_FILE" ] || usage "the key file $KEY_FILE cannot be read"
+[ "$(openssl pkey -in "$KEY_FILE" -noout -text_pub 2>/dev/null | head -n 1)" = 'ED25519 Public-Key:' ] \
+  || usage "$KEY_FILE is not an Ed25519 private key in PEM (make one with: openssl genpkey -algorithm ed25519 -out KEY.pem)"
+# The grant travels as base64url of the grant file's bytes: whatever JSON the file holds is what
+# the receiver parses, and the grant's own payload is signed as base64 inside it.
+if [ -n "$GRANT_FILE" ] || [ -n "${FERRY_GRANT:-}" ]; then
+  if [ -z "$GRANT_FILE" ]; then GRANT_FILE=$WORK/grant; printf '%s' "$FERRY_GRANT" > "$GRANT_FILE"; fi
+  [ -r "$GRANT_FILE" ] || usage "the grant file $GRANT_FILE cannot be read"
+  if [ "$(tr -d ' \t\r\n' < "$GRANT_FILE" | head -c 1)" = '{' ]; then
+    GRANT=$(openssl base64 -A < "$GRANT_FILE" | tr '+/' '-_' | tr -d '=')
+  else
+    GRANT=$(tr -d ' \t\r\n' < "$GRANT_FILE")
+  fi
+  # (A bound as in {1,8192} would make bash's regex compile for the better part of a minute.)
+  [[ $GRANT =~ ^[A-Za-z0-9_-]+$ ]] && [ "${#GRANT}" -le 8192 ] || usage "$GRANT_FILE is not a grant (its JSON, or the base64url of it, at most 8192 characters)"
+fi
 
 # request FILE CURL-ARGS…: runs curl, body to FILE, answer headers to FILE.h, the status to
 # STATUS. No answer at all is FERRY_ERR_RECEIVER_UNREACHABLE (exit 3).
@@ -158,9 +240,8 @@ finish() {
 }
 
 # ---------------------------------------------------------------------------------- package --
-request "$WORK/healthz" "$URL/healthz"
-AUDIENCE=$(field host "$WORK/healthz")
-[ "$STATUS" = 200 ] && [ -n "$AUDIENCE" ] || fail FERRY_ERR_BAD_RESPONSE "$URL/healthz answered $STATUS without a host id"
+identity
+say "$URL is $AUDIENCE, host key $HOST_FP"
 
 ID=$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null) || fail FERRY_ERR_IMAGE_NOT_FOUND "$IMAGE is not on the local engine${DOCKER_HOST:+ ($DOCKER_HOST)}"
 LAYERS=$(docker image inspect -f '{{json .RootFS.Layers}}' "$ID")
