@@ -85,6 +85,14 @@ export async function ensureWritableDir(dir: string): Promise<void> {
   }
 }
 
+/**
+ * FERRY_MAX_CONNECTIONS: the most connections the service holds open at once (libs/http listen);
+ * keep it well under the process's open-file limit, which its engine and store connections share.
+ */
+export function maxConnectionsVar() {
+  return z.coerce.number({ error: 'a whole number' }).int('a whole number').min(16, 'at least 16').max(1_000_000, 'at most 1000000').default(1024);
+}
+
 export function natsUrlVar() {
   return z.string().regex(/^(nats|tls):\/\/[^\s]+$/, 'nats://host:port').optional();
 }

@@ -27,9 +27,15 @@ export interface ListenOptions {
   requestTimeoutMs?: number;
   /** An idle kept-alive connection is closed after this. Default 5 s. */
   keepAliveTimeoutMs?: number;
+  /**
+   * Most connections held open at once. Default 1024. At the limit a new connection takes the
+   * place of the one idle for longest (no request in progress: its head is not complete yet, or it
+   * waits between requests); when every connection is in a request, the new one is closed.
+   */
+  maxConnections?: number;
 }
 
-const DEFAULTS = { maxHeaderBytes: 16 * 1024, headersTimeoutMs: 30_000, requestTimeoutMs: 0, keepAliveTimeoutMs: 5_000 } as const;
+const DEFAULTS = { maxHeaderBytes: 16 * 1024, headersTimeoutMs: 30_000, requestTimeoutMs: 0, keepAliveTimeoutMs: 5_000, maxConnections: 1024 } as const;
 
 /**
  * Listens with `Expect: 100-continue` handed to the app instead of answered by Node: the app
@@ -49,10 +55,15 @@ export async function listen(handler: Handler, host: string, port: number, optio
     connectionsCheckingInterval: Math.max(100, Math.min(30_000, ...timeouts.map((ms) => Math.floor(ms / 2)))),
   };
   const server: Server = options.tls
-    ? createTlsServer({ ...settings, cert: options.tls.cert, key: options.tls.key }, handler)
+    // headersTimeout starts once the TLS handshake is done; until then the handshake's own timeout is the bound.
+    ? createTlsServer({ ...settings, handshakeTimeout: limits.headersTimeoutMs, cert: options.tls.cert, key: options.tls.key }, handler)
     : createServer(settings, handler);
   server.on('checkContinue', handler);
   server.on('clientError', answerClientError);
+  const connections = new ConnectionLimit(limits.maxConnections);
+  server.on('connection', (socket: Socket) => connections.admit(socket));
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => connections.track(req, res));
+  server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => connections.track(req, res));
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {
@@ -78,6 +89,82 @@ export async function listen(handler: Handler, host: string, port: number, optio
       return closing;
     },
   };
+}
+
+/**
+ * Keeps a server's open connections at or under `max`, so that sockets opened and left idle (or
+ * fed a byte at a time) cannot take every file descriptor the process has, and with them its way
+ * to the Docker engine, Redis or NATS. Node's own `server.maxConnections` refuses newcomers once
+ * full, which would let such sockets lock honest clients out until they time out; here a newcomer
+ * instead replaces the connection that has been idle for longest. A connection in a request is
+ * never replaced: it passed the head, and a signed route decides quickly what to do with it.
+ *
+ * Connections are known by their peer's address and port: the one identity a TLS server's raw
+ * socket ('connection') and the TLS socket its requests arrive on ('request') share.
+ */
+class ConnectionLimit {
+  readonly #max: number;
+  /** Connections without a request in progress, the longest idle first (a Map keeps insertion order). */
+  readonly #idle = new Map<string, Socket>();
+  /** Connections in a request, with how many of their requests are in progress (pipelining). */
+  readonly #busy = new Map<string, { socket: Socket; requests: number }>();
+
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  admit(socket: Socket): void {
+    const key = peerOf(socket);
+    // A peer gone before it was accepted has no address left, and nothing worth keeping.
+    if (key === undefined) {
+      socket.destroy();
+      return;
+    }
+    if (this.#idle.size + this.#busy.size >= this.#max) {
+      const oldest = this.#idle.entries().next();
+      if (oldest.done === true) {
+        socket.destroy();
+        return;
+      }
+      this.#idle.delete(oldest.value[0]);
+      oldest.value[1].destroy();
+    }
+    this.#idle.set(key, socket);
+    socket.once('close', () => {
+      if (this.#idle.get(key) === socket) this.#idle.delete(key);
+      if (this.#busy.get(key)?.socket === socket) this.#busy.delete(key);
+    });
+  }
+
+  /** A request head arrived: its connection is busy until the answer is done. */
+  track(req: IncomingMessage, res: ServerResponse): void {
+    const key = peerOf(req.socket);
+    if (key === undefined) return;
+    const socket = this.#idle.get(key);
+    const busy = this.#busy.get(key);
+    if (socket !== undefined) {
+      this.#idle.delete(key);
+      this.#busy.set(key, { socket, requests: 1 });
+    } else if (busy !== undefined) {
+      busy.requests += 1;
+    } else {
+      return;
+    }
+    res.once('close', () => {
+      const entry = this.#busy.get(key);
+      if (entry === undefined) return;
+      entry.requests -= 1;
+      if (entry.requests > 0) return;
+      this.#busy.delete(key);
+      // Back at the end of the idle order: now it is the connection idle for the shortest time.
+      if (!entry.socket.destroyed) this.#idle.set(key, entry.socket);
+    });
+  }
+}
+
+function peerOf(socket: Socket): string | undefined {
+  const { remoteAddress, remotePort } = socket;
+  return remoteAddress === undefined || remotePort === undefined ? undefined : `${remoteAddress}|${remotePort}`;
 }
 
 /**
@@ -148,6 +235,11 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Socket): void {
     `HTTP/1.1 ${error.status} ${STATUS_CODES[error.status] ?? ''}\r\nContent-Type: application/json; charset=utf-8\r\n`
     + `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
   );
+  // end() closes only our side: the server allows half-open connections, so a peer that never
+  // closes its own (a socket opened and left idle until the headers timeout) would keep this
+  // one, and its descriptor, for ever. It gets as long as a lingering refusal to read the answer.
+  const cut = setTimeout(() => socket.destroy(), LINGER.ms).unref();
+  socket.once('close', () => clearTimeout(cut));
 }
 
 // llhttp's reasons name the rule broken ("Duplicate Content-Length"); they never echo the bytes.

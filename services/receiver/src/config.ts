@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { join } from 'node:path';
 import { AddressList, parseLabels } from '@ferry/auth';
 import {
-  dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
+  dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, maxConnectionsVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
 import { loadPolicy, type Policy } from './policy/index.ts';
 import { CRASH_POINTS, type CrashPoint } from './deploy/crash.ts';
@@ -38,6 +38,7 @@ const schema = z.object({
   FERRY_KEEPALIVE_TIMEOUT_MS: wholeNumber(0, 600_000).default(5_000),
   FERRY_MIN_BODY_RATE: wholeNumber(0, 1024 ** 3).default(1024),
   FERRY_BODY_RATE_WINDOW_MS: wholeNumber(100, 600_000).default(30_000),
+  FERRY_MAX_CONNECTIONS: maxConnectionsVar(),
   // Deployment engine (README "Deployments, journal and rollback").
   FERRY_RETAIN_IMAGES: wholeNumber(1, 1000).default(DEFAULT_RETAIN_IMAGES),
   FERRY_MIN_FREE_BYTES: wholeNumber(0, Number.MAX_SAFE_INTEGER).default(DEFAULT_MIN_FREE_BYTES),
@@ -90,7 +91,7 @@ export interface ReceiverConfig {
   registry: RegistrySettings | undefined;
   http: {
     maxHeaderBytes: number; headersTimeoutMs: number; requestTimeoutMs: number; keepAliveTimeoutMs: number;
-    minBodyBytesPerSecond: number; bodyRateWindowMs: number;
+    minBodyBytesPerSecond: number; bodyRateWindowMs: number; maxConnections: number;
   };
 }
 
@@ -138,6 +139,7 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
     http: {
       maxHeaderBytes: raw.FERRY_MAX_HEADER_BYTES, headersTimeoutMs: raw.FERRY_HEADERS_TIMEOUT_MS, requestTimeoutMs: raw.FERRY_REQUEST_TIMEOUT_MS,
       keepAliveTimeoutMs: raw.FERRY_KEEPALIVE_TIMEOUT_MS, minBodyBytesPerSecond: raw.FERRY_MIN_BODY_RATE, bodyRateWindowMs: raw.FERRY_BODY_RATE_WINDOW_MS,
+      maxConnections: raw.FERRY_MAX_CONNECTIONS,
     },
   });
 }

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { join } from 'node:path';
 import { AddressList, loadCredentials, type ClientCredentials } from '@ferry/auth';
 import {
-  dataDirVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
+  dataDirVar, hostIdVar, listenVar, loadConfig, logLevelVar, maxConnectionsVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
 import { parseDriftIgnore, type DriftIgnoreRule } from './drift.ts';
 
@@ -32,6 +32,7 @@ const schema = z.object({
   FERRY_GRANT: z.string().optional(),
   FERRY_ALLOW_CIDRS: parsedVar((v) => AddressList.parse(v)).optional(),
   FERRY_DASHBOARD_TOKEN: z.string().regex(/^[\x21-\x7e]{16,256}$/, '16–256 printable characters without spaces').optional(),
+  FERRY_MAX_CONNECTIONS: maxConnectionsVar(),
 })
   .refine((v) => (v.FERRY_KEY_ID === undefined) === (v.FERRY_KEY === undefined && v.FERRY_KEY_FILE === undefined), { message: 'FERRY_KEY_ID and FERRY_KEY_FILE (or FERRY_KEY) go together: set both or neither', path: ['FERRY_KEY_ID'] })
   .refine((v) => v.FERRY_DRIFT_MODE !== 'correct' || (v.FERRY_SENDER_URL !== undefined && v.FERRY_KEY_ID !== undefined), {
@@ -57,6 +58,8 @@ export interface RegistryConfig {
   allowCidrs: AddressList | undefined;
   /** For the dashboard, when one is mounted. */
   dashboardToken: string | undefined;
+  /** Most connections the listener holds open at once (libs/http listen). */
+  maxConnections: number;
 }
 
 /** @throws FerryError FERRY_ERR_CONFIG listing every problem at once. */
@@ -67,6 +70,6 @@ export function loadRegistryConfig(env: Env = process.env): RegistryConfig {
     dataDir: c.FERRY_DATA_DIR, logLevel: c.FERRY_LOG_LEVEL, hostTtlSeconds: c.FERRY_HOST_TTL_SECONDS,
     driftMode: c.FERRY_DRIFT_MODE, driftIgnore: c.FERRY_DRIFT_IGNORE, senderUrl: c.FERRY_SENDER_URL?.replace(/\/+$/, ''),
     credentials: c.FERRY_KEY_ID === undefined ? undefined : loadCredentials({ keyId: c.FERRY_KEY_ID, keyFile: c.FERRY_KEY_FILE, key: c.FERRY_KEY, grantFile: c.FERRY_GRANT_FILE, grant: c.FERRY_GRANT }),
-    allowCidrs: c.FERRY_ALLOW_CIDRS, dashboardToken: c.FERRY_DASHBOARD_TOKEN,
+    allowCidrs: c.FERRY_ALLOW_CIDRS, dashboardToken: c.FERRY_DASHBOARD_TOKEN, maxConnections: c.FERRY_MAX_CONNECTIONS,
   };
 }

@@ -90,7 +90,7 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   let server: ListeningServer;
   try {
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, startedAt * 1000 - Date.now())));
-    server = await listen(app, config.listen.host, config.listen.port);
+    server = await listen(app, config.listen.host, config.listen.port, { maxConnections: config.maxConnections });
   } catch (err) {
     await stopAll();
     if (err instanceof FerryError) throw err;
