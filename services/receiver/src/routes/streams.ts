@@ -1,3 +1,4 @@
+import { authorize } from '@ferry/auth';
 import { Router, type Response } from 'express';
 import { readSignedJson, type AuthLocals } from '@ferry/http';
 import { MANIFEST_MAX_BYTES, PATHS } from '@ferry/protocol';
@@ -31,6 +32,13 @@ export function streamsRouter(deps: StreamsDeps): Router {
     res.setHeader('Location', `${PATHS.streams}/${streamId}`);
     offsetHeader(res, 0);
     res.status(201).json({ streamId, offset: 0 });
+  });
+
+  // A stream is reachable only by keys granted its service.
+  router.use(`${PATHS.streams}/:id`, (req, res, next) => {
+    const service = streams.serviceOf(req.params.id ?? '');
+    if (service !== undefined) authorize((res.locals as AuthLocals).auth, 'deploy', { service });
+    next();
   });
 
   router.patch(`${PATHS.streams}/:id`, async (req, res) => {

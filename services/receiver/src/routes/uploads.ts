@@ -1,3 +1,4 @@
+import { authorize } from '@ferry/auth';
 import { Router, type Response } from 'express';
 import type { IncomingMessage } from 'node:http';
 import { digestOf } from '@ferry/integrity';
@@ -31,6 +32,14 @@ export function uploadsRouter(deps: UploadsDeps): Router {
     res.setHeader('Location', `${PATHS.uploads}/${view.uploadId}`);
     offsetHeaders(res, view);
     res.status(created ? 201 : 200).json({ uploadId: view.uploadId, offset: view.offset, length: view.length, expiresAt: view.expiresAt });
+  });
+
+  // A session is reachable only by keys granted its service: another key cannot write, probe or
+  // deploy it, whatever the id it learnt.
+  router.use(`${PATHS.uploads}/:id`, (req, res, next) => {
+    const service = uploads.serviceOf(req.params.id ?? '');
+    if (service !== undefined) authorize((res.locals as AuthLocals).auth, req.method === 'HEAD' ? 'read' : 'deploy', { service });
+    next();
   });
 
   router.head(`${PATHS.uploads}/:id`, (req, res) => {

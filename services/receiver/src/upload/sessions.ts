@@ -160,6 +160,11 @@ export class UploadStore {
     return view(this.#live(uploadId));
   }
 
+  /** The service an upload deploys, if it exists: a key must be granted it to touch the upload. */
+  serviceOf(uploadId: string): string | undefined {
+    return this.#sessions.get(uploadId)?.manifest.service.name;
+  }
+
   /** The offset to show on an error answer, if the upload still exists; never throws. */
   peek(uploadId: string): UploadView | undefined {
     const record = this.#sessions.get(uploadId);

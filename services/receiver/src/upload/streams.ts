@@ -136,6 +136,11 @@ export class StreamStore {
   }
 
   /** The offset of a stream, or undefined when it is gone, for the headers of an error answer. */
+  /** The service a stream deploys, if it exists: a key must be granted it to touch the stream. */
+  serviceOf(streamId: string): string | undefined {
+    return this.#streams.get(streamId)?.manifest.service.name;
+  }
+
   peek(streamId: string): number | undefined {
     return this.#streams.get(streamId)?.offset;
   }
