@@ -11,13 +11,14 @@ import type { AddressInfo } from 'node:net';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { after, before, beforeEach, describe, test } from 'node:test';
-import { KeyRing, MemoryNonceStore, RequestVerifier } from '@ferry/auth';
+import { MemoryNonceStore, RequestVerifier, TrustStore } from '@ferry/auth';
 import { DigestTap, digestOf, type Digest } from '@ferry/integrity';
 import { FerryError, PATHS, PackageSealSchema, STREAM_MAX_PART_BYTES, isFerryError, parseDeferredManifest, type DeferredManifestInput } from '@ferry/protocol';
 import { StreamUnavailable, StreamUpload, type StreamOptions } from '@ferry/sender';
+import { testKey, trustDocument } from '../helpers/keys.ts';
 
 const AUDIENCE = `rx-${randomBytes(3).toString('hex')}`;
-const credentials = { keyId: 'stream-test', secret: randomBytes(24).toString('base64url') };
+const credentials = testKey('stream-test');
 const DEPLOYMENT_ID = '6f1d2c3b-4a5e-4f60-8a7b-9c0d1e2f3a4b';
 
 const manifest: DeferredManifestInput = {
@@ -61,7 +62,7 @@ class FakeReceiver {
   inFlight = 0;
   maxInFlight = 0;
   #patches = 0;
-  readonly #verifier = new RequestVerifier({ keys: new KeyRing([[credentials.keyId, credentials.secret]]), nonces: new MemoryNonceStore(), audience: AUDIENCE, startedAt: 0 });
+  readonly #verifier = new RequestVerifier({ trust: new TrustStore({ data: trustDocument([credentials]) }), nonces: new MemoryNonceStore(), audience: AUDIENCE, startedAt: 0 });
 
   constructor() {
     this.server = createServer((req, res) => { this.#handle(req, res).catch((err: unknown) => { res.destroy(err as Error); }); });

@@ -46,6 +46,9 @@ export function parsePublicKey(text: string, where: string): KeyObject {
   const trimmed = text.trim();
   let key: KeyObject;
   try {
+    // Node derives a public key from a private PEM too: accepting one would let a private key sit
+    // in a trust file (which holds public keys only, and is copied around) unnoticed.
+    if (trimmed.startsWith('-----BEGIN') && !trimmed.startsWith('-----BEGIN PUBLIC KEY-----')) throw new Error('a PEM that is not a public key');
     if (trimmed.startsWith('-----BEGIN')) key = createPublicKey({ key: trimmed, format: 'pem' });
     else if (RAW_KEY.test(trimmed)) key = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, Buffer.from(trimmed, 'base64')]), format: 'der', type: 'spki' });
     else throw new Error('neither base64 of 32 bytes nor PEM');

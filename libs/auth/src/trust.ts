@@ -142,7 +142,8 @@ export class TrustStore {
   }
 
   #load(file: TrustFile, where: string): Loaded {
-    const keys = file.keys.map((k, i) => toScope({ ...k, keyId: k.id }, {}, `${where}: keys[${i}]`));
+    // A bad selector is a problem of the file like any other: a config error naming the entry.
+    const keys = file.keys.map((k, i) => configProblem(`${where}: keys[${i}]`, () => toScope({ ...k, keyId: k.id }, {}, 'publicKey')));
     const grants = new Map<string, Scope[]>();
     file.grants.forEach((raw, i) => {
       const scope = configProblem(`${where}: grants[${i}]`, () => this.#checkGrant(parseDocument(raw, GRANT_TYPE), keys));
