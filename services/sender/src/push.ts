@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { checkIdentity, newChallenge } from '@ferry/auth';
 import { LayerStoreUnreadable, type ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Digest } from '@ferry/integrity';
@@ -286,11 +287,17 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   }
 }
 
-/** Asks the receiver who it is before minutes go into packaging for a host that is not there. */
-export async function probeReceiver(url: string): Promise<string> {
+/**
+ * Asks the receiver who it is before minutes go into packaging for a host that is not there. The
+ * answer is its identity signed with its host key over a fresh challenge, so the audience the
+ * pushes are signed for is the one host that holds that key (and, when `hostKey` is given, the
+ * key is the one expected for it).
+ */
+export async function probeReceiver(url: string, hostKey?: string): Promise<string> {
+  const challenge = newChallenge();
   let response: Response;
   try {
-    response = await fetch(new URL(PATHS.healthz.slice(1), url.endsWith('/') ? url : `${url}/`), { signal: AbortSignal.timeout(10_000) });
+    response = await fetch(new URL(`${PATHS.identity.slice(1)}?challenge=${challenge}`, url.endsWith('/') ? url : `${url}/`), { signal: AbortSignal.timeout(10_000) });
   } catch (err) {
     const code = (err as { cause?: { code?: string } }).cause?.code;
     if (err instanceof TypeError && code === undefined && !/fetch failed/.test(err.message)) {
@@ -298,10 +305,12 @@ export async function probeReceiver(url: string): Promise<string> {
     }
     throw new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: `Cannot reach the receiver at ${url}: ${code ?? (err as Error).message}`, cause: err });
   }
-  const body = (await response.json().catch(() => null)) as { host?: unknown } | null;
-  if (!response.ok) throw errorFromBody(response.status, body);
-  if (typeof body?.host !== 'string') throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `${url} does not answer like a Ferry receiver` });
-  return body.host;
+  const body = (await response.json().catch(() => null)) as { identity?: unknown } | null;
+  if (!response.ok) {
+    if (response.status === 404) throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `${url} does not answer like a Ferry receiver (no signed identity)` });
+    throw errorFromBody(response.status, body);
+  }
+  return checkIdentity(body?.identity, challenge, hostKey).host;
 }
 
 async function flushWithin(events: EventSink, ms: number): Promise<void> {
