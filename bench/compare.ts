@@ -24,6 +24,7 @@ import { renderReport, type Sample } from './lib/report.ts';
 import { startPrivateSshd } from './lib/sshd.ts';
 import { startReceiverProcess, type ReceiverProcess } from '../test/helpers/ferry.ts';
 import { stack } from '../test/helpers/stack.ts';
+import { testKey, trustFile } from '../test/helpers/keys.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const USAGE = `Usage: npm run bench -- [--sizes small,medium,large] [--runs N] [--out FILE]
@@ -109,10 +110,10 @@ class Bench {
   }
 
   async #startServices(tmp: string): Promise<MethodContext> {
-    const credentials = { keyId: `bench-${randomBytes(3).toString('hex')}`, secret: randomBytes(32).toString('base64url') };
+    const credentials = testKey(`bench-${randomBytes(3).toString('hex')}`);
     const hostId = `bench-${randomBytes(3).toString('hex')}`;
     this.#receiver = await startReceiverProcess({
-      DOCKER_HOST: this.#target.host, FERRY_KEYS: `${credentials.keyId}:${credentials.secret}`, FERRY_HOST_ID: hostId,
+      DOCKER_HOST: this.#target.host, FERRY_TRUST_FILE: trustFile(credentials), FERRY_HOST_ID: hostId,
       FERRY_DATA_DIR: join(tmp, 'receiver'),
     });
     // A request signed within the receiver's first second is refused: its nonce window starts then.

@@ -22,11 +22,12 @@ import { join } from 'node:path';
 import { PrivateDockerd } from '../test/helpers/dockerd.ts';
 import { ROOT, capture, startReceiverProcess, type ReceiverProcess } from '../test/helpers/ferry.ts';
 import { dockerodeFor, stack } from '../test/helpers/stack.ts';
+import { keyEnv, testKey, trustFile } from '../test/helpers/keys.ts';
 
 const s = stack();
 const LIMIT_MB = Number(process.env.BENCH_LIMIT_MB ?? 200);
 const run = randomBytes(4).toString('hex');
-const key = { keyId: `fanbench-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`fanbench-${run}`);
 const service = `fanbench-${run}`;
 const log = (msg: string): void => { process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${msg}\n`); };
 const mib = (bytes: number): string => `${(bytes / 1024 ** 2).toFixed(1)} MiB`;
@@ -102,16 +103,16 @@ async function main(): Promise<void> {
     engines.push(...await Promise.all([PrivateDockerd.start(), PrivateDockerd.start()]));
     dockerHosts.push(...engines.map((e) => e.host));
     receivers.push(...await Promise.all(dockerHosts.map((dockerHost, i) => startReceiverProcess({
-      DOCKER_HOST: dockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `fanbench${i}-${run}`,
+      DOCKER_HOST: dockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `fanbench${i}-${run}`,
     }))));
     const args = ['push', image, ...receivers.flatMap((r) => ['--to', r.url]), '--name', service, '--network', 'none', '--json', '--entrypoint', '/bin/busybox', '--', 'sleep', '1000000'];
-    const command = `DOCKER_HOST=${s.buildDockerHost} FERRY_KEY_ID=… FERRY_KEY=… TMPDIR=${spool} node bin/ferry.js ${args.join(' ')}`;
+    const command = `DOCKER_HOST=${s.buildDockerHost} FERRY_KEY_ID=… FERRY_KEY_FILE=… TMPDIR=${spool} node bin/ferry.js ${args.join(' ')}`;
     log(`running: ${command}`);
     const env: Record<string, string> = {};
     for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !name.startsWith('FERRY_')) env[name] = value;
     const started = performance.now();
     const child = spawn(process.execPath, [join(ROOT, 'bin/ferry.js'), ...args], {
-      env: { ...env, DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret, TMPDIR: spool },
+      env: { ...env, DOCKER_HOST: s.buildDockerHost, ...keyEnv(key), TMPDIR: spool },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';

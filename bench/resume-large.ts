@@ -28,6 +28,7 @@ import type { ManifestInput } from '@ferry/protocol';
 import { ResumableClient, buildPackage, inspectImage } from '@ferry/sender';
 import { freePort, startReceiverProcess, type ReceiverProcess } from '../test/helpers/ferry.ts';
 import { dockerodeFor, stack } from '../test/helpers/stack.ts';
+import { testKey, trustFile } from '../test/helpers/keys.ts';
 
 const LAYERS = Number(process.env.BENCH_LAYERS ?? 10);
 const LAYER_MB = Number(process.env.BENCH_LAYER_MB ?? 100);
@@ -35,7 +36,7 @@ const PART_BYTES = Number(process.env.BENCH_PART_MB ?? 64) * 1024 ** 2;
 const s = stack();
 const ref = `ferry-bench-large:${LAYERS}x${LAYER_MB}`;
 const run = randomBytes(4).toString('hex');
-const key = { keyId: `bench-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`bench-${run}`);
 const hostId = `bench-${run}`;
 const service = `bench-large-${run}`;
 const log = (msg: string): void => { process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${msg}\n`); };
@@ -121,7 +122,7 @@ async function main(): Promise<void> {
   const dataDir = await mkdtemp(join(tmpdir(), 'ferry-bench-rx-'));
   const port = await freePort();
   const env: Record<string, string> = {
-    DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId, FERRY_DATA_DIR: dataDir,
+    DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId, FERRY_DATA_DIR: dataDir,
     // `ferry receiver` picks 1 MiB semi-spaces itself (bin/main.ts); BENCH_NODE_OPTIONS=--max-semi-space-size=16 measures V8's default.
     ...(process.env.BENCH_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_NODE_OPTIONS } : {}),
   };

@@ -10,6 +10,7 @@ import { PeakSampler, exited, peakKb, resetPeak, type Processes } from './proc.t
 import type { CountingProxy } from './proxy.ts';
 import { startRegistry, type LocalRegistry } from './registry.ts';
 import { shellQuote, type PrivateSshd } from './sshd.ts';
+import { keyEnv, type TestKey } from '../../test/helpers/keys.ts';
 
 /** Health probes of every method poll at the same pace, so none gains from a shorter interval. */
 export const PROBE_INTERVAL_MS = 100;
@@ -59,7 +60,8 @@ export interface MethodContext {
   registryProxy: CountingProxy;
   receiver: ReceiverHandle;
   receiverProxy: CountingProxy;
-  credentials: { keyId: string; secret: string };
+  /** The key `ferry push` signs with; the receiver's trust file trusts it. */
+  credentials: TestKey;
   log: (message: string) => void;
 }
 
@@ -241,8 +243,8 @@ function ferryMethod(ctx: MethodContext): Method {
     id: 'ferry',
     title: 'ferry push',
     commands: [
-      `DOCKER_HOST=${ctx.build.host} FERRY_KEY_ID=… FERRY_KEY=… node bin/ferry.js ${args('IMAGE', 'SERVICE', 0).join(' ').replace('PORT=0', 'PORT=P').replaceAll(':0/', ':P/')}`,
-      `(receiver: DOCKER_HOST=${ctx.target.host} FERRY_KEYS=… node bin/ferry.js receiver, on 127.0.0.1, one process for the whole bench)`,
+      `DOCKER_HOST=${ctx.build.host} FERRY_KEY_ID=… FERRY_KEY_FILE=… node bin/ferry.js ${args('IMAGE', 'SERVICE', 0).join(' ').replace('PORT=0', 'PORT=P').replaceAll(':0/', ':P/')}`,
+      `(receiver: DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=… node bin/ferry.js receiver, on 127.0.0.1, one process for the whole bench)`,
     ],
     measure: async (image) => {
       const port = await freePort();
@@ -252,7 +254,7 @@ function ferryMethod(ctx: MethodContext): Method {
       const started = performance.now();
       const child = ctx.procs.spawn(ctx.nodePath, [join(ctx.root, 'bin/ferry.js'), ...args(image.ref, name, port)], {
         cwd: ctx.root, stdio: ['ignore', 'pipe', 'pipe'],
-        env: { ...withoutFerry(process.env), DOCKER_HOST: ctx.build.host, FERRY_KEY_ID: ctx.credentials.keyId, FERRY_KEY: ctx.credentials.secret },
+        env: { ...withoutFerry(process.env), DOCKER_HOST: ctx.build.host, ...keyEnv(ctx.credentials) },
       });
       const sampler = new PeakSampler(child.pid);
       let stdout = '';
