@@ -33,6 +33,7 @@ const schema = z.object({
   FERRY_ALLOW_CIDRS: parsedVar((v) => AddressList.parse(v)).optional(),
   FERRY_DASHBOARD_TOKEN: z.string().regex(/^[\x21-\x7e]{16,256}$/, '16–256 printable characters without spaces').optional(),
   FERRY_MAX_CONNECTIONS: maxConnectionsVar(),
+  FERRY_DASHBOARD_MAX_STREAMS: z.coerce.number({ error: 'a whole number' }).int('a whole number').min(1, 'at least 1').max(10_000, 'at most 10000').optional(),
 })
   .refine((v) => (v.FERRY_KEY_ID === undefined) === (v.FERRY_KEY === undefined && v.FERRY_KEY_FILE === undefined), { message: 'FERRY_KEY_ID and FERRY_KEY_FILE (or FERRY_KEY) go together: set both or neither', path: ['FERRY_KEY_ID'] })
   .refine((v) => v.FERRY_DRIFT_MODE !== 'correct' || (v.FERRY_SENDER_URL !== undefined && v.FERRY_KEY_ID !== undefined), {
@@ -60,6 +61,8 @@ export interface RegistryConfig {
   dashboardToken: string | undefined;
   /** Most connections the listener holds open at once (libs/http listen). */
   maxConnections: number;
+  /** Live dashboard streams open at once; undefined: the dashboard's default. */
+  dashboardMaxStreams: number | undefined;
 }
 
 /** @throws FerryError FERRY_ERR_CONFIG listing every problem at once. */
@@ -71,5 +74,6 @@ export function loadRegistryConfig(env: Env = process.env): RegistryConfig {
     driftMode: c.FERRY_DRIFT_MODE, driftIgnore: c.FERRY_DRIFT_IGNORE, senderUrl: c.FERRY_SENDER_URL?.replace(/\/+$/, ''),
     credentials: c.FERRY_KEY_ID === undefined ? undefined : loadCredentials({ keyId: c.FERRY_KEY_ID, keyFile: c.FERRY_KEY_FILE, key: c.FERRY_KEY, grantFile: c.FERRY_GRANT_FILE, grant: c.FERRY_GRANT }),
     allowCidrs: c.FERRY_ALLOW_CIDRS, dashboardToken: c.FERRY_DASHBOARD_TOKEN, maxConnections: c.FERRY_MAX_CONNECTIONS,
+    dashboardMaxStreams: c.FERRY_DASHBOARD_MAX_STREAMS,
   };
 }

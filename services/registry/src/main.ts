@@ -71,7 +71,10 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   // As in the receiver: with nonces in memory, what was signed before this second is refused.
   const startedAt = Math.ceil(Date.now() / 1000);
   const verifier = new RequestVerifier({ trust: new TrustStore({ file: config.trustFile }), nonces, audience: config.hostId, startedAt });
-  const makeDashboard = options.dashboard ?? ((view, c) => dashboardRouter({ view, ...(c.dashboardToken ? { token: c.dashboardToken } : {}), ...(c.allowCidrs ? { allow: c.allowCidrs } : {}) }));
+  const makeDashboard = options.dashboard ?? ((view, c) => dashboardRouter({
+    view, ...(c.dashboardToken ? { token: c.dashboardToken } : {}), ...(c.allowCidrs ? { allow: c.allowCidrs } : {}),
+    ...(c.dashboardMaxStreams === undefined ? {} : { maxStreams: c.dashboardMaxStreams }),
+  }));
   const dashboard = makeDashboard === false ? undefined : makeDashboard(registry, config);
   const app = createApp({
     logger: log, verifier, registry, hostId: config.hostId, version: VERSION,

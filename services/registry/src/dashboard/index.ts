@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { Router, type RequestHandler, type Response } from 'express';
 import type { AddressList } from '@ferry/auth';
 import { requireAllowedSource } from '@ferry/http';
+import { FerryError } from '@ferry/protocol';
 import type { RegistryChange, RegistryView } from '../view.ts';
 import { dashboardAccess } from './access.ts';
 import { PAGE } from './page.ts';
@@ -18,6 +19,11 @@ export interface DashboardOptions {
   allow?: AddressList;
   /** Tuning of the live stream; the defaults suit a browser on a LAN. */
   stream?: Partial<EventStreamOptions>;
+  /**
+   * FERRY_DASHBOARD_MAX_STREAMS: live streams open at once (default {@link DEFAULT_MAX_STREAMS});
+   * one more gets `503 FERRY_ERR_TOO_MANY_STREAMS`.
+   */
+  maxStreams?: number;
   /** How often open pages get the hosts' heartbeat times (a heartbeat is not a change). Default 5 s. */
   heartbeatRefreshMs?: number;
 }
@@ -28,6 +34,10 @@ export interface DashboardRouter extends Router {
 }
 
 const FEED_LENGTH = 100;
+/** Each stream holds a subscription and up to `maxQueuedBytes` of events: their number is bounded too. */
+export const DEFAULT_MAX_STREAMS = 100;
+/** What a stream refused for their number is told to wait before asking again. */
+const RETRY_AFTER_SECONDS = 10;
 const STREAM_DEFAULTS: EventStreamOptions = { heartbeatMs: 15_000, maxQueuedBytes: 1024 * 1024, retryMs: 2_000 };
 
 /**
@@ -49,6 +59,10 @@ export function dashboardRouter(options: DashboardOptions): DashboardRouter {
   const source = requireAllowedSource(options.allow ? { allow: options.allow } : {});
   const access = dashboardAccess(options.token);
   const streams = new Set<EventStream>();
+  const maxStreams = options.maxStreams ?? DEFAULT_MAX_STREAMS;
+  // Counted from the request on, not from the first byte: a stream waiting for its snapshot
+  // already holds a subscription and whatever changes arrive meanwhile.
+  let openStreams = 0;
 
   // The feed outlives any one page, so a page opened now still sees what happened a moment ago.
   const feed: FeedEntry[] = [];
@@ -100,6 +114,14 @@ export function dashboardRouter(options: DashboardOptions): DashboardRouter {
   }) satisfies RequestHandler);
 
   router.get('/dashboard/events', source, access, (async (req, res) => {
+    if (openStreams >= maxStreams) {
+      res.setHeader('Retry-After', String(RETRY_AFTER_SECONDS));
+      throw new FerryError('FERRY_ERR_TOO_MANY_STREAMS', { details: { limit: maxStreams } });
+    }
+    openStreams += 1;
+    res.once('close', () => {
+      openStreams -= 1;
+    });
     // Subscribe before reading the snapshot and replay what arrived meanwhile: a change is then
     // either in the snapshot or after it, never lost between the two. The page applies changes
     // by id, so one that is in both is harmless.
