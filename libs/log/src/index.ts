@@ -8,6 +8,7 @@ export type { Logger } from 'pino';
  */
 export const REDACT_PATHS = [
   'secret', '*.secret', 'key', '*.key', 'keys', '*.keys', 'FERRY_KEY', 'FERRY_KEYS', '*.FERRY_KEY', '*.FERRY_KEYS',
+  'privateKey', '*.privateKey', 'token', '*.token', 'joinToken', '*.joinToken', 'FERRY_JOIN_TOKEN', '*.FERRY_JOIN_TOKEN',
   'req.headers["x-ferry-signature"]', 'req.headers.authorization', 'headers["x-ferry-signature"]', 'headers.authorization',
   'manifest.service.env', 'service.env', 'env', '*.env',
 ];
