@@ -55,6 +55,7 @@ export const ERRORS = {
   FERRY_ERR_HEADERS_TOO_LARGE: { status: 431, message: 'Request headers are too large' },
   FERRY_ERR_REQUEST_TIMEOUT: { status: 408, message: 'The request did not arrive in time' },
   FERRY_ERR_TOO_MANY_STREAMS: { status: 503, message: 'Too many live streams are open; try again later' },
+  FERRY_ERR_MISDIRECTED_REQUEST: { status: 421, message: 'This server does not answer to that host name' },
   FERRY_ERR_BAD_ARCHIVE: { status: 422, message: 'The package is not a docker-save archive' },
   FERRY_ERR_UNSAFE_ARCHIVE: { status: 422, message: 'The archive holds an entry that is not allowed' },
   FERRY_ERR_ARCHIVE_TOO_LARGE: { status: 422, message: 'The archive decompresses to more than the allowed size' },

@@ -4,6 +4,7 @@ import { AddressList, loadCredentials, type ClientCredentials } from '@ferry/aut
 import {
   dataDirVar, hostIdVar, listenVar, loadConfig, logLevelVar, maxConnectionsVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
+import { defaultDashboardHosts, parseDashboardHosts } from './dashboard/access.ts';
 import { parseDriftIgnore, type DriftIgnoreRule } from './drift.ts';
 
 const schema = z.object({
@@ -34,6 +35,7 @@ const schema = z.object({
   FERRY_DASHBOARD_TOKEN: z.string().regex(/^[\x21-\x7e]{16,256}$/, '16–256 printable characters without spaces').optional(),
   FERRY_MAX_CONNECTIONS: maxConnectionsVar(),
   FERRY_DASHBOARD_MAX_STREAMS: z.coerce.number({ error: 'a whole number' }).int('a whole number').min(1, 'at least 1').max(10_000, 'at most 10000').optional(),
+  FERRY_DASHBOARD_HOSTS: parsedVar(parseDashboardHosts).optional(),
 })
   .refine((v) => (v.FERRY_KEY_ID === undefined) === (v.FERRY_KEY === undefined && v.FERRY_KEY_FILE === undefined), { message: 'FERRY_KEY_ID and FERRY_KEY_FILE (or FERRY_KEY) go together: set both or neither', path: ['FERRY_KEY_ID'] })
   .refine((v) => v.FERRY_DRIFT_MODE !== 'correct' || (v.FERRY_SENDER_URL !== undefined && v.FERRY_KEY_ID !== undefined), {
@@ -63,6 +65,8 @@ export interface RegistryConfig {
   maxConnections: number;
   /** Live dashboard streams open at once; undefined: the dashboard's default. */
   dashboardMaxStreams: number | undefined;
+  /** Host names the dashboard answers to (FERRY_DASHBOARD_HOSTS; default: loopback names and the listen address). */
+  dashboardHosts: string[];
 }
 
 /** @throws FerryError FERRY_ERR_CONFIG listing every problem at once. */
@@ -75,5 +79,6 @@ export function loadRegistryConfig(env: Env = process.env): RegistryConfig {
     credentials: c.FERRY_KEY_ID === undefined ? undefined : loadCredentials({ keyId: c.FERRY_KEY_ID, keyFile: c.FERRY_KEY_FILE, key: c.FERRY_KEY, grantFile: c.FERRY_GRANT_FILE, grant: c.FERRY_GRANT }),
     allowCidrs: c.FERRY_ALLOW_CIDRS, dashboardToken: c.FERRY_DASHBOARD_TOKEN, maxConnections: c.FERRY_MAX_CONNECTIONS,
     dashboardMaxStreams: c.FERRY_DASHBOARD_MAX_STREAMS,
+    dashboardHosts: c.FERRY_DASHBOARD_HOSTS ?? defaultDashboardHosts(c.FERRY_LISTEN.host),
   };
 }

@@ -73,7 +73,7 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   const verifier = new RequestVerifier({ trust: new TrustStore({ file: config.trustFile }), nonces, audience: config.hostId, startedAt });
   const makeDashboard = options.dashboard ?? ((view, c) => dashboardRouter({
     view, ...(c.dashboardToken ? { token: c.dashboardToken } : {}), ...(c.allowCidrs ? { allow: c.allowCidrs } : {}),
-    ...(c.dashboardMaxStreams === undefined ? {} : { maxStreams: c.dashboardMaxStreams }),
+    ...(c.dashboardMaxStreams === undefined ? {} : { maxStreams: c.dashboardMaxStreams }), hosts: c.dashboardHosts,
   }));
   const dashboard = makeDashboard === false ? undefined : makeDashboard(registry, config);
   const app = createApp({

@@ -1,4 +1,5 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
 import type { Request, RequestHandler, Response } from 'express';
 import { FerryError } from '@ferry/protocol';
 
@@ -78,4 +79,67 @@ function withoutToken(originalUrl: string): string {
   const url = new URL(originalUrl, 'http://dashboard.invalid');
   url.searchParams.delete('token');
   return `${url.pathname}${url.search}`;
+}
+
+/** Names the dashboard answers to when FERRY_DASHBOARD_HOSTS is not set; addresses always pass. */
+export const DEFAULT_DASHBOARD_HOSTS: readonly string[] = ['localhost', '127.0.0.1', '[::1]'];
+
+/** FERRY_DASHBOARD_HOSTS when unset: the loopback names and the address or name the registry listens on. */
+export function defaultDashboardHosts(listenHost: string): string[] {
+  return [...DEFAULT_DASHBOARD_HOSTS, isIP(listenHost) === 6 ? `[${listenHost}]` : listenHost];
+}
+
+/**
+ * FERRY_DASHBOARD_HOSTS: `name[,name…]`, each a host name or an address (IPv6 with or without
+ * brackets), without a port.
+ * @throws Error naming what is wrong, for the configuration's report.
+ */
+export function parseDashboardHosts(value: string): string[] {
+  const names = value.split(',').map((name) => name.trim()).filter((name) => name !== '').map((name) => (isIP(name) === 6 ? `[${name}]` : name));
+  const bad = names.filter((name) => hostNameOf(name) === undefined || /:\d+$/.test(name.replace(/^\[.*\]$/, '')));
+  if (names.length === 0 || bad.length > 0) {
+    throw new Error(`host names or addresses without a port, comma-separated (e.g. registry.example.com,localhost)${bad.length > 0 ? `; not one: ${bad.join(', ')}` : ''}`);
+  }
+  return names;
+}
+
+/**
+ * Guards the dashboard against DNS rebinding: a page on a name the attacker controls, once that
+ * name resolves to the registry's address, is same-origin with the dashboard for the browser and
+ * could read it, but its requests carry the attacker's name in `Host`. Only the names in `allowed`
+ * (FERRY_DASHBOARD_HOSTS) pass, port aside; so does any IP address, which no DNS answer can point
+ * elsewhere. Anything else, a missing or malformed `Host` included, gets `421
+ * FERRY_ERR_MISDIRECTED_REQUEST`.
+ */
+export function requireDashboardHost(allowed: readonly string[] = DEFAULT_DASHBOARD_HOSTS): RequestHandler {
+  const names = new Set(allowed.map((name) => {
+    const normal = hostNameOf(name);
+    if (normal === undefined) throw new FerryError('FERRY_ERR_CONFIG', { message: `FERRY_DASHBOARD_HOSTS: "${name}" is not a host name or address` });
+    return normal;
+  }));
+  return (req, _res, next) => {
+    const name = hostNameOf(req.headers.host);
+    if (name !== undefined && (names.has(name) || isIP(name.replace(/^\[(.*)\]$/, '$1')) !== 0)) {
+      next();
+      return;
+    }
+    throw new FerryError('FERRY_ERR_MISDIRECTED_REQUEST', {
+      message: 'The dashboard does not answer to this host name: open it by a name in FERRY_DASHBOARD_HOSTS, or by address',
+    });
+  };
+}
+
+/**
+ * The host name of a `Host` header value (`name[:port]`, `[v6][:port]`), as URLs compare it:
+ * lower case, IDNs in punycode, IPv4 in dotted decimal, one trailing dot dropped; undefined when it
+ * is no such value.
+ */
+export function hostNameOf(value: string | undefined): string | undefined {
+  if (value === undefined || !/^(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@[\]:\\%]+)(?::\d{1,5})?$/.test(value)) return undefined;
+  try {
+    const hostname = new URL(`http://${value}/`).hostname;
+    return hostname.endsWith('.') ? hostname.slice(0, -1) : hostname;
+  } catch {
+    return undefined;
+  }
 }

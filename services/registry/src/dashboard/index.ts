@@ -4,7 +4,7 @@ import type { AddressList } from '@ferry/auth';
 import { requireAllowedSource } from '@ferry/http';
 import { FerryError } from '@ferry/protocol';
 import type { RegistryChange, RegistryView } from '../view.ts';
-import { dashboardAccess } from './access.ts';
+import { dashboardAccess, requireDashboardHost } from './access.ts';
 import { PAGE } from './page.ts';
 import { dashboardChange, dashboardState, feedEntry, type DashboardChange, type FeedEntry } from './shape.ts';
 import { EventStream, type EventStreamOptions } from './stream.ts';
@@ -17,6 +17,11 @@ export interface DashboardOptions {
   token?: string;
   /** FERRY_ALLOW_CIDRS: the dashboard shows the fleet, so it honours the API's allowlist too. */
   allow?: AddressList;
+  /**
+   * FERRY_DASHBOARD_HOSTS: the names the dashboard answers to (any IP address passes too);
+   * default `localhost`, `127.0.0.1`, `[::1]`. Others get `421 FERRY_ERR_MISDIRECTED_REQUEST`.
+   */
+  hosts?: readonly string[];
   /** Tuning of the live stream; the defaults suit a browser on a LAN. */
   stream?: Partial<EventStreamOptions>;
   /**
@@ -56,6 +61,7 @@ export function dashboardRouter(options: DashboardOptions): DashboardRouter {
     script: readFileSync(new URL('./assets/app.js', import.meta.url)),
     style: readFileSync(new URL('./assets/app.css', import.meta.url)),
   };
+  const host = requireDashboardHost(options.hosts);
   const source = requireAllowedSource(options.allow ? { allow: options.allow } : {});
   const access = dashboardAccess(options.token);
   const streams = new Set<EventStream>();
@@ -98,22 +104,22 @@ export function dashboardRouter(options: DashboardOptions): DashboardRouter {
   }, options.heartbeatRefreshMs ?? 5_000).unref();
 
   const router = Router() as DashboardRouter;
-  router.get('/', source, access, (_req, res) => {
+  router.get('/', host, source, access, (_req, res) => {
     page(res, 'text/html; charset=utf-8', PAGE);
   });
-  router.get('/dashboard/app.js', source, access, (_req, res) => {
+  router.get('/dashboard/app.js', host, source, access, (_req, res) => {
     page(res, 'text/javascript; charset=utf-8', assets.script);
   });
-  router.get('/dashboard/app.css', source, access, (_req, res) => {
+  router.get('/dashboard/app.css', host, source, access, (_req, res) => {
     page(res, 'text/css; charset=utf-8', assets.style);
   });
-  router.get('/dashboard/state', source, access, (async (_req, res) => {
+  router.get('/dashboard/state', host, source, access, (async (_req, res) => {
     const snapshot = await view.snapshot();
     res.setHeader('Cache-Control', 'no-store');
     res.json(dashboardState(snapshot, [...feed]));
   }) satisfies RequestHandler);
 
-  router.get('/dashboard/events', source, access, (async (req, res) => {
+  router.get('/dashboard/events', host, source, access, (async (req, res) => {
     if (openStreams >= maxStreams) {
       res.setHeader('Retry-After', String(RETRY_AFTER_SECONDS));
       throw new FerryError('FERRY_ERR_TOO_MANY_STREAMS', { details: { limit: maxStreams } });
