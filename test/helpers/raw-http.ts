@@ -4,7 +4,7 @@
  * the server did: its status, whether it asked for the body, whether it closed the connection.
  */
 import { connect, type Socket } from 'node:net';
-import { signRequest } from '@ferry/auth';
+import { signRequest, type SigningKey } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
 
 export interface RawAnswer {
@@ -86,11 +86,6 @@ export function parseAnswer(text: string, bodyBytesSent = 0): RawAnswer {
   return { status: Number(statusLine.split(' ')[1] ?? 0), headers, body, code, bodyBytesSent };
 }
 
-export interface SigningKey {
-  keyId: string;
-  secret: string;
-}
-
 export interface SignedOptions {
   method?: string;
   path?: string;
@@ -98,13 +93,16 @@ export interface SignedOptions {
   offset?: number | string;
   now?: number;
   nonce?: string;
+  /** A grant to present in `X-Ferry-Grant` (base64url of the signed document). */
+  grant?: string;
 }
 
-/** The six X-Ferry-* headers for a request to the receiver `audience`. */
+/** The six X-Ferry-* headers (seven with a grant) for a request to the receiver `audience`. */
 export function signed(key: SigningKey, audience: string, options: SignedOptions = {}): Record<string, string> {
   return signRequest({
     method: options.method ?? 'GET', path: options.path ?? '/v1/auth-probe', contentDigest: options.digest ?? digestOf(''),
-    audience, ...key,
+    audience, keyId: key.keyId, privateKey: key.privateKey,
+    ...(options.grant === undefined ? {} : { grant: options.grant }),
     ...(options.offset === undefined ? {} : { offset: options.offset }),
     ...(options.now === undefined ? {} : { now: options.now }),
     ...(options.nonce === undefined ? {} : { nonce: options.nonce }),

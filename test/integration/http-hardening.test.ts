@@ -19,14 +19,15 @@ import { buildTestImage, freePort, runFerry, startReceiverProcess, type Receiver
 import { lines, parseAnswer, probe, rawRequest, signed, type RawAnswer } from '../helpers/raw-http.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { testKey, trustFile, keyEnv } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
-const key = { keyId: 'hardening', secret: randomBytes(24).toString('base64url') };
+const key = testKey('hardening');
 const GIGABYTE = 1024 ** 3;
 const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 function baseEnv(hostId: string): Record<string, string> {
-  return { DOCKER_HOST: stack().targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId };
+  return { DOCKER_HOST: stack().targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId };
 }
 
 /** A 400 for bad framing: the Ferry error body, and the server closed the connection. */
@@ -367,11 +368,11 @@ describe('HTTPS with FERRY_TLS_CERT / FERRY_TLS_KEY and a private CA', { timeout
     const result = await runFerry([
       'push', `${repo}:1`, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
       '--health', `http://127.0.0.1:${port}/healthz`, '--json',
-    ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret, NODE_EXTRA_CA_CERTS: join(dir, 'cert.pem') });
+    ], { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key), NODE_EXTRA_CA_CERTS: join(dir, 'cert.pem') });
     assert.equal(result.code, 0, result.stderr + result.stdout);
     assert.equal((JSON.parse(result.stdout) as { deployment: { state: string } }).deployment.state, 'COMPLETED');
     const untrusted = await runFerry(['push', `${repo}:1`, '--to', receiver.url, '--name', service, '--json'], {
-      DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret,
+      DOCKER_HOST: s.buildDockerHost, ...keyEnv(key),
     });
     assert.equal(untrusted.code, 3, 'without the CA the receiver is unreachable');
   });

@@ -23,10 +23,11 @@ import { askLayers, buildPackage, inspectImage, push, pushMany, uploadOneShot, t
 import { buildLayeredImage, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { testKey, trustFile, keyEnv } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `lyr-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`lyr-${run}`);
 const hostId = `lyr-${run}`;
 const build = dockerodeFor(s.buildDockerHost);
 const target = dockerodeFor(s.targetDockerHost);
@@ -34,7 +35,7 @@ const buildImages = new ImageStore(createDockerClient(s.buildDockerHost));
 const repo = `ferry-lyr-${run}`;
 const services: string[] = [];
 const refs: string[] = [];
-const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
+const senderEnv = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) };
 let workDir = '';
 
 async function buildImage(tag: string, base: string, top: string, label = ''): Promise<string> {
@@ -60,7 +61,7 @@ describe('layer negotiation', { timeout: 300_000 }, () => {
 
   before(async () => {
     workDir = await mkdtemp(join(tmpdir(), 'ferry-lyr-'));
-    rx = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId });
+    rx = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId });
   });
 
   after(async () => {
@@ -173,7 +174,7 @@ describe('layer negotiation', { timeout: 300_000 }, () => {
     const diffIds = (await buildImages.inspect(v2))?.diffIds ?? [];
     // The target engine holds v2's lower two layers (through v1); the build engine all of v2.
     await new ImageStore(createDockerClient(s.targetDockerHost)).load(await buildImages.save(v1));
-    const onBuild = await startReceiverProcess({ DOCKER_HOST: s.buildDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `lyrb-${run}` });
+    const onBuild = await startReceiverProcess({ DOCKER_HOST: s.buildDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `lyrb-${run}` });
     const service = serviceName('fan');
     try {
       const result = await pushMany({ image: `${repo}:fan2`, targets: [rx.url, onBuild.url], service: { name: service, network: 'none' }, compression: 'zstd' }, {

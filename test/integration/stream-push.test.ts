@@ -16,15 +16,16 @@ import { push as pushApi, type PushResult } from '@ferry/sender';
 import { buildLayeredImage, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { testKey, trustFile, keyEnv } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `sp-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`sp-${run}`);
 const hostId = `sp-${run}`;
 const repo = `ferry-sp-${run}`;
 const target = dockerodeFor(s.targetDockerHost);
 const build = dockerodeFor(s.buildDockerHost);
-const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
+const senderEnv = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) };
 const refs: string[] = [];
 
 async function buildImage(tag: string, base: Buffer, top: string): Promise<string> {
@@ -91,7 +92,7 @@ describe('streamed push', { timeout: 300_000 }, () => {
 
   before(async () => {
     imageId = await buildTestImage(s.buildDockerHost, image, `stream-${run}`);
-    receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId });
+    receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId });
     await proxy.start();
   });
 

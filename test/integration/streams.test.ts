@@ -16,10 +16,11 @@ import { STREAM_MAX_PART_BYTES, type DeferredManifestInput, type DeploymentResul
 import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `st-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`st-${run}`);
 const hostId = `st-${run}`;
 const repo = `ferry-st-${run}`;
 const target = dockerodeFor(s.targetDockerHost);
@@ -116,7 +117,7 @@ describe('streamed upload', { timeout: 300_000 }, () => {
       assert.ok(info);
       images.set(variant, { id, diffIds: info.diffIds, tar: await saved(id) });
     }
-    receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId });
+    receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId });
   });
 
   after(async () => {
@@ -276,7 +277,7 @@ describe('streamed upload', { timeout: 300_000 }, () => {
     const exited = new Promise((r) => receiver.child.once('exit', r));
     receiver.child.kill('SIGKILL');
     await exited;
-    receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId, FERRY_DATA_DIR: dataDir });
+    receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId, FERRY_DATA_DIR: dataDir });
     const answer = await call(receiver.url, 'PATCH', `/v1/streams/${id}`, image.tar.subarray(half, half + PART), { offset: half });
     assert.equal(answer.status, 404);
     assert.equal(answer.code, 'FERRY_ERR_UPLOAD_NOT_FOUND');

@@ -22,10 +22,11 @@ import { buildTestImage, freePort, runFerry, startReceiverProcess, type Receiver
 import { removeService } from '../helpers/cleanup.ts';
 import { lines, rawRequestWriteFirst, signed } from '../helpers/raw-http.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { testKey, trustFile, keyEnv } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `up-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`up-${run}`);
 const hostId = `up-${run}`;
 const repo = `ferry-up-${run}`;
 const target = dockerodeFor(s.targetDockerHost);
@@ -179,7 +180,7 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
   const mounts: string[] = [];
   const dirs: string[] = [];
   const receiverEnv = (extra: Record<string, string> = {}): Record<string, string> => ({
-    DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId, ...extra,
+    DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId, ...extra,
   });
 
   /** A manifest for the test package, deployed as its own service on its own port. */
@@ -541,7 +542,7 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
       'push', `${repo}:ok`, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
       // One target is streamed by default; the spooled package is what takes the resumable path.
       '--health', `http://127.0.0.1:${port}/healthz`, '--resumable-threshold', '1', '--no-stream', '--json',
-    ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret });
+    ], { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) });
     assert.equal(result.code, 0, result.stderr + result.stdout);
     const summary = JSON.parse(result.stdout) as { deploymentId: string; deployment: { state: string } };
     assert.equal(summary.deployment.state, 'COMPLETED');
