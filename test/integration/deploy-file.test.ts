@@ -13,14 +13,15 @@ import { after, before, describe, test } from 'node:test';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `df-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`df-${run}`);
 const repo = `ferry-df-${run}`;
 const target = dockerodeFor(s.targetDockerHost);
 const build = dockerodeFor(s.buildDockerHost);
-const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
+const senderEnv = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) };
 const names = { web: `web-${run}`, api: `api-${run}`, lone: `lone-${run}` };
 
 interface TargetLine { url: string; host?: string; deploymentId?: string; state: string; ok: boolean; error?: { code: string } }
@@ -36,7 +37,7 @@ describe('ferry deploy -f', { timeout: 600_000 }, () => {
 
   before(async () => {
     await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
-    rx = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `df-${run}` });
+    rx = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `df-${run}` });
     dir = await mkdtemp(join(tmpdir(), 'ferry-df-'));
     // The build service's context, relative to the file: FROM the test image, one file more.
     await mkdir(join(dir, 'api'));

@@ -20,10 +20,11 @@ import { FerryError, type DeploymentResult, type ManifestInput } from '@ferry/pr
 import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { ROOT, buildTestImage, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `dep-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`dep-${run}`);
 const hostId = `dep-${run}`;
 const repo = `ferry-dep-${run}`;
 const target = dockerodeFor(s.targetDockerHost);
@@ -75,7 +76,7 @@ async function latest(url: string, service: string, limit = 1): Promise<Journall
 }
 
 async function receiver(extra: Record<string, string> = {}, dockerHost = s.targetDockerHost): Promise<ReceiverProcess> {
-  const rx = await startReceiverProcess({ DOCKER_HOST: dockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: hostId, ...extra });
+  const rx = await startReceiverProcess({ DOCKER_HOST: dockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId, ...extra });
   receivers.push(rx);
   // A receiver with in-memory nonces refuses what was signed before it started (same second included).
   while ((await call(rx.url, 'GET', '/v1/deployments?limit=1')).status === 401) await new Promise((r) => setTimeout(r, 100));
@@ -88,7 +89,7 @@ async function dataDir(): Promise<string> {
   return dir;
 }
 
-const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
+const senderEnv = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) };
 
 /** `ferry push` as a user runs it; the container needs no network for these tests. */
 async function push(url: string, image: string, service: string, extra: string[] = []): Promise<{ code: number; json: Record<string, unknown> }> {

@@ -24,17 +24,18 @@ import { removeImages } from '../helpers/cleanup.ts';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { buildTestImage, capture, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `fan-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`fan-${run}`);
 const repo = `ferry-fan-${run}`;
 const build = dockerodeFor(s.buildDockerHost);
 const services: string[] = [];
 const receivers: ReceiverProcess[] = [];
 const engines: PrivateDockerd[] = [];
 const volumes: { docker: Dockerode; name: string }[] = [];
-const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
+const senderEnv = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) };
 
 interface Target { url: string; host?: string; deploymentId: string; ok: boolean; state: string; attempts: number; bytes: { sent: number }; error?: { code: string; message: string } }
 interface Fanout { ok: boolean; bytes: { image: number; package: number }; exportedBy: string; targets: Target[] }
@@ -62,7 +63,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     const hosts = [s.targetDockerHost, ...engines.map((e) => e.host)];
     docker = hosts.map((h) => dockerodeFor(h)) as typeof docker;
     rx = await Promise.all(hosts.map((dockerHost, i) => startReceiverProcess({
-      DOCKER_HOST: dockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `fan${i}-${run}`,
+      DOCKER_HOST: dockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `fan${i}-${run}`,
       // The flags test asks for one capability; the policy grants nothing unless told to.
       FERRY_POLICY_CAPABILITIES: 'NET_ADMIN',
     }))) as typeof rx;
@@ -166,7 +167,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
   test('a receiver SIGKILLed mid-transfer and restarted on its data dir resumes; the other target is not held up', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'ferry-fan-kill-'));
     const listen = `127.0.0.1:${await freePort()}`;
-    const env = { DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_HOST_ID: `fankill-${run}`, FERRY_DATA_DIR: dataDir, FERRY_LISTEN: listen };
+    const env = { DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `fankill-${run}`, FERRY_DATA_DIR: dataDir, FERRY_LISTEN: listen };
     const first = await startReceiverProcess(env);
     const stopped: ReceiverProcess[] = [];
     let restarted: Promise<void> | undefined;

@@ -5,20 +5,23 @@
  * redis-server that the tests stop and start.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, type KeyObject } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
-import { signRequest } from '@ferry/auth';
+import { HOST_KEY_FILE, privateKeyPem, signRequest } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
 import { STREAM_PART_BYTES } from '@ferry/protocol';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { NatsServer, RedisServer } from '../helpers/servers.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { id: `obs-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`obs-${run}`);
 const metricsToken = randomBytes(24).toString('base64url');
 const envSecret = `env-${randomBytes(16).toString('hex')}`;
 const hostId = `obs-${run}`;
@@ -66,7 +69,7 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
     const result = await runFerry([
       'push', `${repo}:1`, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
       '--env', `SECRET=${envSecret}`, '--health', `http://127.0.0.1:${port}/healthz`, '--json',
-    ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.id, FERRY_KEY: key.secret });
+    ], { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) });
     assert.equal(result.code, 0, result.stderr + result.stdout);
     const answer = JSON.parse(result.stdout) as { deployment: { state: string }; bytes: { sent: number }; streamed: boolean };
     assert.equal(answer.deployment.state, 'COMPLETED');
@@ -75,9 +78,9 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
     uploadRequests = answer.streamed ? Math.ceil(pushedBytes / STREAM_PART_BYTES) : 1;
   };
   /** A signed one-shot upload head that authentication refuses; returns the error code. */
-  const refused = async (overrides: { now?: number; secret?: string }): Promise<string> => {
+  const refused = async (overrides: { now?: number; privateKey?: KeyObject }): Promise<string> => {
     const headers = signRequest({
-      method: 'POST', path: '/v1/packages', contentDigest: digestOf(''), keyId: key.id, secret: key.secret, audience: hostId, ...overrides,
+      method: 'POST', path: '/v1/packages', contentDigest: digestOf(''), keyId: key.keyId, privateKey: key.privateKey, audience: hostId, ...overrides,
     });
     refusedSignatures.push(headers['x-ferry-signature'] ?? '');
     const res = await fetch(`${receiver.url}/v1/packages`, { method: 'POST', headers: { ...headers, 'content-type': 'multipart/form-data; boundary=x' }, body: '' });
@@ -90,7 +93,7 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
     [nats, redis] = await Promise.all([NatsServer.create(), RedisServer.create()]);
     await Promise.all([nats.start(), redis.start(), buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`)]);
     receiver = await startReceiverProcess({
-      DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_HOST_ID: hostId,
+      DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId,
       FERRY_NATS_URL: nats.url, FERRY_REDIS_URL: redis.url, FERRY_METRICS_TOKEN: metricsToken, FERRY_LOG_LEVEL: 'debug',
     });
   });
@@ -149,7 +152,8 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
 
   test('/metrics counts the upload, its stages, the deployment and refusals by code, a stale timestamp included', async () => {
     assert.equal(await refused({ now: Math.floor(Date.now() / 1000) - 1000 }), 'FERRY_ERR_STALE_TIMESTAMP');
-    assert.equal(await refused({ secret: randomBytes(24).toString('base64url') }), 'FERRY_ERR_BAD_SIGNATURE');
+    // The same key id, another key pair: the signature does not verify.
+    assert.equal(await refused({ privateKey: testKey(key.keyId).privateKey }), 'FERRY_ERR_BAD_SIGNATURE');
     assert.equal((await fetch(`${receiver.url}/metrics`)).status, 401, 'FERRY_METRICS_TOKEN guards /metrics');
 
     const text = await metrics();
@@ -171,7 +175,7 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
 
   test('behind a source allowlist, probes still reach /healthz and /readyz but /metrics is refused', async () => {
     const fenced = await startReceiverProcess({
-      DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_HOST_ID: `${hostId}-fenced`, FERRY_ALLOW_CIDRS: '192.0.2.0/24',
+      DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `${hostId}-fenced`, FERRY_ALLOW_CIDRS: '192.0.2.0/24',
     });
     try {
       assert.equal((await fetch(`${fenced.url}/healthz`)).status, 200);
@@ -188,11 +192,15 @@ describe('health, readiness, metrics and logs of a receiver', { timeout: 300_000
     }
   });
 
-  test('no receiver log line holds the key secret, a signature or an environment value', () => {
+  test("no receiver log line holds its host key, the sender's key, a signature or an environment value", async () => {
     const logs = receiver.logs.map((entry) => JSON.stringify(entry)).join('\n');
     assert.ok(receiver.logs.length > 10, 'the receiver logged');
     assert.ok(logs.includes('deployment completed'), 'the push is in the log');
-    assert.ok(!logs.includes(key.secret), 'key secret');
+    // A PEM's base64 body, without its armour lines: what a leak of the key would contain.
+    const pemBody = (pem: string): string => pem.split('\n').filter((line) => line !== '' && !line.startsWith('-----')).join('');
+    const hostKey = pemBody(await readFile(join(receiver.dataDir, HOST_KEY_FILE), 'utf8'));
+    assert.ok(hostKey.length > 40 && !logs.includes(hostKey), 'host key');
+    assert.ok(!logs.includes(pemBody(privateKeyPem(key.privateKey))), "sender's private key");
     assert.ok(!logs.includes(envSecret), 'environment value');
     assert.ok(!logs.includes(metricsToken), 'metrics token');
     for (const signature of refusedSignatures) assert.ok(signature && !logs.includes(signature), 'signature');

@@ -18,11 +18,13 @@ import { EVENT_STREAM } from '@ferry/protocol';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { NatsServer } from '../helpers/servers.ts';
 import { removeService } from '../helpers/cleanup.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { id: `ob-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`ob-${run}`);
+const trust = trustFile(key);
 const hostId = `ob-${run}`;
 const service = `ob-${run}`;
 const repo = `ferry-outbox-${run}`;
@@ -81,7 +83,7 @@ describe('the on-disk outbox delivers every event once', { timeout: 300_000 }, (
   let receiver: ReceiverProcess;
   let port: number;
   const receiverEnv = (): Record<string, string> => ({
-    DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_NATS_URL: nats.url,
+    DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trust, FERRY_NATS_URL: nats.url,
     FERRY_HOST_ID: hostId, FERRY_DATA_DIR: dataDir,
   });
   // The sender publishes no events here (no FERRY_NATS_URL): everything stored comes from the receiver's outbox.
@@ -89,7 +91,7 @@ describe('the on-disk outbox delivers every event once', { timeout: 300_000 }, (
     const result = await runFerry([
       'push', `${repo}:${tag}`, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
       '--health', `http://127.0.0.1:${port}/healthz`, '--json',
-    ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.id, FERRY_KEY: key.secret });
+    ], { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) });
     assert.equal(result.code, 0, result.stderr + result.stdout);
     const summary = JSON.parse(result.stdout) as { deploymentId: string; deployment: { state: string } };
     assert.equal(summary.deployment.state, 'COMPLETED', 'the deployment did not wait for NATS');
