@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { linkSync, mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, before, describe, it } from 'node:test';
 import { FerryError, parseManifest, type Manifest, type ManifestInput } from '@ferry/protocol';
 import {
   DEFAULT_POLICY, containerSpecFor, evaluate, globMatch, loadPolicy, loadReceiverConfig, repositoryOf, within, type Policy,
 } from '@ferry/receiver';
+import { checkBindSources, resolveBindSource } from '../../services/receiver/src/policy/index.ts';
 
 const DIGEST = `blake3:${'a'.repeat(64)}`;
 const ID = `sha256:${'b'.repeat(64)}`;
@@ -165,6 +167,82 @@ describe('container spec', () => {
       assert.match(err.message, /privileged/);
       return true;
     });
+  });
+});
+
+describe('bind sources on the host', () => {
+  // realpath: the walk refuses a link anywhere, so the base must be the real directory.
+  const base = realpathSync(mkdtempSync(join(tmpdir(), 'ferry-binds-')));
+  const at = (path: string): string => join(base, path);
+  const engineSocket = at('run/engine.sock');
+  let server: Server;
+  const p = (): Policy => policy({ bindSources: [base, at('alias')], protectedSockets: [at('alias-run/engine.sock')] });
+
+  before(async () => {
+    mkdirSync(at('data/sub'), { recursive: true });
+    mkdirSync(at('run'));
+    server = createServer();
+    await new Promise<void>((resolve) => server.listen(engineSocket, resolve));
+    symlinkSync('/', at('data/root'));
+    symlinkSync(engineSocket, at('data/engine.sock'));
+    symlinkSync(at('data'), at('nested'));
+    symlinkSync(at('data'), at('alias'));
+    // The engine's socket as the operator names it, through a link of the operator's own.
+    symlinkSync(at('run'), at('alias-run'));
+    linkSync(engineSocket, at('data/hard.sock'));
+  });
+  after(async () => {
+    await new Promise((resolve) => server.close(resolve));
+    rmSync(base, { recursive: true, force: true });
+  });
+
+  it('returns a plain allowed directory as the path to mount', async () => {
+    assert.deepEqual(await resolveBindSource(p(), at('data/sub')), { ok: true, path: at('data/sub') });
+    assert.deepEqual(await resolveBindSource(p(), at('data')), { ok: true, path: at('data') });
+  });
+
+  it('refuses a link to / under an allowed source', async () => {
+    assert.deepEqual(await resolveBindSource(p(), at('data/root')), { ok: false, rule: `bind-source-symlink:${at('data/root')}` });
+  });
+
+  it('refuses a link to the engine socket', async () => {
+    assert.deepEqual(await resolveBindSource(p(), at('data/engine.sock')), { ok: false, rule: `bind-source-symlink:${at('data/engine.sock')}` });
+  });
+
+  it('refuses a path whose parent is a link, even to an allowed directory', async () => {
+    assert.deepEqual(await resolveBindSource(p(), at('nested/sub')), { ok: false, rule: `bind-source-symlink:${at('nested/sub')}` });
+    assert.deepEqual(await resolveBindSource(p(), at('alias/sub')), { ok: false, rule: `bind-source-symlink:${at('alias/sub')}` }, 'an allowed prefix that is a link too');
+  });
+
+  it('refuses the engine socket under another name, and a directory holding its real location', async () => {
+    assert.deepEqual(await resolveBindSource(p(), at('data/hard.sock')), { ok: false, rule: `docker-socket:${at('data/hard.sock')}` });
+    assert.deepEqual(await resolveBindSource(p(), at('run')), { ok: false, rule: `docker-socket:${at('run')}` });
+    assert.deepEqual(await resolveBindSource(p(), base), { ok: false, rule: `docker-socket:${base}` });
+    assert.deepEqual(await resolveBindSource({ ...p(), dockerSocket: true }, at('run')), { ok: true, path: at('run') });
+  });
+
+  it('holds the path found to the bind rules: / and sources outside the prefixes', async () => {
+    assert.deepEqual(await resolveBindSource(policy({ bindSources: ['/'] }), '/'), { ok: false, rule: 'bind-source:/' });
+    assert.deepEqual(await resolveBindSource(p(), '/etc'), { ok: false, rule: 'bind-source:/etc' });
+  });
+
+  it('throws FERRY_ERR_CONTAINER_FAILED for a source that does not exist', async () => {
+    await assert.rejects(resolveBindSource(p(), at('data/missing/x')), (err: unknown) => {
+      assert.ok(err instanceof FerryError);
+      assert.equal(err.code, 'FERRY_ERR_CONTAINER_FAILED');
+      assert.match(err.message, /does not exist on this host/);
+      return true;
+    });
+  });
+
+  it('checks every bind of a container spec, leaving named volumes alone', async () => {
+    const spec = containerSpecFor(manifest({ volumes: ['data:/data', `${at('data/sub')}:/a:ro`, `${at('data/root')}:/host`] }), {}, p());
+    const checked = await checkBindSources(spec, p());
+    assert.deepEqual(checked.spec.mounts, [
+      { type: 'volume', source: 'data', target: '/data', readOnly: false },
+      { type: 'bind', source: at('data/sub'), target: '/a', readOnly: true },
+    ]);
+    assert.deepEqual(checked.violations, [{ rule: `bind-source-symlink:${at('data/root')}`, field: 'service.volumes', value: at('data/root') }]);
   });
 });
 

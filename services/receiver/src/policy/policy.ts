@@ -8,7 +8,10 @@ import { normalizeCapability, parseDevice, parseVolume, type Manifest } from '@f
 export interface Policy {
   /** Globs over the image repository (the reference without its tag); `**` allows any. */
   images: readonly string[];
-  /** Host path prefixes a bind mount may come from, compared by whole path segments. */
+  /**
+   * Host path prefixes a bind mount may come from, compared by whole path segments; on the host,
+   * no component of a bind source may be a symbolic link (see checkBindSources()).
+   */
   bindSources: readonly string[];
   /** Capabilities `capAdd` may name, normalised (`NET_ADMIN`, `ALL`). */
   capabilities: readonly string[];
@@ -74,10 +77,8 @@ export function evaluate(policy: Policy, manifest: Manifest): Violation[] {
   for (const spec of service.volumes ?? []) {
     const volume = parseVolume(spec);
     if (volume?.kind !== 'bind') continue;
-    const source = volume.source;
-    if (source === '/' && !policy.rootBind) deny('bind-source:/', 'service.volumes', spec);
-    else if (!policy.dockerSocket && policy.protectedSockets.some((socket) => within(socket, source))) deny(`docker-socket:${source}`, 'service.volumes', spec);
-    else if (!policy.bindSources.some((prefix) => within(source, prefix))) deny(`bind-source:${source}`, 'service.volumes', spec);
+    const rule = bindSourceRule(policy, volume.source);
+    if (rule) deny(rule, 'service.volumes', spec);
   }
 
   const allowedCaps = new Set(policy.capabilities.map(normalizeCapability));
@@ -96,6 +97,18 @@ export function evaluate(policy: Policy, manifest: Manifest): Violation[] {
     if (option === 'apparmor=unconfined' && !policy.apparmorUnconfined) deny('security_opt:apparmor=unconfined', 'service.securityOpt', option);
   }
   return found;
+}
+
+/**
+ * The rule a bind of `source` breaks as the path is spelled, or undefined when the policy allows
+ * it; one rule per mount, the most dangerous first. What the path is on the host is checked by
+ * checkBindSources() before the container is created.
+ */
+export function bindSourceRule(policy: Readonly<Policy>, source: string): string | undefined {
+  if (source === '/' && !policy.rootBind) return 'bind-source:/';
+  if (!policy.dockerSocket && policy.protectedSockets.some((socket) => within(socket, source))) return `docker-socket:${source}`;
+  if (!policy.bindSources.some((prefix) => within(source, prefix))) return `bind-source:${source}`;
+  return undefined;
 }
 
 /** `localhost:5000/team/app:1.2` → `localhost:5000/team/app`: a colon after the last slash starts the tag. */
