@@ -29,6 +29,8 @@ ENV NODE_ENV=production \
 WORKDIR /opt/ferry
 COPY --from=deps /opt/ferry ./
 # Root: the receiver talks to the host's Docker socket, which root owns.
+# The data directory holds the host key and the trust file: a new volume starts as root's only.
+RUN mkdir -m 0700 /var/lib/ferry
 VOLUME /var/lib/ferry
 EXPOSE 7701
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \

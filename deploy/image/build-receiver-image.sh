@@ -55,6 +55,8 @@ trap 'rm -rf "$CTX"' EXIT
 R=$CTX/rootfs
 mkdir -p "$R/usr/local/bin" "$R/etc/ssl/certs" "$R/opt/ferry" "$R/var/lib/ferry" "$R/tmp" "$R/root"
 chmod 1777 "$R/tmp"
+# The data directory holds the host key and the trust file: a new volume starts as root's only.
+chmod 0700 "$R/var/lib/ferry"
 
 say "node $NODE_VERSION from $NODE"
 if [ "$STRIP" = 1 ] && command -v strip >/dev/null 2>&1; then

@@ -11,11 +11,12 @@ import { buildTestImage, freePort, runFerry, startReceiverProcess, type Receiver
 import { corruptingProxy } from '../helpers/proxy.ts';
 import { EventWatcher, type WatchedEvent } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { id: `e2e-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`e2e-${run}`);
 const hostId = `e2e-${run}`;
 const service = `web-${run}`;
 const repo = `ferry-e2e-${run}`;
@@ -32,7 +33,7 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
   let v1: string;
   let v2: string;
   const senderEnv = (): Record<string, string> => ({
-    DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.id, FERRY_KEY: key.secret, FERRY_NATS_URL: s.natsUrl,
+    DOCKER_HOST: s.buildDockerHost, ...keyEnv(key), FERRY_NATS_URL: s.natsUrl,
   });
   const pushArgs = (image: string, to: string, extra: string[] = []): string[] => [
     'push', image, '--to', to, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
@@ -46,7 +47,7 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
     nc = await connect({ servers: s.natsUrl });
     watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
     receiver = await startReceiverProcess({
-      DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
+      DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
     });
   });
 

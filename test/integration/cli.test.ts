@@ -12,17 +12,18 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `cli-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`cli-${run}`);
 const hostId = `cli-${run}`;
 const repo = `ferry-cli-${run}`;
 const service = `cli-${run}`;
 const followed = `cli-follow-${run}`;
 const target = dockerodeFor(s.targetDockerHost);
 const build = dockerodeFor(s.buildDockerHost);
-const senderEnv = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret };
+const senderEnv = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) };
 const ports = new Map<string, number>();
 const imageIds = new Map<string, string>();
 let receiver: ReceiverProcess;
@@ -63,7 +64,7 @@ describe('ferry status, rollback and events --follow', { timeout: 600_000 }, () 
     imageIds.set('1', await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`));
     imageIds.set('2', await buildTestImage(s.buildDockerHost, `${repo}:2`, `v2-${run}`));
     receiver = await startReceiverProcess({
-      DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
+      DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
     });
     // A receiver refuses what was signed before it started (same second included): ask until it answers.
     for (;;) {

@@ -72,6 +72,8 @@ void describe('log redaction', () => {
     logger.info({ FERRY_KEY_ID: 'ci', FERRY_KEY: secret }, 'env');
     logger.info({ config: { key: secret, secret } }, 'config');
     logger.info({ key: secret, secret }, 'flat');
+    logger.info({ privateKey: secret, credentials: { keyId: 'ci', privateKey: secret } }, 'private key');
+    logger.info({ FERRY_JOIN_TOKEN: secret, enroll: { joinToken: secret, token: secret } }, 'join token');
     assertClean(text());
   });
 

@@ -12,6 +12,7 @@ import { DEFAULT_BACKOFF } from '../retry.ts';
 import { parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
+import { oneLine } from './terminal.ts';
 
 /** `ferry deploy`: what it does and takes is its help text, in help.ts. */
 export async function deployCommand(args: string[], io: Io): Promise<number> {
@@ -66,9 +67,9 @@ export async function deployCommand(args: string[], io: Io): Promise<number> {
 
 function printService(io: Io, s: ServiceOutcome): void {
   const done = s.targets.filter((t) => t.ok).length;
-  line(io.stdout, `${s.ok ? '✔' : '✖'} ${s.service}: ${s.image} on ${done}/${s.targets.length} targets${s.imageId ? ` (${s.imageId.slice(0, 19)})` : ''}`);
-  if (s.error) line(io.stdout, `  failed: ${s.error.message} [${s.error.code}]`);
+  line(io.stdout, oneLine(`${s.ok ? '✔' : '✖'} ${s.service}: ${s.image} on ${done}/${s.targets.length} targets${s.imageId ? ` (${s.imageId.slice(0, 19)})` : ''}`));
+  if (s.error) line(io.stdout, oneLine(`  failed: ${s.error.message} [${s.error.code}]`));
   for (const t of s.targets) {
-    line(io.stdout, `  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}${t.error ? `  ${t.error.message} [${t.error.code}]` : ''}  (${t.url}${t.deploymentId ? `, deployment ${t.deploymentId}` : ''})`);
+    line(io.stdout, oneLine(`  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}${t.error ? `  ${t.error.message} [${t.error.code}]` : ''}  (${t.url}${t.deploymentId ? `, deployment ${t.deploymentId}` : ''})`));
   }
 }

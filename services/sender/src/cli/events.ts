@@ -4,6 +4,7 @@ import { readEvents, type FerryEvent } from '@ferry/events';
 import { FerryError } from '@ferry/protocol';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
+import { oneLine } from './terminal.ts';
 
 const schema = z.object({ FERRY_NATS_URL: z.string({ error: 'required: nats://host:port of the event stream' }) });
 
@@ -33,7 +34,7 @@ export async function eventsCommand(args: string[], io: Io, signal?: AbortSignal
       ...(abort ? { signal: abort } : {}),
     })) {
       count++;
-      line(io.stdout, values.json ? JSON.stringify(event) : describe(event));
+      line(io.stdout, values.json ? JSON.stringify(event) : oneLine(describe(event)));
     }
   } catch (err) {
     if (interrupt?.signal.aborted) return 0;

@@ -1,4 +1,5 @@
 import type { Writable } from 'node:stream';
+import { oneLine, printable } from './terminal.ts';
 
 const WIDTH = 24;
 /** Repaints at most this often: a fast link must not spend its time redrawing. */
@@ -36,8 +37,26 @@ export interface ProgressOptions {
 
 export function createProgress(out: Writable & { isTTY?: boolean; columns?: number }, options: ProgressOptions): Progress {
   if (options.json) return new JsonProgress(out);
-  if (out.isTTY === true) return new TtyProgress(out, options.targets);
-  return new PlainProgress(out);
+  return onOneLine(out.isTTY === true ? new TtyProgress(out, options.targets.map(oneLine)) : new PlainProgress(out));
+}
+
+/**
+ * Target names (receiver URLs, some from the registry), retry reasons (errors a receiver sent)
+ * and states reach the terminal on one line each, without control sequences: the bars are redrawn
+ * by counting lines and moving the cursor, which such text could otherwise upset.
+ */
+function onOneLine(progress: Progress): Progress {
+  return {
+    stage: (stage: 'package' | 'transfer', detail: { image?: string; compression?: string; bytes?: number }) => {
+      if (stage === 'package') progress.stage('package', { image: oneLine(detail.image ?? ''), compression: oneLine(detail.compression ?? '') });
+      else progress.stage('transfer', { bytes: detail.bytes ?? 0 });
+    },
+    sent: (target, position) => progress.sent(oneLine(target), position),
+    deploying: (target) => progress.deploying(oneLine(target)),
+    retrying: (target, attempt, delayMs, reason) => progress.retrying(oneLine(target), attempt, delayMs, oneLine(reason)),
+    done: (target, ok, state) => progress.done(oneLine(target), ok, oneLine(state)),
+    close: () => progress.close(),
+  };
 }
 
 interface Row {
@@ -244,7 +263,7 @@ class JsonProgress implements Progress {
   close(): void {}
 
   #emit(record: Record<string, unknown>): void {
-    this.#out.write(`${JSON.stringify({ time: new Date().toISOString(), ...record })}\n`);
+    this.#out.write(`${printable(JSON.stringify({ time: new Date().toISOString(), ...record }))}\n`);
   }
 }
 

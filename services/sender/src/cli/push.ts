@@ -15,6 +15,7 @@ import { resolveTargets } from '../targets.ts';
 import { BUILD_OPTIONS, buildRequestFrom } from './build.ts';
 import { SERVICE_OPTIONS, parse, parseInteger, serviceSpecFromFlags } from './args.ts';
 import { line, type Io } from './io.ts';
+import { oneLine } from './terminal.ts';
 import { nextStep } from './report.ts';
 import { createProgress, formatBytes, formatMs, type Progress } from './progress.ts';
 import { scavengePeriodically } from '@ferry/memory';
@@ -137,7 +138,7 @@ function healthFrom(target: string | undefined, timing: HealthTimingArgs): Healt
 function printSummary(io: Io, r: PushResult): void {
   const t = r.timings;
   const rate = t.transfer > 0 ? `${formatBytes(r.bytes.sent / (t.transfer / 1000))}/s` : '-';
-  line(io.stdout, `✔ ${r.service} is running ${r.image} on ${r.host}`);
+  line(io.stdout, oneLine(`✔ ${r.service} is running ${r.image} on ${r.host}`));
   line(io.stdout, `  deployment  ${r.deploymentId}`);
   line(io.stdout, `  image       ${r.imageId}`);
   line(io.stdout, `  bytes       ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, ${formatBytes(r.bytes.sent)} sent (${rate})`);
@@ -176,10 +177,10 @@ function printFanoutSummary(io: Io, r: FanoutResult): void {
   line(io.stdout, `${failed.length === 0 ? '✔' : '✖'} ${r.service}: ${r.image} on ${r.targets.length - failed.length}/${r.targets.length} targets`);
   line(io.stdout, `  package     ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, built once in ${formatMs(r.timings.package)}`);
   for (const t of r.targets) {
-    line(io.stdout, `  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}  ${formatBytes(t.bytes.sent)} sent  ${formatMs(t.durationMs)}  ${t.error ? t.error.code : '-'}  (${t.url}, deployment ${t.deploymentId}, ${t.attempts} attempt${t.attempts === 1 ? '' : 's'})`);
+    line(io.stdout, oneLine(`  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}  ${formatBytes(t.bytes.sent)} sent  ${formatMs(t.durationMs)}  ${t.error ? t.error.code : '-'}  (${t.url}, deployment ${t.deploymentId}, ${t.attempts} attempt${t.attempts === 1 ? '' : 's'})`));
   }
   for (const t of failed) {
-    line(io.stdout, `  failed: ${t.host ?? t.url} — ${t.error ? `${t.error.message} [${t.error.code}]` : `deployment ${t.state}`}`);
+    line(io.stdout, oneLine(`  failed: ${t.host ?? t.url} — ${t.error ? `${t.error.message} [${t.error.code}]` : `deployment ${t.state}`}`));
     if (t.error) line(io.stdout, `    next: ${nextStep(t.error.code as ErrorCode)}`);
   }
 }

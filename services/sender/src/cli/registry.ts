@@ -2,6 +2,7 @@ import { RegistryClient, type ServiceState } from '@ferry/auth';
 import { FerryError } from '@ferry/protocol';
 import { loadSenderConfig } from '../config.ts';
 import { line, type Io } from './io.ts';
+import { oneLine } from './terminal.ts';
 
 /** The registry named by FERRY_REGISTRY_URL, signed with FERRY_KEY_ID / FERRY_KEY. */
 export function registryFrom(io: Io, command: string, otherwise = ''): RegistryClient {
@@ -12,8 +13,9 @@ export function registryFrom(io: Io, command: string, otherwise = ''): RegistryC
   return new RegistryClient(config.registryUrl, config.credentials);
 }
 
-/** Left-aligned columns, two spaces apart; the first row is the header. */
-export function table(rows: string[][]): string {
+/** Left-aligned columns, two spaces apart; the first row is the header. Each cell is kept on one line. */
+export function table(given: string[][]): string {
+  const rows = given.map((row) => row.map(oneLine));
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0))) ?? [];
   return rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
 }

@@ -1,5 +1,6 @@
 import { FerryError, type ErrorCode } from '@ferry/protocol';
 import { line, type Io } from './io.ts';
+import { oneLine } from './terminal.ts';
 
 /** What to do next, for the errors a user can act on. */
 const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
@@ -67,10 +68,11 @@ export function report(io: Io, err: unknown, json: boolean, command?: string): n
     if (typeof deploymentId === 'string') line(io.stderr, `  deployment  ${deploymentId}${deployment?.state ? ` (${deployment.state})` : ''}`);
     const facts = (error.details?.deployment as { error?: { details?: { probes?: { status?: number; error?: string }[]; logs?: string[] } } } | undefined)?.error?.details;
     const last = facts?.probes?.at(-1);
-    if (last) line(io.stderr, `  last probe  ${last.status !== undefined ? `HTTP ${last.status}` : (last.error ?? '?')} (${facts?.probes?.length} probes)`);
+    if (last) line(io.stderr, `  last probe  ${last.status !== undefined ? `HTTP ${last.status}` : oneLine(last.error ?? '?')} (${facts?.probes?.length} probes)`);
     if (facts?.logs?.length) {
       line(io.stderr, '  container log (last lines):');
-      for (const text of facts.logs.slice(-10)) line(io.stderr, `    ${text}`);
+      // One line each, whatever the container wrote: a line break in one must not forge another.
+      for (const text of facts.logs.slice(-10)) line(io.stderr, `    ${oneLine(String(text))}`);
     }
     line(io.stderr, `  next: ${nextStep(error.code, command)}`);
     if (error.code === 'FERRY_ERR_INTERNAL' && error.cause instanceof Error) line(io.stderr, `  cause: ${error.cause.message}`);

@@ -4,6 +4,7 @@ import { loadSenderConfig } from '../config.ts';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
+import { oneLine } from './terminal.ts';
 
 /** `ferry rollback`: what it does and takes is its help text, in help.ts. */
 export async function rollbackCommand(args: string[], io: Io): Promise<number> {
@@ -16,7 +17,7 @@ export async function rollbackCommand(args: string[], io: Io): Promise<number> {
   if (values.json) {
     line(io.stdout, JSON.stringify({ ok: true, ...result }));
   } else {
-    line(io.stdout, `✔ ${result.service} runs ${result.image} again on ${result.host}`);
+    line(io.stdout, oneLine(`✔ ${result.service} runs ${result.image} again on ${result.host}`));
     line(io.stdout, `  rollback    ${result.deploymentId} (${result.state}, ${formatMs(result.timings.total)})`);
     line(io.stdout, `  image       ${result.imageId}`);
     if (result.containerId) line(io.stdout, `  container   ${result.containerId.slice(0, 12)}`);

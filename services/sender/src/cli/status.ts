@@ -4,6 +4,7 @@ import { loadSenderConfig } from '../config.ts';
 import { parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
+import { oneLine } from './terminal.ts';
 import { registryStatus } from './registry.ts';
 
 const TIMING_KEYS = ['receive', 'verify', 'load', 'deploy', 'health', 'rollback', 'total'] as const;
@@ -51,13 +52,13 @@ function describe(r: DeploymentRecord): string {
   if (timings.length > 0) rows.push(`timings     ${timings.join(' · ')}`);
   if (r.containerId) rows.push(`container   ${shortId(r.containerId)}`);
   if (r.error) rows.push(`error       ${r.error.code}: ${r.error.message}`);
-  return rows.join('\n');
+  return rows.map(oneLine).join('\n');
 }
 
 function table(records: DeploymentRecord[]): string {
   const rows = [['DEPLOYMENT', 'KIND', 'STATE', 'IMAGE', 'STARTED', 'TOTAL', 'ERROR']];
   for (const r of records) {
-    rows.push([r.deploymentId, r.kind, r.state, r.image, r.createdAt, formatMs(r.timings?.total), r.error?.code ?? '']);
+    rows.push([r.deploymentId, r.kind, r.state, r.image, r.createdAt, formatMs(r.timings?.total), r.error?.code ?? ''].map(oneLine));
   }
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((row) => row[i]?.length ?? 0))) ?? [];
   return rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
