@@ -21,6 +21,7 @@ import { methods as allMethods, type Method, type MethodContext, type MethodId, 
 import { Processes, run, runAllowingFailure, sleep } from './lib/proc.ts';
 import { CountingProxy } from './lib/proxy.ts';
 import { renderReport, type Sample } from './lib/report.ts';
+import { measureSigningCost, type SigningCost } from './lib/signing.ts';
 import { startPrivateSshd } from './lib/sshd.ts';
 import { startReceiverProcess, type ReceiverProcess } from '../test/helpers/ferry.ts';
 import { stack } from '../test/helpers/stack.ts';
@@ -76,6 +77,7 @@ class Bench {
   readonly #command: string;
   #facts: MachineFacts | undefined;
   #revision = 'unknown';
+  #signing: SigningCost | undefined;
   #tmp: string | undefined;
   #receiver: ReceiverProcess | undefined;
   #proxies: CountingProxy[] = [];
@@ -94,6 +96,8 @@ class Bench {
   async run(): Promise<void> {
     this.#facts = await machineFacts(this.procs, this.#build, this.#target);
     this.#revision = await revision(this.procs);
+    // Measured here, in the same run as the pushes it is compared with.
+    this.#signing = await measureSigningCost();
     this.#tmp = await mkdtemp(join(tmpdir(), 'ferry-bench-'));
     const context = await this.#startServices(this.#tmp);
     this.#methods = allMethods(context).filter((m) => this.#opts.methods.includes(m.id));
@@ -185,7 +189,7 @@ class Bench {
     const text = renderReport({
       command: this.#command, facts: this.#facts, complete, runs: this.#opts.runs, sizes: this.#opts.sizes,
       loadAtEnd: loadavg().map((n) => n.toFixed(2)).join(' '), finishedAt: new Date().toISOString(),
-      methods: this.#methods, images: this.#images, samples: this.#samples, revision: this.#revision, notes: this.#opts.notes,
+      methods: this.#methods, images: this.#images, samples: this.#samples, revision: this.#revision, notes: this.#opts.notes, ...(this.#signing ? { signing: this.#signing } : {}),
     });
     await writeFile(this.#opts.out, text);
   }

@@ -9,6 +9,7 @@ import { freePort, waitForHttp } from './net.ts';
 import { PeakSampler, exited, peakKb, resetPeak, type Processes } from './proc.ts';
 import type { CountingProxy } from './proxy.ts';
 import { startRegistry, type LocalRegistry } from './registry.ts';
+import { signedRequestsOf } from './signing.ts';
 import { shellQuote, type PrivateSshd } from './sshd.ts';
 import { keyEnv, type TestKey } from '../../test/helpers/keys.ts';
 
@@ -40,6 +41,8 @@ export interface Measurement {
   exitLagSeconds?: number;
   /** Where the time went, when the method says (ferry's own stage timings). */
   detail?: string;
+  /** For ferry: how many requests the push signed (and the receiver checked). */
+  signedRequests?: number;
 }
 
 export interface ReceiverHandle {
@@ -283,7 +286,7 @@ function ferryMethod(ctx: MethodContext): Method {
         ...(outsideSeconds !== undefined ? { outsideSeconds } : {}),
         ...(Number.isFinite(exitLag) ? { exitLagSeconds: exitLag } : {}),
         detail: `sender: ${stages(result.timings ?? {})}; receiver: ${stages(receiver)}${layers}${outside}`,
-        moveSeconds: totalSeconds - startSeconds, startSeconds, totalSeconds, senderPeakKb, receiverPeakKb,
+        moveSeconds: totalSeconds - startSeconds, startSeconds, totalSeconds, senderPeakKb, receiverPeakKb, signedRequests: signedRequestsOf(result),
         wireBytes: wire.up + wire.down,
         wireDetail: `package ${mb(result.bytes?.package ?? 0)} (${result.compression ?? '?'}${result.streamed === true ? ', streamed' : ''}; ${result.exportedBy === 'layer-store' ? 'read from the layer store' : 'docker save'} ${mb(result.bytes?.image ?? 0)})`,
       };
