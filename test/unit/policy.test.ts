@@ -290,8 +290,8 @@ describe('loadPolicy', () => {
   });
 
   it('is part of the receiver config', () => {
-    const config = loadReceiverConfig({ FERRY_KEYS: 'ci:Zm9vYmFyLXNlY3JldC1mb3ItdGVzdHMtb25seQ', FERRY_POLICY_CAPABILITIES: 'NET_ADMIN' });
+    const config = loadReceiverConfig({ FERRY_POLICY_CAPABILITIES: 'NET_ADMIN' });
     assert.deepEqual(config.policy.capabilities, ['NET_ADMIN']);
-    assert.throws(() => loadReceiverConfig({ FERRY_KEYS: 'ci:Zm9vYmFyLXNlY3JldC1mb3ItdGVzdHMtb25seQ', FERRY_POLICY_FILE: 'relative.json' }), /FERRY_POLICY_FILE: an absolute path/);
+    assert.throws(() => loadReceiverConfig({ FERRY_POLICY_FILE: 'relative.json' }), /FERRY_POLICY_FILE: an absolute path/);
   });
 });
