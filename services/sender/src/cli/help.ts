@@ -200,35 +200,46 @@ const KEY_HELP = `Usage: ferry key new --id KEY_ID [--out FILE] [--json]
 
 "key new" makes an Ed25519 key pair: the private key goes to FILE (default ./KEY_ID.key, mode
 0600, never overwritten, never printed); the public key and its fingerprint are printed, to be
-trusted by receivers ("ferry trust add") or granted ("ferry grant issue"). The same key works
-with openssl: "openssl genpkey -algorithm ed25519" makes an equivalent one.
+trusted ("ferry trust add") or granted ("ferry grant issue"). The same key works with openssl:
+"openssl genpkey -algorithm ed25519" makes an equivalent one.
 "key show" prints the public key and fingerprint of a private key file, or of a receiver's own
-host key (--data-dir: its FERRY_DATA_DIR).`;
+host key (--data-dir: its FERRY_DATA_DIR), and warns when other users can read the file.
+
+A sender signs with FERRY_KEY_ID and FERRY_KEY_FILE (or FERRY_KEY, the PEM itself), and sends its
+grant with every request when FERRY_GRANT_FILE (or FERRY_GRANT) names one.`;
 
 const TRUST_HELP = `Usage: ferry trust add --id KEY_ID --public-key KEY --role ROLE [scope] [--file TRUST_FILE]
        ferry trust add GRANT_OR_REVOCATION_FILE [--file TRUST_FILE]
-       ferry trust remove KEY_ID|GRANT_ID [--file TRUST_FILE]
+       ferry trust remove KEY_ID|GRANT_ID [--drop-signed] [--file TRUST_FILE]
        ferry trust list [--file TRUST_FILE] [--json]
 
-Edits the trust file of a receiver, registry or sender service (--file, else FERRY_TRUST_FILE,
-else /var/lib/ferry/trust.json), written whole and 0600; a running service reads it again within
-a second. A key is trusted with a scope:
-  --role deploy|read|admin|host   what it may do (admin keys also sign grants and revocations)
+Edits the trust file of a receiver, registry or sender service: --file, else FERRY_TRUST_FILE,
+else $FERRY_DATA_DIR/trust.json (/var/lib/ferry/trust.json), the file the service reads. It is
+checked as the service would check it, then written whole and 0600; a running service reads it
+again within a second. A key is trusted with a scope:
+  --role deploy|read|admin|host   what it may do (deploy also reads; admin keys of the trust
+                                  file also sign grants and revocation lists)
   --service GLOB                  services it may deploy, e.g. web-* (repeatable; default *)
   --host ID|K=V[,K=V]             hosts, by id (globs) or label selector (repeatable; default *)
   --not-before WHEN, --not-after WHEN   ISO 8601 with a zone, or a span from now (90d)
   --grace DURATION                after --not-after it still works, with a warning event (7d)
-KEY is base64 of the raw 32-byte public key (as "ferry key new" prints it), a PEM, or a file.`;
+KEY is base64 of the raw 32-byte public key (as "ferry key new" prints it), a PEM, or a file
+holding either; a private key is refused. A grant or revocation list is added only when an admin
+key of the file signed it. "trust remove" of an admin key that signed grants or revocation lists
+in the file needs --drop-signed (issue them again with another admin key first). "trust list"
+shows every key with its scope and its state now (valid, grace, expired, not-yet, revoked).`;
 
-const GRANT_HELP = `Usage: ferry grant issue --id KEY_ID --public-key KEY --role ROLE [scope] [--out FILE]
+const GRANT_HELP = `Usage: ferry grant issue --id KEY_ID --public-key KEY --role ROLE [scope] [--note TEXT] [--out FILE]
        ferry grant revoke [--key KEY_ID|FINGERPRINT]… [--grant GRANT_ID]… [--out FILE]
        ferry grant show FILE [--trust TRUST_FILE] [--json]
 
 A grant is a small document signed by an admin key: which key, which role, which services and
 hosts, from when until when and with how much grace (scope options as for "ferry trust add").
-Give it to the key's holder (FERRY_GRANT_FILE: sent with every request, so receivers that trust
-the admin key need nothing more) or add it to trust files. A revocation list is added to trust
-files with "ferry trust add". The admin key signs: --key-id/--key-file, or FERRY_KEY_ID and
-FERRY_KEY_FILE. "grant show" prints a grant or list and checks it against a trust file.`;
+Give it to the key's holder (FERRY_GRANT_FILE: sent with every request, so a service whose trust
+file holds the admin key needs nothing more) or add it to trust files. A revocation list refuses
+keys (by id or fingerprint) and grants (by id) wherever it is added ("ferry trust add FILE").
+The admin key signs: --key-id ID --key-file FILE, or FERRY_KEY_ID and FERRY_KEY_FILE.
+"grant show" prints a grant or list; with --trust it says whether that trust file accepts it now
+(signed by one of its admin keys, not revoked, in force) and exits 1 when it does not.`;
 
 export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP };

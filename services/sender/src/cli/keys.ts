@@ -1,5 +1,4 @@
-import { readFile } from 'node:fs/promises';
-import { open } from 'node:fs/promises';
+import { open, readFile, rm, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import {
   HOST_KEY_FILE, fingerprint, generateKeyPair, isValidKeyId, parsePrivateKey, privateKeyPem, publicKeyText,
@@ -37,14 +36,21 @@ async function newKey(args: string[], io: Io): Promise<number> {
   try {
     await handle.writeFile(privateKeyPem(privateKey));
     await handle.sync();
-  } finally {
-    await handle.close();
+  } catch (err) {
+    // Half a key file would be taken for a key at the next "key new" (EEXIST) or by a signer.
+    await handle.close().catch(() => undefined);
+    await rm(file, { force: true });
+    throw new FerryError('FERRY_ERR_USAGE', { message: `${file}: cannot be written (${(err as NodeJS.ErrnoException).code ?? 'error'})`, cause: err });
   }
-  print(io, { keyId, file, publicKey: publicKeyText(privateKey), fingerprint: fingerprint(privateKey) }, values.json === true);
+  await handle.close();
+  const publicKey = publicKeyText(privateKey);
+  print(io, { keyId, file, publicKey, fingerprint: fingerprint(privateKey) }, values.json === true);
   if (values.json !== true) {
     line(io.stdout);
-    line(io.stdout, '# trust it directly on a receiver (or sign it a grant with "ferry grant issue"):');
-    line(io.stdout, `ferry trust add --id ${keyId} --public-key ${publicKeyText(privateKey)} --role deploy`);
+    line(io.stdout, '# on a receiver, registry or sender service, trust it directly (an admin key: --role admin):');
+    line(io.stdout, `ferry trust add --id ${keyId} --public-key ${publicKey} --role deploy`);
+    line(io.stdout, '# or have an admin key sign it a grant, which its holder sends along (FERRY_GRANT_FILE):');
+    line(io.stdout, `ferry grant issue --id ${keyId} --public-key ${publicKey} --role deploy --service 'web-*' --not-after 90d --out ${keyId}.grant.json`);
     line(io.stdout, '# sign with it:');
     line(io.stdout, `FERRY_KEY_ID=${keyId} FERRY_KEY_FILE=${file}`);
   }
@@ -62,9 +68,24 @@ async function showKey(args: string[], io: Io): Promise<number> {
   } catch (err) {
     throw new FerryError('FERRY_ERR_USAGE', { message: `${file}: cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`, cause: err });
   }
+  if (text.includes('-----BEGIN PUBLIC KEY-----')) {
+    throw new FerryError('FERRY_ERR_USAGE', { message: `${file} holds a public key; "key show" reads a private key file (a public key is trusted as it is: "ferry trust add --public-key ${file}")` });
+  }
   const key = parsePrivateKey(text, file);
+  await warnIfShared(io, file);
   print(io, { ...(values.id === undefined ? {} : { keyId: values.id }), file, publicKey: publicKeyText(key), fingerprint: fingerprint(key) }, values.json === true);
   return 0;
+}
+
+/**
+ * A private key file that other users can read is no secret any more: said on stderr, where it is
+ * seen without spoiling the output a script reads.
+ */
+export async function warnIfShared(io: Io, file: string): Promise<void> {
+  const mode = await stat(file).then((s) => s.mode & 0o777, () => undefined);
+  if (mode !== undefined && (mode & 0o077) !== 0) {
+    line(io.stderr, `warning: ${file} can be read by other users (mode ${mode.toString(8).padStart(4, '0')}): chmod 600 ${file}, and replace the key if others had it`);
+  }
 }
 
 function print(io: Io, facts: Record<string, string>, json: boolean): void {

@@ -18,7 +18,7 @@ const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_RECEIVER_UNREACHABLE: 'check the --to URL and that "ferry receiver" runs there',
   FERRY_ERR_IMAGE_NOT_FOUND: 'build or tag the image on the build engine (DOCKER_HOST) first',
   FERRY_ERR_DOCKER_UNAVAILABLE: 'check DOCKER_HOST and that the Docker engine runs',
-  FERRY_ERR_CONFIG: 'fix the environment variables listed above',
+  FERRY_ERR_CONFIG: 'fix what the message names: an environment variable, or the file one points to (a trust file, a key)',
   FERRY_ERR_DEPLOYMENT_IN_PROGRESS: 'wait for the running deployment of this service to finish',
   FERRY_ERR_NOT_FOUND: 'check the id and that --to names the receiver that ran it; "ferry status --to URL --service S" lists what it keeps (the newest 100 per service)',
   FERRY_ERR_NOTHING_TO_ROLL_BACK: 'that host keeps no previous version of this service (only one was deployed, or it was removed): push the version you want instead',
