@@ -51,7 +51,7 @@ export interface SignOptions {
    * a receiver that trusts its issuer needs no copy of it.
    */
   grant?: string | undefined;
-  /** The receiver's host id, as its `GET /healthz` reports it: the request is refused anywhere else. */
+  /** The receiver's host id, as its signed identity (`GET /v1/identity`) names it: the request is refused anywhere else. */
   audience: string;
   /**
    * The `Upload-Offset` the request carries, if any. It is signed but not returned as a header:
