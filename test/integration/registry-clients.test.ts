@@ -5,7 +5,9 @@
  * state the sender records, `ferry hosts`, `ferry status SERVICE`, `ferry drift` after a container
  * is stopped behind Ferry's back, and a stopped receiver going lost and coming back online.
  * Receiver A runs on the target engine, B on the build engine, so a selector's choice shows in
- * which engine got the container. The registry here is private (in memory, TTL 3 s).
+ * which engine got the container. The registry here is private (in memory, TTL 3 s; its enrolled
+ * keys and join tokens in its data directory). Each receiver enrolls its host key with a join
+ * token an admin asked for, and keeps that token in its environment after it was used.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -18,10 +20,15 @@ import { LABELS } from '@ferry/protocol';
 import { buildTestImage, freePort, runFerry, startFerryProcess, startReceiverProcess, type FerryProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { until } from '../helpers/registry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `reg-${run}`, secret: randomBytes(24).toString('base64url') };
+/** Deploys (the CLI) and reads the registry. */
+const key = testKey(`reg-${run}`);
+/** Asks the registry for join tokens. */
+const admin = testKey(`reg-admin-${run}`);
+const registryTrust = trustFile([{ key: admin, role: 'admin' }, key]);
 const repo = `ferry-reg-${run}`;
 const target = dockerodeFor(s.targetDockerHost);
 const build = dockerodeFor(s.buildDockerHost);
@@ -34,7 +41,7 @@ const dirs: string[] = [];
 /** `ferry registry` on a given port (in memory, no NATS), once it says it listens. */
 function startRegistry(port: number, dataDir: string): Promise<FerryProcess> {
   return startFerryProcess('registry', {
-    FERRY_LISTEN: `127.0.0.1:${port}`, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_DATA_DIR: dataDir,
+    FERRY_LISTEN: `127.0.0.1:${port}`, FERRY_TRUST_FILE: registryTrust, FERRY_DATA_DIR: dataDir,
     FERRY_HOST_ID: `registry-${run}`, FERRY_HOST_TTL_SECONDS: '3',
   });
 }
@@ -65,16 +72,20 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     registryPort = await freePort();
     registryDir = await tempDir('registry');
     const registryUrl = `http://127.0.0.1:${registryPort}`;
-    cli = { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret, FERRY_REGISTRY_URL: registryUrl };
+    cli = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key), FERRY_REGISTRY_URL: registryUrl };
     client = new RegistryClient(registryUrl, key);
     imageId = await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
-    const common = {
-      FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_KEY_ID: key.keyId, FERRY_KEY: key.secret, FERRY_REGISTRY_URL: registryUrl,
-    };
-    envA = { ...common, DOCKER_HOST: s.targetDockerHost, FERRY_HOST_ID: hostA, FERRY_LABELS: `suite=${run},role=web`, FERRY_DATA_DIR: await tempDir('a') };
+    // The tokens are asked for first; the registry then stops, and its key file keeps them.
+    const issuing = await startRegistry(registryPort, registryDir);
+    const admins = new RegistryClient(registryUrl, admin);
+    const tokenA = (await admins.joinToken({ host: hostA })).token;
+    const tokenB = (await admins.joinToken({ host: hostB, labels: { suite: run, role: 'db' } })).token;
+    await issuing.stop();
+    const common = { FERRY_TRUST_FILE: trustFile(key), FERRY_REGISTRY_URL: registryUrl };
+    envA = { ...common, DOCKER_HOST: s.targetDockerHost, FERRY_HOST_ID: hostA, FERRY_LABELS: `suite=${run},role=web`, FERRY_DATA_DIR: await tempDir('a'), FERRY_JOIN_TOKEN: tokenA };
     // A starts while nothing listens at the registry's address yet.
     a = await startReceiverProcess(envA);
-    b = await startReceiverProcess({ ...common, DOCKER_HOST: s.buildDockerHost, FERRY_HOST_ID: hostB, FERRY_LABELS: `suite=${run},role=db`, FERRY_DATA_DIR: await tempDir('b') });
+    b = await startReceiverProcess({ ...common, DOCKER_HOST: s.buildDockerHost, FERRY_HOST_ID: hostB, FERRY_LABELS: `suite=${run},role=db`, FERRY_DATA_DIR: await tempDir('b'), FERRY_JOIN_TOKEN: tokenB });
   });
 
   after(async () => {
@@ -92,7 +103,7 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
   });
 
-  test('a receiver whose registry is down serves and reports degraded, then registers once the registry is up', async () => {
+  test('a receiver whose registry is down serves and reports degraded, then enrolls its host key and registers once the registry is up', async () => {
     const health = await fetch(`${a.url}/healthz`);
     assert.equal(health.status, 200);
     type Ready = { status: string; checks: Record<string, { status: string; reason?: string }> };
@@ -122,6 +133,13 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     assert.match(recordA.engine.version, /^\d+\./);
     assert.ok(['legacy', 'containerd'].includes(recordA.engine.imageStore));
     assert.equal(byId.get(hostB)?.labels.role, 'db');
+    // Each enrolled the key it proves in GET /v1/identity.
+    for (const [record, receiver] of [[recordA, a], [byId.get(hostB), b]] as const) {
+      const identity = await (await fetch(`${receiver.url}/v1/identity?challenge=${'c'.repeat(22)}`)).json() as { identity: { payload: string } };
+      const { fingerprint } = JSON.parse(Buffer.from(identity.identity.payload, 'base64').toString('utf8')) as { fingerprint: string };
+      assert.equal(record?.hostKey, fingerprint);
+    }
+    assert.ok(a.logs.some((l) => l.msg === 'host key enrolled with the registry'), 'A enrolled with its token');
 
     const readyAgain = await until(async () => {
       const answer = await (await fetch(`${a.url}/readyz`)).json() as Ready;
@@ -219,7 +237,7 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     assert.equal(missing.actual?.state, 'missing');
   });
 
-  test('a stopped receiver goes lost; started again, it registers and is online', async () => {
+  test('a stopped receiver goes lost; started again with its used join token still set, it registers with its key and is online', async () => {
     await a.stop();
     const lost = await until(async () => (await hosts()).find((h) => h.id === hostA && h.status === 'lost'));
     assert.equal(lost.status, 'lost');
@@ -230,5 +248,7 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     a = await startReceiverProcess(envA);
     const back = await until(async () => (await hosts()).find((h) => h.id === hostA && h.status === 'online'));
     assert.equal(back.url, a.url);
+    assert.ok(!a.logs.some((l) => l.msg === 'host key enrolled with the registry'), 'an enrolled host does not enroll again');
+    assert.ok(!a.logs.some((l) => (l.err as { code?: string } | undefined)?.code === 'FERRY_ERR_JOIN_TOKEN_INVALID'), 'nor tries its used token');
   });
 });

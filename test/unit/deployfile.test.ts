@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ManifestSchema, ServiceSpecSchema } from '@ferry/protocol';
+import { ManifestSchema } from '@ferry/protocol';
 import { formatProblem, parseDeploymentJson, parseDeploymentText, type DeploymentDocument, type Problem } from '@ferry/sender';
 
 const BASE = '/srv/app';
@@ -240,21 +240,6 @@ describe('deployment file: the shipped example', () => {
     assert.deepEqual(Object.keys(doc.services), ['cache', 'web']);
     assert.equal(doc.services.web?.build?.context, '/srv/app/web');
     assert.equal(doc.services.web?.env.DATABASE_URL, 'postgres://db/shop');
-  });
-});
-
-describe('deployment documents from the registry', () => {
-  test("the registry's drift-correction document is a valid deployment document", async () => {
-    const { correctionDocument } = await import('@ferry/registry');
-    const service = ServiceSpecSchema.parse({ name: 'web', env: { A: '1' }, ports: ['8080:80'], health: { type: 'tcp', host: '127.0.0.1', port: 80 } });
-    const document = correctionDocument({
-      deploymentId: '5f0c7f53-6a4e-4c3a-9a53-3b0f7d6d2e11', image: 'shop/web:1', imageId: `sha256:${'a'.repeat(64)}`, configHash: 'x',
-      service, targetUrl: 'http://10.0.0.5:7701', recordedAt: new Date().toISOString(),
-    }, 'web', '0b5e1c8e-2f7a-4f5e-9d1c-1f1e2d3c4b5a');
-    const result = parseDeploymentJson(JSON.parse(JSON.stringify(document)));
-    assert.ok(result.ok, JSON.stringify(!result.ok && result.problems));
-    const { name: _name, ...spec } = service;
-    assert.deepEqual(result.document.services.web, { image: 'shop/web:1', targets: ['http://10.0.0.5:7701'], ...spec });
   });
 });
 

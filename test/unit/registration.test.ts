@@ -31,6 +31,7 @@ test('registration retries an unreachable registry, heartbeats, and registers ag
       if (forget-- > 0) return Promise.reject(new FerryError('FERRY_ERR_HOST_UNKNOWN'));
       return Promise.resolve();
     },
+    enroll: (): Promise<Registered> => Promise.reject(new Error('an enrolled host does not enroll')),
   };
   const registration = new Registration({
     registry, self: () => Promise.resolve(SELF), actual: () => Promise.resolve([{ service: 'web', state: 'running' }]),
@@ -50,6 +51,78 @@ test('registration retries an unreachable registry, heartbeats, and registers ag
   }
 });
 
+/** A registry that knows the host key once `enroll` took the token, and each token once. */
+function enrollingRegistry(known = false): { calls: string[]; registry: ConstructorParameters<typeof Registration>[0]['registry'] } {
+  const calls: string[] = [];
+  const used = new Set<string>();
+  const answer = (host: HostRegistration): Registered => ({ host: { ...host, hostKey: 'SHA256:k', status: 'online', registeredAt: '', lastSeenAt: '' }, heartbeatSeconds: 1, ttlSeconds: 3 });
+  return {
+    calls,
+    registry: {
+      url: 'http://registry.test:7702',
+      register: (host) => {
+        calls.push('register');
+        return known ? Promise.resolve(answer(host)) : Promise.reject(new FerryError('FERRY_ERR_UNKNOWN_KEY'));
+      },
+      enroll: (token, host) => {
+        calls.push(`enroll ${token}`);
+        if (used.has(token)) return Promise.reject(new FerryError('FERRY_ERR_JOIN_TOKEN_INVALID'));
+        used.add(token);
+        known = true;
+        return Promise.resolve(answer(host));
+      },
+      heartbeat: () => { calls.push('heartbeat'); return Promise.resolve(); },
+    },
+  };
+}
+
+test('a host the registry does not know enrolls once with its join token, then registers with its key alone', { timeout: 20_000 }, async () => {
+  const { calls, registry } = enrollingRegistry();
+  const registration = new Registration({
+    registry, joinToken: 'token-0123456789abcdefghij', self: () => Promise.resolve(SELF), actual: () => Promise.resolve([]),
+    logger: createLogger({ level: 'silent' }), random: () => 0,
+  });
+  registration.start();
+  try {
+    await until(() => calls.filter((c) => c === 'heartbeat').length >= 2);
+    assert.deepEqual(calls.slice(0, 4), ['register', 'enroll token-0123456789abcdefghij', 'heartbeat', 'heartbeat']);
+  } finally {
+    await registration.close();
+  }
+});
+
+test('an enrolled host restarted with its used token registers and never sends the token; without a token an unknown key says so', { timeout: 20_000 }, async () => {
+  const enrolled = enrollingRegistry(true);
+  const restarted = new Registration({
+    registry: enrolled.registry, joinToken: 'used-token-0123456789abcdef', self: () => Promise.resolve(SELF), actual: () => Promise.resolve([]),
+    logger: createLogger({ level: 'silent' }), random: () => 0,
+  });
+  restarted.start();
+  try {
+    await until(() => enrolled.calls.includes('heartbeat'));
+    assert.deepEqual(enrolled.calls.slice(0, 2), ['register', 'heartbeat']);
+  } finally {
+    await restarted.close();
+  }
+
+  const stranger = enrollingRegistry();
+  const untokened = new Registration({
+    registry: stranger.registry, self: () => Promise.resolve(SELF), actual: () => Promise.resolve([]),
+    logger: createLogger({ level: 'silent' }), random: () => 0,
+  });
+  untokened.start();
+  try {
+    await until(() => stranger.calls.length >= 1);
+    await sleep(50);
+    assert.ok(stranger.calls.every((c) => c === 'register'), 'nothing but registration attempts');
+    const check = await untokened.check();
+    assert.equal(check.status, 'down');
+    assert.equal(check.reason, 'FERRY_ERR_UNKNOWN_KEY');
+  } finally {
+    await untokened.close();
+  }
+});
+
 test('a heartbeat goes out without the list when the engine cannot be read', { timeout: 20_000 }, async () => {
   const beats: (ActualReport[] | undefined)[] = [];
   const registration = new Registration({
@@ -57,6 +130,7 @@ test('a heartbeat goes out without the list when the engine cannot be read', { t
       url: 'http://registry.test:7702',
       register: (host) => Promise.resolve({ host: { ...host, status: 'online', registeredAt: '', lastSeenAt: '' }, heartbeatSeconds: 1, ttlSeconds: 3 }),
       heartbeat: (_id, services) => { beats.push(services); return Promise.resolve(); },
+      enroll: () => Promise.reject(new Error('an enrolled host does not enroll')),
     },
     self: () => Promise.resolve(SELF), actual: () => Promise.reject(new FerryError('FERRY_ERR_DOCKER_UNAVAILABLE')),
     logger: createLogger({ level: 'silent' }),

@@ -1,12 +1,16 @@
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
-import { describe, it } from 'node:test';
-import { createEvent, type EventSink, type FerryEvent } from '@ferry/events';
+import { createPublicKey, randomUUID } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { envDigests, fingerprint, generateKeyPair, hostKeyId, publicKeyText, signBytes } from '@ferry/auth';
+import { createEvent, signedEventPayload, type EventSink, type FerryEvent } from '@ferry/events';
 import { createLogger } from '@ferry/log';
-import { isFerryError } from '@ferry/protocol';
+import { eventSubject, isFerryError } from '@ferry/protocol';
 import {
-  applyEvent, correctionDocument, driftReasons, emptyProjection, matches, MemoryStore, parseDriftIgnore, parseSelector, Registry,
-  type Actual, type Desired, type RegistryChange,
+  admitEvent, applyEvent, driftReasons, emptyProjection, Enrollments, matches, MemoryStore, parseDriftIgnore, parseSelector, Registry, registryAction,
+  type Actual, type CorrectionTarget, type Desired, type RegistryChange,
 } from '@ferry/registry';
 
 const IMAGE_A = `sha256:${'a'.repeat(64)}`;
@@ -35,8 +39,8 @@ class RecordingSink implements EventSink {
 }
 
 const desired: Desired = {
-  deploymentId: 'd1', image: 'web:1', imageId: IMAGE_A, configHash: 'sha256:c1', targetUrl: 'http://h1:7701', recordedAt: '2026-01-01T00:00:00.000Z',
-  service: { name: 'web', env: { A: '1' } },
+  deploymentId: 'd1', image: 'web:1', imageId: IMAGE_A, configHash: 'sha256:c1', targetUrl: 'http://desired.example:7701', recordedAt: '2026-01-01T00:00:00.000Z',
+  service: { name: 'web', env: envDigests({ A: '1' }, generateKeyPair().privateKey) },
 };
 const actual = (fields: Partial<Actual>): Actual => ({ service: 'web', state: 'running', imageId: IMAGE_A, configHash: 'sha256:c1', source: 'heartbeat', reportedAt: 'x', ...fields });
 
@@ -60,8 +64,14 @@ describe('registry drift rules', () => {
     assert.deepEqual(parseDriftIgnore(' web:state , imageId '), [{ service: 'web', field: 'state' }, { field: 'imageId' }]);
   });
 
-  it('turns a desired state into a one-service, one-target deployment document', () => {
-    assert.deepEqual(correctionDocument(desired, 'web', 'r1'), { version: 1, id: 'r1', services: { web: { env: { A: '1' }, image: 'web:1', targets: ['http://h1:7701'] } } });
+  it('names the role each signed route asks for before its body is read', () => {
+    assert.equal(registryAction({ method: 'POST', path: '/hosts' }), 'host');
+    assert.equal(registryAction({ method: 'POST', path: '/hosts/h1/heartbeat' }), 'host');
+    assert.equal(registryAction({ method: 'POST', path: '/v1/hosts/h1/heartbeat' }), 'host');
+    assert.equal(registryAction({ method: 'POST', path: '/join-tokens' }), 'admin');
+    assert.equal(registryAction({ method: 'POST', path: '/projection/rebuild' }), 'admin');
+    assert.equal(registryAction({ method: 'PUT', path: '/desired/h1/web' }), 'deploy');
+    assert.equal(registryAction({ method: 'GET', path: '/services' }), 'read');
   });
 });
 
@@ -110,7 +120,7 @@ describe('registry hosts and drift episodes', () => {
     const sink = new RecordingSink();
     const clock = { now: Date.parse('2026-01-01T00:00:00Z') };
     const registry = new Registry({
-      store: new MemoryStore(), events: sink, logger: silent, registryId: 'reg', ttlSeconds: 10, driftMode: 'warn', driftIgnore: [],
+      store: extra.store ?? new MemoryStore(), events: sink, logger: silent, registryId: 'reg', ttlSeconds: 10, driftMode: 'warn', driftIgnore: [],
       now: () => clock.now, ...extra,
     });
     return { registry, sink, clock };
@@ -138,18 +148,19 @@ describe('registry hosts and drift episodes', () => {
     unsubscribe();
   });
 
-  it('publishes drift.detected once per episode and asks for a correction once, after a heartbeat interval', async () => {
-    const asked: string[] = [];
+  it('publishes drift.detected once per episode and asks the host itself, at its own URL, once, after a heartbeat interval', async () => {
+    const asked: { target: CorrectionTarget; service: string }[] = [];
     const { registry, sink, clock } = make({
       driftMode: 'correct',
-      corrector: (_d, h, s, id) => {
-        asked.push(`${h}/${s}/${id}`);
-        return Promise.resolve({ id, state: 'queued' });
+      corrector: (target, service) => {
+        asked.push({ target, service });
+        return Promise.resolve({ service, action: 'started' });
       },
     });
+    const enrolled = enroll(registry, 'h1');
     registry.register(host);
     const { recordedAt: _r, ...input } = desired;
-    registry.putDesired('h1', 'web', { ...input, deploymentId: randomUUID() });
+    registry.putDesired('h1', 'web', { ...input, deploymentId: randomUUID() }, 'ops');
     const drifted = [{ service: 'web', imageId: IMAGE_B, configHash: 'sha256:c1', state: 'running' }];
     registry.heartbeat('h1', drifted);
     registry.heartbeat('h1', drifted);
@@ -159,6 +170,8 @@ describe('registry hosts and drift episodes', () => {
     registry.heartbeat('h1', drifted);
     registry.heartbeat('h1', drifted);
     assert.equal(asked.length, 1);
+    // The record's URL and enrolled key: nothing of the desired record (its targetUrl) is used.
+    assert.deepEqual(asked[0], { target: { host: 'h1', url: host.url, hostKey: enrolled.fingerprint }, service: 'web' });
     await Promise.resolve();
     await Promise.resolve();
     assert.equal(registry.drifted()[0]?.drift?.correction?.outcome, 'accepted');
@@ -168,5 +181,175 @@ describe('registry hosts and drift episodes', () => {
     registry.heartbeat('h1', []);
     assert.equal(sink.of('drift.detected').length, 2, 'a new episode: the container is gone');
     assert.deepEqual(registry.drifted()[0]?.drift?.reasons.map((r) => r.field), ['missing']);
+  });
+});
+
+/** Enrolls a fresh key for `id` through a join token, as POST /v1/enroll does once the key is proven. */
+function enroll(registry: Registry, id: string, request: { labels?: Record<string, string>; replace?: boolean } = {}): { fingerprint: string; privateKey: ReturnType<typeof generateKeyPair>['privateKey'] } {
+  const { privateKey } = generateKeyPair();
+  const { token } = registry.issueJoinToken({ host: id, ...request }, 'admin');
+  registry.enroll(token, publicKeyText(privateKey), { ...host, id, labels: request.labels ?? host.labels });
+  return { fingerprint: fingerprint(privateKey), privateKey };
+}
+
+describe('registry enrollment', () => {
+  const dirs: string[] = [];
+  after(() => { for (const dir of dirs) rmSync(dir, { recursive: true, force: true }); });
+  const make = (store = new MemoryStore(), clock = { now: Date.parse('2026-01-01T00:00:00Z') }): { registry: Registry; clock: { now: number } } => ({
+    registry: new Registry({ store, events: new RecordingSink(), logger: silent, registryId: 'reg', ttlSeconds: 10, driftMode: 'warn', driftIgnore: [], maxHosts: 3, now: () => clock.now }),
+    clock,
+  });
+  const code = (c: string) => (err: unknown): boolean => isFerryError(err) && err.code === c;
+
+  it('takes a token once, for its host only, before it expires; the key becomes a host key of that host alone', () => {
+    const { registry, clock } = make();
+    const key = generateKeyPair().privateKey;
+    const { token } = registry.issueJoinToken({ host: 'h1', ttlSeconds: 60 }, 'admin');
+    assert.throws(() => registry.checkJoinToken(token, 'h2'), code('FERRY_ERR_JOIN_TOKEN_INVALID'), 'bound to its host');
+    assert.throws(() => registry.checkJoinToken('x'.repeat(43), 'h1'), code('FERRY_ERR_JOIN_TOKEN_INVALID'));
+    registry.enroll(token, publicKeyText(key), host);
+    assert.throws(() => registry.enroll(token, publicKeyText(key), host), code('FERRY_ERR_JOIN_TOKEN_INVALID'), 'single use');
+    const scope = registry.hostScope(hostKeyId('h1'));
+    assert.equal(scope?.role, 'host');
+    assert.deepEqual(scope?.hosts, ['h1']);
+    assert.equal(scope?.fingerprint, fingerprint(key));
+    assert.equal(registry.hostScope(hostKeyId('h2')), undefined);
+    assert.equal(registry.hostScope('ops'), undefined);
+    assert.equal(registry.hosts()[0]?.hostKey, fingerprint(key));
+
+    const late = registry.issueJoinToken({ host: 'h2', ttlSeconds: 60 }, 'admin');
+    clock.now += 60_000;
+    assert.throws(() => registry.checkJoinToken(late.token, 'h2'), code('FERRY_ERR_JOIN_TOKEN_INVALID'), 'expired');
+  });
+
+  it('enrolls another key for an enrolled host only with a token issued with replace; the old key still vouches for what arrived before', () => {
+    const { registry, clock } = make();
+    const first = enroll(registry, 'h1');
+    assert.throws(() => enroll(registry, 'h1'), code('FERRY_ERR_HOST_ENROLLED'));
+    assert.equal(registry.hostScope(hostKeyId('h1'))?.fingerprint, first.fingerprint, 'the enrolled key stays');
+    const before = clock.now;
+    clock.now += 1000;
+    const second = enroll(registry, 'h1', { replace: true });
+    assert.equal(registry.hostScope(hostKeyId('h1'))?.fingerprint, second.fingerprint);
+    const pub = (k: typeof first): string => publicKeyText(createPublicKey(k.privateKey));
+    assert.deepEqual(registry.hostKeysAt('h1', before).map((k) => publicKeyText(k)).sort(), [pub(first), pub(second)].sort());
+    assert.deepEqual(registry.hostKeysAt('h1', clock.now).map((k) => publicKeyText(k)), [pub(second)]);
+  });
+
+  it('holds the labels a token pinned, and refuses registrations past FERRY_MAX_HOSTS', () => {
+    const { registry } = make();
+    enroll(registry, 'h1', { labels: { env: 'prod' } });
+    assert.throws(() => registry.register({ ...host, labels: { env: 'prod', role: 'db' } }), code('FERRY_ERR_LABELS_PINNED'));
+    assert.equal(registry.register({ ...host, labels: { env: 'prod' } }).status, 'online');
+    enroll(registry, 'h2');
+    enroll(registry, 'h3');
+    assert.throws(() => enroll(registry, 'h4'), code('FERRY_ERR_REGISTRY_LIMIT'));
+    assert.equal(registry.hosts().length, 3);
+  });
+
+  it('keeps enrolled keys and open tokens in a file without Redis, and reads them back at start', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ferry-reg-keys-'));
+    dirs.push(dir);
+    const file = join(dir, 'registry-keys.json');
+    const { registry } = make(new MemoryStore({ file }));
+    await registry.start();
+    const enrolled = enroll(registry, 'h1');
+    const open = registry.issueJoinToken({ host: 'h2' }, 'admin');
+    registry.stop();
+    assert.doesNotMatch(readFileSync(file, 'utf8'), new RegExp(open.token), 'tokens are kept as hashes only');
+
+    const { registry: again } = make(new MemoryStore({ file }));
+    await again.start();
+    again.stop();
+    assert.equal(again.hostScope(hostKeyId('h1'))?.fingerprint, enrolled.fingerprint);
+    assert.doesNotThrow(() => again.checkJoinToken(open.token, 'h2'));
+    assert.deepEqual(again.hosts(), [], 'hosts themselves live in memory only');
+  });
+
+  it('merging a stale copy of the store makes no used token usable and no replaced key current again', () => {
+    const clock = { now: Date.parse('2026-01-01T00:00:00Z') };
+    const keys = new Enrollments({ store: new MemoryStore(), log: silent, now: () => clock.now, maxHosts: 10 });
+    const { token } = keys.issue({ host: 'h1' }, 'admin');
+    const stale = keys.dump();
+    const first = generateKeyPair().privateKey;
+    keys.enroll(token, 'h1', publicKeyText(first));
+    const enrolledOnce = keys.dump();
+    const replace = keys.issue({ host: 'h1', replace: true }, 'admin');
+    clock.now += 1000;
+    const second = generateKeyPair().privateKey;
+    keys.enroll(replace.token, 'h1', publicKeyText(second));
+    keys.adopt(stale);
+    keys.adopt(enrolledOnce);
+    assert.throws(() => keys.check(token, 'h1'), code('FERRY_ERR_JOIN_TOKEN_INVALID'));
+    assert.equal(keys.get('h1')?.fingerprint, fingerprint(second));
+  });
+
+  it('a stored desired record that still holds env values loses them at start', async () => {
+    const store = new MemoryStore();
+    store.set('desired', 'h1/web', { ...desired, service: { name: 'web', env: { PASSWORD: 'hunter2' } } });
+    const { registry } = make(store);
+    await registry.start();
+    registry.stop();
+    assert.equal(registry.services()[0]?.desired?.service.env, undefined);
+    assert.doesNotMatch(JSON.stringify(await store.load()), /hunter2/);
+  });
+
+  it('forgets a reported service that vanished and was never desired, so a host cannot grow the registry with names', () => {
+    const { registry } = make();
+    enroll(registry, 'h1');
+    for (let i = 0; i < 20; i++) registry.heartbeat('h1', [{ service: `churn-${i}`, state: 'running' }]);
+    assert.deepEqual(registry.services().map((s) => s.service), ['churn-19']);
+  });
+});
+
+describe('registry event provenance', () => {
+  const hostKey = generateKeyPair().privateKey;
+  const registryKey = generateKeyPair().privateKey;
+  const keys = { hostKeysAt: (h: string): ReturnType<typeof createPublicKey>[] => (h === 'h1' ? [createPublicKey(hostKey)] : []), registryKey: createPublicKey(registryKey) };
+  const arrival = Date.parse('2026-01-01T00:00:10Z');
+  const event = (host = 'h1', time = '2026-01-01T00:00:05.000Z'): FerryEvent => ({
+    ...createEvent('deployment.completed', { source: `ferry://receiver/${host}`, host, service: 'web', deploymentId: 'd1', data: { timings: {} } }), time,
+  });
+  const signer = (keyId: string, key = hostKey): { keyId: string; sign: (m: Buffer) => string } => ({ keyId, sign: (m: Buffer) => signBytes(key, m) });
+  const subject = (e: FerryEvent): string => eventSubject(e.data.host, e.data.service, 'deployment.completed');
+  const reason = (payload: Uint8Array, e: FerryEvent, subj = subject(e)): string => {
+    const admitted = admitEvent(payload, e, subj, arrival, keys);
+    return admitted.ok ? 'ok' : admitted.reason;
+  };
+
+  it('admits an event signed by the enrolled key of the host it names, and nothing else', () => {
+    const e = event();
+    const signed = signedEventPayload(e, signer(hostKeyId('h1')));
+    assert.equal(reason(signed, e), 'ok');
+    assert.equal(reason(new TextEncoder().encode(JSON.stringify(e)), e), 'unsigned');
+    assert.equal(reason(signedEventPayload(e, signer(hostKeyId('h1'), generateKeyPair().privateKey)), e), 'bad-signature', 'another key under the host key id');
+    assert.equal(reason(signedEventPayload(e, signer(hostKeyId('h2'))), e), 'bad-signature', 'signed as another host');
+    const other = event('h2');
+    assert.equal(reason(signedEventPayload(other, signer(hostKeyId('h2'))), other), 'not-enrolled');
+    assert.equal(reason(signed, e, eventSubject('h2', 'web', 'deployment.completed')), 'wrong-subject');
+    // One byte changed after signing: the image id claimed is not what was signed.
+    const tampered = new TextEncoder().encode(new TextDecoder().decode(signed).replace('"d1"', '"d2"'));
+    assert.equal(reason(tampered, e), 'bad-signature');
+    const named = { ...e, data: { ...e.data, service: '__proto__' } } as FerryEvent;
+    assert.equal(reason(signedEventPayload(named, signer(hostKeyId('h1'))), named), 'bad-name');
+  });
+
+  it('admits the registry\'s own event types under its own key only', () => {
+    const lost = createEvent('host.lost', { source: 'ferry://registry/reg', host: 'h1', service: '_host', deploymentId: '', data: { reason: 'ttl' } });
+    const subj = eventSubject('h1', '_host', 'host.lost');
+    assert.equal(admitEvent(signedEventPayload(lost, signer('registry.reg', registryKey)), lost, subj, arrival, keys).ok, true);
+    const byHost = admitEvent(signedEventPayload(lost, signer(hostKeyId('h1'))), lost, subj, arrival, keys);
+    assert.deepEqual(byHost, { ok: false, reason: 'bad-signature' }, 'a host cannot say it was lost, nor anything the registry says');
+  });
+
+  it('moves a time later than the stream\'s arrival back to the arrival', () => {
+    const future = event('h1', '2030-01-01T00:00:00.000Z');
+    const admitted = admitEvent(signedEventPayload(future, signer(hostKeyId('h1'))), future, subject(future), arrival, keys);
+    assert.ok(admitted.ok);
+    assert.equal(admitted.event.time, new Date(arrival).toISOString());
+    const past = event();
+    const kept = admitEvent(signedEventPayload(past, signer(hostKeyId('h1'))), past, subject(past), arrival, keys);
+    assert.ok(kept.ok);
+    assert.equal(kept.event.time, past.time);
   });
 });

@@ -8,9 +8,15 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import request from 'supertest';
+import { MemoryNonceStore, RequestVerifier, TrustStore, signRequest } from '@ferry/auth';
+import { digestOf } from '@ferry/integrity';
 import { createLogger } from '@ferry/log';
 import { isFerryError } from '@ferry/protocol';
-import { DeploymentJobs, JobStore, jobView, type DeploymentDocument, type DeploymentOutcome, type JobRecord, type Runner } from '@ferry/sender';
+import {
+  DeploymentJobs, JobStore, createSenderApp, jobView, type DeploymentDocument, type DeploymentOutcome, type JobRecord, type Runner,
+} from '@ferry/sender';
+import { testKey, trustDocument, type TestKey } from '../helpers/keys.ts';
 
 const log = createLogger({ level: 'silent' });
 const dirs: string[] = [];
@@ -136,5 +142,39 @@ describe('sender service jobs', () => {
     assert.deepEqual([job.state, job.error?.code], ['failed', 'FERRY_ERR_INTERNAL']);
     const view = JSON.stringify(jobView(job));
     assert.ok(!view.includes('s3cret') && !view.includes('document'), view);
+  });
+});
+
+describe('sender service grants', () => {
+  const webOnly = testKey('web-only');
+  const edgeOnly = testKey('edge-only');
+  const everything = testKey('everything');
+  const reader = testKey('reader');
+  const trust = new TrustStore({
+    data: trustDocument([
+      { key: webOnly, services: ['web'] }, { key: edgeOnly, hosts: ['edge-1'] }, { key: everything }, { key: reader, role: 'read' },
+    ]),
+  });
+
+  async function post(key: TestKey, document: DeploymentDocument): Promise<{ status: number; code?: string; service?: string }> {
+    const jobs = new DeploymentJobs({ store: await JobStore.open(await tempDir(), log), run: () => new Promise(() => undefined), log });
+    const app = createSenderApp({
+      logger: log, jobs, hostId: 'sender-1', version: 'test',
+      verifier: new RequestVerifier({ trust, nonces: new MemoryNonceStore(), audience: 'sender-1', startedAt: 0 }),
+    });
+    const body = JSON.stringify(document);
+    const headers = signRequest({ method: 'POST', path: '/v1/deployments', contentDigest: digestOf(body), audience: 'sender-1', keyId: key.keyId, privateKey: key.privateKey });
+    const answer = await request(app).post('/v1/deployments').set(headers).set('content-type', 'application/json').send(body);
+    const error = (answer.body as { error?: { code: string; details?: { service?: string } } }).error;
+    return { status: answer.status, ...(error ? { code: error.code, ...(error.details?.service ? { service: error.details.service } : {}) } : {}) };
+  }
+
+  test('a caller\'s grants must cover every service of the document, on every host', async () => {
+    assert.deepEqual(await post(webOnly, doc('w1', 'web', 'db')), { status: 403, code: 'FERRY_ERR_NOT_GRANTED', service: 'db' });
+    assert.deepEqual(await post(webOnly, doc('w2', 'web')), { status: 202 });
+    // A grant for one host cannot reach others through the service, which deploys with its own key.
+    assert.deepEqual(await post(edgeOnly, doc('e1', 'web')), { status: 403, code: 'FERRY_ERR_NOT_GRANTED', service: 'web' });
+    assert.deepEqual(await post(reader, doc('r1', 'web')), { status: 403, code: 'FERRY_ERR_NOT_GRANTED' });
+    assert.deepEqual(await post(everything, doc('a1', 'web', 'db')), { status: 202 });
   });
 });

@@ -17,7 +17,7 @@ export const KNOWN_VARIABLES = [
   // the registry's dashboard (README "Dashboard")
   'FERRY_DASHBOARD_MAX_STREAMS', 'FERRY_DASHBOARD_HOSTS',
   // the registry (docs/registry.md)
-  'FERRY_HOST_TTL_SECONDS', 'FERRY_DRIFT_MODE', 'FERRY_DRIFT_IGNORE', 'FERRY_SENDER_URL', 'FERRY_DASHBOARD_TOKEN',
+  'FERRY_HOST_TTL_SECONDS', 'FERRY_DRIFT_MODE', 'FERRY_DRIFT_IGNORE', 'FERRY_SENDER_URL', 'FERRY_DASHBOARD_TOKEN', 'FERRY_MAX_HOSTS',
   // receivers, the sender and the CLI talking to the registry
   'FERRY_REGISTRY_URL', 'FERRY_ADVERTISE_URL', 'FERRY_LABELS', 'FERRY_HEARTBEAT_SECONDS',
   // read by deploy/ and test/ scripts, not by the services

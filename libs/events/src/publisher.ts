@@ -5,6 +5,7 @@ import type { JetStreamClient, NatsConnection } from 'nats';
 import { loadNats } from './nats.ts';
 import { subjectOf, type FerryEvent } from './envelope.ts';
 import { Outbox, type OutboxEntry } from './outbox.ts';
+import { signedEventPayload, type EventSigner } from './signature.ts';
 import { ensureEventStream } from './stream.ts';
 
 export type SinkStatus = 'connected' | 'connecting' | 'disabled';
@@ -52,6 +53,11 @@ export interface JetStreamPublisherOptions {
    * sent at the next start; without it the queue lives in memory only.
    */
   outboxDir?: string;
+  /**
+   * Signs every event as it is handed over (before it is written to the outbox): a receiver signs
+   * with its host key, so that the registry believes only what a host says about itself.
+   */
+  signer?: EventSigner;
 }
 
 interface Queued {
@@ -83,6 +89,7 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
   // Aborted by close(): ends retry sleeps and the connect loop so nothing keeps the process alive.
   readonly #stop = new AbortController();
   readonly #outbox: Outbox | undefined;
+  readonly #signer: EventSigner | undefined;
 
   readonly #queue: Queued[] = [];
   readonly #idleWaiters: (() => void)[] = [];
@@ -99,6 +106,7 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
 
   private constructor(options: JetStreamPublisherOptions, outbox?: Outbox) {
     this.#outbox = outbox;
+    this.#signer = options.signer;
     this.#url = options.url;
     this.#name = options.name ?? 'ferry-events';
     this.#logger = options.logger ?? createLogger({ level: 'silent' });
@@ -160,7 +168,7 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
       // Subject and payload are computed now so a malformed event is refused here, once, instead
       // of blocking the queue behind endless retries.
       const subject = subjectOf(event);
-      const payload = encoder.encode(JSON.stringify(event));
+      const payload = this.#signer ? signedEventPayload(event, this.#signer) : encoder.encode(JSON.stringify(event));
       const stored = this.#outbox?.append(event.id, payload);
       this.#queue.push(stored?.file ? { id: event.id, subject, stored } : { id: event.id, subject, payload, ...(stored ? { stored } : {}) });
     } catch (err) {

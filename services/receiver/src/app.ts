@@ -10,7 +10,7 @@ import { layersRouter, type LayerInventory } from './layers/index.ts';
 import { countUploads, healthRouter, metricsRouter } from './routes/health.ts';
 import { deploymentsRouter } from './routes/deployments.ts';
 import { packagesRouter } from './routes/packages.ts';
-import { servicesRouter } from './routes/services.ts';
+import { receiverAction, servicesRouter } from './routes/services.ts';
 import { uploadsRouter } from './routes/uploads.ts';
 import type { UploadStore } from './upload/sessions.ts';
 import type { StreamStore } from './upload/streams.ts';
@@ -56,7 +56,7 @@ export function createApp(deps: ReceiverDeps): Express {
   // A scraper holds no key either, but what it reads is for the allowed networks only.
   app.use(metricsRouter(deps));
   app.use(identityRouter(deps));
-  app.use('/v1', requireSignature(deps.verifier, { ...deps.security, beforeBody: () => deps.deployer.assertDiskSpace() }), minimumBodyRate(deps.security?.bodyRate ?? { minBytesPerSecond: 0, windowMs: 1000 }));
+  app.use('/v1', requireSignature(deps.verifier, { action: receiverAction, ...deps.security, beforeBody: () => deps.deployer.assertDiskSpace() }), minimumBodyRate(deps.security?.bodyRate ?? { minBytesPerSecond: 0, windowMs: 1000 }));
   app.use(packagesRouter(deps));
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
   if (deps.layers) app.use(layersRouter({ layers: deps.layers }));

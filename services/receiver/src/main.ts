@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { MemoryNonceStore, RedisNonceStore, RequestVerifier, TrustStore, fingerprint, loadOrCreateHostKey, type NonceStore } from '@ferry/auth';
+import { MemoryNonceStore, RedisNonceStore, RequestVerifier, TrustStore, fingerprint, loadOrCreateHostKey, signBytes, type NonceStore } from '@ferry/auth';
 import { ensureWritableDir, type Env } from '@ferry/config';
 import { ContainerRunner, ImageStore, createDockerClient } from '@ferry/docker';
 import { JetStreamPublisher, NullSink, redactNatsUrl } from '@ferry/events';
@@ -50,7 +50,11 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   const metrics = createReceiverMetrics();
   // Every event is on disk in the outbox before publish() returns; NATS gets it when it can.
   const events = meteredSink(config.natsUrl
-    ? await JetStreamPublisher.connect({ url: config.natsUrl, logger: log, name: `ferry-receiver-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox') })
+    ? await JetStreamPublisher.connect({
+      url: config.natsUrl, logger: log, name: `ferry-receiver-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox'),
+      // Signed with the host key: the registry believes what a host says about itself only.
+      signer: { keyId: hostKey.keyId, sign: (message) => signBytes(hostKey.privateKey, message) },
+    })
     : new NullSink({ logger: log }), metrics);
   metrics.watchEvents(events);
   const images = new ImageStore(docker);

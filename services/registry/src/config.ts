@@ -6,6 +6,7 @@ import {
 } from '@ferry/config';
 import { defaultDashboardHosts, parseDashboardHosts } from './dashboard/access.ts';
 import { parseDriftIgnore, type DriftIgnoreRule } from './drift.ts';
+import { DEFAULT_MAX_HOSTS } from './registry.ts';
 
 const schema = z.object({
   FERRY_LISTEN: listenVar('127.0.0.1:7702'),
@@ -25,7 +26,9 @@ const schema = z.object({
       return z.NEVER;
     }
   }),
-  FERRY_SENDER_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the sender service' }).optional(),
+  // Drift correction no longer goes through the sender service: an old setting is named, not ignored.
+  FERRY_SENDER_URL: z.never({ error: 'no longer used: in correct mode the registry asks the drifted host itself (docs/registry.md); remove it' }).optional(),
+  FERRY_MAX_HOSTS: z.coerce.number({ error: 'a whole number' }).int('a whole number').min(1, 'at least 1').max(1_000_000, 'at most 1000000').default(DEFAULT_MAX_HOSTS),
   FERRY_KEY_ID: z.string().optional(),
   FERRY_KEY_FILE: z.string().startsWith('/', 'an absolute path to the PEM private key').optional(),
   FERRY_KEY: z.string().optional(),
@@ -38,8 +41,8 @@ const schema = z.object({
   FERRY_DASHBOARD_HOSTS: parsedVar(parseDashboardHosts).optional(),
 })
   .refine((v) => (v.FERRY_KEY_ID === undefined) === (v.FERRY_KEY === undefined && v.FERRY_KEY_FILE === undefined), { message: 'FERRY_KEY_ID and FERRY_KEY_FILE (or FERRY_KEY) go together: set both or neither', path: ['FERRY_KEY_ID'] })
-  .refine((v) => v.FERRY_DRIFT_MODE !== 'correct' || (v.FERRY_SENDER_URL !== undefined && v.FERRY_KEY_ID !== undefined), {
-    message: 'FERRY_DRIFT_MODE=correct needs FERRY_SENDER_URL and FERRY_KEY_ID/FERRY_KEY_FILE (the registry signs its request to the sender service)', path: ['FERRY_DRIFT_MODE'],
+  .refine((v) => v.FERRY_DRIFT_MODE !== 'correct' || v.FERRY_KEY_ID !== undefined, {
+    message: 'FERRY_DRIFT_MODE=correct needs FERRY_KEY_ID and FERRY_KEY_FILE (the registry signs its reconcile requests to the hosts; a read grant is enough)', path: ['FERRY_DRIFT_MODE'],
   });
 
 export interface RegistryConfig {
@@ -55,8 +58,9 @@ export interface RegistryConfig {
   hostTtlSeconds: number;
   driftMode: 'warn' | 'correct';
   driftIgnore: readonly DriftIgnoreRule[];
-  senderUrl: string | undefined;
-  /** What the registry signs its own requests (to the sender service) with. */
+  /** FERRY_MAX_HOSTS: registered (and enrolled) hosts it takes at most. */
+  maxHosts: number;
+  /** What the registry signs its reconcile requests to hosts with (correct mode), and its own events. */
   credentials: ClientCredentials | undefined;
   allowCidrs: AddressList | undefined;
   /** For the dashboard, when one is mounted. */
@@ -75,7 +79,7 @@ export function loadRegistryConfig(env: Env = process.env): RegistryConfig {
   return {
     listen: c.FERRY_LISTEN, trustFile: c.FERRY_TRUST_FILE ?? join(c.FERRY_DATA_DIR, 'trust.json'), hostId: c.FERRY_HOST_ID, natsUrl: c.FERRY_NATS_URL, redisUrl: c.FERRY_REDIS_URL,
     dataDir: c.FERRY_DATA_DIR, logLevel: c.FERRY_LOG_LEVEL, hostTtlSeconds: c.FERRY_HOST_TTL_SECONDS,
-    driftMode: c.FERRY_DRIFT_MODE, driftIgnore: c.FERRY_DRIFT_IGNORE, senderUrl: c.FERRY_SENDER_URL?.replace(/\/+$/, ''),
+    driftMode: c.FERRY_DRIFT_MODE, driftIgnore: c.FERRY_DRIFT_IGNORE, maxHosts: c.FERRY_MAX_HOSTS,
     credentials: c.FERRY_KEY_ID === undefined ? undefined : loadCredentials({ keyId: c.FERRY_KEY_ID, keyFile: c.FERRY_KEY_FILE, key: c.FERRY_KEY, grantFile: c.FERRY_GRANT_FILE, grant: c.FERRY_GRANT }),
     allowCidrs: c.FERRY_ALLOW_CIDRS, dashboardToken: c.FERRY_DASHBOARD_TOKEN, maxConnections: c.FERRY_MAX_CONNECTIONS,
     dashboardMaxStreams: c.FERRY_DASHBOARD_MAX_STREAMS,

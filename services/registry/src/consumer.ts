@@ -1,8 +1,10 @@
+import type { KeyObject } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ensureEventStream, isFerryEvent, type FerryEvent } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import { EVENT_STREAM, FerryError } from '@ferry/protocol';
-import { AckPolicy, connect, DeliverPolicy, Events, type ConsumerMessages, type JetStreamManager, type NatsConnection } from 'nats';
+import { AckPolicy, connect, DeliverPolicy, Events, type ConsumerMessages, type JetStreamManager, type JsMsg, type NatsConnection } from 'nats';
+import { admitEvent, DROP_REASONS, type DropReason } from './provenance.ts';
 import type { Registry } from './registry.ts';
 
 const decoder = new TextDecoder();
@@ -12,6 +14,8 @@ export interface ProjectorStatus {
   /** The stream sequence of the last event applied. */
   checkpoint: number;
   reason?: string;
+  /** Events kept out of the projection since start, by reason (docs/registry.md "Events it believes"). */
+  dropped: Record<DropReason, number>;
 }
 
 /**
@@ -38,8 +42,12 @@ export class EventProjector {
   #rebuilding = false;
   #progress: (() => void)[] = [];
   #appliedSinceReset = 0;
+  readonly #registryKey: KeyObject | undefined;
+  readonly #dropped = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
 
-  constructor(options: { url: string; durable: string; registry: Registry; logger: Logger }) {
+  /** `registryKey`: the public key the registry signs its own events with (see provenance.ts). */
+  constructor(options: { url: string; durable: string; registry: Registry; logger: Logger; registryKey?: KeyObject }) {
+    this.#registryKey = options.registryKey;
     this.#url = options.url;
     this.#durable = options.durable;
     this.#registry = options.registry;
@@ -54,6 +62,7 @@ export class EventProjector {
     return {
       status: this.#up ? 'up' : 'down', checkpoint: this.#registry.checkpoint,
       ...(this.#up || this.#reason === undefined ? {} : { reason: this.#reason }),
+      dropped: { ...this.#dropped },
     };
   }
 
@@ -128,7 +137,7 @@ export class EventProjector {
         this.#reason = undefined;
         attempt = 0;
         for await (const m of messages) {
-          this.#apply(m.data, m.seq);
+          this.#apply(m);
           m.ack();
           for (const resolve of this.#progress.splice(0)) resolve();
         }
@@ -145,7 +154,8 @@ export class EventProjector {
     this.#parked?.();
   }
 
-  #apply(data: Uint8Array, seq: number): void {
+  #apply(m: JsMsg): void {
+    const { data, seq, subject } = m;
     if (seq <= this.#registry.checkpoint) return;
     let event: FerryEvent | undefined;
     try {
@@ -159,7 +169,19 @@ export class EventProjector {
       this.#registry.advance(seq);
       return;
     }
-    if (this.#registry.project(event, seq)) this.#appliedSinceReset += 1;
+    // The stream's own time of storage: a replay sees the same, so a rebuild gives the same projection.
+    const arrivalMs = Math.floor(m.info.timestampNanos / 1e6);
+    const admitted = admitEvent(data, event, subject, arrivalMs, { hostKeysAt: (host, at) => this.#registry.hostKeysAt(host, at), registryKey: this.#registryKey });
+    if (!admitted.ok) {
+      const count = ++this.#dropped[admitted.reason];
+      // The first of each kind, then one in a hundred: a flood of forgeries must not flood the log too.
+      if (count === 1 || count % 100 === 0) {
+        this.#log.warn({ seq, reason: admitted.reason, count, host: event.data.host, type: event.type, eventId: event.id }, 'an event the registry cannot attribute to its host was kept out of the projection');
+      }
+      this.#registry.advance(seq);
+      return;
+    }
+    if (this.#registry.project(admitted.event, seq)) this.#appliedSinceReset += 1;
   }
 
   /** (Re)creates the durable consumer just after the projection's checkpoint. */

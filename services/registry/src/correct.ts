@@ -1,54 +1,24 @@
-import { signRequest, type ClientCredentials } from '@ferry/auth';
-import { digestOf } from '@ferry/integrity';
-import { FerryError, errorFromBody } from '@ferry/protocol';
-import type { Corrector } from './registry.ts';
-import type { Desired } from './view.ts';
+import { SignedClient, type ClientCredentials } from '@ferry/auth';
+import { FerryError, PATHS } from '@ferry/protocol';
+import type { CorrectionTarget, Corrector } from './registry.ts';
 
 const TIMEOUT_MS = 30_000;
 
 /**
- * The deployment document (ferry.yaml's schema, as JSON) that deploys `desired` again to the one
- * host it drifted on. The request id makes a repeated request the same deployment at the sender.
+ * Drift correction by the drifted host itself: a signed `POST {url}/v1/services/:service/reconcile`
+ * to the URL of the host's own record, after the host proved its enrolled key (`GET /v1/identity`
+ * with the fingerprint pinned) and named itself as the host the registry means. The request
+ * carries no body: a host can only start again what it was last deployed with, so the registry's
+ * key needs no more than a read grant, and nothing in a desired record reaches anyone.
  */
-export function correctionDocument(desired: Desired, service: string, requestId: string): Record<string, unknown> {
-  const { name: _name, ...spec } = desired.service;
-  return { version: 1, id: requestId, services: { [service]: { ...spec, image: desired.image, targets: [desired.targetUrl] } } };
-}
-
-/**
- * Drift correction through the sender service: a signed `POST {senderUrl}/v1/deployments`, with
- * the audience the sender names in `GET /healthz`.
- */
-export function senderCorrector(senderUrl: string, credentials: ClientCredentials): Corrector {
-  const base = senderUrl.replace(/\/+$/, '');
-  const basePath = new URL(base).pathname.replace(/\/+$/, '');
-  let audience: string | undefined;
-  return async (desired, _host, service, requestId) => {
-    audience ??= await senderId(base);
-    const body = JSON.stringify(correctionDocument(desired, service, requestId));
-    const headers = {
-      ...signRequest({ method: 'POST', path: `${basePath}/v1/deployments`, contentDigest: digestOf(body), audience, ...credentials }),
-      'content-type': 'application/json',
-    };
-    const response = await send(`${base}/v1/deployments`, { method: 'POST', headers, body }, senderUrl);
-    const answer: unknown = await response.json().catch(() => null);
-    if (!response.ok) throw errorFromBody(response.status, answer);
-    return answer;
+export function receiverCorrector(credentials: ClientCredentials, options: { fetch?: typeof fetch; timeoutMs?: number } = {}): Corrector {
+  return async (target: CorrectionTarget, service: string) => {
+    const common = { url: target.url, credentials, peer: 'receiver', unreachable: 'FERRY_ERR_RECEIVER_UNREACHABLE' as const, timeoutMs: options.timeoutMs ?? TIMEOUT_MS, ...(options.fetch ? { fetch: options.fetch } : {}) };
+    const proven = await new SignedClient({ ...common, hostKey: target.hostKey }).audience();
+    if (proven !== target.host) {
+      throw new FerryError('FERRY_ERR_HOST_KEY_MISMATCH', { message: `${target.url} proved the key enrolled for ${target.host} but names itself ${proven}`, details: { host: target.host, presented: proven } });
+    }
+    const client = new SignedClient({ ...common, audience: target.host });
+    return await client.request('POST', `${PATHS.services}/${encodeURIComponent(service)}/reconcile`);
   };
-}
-
-async function senderId(base: string): Promise<string> {
-  const response = await send(`${base}/healthz`, {}, base);
-  const body = await response.json().catch(() => null) as { host?: unknown } | null;
-  if (!response.ok || typeof body?.host !== 'string') throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `${base} does not answer like a Ferry sender service` });
-  return body.host;
-}
-
-async function send(url: string, init: RequestInit, peer: string): Promise<Response> {
-  try {
-    return await fetch(url, { ...init, signal: AbortSignal.timeout(TIMEOUT_MS) });
-  } catch (err) {
-    const cause = (err as { cause?: { code?: string } }).cause;
-    throw new FerryError('FERRY_ERR_SENDER_UNREACHABLE', { message: `Cannot reach the sender service at ${peer}: ${cause?.code ?? (err as Error).message}`, cause: err });
-  }
 }

@@ -5,10 +5,18 @@ export type {
 export { createApp, type RegistryDeps, type Readiness, type CheckResult } from './app.ts';
 export { loadRegistryConfig, type RegistryConfig } from './config.ts';
 export { EventProjector, type ProjectorStatus } from './consumer.ts';
-export { correctionDocument, senderCorrector } from './correct.ts';
+export { receiverCorrector } from './correct.ts';
 export { driftReasons, parseDriftIgnore, type DriftIgnoreRule } from './drift.ts';
+export {
+  EnrollmentProof, Enrollments, DEFAULT_TOKEN_TTL_SECONDS, MAX_OPEN_TOKENS, MAX_TOKEN_TTL_SECONDS,
+  type Enrollment, type IssuedToken, type JoinTokenRecord, type PreviousHostKey, type TokenRequest,
+} from './enrollment.ts';
+export { admitEvent, DROP_REASONS, type Admission, type DropReason, type ProvenanceKeys } from './provenance.ts';
 export { REGISTRY_HELP, runRegistry, startRegistry, VERSION, type RunningRegistry, type StartRegistryOptions } from './main.ts';
 export { applyEvent, emptyProjection, HISTORY_LIMIT, HOST_SERVICE, type ProjectionData } from './projection.ts';
-export { Registry, type Corrector, type DesiredInput, type HostRegistration, type RegistryOptions } from './registry.ts';
+export {
+  DEFAULT_MAX_HOSTS, ENV_DIGEST_PATTERN, Registry, type CorrectionTarget, type Corrector, type DesiredInput, type HostRegistration, type RegistryOptions,
+} from './registry.ts';
+export { registryAction } from './routes.ts';
 export { matchesSelector as matches, parseSelector, type Selector } from '@ferry/protocol';
-export { MemoryStore, RedisStore, STORE_KINDS, type RegistryStore, type StoreKind, type StoreStatus } from './store.ts';
+export { DURABLE_KINDS, MemoryStore, RedisStore, STORE_KINDS, type RegistryStore, type StoreKind, type StoreStatus } from './store.ts';

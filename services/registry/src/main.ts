@@ -1,5 +1,8 @@
+import { createPublicKey } from 'node:crypto';
 import { join } from 'node:path';
-import { MemoryNonceStore, RedisNonceStore, RequestVerifier, TrustStore, type NonceStore } from '@ferry/auth';
+import {
+  MemoryNonceStore, RedisNonceStore, RequestVerifier, TrustStore, fingerprint, loadOrCreateHostKey, signBytes, type NonceStore, type SigningKey,
+} from '@ferry/auth';
 import { ensureWritableDir, type Env } from '@ferry/config';
 import { JetStreamPublisher, NullSink, redactNatsUrl, type EventSink, type EventSinkHealth } from '@ferry/events';
 import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
@@ -10,7 +13,8 @@ import { createApp, type CheckResult, type Readiness } from './app.ts';
 import { loadRegistryConfig, type RegistryConfig } from './config.ts';
 import { EventProjector } from './consumer.ts';
 import { dashboardRouter } from './dashboard/index.ts';
-import { senderCorrector } from './correct.ts';
+import { receiverCorrector } from './correct.ts';
+import { EnrollmentProof } from './enrollment.ts';
 import { Registry } from './registry.ts';
 import { MemoryStore, RedisStore, type RegistryStore } from './store.ts';
 import type { RegistryView } from './view.ts';
@@ -42,26 +46,34 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   const config = loadRegistryConfig(env);
   const log = options.logger ?? createLogger({ level: config.logLevel, name: 'ferry-registry' });
   await ensureWritableDir(config.dataDir);
+  // The registry signs its own events (host.registered, host.lost, drift.detected) so that its
+  // projection can tell them from forgeries: with its FERRY_KEY when it has one, else with a key
+  // it makes in its data directory at first start.
+  const eventKey: SigningKey = config.credentials ?? { ...await loadOrCreateHostKey(config.dataDir, config.hostId), keyId: `registry.${config.hostId}` };
 
   const events: EventSink & EventSinkHealth = config.natsUrl
-    ? await JetStreamPublisher.connect({ url: config.natsUrl, logger: log, name: `ferry-registry-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox') })
+    ? await JetStreamPublisher.connect({
+      url: config.natsUrl, logger: log, name: `ferry-registry-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox'),
+      signer: { keyId: eventKey.keyId, sign: (message) => signBytes(eventKey.privateKey, message) },
+    })
     : new NullSink({ logger: log });
   let store: RegistryStore;
   if (config.redisUrl) {
-    const redis = new RedisStore(config.redisUrl, { prefix: `ferry:registry:${config.hostId}:`, log });
+    const redis = new RedisStore(config.redisUrl, { prefix: `ferry:registry:${config.hostId}:`, log, file: join(config.dataDir, 'registry-keys.json') });
     await redis.ready(REDIS_START_WAIT_MS);
     store = redis;
   } else {
-    store = new MemoryStore();
+    // Enrolled host keys and open join tokens outlive a restart even without Redis.
+    store = new MemoryStore({ file: join(config.dataDir, 'registry-keys.json'), log });
   }
   const registry = new Registry({
     store, events, logger: log, registryId: config.hostId, ttlSeconds: config.hostTtlSeconds,
-    driftMode: config.driftMode, driftIgnore: config.driftIgnore,
-    ...(config.senderUrl && config.credentials ? { corrector: senderCorrector(config.senderUrl, config.credentials) } : {}),
+    driftMode: config.driftMode, driftIgnore: config.driftIgnore, maxHosts: config.maxHosts,
+    ...(config.driftMode === 'correct' && config.credentials ? { corrector: receiverCorrector(config.credentials) } : {}),
   });
   await registry.start();
   const projector = config.natsUrl
-    ? new EventProjector({ url: config.natsUrl, durable: `ferry-registry-${config.hostId}`, registry, logger: log })
+    ? new EventProjector({ url: config.natsUrl, durable: `ferry-registry-${config.hostId}`, registry, logger: log, registryKey: createPublicKey(eventKey.privateKey) })
     : undefined;
   projector?.start();
 
@@ -70,14 +82,17 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
     : new MemoryNonceStore();
   // As in the receiver: with nonces in memory, what was signed before this second is refused.
   const startedAt = Math.ceil(Date.now() / 1000);
-  const verifier = new RequestVerifier({ trust: new TrustStore({ file: config.trustFile }), nonces, audience: config.hostId, startedAt });
+  // The trust file's keys, and each enrolled host's key as a `host` key of that host alone.
+  const trust = new TrustStore({ file: config.trustFile, extraKeys: (keyId) => registry.hostScope(keyId) });
+  const verifier = new RequestVerifier({ trust, nonces, audience: config.hostId, startedAt });
+  const enrollment = new EnrollmentProof({ nonces, audience: config.hostId, startedAt });
   const makeDashboard = options.dashboard ?? ((view, c) => dashboardRouter({
     view, ...(c.dashboardToken ? { token: c.dashboardToken } : {}), ...(c.allowCidrs ? { allow: c.allowCidrs } : {}),
     ...(c.dashboardMaxStreams === undefined ? {} : { maxStreams: c.dashboardMaxStreams }), hosts: c.dashboardHosts,
   }));
   const dashboard = makeDashboard === false ? undefined : makeDashboard(registry, config);
   const app = createApp({
-    logger: log, verifier, registry, hostId: config.hostId, version: VERSION,
+    logger: log, verifier, enrollment, registry, hostId: config.hostId, version: VERSION,
     ...(projector ? { projector } : {}), ...(config.allowCidrs ? { allow: config.allowCidrs } : {}),
     ...(dashboard ? { dashboard } : {}),
     readiness: () => Promise.resolve(readiness(store, events, projector)),
@@ -101,7 +116,7 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   }
   log.info({
     url: server.url, id: config.hostId, store: store.status().backend, nats: config.natsUrl === undefined ? null : redactNatsUrl(config.natsUrl), ttlSeconds: config.hostTtlSeconds,
-    driftMode: config.driftMode, trust: verifier.trust.describe(),
+    driftMode: config.driftMode, maxHosts: config.maxHosts, trust: verifier.trust.describe(), eventKey: fingerprint(eventKey.privateKey),
   }, 'registry listening');
 
   let closing: Promise<void> | undefined;
@@ -139,19 +154,21 @@ function readiness(store: RegistryStore, events: EventSinkHealth, projector: Eve
 
 export const REGISTRY_HELP = `Usage: ferry registry
 
-Runs the registry in the foreground until SIGINT/SIGTERM: hosts and heartbeats, desired and actual
-state, drift (docs/registry.md). Configuration (environment):
-  FERRY_KEYS              keyid:secret[,…]  keys it accepts (required; "ferry keygen")
+Runs the registry in the foreground until SIGINT/SIGTERM: host enrollment, hosts and heartbeats,
+desired and actual state, drift (docs/registry.md). Configuration (environment):
+  FERRY_TRUST_FILE        the keys it accepts and their grants (default <data dir>/trust.json)
   FERRY_LISTEN            host:port (default 127.0.0.1:7702)
   FERRY_HOST_ID           its id, the audience of signed requests (default registry)
   FERRY_NATS_URL          nats://host:port: the event stream it projects and publishes to
   FERRY_REDIS_URL         redis://host:port: its store (in memory without it)
-  FERRY_DATA_DIR          its event outbox (default /var/lib/ferry-registry)
+  FERRY_DATA_DIR          its event outbox, its event key and a copy of the enrolled host keys
+                          (registry-keys.json) (default /var/lib/ferry-registry)
   FERRY_HOST_TTL_SECONDS  a host without a heartbeat for this long is lost (default 30)
-  FERRY_DRIFT_MODE        warn (default) | correct (re-deploy through the sender service)
+  FERRY_MAX_HOSTS         hosts it takes at most (default 10000)
+  FERRY_DRIFT_MODE        warn (default) | correct (ask the drifted host to start its service again)
   FERRY_DRIFT_IGNORE      fields not compared: FIELD or SERVICE:FIELD, comma-separated
-  FERRY_SENDER_URL        the sender service (correct mode), signed with FERRY_KEY_ID/FERRY_KEY
+  FERRY_KEY_ID, FERRY_KEY_FILE  what it signs reconcile requests (correct mode) and its events with
   FERRY_ALLOW_CIDRS, FERRY_LOG_LEVEL, FERRY_DASHBOARD_TOKEN: see the README's registry table.
-Endpoints: GET /healthz, /readyz; signed /v1/hosts…, /v1/desired…, /v1/services…, /v1/drift,
-/v1/deployments, POST /v1/projection/rebuild.
+Endpoints: GET /healthz, /readyz; POST /v1/enroll (join token + host key); signed /v1/join-tokens,
+/v1/hosts…, /v1/desired…, /v1/services…, /v1/drift, /v1/deployments, POST /v1/projection/rebuild.
 `;

@@ -1,10 +1,12 @@
-import { randomUUID } from 'node:crypto';
+import { randomUUID, type KeyObject } from 'node:crypto';
+import type { HostFacts, Scope } from '@ferry/auth';
 import { createEvent, type EventSink, type FerryEvent } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import { FerryError, matchesSelector, type Selector } from '@ferry/protocol';
 import { driftReasons, sameReasons, type DriftIgnoreRule } from './drift.ts';
+import { Enrollments, type Enrollment, type IssuedToken, type TokenRequest } from './enrollment.ts';
 import { applyEvent, emptyProjection, HOST_SERVICE, serviceKey, type ProjectionData } from './projection.ts';
-import { PROJECTION_KINDS, type RegistryStore, type StoreData } from './store.ts';
+import { DURABLE_KINDS, PROJECTION_KINDS, type RegistryStore, type StoreData } from './store.ts';
 import type {
   Actual, ActualReport, DeploymentSummary, Desired, Drift, DriftCorrection, DriftMode, HistoryEntry, HostRecord, HostStatus,
   RegistryChange, RegistrySnapshot, RegistryView, ServiceState,
@@ -14,11 +16,29 @@ import type {
 export type HostRegistration = Pick<HostRecord, 'id' | 'url' | 'labels' | 'capabilities' | 'version' | 'engine'>;
 
 /** What `PUT /v1/desired/:host/:service` carries (validated by the route). */
-export type DesiredInput = Omit<Desired, 'recordedAt'>;
+export type DesiredInput = Omit<Desired, 'recordedAt' | 'recordedBy'>;
 
-/** Asks the sender service to deploy `desired` again; resolves with its answer. */
-export type Corrector = (desired: Desired, host: string, service: string, requestId: string) => Promise<unknown>;
+/** Where a drift correction goes: the drifted host as its own enrolled record names it. */
+export interface CorrectionTarget {
+  host: string;
+  /** The URL the host registered, signed with its own key: never one from a desired record. */
+  url: string;
+  /** The fingerprint of its enrolled key, which the host must prove before it is asked anything. */
+  hostKey: string;
+}
 
+/**
+ * Asks the drifted host to start again what it was last deployed with (`POST
+ * /v1/services/:service/reconcile`); resolves with its answer.
+ */
+export type Corrector = (target: CorrectionTarget, service: string, requestId: string) => Promise<unknown>;
+
+/** Hosts the registry takes when FERRY_MAX_HOSTS does not say. */
+export const DEFAULT_MAX_HOSTS = 10_000;
+/** Desired records per host, on average, the registry takes at most (times FERRY_MAX_HOSTS). */
+const DESIRED_PER_HOST = 64;
+/** What a desired record's env holds for each variable: a keyed digest of the value, never the value. */
+export const ENV_DIGEST_PATTERN = /^hmac-sha256:[0-9a-f]{64}$/;
 
 export interface RegistryOptions {
   store: RegistryStore;
@@ -31,6 +51,8 @@ export interface RegistryOptions {
   driftIgnore: readonly DriftIgnoreRule[];
   /** Required in `correct` mode. */
   corrector?: Corrector;
+  /** Registered (and enrolled) hosts it takes at most; default {@link DEFAULT_MAX_HOSTS}. */
+  maxHosts?: number;
   now?: () => number;
 }
 
@@ -51,7 +73,9 @@ export class Registry implements RegistryView {
   readonly #ignore: readonly DriftIgnoreRule[];
   readonly #corrector: Corrector | undefined;
   readonly #now: () => number;
+  readonly #maxHosts: number;
   readonly #listeners = new Set<(change: RegistryChange) => void>();
+  readonly #enrollments: Enrollments;
 
   readonly #hosts = new Map<string, HostRecord>();
   readonly #desired = new Map<string, Desired>();
@@ -74,6 +98,8 @@ export class Registry implements RegistryView {
     this.#ignore = options.driftIgnore;
     this.#corrector = options.corrector;
     this.#now = options.now ?? Date.now;
+    this.#maxHosts = options.maxHosts ?? DEFAULT_MAX_HOSTS;
+    this.#enrollments = new Enrollments({ store: options.store, log: options.logger, now: () => this.#now(), maxHosts: this.#maxHosts });
     options.store.onRecovered(() => void this.resync());
   }
 
@@ -81,10 +107,15 @@ export class Registry implements RegistryView {
     return this.#checkpoint;
   }
 
-  /** Loads what the store holds (nothing, when it cannot answer now) and starts the TTL timer. */
+  /**
+   * Loads what the store holds (nothing, when it cannot answer now) and the key file's copy of the
+   * enrollments, and starts the TTL timer.
+   */
   async start(): Promise<void> {
     const data = await this.#store.load();
     if (data) this.#adopt(data, true);
+    // Redis down, or restarted empty: the local copy still knows every enrolled host key.
+    if (this.#enrollments.adopt(this.#store.durable())) await this.#store.replace(DURABLE_KINDS, this.#enrollments.dump());
     // A quarter of the TTL (at most a second) bounds how late past its TTL a host is marked lost.
     const every = Math.min(1000, Math.max(100, (this.ttlSeconds * 1000) / 4));
     this.#sweeper = setInterval(() => this.sweep(), every);
@@ -107,14 +138,64 @@ export class Registry implements RegistryView {
     this.#log.info({ hosts: this.#hosts.size, desired: this.#desired.size }, 'registry state written back to the store');
   }
 
+  // ---- enrollment ----
+
+  /** `POST /v1/join-tokens`: a one-time token for `host` (see Enrollments.issue). */
+  issueJoinToken(request: TokenRequest, issuedBy: string): IssuedToken {
+    return this.#enrollments.issue(request, issuedBy);
+  }
+
+  /** @throws FerryError FERRY_ERR_JOIN_TOKEN_INVALID (see Enrollments.check). */
+  checkJoinToken(token: string, host: string): void {
+    this.#enrollments.check(token, host);
+  }
+
+  /**
+   * `POST /v1/enroll`, once the request proved it holds `publicKey`: spends the token, records the
+   * key as the host's and registers the host with it.
+   */
+  enroll(token: string, publicKey: string, registration: HostRegistration): { host: HostRecord; enrollment: Enrollment } {
+    // Checked before the token is spent: a refused registration must leave it usable.
+    const issued = this.#enrollments.check(token, registration.id);
+    const pinned = issued.labels ?? this.#enrollments.get(registration.id)?.labels;
+    if (pinned) assertLabels(pinned, registration.labels);
+    if (!this.#hosts.has(registration.id)) this.#assertRoom();
+    const enrollment = this.#enrollments.enroll(token, registration.id, publicKey);
+    return { host: this.register(registration), enrollment };
+  }
+
+  /** The TrustStore's `extraKeys`: each enrolled host's key, as a `host` key of that host only. */
+  hostScope(keyId: string): Scope | undefined {
+    return this.#enrollments.scopeFor(keyId);
+  }
+
+  /** The keys a signed event about `host` that reached the stream at `arrivalMs` may be signed with. */
+  hostKeysAt(host: string, arrivalMs: number): KeyObject[] {
+    return this.#enrollments.keysAt(host, arrivalMs);
+  }
+
+  /** A host's id and labels as the registry knows them (none for a host it does not know), for grants' host selectors. */
+  hostFacts(id: string): HostFacts {
+    return { id, labels: this.#hosts.get(id)?.labels ?? {} };
+  }
+
   // ---- hosts ----
 
-  /** Registers or re-registers a host (idempotent by id); a lost host comes back online. */
+  /**
+   * Registers or re-registers a host (idempotent by id); a lost host comes back online. The route
+   * has checked that the request was signed by this host's own enrolled key.
+   *
+   * @throws FerryError FERRY_ERR_LABELS_PINNED, FERRY_ERR_REGISTRY_LIMIT.
+   */
   register(input: HostRegistration): HostRecord {
-    const now = new Date(this.#now()).toISOString();
+    const enrollment = this.#enrollments.get(input.id);
+    if (enrollment?.labels) assertLabels(enrollment.labels, input.labels);
     const previous = this.#hosts.get(input.id);
+    if (!previous) this.#assertRoom();
+    const now = new Date(this.#now()).toISOString();
     const host: HostRecord = {
       id: input.id, url: input.url, labels: input.labels, capabilities: input.capabilities, version: input.version, engine: input.engine,
+      ...(enrollment ? { hostKey: enrollment.fingerprint } : {}),
       status: 'online', registeredAt: previous?.status === 'online' ? previous.registeredAt : now, lastSeenAt: now,
     };
     this.#hosts.set(host.id, host);
@@ -154,6 +235,12 @@ export class Registry implements RegistryView {
     for (const key of known) {
       if (reported.has(key)) continue;
       const service = key.slice(id.length + 1);
+      if (!this.#desired.has(key)) {
+        // Nothing to compare it with: forgotten, so that a host naming ever new services cannot grow the registry.
+        this.#actual.delete(key);
+        this.#store.delete('actual', key);
+        continue;
+      }
       this.#setActual(key, { service, state: 'missing', source: 'heartbeat', reportedAt: now });
     }
     for (const key of new Set([...known, ...reported])) this.#evaluate(key, nowMs);
@@ -184,9 +271,19 @@ export class Registry implements RegistryView {
 
   // ---- desired, actual, drift ----
 
-  putDesired(host: string, service: string, input: DesiredInput): ServiceState {
+  /**
+   * Records what a deploy key says it deployed. The route has checked the key's grant for this
+   * service on this host, and that `service.env` holds digests only.
+   *
+   * @throws FerryError FERRY_ERR_REGISTRY_LIMIT for a new record past FERRY_MAX_HOSTS × 64.
+   */
+  putDesired(host: string, service: string, input: DesiredInput, recordedBy: string): ServiceState {
     const key = serviceKey(host, service);
-    const desired: Desired = { ...input, recordedAt: new Date(this.#now()).toISOString() };
+    const limit = this.#maxHosts * DESIRED_PER_HOST;
+    if (!this.#desired.has(key) && this.#desired.size >= limit) {
+      throw new FerryError('FERRY_ERR_REGISTRY_LIMIT', { message: `The registry holds ${limit} desired records`, details: { kind: 'desired', limit } });
+    }
+    const desired: Desired = { ...input, recordedBy, recordedAt: new Date(this.#now()).toISOString() };
     this.#desired.set(key, desired);
     this.#store.set('desired', key, desired);
     this.#evaluate(key, this.#now());
@@ -211,7 +308,7 @@ export class Registry implements RegistryView {
 
   /** Newest first. */
   history(service: string): HistoryEntry[] {
-    return [...(this.#projection.history[service] ?? [])].reverse();
+    return Object.hasOwn(this.#projection.history, service) ? [...(this.#projection.history[service] ?? [])].reverse() : [];
   }
 
   /** Newest first. */
@@ -340,9 +437,11 @@ export class Registry implements RegistryView {
   }
 
   /**
-   * In correct mode, asks the sender once per episode, and only when the drift outlived one
-   * heartbeat interval: the sender records its desired state just after a deployment succeeds,
-   * and a heartbeat in between must not make the registry deploy the previous version back.
+   * In correct mode, asks the drifted host once per episode, and only when the drift outlived one
+   * heartbeat interval (a deployment under way reports nothing; the one after it settles the
+   * drift by itself), to start again what it last deployed. The host is reached at the URL of its
+   * own record and must prove its enrolled key; nothing of the desired record is sent or used:
+   * the host can only restart what an operator signed for it.
    */
   #maybeCorrect(key: string, nowMs: number): void {
     const drift = this.#drift.get(key);
@@ -355,8 +454,13 @@ export class Registry implements RegistryView {
     const correction: DriftCorrection = { requestId: randomUUID(), requestedAt: new Date(nowMs).toISOString(), outcome: 'pending' };
     drift.correction = correction;
     this.#store.set('drift', key, drift);
-    this.#log.info({ host, service, requestId: correction.requestId }, 'asking the sender service to correct a drift');
-    void this.#corrector(desired, host, service, correction.requestId).then(
+    const record = this.#hosts.get(host);
+    const enrollment = this.#enrollments.get(host);
+    const asked = record && record.status === 'online' && enrollment
+      ? this.#corrector({ host, url: record.url, hostKey: enrollment.fingerprint }, service, correction.requestId)
+      : Promise.reject(new FerryError('FERRY_ERR_HOST_UNKNOWN', { message: `Host ${host} is not an online, enrolled host: there is nobody to ask`, details: { host } }));
+    this.#log.info({ host, service, requestId: correction.requestId }, 'asking the host to reconcile a drifted service');
+    void asked.then(
       (response) => {
         correction.outcome = 'accepted';
         correction.response = response;
@@ -365,7 +469,7 @@ export class Registry implements RegistryView {
         const e = err instanceof FerryError ? err : new FerryError('FERRY_ERR_INTERNAL', { cause: err });
         correction.outcome = 'failed';
         correction.error = { code: e.code, message: e.message };
-        this.#log.error({ err, host, service }, 'the sender service did not take the drift correction');
+        this.#log.warn({ err, host, service }, 'the host did not reconcile the drifted service; the drift stays');
       },
     ).finally(() => {
       // The episode may have ended meanwhile; the answer is recorded only where it still lives.
@@ -399,6 +503,8 @@ export class Registry implements RegistryView {
     };
     fill(this.#hosts, data.hosts);
     fill(this.#desired, data.desired);
+    this.#enrollments.adopt(data);
+    this.#withoutEnvValues();
     fill(this.#actual, data.actual);
     fill(this.#drift, data.drift);
     // The projection in memory is complete for its checkpoint; a stored one is taken only at start.
@@ -415,8 +521,31 @@ export class Registry implements RegistryView {
     }
   }
 
+  /**
+   * A desired record stored before env values were refused may still hold some: they are dropped
+   * from memory and the store, so that they never leave the registry again.
+   */
+  #withoutEnvValues(): void {
+    for (const [key, desired] of this.#desired) {
+      const env = desired.service.env;
+      if (env === undefined || (isRecord(env) && Object.values(env).every((v) => typeof v === 'string' && ENV_DIGEST_PATTERN.test(v)))) continue;
+      const { env: _values, ...service } = desired.service;
+      const cleaned: Desired = { ...desired, service };
+      this.#desired.set(key, cleaned);
+      this.#store.set('desired', key, cleaned);
+      this.#log.warn({ key }, 'a stored desired record held environment values; they were removed');
+    }
+  }
+
+  #assertRoom(): void {
+    if (this.#hosts.size >= this.#maxHosts) {
+      throw new FerryError('FERRY_ERR_REGISTRY_LIMIT', { message: `The registry has ${this.#maxHosts} hosts (FERRY_MAX_HOSTS)`, details: { kind: 'hosts', limit: this.#maxHosts } });
+    }
+  }
+
   #dump(): StoreData {
     return {
+      ...this.#enrollments.dump(),
       hosts: Object.fromEntries(this.#hosts), desired: Object.fromEntries(this.#desired),
       actual: Object.fromEntries(this.#actual), drift: Object.fromEntries(this.#drift),
       'p:seen': this.#projection.seen, 'p:deployments': this.#projection.deployments, 'p:history': this.#projection.history,
@@ -425,8 +554,12 @@ export class Registry implements RegistryView {
   }
 }
 
-/**
- * Parses `env=prod,role=web,tier!=db`.
- *
- * @throws FerryError FERRY_ERR_BAD_REQUEST naming the malformed term.
- */
+/** @throws FerryError FERRY_ERR_LABELS_PINNED when `labels` are not exactly the pinned ones. */
+function assertLabels(pinned: Readonly<Record<string, string>>, labels: Readonly<Record<string, string>>): void {
+  const same = Object.keys(pinned).length === Object.keys(labels).length && Object.entries(pinned).every(([k, v]) => Object.hasOwn(labels, k) && labels[k] === v);
+  if (!same) throw new FerryError('FERRY_ERR_LABELS_PINNED', { details: { labels: pinned } });
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,21 +1,37 @@
-import { Router, type Request } from 'express';
+import { Router, type Request, type Response } from 'express';
 import { z } from 'zod';
-import { readSignedJson } from '@ferry/http';
-import { FerryError, SERVICE_NAME_PATTERN, parseSelector } from '@ferry/protocol';
+import { authorize, type Action } from '@ferry/auth';
+import { continueIfExpected, readBody, readSignedJson, type AuthLocals } from '@ferry/http';
+import { digestOf } from '@ferry/integrity';
+import { FerryError, HEADERS, SERVICE_NAME_PATTERN, parseSelector } from '@ferry/protocol';
 import type { EventProjector } from './consumer.ts';
-import type { Registry } from './registry.ts';
+import { MAX_TOKEN_TTL_SECONDS, type EnrollmentProof } from './enrollment.ts';
+import { HOST_SERVICE } from './projection.ts';
+import { ENV_DIGEST_PATTERN, type Registry } from './registry.ts';
 
 /** Registry request bodies are small JSON documents; a desired state with its service spec fits easily. */
 const MAX_BODY_BYTES = 256 * 1024;
+/** An enrollment is read before its signature is checked: it gets less room than a signed body. */
+const MAX_ENROLL_BYTES = 16 * 1024;
 
 const ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
-const idSchema = z.string().regex(ID, 'letters, digits, "-" and "_", at most 63');
+const idSchema = z.string().regex(ID, 'letters, digits, "-" and "_", at most 63, not starting with "-" or "_"');
 const urlSchema = z.url({ protocol: /^https?$/, error: 'an http(s) URL' });
+/** Labels are matched by grants' host selectors and senders' target selectors: bounded, and plain names only. */
+const MAX_LABELS = 64;
+const labelsSchema = z.unknown()
+  // JSON.parse makes "__proto__" an own key, which a record would drop without a word: refused instead.
+  .refine((value) => typeof value !== 'object' || value === null || !Object.hasOwn(value, '__proto__'), 'a label key: "__proto__" is not a name')
+  .pipe(z.record(
+    z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'a label key: at most 63 letters, digits, ".", "_", "/" and "-", starting with a letter or digit'),
+    z.string().max(256, 'a label value: at most 256 characters'),
+  ))
+  .refine((labels) => Object.keys(labels).length <= MAX_LABELS, `at most ${MAX_LABELS} labels`);
 
 const HostSchema = z.object({
   id: idSchema,
   url: urlSchema,
-  labels: z.record(z.string().regex(/^[A-Za-z0-9_./-]{1,63}$/, 'a label key: letters, digits, ".", "_", "/" and "-"'), z.string().max(256)).default({}),
+  labels: labelsSchema.default({}),
   capabilities: z.array(z.string().max(64)).max(64).default([]),
   version: z.string().max(64),
   engine: z.object({ version: z.string().max(64), storageDriver: z.string().max(64), imageStore: z.enum(['legacy', 'containerd']) }),
@@ -33,14 +49,60 @@ const ReportSchema = z.object({
 
 const HeartbeatSchema = z.object({ services: z.array(ReportSchema).max(1000).optional() });
 
+/** `service.env` holds a digest per variable (@ferry/auth envDigests); a value is refused, and never echoed. */
+const serviceSchema = z.record(z.string(), z.unknown()).superRefine((service, ctx) => {
+  const env = service.env;
+  if (env === undefined) return;
+  if (typeof env !== 'object' || env === null || Array.isArray(env)) {
+    ctx.addIssue({ code: 'custom', path: ['env'], message: 'an object of variable names to digests' });
+    return;
+  }
+  const entries = Object.entries(env);
+  if (entries.length > 1000) ctx.addIssue({ code: 'custom', path: ['env'], message: 'at most 1000 variables' });
+  const values = entries.filter(([, value]) => typeof value !== 'string' || !ENV_DIGEST_PATTERN.test(value)).map(([name]) => name);
+  if (values.length > 0) {
+    ctx.addIssue({
+      code: 'custom', path: ['env'],
+      message: `${values.slice(0, 5).join(', ')}${values.length > 5 ? ', …' : ''}: the registry takes a digest of each value (hmac-sha256:<64 hex>), never the value`,
+    });
+  }
+});
+
 const DesiredSchema = z.object({
   deploymentId: z.string().min(1).max(128),
   image: z.string().min(1).max(512),
   imageId: z.string().min(1).max(128),
   configHash: z.string().min(1).max(128),
-  service: z.record(z.string(), z.unknown()),
+  service: serviceSchema,
   targetUrl: urlSchema,
 });
+
+const JoinTokenSchema = z.strictObject({
+  host: idSchema,
+  labels: labelsSchema.optional(),
+  ttlSeconds: z.int().min(60, 'at least 60').max(MAX_TOKEN_TTL_SECONDS, `at most ${MAX_TOKEN_TTL_SECONDS}`).optional(),
+  replace: z.boolean().optional(),
+});
+
+const EnrollSchema = z.strictObject({
+  token: z.string().regex(/^[A-Za-z0-9_-]{22,256}$/, 'a join token'),
+  publicKey: z.string().regex(/^[A-Za-z0-9+/]{43}=?$/, 'base64 of the raw 32-byte Ed25519 public key'),
+  registration: HostSchema,
+});
+
+/**
+ * What each signed route asks of the key's role, checked before the body is read; routes check
+ * the host and service a request names once they know them. A host key only registers and
+ * heartbeats (as itself); writing desired state takes a deploy grant for that service and host;
+ * join tokens and a rebuild take an admin key; everything else reads.
+ */
+export function registryAction(req: { method: string; path: string }): Action {
+  const path = req.path.startsWith('/v1/') ? req.path.slice(3) : req.path;
+  if (req.method === 'GET' || req.method === 'HEAD') return 'read';
+  if (req.method === 'POST' && (path === '/hosts' || /^\/hosts\/[^/]+\/heartbeat$/.test(path))) return 'host';
+  if (req.method === 'POST' && (path === '/join-tokens' || path === '/projection/rebuild')) return 'admin';
+  return 'deploy';
+}
 
 export interface RegistryRouteDeps {
   registry: Registry;
@@ -48,20 +110,62 @@ export interface RegistryRouteDeps {
   projector?: EventProjector;
 }
 
-/** The signed `/v1` API of docs/registry.md; handlers only parse and answer, the Registry decides. */
+/**
+ * `POST /v1/enroll`, mounted before the signature check: the request presents the key that signs
+ * it. Its join token is looked at before anything else is spent on it (an enrollment without a
+ * live token for that host costs no signature check and leaves no nonce), then the signature is
+ * checked against the presented key, and only then is the token used up.
+ */
+export function enrollRouter(deps: { registry: Registry; proof: EnrollmentProof }): Router {
+  const { registry } = deps;
+  const router = Router();
+  router.post('/v1/enroll', async (req, res) => {
+    continueIfExpected(req, res);
+    const raw = await readBody(req, MAX_ENROLL_BYTES, 'The enrollment');
+    const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+    if (type !== 'application/json') throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'Send the body as Content-Type: application/json' });
+    let value: unknown;
+    try {
+      value = JSON.parse(raw.toString('utf8'));
+    } catch (err) {
+      throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The body is not JSON: ${(err as Error).message}`, cause: err });
+    }
+    const body = parse(EnrollSchema, value);
+    const host = body.registration.id;
+    registry.checkJoinToken(body.token, host);
+    const verified = await deps.proof.verify({ method: req.method, path: req.originalUrl, headers: req.headers }, host, body.publicKey);
+    if (digestOf(raw) !== verified.contentDigest) {
+      throw new FerryError('FERRY_ERR_BODY_DIGEST_MISMATCH', { message: `${HEADERS.contentDigest} is not the BLAKE3 of the body` });
+    }
+    const { host: record } = registry.enroll(body.token, body.publicKey, body.registration);
+    res.json({ host: record, heartbeatSeconds: registry.heartbeatSeconds, ttlSeconds: registry.ttlSeconds });
+  });
+  return router;
+}
+
+/** The signed `/v1` API of docs/registry.md; handlers parse, check the grant, and answer; the Registry decides. */
 export function registryRouter(deps: RegistryRouteDeps): Router {
   const { registry } = deps;
   const router = Router();
 
+  router.post('/v1/join-tokens', async (req, res) => {
+    const body = parse(JoinTokenSchema, await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES }));
+    res.status(201).json(registry.issueJoinToken(body, auth(res).keyId));
+  });
+
   router.post('/v1/hosts', async (req, res) => {
     const body = parse(HostSchema, await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'object' }));
+    // A host key writes its own record only.
+    authorize(auth(res), 'host', { host: { id: body.id, labels: {} } });
     const host = registry.register(body);
     res.json({ host, heartbeatSeconds: registry.heartbeatSeconds, ttlSeconds: registry.ttlSeconds });
   });
 
   router.post('/v1/hosts/:id/heartbeat', async (req, res) => {
+    const id = param(req, 'id');
+    authorize(auth(res), 'host', { host: { id, labels: {} } });
     const body = parse(HeartbeatSchema, await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'object' }));
-    registry.heartbeat(param(req, 'id'), body.services);
+    registry.heartbeat(id, body.services);
     res.json({ ok: true });
   });
 
@@ -73,12 +177,14 @@ export function registryRouter(deps: RegistryRouteDeps): Router {
   });
 
   router.put('/v1/desired/:host/:service', async (req, res) => {
-    const body = parse(DesiredSchema, await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'object' }));
     const host = param(req, 'host');
     const service = param(req, 'service');
     if (!ID.test(host)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'host: letters, digits, "-" and "_"' });
     if (!SERVICE_NAME_PATTERN.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'service: a service name' });
-    res.json({ service: registry.putDesired(host, service, body) });
+    // Before the body: a key that may not deploy this service there learns nothing more.
+    authorize(auth(res), 'deploy', { service, host: registry.hostFacts(host) });
+    const body = parse(DesiredSchema, await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'object' }));
+    res.json({ service: registry.putDesired(host, service, body, auth(res).keyId) });
   });
 
   router.get('/v1/services', (req, res) => {
@@ -92,7 +198,9 @@ export function registryRouter(deps: RegistryRouteDeps): Router {
   });
 
   router.get('/v1/services/:service/history', (req, res) => {
-    res.json({ history: registry.history(param(req, 'service')) });
+    const service = param(req, 'service');
+    if (service !== HOST_SERVICE && !SERVICE_NAME_PATTERN.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'service: a service name' });
+    res.json({ history: registry.history(service) });
   });
 
   router.get('/v1/deployments', (req, res) => {
@@ -108,6 +216,10 @@ export function registryRouter(deps: RegistryRouteDeps): Router {
     res.json({ events: await deps.projector.rebuild() });
   });
   return router;
+}
+
+function auth(res: Response): AuthLocals['auth'] {
+  return (res.locals as AuthLocals).auth;
 }
 
 function param(req: Request, name: string): string {
@@ -131,4 +243,3 @@ function parse<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
   }
   return result.data;
 }
-

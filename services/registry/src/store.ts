@@ -1,10 +1,20 @@
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import { Redis } from 'ioredis';
 import type { Logger } from '@ferry/log';
+import { FerryError } from '@ferry/protocol';
 
 /** The collections the registry keeps; `p:*` belong to the event projection (rebuildable). */
-export const STORE_KINDS = ['hosts', 'desired', 'actual', 'drift', 'p:deployments', 'p:history', 'p:actual', 'p:lastDeployment', 'p:seen', 'p:meta'] as const;
+export const STORE_KINDS = [
+  'hosts', 'desired', 'actual', 'drift', 'enrollments', 'joinTokens',
+  'p:deployments', 'p:history', 'p:actual', 'p:lastDeployment', 'p:seen', 'p:meta',
+] as const;
 export type StoreKind = (typeof STORE_KINDS)[number];
 export const PROJECTION_KINDS: readonly StoreKind[] = STORE_KINDS.filter((k) => k.startsWith('p:'));
+/**
+ * What must outlive the process even without Redis: enrolled host keys (losing them would make
+ * every host enroll again) and open join tokens. The memory store keeps them in a file.
+ */
+export const DURABLE_KINDS: readonly StoreKind[] = ['enrollments', 'joinTokens'];
 
 export type StoreData = Record<StoreKind, Record<string, unknown>>;
 
@@ -25,6 +35,8 @@ export interface StoreStatus {
 export interface RegistryStore {
   /** Everything stored; undefined when the store cannot answer now (Redis down at start). */
   load(): Promise<StoreData | undefined>;
+  /** The local copy of the durable kinds (see KeyFile): there also when load() cannot answer. */
+  durable(): DurableData;
   /** Fire-and-forget: never throws, never waits. */
   set(kind: StoreKind, key: string, value: unknown): void;
   delete(kind: StoreKind, key: string): void;
@@ -40,25 +52,123 @@ export function emptyStoreData(): StoreData {
   return Object.fromEntries(STORE_KINDS.map((k) => [k, {}])) as StoreData;
 }
 
-/** The store when no Redis is configured: state lives as long as the process. */
+/** The durable kinds only, as the key file holds them. */
+export type DurableData = Pick<StoreData, 'enrollments' | 'joinTokens'>;
+
+/**
+ * A local copy of the {@link DURABLE_KINDS} in the registry's data directory, kept by either store:
+ * without Redis it is their only copy across restarts; with Redis it is there when Redis is not (down
+ * at start, or restarted empty), so that no host has to enroll again because a cache lost its data.
+ * Written whole on every change (they are small and change rarely: an enrollment, a token),
+ * synchronously, through a temporary file and a rename: an enrollment is answered after its key is
+ * on disk, and a crash leaves the old file or the new one.
+ */
+export class KeyFile {
+  readonly #file: string;
+  readonly #log: Logger | undefined;
+  readonly #data: DurableData = { enrollments: {}, joinTokens: {} };
+
+  /** @throws FerryError FERRY_ERR_CONFIG when `file` exists and cannot be read as one. */
+  constructor(file: string, log?: Logger) {
+    this.#file = file;
+    this.#log = log;
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot read ${file}`, cause: err });
+    }
+    try {
+      const stored = JSON.parse(text) as Partial<DurableData>;
+      Object.assign(this.#data.enrollments, stored.enrollments ?? {});
+      Object.assign(this.#data.joinTokens, stored.joinTokens ?? {});
+    } catch (err) {
+      throw new FerryError('FERRY_ERR_CONFIG', { message: `${file} is not the registry's key file`, cause: err });
+    }
+  }
+
+  get data(): DurableData {
+    return structuredClone(this.#data);
+  }
+
+  set(kind: StoreKind, key: string, value: unknown): void {
+    if (!isDurable(kind)) return;
+    this.#data[kind][key] = structuredClone(value);
+    this.#write();
+  }
+
+  delete(kind: StoreKind, key: string): void {
+    if (!isDurable(kind)) return;
+    delete this.#data[kind][key];
+    this.#write();
+  }
+
+  replace(kinds: readonly StoreKind[], data: Partial<StoreData>): void {
+    const durable = kinds.filter(isDurable);
+    if (durable.length === 0) return;
+    for (const kind of durable) this.#data[kind] = structuredClone(data[kind] ?? {});
+    this.#write();
+  }
+
+  #write(): void {
+    const temporary = `${this.#file}.tmp`;
+    try {
+      const fd = openSync(temporary, 'w', 0o600);
+      try {
+        writeSync(fd, JSON.stringify(this.#data));
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      renameSync(temporary, this.#file);
+    } catch (err) {
+      // A store write never throws (RegistryStore): the change lives in memory, and this says it may not outlive a restart.
+      this.#log?.error({ err, file: this.#file }, 'the registry could not write its key file; enrollments since the last good write may be lost at restart');
+    }
+  }
+}
+
+function isDurable(kind: StoreKind): kind is 'enrollments' | 'joinTokens' {
+  return DURABLE_KINDS.includes(kind);
+}
+
+/**
+ * The store when no Redis is configured: state lives as long as the process, except the
+ * {@link DURABLE_KINDS}, which a {@link KeyFile} keeps (when `file` is given).
+ */
 export class MemoryStore implements RegistryStore {
   readonly #data = emptyStoreData();
   readonly #since = new Date().toISOString();
+  readonly #keys: KeyFile | undefined;
+
+  /** @throws FerryError FERRY_ERR_CONFIG when `file` exists and cannot be read as a key file. */
+  constructor(options: { file?: string; log?: Logger } = {}) {
+    this.#keys = options.file === undefined ? undefined : new KeyFile(options.file, options.log);
+    if (this.#keys) Object.assign(this.#data, this.#keys.data);
+  }
 
   load(): Promise<StoreData> {
     return Promise.resolve(structuredClone(this.#data));
   }
 
+  durable(): DurableData {
+    return this.#keys?.data ?? { enrollments: {}, joinTokens: {} };
+  }
+
   set(kind: StoreKind, key: string, value: unknown): void {
     this.#data[kind][key] = structuredClone(value);
+    this.#keys?.set(kind, key, value);
   }
 
   delete(kind: StoreKind, key: string): void {
     delete this.#data[kind][key];
+    this.#keys?.delete(kind, key);
   }
 
   replace(kinds: readonly StoreKind[], data: Partial<StoreData>): Promise<void> {
     for (const kind of kinds) this.#data[kind] = structuredClone(data[kind] ?? {});
+    this.#keys?.replace(kinds, data);
     return Promise.resolve();
   }
 
@@ -90,10 +200,13 @@ export class RedisStore implements RegistryStore {
   /** A write or load failed: what Redis holds is behind the registry's memory. */
   #missed = false;
   #closed = false;
+  readonly #keys: KeyFile | undefined;
 
-  constructor(url: string, options: { prefix: string; log: Logger }) {
+  /** `file`: where the durable kinds are also kept (KeyFile). */
+  constructor(url: string, options: { prefix: string; log: Logger; file?: string }) {
     this.#prefix = options.prefix;
     this.#log = options.log;
+    this.#keys = options.file === undefined ? undefined : new KeyFile(options.file, options.log);
     this.#redis = new Redis(url, {
       enableOfflineQueue: false,
       maxRetriesPerRequest: 0,
@@ -134,7 +247,12 @@ export class RedisStore implements RegistryStore {
     }
   }
 
+  durable(): DurableData {
+    return this.#keys?.data ?? { enrollments: {}, joinTokens: {} };
+  }
+
   set(kind: StoreKind, key: string, value: unknown): void {
+    this.#keys?.set(kind, key, value);
     if (this.#degraded) {
       this.#missed = true;
       return;
@@ -143,6 +261,7 @@ export class RedisStore implements RegistryStore {
   }
 
   delete(kind: StoreKind, key: string): void {
+    this.#keys?.delete(kind, key);
     if (this.#degraded) {
       this.#missed = true;
       return;
@@ -151,6 +270,7 @@ export class RedisStore implements RegistryStore {
   }
 
   async replace(kinds: readonly StoreKind[], data: Partial<StoreData>): Promise<void> {
+    this.#keys?.replace(kinds, data);
     if (this.#degraded) {
       this.#missed = true;
       return;

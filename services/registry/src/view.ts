@@ -20,10 +20,16 @@ export interface Desired {
   image: string;
   imageId: string;
   configHash: string;
-  /** The manifest's `service` object (libs/protocol ServiceSpec), kept verbatim for a re-deploy. */
+  /**
+   * The manifest's `service` object (libs/protocol ServiceSpec) as the sender sent it, with each
+   * `env` value replaced by a keyed digest (`hmac-sha256:…`): the registry never holds a value.
+   * For display only: nothing the registry does is made from it.
+   */
   service: Record<string, unknown>;
-  /** The receiver URL the deployment went to. */
+  /** The receiver URL the deployment went to, as the sender says; never dialled by the registry. */
   targetUrl: string;
+  /** The key that recorded it. */
+  recordedBy?: string;
   recordedAt: string;
 }
 
@@ -46,15 +52,16 @@ export interface DriftReason {
 
 export type DriftMode = 'warn' | 'correct';
 
-/** The registry's request to the sender service for one drift episode (correct mode only). */
+/** The registry's reconcile request to the drifted host for one drift episode (correct mode only). */
 export interface DriftCorrection {
-  /** The id sent as the deployment document's `id`, so a retry is the same deployment. */
+  /** Names this request in the registry's log. */
   requestId: string;
   requestedAt: string;
-  /** `accepted` when the sender answered 202, `failed` otherwise. */
+  /** `accepted` when the host answered 200 (its service runs), `failed` otherwise. */
   outcome: 'pending' | 'accepted' | 'failed';
-  /** The sender's answer: its body on success, the error otherwise. */
+  /** The host's answer on success: `{ service, action: "started" | "none", containerId, deploymentId }`. */
   response?: unknown;
+  /** Why not, e.g. FERRY_ERR_NOT_RECONCILABLE: the drift then stays until someone deploys. */
   error?: { code: string; message: string };
 }
 

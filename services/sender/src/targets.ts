@@ -7,6 +7,11 @@ const SELECTOR_PREFIX = 'selector:';
 export interface ResolvedTarget {
   url: string;
   host?: string;
+  /**
+   * The fingerprint of the host key the registry enrolled for `host` (selectors only): the key the
+   * receiver at `url` must prove, for SignedClient's `hostKey` option.
+   */
+  hostKey?: string;
 }
 
 export interface ResolveOptions {
@@ -57,7 +62,7 @@ export async function resolveTargets(targets: string[], options: ResolveOptions)
     if (hosts.length === 0) {
       throw new FerryError('FERRY_ERR_NO_MATCHING_HOSTS', { message: `No online host in the registry at ${options.registryUrl} matches ${selector}`, details: { selector } });
     }
-    for (const host of [...hosts].sort((a, b) => a.id.localeCompare(b.id))) add({ url: host.url, host: host.id });
+    for (const host of [...hosts].sort((a, b) => a.id.localeCompare(b.id))) add({ url: host.url, host: host.id, ...(host.hostKey ? { hostKey: host.hostKey } : {}) });
   }
   return resolved;
 }

@@ -9,6 +9,7 @@ import {
 } from '@ferry/protocol';
 import { DEFAULT_POLICY, checkBindSources, containerSpecFor, policyDenied, type Policy } from '../policy/index.ts';
 import { assertLayersPresent, loadVerified } from '../load/load.ts';
+import { startLastDeployed, type ReconcileResult } from './restart.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
 import { waitHealthy } from './health.ts';
@@ -160,6 +161,17 @@ export class Deployer {
     this.#busy.add(service);
     try {
       return await this.#rollback(service, deploymentId);
+    } finally {
+      this.#busy.delete(service);
+    }
+  }
+
+  /** `POST /v1/services/:name/reconcile` (see startLastDeployed), under the service's lock. */
+  async reconcileService(service: string): Promise<ReconcileResult> {
+    if (this.#busy.has(service)) throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { details: { service } });
+    this.#busy.add(service);
+    try {
+      return await startLastDeployed({ journal: this.#journal, containers: this.#deps.containers, logger: this.#deps.logger }, service);
     } finally {
       this.#busy.delete(service);
     }

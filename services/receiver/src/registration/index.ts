@@ -34,6 +34,7 @@ export function receiverRegistration(options: ReceiverRegistrationOptions): Regi
   return new Registration({
     // Well under a heartbeat interval of a typical TTL: a hung request must not hold the loop.
     registry: new RegistryClient(settings.url, { keyId: options.hostKey.keyId, privateKey: options.hostKey.privateKey }, { timeoutMs: REQUEST_TIMEOUT_MS }),
+    joinToken: settings.joinToken,
     logger: options.logger,
     heartbeatSeconds: settings.heartbeatSeconds,
     actual: () => settledServices(() => actualServices(docker), options.changing ?? (() => false)),

@@ -1,7 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ActualReport, HostRegistration, RegistryClient } from '@ferry/auth';
+import type { ActualReport, HostRegistration, Registered, RegistryClient } from '@ferry/auth';
 import type { Logger } from '@ferry/log';
-import { isFerryError } from '@ferry/protocol';
+import { FerryError, isFerryError } from '@ferry/protocol';
 import type { Check, CheckResult } from '../readiness.ts';
 
 /** Heartbeat interval when neither FERRY_HEARTBEAT_SECONDS nor the registry's answer names one. */
@@ -13,7 +13,13 @@ const BACKOFF_MAX_MS = 30_000;
 const CLOSE_WAIT_MS = 1000;
 
 export interface RegistrationDeps {
-  registry: Pick<RegistryClient, 'register' | 'heartbeat' | 'url'>;
+  /** Signs with the host key (`host.<id>`). */
+  registry: Pick<RegistryClient, 'register' | 'enroll' | 'heartbeat' | 'url'>;
+  /**
+   * FERRY_JOIN_TOKEN: used once, when the registry does not know the host key yet. A host that
+   * is enrolled never sends it again, so a used token left in the environment does no harm.
+   */
+  joinToken?: string | undefined;
   /** What this receiver registers as; asked at each (re-)registration, as engine facts may change. */
   self: () => Promise<HostRegistration>;
   /**
@@ -30,8 +36,10 @@ export interface RegistrationDeps {
 
 /**
  * Keeps this receiver registered: registers on start, then heartbeats every interval with what
- * runs here. While the registry cannot be reached it retries with capped exponential backoff and
- * full jitter (so a fleet coming back does not call in step), in the background: deployments
+ * runs here, every request signed with the host key. A registry that does not know the key yet
+ * (`FERRY_ERR_UNKNOWN_KEY`) is sent an enrollment with the join token instead: the key, proven by
+ * its signature. While the registry cannot be reached it retries with capped exponential backoff
+ * and full jitter (so a fleet coming back does not call in step), in the background: deployments
  * never wait on it. A `FERRY_ERR_HOST_UNKNOWN` answer (the registry restarted without its store,
  * or marked this host lost) registers again at once.
  */
@@ -81,7 +89,8 @@ export class Registration {
           failures = 1;
           continue;
         }
-        if (isFerryError(err) && err.code === 'FERRY_ERR_HOST_UNKNOWN') this.#registered = false;
+        // A registry that forgot the key (or the host) is registered with, or enrolled with, again.
+        if (isFerryError(err) && (err.code === 'FERRY_ERR_HOST_UNKNOWN' || err.code === 'FERRY_ERR_UNKNOWN_KEY')) this.#registered = false;
         failures += 1;
         const delayMs = backoffMs(failures, this.#deps.random ?? Math.random);
         const reason = isFerryError(err) ? err.code : (err as Error).message;
@@ -96,12 +105,27 @@ export class Registration {
 
   async #register(): Promise<void> {
     const self = await this.#deps.self();
-    const answer = await this.#deps.registry.register(self);
+    const answer = await this.#registerOrEnroll(self);
     this.#registered = true;
     this.#hostId = self.id;
     const seconds = this.#deps.heartbeatSeconds ?? (answer.heartbeatSeconds > 0 ? answer.heartbeatSeconds : DEFAULT_HEARTBEAT_SECONDS);
     this.#intervalMs = seconds * 1000;
     this.#deps.logger.info({ registry: this.#deps.registry.url, host: self.id, url: self.url, labels: self.labels, heartbeatSeconds: seconds }, 'registered with the registry');
+  }
+
+  async #registerOrEnroll(self: HostRegistration): Promise<Registered> {
+    const { registry, joinToken, logger } = this.#deps;
+    try {
+      return await registry.register(self);
+    } catch (err) {
+      if (!isFerryError(err) || err.code !== 'FERRY_ERR_UNKNOWN_KEY') throw err;
+      if (joinToken === undefined) {
+        throw new FerryError('FERRY_ERR_UNKNOWN_KEY', { message: 'The registry does not know this host key: enroll it once with a join token (FERRY_JOIN_TOKEN)', cause: err });
+      }
+    }
+    const answer = await registry.enroll(joinToken, self);
+    logger.info({ registry: registry.url, host: self.id, hostKey: answer.host.hostKey ?? null }, 'host key enrolled with the registry');
+    return answer;
   }
 
   async #heartbeat(): Promise<void> {

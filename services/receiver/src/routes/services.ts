@@ -1,5 +1,5 @@
 import { Router, type Request, type Response } from 'express';
-import { authorize } from '@ferry/auth';
+import { authorize, type Action } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, HEADERS, PATHS } from '@ferry/protocol';
 import type { AuthLocals } from '@ferry/http';
@@ -13,13 +13,38 @@ const EMPTY_DIGEST = digestOf('');
 const ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const SERVICE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 
+/** `POST /v1/services/:name/reconcile` asks no more than a read grant: see receiverAction. */
+const RECONCILE = new RegExp(`^${PATHS.services}/[^/]+/reconcile$`);
+
+/**
+ * What a receiver request asks of the key's role before its body is read: reconcile only starts
+ * again what a signed deployment left (the registry's drift correction), so reading is enough;
+ * otherwise GET and HEAD read and the rest deploys.
+ */
+export function receiverAction(req: { method: string; path: string; originalUrl?: string }): Action {
+  const path = (req.originalUrl ?? req.path).split('?')[0] ?? '';
+  if (req.method === 'POST' && RECONCILE.test(path)) return 'read';
+  return req.method === 'GET' || req.method === 'HEAD' ? 'read' : 'deploy';
+}
+
 /**
  * `POST /v1/services/:name/rollback[?deploymentId=<uuid>]`: swaps the kept previous container
  * back in. The optional deployment id (signed, as part of the path) makes a retry answer the
  * stored outcome instead of swapping a second time, which would roll forward again.
+ *
+ * `POST /v1/services/:name/reconcile`: starts the container of the service's last successful
+ * deployment again if it is stopped (Deployer.reconcileService); a key with read access to the
+ * service may ask.
  */
 export function servicesRouter(deps: ServicesDeps): Router {
   const router = Router();
+  router.post(`${PATHS.services}/:name/reconcile`, async (req, res) => {
+    requireEmptyBody(res);
+    const service = req.params.name;
+    if (!SERVICE.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Invalid service name' });
+    authorize((res.locals as AuthLocals).auth, 'read', { service });
+    res.json(await deps.deployer.reconcileService(service));
+  });
   router.post(`${PATHS.services}/:name/rollback`, async (req, res) => {
     requireEmptyBody(res);
     const service = req.params.name;

@@ -1,5 +1,5 @@
 import { Router, type Express } from 'express';
-import type { RequestVerifier } from '@ferry/auth';
+import { authorize, type RequestVerifier } from '@ferry/auth';
 import { SIGNED_HEADERS, createBaseApp, finishApp, requireAllowedSource, requireSignature, readSignedJson, strictHeaders, type AuthLocals, type SecurityOptions } from '@ferry/http';
 import type { Logger } from '@ferry/log';
 import { FerryError, PATHS } from '@ferry/protocol';
@@ -39,6 +39,7 @@ function deploymentsRouter(jobs: DeploymentJobs): Router {
     const body = await readSignedJson(req, res, { maxBytes: MAX_DOCUMENT_BYTES });
     const parsed = parseDeploymentJson(body);
     if (!parsed.ok) throw invalidDocument(parsed.problems);
+    for (const service of Object.keys(parsed.document.services)) authorizeService(auth, service);
     const { job, created } = await jobs.submit(parsed.document, auth.keyId);
     res.status(202).json({ id: job.id, state: job.state, created, links: { self: `${PATHS.deployments}/${job.id}` } });
   });
@@ -49,5 +50,33 @@ function deploymentsRouter(jobs: DeploymentJobs): Router {
     res.json(jobView(job));
   });
   return router;
+}
+
+/**
+ * The caller's grants must allow deploying `service`, and on every host: the service deploys
+ * with its own key to whatever the document's targets turn out to be (a URL names no host until
+ * it is dialled, a selector resolves at run time), so a grant limited to some hosts would let its
+ * holder reach others through it. Such keys deploy with `ferry deploy` themselves.
+ *
+ * @throws FerryError FERRY_ERR_NOT_GRANTED naming the service.
+ */
+export function authorizeService(auth: AuthLocals['auth'], service: string): void {
+  authorize(auth, 'deploy', { service });
+  const everywhere = auth.scopes.filter(({ scope }) => scope.hosts.includes('*'));
+  if (!canDeploy(everywhere, service)) {
+    throw new FerryError('FERRY_ERR_NOT_GRANTED', {
+      message: `The key may deploy ${service} to some hosts only; the sender service takes keys granted every host ("*") for each service of the document`,
+      details: { action: 'deploy', service },
+    });
+  }
+}
+
+function canDeploy(scopes: AuthLocals['auth']['scopes'], service: string): boolean {
+  try {
+    authorize({ scopes }, 'deploy', { service });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
