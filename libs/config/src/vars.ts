@@ -94,7 +94,7 @@ export function maxConnectionsVar() {
 }
 
 export function natsUrlVar() {
-  return z.string().regex(/^(nats|tls):\/\/[^\s]+$/, 'nats://host:port').optional();
+  return z.string().regex(/^(nats|tls):\/\/[^\s]+$/, 'nats://[user:password@]host:port').optional();
 }
 
 export function redisUrlVar() {

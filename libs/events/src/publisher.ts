@@ -4,6 +4,7 @@ import { FerryError } from '@ferry/protocol';
 import type { JetStreamClient, NatsConnection } from 'nats';
 import { loadNats } from './nats.ts';
 import { subjectOf, type FerryEvent } from './envelope.ts';
+import { natsConnectTarget, redactNatsUrl, type NatsConnectTarget } from './nats-url.ts';
 import { Outbox, type OutboxEntry } from './outbox.ts';
 import { signedEventPayload, type EventSigner } from './signature.ts';
 import { ensureEventStream } from './stream.ts';
@@ -36,7 +37,7 @@ export interface EventSinkHealth {
 }
 
 export interface JetStreamPublisherOptions {
-  /** NATS server URL(s), comma-separated. */
+  /** NATS server URL(s), comma-separated, each `nats://[user:password@]host:port`. */
   url: string;
   logger?: Logger;
   /** Connection name shown by the NATS server (`nats server report connections`). */
@@ -79,7 +80,9 @@ const encoder = new TextEncoder();
  * on disk (see Outbox) and the next start sends them first.
  */
 export class JetStreamPublisher implements EventSink, EventSinkHealth {
+  /** The URL with its password hidden: the only form that reaches a log line. */
   readonly #url: string;
+  readonly #target: NatsConnectTarget;
   readonly #name: string;
   readonly #logger: Logger;
   readonly #closeTimeoutMs: number;
@@ -104,10 +107,11 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
   #reconnectAttempts = 0;
   #disconnectedSince: Date | undefined = new Date();
 
-  private constructor(options: JetStreamPublisherOptions, outbox?: Outbox) {
+  private constructor(options: JetStreamPublisherOptions, target: NatsConnectTarget, outbox?: Outbox) {
     this.#outbox = outbox;
     this.#signer = options.signer;
-    this.#url = options.url;
+    this.#url = redactNatsUrl(options.url);
+    this.#target = target;
     this.#name = options.name ?? 'ferry-events';
     this.#logger = options.logger ?? createLogger({ level: 'silent' });
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 5000;
@@ -121,9 +125,12 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
    * Awaiting this does not mean the connection exists; `status` says whether it does. With an
    * outbox, what a previous run left there is queued first.
    *
-   * @throws FerryError FERRY_ERR_CONFIG when the outbox directory cannot be created or read.
+   * @throws FerryError FERRY_ERR_CONFIG when the URL cannot be parsed, or the outbox directory
+   * cannot be created or read.
    */
   static async connect(options: JetStreamPublisherOptions): Promise<JetStreamPublisher> {
+    // Parsed before anything else: a bad URL is a config error, not an outage to retry forever.
+    const target = natsConnectTarget(options.url);
     let outbox: Outbox | undefined;
     let left: OutboxEntry[] = [];
     if (options.outboxDir !== undefined) {
@@ -133,7 +140,7 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
         throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot use the event outbox in ${options.outboxDir}: ${(cause as Error).message}`, cause });
       }
     }
-    const publisher = new JetStreamPublisher(options, outbox);
+    const publisher = new JetStreamPublisher(options, target, outbox);
     if (left.length > 0) {
       publisher.#logger.info({ pending: left.length, outbox: options.outboxDir }, 'events left by a previous run are sent first');
       for (const stored of left) publisher.#queue.push({ id: stored.id, stored });
@@ -325,7 +332,7 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
       try {
         const { connect } = await loadNats();
         const nc = await connect({
-          servers: this.#url.split(',').map((s) => s.trim()).filter(Boolean),
+          ...this.#target,
           name: this.#name,
           maxReconnectAttempts: -1,
           reconnectTimeWait: 1000,

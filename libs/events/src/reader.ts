@@ -1,12 +1,14 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '@ferry/log';
 import { EVENT_STREAM, EVENT_SUBJECT_PREFIX, FerryError, subjectToken } from '@ferry/protocol';
-import type { NatsConnection } from 'nats';
+import type { JetStreamManager, NatsConnection } from 'nats';
 import { loadNats } from './nats.ts';
 import { isFerryEvent, type FerryEvent } from './envelope.ts';
+import { natsConnectTarget, redactNatsUrl } from './nats-url.ts';
 import { ensureEventStream, eventStreamInfo } from './stream.ts';
 
 export interface ReadEventsOptions {
-  /** NATS server URL(s), comma-separated. */
+  /** NATS server URL(s), comma-separated, each `nats://[user:password@]host:port`. */
   url: string;
   deploymentId?: string;
   host?: string;
@@ -31,7 +33,8 @@ export function eventFilter(host?: string, service?: string): string | undefined
  * until `signal` aborts. Host and service narrow the read on the server; deploymentId is matched
  * here, because it is not part of the subject.
  *
- * @throws FerryError FERRY_ERR_EVENTS_UNAVAILABLE when NATS or JetStream cannot be reached.
+ * @throws FerryError FERRY_ERR_EVENTS_UNAVAILABLE when NATS or JetStream cannot be reached,
+ * FERRY_ERR_CONFIG when the URL cannot be parsed.
  */
 export async function* readEvents(options: ReadEventsOptions): AsyncGenerator<FerryEvent, void, undefined> {
   const { deploymentId, follow = false, signal, logger } = options;
@@ -43,14 +46,21 @@ export async function* readEvents(options: ReadEventsOptions): AsyncGenerator<Fe
     });
     let lastSeq = Number.POSITIVE_INFINITY;
     if (follow) {
-      // A follower started before the first publisher still sees that publisher's events.
-      await ensureEventStream(jsm);
+      // A follower started before the first publisher still sees that publisher's events: it makes
+      // the stream, or, when its NATS user may not (a reader), waits for a publisher to make it.
+      try {
+        await ensureEventStream(jsm);
+      } catch (err) {
+        if ((err as { code?: unknown }).code !== 'PERMISSIONS_VIOLATION') throw err;
+        if (!(await untilStreamExists(jsm, signal))) return;
+      }
     } else {
       const info = await eventStreamInfo(jsm);
       if (!info || info.state.messages === 0) return;
       lastSeq = info.state.last_seq;
     }
 
+    await mayConsume(nc, options.url);
     const filter = eventFilter(options.host, options.service);
     const consumer = await nc.jetstream().consumers.get(EVENT_STREAM, filter === undefined ? {} : { filterSubjects: filter });
     const messages = await consumer.consume();
@@ -80,17 +90,46 @@ export async function* readEvents(options: ReadEventsOptions): AsyncGenerator<Fe
   }
 }
 
+/**
+ * Fails at once when the connection's NATS user may not create consumers on the stream (a
+ * publisher's credentials given to `ferry events`): nats.js would retry the ordered consumer the
+ * server refuses for many minutes, its timers keeping the process alive. The question is a create
+ * request JetStream itself rejects (its body is not JSON), so nothing is created either way.
+ */
+async function mayConsume(nc: NatsConnection, url: string): Promise<void> {
+  try {
+    await nc.request(`$JS.API.CONSUMER.CREATE.${EVENT_STREAM}.ferry-probe`, new TextEncoder().encode('-'), { timeout: 5000 });
+  } catch (cause) {
+    if ((cause as { code?: unknown }).code !== 'PERMISSIONS_VIOLATION') throw cause;
+    throw new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', {
+      message: `The NATS user of ${redactNatsUrl(url)} may not read the event stream; use a reader's credentials`, cause,
+    });
+  }
+}
+
+/** Polls for the stream once a second; false when `signal` aborted first. */
+async function untilStreamExists(jsm: JetStreamManager, signal: AbortSignal | undefined): Promise<boolean> {
+  while (!(await eventStreamInfo(jsm))) {
+    const aborted = await sleep(1000, false, signal ? { signal } : {}).catch(() => true);
+    if (aborted) return false;
+  }
+  return true;
+}
+
 async function connectReader(url: string, follow: boolean): Promise<NatsConnection> {
+  const target = natsConnectTarget(url);
   try {
     const { connect } = await loadNats();
     return await connect({
-      servers: url.split(',').map((s) => s.trim()).filter(Boolean),
+      ...target,
       name: 'ferry-events-reader',
       // A one-off read should fail fast; a follower should outlive server restarts.
       maxReconnectAttempts: follow ? -1 : 0,
     });
   } catch (cause) {
-    throw new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: `Cannot reach NATS at ${url}`, cause });
+    const refused = (cause as { code?: unknown }).code === 'AUTHORIZATION_VIOLATION';
+    const message = refused ? `NATS at ${redactNatsUrl(url)} refused the credentials` : `Cannot reach NATS at ${redactNatsUrl(url)}`;
+    throw new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message, cause });
   }
 }
 

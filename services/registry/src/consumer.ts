@@ -1,6 +1,6 @@
 import type { KeyObject } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ensureEventStream, isFerryEvent, type FerryEvent } from '@ferry/events';
+import { ensureEventStream, isFerryEvent, natsConnectTarget, type FerryEvent, type NatsConnectTarget } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import { EVENT_STREAM, FerryError } from '@ferry/protocol';
 import { AckPolicy, connect, DeliverPolicy, Events, type ConsumerMessages, type JetStreamManager, type JsMsg, type NatsConnection } from 'nats';
@@ -25,7 +25,7 @@ export interface ProjectorStatus {
  * never disagree, whichever of the two survived a crash; an event delivered again is dropped by id.
  */
 export class EventProjector {
-  readonly #url: string;
+  readonly #target: NatsConnectTarget;
   readonly #durable: string;
   readonly #registry: Registry;
   readonly #log: Logger;
@@ -48,7 +48,8 @@ export class EventProjector {
   /** `registryKey`: the public key the registry signs its own events with (see provenance.ts). */
   constructor(options: { url: string; durable: string; registry: Registry; logger: Logger; registryKey?: KeyObject }) {
     this.#registryKey = options.registryKey;
-    this.#url = options.url;
+    // Parsed here: a URL that cannot be used is a config error at start, not a retry loop.
+    this.#target = natsConnectTarget(options.url);
     this.#durable = options.durable;
     this.#registry = options.registry;
     this.#log = options.logger;
@@ -203,7 +204,7 @@ export class EventProjector {
   async #connection(): Promise<NatsConnection> {
     if (this.#nc && !this.#nc.isClosed()) return this.#nc;
     this.#nc = await connect({
-      servers: this.#url.split(',').map((s) => s.trim()).filter(Boolean),
+      ...this.#target,
       name: `ferry-registry-${this.#durable}`, maxReconnectAttempts: -1, reconnectTimeWait: 1000,
     });
     const nc = this.#nc;

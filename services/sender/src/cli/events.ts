@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { loadConfig } from '@ferry/config';
-import { readEvents, type FerryEvent } from '@ferry/events';
+import { readEvents, redactNatsUrl, type FerryEvent } from '@ferry/events';
 import { FerryError } from '@ferry/protocol';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
@@ -38,7 +38,7 @@ export async function eventsCommand(args: string[], io: Io, signal?: AbortSignal
     }
   } catch (err) {
     if (interrupt?.signal.aborted) return 0;
-    throw err instanceof FerryError ? err : new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: `Cannot read events from ${url}: ${(err as Error).message}`, cause: err });
+    throw err instanceof FerryError ? err : new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: `Cannot read events from ${redactNatsUrl(url)}: ${(err as Error).message}`, cause: err });
   } finally {
     process.removeListener('SIGINT', stop);
     process.removeListener('SIGTERM', stop);
