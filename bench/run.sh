@@ -4,8 +4,12 @@
 # with the arguments given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=deploy/lib/safe-dir.sh
+. deploy/lib/safe-dir.sh
 bash deploy/lib/ensure-node-deps.sh
 bash deploy/local-stack.sh up >/dev/null
 bash deploy/local-stack.sh install openssh-server:/usr/sbin/sshd openssh-client:ssh docker-registry:/usr/bin/docker-registry
+# Read as data, after checking that the state dir is ours alone: never sourced.
+ferry_load_env "${FERRY_STACK_DIR:-/tmp/ferry-stack}/stack.env" || exit 1
 export PATH="$PWD/node_modules/.bin:$PATH"
 exec node bench/compare.ts "$@"

@@ -4,16 +4,19 @@
 # Usage: deploy/local-stack.sh up | down [--purge] | status | env | install PACKAGE[:COMMAND]...
 #
 #   up       install what is missing (Debian packages) and start what is not
-#            running; idempotent: a second `up` restarts only what died.
-#            Writes $FERRY_STACK_DIR/stack.env and prints it on stdout.
+#            running; idempotent: a second `up` restarts only what died, or
+#            what runs with other settings (a NATS without authentication,
+#            from an older stack, is restarted with it).
+#            Writes $FERRY_STACK_DIR/stack.env (0600: it holds the NATS passwords).
 #   down     stop every daemon this script started (SIGTERM, bounded wait,
 #            then SIGKILL) and remove their pidfiles. Containers and images
 #            stay in the engines' data dirs.
 #            --purge: also unmount whatever is left mounted under the state
 #            dir and delete it.
 #   status   show what runs; exit 0 if everything is up, 3 otherwise.
-#   env      print stack.env; use it with `eval "$(deploy/local-stack.sh env)"`
-#            or `. /tmp/ferry-stack/stack.env`.
+#   env      print stack.env, passwords included: for
+#            `eval "$(deploy/local-stack.sh env)"`. Scripts read the file as
+#            data instead (ferry_load_env in deploy/lib/safe-dir.sh).
 #   install  install the Debian packages named that are missing (one whose
 #            COMMAND, a name or a path, is present counts as there): what the
 #            tests and the bench need beyond the stack, e.g. openssh-server:/usr/sbin/sshd.
@@ -22,13 +25,24 @@
 #   build engine    dockerd, socket $FERRY_STACK_DIR/build.sock
 #   target engine   dockerd, socket $FERRY_STACK_DIR/target.sock
 #   nats            nats-server -js on 127.0.0.1:$FERRY_STACK_NATS_PORT, JetStream
-#                   store under the state dir, monitoring port off
+#                   store under the state dir, monitoring port off, users and
+#                   permissions from deploy/nats/ferry.conf; the passwords are made
+#                   at the first `up` and kept in $FERRY_STACK_DIR/nats.secrets (0600)
 #   redis           redis-server on 127.0.0.1:$FERRY_STACK_REDIS_PORT, no persistence
-# and the stack.env it writes:
+# and the stack.env it writes (PW: that user's password):
 #   export FERRY_BUILD_DOCKER_HOST=unix:///tmp/ferry-stack/build.sock
 #   export FERRY_TARGET_DOCKER_HOST=unix:///tmp/ferry-stack/target.sock
-#   export FERRY_NATS_URL=nats://127.0.0.1:14222
+#   export FERRY_NATS_URL=nats://ferry-publisher:PW@127.0.0.1:14222
+#   export FERRY_NATS_READER_URL=nats://ferry-reader:PW@127.0.0.1:14222
+#   export FERRY_NATS_REGISTRY_URL=nats://ferry-registry:PW@127.0.0.1:14222
+#   export FERRY_NATS_ADMIN_URL=nats://ferry-admin:PW@127.0.0.1:14222
 #   export FERRY_REDIS_URL=redis://127.0.0.1:16379
+# Every value is plain ([A-Za-z0-9._:/@%+=,-]), so the file reads the same as data and
+# sourced.
+#
+# The state dir is created by this script with mode 0700; an existing one must be a
+# real directory (not a link) of the user running it, that nobody else can write to
+# (deploy/lib/safe-dir.sh); anything else is refused before it is used.
 #
 # The two dockerds run side by side, each with its own data-root, exec-root,
 # pidfile, socket, config file (an empty one, so /etc/docker/daemon.json does
@@ -64,6 +78,13 @@
 set -euo pipefail
 
 PROG=local-stack
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=deploy/lib/safe-dir.sh
+. "$HERE/lib/safe-dir.sh"
+NATS_CONFIG=$HERE/nats/ferry.conf
+NATS_SECRETS_FILE_NAME=nats.secrets
+# The users of deploy/nats/ferry.conf and the stack.env variable each one's URL goes to.
+NATS_USERS="publisher:FERRY_NATS_URL reader:FERRY_NATS_READER_URL registry:FERRY_NATS_REGISTRY_URL admin:FERRY_NATS_ADMIN_URL"
 
 say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
@@ -96,6 +117,7 @@ done
 [ "$NATS_PORT" != "$REDIS_PORT" ] || die "NATS and redis ports are the same ($NATS_PORT)"
 
 ENV_FILE=$S/stack.env
+NATS_SECRETS=$S/$NATS_SECRETS_FILE_NAME
 MARKER=$S/.ferry-stack
 ENGINES="build target"
 
@@ -394,26 +416,84 @@ stop_engine() {
 
 # -------------------------------------------------------------------- nats --
 
-nats_answers() {
-  local line
-  line=$(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT && head -n 1 <&3" 2>/dev/null) || return 1
-  case $line in INFO*'"jetstream":true'*) return 0 ;; *) return 1 ;; esac
+# nats_password USER: the password of ferry-USER from nats.secrets (made by nats_secrets).
+nats_password() {
+  local var
+  var=FERRY_NATS_${1^^}_PASSWORD
+  printf '%s\n' "${NATS_PASSWORDS[$var]:?no NATS password for $1}"
 }
 
-# start_loopback NAME BIN PORT PORT_VARIABLE ANSWERS_FN COMMAND...: starts a server of ours on
-# 127.0.0.1:PORT unless it already runs and answers; its pidfile, config marker and log live under
-# $S/NAME.*. A port held by something not ours is an error naming it.
+# nats_secrets: loads the NATS passwords into NATS_PASSWORDS, making the missing ones on the way:
+# 128 random bits in hex behind a "p". nats-server reads an environment variable that a config
+# refers to as a config value, so a password must be a plain word (one starting with a digit may
+# parse as a number); hex needs no escaping in a URL either.
+declare -A NATS_PASSWORDS=()
+nats_secrets() {
+  local lines line user pair var changed=0
+  NATS_PASSWORDS=()
+  if [ -e "$NATS_SECRETS" ] || [ -L "$NATS_SECRETS" ]; then
+    lines=$(ferry_env_lines "$NATS_SECRETS") || die "cannot use $NATS_SECRETS; delete it to make new NATS passwords"
+    while IFS= read -r line; do
+      if [ -n "$line" ]; then NATS_PASSWORDS[${line%%=*}]=${line#*=}; fi
+    done <<< "$lines"
+  fi
+  for pair in $NATS_USERS; do
+    user=${pair%%:*}
+    var=FERRY_NATS_${user^^}_PASSWORD
+    if ! [[ ${NATS_PASSWORDS[$var]:-} =~ ^p[0-9a-f]{32}$ ]]; then
+      NATS_PASSWORDS[$var]=p$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+      changed=1
+    fi
+  done
+  [ "$changed" = 1 ] || return 0
+  rm -f "$NATS_SECRETS.tmp"
+  (
+    umask 077
+    for var in "${!NATS_PASSWORDS[@]}"; do printf 'export %s=%s\n' "$var" "${NATS_PASSWORDS[$var]}"; done > "$NATS_SECRETS.tmp"
+  )
+  mv -f "$NATS_SECRETS.tmp" "$NATS_SECRETS"
+  say "made NATS passwords in $NATS_SECRETS"
+}
+
+# nats_settings: what the running server must match: address, config and passwords (as a digest).
+nats_settings() {
+  printf '127.0.0.1:%s auth:%s\n' "$NATS_PORT" "$(cat "$NATS_CONFIG" "$NATS_SECRETS" | sha256sum | cut -c1-16)"
+}
+
+# nats_answers: JetStream is on, authentication is required, and the admin user gets in with its
+# password (a server started with other passwords does not). The password goes through the
+# environment, never on a command line.
+nats_answers() {
+  local reply
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  reply=$(NATS_CHECK_USER=ferry-admin NATS_CHECK_PASS=$(nats_password admin) timeout 3 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$0" || exit 1
+    IFS= read -r info <&3 || exit 1
+    case $info in INFO*"\"jetstream\":true"*) ;; *) exit 1 ;; esac
+    case $info in INFO*"\"auth_required\":true"*) ;; *) exit 1 ;; esac
+    printf "CONNECT {\"verbose\":false,\"user\":\"%s\",\"pass\":\"%s\"}\r\nPING\r\n" "$NATS_CHECK_USER" "$NATS_CHECK_PASS" >&3
+    IFS= read -r line <&3 && printf "%s\n" "$line"' "$NATS_PORT" 2>/dev/null) || return 1
+  case $reply in PONG*) return 0 ;; *) return 1 ;; esac
+}
+
+# start_loopback NAME BIN PORT PORT_VARIABLE ANSWERS_FN SETTINGS COMMAND...: starts a server of
+# ours on 127.0.0.1:PORT unless it already runs with SETTINGS and answers; its pidfile, settings
+# marker and log live under $S/NAME.*. A port held by something not ours is an error naming it.
 start_loopback() {
-  local name=$1 bin=$2 port=$3 port_variable=$4 answers=$5
-  shift 5
-  local pid rc k conf="127.0.0.1:$port"
+  local name=$1 bin=$2 port=$3 port_variable=$4 answers=$5 conf=$6
+  shift 6
+  local pid rc k
   if pid=$(pid_of "$S/$name.pid" "$bin"); then
-    if [ "$(cat "$S/$name.conf" 2>/dev/null || true)" = "$conf" ] && "$answers"; then
+    if [ "$(cat "$S/$name.conf" 2>/dev/null || true)" != "$conf" ]; then
+      say "$name (pid $pid) runs with other settings; restarting it"
+      stop_loopback "$name" "$bin"
+    elif "$answers"; then
       say "$name already running (pid $pid, port $port)"
       return 0
+    else
+      say "$name (pid $pid) is not answering on port $port; restarting it"
+      stop_loopback "$name" "$bin"
     fi
-    say "$name (pid $pid) is not answering on port $port; restarting it"
-    stop_loopback "$name" "$bin"
   fi
   rm -f "$S/$name.pid"
   if port_open "$port"; then
@@ -449,8 +529,20 @@ stop_loopback() {
 }
 
 start_nats() {
-  start_loopback nats nats-server "$NATS_PORT" FERRY_STACK_NATS_PORT nats_answers \
-    nats-server -js -sd "$S/nats" -n ferry-stack -a 127.0.0.1 -p "$NATS_PORT" -P "$S/nats.pid"
+  local pair user var
+  [ -r "$NATS_CONFIG" ] || die "missing $NATS_CONFIG"
+  nats_secrets
+  # ferry.conf reads the passwords from nats-server's environment (private to its user), so they
+  # never appear on a command line or in the log.
+  for pair in $NATS_USERS; do
+    user=${pair%%:*}; var=FERRY_NATS_${user^^}_PASSWORD
+    export "$var=${NATS_PASSWORDS[$var]}"
+  done
+  start_loopback nats nats-server "$NATS_PORT" FERRY_STACK_NATS_PORT nats_answers "$(nats_settings)" \
+    nats-server -c "$NATS_CONFIG" -js -sd "$S/nats" -n ferry-stack -a 127.0.0.1 -p "$NATS_PORT" -P "$S/nats.pid"
+  for pair in $NATS_USERS; do
+    user=${pair%%:*}; unset "FERRY_NATS_${user^^}_PASSWORD"
+  done
 }
 
 stop_nats() { stop_loopback nats nats-server; }
@@ -464,7 +556,7 @@ redis_answers() {
 }
 
 start_redis() {
-  start_loopback redis redis-server "$REDIS_PORT" FERRY_STACK_REDIS_PORT redis_answers \
+  start_loopback redis redis-server "$REDIS_PORT" FERRY_STACK_REDIS_PORT redis_answers "127.0.0.1:$REDIS_PORT" \
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" \
     --protected-mode yes --save '' --appendonly no --daemonize no \
     --pidfile "$S/redis.pid" --dir "$S/redis" --logfile ''
@@ -474,8 +566,13 @@ stop_redis() { stop_loopback redis redis-server; }
 
 # ---------------------------------------------------------------- commands --
 
+# own_state_dir: $S made by us, or one of ours that nobody else can write to; else refuse.
+own_state_dir() {
+  ferry_own_dir "$S" adopt || die "the state dir $S is not safe to use (see above)"
+}
+
 lock() {
-  mkdir -p "$S"
+  own_state_dir
   exec 9> "$S/.lock"
   if ! flock -n 9; then
     say "waiting for another local-stack.sh (lock $S/.lock)"
@@ -484,13 +581,20 @@ lock() {
 }
 
 write_env() {
-  local build=$1 target=$2 tmp=$ENV_FILE.tmp
-  {
-    printf 'export FERRY_BUILD_DOCKER_HOST=%q\n' "$build"
-    printf 'export FERRY_TARGET_DOCKER_HOST=%q\n' "$target"
-    printf 'export FERRY_NATS_URL=%q\n' "nats://127.0.0.1:$NATS_PORT"
-    printf 'export FERRY_REDIS_URL=%q\n' "redis://127.0.0.1:$REDIS_PORT"
-  } > "$tmp"
+  local build=$1 target=$2 tmp=$ENV_FILE.tmp pair user var value
+  local lines=("FERRY_BUILD_DOCKER_HOST=$build" "FERRY_TARGET_DOCKER_HOST=$target")
+  for pair in $NATS_USERS; do
+    user=${pair%%:*}; var=${pair#*:}
+    lines+=("$var=nats://ferry-$user:$(nats_password "$user")@127.0.0.1:$NATS_PORT")
+  done
+  lines+=("FERRY_REDIS_URL=redis://127.0.0.1:$REDIS_PORT")
+  # Readers take the file as data, so a value that would need quoting is refused here.
+  for value in "${lines[@]}"; do
+    [[ ${value#*=} =~ $FERRY_ENV_VALUE ]] || die "cannot write ${value%%=*} to $ENV_FILE: '${value#*=}' has characters outside [A-Za-z0-9._:/@%+=,-]"
+  done
+  # A new file each time (not one left by an older version, with its mode): 0600.
+  rm -f "$tmp"
+  (umask 077; printf 'export %s\n' "${lines[@]}" > "$tmp")
   mv -f "$tmp" "$ENV_FILE"
 }
 
@@ -528,8 +632,7 @@ cmd_up() {
   start_nats
   start_redis
   write_env "$build" "$target"
-  say "stack is up; environment in $ENV_FILE"
-  cat "$ENV_FILE"
+  say "stack is up; environment in $ENV_FILE (NATS passwords included; deploy/local-stack.sh env prints it)"
 }
 
 cmd_down() {
@@ -539,10 +642,11 @@ cmd_down() {
     --purge) purge=1 ;;
     *) usage ;;
   esac
-  if [ ! -d "$S" ]; then
+  if [ ! -e "$S" ] && [ ! -L "$S" ]; then
     say "nothing to stop ($S does not exist)"
     return 0
   fi
+  own_state_dir
   if [ "$purge" = 1 ] && [ ! -e "$MARKER" ]; then
     die "$S has no $MARKER; not deleting a dir this script did not create"
   fi
@@ -567,8 +671,12 @@ cmd_down() {
 }
 
 cmd_status() {
-  local all=0 pid host e existing=""
-  [ -s "$ENV_FILE" ] && existing=$(sed -n 's/^export FERRY_BUILD_DOCKER_HOST=//p' "$ENV_FILE")
+  local all=0 pid host e existing="" line
+  if [ -e "$S" ] || [ -L "$S" ]; then own_state_dir; fi
+  if [ -s "$ENV_FILE" ]; then
+    line=$(ferry_env_lines "$ENV_FILE") || die "cannot read $ENV_FILE"
+    existing=$(sed -n 's/^FERRY_BUILD_DOCKER_HOST=//p' <<< "$line")
+  fi
   for e in $ENGINES; do
     host=unix://$(engine_sock "$e")
     if pid=$(pid_of "$S/$e.pid" dockerd); then
@@ -591,8 +699,10 @@ cmd_status() {
       printf '%-7s stopped\n' "$e"; all=3
     fi
   done
-  if pid=$(pid_of "$S/nats.pid" nats-server) && nats_answers; then
-    printf '%-7s running  pid %-7s nats://127.0.0.1:%s (JetStream, store %s/nats)\n' nats "$pid" "$NATS_PORT" "$S"
+  if pid=$(pid_of "$S/nats.pid" nats-server) && [ -s "$NATS_SECRETS" ] && nats_secrets && nats_answers; then
+    printf '%-7s running  pid %-7s nats://127.0.0.1:%s (JetStream, authentication on, store %s/nats)\n' nats "$pid" "$NATS_PORT" "$S"
+  elif pid=$(pid_of "$S/nats.pid" nats-server); then
+    printf '%-7s BROKEN   pid %-7s does not answer with JetStream and our users (an older stack? run up)\n' nats "$pid"; all=3
   else
     printf '%-7s stopped\n' nats; all=3
   fi
@@ -609,13 +719,18 @@ cmd_install() {
   for want in "$@"; do
     case $want in *[!A-Za-z0-9.+:/_-]*|:*) die "install takes PACKAGE[:COMMAND] arguments (got '$want')" ;; esac
   done
-  mkdir -p "$S"
+  own_state_dir
   ensure_packages - "$@"
 }
 
 cmd_env() {
+  [ -e "$S" ] || die "no $S: run deploy/local-stack.sh up first"
+  own_state_dir
   [ -s "$ENV_FILE" ] || die "no $ENV_FILE: run deploy/local-stack.sh up first"
-  cat "$ENV_FILE"
+  local lines
+  lines=$(ferry_env_lines "$ENV_FILE") || die "cannot read $ENV_FILE"
+  mapfile -t lines <<< "$lines"
+  printf 'export %s\n' "${lines[@]}"
 }
 
 [ "$#" -ge 1 ] || usage

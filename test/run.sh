@@ -4,15 +4,17 @@
 # against those real parts. Arguments select test files (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=deploy/lib/safe-dir.sh
+. deploy/lib/safe-dir.sh
 bash deploy/lib/ensure-node-deps.sh
 bash deploy/local-stack.sh up >/dev/null
 # Beyond the stack: sshd for the bootstrap tests, ssh and openssl for the shell client, Chromium
 # for the dashboard in a real browser.
 bash deploy/local-stack.sh install openssh-server:/usr/sbin/sshd openssh-client:ssh openssl:openssl chromium:/usr/bin/chromium
-# shellcheck disable=SC1091
-. "${FERRY_STACK_DIR:-/tmp/ferry-stack}/stack.env"
+# Read as data, after checking that the state dir is ours alone: never sourced.
+ferry_load_env "${FERRY_STACK_DIR:-/tmp/ferry-stack}/stack.env" || exit 1
 export PATH="$PWD/node_modules/.bin:$PATH"
-echo "node $(node --version); stack: build=$FERRY_BUILD_DOCKER_HOST target=$FERRY_TARGET_DOCKER_HOST nats=$FERRY_NATS_URL" >&2
+echo "node $(node --version); stack: build=$FERRY_BUILD_DOCKER_HOST target=$FERRY_TARGET_DOCKER_HOST nats=$(ferry_redact_url "$FERRY_NATS_URL")" >&2
 
 if [ "$#" -eq 0 ]; then
   echo "== typecheck" >&2; tsc -p tsconfig.json --noEmit

@@ -12,11 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
-import { connect } from 'nats';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
-import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -81,7 +80,7 @@ describe('the registry dashboard in a real browser', { timeout: 600_000 }, () =>
     port = await freePort();
     await buildTestImage(s.buildDockerHost, image, `dash-${run}`);
     registry = await startRegistryProcess({
-      FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_HOST_ID: registryId, FERRY_NATS_URL: s.natsUrl, FERRY_DASHBOARD_TOKEN: token,
+      FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_HOST_ID: registryId, FERRY_NATS_URL: s.natsRegistryUrl, FERRY_DASHBOARD_TOKEN: token,
     });
     receiver = await startReceiverProcess({
       DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
@@ -99,7 +98,7 @@ describe('the registry dashboard in a real browser', { timeout: 600_000 }, () =>
     await removeImages(target, [image]);
     await removeImages(build, [image]);
     // The registry's projection is a durable consumer on the shared stream; this run's goes with it.
-    const nc = await connect({ servers: s.natsUrl });
+    const nc = await natsConnect(s.natsAdminUrl);
     const jsm = await nc.jetstreamManager();
     await jsm.consumers.delete('FERRY_EVENTS', `ferry-registry-${registryId}`).catch(() => undefined);
     await nc.drain();

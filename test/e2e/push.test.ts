@@ -6,13 +6,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { corruptingProxy } from '../helpers/proxy.ts';
 import { EventWatcher, type WatchedEvent } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
-import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -44,7 +44,7 @@ describe('ferry push, end to end against real Docker engines and NATS', { timeou
   before(async () => {
     port = await freePort();
     [v1, v2] = await Promise.all([buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`), buildTestImage(s.buildDockerHost, `${repo}:2`, `v2-${run}`)]);
-    nc = await connect({ servers: s.natsUrl });
+    nc = await natsConnect(s.natsReaderUrl);
     watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
     receiver = await startReceiverProcess({
       DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,

@@ -4,10 +4,10 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { EventWatcher } from './events.ts';
 import { trustFile, type TestKey } from './keys.ts';
-import { stack } from './stack.ts';
+import { natsConnect, stack } from './stack.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 const FERRY = join(ROOT, 'bin/ferry.js');
@@ -115,7 +115,7 @@ export interface WatchedReceiver {
  */
 export async function startWatchedReceiver(hostId: string, trust: string | TestKey, extraEnv: Record<string, string> = {}): Promise<WatchedReceiver> {
   const s = stack();
-  const nc = await connect({ servers: s.natsUrl });
+  const nc = await natsConnect(s.natsReaderUrl);
   const watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
   const receiver = await startReceiverProcess({
     DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: typeof trust === 'string' ? trust : trustFile(trust), FERRY_NATS_URL: s.natsUrl,

@@ -1,7 +1,13 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import Dockerode from 'dockerode';
 import { ImageStore, createDockerClient } from '@ferry/docker';
+import { natsConnectTarget } from '@ferry/events';
+import { connect, type ConnectionOptions, type NatsConnection } from 'nats';
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '../..');
 
 /**
  * Where the local stack (deploy/local-stack.sh) put the real parts the integration and e2e tests
@@ -10,14 +16,21 @@ import { ImageStore, createDockerClient } from '@ferry/docker';
 export interface Stack {
   buildDockerHost: string;
   targetDockerHost: string;
+  /** As NATS's publisher user: what receivers, senders and `ferry push` are given. */
   natsUrl: string;
+  /** As NATS's reader user: reads the stream and subscribes to events, publishes nothing. */
+  natsReaderUrl: string;
+  /** As NATS's registry user: a publisher that also keeps a durable consumer. */
+  natsRegistryUrl: string;
+  /** As NATS's admin user: everything, for tests that reach behind Ferry's back. */
+  natsAdminUrl: string;
   redisUrl: string;
 }
 
 export function stack(): Stack {
-  const fromFile = readStackEnv();
+  let fromFile: Record<string, string> | undefined;
   const pick = (name: string): string => {
-    const value = process.env[name] ?? fromFile[name];
+    const value = process.env[name] ?? (fromFile ??= readStackEnv())[name];
     if (!value) throw new Error(`${name} is not set: start the stack with "bash deploy/local-stack.sh up" or run "npm test"`);
     return value;
   };
@@ -25,8 +38,19 @@ export function stack(): Stack {
     buildDockerHost: pick('FERRY_BUILD_DOCKER_HOST'),
     targetDockerHost: pick('FERRY_TARGET_DOCKER_HOST'),
     natsUrl: pick('FERRY_NATS_URL'),
+    natsReaderUrl: pick('FERRY_NATS_READER_URL'),
+    natsRegistryUrl: pick('FERRY_NATS_REGISTRY_URL'),
+    natsAdminUrl: pick('FERRY_NATS_ADMIN_URL'),
     redisUrl: pick('FERRY_REDIS_URL'),
   };
+}
+
+/**
+ * A nats.js connection to `url` with the credentials its userinfo carries (nats.js reads none from
+ * a URL); works as well for the private, unauthenticated servers of helpers/servers.ts.
+ */
+export function natsConnect(url: string, options: Partial<ConnectionOptions> = {}): Promise<NatsConnection> {
+  return connect({ ...natsConnectTarget(url), ...options });
 }
 
 /**
@@ -52,13 +76,24 @@ export function dockerodeFor(dockerHost: string): Dockerode {
   return new Dockerode({ host: url.hostname.replace(/^\[(.*)\]$/, '$1'), port: url.port ? Number(url.port) : 2375, protocol: 'http' });
 }
 
+/**
+ * stack.env, for a test run by hand (test/run.sh exports its values). Read through the same check
+ * the scripts use (deploy/lib/safe-dir.sh): the state dir must be ours alone and the file plain
+ * KEY=VALUE lines, or nothing in it is used.
+ */
 function readStackEnv(): Record<string, string> {
   const file = join(process.env.FERRY_STACK_DIR ?? '/tmp/ferry-stack', 'stack.env');
   if (!existsSync(file)) return {};
+  let lines: string;
+  try {
+    lines = execFileSync('bash', ['-c', '. deploy/lib/safe-dir.sh && ferry_env_lines "$1"', 'stack', file], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    throw new Error(`${file} is not safe to read: ${String((err as { stderr?: unknown }).stderr ?? err).trim()}`, { cause: err });
+  }
   const values: Record<string, string> = {};
-  for (const line of readFileSync(file, 'utf8').split('\n')) {
-    const match = /^(?:export\s+)?([A-Z_][A-Z0-9_]*)=["']?(.*?)["']?$/.exec(line.trim());
-    if (match?.[1] && match[2] !== undefined) values[match[1]] = match[2];
+  for (const line of lines.split('\n')) {
+    const at = line.indexOf('=');
+    if (at > 0) values[line.slice(0, at)] = line.slice(at + 1);
   }
   return values;
 }

@@ -164,7 +164,7 @@ describe('ferry status, rollback and events --follow', { timeout: 600_000 }, () 
 
   test('ferry events --follow --service prints a deployment live and ends cleanly on SIGINT', async () => {
     const child = spawn(process.execPath, [join(ROOT, 'bin/ferry.js'), 'events', '--follow', '--service', followed, '--host', hostId], {
-      env: { ...process.env, FERRY_NATS_URL: s.natsUrl }, stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, FERRY_NATS_URL: s.natsReaderUrl }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
