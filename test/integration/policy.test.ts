@@ -10,7 +10,7 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { NullSink } from '@ferry/events';
 import { createLogger } from '@ferry/log';
@@ -19,7 +19,7 @@ import { push } from '@ferry/sender';
 import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { EventWatcher } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
-import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -69,7 +69,7 @@ describe('receiver policy against a real receiver, engine and NATS', { timeout: 
     ]);
     assert.notEqual(okId, denyId);
     await build.getImage(denyId).tag({ repo: `evil-${run}/app`, tag: '1' });
-    nc = await connect({ servers: s.natsUrl });
+    nc = await natsConnect(s.natsReaderUrl);
     watcher = new EventWatcher(nc, `ferry.events.*.${service}.>`);
     const env = { DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_NATS_URL: s.natsUrl };
     [receiver, strict] = await Promise.all([

@@ -14,14 +14,14 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { connect, type NatsConnection } from 'nats';
+import type { NatsConnection } from 'nats';
 import { SignedClient, signRequest } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
 import { FerryError } from '@ferry/protocol';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { EventWatcher } from '../helpers/events.ts';
 import { ROOT, buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
-import { dockerodeFor, stack } from '../helpers/stack.ts';
+import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
@@ -119,7 +119,7 @@ describe('sender service', { timeout: 600_000 }, () => {
   let watcher: EventWatcher;
 
   before(async () => {
-    nc = await connect({ servers: s.natsUrl });
+    nc = await natsConnect(s.natsReaderUrl);
     // Build events name the sender service as their host, transfer events the receiver: both are watched.
     watcher = new EventWatcher(nc, 'ferry.events.>');
     await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
