@@ -2,8 +2,9 @@
  * `ferry sender`, the sender service, as real processes over real signed HTTP: a deployment
  * document POSTed to it is built/packaged on the stack's build engine and deployed by a real
  * `ferry receiver` on its target engine; refusals (bad signature, invalid document, unknown id)
- * carry their codes; job records survive a restart, and a job cut off by SIGKILL is answered as
- * failed with FERRY_ERR_SENDER_INTERRUPTED once the service is back.
+ * carry their codes; a caller's grants must cover every service of a document; job records survive
+ * a restart, and a job cut off by SIGKILL is answered as failed with FERRY_ERR_SENDER_INTERRUPTED
+ * once the service is back.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -22,11 +23,16 @@ import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { EventWatcher } from '../helpers/events.ts';
 import { ROOT, buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
+import { keyEnv, testKey, trustFile, type TestKey } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const rxKey = { keyId: `ss-rx-${run}`, secret: randomBytes(24).toString('base64url') };
-const caller = { keyId: `ss-ci-${run}`, secret: randomBytes(24).toString('base64url') };
+/** The sender service's own key: the receiver trusts it. */
+const rxKey = testKey(`ss-rx-${run}`);
+/** Calls the sender service, granted everything. */
+const caller = testKey(`ss-ci-${run}`);
+/** Calls it too, granted the services named `only-*` alone. */
+const narrow = testKey(`ss-narrow-${run}`);
 const repo = `ferry-ss-${run}`;
 const target = dockerodeFor(s.targetDockerHost);
 const services: string[] = [];
@@ -53,7 +59,7 @@ async function startSender(dataDir: string): Promise<SenderProcess> {
   const child = spawn(process.execPath, [join(ROOT, 'bin/ferry.js'), 'sender'], {
     env: {
       ...env, FERRY_LISTEN: `127.0.0.1:${await freePort()}`, FERRY_HOST_ID: `ss-${run}`, FERRY_DATA_DIR: dataDir,
-      FERRY_KEYS: `${caller.keyId}:${caller.secret}`, FERRY_KEY_ID: rxKey.keyId, FERRY_KEY: rxKey.secret,
+      FERRY_TRUST_FILE: trustFile([caller, { key: narrow, services: ['only-*'] }]), ...keyEnv(rxKey),
       DOCKER_HOST: s.buildDockerHost, FERRY_NATS_URL: s.natsUrl, FERRY_REDIS_URL: s.redisUrl,
       // Packages are spooled there: what a SIGKILLed sender leaves goes with the data dir.
       TMPDIR: dataDir,
@@ -82,8 +88,8 @@ async function startSender(dataDir: string): Promise<SenderProcess> {
   };
 }
 
-function client(url: string, credentials = caller): SignedClient {
-  return new SignedClient({ url, credentials, peer: 'sender', unreachable: 'FERRY_ERR_RECEIVER_UNREACHABLE' });
+function client(url: string, credentials: TestKey = caller): SignedClient {
+  return new SignedClient({ url, credentials, peer: 'sender', unreachable: 'FERRY_ERR_SENDER_UNREACHABLE', learn: 'healthz' });
 }
 
 /** Polls until the job has left queued/running; a hang fails by the suite's timeout. */
@@ -123,7 +129,7 @@ describe('sender service', { timeout: 600_000 }, () => {
     // Build events name the sender service as their host, transfer events the receiver: both are watched.
     watcher = new EventWatcher(nc, 'ferry.events.>');
     await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
-    rx = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${rxKey.keyId}:${rxKey.secret}`, FERRY_HOST_ID: `ssrx-${run}` });
+    rx = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(rxKey), FERRY_HOST_ID: `ssrx-${run}` });
     dataDir = await mkdtemp(join(tmpdir(), 'ferry-ss-'));
     await mkdir(join(dataDir, 'ctx'));
     await writeFile(join(dataDir, 'ctx', 'Dockerfile'), `FROM ${repo}:1\nCOPY hello.txt /www/hello.txt\n`);
@@ -186,7 +192,7 @@ describe('sender service', { timeout: 600_000 }, () => {
   });
 
   test('refusals: bad signature 401, invalid document 400 naming the field, unknown id 404, a swapped body 422', async () => {
-    const forged = await refusal(client(sender.url, { keyId: caller.keyId, secret: randomBytes(24).toString('base64url') }).request('GET', '/v1/deployments/anything'));
+    const forged = await refusal(client(sender.url, testKey(caller.keyId)).request('GET', '/v1/deployments/anything'));
     assert.deepEqual([forged.code, forged.status], ['FERRY_ERR_BAD_SIGNATURE', 401]);
 
     const api = client(sender.url);
@@ -203,13 +209,30 @@ describe('sender service', { timeout: 600_000 }, () => {
 
     // A body other than the one signed: the signature holds, the digest does not.
     const signed = JSON.stringify({ version: 1, services: {} });
-    const headers = signRequest({ method: 'POST', path: '/v1/deployments', contentDigest: digestOf(signed), audience: `ss-${run}`, ...caller });
+    const headers = signRequest({ method: 'POST', path: '/v1/deployments', contentDigest: digestOf(signed), audience: `ss-${run}`, keyId: caller.keyId, privateKey: caller.privateKey });
     const swapped = await fetch(`${sender.url}/v1/deployments`, {
       method: 'POST', headers: { ...headers, 'content-type': 'application/json' },
       body: JSON.stringify({ version: 1, services: { [`evil-${run}`]: { image: `${repo}:1`, targets: [rx.url] } } }),
     });
     assert.equal(swapped.status, 422);
     assert.equal((await swapped.json() as { error: { code: string } }).error.code, 'FERRY_ERR_BODY_DIGEST_MISMATCH');
+  });
+
+  test('a caller whose grants do not cover every service of the document is refused 403, and no job is made', async () => {
+    const api = client(sender.url, narrow);
+    const id = `narrow-${run}`;
+    const document = {
+      version: 1, id, services: {
+        [`only-${run}`]: { image: `${repo}:1`, targets: [rx.url], network: 'none' },
+        // Built on the sender's engine from a path of the sender's host: the grant does not reach it.
+        [`other-${run}`]: { image: `${repo}-other:1`, build: { context: join(dataDir, 'ctx') }, targets: [rx.url], network: 'none' },
+      },
+    };
+    const refused = await refusal(api.request('POST', '/v1/deployments', document));
+    assert.deepEqual([refused.code, refused.status, refused.details?.service], ['FERRY_ERR_NOT_GRANTED', 403, `other-${run}`]);
+    const missing = await refusal(client(sender.url).request('GET', `/v1/deployments/${id}`));
+    assert.equal(missing.code, 'FERRY_ERR_NOT_FOUND', 'no job was made');
+    await assert.rejects(dockerodeFor(s.buildDockerHost).getImage(`${repo}-other:1`).inspect(), { statusCode: 404 }, 'nothing was built');
   });
 
   test('after a restart GET still answers; a job cut off by SIGKILL is failed with FERRY_ERR_SENDER_INTERRUPTED', async () => {
@@ -237,7 +260,7 @@ describe('sender service', { timeout: 600_000 }, () => {
 
   test('bad input answers a typed 4xx and creates no job', async () => {
     const send = async (method: string, path: string, text: string, type = 'application/json'): Promise<[number, string]> => {
-      const headers = { ...signRequest({ method, path, contentDigest: digestOf(text), audience: `ss-${run}`, ...caller }), 'content-type': type };
+      const headers = { ...signRequest({ method, path, contentDigest: digestOf(text), audience: `ss-${run}`, keyId: caller.keyId, privateKey: caller.privateKey }), 'content-type': type };
       const response = await fetch(`${sender.url}${path}`, { method, headers, ...(method === 'GET' ? {} : { body: text }) });
       return [response.status, (await response.json() as { error: { code: string } }).error.code];
     };
