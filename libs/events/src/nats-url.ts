@@ -43,7 +43,8 @@ export function natsConnectTarget(url: string): NatsConnectTarget {
     }
     // nats://secret@host is a token, as in the NATS command line tools and the Go client.
     const found = userinfo.includes(':') ? { user, pass } : { token: user };
-    if (credentials && (credentials.user !== found.user || credentials.pass !== found.pass || credentials.token !== found.token)) {
+    // Both sides come from the operator's own setting: no caller learns anything from the timing.
+    if (credentials && !sameCredentials(credentials, found)) {
       throw new FerryError('FERRY_ERR_CONFIG', { message: `FERRY_NATS_URL: the servers in ${redactNatsUrl(url)} carry different credentials` });
     }
     credentials = found;
@@ -61,4 +62,8 @@ export function redactNatsUrl(url: string): string {
     const colon = userinfo.indexOf(':');
     return `${scheme}${colon === -1 ? '***' : `${userinfo.slice(0, colon)}:***`}@`;
   })).join(',');
+}
+
+function sameCredentials(a: { user?: string; pass?: string; token?: string }, b: { user?: string; pass?: string; token?: string }): boolean {
+  return JSON.stringify([a.user, a.pass, a.token]) === JSON.stringify([b.user, b.pass, b.token]);
 }
