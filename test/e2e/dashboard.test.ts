@@ -14,12 +14,17 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
+import { RegistryClient } from '@ferry/auth';
 import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { id: `dash-${run}`, secret: randomBytes(24).toString('base64url') };
+/** Deploys (ferry push); the receiver trusts it. */
+const key = testKey(`dash-${run}`);
+/** Asks the registry for the receiver's join token. */
+const admin = testKey(`dash-admin-${run}`);
 const token = randomBytes(24).toString('base64url');
 const registryId = `registry-${run}`;
 const hostId = `dash-${run}`;
@@ -80,11 +85,13 @@ describe('the registry dashboard in a real browser', { timeout: 600_000 }, () =>
     port = await freePort();
     await buildTestImage(s.buildDockerHost, image, `dash-${run}`);
     registry = await startRegistryProcess({
-      FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_HOST_ID: registryId, FERRY_NATS_URL: s.natsRegistryUrl, FERRY_DASHBOARD_TOKEN: token,
+      FERRY_TRUST_FILE: trustFile([{ key: admin, role: 'admin' }, key]), FERRY_HOST_ID: registryId, FERRY_NATS_URL: s.natsRegistryUrl, FERRY_DASHBOARD_TOKEN: token,
     });
+    // The receiver enrolls its host key with a join token; its events count once they are signed by it.
+    const { token: joinToken } = await new RegistryClient(registry.url, admin).joinToken({ host: hostId });
     receiver = await startReceiverProcess({
-      DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.id}:${key.secret}`, FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
-      FERRY_REGISTRY_URL: registry.url, FERRY_KEY_ID: key.id, FERRY_KEY: key.secret, FERRY_LABELS: `env=e2e,run=${run}`,
+      DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
+      FERRY_REGISTRY_URL: registry.url, FERRY_JOIN_TOKEN: joinToken, FERRY_LABELS: `env=e2e,run=${run}`,
       FERRY_HEARTBEAT_SECONDS: '1',
     });
     browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--no-sandbox', '--headless=new'] });
@@ -137,7 +144,7 @@ describe('the registry dashboard in a real browser', { timeout: 600_000 }, () =>
     const result = await runFerry([
       'push', image, '--to', receiver.url, '--name', service, '--network', 'host', '--env', `PORT=${port}`,
       '--health', `http://127.0.0.1:${port}/healthz`, '--json',
-    ], { DOCKER_HOST: s.buildDockerHost, FERRY_KEY_ID: key.id, FERRY_KEY: key.secret, FERRY_NATS_URL: s.natsUrl, FERRY_REGISTRY_URL: registry.url });
+    ], { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key), FERRY_NATS_URL: s.natsUrl, FERRY_REGISTRY_URL: registry.url });
     assert.equal(result.code, 0, result.stderr + result.stdout);
     const { deploymentId } = JSON.parse(result.stdout) as { deploymentId: string };
 

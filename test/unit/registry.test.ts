@@ -236,6 +236,35 @@ describe('registry enrollment', () => {
     assert.deepEqual(registry.hostKeysAt('h1', clock.now).map((k) => publicKeyText(k)), [pub(second)]);
   });
 
+  it('a host key the trust file revokes vouches for no event, and its host is asked for no correction', async () => {
+    const revoked = new Set<string>();
+    const asked: string[] = [];
+    const clock = { now: Date.parse('2026-01-01T00:00:00Z') };
+    const registry = new Registry({
+      store: new MemoryStore(), events: new RecordingSink(), logger: silent, registryId: 'reg', ttlSeconds: 30, driftMode: 'correct', driftIgnore: [],
+      isRevoked: (scope) => revoked.has(scope.fingerprint), now: () => clock.now,
+      corrector: (target) => { asked.push(target.host); return Promise.resolve({}); },
+    });
+    const bad = enroll(registry, 'h1');
+    enroll(registry, 'h2');
+    assert.equal(registry.hostKeysAt('h1', clock.now).length, 1);
+    revoked.add(bad.fingerprint);
+    assert.deepEqual(registry.hostKeysAt('h1', clock.now), []);
+    assert.equal(registry.hostKeysAt('h2', clock.now).length, 1);
+    const { recordedAt: _r, ...input } = desired;
+    const stopped = [{ service: 'web', imageId: IMAGE_A, configHash: 'sha256:c1', state: 'exited' }];
+    for (const id of ['h1', 'h2']) {
+      registry.putDesired(id, 'web', input, 'ops');
+      registry.heartbeat(id, stopped);
+    }
+    clock.now += registry.heartbeatSeconds * 1000;
+    for (const id of ['h1', 'h2']) registry.heartbeat(id, stopped);
+    await Promise.resolve();
+    assert.deepEqual(asked, ['h2']);
+    const refused = registry.services({ host: 'h1' })[0]?.drift?.correction;
+    assert.deepEqual([refused?.outcome, refused?.error?.code], ['failed', 'FERRY_ERR_HOST_UNKNOWN']);
+  });
+
   it('holds the labels a token pinned, and refuses registrations past FERRY_MAX_HOSTS', () => {
     const { registry } = make();
     enroll(registry, 'h1', { labels: { env: 'prod' } });

@@ -70,12 +70,23 @@ export interface DriftReason {
   actual: unknown;
 }
 
+/** The registry's reconcile request to a drifted host (correct mode), once per drift episode. */
+export interface DriftCorrection {
+  requestId: string;
+  requestedAt: string;
+  outcome: 'pending' | 'accepted' | 'failed';
+  /** The host's answer when it reconciled. */
+  response?: unknown;
+  /** Why not, e.g. FERRY_ERR_NOT_RECONCILABLE. */
+  error?: { code: string; message: string };
+}
+
 export interface ServiceState {
   host: string;
   service: string;
   desired: (Partial<DesiredRecord> & Record<string, unknown>) | null;
   actual: (Partial<ActualReport> & Record<string, unknown>) | null;
-  drift: { reasons: DriftReason[]; since: string; mode: string } | null;
+  drift: { reasons: DriftReason[]; since: string; mode: string; correction?: DriftCorrection } | null;
   lastDeployment: Record<string, unknown> | null;
 }
 

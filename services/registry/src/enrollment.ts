@@ -78,7 +78,7 @@ export class Enrollments {
   readonly #enrolled = new Map<string, Enrollment>();
   readonly #tokens = new Map<string, JoinTokenRecord>();
   /** Parsed scopes and keys by host id, made again when the enrollment changes. */
-  readonly #scopes = new Map<string, { scope: Scope; keys: { key: KeyObject; replacedAt: number | undefined }[] }>();
+  readonly #scopes = new Map<string, { scope: Scope; keys: { scope: Scope; replacedAt: number | undefined }[] }>();
 
   constructor(options: { store: RegistryStore; log: Logger; now: () => number; maxHosts: number }) {
     this.#store = options.store;
@@ -187,8 +187,10 @@ export class Enrollments {
    * The keys whose signature on an event about `host` that reached the stream at `arrivalMs` is
    * believed: the current key, and a replaced one for what arrived before it was replaced.
    */
-  keysAt(host: string, arrivalMs: number): KeyObject[] {
-    return (this.#parsed(host)?.keys ?? []).filter((k) => k.replacedAt === undefined || arrivalMs < k.replacedAt).map((k) => k.key);
+  keysAt(host: string, arrivalMs: number, isRevoked: (scope: Scope) => boolean = () => false): KeyObject[] {
+    return (this.#parsed(host)?.keys ?? [])
+      .filter((k) => (k.replacedAt === undefined || arrivalMs < k.replacedAt) && !isRevoked(k.scope))
+      .map((k) => k.scope.publicKey);
   }
 
   /**
@@ -240,15 +242,16 @@ export class Enrollments {
     this.#store.set('enrollments', enrollment.host, enrollment);
   }
 
-  #parsed(host: string): { scope: Scope; keys: { key: KeyObject; replacedAt: number | undefined }[] } | undefined {
+  #parsed(host: string): { scope: Scope; keys: { scope: Scope; replacedAt: number | undefined }[] } | undefined {
     const cached = this.#scopes.get(host);
     if (cached) return cached;
     const enrollment = this.#enrolled.get(host);
     if (!enrollment) return undefined;
-    const scope = toScope({ keyId: hostKeyId(host), publicKey: enrollment.publicKey, role: 'host', services: ['*'], hosts: [host], graceSeconds: 0 }, {}, `enrollment of ${host}`);
+    const scopeOf = (publicKey: string): Scope => toScope({ keyId: hostKeyId(host), publicKey, role: 'host', services: ['*'], hosts: [host], graceSeconds: 0 }, {}, `enrollment of ${host}`);
+    const scope = scopeOf(enrollment.publicKey);
     const keys = [
-      { key: scope.publicKey, replacedAt: undefined },
-      ...enrollment.previous.map((p) => ({ key: parsePublicKey(p.publicKey, `enrollment of ${host}`), replacedAt: Date.parse(p.replacedAt) })),
+      { scope, replacedAt: undefined },
+      ...enrollment.previous.map((p) => ({ scope: scopeOf(p.publicKey), replacedAt: Date.parse(p.replacedAt) })),
     ];
     const parsed = { scope, keys };
     this.#scopes.set(host, parsed);

@@ -66,7 +66,11 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
     // Enrolled host keys and open join tokens outlive a restart even without Redis.
     store = new MemoryStore({ file: join(config.dataDir, 'registry-keys.json'), log });
   }
+  // The trust store is made below, once the registry can lend it the enrolled keys; the registry
+  // asks it about revocations from then on.
+  const revocations: { trust?: TrustStore } = {};
   const registry = new Registry({
+    isRevoked: (scope) => revocations.trust?.isRevoked(scope) ?? false,
     store, events, logger: log, registryId: config.hostId, ttlSeconds: config.hostTtlSeconds,
     driftMode: config.driftMode, driftIgnore: config.driftIgnore, maxHosts: config.maxHosts,
     ...(config.driftMode === 'correct' && config.credentials ? { corrector: receiverCorrector(config.credentials) } : {}),
@@ -84,6 +88,7 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   const startedAt = Math.ceil(Date.now() / 1000);
   // The trust file's keys, and each enrolled host's key as a `host` key of that host alone.
   const trust = new TrustStore({ file: config.trustFile, extraKeys: (keyId) => registry.hostScope(keyId) });
+  revocations.trust = trust;
   const verifier = new RequestVerifier({ trust, nonces, audience: config.hostId, startedAt });
   const enrollment = new EnrollmentProof({ nonces, audience: config.hostId, startedAt });
   const makeDashboard = options.dashboard ?? ((view, c) => dashboardRouter({

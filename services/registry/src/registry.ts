@@ -53,6 +53,11 @@ export interface RegistryOptions {
   corrector?: Corrector;
   /** Registered (and enrolled) hosts it takes at most; default {@link DEFAULT_MAX_HOSTS}. */
   maxHosts?: number;
+  /**
+   * Whether the trust file revokes an enrolled host key (TrustStore.isRevoked): such a key signs
+   * no event the registry believes, and its host is asked nothing.
+   */
+  isRevoked?: (scope: Scope) => boolean;
   now?: () => number;
 }
 
@@ -74,6 +79,7 @@ export class Registry implements RegistryView {
   readonly #corrector: Corrector | undefined;
   readonly #now: () => number;
   readonly #maxHosts: number;
+  readonly #isRevoked: (scope: Scope) => boolean;
   readonly #listeners = new Set<(change: RegistryChange) => void>();
   readonly #enrollments: Enrollments;
 
@@ -99,6 +105,7 @@ export class Registry implements RegistryView {
     this.#corrector = options.corrector;
     this.#now = options.now ?? Date.now;
     this.#maxHosts = options.maxHosts ?? DEFAULT_MAX_HOSTS;
+    this.#isRevoked = options.isRevoked ?? (() => false);
     this.#enrollments = new Enrollments({ store: options.store, log: options.logger, now: () => this.#now(), maxHosts: this.#maxHosts });
     options.store.onRecovered(() => void this.resync());
   }
@@ -171,7 +178,7 @@ export class Registry implements RegistryView {
 
   /** The keys a signed event about `host` that reached the stream at `arrivalMs` may be signed with. */
   hostKeysAt(host: string, arrivalMs: number): KeyObject[] {
-    return this.#enrollments.keysAt(host, arrivalMs);
+    return this.#enrollments.keysAt(host, arrivalMs, this.#isRevoked);
   }
 
   /** A host's id and labels as the registry knows them (none for a host it does not know), for grants' host selectors. */
@@ -456,9 +463,10 @@ export class Registry implements RegistryView {
     this.#store.set('drift', key, drift);
     const record = this.#hosts.get(host);
     const enrollment = this.#enrollments.get(host);
-    const asked = record && record.status === 'online' && enrollment
+    const scope = this.#enrollments.scopeFor(`host.${host}`);
+    const asked = record && record.status === 'online' && enrollment && scope && !this.#isRevoked(scope)
       ? this.#corrector({ host, url: record.url, hostKey: enrollment.fingerprint }, service, correction.requestId)
-      : Promise.reject(new FerryError('FERRY_ERR_HOST_UNKNOWN', { message: `Host ${host} is not an online, enrolled host: there is nobody to ask`, details: { host } }));
+      : Promise.reject(new FerryError('FERRY_ERR_HOST_UNKNOWN', { message: `Host ${host} is not an online host with an enrolled, unrevoked key: there is nobody to ask`, details: { host } }));
     this.#log.info({ host, service, requestId: correction.requestId }, 'asking the host to reconcile a drifted service');
     void asked.then(
       (response) => {
