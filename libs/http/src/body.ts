@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Request, Response } from 'express';
 import { digestOf } from '@ferry/integrity';
-import { FerryError, HEADERS } from '@ferry/protocol';
+import { FerryError, HEADERS, prototypeKeyPaths } from '@ferry/protocol';
 import type { AuthLocals } from './signature.ts';
 
 export interface SignedJsonOptions {
@@ -14,6 +14,7 @@ export interface SignedJsonOptions {
 /**
  * Reads a small JSON body of a signed request whole, and checks that it is the body the signature
  * covers (the signature covers the digest, the digest covers the bytes) before anything parses it.
+ * A key `__proto__` anywhere in it is refused (400 FERRY_ERR_BAD_REQUEST).
  */
 export async function readSignedJson(req: Request, res: Response, options: SignedJsonOptions): Promise<unknown> {
   const raw = await readBody(req, options.maxBytes, 'The body');
@@ -25,11 +26,18 @@ export async function readSignedJson(req: Request, res: Response, options: Signe
   if (empty === 'only') throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'This request takes no body' });
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
   if (type !== 'application/json') throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'Send the body as Content-Type: application/json' });
+  let body: unknown;
   try {
-    return JSON.parse(raw.toString('utf8')) as unknown;
+    body = JSON.parse(raw.toString('utf8'));
   } catch (err) {
     throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The body is not JSON: ${(err as Error).message}`, cause: err });
   }
+  // Schemas drop such a key in silence (a label sent would not be stored): refused instead.
+  const refused = prototypeKeyPaths(body).map((path) => path.join('.').slice(0, 200));
+  if (refused.length > 0) {
+    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `"__proto__" is not allowed as a name (${refused.join(', ')})`, details: { paths: refused } });
+  }
+  return body;
 }
 
 /**

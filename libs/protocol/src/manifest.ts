@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { DIGEST_PATTERN, IMAGE_ID_PATTERN, SERVICE_NAME_PATTERN } from './wire.ts';
+import { DIGEST_PATTERN, IMAGE_ID_PATTERN, SERVICE_NAME_PATTERN, prototypeKeyPaths } from './wire.ts';
 
 export const COMPRESSIONS = ['zstd', 'gzip', 'none'] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
@@ -236,10 +236,12 @@ export type ManifestInput = z.input<typeof ManifestSchema>;
 export type ManifestResult = { ok: true; manifest: Manifest } | { ok: false; problems: string[] };
 
 export function parseManifest(value: unknown): ManifestResult {
+  // The schema would drop such a key without a word: an env variable asked for would be missing.
+  const refused = prototypeKeyPaths(value).map((path) => `${path.join('.').slice(0, 200)}: "__proto__" is not allowed as a name`);
   const result = ManifestSchema.safeParse(value);
-  if (result.success) return { ok: true, manifest: result.data };
+  if (result.success && refused.length === 0) return { ok: true, manifest: result.data };
   return {
     ok: false,
-    problems: result.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`),
+    problems: [...refused, ...(result.success ? [] : result.error.issues.map((issue) => `${issue.path.join('.') || '(root)'}: ${issue.message}`))],
   };
 }

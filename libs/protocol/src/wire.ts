@@ -66,3 +66,32 @@ export const STREAM_MAX_PART_BYTES = 16 * 1024 ** 2;
  * image was ~180 MiB against ~135 MiB with 2 MiB, in the same time (bench/README.md).
  */
 export const STREAM_PART_BYTES = 2 * 1024 ** 2;
+
+/**
+ * Where `value` (parsed JSON or YAML) has an object key `__proto__`: the path to each, as keys
+ * (`['service', 'env', '__proto__']`), the first `limit` found. No Ferry name can be one: an
+ * ordinary JavaScript object cannot hold it as a key (assigning it replaces the object's
+ * prototype), so parsers and schemas drop it in silence. Input holding one is refused instead of
+ * quietly changed.
+ */
+export function prototypeKeyPaths(value: unknown, limit = 10): string[][] {
+  interface Step { key: string; parent: Step | undefined }
+  const pathOf = (step: Step): string[] => {
+    const keys: string[] = [];
+    for (let at: Step | undefined = step; at !== undefined; at = at.parent) keys.push(at.key);
+    return keys.reverse();
+  };
+  const found: string[][] = [];
+  // A stack of steps that point to their parent, not recursion nor copied paths: a body nested a
+  // hundred thousand levels deep takes neither the call stack nor quadratic time.
+  const pending: { value: unknown; step: Step | undefined }[] = [{ value, step: undefined }];
+  for (let next = pending.pop(); next !== undefined && found.length < limit; next = pending.pop()) {
+    if (typeof next.value !== 'object' || next.value === null) continue;
+    for (const [key, child] of Object.entries(next.value)) {
+      const step: Step = { key, parent: next.step };
+      if (key === '__proto__') found.push(pathOf(step));
+      pending.push({ value: child, step });
+    }
+  }
+  return found.slice(0, limit);
+}

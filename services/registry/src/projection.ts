@@ -25,7 +25,27 @@ export interface ProjectionData {
 }
 
 export function emptyProjection(): ProjectionData {
-  return { seen: {}, deployments: {}, history: {}, actual: {}, lastDeployment: {} };
+  return { seen: record(), deployments: record(), history: record(), actual: record(), lastDeployment: record() };
+}
+
+/**
+ * A record without a prototype. Its keys come from events (a service may be named `constructor`,
+ * an event id may be anything), so a key must only ever find its own entry, never an inherited
+ * member such as `Object.prototype.constructor`.
+ */
+export function record<T>(): Record<string, T> {
+  return Object.create(null) as Record<string, T>;
+}
+
+// Reads and writes by key that hold for a record with a prototype too (one rebuilt from a store):
+// only own entries count, and `__proto__` is written as an entry, not as the prototype.
+function own<T>(entries: Record<string, T>, key: string): T | undefined {
+  return Object.hasOwn(entries, key) ? entries[key] : undefined;
+}
+
+function put<T>(entries: Record<string, T>, key: string, value: T): T {
+  Object.defineProperty(entries, key, { value, writable: true, enumerable: true, configurable: true });
+  return value;
 }
 
 /** What one applied event changed, for the store and the live view. */
@@ -48,8 +68,8 @@ const NOT_DEPLOYMENT = new Set(['build.started', 'build.completed', 'host.regist
  * the outcome depends on `data` and the event only, never on the clock, so a replay is exact.
  */
 export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | undefined {
-  if (data.seen[event.id]) return undefined;
-  data.seen[event.id] = true;
+  if (own(data.seen, event.id)) return undefined;
+  put(data.seen, event.id, true);
   const type = event.type.slice('ferry.'.length);
   const { host, service, deploymentId, image, imageId, ...rest } = event.data as unknown as Record<string, unknown> & {
     host: string; service: string; deploymentId: string; image?: string; imageId?: string;
@@ -58,7 +78,7 @@ export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | u
     id: event.id, type, time: event.time, host, service, deploymentId,
     ...(image === undefined ? {} : { image }), ...(imageId === undefined ? {} : { imageId }), data: rest,
   };
-  const list = (data.history[service] ??= []);
+  const list = own(data.history, service) ?? put(data.history, service, []);
   list.push(entry);
   // Events of one service arrive in stream order, nearly always in time order too; sorting keeps
   // "newest first" true for a late publisher (a receiver's outbox after an outage) as well.
@@ -68,7 +88,7 @@ export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | u
   if (NOT_DEPLOYMENT.has(type) || deploymentId === '') return applied;
 
   const key = `${deploymentId}/${host}`;
-  const summary: DeploymentSummary = data.deployments[key] ?? {
+  const summary: DeploymentSummary = own(data.deployments, key) ?? {
     deploymentId, host, service, state: 'running', lastEvent: type, startedAt: event.time, updatedAt: event.time,
   };
   if (image !== undefined) summary.image = image;
@@ -88,17 +108,17 @@ export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | u
       summary.error = { code: typeof rest.code === 'string' ? rest.code : 'FERRY_ERR_INTERNAL', reason: typeof rest.reason === 'string' ? rest.reason : '' };
     }
   }
-  data.deployments[key] = summary;
+  put(data.deployments, key, summary);
   applied.deployment = { key, value: summary };
 
   const sKey = serviceKey(host, service);
-  const newest = data.lastDeployment[sKey];
-  if (newest === undefined || (data.deployments[newest]?.startedAt ?? '') <= summary.startedAt) {
-    data.lastDeployment[sKey] = key;
+  const newest = own(data.lastDeployment, sKey);
+  if (newest === undefined || (own(data.deployments, newest)?.startedAt ?? '') <= summary.startedAt) {
+    put(data.lastDeployment, sKey, key);
     applied.lastDeployment = { key: sKey, value: key };
   }
   if (type === 'deployment.completed' && summary.state === 'succeeded') {
-    const previous = data.actual[sKey];
+    const previous = own(data.actual, sKey);
     if (previous === undefined || previous.reportedAt <= event.time) {
       const actual: Actual = {
         service, state: 'running', deploymentId, source: 'events', reportedAt: event.time,
@@ -106,7 +126,7 @@ export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | u
         ...(summary.imageId === undefined ? {} : { imageId: summary.imageId }),
         ...(summary.containerId === undefined ? {} : { containerId: summary.containerId }),
       };
-      data.actual[sKey] = actual;
+      put(data.actual, sKey, actual);
       applied.actual = { key: sKey, value: actual };
     }
   }

@@ -2,6 +2,7 @@ import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeSync } f
 import { Redis } from 'ioredis';
 import type { Logger } from '@ferry/log';
 import { FerryError } from '@ferry/protocol';
+import { record } from './projection.ts';
 
 /** The collections the registry keeps; `p:*` belong to the event projection (rebuildable). */
 export const STORE_KINDS = [
@@ -48,8 +49,19 @@ export interface RegistryStore {
   close(): Promise<void>;
 }
 
+/**
+ * Collections are records without a prototype (projection.ts `record`): their keys are host ids,
+ * service names and event ids from requests and events, and each finds only its own entry.
+ */
 export function emptyStoreData(): StoreData {
-  return Object.fromEntries(STORE_KINDS.map((k) => [k, {}])) as StoreData;
+  return Object.fromEntries(STORE_KINDS.map((k) => [k, record()])) as StoreData;
+}
+
+/** `data` with collections as {@link emptyStoreData} makes them (a structured clone has prototypes). */
+function withoutPrototypes(data: StoreData): StoreData {
+  const copy = emptyStoreData();
+  for (const kind of STORE_KINDS) Object.assign(copy[kind], data[kind]);
+  return copy;
 }
 
 /** The durable kinds only, as the key file holds them. */
@@ -149,7 +161,7 @@ export class MemoryStore implements RegistryStore {
   }
 
   load(): Promise<StoreData> {
-    return Promise.resolve(structuredClone(this.#data));
+    return Promise.resolve(withoutPrototypes(structuredClone(this.#data)));
   }
 
   durable(): DurableData {
@@ -167,7 +179,7 @@ export class MemoryStore implements RegistryStore {
   }
 
   replace(kinds: readonly StoreKind[], data: Partial<StoreData>): Promise<void> {
-    for (const kind of kinds) this.#data[kind] = structuredClone(data[kind] ?? {});
+    for (const kind of kinds) this.#data[kind] = Object.assign(record(), structuredClone(data[kind] ?? {}));
     this.#keys?.replace(kinds, data);
     return Promise.resolve();
   }

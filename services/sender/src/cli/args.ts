@@ -22,6 +22,8 @@ export function parseEnvPairs(pairs: string[] | undefined): Record<string, strin
   for (const pair of pairs ?? []) {
     const eq = pair.indexOf('=');
     if (eq <= 0) throw new FerryError('FERRY_ERR_USAGE', { message: `--env ${pair.split('=')[0]}: expected KEY=VALUE` });
+    // As a key it would replace the object's prototype, and the variable would be lost in silence.
+    if (pair.slice(0, eq) === '__proto__') throw new FerryError('FERRY_ERR_USAGE', { message: '--env __proto__: not allowed as a name' });
     env[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
   return env;
@@ -146,6 +148,7 @@ export function parseLabels(pairs: string[]): Record<string, string> {
     const eq = pair.indexOf('=');
     const key = eq < 0 ? pair : pair.slice(0, eq);
     if (key === '') throw usage(`--label ${pair}: expected KEY=VALUE`);
+    if (key === '__proto__') throw usage('--label __proto__: not allowed as a name');
     labels[key] = eq < 0 ? '' : pair.slice(eq + 1);
   }
   return labels;

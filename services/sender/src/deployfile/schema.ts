@@ -1,7 +1,7 @@
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { parseLabels } from '@ferry/auth';
-import { IMAGE_REF_PATTERN, SERVICE_NAME_PATTERN, ServiceSpecSchema, type ServiceSpec } from '@ferry/protocol';
+import { IMAGE_REF_PATTERN, SERVICE_NAME_PATTERN, ServiceSpecSchema, prototypeKeyPaths, type ServiceSpec } from '@ferry/protocol';
 import { closest, type PathSegment } from './problems.ts';
 
 /** A problem before it is placed in a file: the path is kept as segments to find its YAML node. */
@@ -108,7 +108,8 @@ export type ValidationResult = { ok: true; document: DeploymentDocument } | { ok
  * reported, each with its field path.
  */
 export function validateDeployment(value: unknown, options: ValidateOptions = {}): ValidationResult {
-  const problems: RawProblem[] = [];
+  // Parsed as an own key, it would be dropped below without a word (a service or env variable missing).
+  const problems: RawProblem[] = prototypeKeyPaths(value).map((path) => ({ path, atKey: true, message: '"__proto__" is not allowed as a name' }));
   const normalized = normalizeDocument(value, options, problems);
   const result = DeploymentDocumentSchema.safeParse(normalized);
   if (!result.success) {
@@ -132,7 +133,7 @@ function fromIssue(issue: z.core.$ZodIssue): RawProblem[] {
   if (issue.code === 'unrecognized_keys') {
     const known = knownKeysAt(path);
     return issue.keys.map((key) => {
-      const hint = HINTS[key] ?? closest(key, known) ?? HINTS[closest(key, Object.keys(HINTS)) ?? ''];
+      const hint = (Object.hasOwn(HINTS, key) ? HINTS[key] : undefined) ?? closest(key, known) ?? HINTS[closest(key, Object.keys(HINTS)) ?? ''];
       return { path: [...path, key], atKey: true, message: `unknown field${hint ? ` (did you mean ${hint}?)` : ''}; known: ${known.join(', ')}` };
     });
   }
@@ -205,7 +206,7 @@ function pairsToRecord(items: unknown[], at: PathSegment[], problems: RawProblem
   items.forEach((item, index) => {
     const eq = typeof item === 'string' ? item.indexOf('=') : -1;
     if (typeof item === 'string' && eq < 0 && passThrough && ENV_NAME.test(item)) {
-      const value = passThrough[item];
+      const value = Object.hasOwn(passThrough, item) ? passThrough[item] : undefined;
       if (value === undefined) problems.push({ path: [...at, index], message: `${item} is not set in the environment (write ${item}=VALUE)` });
       else out[item] = value.replaceAll('$', '$$$$');
       return;
@@ -226,7 +227,8 @@ function substitute(value: string, env: Record<string, string | undefined>, at: 
   return value.replace(VARIABLE, (match, braced: string | undefined, operator: string | undefined, fallback: string | undefined, bare: string | undefined) => {
     if (match === '$$') return '$';
     const name = braced ?? bare ?? '';
-    const found = env[name];
+    // Only the environment's own variables: `${constructor}` is not Object.prototype.constructor.
+    const found = Object.hasOwn(env, name) ? env[name] : undefined;
     if (operator === ':-' && (found === undefined || found === '')) return fallback ?? '';
     if (operator === '-' && found === undefined) return fallback ?? '';
     if (found === undefined) {
