@@ -20,10 +20,11 @@ import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } 
 import { EventWatcher } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
+import { testKey, trustFile } from '../helpers/keys.ts';
 
 const run = randomBytes(4).toString('hex');
 const s = stack();
-const key = { keyId: `pol-${run}`, secret: randomBytes(24).toString('base64url') };
+const key = testKey(`pol-${run}`);
 const hostId = `pol-${run}`;
 const strictHostId = `pol-strict-${run}`;
 const service = `pol-${run}`;
@@ -71,7 +72,7 @@ describe('receiver policy against a real receiver, engine and NATS', { timeout: 
     await build.getImage(denyId).tag({ repo: `evil-${run}/app`, tag: '1' });
     nc = await natsConnect(s.natsReaderUrl);
     watcher = new EventWatcher(nc, `ferry.events.*.${service}.>`);
-    const env = { DOCKER_HOST: s.targetDockerHost, FERRY_KEYS: `${key.keyId}:${key.secret}`, FERRY_NATS_URL: s.natsUrl };
+    const env = { DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_NATS_URL: s.natsUrl };
     [receiver, strict] = await Promise.all([
       startReceiverProcess({ ...env, FERRY_HOST_ID: hostId, FERRY_POLICY_FILE: policyFile }),
       startReceiverProcess({ ...env, FERRY_HOST_ID: strictHostId, FERRY_POLICY_HOST_NETWORK: 'false' }),
