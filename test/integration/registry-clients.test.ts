@@ -79,7 +79,19 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     const issuing = await startRegistry(registryPort, registryDir);
     const admins = new RegistryClient(registryUrl, admin);
     const tokenA = (await admins.joinToken({ host: hostA })).token;
-    const tokenB = (await admins.joinToken({ host: hostB, labels: { suite: run, role: 'db' } })).token;
+    // B's token the way an operator gets one: "ferry hosts join-token" with an admin key; the
+    // deploy key is refused it.
+    const adminCli = { ...keyEnv(admin), FERRY_REGISTRY_URL: registryUrl };
+    const refused = await runFerry(['hosts', 'join-token', hostB, '--json'], cli);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, /FERRY_ERR_NOT_GRANTED/);
+    const issued = await runFerry(['hosts', 'join-token', hostB, '--labels', `suite=${run},role=db`, '--ttl', '600'], adminCli);
+    assert.equal(issued.code, 0, issued.stderr);
+    const tokenB = issued.stdout.trim();
+    assert.match(tokenB, /^[A-Za-z0-9_-]{22,256}$/);
+    assert.match(issued.stderr, new RegExp(`host ${hostB}, until .*not shown again`));
+    const badLabels = await runFerry(['hosts', 'join-token', hostB, '--labels', 'no-equals'], adminCli);
+    assert.equal(badLabels.code, 2, badLabels.stderr);
     await issuing.stop();
     const common = { FERRY_TRUST_FILE: trustFile(key), FERRY_REGISTRY_URL: registryUrl };
     envA = { ...common, DOCKER_HOST: s.targetDockerHost, FERRY_HOST_ID: hostA, FERRY_LABELS: `suite=${run},role=web`, FERRY_DATA_DIR: await tempDir('a'), FERRY_JOIN_TOKEN: tokenA };

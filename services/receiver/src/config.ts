@@ -48,7 +48,7 @@ const schema = z.object({
   FERRY_ADVERTISE_URL: z.url({ protocol: /^https?$/, error: 'the http(s):// URL senders reach this receiver at' }).optional(),
   FERRY_LABELS: z.string().refine((v) => parseLabels(v) !== undefined, 'KEY=VALUE[,KEY=VALUE…], keys of letters, digits, ".", "_", "/", "-"').optional(),
   FERRY_HEARTBEAT_SECONDS: wholeNumber(1, 3600).optional(),
-  FERRY_JOIN_TOKEN: z.string().regex(/^[A-Za-z0-9_-]{22,256}$/, 'the one-time token "ferry host join-token" printed').optional(),
+  FERRY_JOIN_TOKEN: z.string().regex(/^[A-Za-z0-9_-]{22,256}$/, 'the one-time token "ferry hosts join-token" printed').optional(),
 })
   .refine((v) => (v.FERRY_TLS_CERT === undefined) === (v.FERRY_TLS_KEY === undefined), { message: 'FERRY_TLS_CERT and FERRY_TLS_KEY go together: set both or neither', path: ['FERRY_TLS_CERT'] })
   .refine((v) => v.FERRY_REQUEST_TIMEOUT_MS === 0 || v.FERRY_HEADERS_TIMEOUT_MS <= v.FERRY_REQUEST_TIMEOUT_MS, { message: 'must be 0 (off) or at least FERRY_HEADERS_TIMEOUT_MS', path: ['FERRY_REQUEST_TIMEOUT_MS'] });

@@ -16,7 +16,7 @@ Commands:
   status      show a deployment, or a service's recent deployments, from a receiver's journal;
               without --to, a service's desired and actual state on every host (the registry)
   rollback    run a service's previous version again on a receiver
-  hosts       list the receivers registered with the registry (FERRY_REGISTRY_URL)
+  hosts       list the receivers registered with the registry; "hosts join-token" enrolls a new one
   drift       list services whose running container differs from what was deployed; exit 1 if any
   events      replay (or follow) deployment events from NATS JetStream
   key         "key new --id ID": make an Ed25519 key pair; "key show FILE": its public key and fingerprint
@@ -95,7 +95,7 @@ Transfer options:
 
 Progress goes to stderr: one bar per target, redrawn, on a terminal; plain lines otherwise.
 
-Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
+Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key), DOCKER_HOST (build engine),
 FERRY_NATS_URL (optional: publish the sender's events), FERRY_REGISTRY_URL (optional: resolves
 selectors and records each successful deployment as the service's desired state on that host).`;
 
@@ -113,7 +113,7 @@ Options:
   --retries N         attempts per target, with backoff (default 8)
   --json              one JSON line per service, then a summary line
 
-Environment: FERRY_KEY_ID and FERRY_KEY (the signing key), DOCKER_HOST (build engine),
+Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key), DOCKER_HOST (build engine),
 FERRY_NATS_URL (optional: events), FERRY_REGISTRY_URL (selectors, desired state). Env values in
 the file may use \${VAR}, \${VAR:-default} and $$ from this environment.`;
 
@@ -149,7 +149,7 @@ Options:
   --limit N          how many to list
   --json             print the receiver's records as JSON
 
-Environment: FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key).`;
 
 const ROLLBACK_HELP = `Usage: ferry rollback SERVICE --to URL [--json]
 
@@ -161,9 +161,10 @@ Options:
   --to URL   receiver base URL (required)
   --json     print the receiver's answer as JSON
 
-Environment: FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key).`;
 
 const HOSTS_HELP = `Usage: ferry hosts [--selector KEY=VALUE[,KEY=VALUE…]] [--status online|lost] [--json]
+       ferry hosts join-token HOST_ID [--labels K=V[,K=V…]] [--ttl SECONDS] [--replace] [--json]
 
 Lists the receivers registered with the registry: id, status (online, or lost when its heartbeats
 stopped), the URL senders reach it at, its labels, its version and when it was last heard from.
@@ -175,7 +176,15 @@ Options:
   --status online|lost   only hosts in this state
   --json                 print {"hosts": [...]} as the registry answers it
 
-Environment: FERRY_REGISTRY_URL (required), FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+"ferry hosts join-token" asks the registry (with an admin key) for a one-time token the host's
+receiver enrolls its own host key with (FERRY_JOIN_TOKEN, or deploy/bootstrap.sh --join-token).
+The token is printed once on stdout; the registry keeps only its hash.
+  --labels K=V[,K=V…]    the labels the host must register with (pinned; default: its own)
+  --ttl SECONDS          how long the token may wait to be used (default 3600, at most 7 days)
+  --replace              let an enrolled host enroll a new key in place of its old one
+
+Environment: FERRY_REGISTRY_URL (required), FERRY_KEY_ID and FERRY_KEY_FILE or FERRY_KEY (the
+signing key), FERRY_GRANT_FILE or FERRY_GRANT (its grant, when it has one).`;
 
 const DRIFT_HELP = `Usage: ferry drift [--json]
 
@@ -187,7 +196,7 @@ nothing did, so a script or a CI step can gate on it.
 Options:
   --json   print {"ok": BOOLEAN, "drift": [...]} (the registry's service states)
 
-Environment: FERRY_REGISTRY_URL (required), FERRY_KEY_ID and FERRY_KEY (the signing key).`;
+Environment: FERRY_REGISTRY_URL (required), FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key).`;
 
 const EVENTS_HELP = `Usage: ferry events [--deployment ID] [--service S] [--host H] [--follow] [--json]
 

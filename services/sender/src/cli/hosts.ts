@@ -1,12 +1,13 @@
 import { parseLabels } from '@ferry/auth';
 import { FerryError } from '@ferry/protocol';
-import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
+import { parseInteger, parse as parseOptions } from './args.ts';
 import { ago, registryFrom, table } from './registry.ts';
 
 /** `ferry hosts`: what it does and takes is its help text, in help.ts. */
 export async function hostsCommand(args: string[], io: Io): Promise<number> {
-  const { values } = parse(args, { selector: { type: 'string' }, status: { type: 'string' }, json: { type: 'boolean' } });
+  if (args[0] === 'join-token') return await joinToken(args.slice(1), io);
+  const { values } = parseOptions(args, { selector: { type: 'string' }, status: { type: 'string' }, json: { type: 'boolean' } });
   if (values.selector !== undefined && parseLabels(values.selector) === undefined) {
     throw new FerryError('FERRY_ERR_USAGE', { message: '--selector: expected KEY=VALUE[,KEY=VALUE…] (e.g. --selector env=prod,role=web)' });
   }
@@ -29,5 +30,32 @@ export async function hostsCommand(args: string[], io: Io): Promise<number> {
     rows.push([h.id, h.status, h.url, labels || '-', h.version, `${ago(h.lastSeenAt)} (${h.lastSeenAt})`]);
   }
   line(io.stdout, table(rows));
+  return 0;
+}
+
+/**
+ * `ferry hosts join-token ID`: a one-time token the host's receiver enrolls its own key with
+ * (FERRY_JOIN_TOKEN, or bootstrap.sh --join-token). Printed once; the registry keeps its hash.
+ */
+async function joinToken(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parseOptions(args, {
+    labels: { type: 'string' }, ttl: { type: 'string' }, replace: { type: 'boolean' }, json: { type: 'boolean' },
+  }, 1);
+  const host = positionals[0];
+  if (host === undefined) throw new FerryError('FERRY_ERR_USAGE', { message: 'ferry hosts join-token: name the host id, e.g. "ferry hosts join-token web-1"' });
+  const labels = values.labels === undefined ? undefined : parseLabels(values.labels);
+  if (labels === undefined && values.labels !== undefined) {
+    throw new FerryError('FERRY_ERR_USAGE', { message: '--labels: expected KEY=VALUE[,KEY=VALUE…] (e.g. --labels env=prod,role=web)' });
+  }
+  const ttlSeconds = parseInteger('ttl', values.ttl, 60, 7 * 24 * 3600);
+  const answer = await registryFrom(io, 'hosts join-token').joinToken({
+    host, ...(labels ? { labels } : {}), ...(ttlSeconds !== undefined ? { ttlSeconds } : {}), ...(values.replace ? { replace: true } : {}),
+  });
+  if (values.json) {
+    line(io.stdout, JSON.stringify(answer));
+    return 0;
+  }
+  line(io.stdout, answer.token);
+  line(io.stderr, `One-time token for host ${answer.host}, until ${answer.expiresAt}: give it to that host's receiver as FERRY_JOIN_TOKEN (or bootstrap.sh --join-token). It is not shown again.`);
   return 0;
 }
