@@ -60,7 +60,9 @@ function withStreamingRuntime(): void {
 const RECEIVER_HELP = `Usage: ferry receiver
 
 Runs a receiver in the foreground until SIGINT/SIGTERM. Configuration (environment):
-  FERRY_KEYS       keyid:secret[,keyid:secret…]  accepted signing keys (required; "ferry keygen")
+  FERRY_TRUST_FILE the keys, grants and revocations it accepts (default FERRY_DATA_DIR/trust.json;
+                   required to start: "ferry trust add"); FERRY_LABELS k=v,… are its labels, which
+                   grants' host selectors match
   FERRY_LISTEN     host:port to listen on (default 127.0.0.1:7701)
   DOCKER_HOST      the engine containers run on (default: the local socket)
   FERRY_NATS_URL   nats://host:port for events (optional; without it events are only logged)
@@ -71,9 +73,11 @@ Runs a receiver in the foreground until SIGINT/SIGTERM. Configuration (environme
   FERRY_ALLOW_CIDRS, FERRY_TRUSTED_PROXIES, FERRY_TLS_CERT/FERRY_TLS_KEY, FERRY_POLICY_FILE,
   FERRY_POLICY_*, FERRY_RETAIN_IMAGES, FERRY_MIN_FREE_BYTES, FERRY_UPLOAD_TTL_SECONDS, limits and
   timeouts: see the README's receiver table.
-  FERRY_REGISTRY_URL   register with the registry and heartbeat to it (optional; needs FERRY_KEY_ID
-                   and FERRY_KEY to sign with; FERRY_ADVERTISE_URL, FERRY_LABELS k=v,…,
-                   FERRY_HEARTBEAT_SECONDS: see the README, "Registering with the registry")
-Endpoints: GET /healthz, /readyz, /metrics; signed POST /v1/packages, /v1/uploads…,
+  FERRY_REGISTRY_URL   register with the registry and heartbeat to it (optional; signs with its own
+                   host key, FERRY_DATA_DIR/host.key, enrolled once with FERRY_JOIN_TOKEN from
+                   "ferry hosts join-token"; FERRY_ADVERTISE_URL, FERRY_HEARTBEAT_SECONDS: see the
+                   README, "Registering with the registry")
+Endpoints: GET /healthz, /readyz, /metrics, /v1/identity (signed by the host key); signed POST
+/v1/packages, /v1/uploads…,
 GET /v1/deployments[/ID], POST /v1/services/NAME/rollback (docs/protocol.md).
 `;

@@ -43,7 +43,6 @@ export function listenVar(fallback: string) {
   });
 }
 
-/** FERRY_KEYS' problem when missing, for a service that anyone holding a `ferry keygen` key calls. */
 /**
  * A client's signing key and grant (libs/auth loadCredentials reads the files): FERRY_KEY_ID,
  * FERRY_KEY_FILE or FERRY_KEY (the PEM itself), FERRY_GRANT_FILE or FERRY_GRANT.

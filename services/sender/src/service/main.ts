@@ -95,8 +95,10 @@ export const SENDER_SERVICE_HELP = `Usage: ferry sender
 Runs the sender service in the foreground until SIGINT/SIGTERM: signed HTTP clients (the
 registry's drift correction, CI) POST deployment documents to it; it builds, packages and sends
 them to the receivers as "ferry deploy" does. Configuration (environment):
-  FERRY_KEYS        keyid:secret[,…]  callers it accepts (required)
-  FERRY_KEY_ID, FERRY_KEY           the key it signs uploads to receivers with (required)
+  FERRY_TRUST_FILE  the callers' keys and grants it accepts (default FERRY_DATA_DIR/trust.json;
+                    "ferry trust add")
+  FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY   the key it signs uploads to receivers with
+                    (required); FERRY_GRANT_FILE or FERRY_GRANT, its grant when it has one
   FERRY_LISTEN      host:port to listen on (default ${DEFAULT_LISTEN})
   FERRY_HOST_ID     its id, the audience of signed requests (default sender)
   FERRY_DATA_DIR    job records and the event outbox (default /var/lib/ferry-sender)
