@@ -150,5 +150,14 @@ describe('registry: names of Object.prototype members', { timeout: 120_000 }, ()
     const desired = await call(registry.url, deployer, registryId, 'PUT', `/v1/desired/h-${run}/constructor`, json('{"deploymentId":"d","__proto__":{"polluted":true}}'));
     assert.equal(desired.status, 400, JSON.stringify(desired.body));
     assert.equal(({} as Record<string, unknown>).polluted, undefined);
+    // The enrollment is read before any signature or token is checked: the same rule holds there.
+    const enroll = await fetch(`${registry.url}/v1/enroll`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: `{"token":"${'t'.repeat(32)}","publicKey":"x","registration":{"id":"h-${run}","labels":{"__proto__":{"polluted":true}}}}`,
+    });
+    const enrollBody = await enroll.json() as { error?: { code?: string } };
+    assert.equal(enroll.status, 400, JSON.stringify(enrollBody));
+    assert.equal(enrollBody.error?.code, 'FERRY_ERR_BAD_REQUEST');
+    assert.equal(({} as Record<string, unknown>).polluted, undefined);
   });
 });

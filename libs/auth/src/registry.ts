@@ -70,14 +70,16 @@ export interface DriftReason {
   actual: unknown;
 }
 
-/** The registry's reconcile request to a drifted host (correct mode), once per drift episode. */
+/** The registry's reconcile request to the drifted host for one drift episode (correct mode only). */
 export interface DriftCorrection {
+  /** Names this request in the registry's log. */
   requestId: string;
   requestedAt: string;
+  /** `accepted` when the host answered 200 (its service runs), `failed` otherwise. */
   outcome: 'pending' | 'accepted' | 'failed';
-  /** The host's answer when it reconciled. */
+  /** The host's answer on success: `{ service, action: "started" | "none", containerId, deploymentId }`. */
   response?: unknown;
-  /** Why not, e.g. FERRY_ERR_NOT_RECONCILABLE. */
+  /** Why not, e.g. FERRY_ERR_NOT_RECONCILABLE: the drift then stays until someone deploys. */
   error?: { code: string; message: string };
 }
 

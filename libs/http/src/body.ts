@@ -24,6 +24,14 @@ export async function readSignedJson(req: Request, res: Response, options: Signe
   const empty = options.empty ?? 'refuse';
   if (raw.length === 0 && empty !== 'refuse') return {};
   if (empty === 'only') throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'This request takes no body' });
+  return parseJson(req, raw);
+}
+
+/**
+ * A small body read whole, as JSON: Content-Type application/json (else 415), valid JSON (else
+ * 400), and no key `__proto__` anywhere in it (400 FERRY_ERR_BAD_REQUEST).
+ */
+export function parseJson(req: IncomingMessage, raw: Buffer): unknown {
   const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
   if (type !== 'application/json') throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'Send the body as Content-Type: application/json' });
   let body: unknown;

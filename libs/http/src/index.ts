@@ -7,4 +7,4 @@ export {
   requireSignature, requireAllowedSource, SIGNED_HEADERS,
   type AuthLocals, type SourceLocals, type AuthHooks, type SourceOptions, type SecurityOptions,
 } from './signature.ts';
-export { readBody, readSignedJson, type SignedJsonOptions } from './body.ts';
+export { parseJson, readBody, readSignedJson, type SignedJsonOptions } from './body.ts';

@@ -1,7 +1,7 @@
 import { Router, type Request, type Response } from 'express';
 import { z } from 'zod';
 import { authorize, type Action } from '@ferry/auth';
-import { continueIfExpected, readBody, readSignedJson, type AuthLocals } from '@ferry/http';
+import { continueIfExpected, parseJson, readBody, readSignedJson, type AuthLocals } from '@ferry/http';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, HEADERS, SERVICE_NAME_PATTERN, parseSelector } from '@ferry/protocol';
 import type { EventProjector } from './consumer.ts';
@@ -122,15 +122,7 @@ export function enrollRouter(deps: { registry: Registry; proof: EnrollmentProof 
   router.post('/v1/enroll', async (req, res) => {
     continueIfExpected(req, res);
     const raw = await readBody(req, MAX_ENROLL_BYTES, 'The enrollment');
-    const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-    if (type !== 'application/json') throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'Send the body as Content-Type: application/json' });
-    let value: unknown;
-    try {
-      value = JSON.parse(raw.toString('utf8'));
-    } catch (err) {
-      throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `The body is not JSON: ${(err as Error).message}`, cause: err });
-    }
-    const body = parse(EnrollSchema, value);
+    const body = parse(EnrollSchema, parseJson(req, raw));
     const host = body.registration.id;
     registry.checkJoinToken(body.token, host);
     const verified = await deps.proof.verify({ method: req.method, path: req.originalUrl, headers: req.headers }, host, body.publicKey);

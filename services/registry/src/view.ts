@@ -3,11 +3,11 @@
  * HTTP contract of docs/registry.md: what the API answers is exactly these shapes as JSON.
  */
 
-import type { ActualReport, HostRecord } from '@ferry/auth';
+import type { ActualReport, DriftCorrection, HostRecord } from '@ferry/auth';
 
-// A registered host (times ISO 8601) and a heartbeat's report for one service: the wire contract
-// the receivers' client in @ferry/auth speaks, defined there once.
-export type { ActualReport, HostRecord };
+// A registered host (times ISO 8601), a heartbeat's report for one service and a drift
+// correction's record: the wire contract the clients in @ferry/auth speak, defined there once.
+export type { ActualReport, DriftCorrection, HostRecord };
 
 /** What a receiver's engine is, as it registered it. */
 export type EngineInfo = HostRecord['engine'];
@@ -51,19 +51,6 @@ export interface DriftReason {
 }
 
 export type DriftMode = 'warn' | 'correct';
-
-/** The registry's reconcile request to the drifted host for one drift episode (correct mode only). */
-export interface DriftCorrection {
-  /** Names this request in the registry's log. */
-  requestId: string;
-  requestedAt: string;
-  /** `accepted` when the host answered 200 (its service runs), `failed` otherwise. */
-  outcome: 'pending' | 'accepted' | 'failed';
-  /** The host's answer on success: `{ service, action: "started" | "none", containerId, deploymentId }`. */
-  response?: unknown;
-  /** Why not, e.g. FERRY_ERR_NOT_RECONCILABLE: the drift then stays until someone deploys. */
-  error?: { code: string; message: string };
-}
 
 /** A difference between desired and actual state; one episode lasts until the two agree again. */
 export interface Drift {
