@@ -1,4 +1,5 @@
 import { Readable, Writable } from 'node:stream';
+import { LayerStoreUnreadable } from '@ferry/docker';
 import { IncrementalDigest, digestOf, type Digest } from '@ferry/integrity';
 import {
   FerryError, PATHS, STREAM_MAX_PART_BYTES, STREAM_PART_BYTES, UPLOAD_PART_MEDIA_TYPE, errorFromBody, isErrorCode, isFerryError,
@@ -175,7 +176,9 @@ export class StreamUpload {
       }
     } catch (err) {
       await this.#abandon();
-      if (this.#vanished) throw new StreamUnavailable('vanished', this.#vanished);
+      // A layer store that went wrong midway sent bytes the receiver may have refused already,
+      // so the stream is gone too; the cause is the store: stream again from docker save.
+      if (this.#vanished && !(err instanceof LayerStoreUnreadable)) throw new StreamUnavailable('vanished', this.#vanished);
       throw err;
     }
     const packageMs = Math.round(performance.now() - started);
