@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import express, { type ErrorRequestHandler, type Express, type RequestHandler, type Response } from 'express';
 import helmet from 'helmet';
 import { FerryError, HEADERS } from '@ferry/protocol';
@@ -50,7 +51,7 @@ export function finishApp(app: Express): Express {
  */
 export const errorHandler: ErrorRequestHandler = (err: unknown, req, res, _next) => {
   const { log } = context(res);
-  const ferryError = toFerryError(err);
+  const ferryError = cutShort(req, err) ?? toFerryError(err);
   if (ferryError.status >= 500) log.error({ err, code: ferryError.code }, 'request failed');
   else log.info({ code: ferryError.code, method: req.method, path: req.path }, ferryError.message);
   if (res.headersSent) {
@@ -61,6 +62,15 @@ export const errorHandler: ErrorRequestHandler = (err: unknown, req, res, _next)
   if (!req.readableEnded) closeAfterAnswer(req, res);
   res.status(ferryError.status).json(ferryError.toJSON());
 };
+
+/**
+ * A body reader fails with Node's own error ("aborted") when the request's connection closed
+ * before its body ended: the client's doing, answered as a body that ended early, not a 500.
+ */
+function cutShort(req: IncomingMessage, err: unknown): FerryError | undefined {
+  if (err instanceof FerryError || req.complete || !req.destroyed) return undefined;
+  return new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'The body ended early: the connection closed before the end of the body it declared', cause: err });
+}
 
 export function toFerryError(err: unknown): FerryError {
   if (err instanceof FerryError) return err;

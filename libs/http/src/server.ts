@@ -217,18 +217,60 @@ export function continueIfExpected(req: IncomingMessage, res: ServerResponse): v
   if (req.headers.expect?.toLowerCase() === '100-continue' && !res.headersSent) res.writeContinue();
 }
 
+/**
+ * Connections whose refusal is decided. The parser, once failed, fails again on every chunk that
+ * still arrives and on the client's FIN; those change nothing.
+ */
+const refused = new WeakSet<Socket>();
+
+/**
+ * Answers what Node's parser refused. When the request before the refused bytes is complete (a
+ * body longer than its `Content-Length`: the rest is read as the next request), that request is
+ * still answered first, whole, as RFC 9112 §9.3 keeps answers in request order; the 400 follows
+ * it and the connection closes. Closing at once would take that answer and, with the connection,
+ * the request itself (a resumable part its client sent whole and right).
+ */
 function answerClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-  // An answer already under way cannot be replaced by another one; a reset peer reads nothing.
-  const inProgress = (socket as Socket & { _httpMessage?: { headersSent?: boolean } })._httpMessage;
-  if (err.code === 'ECONNRESET' || !socket.writable || inProgress?.headersSent) {
+  if (refused.has(socket)) return;
+  if (err.code === 'ECONNRESET' || !socket.writable) {
     socket.destroy();
     return;
   }
+  refused.add(socket);
+  const inProgress = answerOf(socket);
+  if (inProgress?.req.complete === true) {
+    afterAnswers(socket, () => refuse(err, socket));
+    return;
+  }
+  // An answer already under way cannot be replaced by another one.
+  if (inProgress?.headersSent === true) {
+    socket.destroy();
+    return;
+  }
+  refuse(err, socket);
+}
+
+function answerOf(socket: Socket): ServerResponse | undefined {
+  return (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage ?? undefined;
+}
+
+/** Runs `then` once every answer the connection owes has gone out, if the connection is still open for writing. */
+function afterAnswers(socket: Socket, then: () => void): void {
+  const res = answerOf(socket);
+  if (res === undefined) {
+    // The last answer may have closed the connection itself (Connection: close); then it stays closed.
+    if (socket.writable) then();
+    return;
+  }
+  res.once('finish', () => afterAnswers(socket, then));
+}
+
+function refuse(err: NodeJS.ErrnoException, socket: Socket): void {
   const code: ErrorCode = err.code === 'HPE_HEADER_OVERFLOW' ? 'FERRY_ERR_HEADERS_TOO_LARGE'
     : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'FERRY_ERR_REQUEST_TIMEOUT'
       : 'FERRY_ERR_BAD_REQUEST';
   const error = code === 'FERRY_ERR_BAD_REQUEST'
-    ? new FerryError(code, { message: `Malformed request: ${parserReason(err)}` })
+    ? new FerryError(code, { message: err.code === 'HPE_INVALID_EOF_STATE' ? BODY_ENDED_EARLY : `Malformed request: ${parserReason(err)}` })
     : new FerryError(code);
   const body = JSON.stringify(error.toJSON());
   socket.end(
@@ -241,6 +283,9 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Socket): void {
   const cut = setTimeout(() => socket.destroy(), LINGER.ms).unref();
   socket.once('close', () => clearTimeout(cut));
 }
+
+/** The client closed its side while a request's body was still due (Content-Length or chunked). */
+const BODY_ENDED_EARLY = 'The body ended early: the client closed its side before the end of the body it declared';
 
 // llhttp's reasons name the rule broken ("Duplicate Content-Length"); they never echo the bytes.
 function parserReason(err: NodeJS.ErrnoException): string {

@@ -58,6 +58,12 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
   const fail = (err: FerryError): void => {
     failure ??= err;
   };
+  // Settles once a package part longer than its manifest declares has been refused: that is
+  // answered at once, not after the rest of the body, which is parsed and dropped meanwhile.
+  let overran!: () => void;
+  const tooLong = new Promise<'too long'>((resolve) => {
+    overran = () => resolve('too long');
+  });
 
   const acceptManifest = (bytes: Buffer): void => {
     if (digestOf(bytes) !== options.signedDigest) return fail(new FerryError('FERRY_ERR_MANIFEST_DIGEST_MISMATCH'));
@@ -95,6 +101,9 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
   });
 
   parser.on('file', (name, stream) => {
+    // A form that ends inside this part fails the part's stream at once, maybe before anything
+    // reads it (the package waits for its manifest): an unheard 'error' would end the process.
+    stream.on('error', (err: unknown) => fail(asFerryError(err)));
     if (name === 'manifest' && manifestReady === undefined && manifest === undefined) {
       // curl -F manifest=@file.json sends the manifest as a file part; take it the same way.
       manifestReady = collect(stream, MANIFEST_MAX_BYTES).then(acceptManifest, (err: unknown) => fail(asFerryError(err)));
@@ -120,15 +129,24 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
         received = { bytes: tap.bytes, digest: tap.digest() };
       } catch (err) {
         stream.resume();
-        fail(asFerryError(err));
+        const error = asFerryError(err);
+        fail(error);
+        if (error.code === 'FERRY_ERR_SIZE_MISMATCH') overran();
       }
     });
   });
 
+  const parsing = pipeline(req, parser);
   try {
-    await pipeline(req, parser);
-    await manifestReady;
-    await packageWrite;
+    if (await Promise.race([parsing, tooLong]) === 'too long') {
+      // The answer goes out with Connection: close; the rest of the body keeps flowing into the
+      // parser (and nowhere else) while it does. A request cut meanwhile is nobody's answer.
+      parsing.catch(() => undefined);
+      await packageWrite;
+    } else {
+      await manifestReady;
+      await packageWrite;
+    }
   } catch (err) {
     await manifestReady;
     await packageWrite;
