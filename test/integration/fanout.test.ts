@@ -164,6 +164,26 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     for (const engine of [docker[0], docker[2]]) assert.equal((await engine.getContainer(service).inspect()).State.Running, true);
   });
 
+  test('a receiver whose host key is not the one expected is refused before any byte goes; --host-key pins one', async () => {
+    const service = serviceName('pinned');
+    const wrong = `SHA256:${'A'.repeat(43)}`;
+    // A selector's targets carry the keys the registry enrolled: one of them is not what its receiver proves.
+    const result = await pushMany({
+      image: `${repo}:1`, targets: [{ url: rx[0].url, hostKey: wrong }, { url: rx[2].url }], compression: 'none',
+      service: { name: service, network: 'none' }, policy: { ...DEFAULT_BACKOFF, attempts: 2 },
+    }, { images: new ImageStore(createDockerClient(s.buildDockerHost)), events: new NullSink(), credentials: key, source: 'ferry://sender/test' });
+    const [refused, other] = result.targets;
+    assert.equal(refused?.ok, false);
+    assert.equal(refused.error?.code, 'FERRY_ERR_HOST_KEY_MISMATCH', JSON.stringify(refused));
+    assert.equal(refused.bytes.sent, 0);
+    assert.equal(other?.state, 'COMPLETED', JSON.stringify(other));
+    // The CLI: --host-key with the key the receiver does not hold fails with that code, exit 2-or-more.
+    const cli = await runFerry(['push', `${repo}:1`, '--to', rx[1].url, '--host-key', wrong, '--name', service, '--network', 'none', '--json'], senderEnv);
+    assert.notEqual(cli.code, 0, cli.stdout + cli.stderr);
+    assert.match(cli.stdout + cli.stderr, /FERRY_ERR_HOST_KEY_MISMATCH/);
+    await assert.rejects(docker[1].getContainer(service).inspect(), (err: { statusCode?: number }) => err.statusCode === 404, 'nothing ran on the receiver that did not prove its key');
+  });
+
   test('a receiver SIGKILLed mid-transfer and restarted on its data dir resumes; the other target is not held up', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'ferry-fan-kill-'));
     const listen = `127.0.0.1:${await freePort()}`;

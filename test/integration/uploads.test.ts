@@ -523,7 +523,9 @@ describe('resumable uploads on a real receiver', { timeout: 300_000 }, () => {
       const { json, port } = await manifestFor(pkg);
       const outcome = await uploadResumable({
         url: proxy.url, credentials: key, audience: hostId, manifestJson: json,
-        packagePath: pkg.path, packageSize: pkg.size, partBytes: 128 * 1024, retryDelayMs: 20,
+        packagePath: pkg.path, packageSize: pkg.size, partBytes: 128 * 1024,
+        // Short pauses: the schedule itself is test/unit/retry.test.ts's.
+        clock: { random: () => 0.5, sleep: () => new Promise((resolve) => setTimeout(resolve, 20)) },
       });
       assert.equal(proxy.cutsDone(), 2);
       assert.ok(outcome.retries >= 2, `retries: ${outcome.retries}`);

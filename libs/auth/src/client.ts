@@ -1,10 +1,16 @@
+import type { KeyObject } from 'node:crypto';
+import { request as httpRequest, type IncomingHttpHeaders, type IncomingMessage } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, PATHS, errorFromBody, type ErrorCode } from '@ferry/protocol';
-import type { KeyObject } from 'node:crypto';
 import { signRequest } from './canonical.ts';
 import { checkIdentity, newChallenge } from './identity.ts';
 
 const DEFAULT_TIMEOUT_MS = 30_000;
+/** A server or proxy that ignores `Expect: 100-continue` never says 100; like curl, send anyway after this. */
+const CONTINUE_WAIT_MS = 1000;
 
 /** The key a client signs its requests with (FERRY_KEY_ID, FERRY_KEY_FILE, FERRY_GRANT_FILE). */
 export interface ClientCredentials {
@@ -37,11 +43,39 @@ export interface SignedClientOptions {
   fetch?: typeof fetch;
 }
 
+/** A request {@link SignedClient.send} streams: its body is produced per call, never held whole. */
+export interface SignedSendOptions {
+  /** The signed content digest; default the BLAKE3 of an empty body. */
+  digest?: string;
+  /** Sent as `Upload-Offset` and signed (line 9 of the canonical string). */
+  offset?: number;
+  headers?: Record<string, string>;
+  /** Called once per request, so a repeated request sends a fresh stream of the same bytes. */
+  body?: () => Readable;
+  bodyBytes?: number;
+  /**
+   * Ask with `Expect: 100-continue`: a refused request (bad key, stale clock, replay) costs one
+   * round trip and no body bytes.
+   */
+  expectContinue?: boolean;
+  /** The whole body was handed to the socket (not called when the peer answered first). */
+  onSent?: () => void;
+}
+
+/** Any HTTP answer to {@link SignedClient.send}, whatever its status; `body` is its JSON (or `{ text }`). */
+export interface SignedAnswer {
+  status: number;
+  headers: IncomingHttpHeaders;
+  body: unknown;
+}
+
 /**
- * A signed JSON client for any Ferry service (receiver, registry, sender service). Every `/v1/`
- * request carries the Ed25519 headers of docs/protocol.md, with the BLAKE3 of the exact body
- * bytes as content digest and, as audience, the id the service proves (a receiver's signed
- * identity) or names (`GET /healthz`), asked on the first call and kept.
+ * A signed client for any Ferry service (receiver, registry, sender service), and the one place a
+ * request to one is signed. Every `/v1/` request carries the Ed25519 headers of
+ * docs/protocol.md, with the BLAKE3 of the exact body bytes as content digest and, as audience,
+ * the id the service proves (a receiver's signed identity, checked against `hostKey` when one is
+ * expected) or names (`GET /healthz`), asked on the first call and kept. {@link request} sends
+ * small JSON bodies; {@link send} streams a body of any size with backpressure.
  */
 export class SignedClient {
   readonly url: string;
@@ -77,16 +111,84 @@ export class SignedClient {
    *   FERRY_ERR_BAD_RESPONSE when the answer is not Ferry's.
    */
   async request(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown): Promise<unknown> {
-    const audience = this.#audience ?? (this.#audience = await this.audience());
     const text = body === undefined ? '' : JSON.stringify(body);
-    const headers: Record<string, string> = signRequest({
-      method, path: `${this.#basePath}${path}`, contentDigest: digestOf(text), audience, ...this.#options.credentials,
-    });
+    const headers = await this.#sign(method, path, digestOf(text));
     if (body !== undefined) headers['content-type'] = 'application/json';
     const response = await this.#send(`${this.#base}${path}`, { method, headers, ...(method === 'GET' ? {} : { body: text }) });
     const answer: unknown = await response.json().catch(() => null);
     if (!response.ok) throw errorFromBody(response.status, answer);
     return answer;
+  }
+
+  /** The service's id, learnt once (see {@link audience}) and kept for every later request. */
+  async identify(): Promise<string> {
+    this.#audience ??= await this.audience();
+    return this.#audience;
+  }
+
+  /**
+   * Sends one signed request over node:http, its body streamed with backpressure. A failed
+   * connection or an answer cut short rejects with the `unreachable` code; any HTTP answer
+   * resolves, whatever its status. An answer that arrives before the whole body (a refusal) ends
+   * the sending at once, so the peer's answer is read rather than a reset provoked.
+   */
+  async send(method: string, path: string, options: SignedSendOptions = {}): Promise<SignedAnswer> {
+    const headers: Record<string, string> = {
+      ...await this.#sign(method, path, options.digest ?? digestOf(''), options.offset),
+      ...options.headers,
+      'content-length': String(options.bodyBytes ?? 0),
+    };
+    if (options.offset !== undefined) headers['upload-offset'] = String(options.offset);
+    if (options.expectContinue) headers.expect = '100-continue';
+    const base = new URL(this.#base);
+    const send = base.protocol === 'https:' ? httpsRequest : httpRequest;
+    const req = send({ host: base.hostname.replace(/^\[|\]$/g, ''), port: base.port || (base.protocol === 'https:' ? 443 : 80), path: `${this.#basePath}${path}`, method, headers });
+    let answered = false;
+    let bodySent = !options.body;
+    const response = new Promise<IncomingMessage>((resolve, reject) => {
+      req.once('response', (res) => { answered = true; resolve(res); });
+      req.once('error', (err: NodeJS.ErrnoException) => {
+        reject(new FerryError(this.#options.unreachable, { message: `The ${this.#options.peer} connection failed: ${err.code ?? err.message}`, cause: err }));
+      });
+    });
+    // Handled here and awaited below: a connection refused before the body is not unhandled meanwhile.
+    response.catch(() => undefined);
+    const proceed = !options.expectContinue || await Promise.race([
+      new Promise<boolean>((resolve) => req.once('continue', () => resolve(true))),
+      response.then(() => false, () => false),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(true), CONTINUE_WAIT_MS).unref()),
+    ]);
+    let sending: Promise<void> = Promise.resolve();
+    if (!proceed) req.destroy();
+    else if (!options.body) req.end();
+    else {
+      const source = options.body();
+      const body = async function* body(): AsyncGenerator<Buffer> {
+        for await (const chunk of source as AsyncIterable<Buffer>) {
+          if (answered) break;
+          yield chunk;
+        }
+      };
+      sending = pipeline(body, req).then(() => {
+        if (answered) return;
+        bodySent = true;
+        options.onSent?.();
+      }, () => undefined).finally(() => source.destroy());
+    }
+    const res = await response;
+    await sending;
+    const status = res.statusCode ?? 0;
+    if (method === 'HEAD') {
+      res.resume();
+      return { status, headers: res.headers, body: null };
+    }
+    const body = await readJson(res).catch((err: unknown) => {
+      // A refusal that came before the whole body, then a reset that cut its answer short, still
+      // says what happened by its status (413 mid-body is the usual one).
+      if (!bodySent && status >= 400) return undefined;
+      throw new FerryError(this.#options.unreachable, { message: `The ${this.#options.peer} connection failed mid-answer`, cause: err });
+    });
+    return { status, headers: res.headers, body };
   }
 
   /** The service's id: the audience its signed requests must name. */
@@ -107,6 +209,14 @@ export class SignedClient {
     return answer.host;
   }
 
+  /** The signed headers of one request: the only place Ferry signs a request to a service. */
+  async #sign(method: string, path: string, contentDigest: string, offset?: number): Promise<Record<string, string>> {
+    const audience = await this.identify();
+    return signRequest({
+      method, path: `${this.#basePath}${path}`, contentDigest, audience, ...this.#options.credentials, ...(offset === undefined ? {} : { offset }),
+    });
+  }
+
   async #send(url: string, init: RequestInit): Promise<Response> {
     try {
       return await this.#fetch(url, { ...init, signal: AbortSignal.timeout(this.#options.timeoutMs ?? DEFAULT_TIMEOUT_MS) });
@@ -116,5 +226,28 @@ export class SignedClient {
       const reason = cause?.code ?? cause?.errors?.[0]?.code ?? cause?.message ?? (err as Error).message;
       throw new FerryError(this.#options.unreachable, { message: `Cannot reach the ${this.#options.peer} at ${this.url}: ${reason}`, cause: err });
     }
+  }
+}
+
+/**
+ * The answer's body as JSON (or `{ text }`). A connection that fails mid-answer rejects, unless
+ * a whole JSON document had already arrived.
+ */
+export async function readJson(res: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  try {
+    for await (const chunk of res) chunks.push(chunk as Buffer);
+  } catch (err) {
+    try {
+      return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    } catch {
+      throw err;
+    }
+  }
+  const text = Buffer.concat(chunks).toString('utf8');
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return { text };
   }
 }

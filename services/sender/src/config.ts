@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { loadCredentials } from '@ferry/auth';
 import { credentialVars, loadConfig, type Env } from '@ferry/config';
-import type { Credentials } from './upload.ts';
+import type { Credentials } from './receiver-client.ts';
 
 const schema = z.object({
   DOCKER_HOST: z.string().regex(/^(unix|tcp):\/\/.+/, 'unix:///path/to/docker.sock or tcp://host:port').optional(),

@@ -9,7 +9,7 @@ import { DEFAULT_PARALLEL, pushMany, type FanoutDeps, type TargetResult } from '
 import type { CompressionChoice } from './negotiate.ts';
 import { DEFAULT_BACKOFF } from './retry.ts';
 import { resolveTargets } from './targets.ts';
-import type { Credentials } from './upload.ts';
+import type { Credentials } from './receiver-client.ts';
 
 /** One target of one service, as `ferry deploy --json` and the sender service report it. */
 export interface TargetOutcome {
@@ -127,7 +127,7 @@ async function deployService(name: string, entry: ServiceEntry, outcome: Service
   outcome.state = 'delivering';
   deps.onUpdate?.(outcome);
   const result = await pushMany({
-    image: entry.image, targets: targets.map((t) => t.url), service: serviceSpecOf(name, entry),
+    image: entry.image, targets, service: serviceSpecOf(name, entry),
     compression: options.compression ?? 'auto', parallel: options.parallel ?? DEFAULT_PARALLEL,
     policy: { ...DEFAULT_BACKOFF, attempts: options.attempts ?? DEFAULT_BACKOFF.attempts },
   }, {

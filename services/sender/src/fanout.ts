@@ -5,12 +5,13 @@ import {
   FerryError, isFerryError,
   type Compression, type DeploymentResult, type EventType, type ManifestInput,
 } from '@ferry/protocol';
-import { askLayers, layersToOmit, packageCompression, resolveCompression, type TargetLayers } from './negotiate.ts';
+import { layersToOmit, packageCompression, resolveCompression } from './negotiate.ts';
 import { buildPackage, inspectImage, type BuiltPackage, type ExportedBy } from './package.ts';
-import { RESUMABLE_THRESHOLD_BYTES, probeReceiver, type PushDeps, type PushRequest } from './push.ts';
+import { RESUMABLE_THRESHOLD_BYTES, type PushDeps, type PushRequest } from './push.ts';
+import { ReceiverClient, type TargetLayers, type UploadOutcome } from './receiver-client.ts';
 import { uploadResumable } from './resumable.ts';
 import { DEFAULT_BACKOFF, isRetryable, retry, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
-import { uploadOneShot, type UploadOutcome } from './upload.ts';
+import type { ResolvedTarget } from './targets.ts';
 
 export const DEFAULT_PARALLEL = 5;
 
@@ -21,9 +22,12 @@ export const DEFAULT_PARALLEL = 5;
  */
 const BREAKER = { volumeThreshold: 5, errorThresholdPercentage: 50, rollingCountTimeout: 120_000, resetTimeout: 60_000, timeout: false } as const;
 
-export interface FanoutRequest extends Omit<PushRequest, 'to' | 'prepare' | 'deploymentId'> {
-  /** Receiver base URLs; each gets the same package. */
-  targets: string[];
+export interface FanoutRequest extends Omit<PushRequest, 'to' | 'hostKey' | 'prepare' | 'deploymentId'> {
+  /**
+   * Receiver base URLs, or resolved targets whose `hostKey` each receiver must prove; each gets
+   * the same package.
+   */
+  targets: (string | ResolvedTarget)[];
   /** Targets served at once; default DEFAULT_PARALLEL. */
   parallel?: number;
   policy?: BackoffPolicy;
@@ -95,14 +99,19 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
   const policy = request.policy ?? DEFAULT_BACKOFF;
   const image = await inspectImage(deps.images, request.image);
   const negotiateStarted = performance.now();
-  const choosing = resolveCompression(request.compression, request.targets);
+  const targets = request.targets.map((t) => (typeof t === 'string' ? { url: t } : t));
+  const clients = new Map(targets.map((t) => [t.url, new ReceiverClient({ url: t.url, credentials: deps.credentials, hostKey: t.hostKey })]));
+  const clientOf = (url: string): ReceiverClient => clients.get(url) ?? new ReceiverClient({ url, credentials: deps.credentials });
+  const choosing = resolveCompression(request.compression, targets.map((t) => t.url));
   // Awaited below, after the answers; marked handled so a bad URL is not an unhandled rejection meanwhile.
   choosing.catch(() => undefined);
   // Every target is asked at once; one that does not answer just gets every layer.
-  const answers = await Promise.all(request.targets.map(async (url): Promise<TargetLayers> => {
+  const answers = await Promise.all(targets.map(async ({ url }): Promise<TargetLayers> => {
     if (request.negotiateLayers === false) return { url, present: 0, unanswered: 'negotiation off' };
     try {
-      return await askLayers({ url, credentials: deps.credentials, audience: await probeReceiver(url) }, image.diffIds);
+      const client = clientOf(url);
+      await client.identify();
+      return await client.layers(image.diffIds);
     } catch (err) {
       return { url, present: 0, unanswered: (err as Error).message };
     }
@@ -116,15 +125,15 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
   let whole: Promise<BuiltPackage> | undefined;
   deps.onStage?.('transfer', { bytes: pkg.size });
   try {
-    const queue = request.targets.map((url, index) => ({ url, index }));
-    const results: TargetResult[] = new Array<TargetResult>(request.targets.length);
+    const queue = targets.map(({ url }, index) => ({ url, index }));
+    const results: TargetResult[] = new Array<TargetResult>(targets.length);
     const worker = async (): Promise<void> => {
       for (let next = queue.shift(); next; next = queue.shift()) {
-        let result = await deliver(next.url, pkg, request, deps, clock, policy);
+        let result = await deliver(clientOf(next.url), pkg, request, deps, clock, policy);
         if (result.error?.code === 'FERRY_ERR_LAYERS_MISSING' && pkg.omittedLayers.length > 0) {
           whole ??= choosing.then((link) => buildPackage(deps.images, image, link, { layerStore: request.layerStore !== false }));
           const full = await whole.catch(() => undefined);
-          const again = full && await deliver(next.url, full, request, deps, clock, policy);
+          const again = full && await deliver(clientOf(next.url), full, request, deps, clock, policy);
           if (again) result = { ...again, attempts: result.attempts + again.attempts, bytes: { sent: result.bytes.sent + again.bytes.sent }, fullAfterRefusal: true };
         }
         results[next.index] = result;
@@ -150,8 +159,9 @@ export async function pushMany(request: FanoutRequest, deps: FanoutDeps): Promis
   }
 }
 
-async function deliver(url: string, pkg: BuiltPackage, request: FanoutRequest, deps: FanoutDeps, clock: Clock, policy: BackoffPolicy): Promise<TargetResult> {
+async function deliver(client: ReceiverClient, pkg: BuiltPackage, request: FanoutRequest, deps: FanoutDeps, clock: Clock, policy: BackoffPolicy): Promise<TargetResult> {
   const started = performance.now();
+  const url = client.url;
   const deploymentId = randomUUID();
   const manifest: ManifestInput = {
     schema: 'ferry.manifest/v1',
@@ -194,7 +204,7 @@ async function deliver(url: string, pkg: BuiltPackage, request: FanoutRequest, d
   try {
     const outcome = await retry(async () => {
       attempts += 1;
-      host ??= await guarded(() => probeReceiver(url));
+      host ??= await guarded(() => client.identify());
       const audience = host;
       let from = 0;
       let reached = 0;
@@ -202,7 +212,7 @@ async function deliver(url: string, pkg: BuiltPackage, request: FanoutRequest, d
       const resumable = pkg.size >= (request.resumableThreshold ?? RESUMABLE_THRESHOLD_BYTES);
       if (attempts === 1) emit('transfer.started', { target: url, bytes: pkg.size, compression: pkg.compression });
       const common = {
-        url, credentials: deps.credentials, audience, manifestJson, packagePath: pkg.path, packageSize: pkg.size,
+        url, credentials: deps.credentials, audience, client, manifestJson, packagePath: pkg.path, packageSize: pkg.size,
         onProgress: (position: number) => { reached = Math.max(reached, position); deps.onProgress?.(url, position); },
         onSent: () => {
           emit('transfer.completed', { target: url, bytes: pkg.size, compression: pkg.compression, durationMs: Math.round(performance.now() - transferStarted) });
@@ -213,7 +223,7 @@ async function deliver(url: string, pkg: BuiltPackage, request: FanoutRequest, d
         return await guarded<UploadOutcome>(() => resumable
           // attempts: 1 — this loop owns retries; the next attempt reopens the session where it stands.
           ? uploadResumable({ ...common, attempts: 1, ...(request.partBytes ? { partBytes: request.partBytes } : {}), onSession: (offset) => { from = offset; reached = offset; } })
-          : uploadOneShot(common));
+          : client.sendPackage(common));
       } finally {
         sent += Math.max(0, reached - from);
       }

@@ -4,8 +4,11 @@ export { processIo, type Io } from './cli/io.ts';
 export { push, type PushRequest, type PushResult, type PushDeps } from './push.ts';
 export { buildPackage, producePackage, inspectImage, type BuiltPackage, type ExportedBy, type ProducedPackage } from './package.ts';
 export { planStoreArchive, storeArchiveChunks, streamStoreArchive, type StoreArchivePlan } from './store-archive.ts';
-export { uploadOneShot, type Credentials, type UploadOptions } from './upload.ts';
-export { ResumableClient, uploadResumable, DEFAULT_PART_BYTES, type ResumableOptions, type ResumableTarget, type UploadPosition } from './resumable.ts';
+export {
+  ReceiverClient, ResumableClient, askLayers, uploadOneShot,
+  type Credentials, type DeploymentRecord, type ReceiverTarget, type ResumableTarget, type TargetLayers, type UploadOptions, type UploadPosition,
+} from './receiver-client.ts';
+export { uploadResumable, DEFAULT_PART_BYTES, RESUME_BACKOFF, type ResumableOptions } from './resumable.ts';
 export { StreamClient, StreamUpload, StreamUnavailable, PartCutter, type StreamOptions, type StreamOutcome, type StreamTarget } from './stream.ts';
 export { loadSenderConfig } from './config.ts';
 export { resolveTargets, isSelector, type ResolvedTarget, type ResolveOptions } from './targets.ts';
@@ -18,4 +21,4 @@ export { startSenderService, runSenderService, createApp as createSenderApp, Dep
 export { serviceSpecFromFlags, splitCommand, parseLabels } from './cli/args.ts';
 export { createProgress, type Progress } from './cli/progress.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
-export { askLayers, isPrivateAddress, layersToOmit, packageCompression, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';
+export { isPrivateAddress, layersToOmit, packageCompression, resolveCompression, type CompressionChoice } from './negotiate.ts';

@@ -1,57 +1,8 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
-import { signRequest } from '@ferry/auth';
-import { digestOf } from '@ferry/integrity';
-import { PATHS, type Compression } from '@ferry/protocol';
+import type { Compression } from '@ferry/protocol';
 import { omittableLayers } from './layer-filter.ts';
-import { parseTarget, type Credentials } from './upload.ts';
-
-/** A question costs one image list on the target; a receiver slower than this gets the full package. */
-const ASK_TIMEOUT_MS = 15_000;
-
-export interface LayerTarget {
-  url: string;
-  credentials: Credentials;
-  /** The receiver's host id from its signed identity. */
-  audience: string;
-}
-
-/** What one target said; `present` counts the bottom layers it holds (0 when it could not say). */
-export interface TargetLayers {
-  url: string;
-  present: number;
-  imageStore?: string;
-  /** Why the target holds nothing as far as the push knows, when it did not answer. */
-  unanswered?: string;
-}
-
-/**
- * `POST /v1/layers` (docs/protocol.md, "Layer negotiation"): how many of the image's bottom layers
- * the target holds. Never throws: a receiver that does not know the route (404), refuses or does
- * not answer is sent the full package, and the upload that follows reports any real problem.
- */
-export async function askLayers(target: LayerTarget, diffIds: readonly string[]): Promise<TargetLayers> {
-  const base = parseTarget(target.url);
-  const path = `${base.basePath}${PATHS.layers}`;
-  const body = JSON.stringify({ diffIds });
-  const headers = {
-    ...signRequest({ method: 'POST', path, contentDigest: digestOf(body), audience: target.audience, ...target.credentials }),
-    'content-type': 'application/json',
-  };
-  try {
-    const response = await fetch(`${new URL(target.url).origin}${path}`, { method: 'POST', headers, body, signal: AbortSignal.timeout(ASK_TIMEOUT_MS) });
-    const answer = await response.json().catch(() => null) as { imageStore?: unknown; present?: unknown } | null;
-    if (!response.ok) return { url: target.url, present: 0, unanswered: `HTTP ${response.status}` };
-    const present = Array.isArray(answer?.present) ? answer.present : undefined;
-    // Only a bottom part of the asked list makes sense; anything else is not trusted.
-    if (present === undefined || present.length > diffIds.length || present.some((id, i) => id !== diffIds[i])) {
-      return { url: target.url, present: 0, unanswered: 'the answer does not describe the asked layers' };
-    }
-    return { url: target.url, present: present.length, ...(typeof answer?.imageStore === 'string' ? { imageStore: answer.imageStore } : {}) };
-  } catch (err) {
-    return { url: target.url, present: 0, unanswered: (err as Error).message };
-  }
-}
+import { parseTarget, type TargetLayers } from './receiver-client.ts';
 
 /**
  * The diff ids one package may leave out for all these targets: what every one of them holds, so

@@ -1,19 +1,18 @@
 import { randomUUID } from 'node:crypto';
-import { checkIdentity, newChallenge } from '@ferry/auth';
 import { LayerStoreUnreadable, type ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Digest } from '@ferry/integrity';
 import {
-  FerryError, PATHS, errorFromBody, isFerryError,
+  FerryError, isFerryError,
   type Compression, type DeferredManifestInput, type DeploymentResult, type EventType, type ManifestInput, type ServiceSpec, type StageTimings,
 } from '@ferry/protocol';
 import type { DesiredRecorder } from './desired.ts';
 import { PartialPackageUnavailable } from './layer-filter.ts';
-import { askLayers, layersToOmit, packageCompression, resolveCompression, type CompressionChoice, type TargetLayers } from './negotiate.ts';
+import { layersToOmit, packageCompression, resolveCompression, type CompressionChoice } from './negotiate.ts';
 import { buildPackage, inspectImage, producePackage, type BuiltPackage, type ExportedBy } from './package.ts';
+import { ReceiverClient, type Credentials, type TargetLayers } from './receiver-client.ts';
 import { uploadResumable } from './resumable.ts';
 import { StreamUnavailable, StreamUpload } from './stream.ts';
-import { uploadOneShot, type Credentials } from './upload.ts';
 
 /** NATS being down must not stall a push: events wait in the sink's queue past this. */
 const EVENT_FLUSH_WAIT_MS = 2000;
@@ -25,6 +24,8 @@ export interface PushRequest {
   image: string;
   /** Receiver base URL. */
   to: string;
+  /** The fingerprint (`SHA256:…`) of the host key the receiver must prove; any other is refused. */
+  hostKey?: string | undefined;
   service: Omit<ServiceSpec, 'env' | 'network'> & Partial<Pick<ServiceSpec, 'env' | 'network'>>;
   /** `auto`: none when the target is on a loopback or private address, zstd otherwise. */
   compression: CompressionChoice;
@@ -107,7 +108,8 @@ export interface PushResult {
 export async function push(request: PushRequest, deps: PushDeps): Promise<PushResult> {
   const started = performance.now();
   const deploymentId = request.deploymentId ?? randomUUID();
-  const host = await probeReceiver(request.to);
+  const client = new ReceiverClient({ url: request.to, credentials: deps.credentials, hostKey: request.hostKey });
+  const host = await client.identify();
   await request.prepare?.({ deploymentId, host });
   const image = await inspectImage(deps.images, request.image);
   const emit = <T extends EventType>(id: string, type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image' | 'imageId'>): void => {
@@ -122,7 +124,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
     resolveCompression(request.compression, [request.to]),
     request.negotiateLayers === false
       ? { url: request.to, present: 0, unanswered: 'negotiation off' }
-      : askLayers({ url: request.to, credentials: deps.credentials, audience: host }, image.diffIds),
+      : client.layers(image.diffIds),
   ]);
   const negotiateMs = Math.round(performance.now() - negotiateStarted);
   await deps.onNegotiated?.(layers);
@@ -184,9 +186,9 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
       let transferMs = 0;
       const built = pkg;
       resumable = pkg.size >= (request.resumableThreshold ?? RESUMABLE_THRESHOLD_BYTES);
-      const upload = resumable ? uploadResumable : uploadOneShot;
+      const upload = resumable ? uploadResumable : (options: { manifestJson: string; packagePath: string; packageSize: number }) => client.sendPackage(options);
       const outcome = await upload({
-        url: request.to, credentials: deps.credentials, audience: host, manifestJson: JSON.stringify(manifest),
+        url: request.to, credentials: deps.credentials, audience: host, client, manifestJson: JSON.stringify(manifest),
         packagePath: pkg.path, packageSize: pkg.size,
         onProgress: (sent) => deps.onProgress?.(sent, built.size),
         onSent: () => {
@@ -220,7 +222,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
     let transferMs = 0;
     let sealed: { size: number; digest: Digest } | undefined;
     const upload = new StreamUpload({
-      url: request.to, credentials: deps.credentials, audience: host, manifestJson: JSON.stringify(manifest),
+      url: request.to, credentials: deps.credentials, audience: host, client, manifestJson: JSON.stringify(manifest),
       onOpened: () => {
         // The size is not known before the last byte: the events and the stage say 0.
         deps.onStage?.('transfer', { bytes: 0 });
@@ -285,32 +287,6 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
     const result = await attempt([], idFree ? lastId : randomUUID());
     return { ...result, layers: { ...result.layers, fullAfterRefusal: true } };
   }
-}
-
-/**
- * Asks the receiver who it is before minutes go into packaging for a host that is not there. The
- * answer is its identity signed with its host key over a fresh challenge, so the audience the
- * pushes are signed for is the one host that holds that key (and, when `hostKey` is given, the
- * key is the one expected for it).
- */
-export async function probeReceiver(url: string, hostKey?: string): Promise<string> {
-  const challenge = newChallenge();
-  let response: Response;
-  try {
-    response = await fetch(new URL(`${PATHS.identity.slice(1)}?challenge=${challenge}`, url.endsWith('/') ? url : `${url}/`), { signal: AbortSignal.timeout(10_000) });
-  } catch (err) {
-    const code = (err as { cause?: { code?: string } }).cause?.code;
-    if (err instanceof TypeError && code === undefined && !/fetch failed/.test(err.message)) {
-      throw new FerryError('FERRY_ERR_USAGE', { message: `--to ${url}: not a receiver URL (expected http://HOST:PORT)`, cause: err });
-    }
-    throw new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: `Cannot reach the receiver at ${url}: ${code ?? (err as Error).message}`, cause: err });
-  }
-  const body = (await response.json().catch(() => null)) as { identity?: unknown } | null;
-  if (!response.ok) {
-    if (response.status === 404) throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `${url} does not answer like a Ferry receiver (no signed identity)` });
-    throw errorFromBody(response.status, body);
-  }
-  return checkIdentity(body?.identity, challenge, hostKey).host;
 }
 
 async function flushWithin(events: EventSink, ms: number): Promise<void> {

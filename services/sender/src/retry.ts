@@ -38,7 +38,8 @@ export function backoffDelay(retry: number, policy: BackoffPolicy, random: () =>
  * recorded failure, are the receiver's verdict.
  */
 export function isRetryable(err: unknown): boolean {
-  if (!isFerryError(err) || err.code === 'FERRY_ERR_RECEIVER_CIRCUIT_OPEN') return false;
+  // Another host key answers at that address: asking it again proves the same key.
+  if (!isFerryError(err) || err.code === 'FERRY_ERR_RECEIVER_CIRCUIT_OPEN' || err.code === 'FERRY_ERR_HOST_KEY_MISMATCH') return false;
   // The receiver's stored outcome of this deployment id: asking again only repeats it.
   if (err.details?.deployment !== undefined) return false;
   return err.code === 'FERRY_ERR_REPLAY' || err.status >= 500;

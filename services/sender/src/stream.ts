@@ -5,7 +5,7 @@ import {
   FerryError, PATHS, STREAM_MAX_PART_BYTES, STREAM_PART_BYTES, UPLOAD_PART_MEDIA_TYPE, errorFromBody, isErrorCode, isFerryError,
   type DeploymentResult, type ErrorCode, type PackageSeal,
 } from '@ferry/protocol';
-import { sendSigned, type ResumableTarget } from './resumable.ts';
+import { sendSigned, type ResumableTarget } from './receiver-client.ts';
 
 /** Failures in a row, on one part or on the seal's answer, before a stream gives up. */
 const DEFAULT_ATTEMPTS = 6;

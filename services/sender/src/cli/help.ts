@@ -37,6 +37,9 @@ Options:
   --to URL                 receiver base URL, e.g. http://10.0.0.5:7701 (required; repeat for more)
   --to selector:K=V[,K=V…] every online host of the registry (FERRY_REGISTRY_URL) carrying
                            all those labels, e.g. selector:env=prod,role=web
+  --host-key SHA256:…      with one --to URL: the fingerprint of the host key that receiver
+                           must prove (FERRY_ERR_HOST_KEY_MISMATCH otherwise); a selector's
+                           hosts must prove the keys the registry enrolled for them
   --parallel N             targets served at once (default 5)
   --retries N              attempts per target, with backoff, after a lost connection, a
                            restarting receiver or a 5xx (default 8; given alone, also makes a

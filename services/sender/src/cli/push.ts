@@ -11,7 +11,7 @@ import { DEFAULT_PARALLEL, pushMany, type FanoutDeps, type FanoutRequest, type F
 import { desiredRecorder } from '../desired.ts';
 import { push, type PushResult } from '../push.ts';
 import { DEFAULT_BACKOFF } from '../retry.ts';
-import { resolveTargets } from '../targets.ts';
+import { isSelector, resolveTargets } from '../targets.ts';
 import { BUILD_OPTIONS, buildRequestFrom } from './build.ts';
 import { SERVICE_OPTIONS, parse, parseInteger, serviceSpecFromFlags } from './args.ts';
 import { line, type Io } from './io.ts';
@@ -26,7 +26,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
   const dash = argv.indexOf('--');
   const args = dash < 0 ? argv : argv.slice(0, dash);
   const { values, positionals } = parse(args, {
-    to: { type: 'string', multiple: true }, parallel: { type: 'string' }, retries: { type: 'string' }, name: { type: 'string' }, health: { type: 'string' },
+    to: { type: 'string', multiple: true }, 'host-key': { type: 'string' }, parallel: { type: 'string' }, retries: { type: 'string' }, name: { type: 'string' }, health: { type: 'string' },
     'health-retries': { type: 'string' }, 'health-interval': { type: 'string' },
     'health-timeout': { type: 'string' }, 'health-start-period': { type: 'string' },
     ...SERVICE_OPTIONS, compression: { type: 'string' },
@@ -48,7 +48,14 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
   if (!values.build && (values.file || values['build-arg'] || values['max-image-size'])) throw new FerryError('FERRY_ERR_USAGE', { message: '--file, --build-arg and --max-image-size need --build CONTEXT' });
   const buildRequest = values.build ? buildRequestFrom(values.build, image, values) : undefined;
   const config = loadSenderConfig(io.env);
-  const targets = (await resolveTargets(values.to, { registryUrl: config.registryUrl, credentials: config.credentials })).map((t) => t.url);
+  const hostKey = values['host-key'];
+  if (hostKey !== undefined) {
+    if (values.to.length !== 1 || isSelector(values.to[0] ?? '')) throw new FerryError('FERRY_ERR_USAGE', { message: '--host-key goes with one --to URL (a selector\'s hosts carry the keys the registry enrolled)' });
+    if (!/^SHA256:[A-Za-z0-9+/]{43}$/.test(hostKey)) throw new FerryError('FERRY_ERR_USAGE', { message: `--host-key ${hostKey}: expected a key fingerprint, SHA256: and 43 base64 characters` });
+  }
+  const resolved = (await resolveTargets(values.to, { registryUrl: config.registryUrl, credentials: config.credentials }))
+    .map((t) => (hostKey === undefined ? t : { ...t, hostKey }));
+  const targets = resolved.map((t) => t.url);
   const desired = config.registryUrl ? desiredRecorder(new RegistryClient(config.registryUrl, config.credentials), (text) => line(io.stderr, text)) : undefined;
 
   const logger = createLogger({ level: 'warn', name: 'ferry', destination: io.stderr });
@@ -64,7 +71,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
   try {
     if (fanout) {
       return await fanoutCommand(io, progress, {
-        image, targets, compression, json: values.json === true, negotiateLayers: values['no-layer-negotiation'] !== true,
+        image, targets: resolved, compression, json: values.json === true, negotiateLayers: values['no-layer-negotiation'] !== true,
         ...(values['no-layer-store'] ? { layerStore: false } : {}),
         parallel: parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL,
         attempts: parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts,
@@ -79,7 +86,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
           onLog: (text: string) => line(io.stderr, values.json ? JSON.stringify({ progress: 'build', log: text }) : text),
         }),
       } : {}),
-      image, to: targets[0] ?? '', compression, negotiateLayers: values['no-layer-negotiation'] !== true,
+      image, to: targets[0] ?? '', hostKey: resolved[0]?.hostKey, compression, negotiateLayers: values['no-layer-negotiation'] !== true,
       ...(values['no-stream'] ? { stream: false } : {}),
       ...(values['no-layer-store'] ? { layerStore: false } : {}),
       resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),

@@ -1,5 +1,5 @@
 import { FerryError } from '@ferry/protocol';
-import { ReceiverClient } from '../client.ts';
+import { ReceiverClient } from '../receiver-client.ts';
 import { loadSenderConfig } from '../config.ts';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
@@ -12,7 +12,7 @@ export async function rollbackCommand(args: string[], io: Io): Promise<number> {
   const service = positionals[0];
   if (!service) throw new FerryError('FERRY_ERR_USAGE', { message: 'SERVICE is required (e.g. ferry rollback web --to http://host:7701)' });
   if (!values.to) throw new FerryError('FERRY_ERR_USAGE', { message: '--to URL is required' });
-  const client = new ReceiverClient(values.to, loadSenderConfig(io.env).credentials);
+  const client = new ReceiverClient({ url: values.to, credentials: loadSenderConfig(io.env).credentials });
   const result = await client.rollback(service);
   if (values.json) {
     line(io.stdout, JSON.stringify({ ok: true, ...result }));

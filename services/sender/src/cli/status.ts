@@ -1,5 +1,5 @@
 import { FerryError } from '@ferry/protocol';
-import { ReceiverClient, type DeploymentRecord } from '../client.ts';
+import { ReceiverClient, type DeploymentRecord } from '../receiver-client.ts';
 import { loadSenderConfig } from '../config.ts';
 import { parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
@@ -22,7 +22,7 @@ export async function statusCommand(args: string[], io: Io): Promise<number> {
   }
   if (id !== undefined && values.limit !== undefined) throw new FerryError('FERRY_ERR_USAGE', { message: '--limit goes with --service' });
   const limit = parseInteger('limit', values.limit, 1, 500);
-  const client = new ReceiverClient(values.to, loadSenderConfig(io.env).credentials);
+  const client = new ReceiverClient({ url: values.to, credentials: loadSenderConfig(io.env).credentials });
 
   if (id !== undefined) {
     const record = await client.deployment(id);

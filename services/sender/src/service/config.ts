@@ -5,7 +5,7 @@ import {
   credentialVars, dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
 import { credentialsFrom } from '../config.ts';
-import type { Credentials } from '../upload.ts';
+import type { Credentials } from '../receiver-client.ts';
 
 export const DEFAULT_LISTEN = '127.0.0.1:7703';
 
