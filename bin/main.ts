@@ -57,7 +57,7 @@ function withStreamingRuntime(): void {
   process.execve(process.execPath, [process.execPath, '--max-semi-space-size=1', '--v8-pool-size=1', '--expose-gc', ...process.execArgv, script, ...process.argv.slice(2)], env);
 }
 
-const RECEIVER_HELP = `Usage: ferry receiver
+export const RECEIVER_HELP = `Usage: ferry receiver
 
 Runs a receiver in the foreground until SIGINT/SIGTERM. Configuration (environment):
   FERRY_TRUST_FILE the keys, grants and revocations it accepts (default FERRY_DATA_DIR/trust.json;
