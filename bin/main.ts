@@ -72,11 +72,11 @@ Runs a receiver in the foreground until SIGINT/SIGTERM. Configuration (environme
   FERRY_REDIS_URL  redis://host:port for nonces that survive restarts (optional)
   FERRY_ALLOW_CIDRS, FERRY_TRUSTED_PROXIES, FERRY_TLS_CERT/FERRY_TLS_KEY, FERRY_POLICY_FILE,
   FERRY_POLICY_*, FERRY_RETAIN_IMAGES, FERRY_MIN_FREE_BYTES, FERRY_UPLOAD_TTL_SECONDS, limits and
-  timeouts: see the README's receiver table.
+  timeouts: docs/receiver.md, "Settings".
   FERRY_REGISTRY_URL   register with the registry and heartbeat to it (optional; signs with its own
                    host key, FERRY_DATA_DIR/host.key, enrolled once with FERRY_JOIN_TOKEN from
                    "ferry hosts join-token"; FERRY_ADVERTISE_URL, FERRY_HEARTBEAT_SECONDS: see the
-                   README, "Registering with the registry")
+                   docs/receiver.md, "Registering with the registry")
 Endpoints: GET /healthz, /readyz, /metrics, /v1/identity (signed by the host key); signed POST
 /v1/packages, /v1/uploads…,
 GET /v1/deployments[/ID], POST /v1/services/NAME/rollback (docs/protocol.md).

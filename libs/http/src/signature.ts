@@ -90,7 +90,7 @@ export function requireAllowedSource(options: SourceOptions): RequestHandler {
   };
 }
 
-/** A signed service's front-door settings beyond the signature (README "Receiver hardening"). */
+/** A signed service's front-door settings beyond the signature (docs/receiver.md "Hardening"). */
 export interface SecurityOptions extends SourceOptions {
   /** Minimum body rate of authenticated requests; without it there is none. */
   bodyRate?: BodyRateOptions;

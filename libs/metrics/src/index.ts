@@ -15,8 +15,8 @@ export type DeploymentOutcome = 'completed' | 'failed' | 'rolled_back';
 
 /**
  * The receiver's metrics, in a registry of their own (never prom-client's global one, so two
- * receivers in one process, as in tests, do not share counters). Names are documented in the
- * README; they are a contract for dashboards and alerts, so renaming one is a breaking change.
+ * receivers in one process, as in tests, do not share counters). Names are documented in
+ * docs/receiver.md; they are a contract for dashboards and alerts, so renaming one is a breaking change.
  */
 export interface ReceiverMetrics {
   readonly registry: Registry;

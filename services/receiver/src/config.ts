@@ -26,7 +26,7 @@ const schema = z.object({
   FERRY_POLICY_BIND_SOURCES: z.string().optional(),
   FERRY_POLICY_CAPABILITIES: z.string().optional(),
   FERRY_POLICY_HOST_NETWORK: z.enum(['true', 'false'], { error: 'true or false' }).optional(),
-  // Auth and HTTP hardening (README "Receiver hardening").
+  // Auth and HTTP hardening (docs/receiver.md "Hardening").
   FERRY_REDIS_URL: redisUrlVar(),
   FERRY_ALLOW_CIDRS: parsedVar((v) => AddressList.parse(v)).optional(),
   FERRY_TRUSTED_PROXIES: parsedVar((v) => AddressList.parse(v)).optional(),
@@ -39,11 +39,11 @@ const schema = z.object({
   FERRY_MIN_BODY_RATE: wholeNumber(0, 1024 ** 3).default(1024),
   FERRY_BODY_RATE_WINDOW_MS: wholeNumber(100, 600_000).default(30_000),
   FERRY_MAX_CONNECTIONS: maxConnectionsVar(),
-  // Deployment engine (README "Deployments, journal and rollback").
+  // Deployment engine (docs/receiver.md "Deployments, journal and rollback").
   FERRY_RETAIN_IMAGES: wholeNumber(1, 1000).default(DEFAULT_RETAIN_IMAGES),
   FERRY_MIN_FREE_BYTES: wholeNumber(0, Number.MAX_SAFE_INTEGER).default(DEFAULT_MIN_FREE_BYTES),
   FERRY_TEST_CRASH_AT: z.enum(CRASH_POINTS, { error: `a test hook: ${CRASH_POINTS.join(', ')}` }).optional(),
-  // Registration with the registry (README "Registering with the registry").
+  // Registration with the registry (docs/receiver.md "Registering with the registry").
   FERRY_REGISTRY_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the registry' }).optional(),
   FERRY_ADVERTISE_URL: z.url({ protocol: /^https?$/, error: 'the http(s):// URL senders reach this receiver at' }).optional(),
   FERRY_LABELS: z.string().refine((v) => parseLabels(v) !== undefined, 'KEY=VALUE[,KEY=VALUE…], keys of letters, digits, ".", "_", "/", "-"').optional(),
@@ -68,7 +68,7 @@ export interface ReceiverConfig {
   dataDir: string;
   hostId: string;
   logLevel: string;
-  /** What deployments may ask for (docs: README "Receiver policy"). */
+  /** What deployments may ask for (docs/receiver.md "Policy"). */
   policy: Readonly<Policy>;
   /** How long a resumable upload session lives after its creation. */
   uploadTtlSeconds: number;

@@ -173,7 +173,7 @@ desired and actual state, drift (docs/registry.md). Configuration (environment):
   FERRY_DRIFT_MODE        warn (default) | correct (ask the drifted host to start its service again)
   FERRY_DRIFT_IGNORE      fields not compared: FIELD or SERVICE:FIELD, comma-separated
   FERRY_KEY_ID, FERRY_KEY_FILE  what it signs reconcile requests (correct mode) and its events with
-  FERRY_ALLOW_CIDRS, FERRY_LOG_LEVEL, FERRY_DASHBOARD_TOKEN: see the README's registry table.
+  FERRY_ALLOW_CIDRS, FERRY_LOG_LEVEL, FERRY_DASHBOARD_*, FERRY_MAX_CONNECTIONS: docs/registry.md, "Configuration".
 Endpoints: GET /healthz, /readyz; POST /v1/enroll (join token + host key); signed /v1/join-tokens,
 /v1/hosts…, /v1/desired…, /v1/services…, /v1/drift, /v1/deployments, POST /v1/projection/rebuild.
 `;

@@ -107,7 +107,7 @@ const DEPLOY_HELP = `Usage: ferry deploy [-f ferry.yaml] [options]
 Deploys every service of a deployment file: each is built on the build engine if it has "build",
 packaged once, and sent to all its targets (receiver URLs, or selector:KEY=VALUE,… resolved by
 the registry), service after service in the file's order. The exit code is 0 only if every
-target of every service succeeded. The file format is in the README ("Deployment files").
+target of every service succeeded. The file format is in docs/usage.md ("Deployment files").
 
 Options:
   -f, --file PATH     the deployment file (default ferry.yaml)

@@ -27,7 +27,7 @@ const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_NO_MATCHING_HOSTS: '"ferry hosts --selector K=V" lists the hosts with those labels and whether they are online; a receiver gets labels from its FERRY_LABELS',
   FERRY_ERR_USAGE: 'see "ferry help COMMAND" for the options it takes',
   FERRY_ERR_RECEIVER_CIRCUIT_OPEN: 'that receiver kept failing: check that "ferry receiver" runs there and can reach its Docker engine, then push to it again',
-  FERRY_ERR_POLICY_DENIED: 'drop the refused option, or have that host\'s operator allow it (FERRY_POLICY_* or FERRY_POLICY_FILE; README "Receiver policy")',
+  FERRY_ERR_POLICY_DENIED: 'drop the refused option, or have that host\'s operator allow it (FERRY_POLICY_* or FERRY_POLICY_FILE; docs/receiver.md "Policy")',
   FERRY_ERR_BAD_MANIFEST: 'the receiver refused the manifest: the problems are listed above; check the container options, or update ferry on one side if the versions differ',
   FERRY_ERR_PAYLOAD_TOO_LARGE: 'the package is over the receiver\'s limit: make the image smaller or raise the limit on that host',
   FERRY_ERR_DISK_FULL: 'free disk space on the target host (old images, its FERRY_DATA_DIR), then push again: a resumable upload goes on where it stopped',

@@ -23,7 +23,7 @@ const schema = z.object({
   FERRY_LOG_LEVEL: logLevelVar(),
 });
 
-/** `ferry sender`'s settings (README "Sender service"). */
+/** `ferry sender`'s settings (docs/sender-service.md). */
 export interface SenderServiceConfig {
   dockerHost: string | undefined;
   listen: { host: string; port: number };
