@@ -105,7 +105,7 @@ function table(input: ReportInput, size: SizeName, phase: Phase): string[] {
   return lines;
 }
 
-/** The targets of DESIGN.md "Performance targets", checked on the largest size measured. */
+/** The targets of bench/README.md "Performance targets", checked on the largest size measured. */
 function targets(input: ReportInput): string[] {
   const size = [...input.sizes].reverse().find((z) => rows(input, z, 'cold').some((r) => r.method === 'ferry' && r.runs > 0));
   if (!size) return [];

@@ -1,6 +1,6 @@
 import type { ErrorBody } from './errors.ts';
 
-/** DESIGN.md's deployment states, in the order a successful deployment passes them. */
+/** The deployment states (docs/protocol.md §6, `state`), in the order a successful deployment passes them. */
 export const DEPLOYMENT_STATES = [
   'PENDING', 'RECEIVING', 'VERIFYING', 'LOADING', 'DEPLOYING', 'VALIDATING', 'COMPLETED',
   'ROLLING_BACK', 'ROLLED_BACK', 'FAILED',

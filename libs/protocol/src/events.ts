@@ -1,5 +1,5 @@
 /**
- * Event types of the deployment lifecycle (DESIGN.md). The CloudEvents `type` is `ferry.<type>`;
+ * Event types of the deployment lifecycle (docs/events.md). The CloudEvents `type` is `ferry.<type>`;
  * the NATS subject is `ferry.events.<host>.<service>.<type>`.
  */
 export const EVENT_TYPES = [
