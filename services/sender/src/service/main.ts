@@ -92,8 +92,8 @@ export async function runSenderService(env: Env = process.env): Promise<void> {
 
 export const SENDER_SERVICE_HELP = `Usage: ferry sender
 
-Runs the sender service in the foreground until SIGINT/SIGTERM: signed HTTP clients (the
-registry's drift correction, CI) POST deployment documents to it; it builds, packages and sends
+Runs the sender service in the foreground until SIGINT/SIGTERM: signed HTTP clients (CI, release
+tooling) POST deployment documents to it; it builds, packages and sends
 them to the receivers as "ferry deploy" does. Configuration (environment):
   FERRY_TRUST_FILE  the callers' keys and grants it accepts (default FERRY_DATA_DIR/trust.json;
                     "ferry trust add")
