@@ -12,7 +12,7 @@ import { FerryError } from '@ferry/protocol';
 import { createApp } from './app.ts';
 import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
 import { Deployer } from './deploy/engine.ts';
-import { receiverReadiness } from './readiness.ts';
+import { receiverReadiness, waitForEngine } from './readiness.ts';
 import { Journal } from './journal/journal.ts';
 import { LayerInventory } from './layers/index.ts';
 import { removePartialImages } from './load/layered.ts';
@@ -46,6 +46,8 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   const hostKey = await loadOrCreateHostKey(config.dataDir, config.hostId);
 
   const docker = createDockerClient(config.dockerHost);
+  // Before anything that needs it: without its engine a receiver fails to start, and says why.
+  await waitForEngine((signal) => docker.ping(signal), { dockerHost: config.dockerHost });
   const layers = new LayerInventory(docker);
   const metrics = createReceiverMetrics();
   // Every event is on disk in the outbox before publish() returns; NATS gets it when it can.

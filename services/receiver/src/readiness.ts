@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { NonceStoreStatus } from '@ferry/auth';
 import type { EventSinkHealth } from '@ferry/events';
 import type { CheckResult, Readiness } from '@ferry/http';
+import { FerryError } from '@ferry/protocol';
 
 // `/readyz`'s shapes, shared by every Ferry service; `down` makes the receiver degraded.
 export type { CheckResult, CheckStatus, Readiness } from '@ferry/http';
@@ -49,6 +50,50 @@ export function dockerCheck(ping: () => Promise<unknown>): Check {
     await ping();
     return { status: 'up' };
   };
+}
+
+/** How long a starting receiver waits for its engine: one started with the host may come up after it. */
+export const ENGINE_START_WAIT_MS = 10_000;
+const ENGINE_PING_TIMEOUT_MS = 2000;
+const ENGINE_RETRY_MS = 250;
+
+export interface EngineWaitOptions {
+  /** DOCKER_HOST as configured; undefined is the default socket. */
+  dockerHost: string | undefined;
+  waitMs?: number;
+  /** Injected in tests: the time, and the pause between pings. */
+  now?: () => number;
+  sleep?: (ms: number) => Promise<void>;
+}
+
+/**
+ * Resolves once the engine answers `/_ping`, asking again for up to `waitMs`. A receiver without
+ * its engine can deploy nothing, so it must not start and say it listens: past the wait this
+ * throws FERRY_ERR_DOCKER_UNAVAILABLE naming DOCKER_HOST and the last cause. Only the start
+ * waits here; an engine lost later is the docker readiness check's and each deployment's to report.
+ */
+export async function waitForEngine(ping: (signal: AbortSignal) => Promise<unknown>, options: EngineWaitOptions): Promise<void> {
+  const now = options.now ?? Date.now;
+  const pause = options.sleep ?? ((ms: number) => sleep(ms));
+  const waitMs = options.waitMs ?? ENGINE_START_WAIT_MS;
+  const deadline = now() + waitMs;
+  for (;;) {
+    const signal = AbortSignal.timeout(ENGINE_PING_TIMEOUT_MS);
+    try {
+      await ping(signal);
+      return;
+    } catch (err) {
+      if (now() + ENGINE_RETRY_MS > deadline) {
+        const cause = signal.aborted ? `no answer within ${ENGINE_PING_TIMEOUT_MS} ms` : reasonOf(err);
+        const host = options.dockerHost ?? 'unix:///var/run/docker.sock (the default)';
+        throw new FerryError('FERRY_ERR_DOCKER_UNAVAILABLE', {
+          message: `The Docker engine at DOCKER_HOST=${host} cannot be reached (${cause}; tried for ${waitMs / 1000} s): start it, or set DOCKER_HOST to the engine the receiver runs containers on`,
+          cause: err, details: { dockerHost: host, cause },
+        });
+      }
+      await pause(ENGINE_RETRY_MS);
+    }
+  }
 }
 
 /**
