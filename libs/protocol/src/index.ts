@@ -6,3 +6,5 @@ export * from './events.ts';
 export { configHash } from './config-hash.ts';
 export * from './layers.ts';
 export * from './selector.ts';
+export * from './duration.ts';
+export * from './health-reach.ts';

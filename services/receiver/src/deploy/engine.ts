@@ -12,7 +12,7 @@ import { assertLayersPresent, loadVerified } from '../load/load.ts';
 import { startLastDeployed, type ReconcileResult } from './restart.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
-import { waitHealthy } from './health.ts';
+import { healthFailureReason, waitHealthy } from './health.ts';
 import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, JournalEntry, StateStamp } from '../journal/journal.ts';
 import type { CrashPoint } from './crash.ts';
 import { assertFreeSpace, type DiskGuard } from './disk.ts';
@@ -522,7 +522,7 @@ class Run {
       return { ok: true };
     }
     const logs = await this.#deps.containers.logs(containerId).catch(() => []);
-    const reason = outcome.reason ?? 'health check failed';
+    const reason = healthFailureReason(outcome, this.#manifest.service);
     this.#emit('healthcheck.failed', { reason, probes: outcome.probes, logs });
     return { ok: false, error: new FerryError('FERRY_ERR_HEALTHCHECK_FAILED', { message: `Health check failed: ${reason}; the previous version was restored` }), logs, probes: outcome.probes };
   }

@@ -2,7 +2,7 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
 import type { ContainerHealth } from '@ferry/docker';
-import type { HealthCheck, ProbeResult } from '@ferry/protocol';
+import { unpublishedHealthPort, unpublishedHealthPortHint, type HealthCheck, type ProbeResult, type ServiceSpec } from '@ferry/protocol';
 
 /** Kept short: a failure event carries the history, and a long one says nothing more. */
 const HISTORY = 10;
@@ -49,6 +49,16 @@ export async function waitHealthy(check: HealthCheck, deps: HealthDeps): Promise
   const last = probes.at(-1);
   const lastSaid = last?.status !== undefined ? `HTTP ${last.status}` : (last?.error ?? 'no answer');
   return finish(false, check.retries, `health check failed ${check.retries} times (last: ${lastSaid})`);
+}
+
+/**
+ * Why a check failed, with what to change when the spec itself explains it: a bare ECONNREFUSED
+ * from 127.0.0.1 says nothing of the unpublished port of a container on the bridge network.
+ */
+export function healthFailureReason(outcome: HealthOutcome, service: Pick<ServiceSpec, 'network' | 'ports' | 'health'>): string {
+  const reason = outcome.reason ?? 'health check failed';
+  const port = unpublishedHealthPort(service);
+  return port === undefined ? reason : `${reason}; ${unpublishedHealthPortHint(port)}`;
 }
 
 type HttpCheck = Extract<HealthCheck, { type: 'http' }>;
