@@ -67,6 +67,7 @@ services:
   web:
     image: myapp:1
     targets: http://h:7701
+    network: host
     env:
       - MODE=prod
       - EMPTY=
@@ -82,6 +83,7 @@ services:
     image: postgres:16
     targets: [http://h:7701]
     env: {PORT: 5432, DEBUG: true}
+    network: host
     health: tcp://127.0.0.1:5432
   job:
     image: job:1
@@ -178,8 +180,8 @@ describe('deployment file: every problem names line, column and path', () => {
     assert.equal(env.path, 'services.web.env["1BAD"]');
     assert.equal(env.line, 6);
     assert.equal(one(`${MINIMAL}    health: {type: grpc}\n`).path, 'services.web.health.type');
-    const duration = one(`${MINIMAL}    health: {http: "http://x/", interval: 2}\n`);
-    assert.deepEqual([duration.path, duration.message], ['services.web.health.interval', 'a duration such as 500ms, 2s or 1m']);
+    const duration = one(`${MINIMAL}    health: {http: "http://x/", interval: 2 s}\n`);
+    assert.deepEqual([duration.path, duration.message], ['services.web.health.interval', 'a duration such as 500ms, 2s or 1m (a plain number is milliseconds)']);
     assert.match(one(`${MINIMAL}    health: {http: "http://x/", interval: 2s, intervalMs: 500}\n`).message, /not both/);
     const bridge = one(`${MINIMAL}    network: host\n    ports: ["80:80"]\n`);
     assert.deepEqual([bridge.path, bridge.line], ['services.web.ports', 7]);

@@ -74,7 +74,7 @@ describe('ferry push container flags', () => {
     usageError(() => serviceSpecFromFlags('web', { user: 'root user' }), /^-u\/--user root user:/);
     usageError(() => serviceSpecFromFlags('web', { device: ['dev/fuse'] }), /^--device dev\/fuse:/);
     usageError(() => serviceSpecFromFlags('web', { 'security-opt': ['label=disable'] }), /^--security-opt label=disable:/);
-    usageError(() => serviceSpecFromFlags('web', { env: ['=1'] }), /^--env : expected KEY=VALUE/);
+    usageError(() => serviceSpecFromFlags('web', { env: ['=1'] }), /^--env: expected KEY=VALUE or KEY, and the name is missing$/);
     usageError(() => serviceSpecFromFlags('web', { network: 'overlay' }), /^--network must be host, bridge or none/);
     usageError(() => serviceSpecFromFlags('web', { network: 'host', publish: ['80:80'] }), /^-p\/--publish: ports are published only with the bridge network/);
     usageError(() => serviceSpecFromFlags('Web!', {}), /^--name Web!:/);

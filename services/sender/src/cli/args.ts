@@ -1,5 +1,10 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { FerryError, RESTART_POLICIES, ServiceSpecSchema, type HealthCheck, type ServiceSpec } from '@ferry/protocol';
+import {
+  FerryError, RESTART_POLICIES, ServiceSpecSchema, durationText, parseDuration, unpublishedHealthPort, unpublishedHealthPortHint,
+  type DurationUnit, type HealthCheck, type ServiceSpec,
+} from '@ferry/protocol';
+import { closest } from '../deployfile/problems.ts';
+import { readEnvFiles } from './env-file.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
@@ -9,7 +14,9 @@ export function parse<O extends Options>(args: string[], options: O, positionals
   try {
     parsed = parseArgs({ args, options, allowPositionals: positionals > 0, strict: true });
   } catch (err) {
-    throw new FerryError('FERRY_ERR_USAGE', { message: (err as Error).message.replace(/\. To specify a positional.*$/s, '') });
+    const unknown = (err as { code?: unknown }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' ? /'(-[^']*)'/.exec((err as Error).message)?.[1] : undefined;
+    if (unknown !== undefined) throw usage(unknownOption(unknown, options));
+    throw usage((err as Error).message.replace(/\. To specify a positional.*$/s, ''));
   }
   if (parsed.positionals.length > positionals) {
     throw new FerryError('FERRY_ERR_USAGE', { message: `Unexpected argument "${parsed.positionals[positionals]}"` });
@@ -17,16 +24,49 @@ export function parse<O extends Options>(args: string[], options: O, positionals
   return parsed;
 }
 
-export function parseEnvPairs(pairs: string[] | undefined): Record<string, string> {
+/**
+ * `Unknown option "--helth"; did you mean "--health"?`: the nearest of the command's own options,
+ * long or short, when one is a typo away.
+ */
+function unknownOption(given: string, options: Options): string {
+  const names = Object.entries(options).flatMap(([long, option]) => [`--${long}`, ...(option.short ? [`-${option.short}`] : [])]);
+  const bare = given.replace(/^-+/, '');
+  const match = bare.length > 1 ? closest(bare, names.map((name) => name.replace(/^-+/, ''))) : undefined;
+  const suggestion = match === undefined ? undefined : names.find((name) => name.replace(/^-+/, '') === match);
+  return `Unknown option "${given}"${suggestion ? `; did you mean "${suggestion}"?` : ''}`;
+}
+
+/**
+ * `-e KEY=VALUE`, or `-e KEY` to pass KEY on from `environment` — left out when it is not set
+ * there, as `docker run -e` does. Errors name the variable, never its value.
+ */
+export function parseEnvPairs(pairs: string[] | undefined, environment: Record<string, string | undefined> = {}, flag = '--env'): Record<string, string> {
   const env: Record<string, string> = {};
   for (const pair of pairs ?? []) {
     const eq = pair.indexOf('=');
-    if (eq <= 0) throw new FerryError('FERRY_ERR_USAGE', { message: `--env ${pair.split('=')[0]}: expected KEY=VALUE` });
+    const key = eq < 0 ? pair : pair.slice(0, eq);
+    if (key === '') throw usage(`${flag}: expected KEY=VALUE or KEY, and the name is missing`);
     // As a key it would replace the object's prototype, and the variable would be lost in silence.
-    if (pair.slice(0, eq) === '__proto__') throw new FerryError('FERRY_ERR_USAGE', { message: '--env __proto__: not allowed as a name' });
-    env[pair.slice(0, eq)] = pair.slice(eq + 1);
+    if (key === '__proto__') throw usage(`${flag} __proto__: not allowed as a name`);
+    if (eq >= 0) env[key] = pair.slice(eq + 1);
+    else if (Object.hasOwn(environment, key) && environment[key] !== undefined) env[key] = environment[key];
   }
   return env;
+}
+
+const BARE_UNIT: Record<DurationUnit, string> = { ms: 'milliseconds', s: 'seconds', m: 'minutes', h: 'hours', d: 'days' };
+
+/**
+ * A duration flag in milliseconds: `500ms`, `2s`, `1m`, `1h`, `1m30s`…, or a plain number in
+ * `bareUnit`, the unit the flag took before units were accepted.
+ */
+export function parseDurationFlag(name: string, value: string | undefined, bareUnit: DurationUnit, minMs: number, maxMs: number): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = parseDuration(value, bareUnit);
+  if (ms === undefined || ms < minMs || ms > maxMs) {
+    throw usage(`--${name} ${value}: expected a duration from ${durationText(minMs)} to ${durationText(maxMs)}, such as 500ms, 2s, 1m or 1h (a plain number is in ${BARE_UNIT[bareUnit]})`);
+  }
+  return ms;
 }
 
 export function parseInteger(name: string, value: string | undefined, min: number, max: number): number | undefined {
@@ -39,6 +79,7 @@ export function parseInteger(name: string, value: string | undefined, min: numbe
 /** The `docker run` flags `ferry push` takes for the container, spelled as Docker spells them. */
 export const SERVICE_OPTIONS = {
   env: { type: 'string', short: 'e', multiple: true },
+  'env-file': { type: 'string', multiple: true },
   network: { type: 'string' },
   publish: { type: 'string', short: 'p', multiple: true },
   volume: { type: 'string', short: 'v', multiple: true },
@@ -59,6 +100,7 @@ export const SERVICE_OPTIONS = {
 
 export interface ServiceFlagValues {
   env?: string[];
+  'env-file'?: string[];
   network?: string;
   publish?: string[];
   volume?: string[];
@@ -89,8 +131,9 @@ const FLAG_OF: Record<string, string> = {
  * The container part of a push, from `docker run`-style flags and the words after `--` (the
  * command). Checked against the manifest schema here, so a mistake exits 2 naming its flag
  * before anything is packaged, rather than coming back from the receiver as a manifest problem.
+ * `environment` is where `-e KEY` (and `KEY` alone in an env file) takes its value from.
  */
-export function serviceSpecFromFlags(name: string, values: ServiceFlagValues, trailing: string[] = [], health?: HealthCheck): ServiceSpec {
+export function serviceSpecFromFlags(name: string, values: ServiceFlagValues, trailing: string[] = [], health?: HealthCheck, environment: Record<string, string | undefined> = {}): ServiceSpec {
   const network = values.network ?? 'bridge';
   if (network !== 'host' && network !== 'bridge' && network !== 'none') throw usage('--network must be host, bridge or none');
   if (values.command !== undefined && trailing.length > 0) throw usage('give the command either with --command or after "--", not both');
@@ -105,7 +148,7 @@ export function serviceSpecFromFlags(name: string, values: ServiceFlagValues, tr
   const command = values.command !== undefined ? splitCommand('command', values.command) : trailing;
   const candidate = {
     name,
-    env: parseEnvPairs(values.env),
+    env: envFromFlags(values, environment),
     network,
     ...(values.publish?.length ? { ports: values.publish } : {}),
     ...(values.volume?.length ? { volumes: values.volume } : {}),
@@ -126,7 +169,11 @@ export function serviceSpecFromFlags(name: string, values: ServiceFlagValues, tr
     ...(health ? { health } : {}),
   };
   const parsed = ServiceSpecSchema.safeParse(candidate);
-  if (parsed.success) return parsed.data;
+  if (parsed.success) {
+    const port = unpublishedHealthPort(parsed.data);
+    if (port !== undefined) throw usage(`--health ${healthText(health)}: ${unpublishedHealthPortHint(port)}`);
+    return parsed.data;
+  }
   const issue = parsed.error.issues[0];
   const [field, index] = issue?.path ?? [];
   const flag = FLAG_OF[String(field)] ?? (field === 'name' ? '--name' : String(field));
@@ -135,6 +182,22 @@ export function serviceSpecFromFlags(name: string, values: ServiceFlagValues, tr
     : typeof given === 'string' ? given
       : typeof index === 'string' ? index : undefined;
   throw usage(`${flag}${typeof value === 'string' ? ` ${value}` : ''}: ${issue?.message ?? 'invalid'}`);
+}
+
+/** A health check as `--health` takes it. */
+function healthText(check: HealthCheck | undefined): string {
+  if (check?.type === 'http') return check.url;
+  if (check?.type === 'tcp') return `tcp://${check.host.includes(':') ? `[${check.host}]` : check.host}:${check.port}`;
+  return 'cmd';
+}
+
+/** `--env-file` entries first, then `-e`, so that a flag overrides its file, as with `docker run`. */
+export function envFromFlags(values: Pick<ServiceFlagValues, 'env' | 'env-file'>, environment: Record<string, string | undefined>): Record<string, string> {
+  const env = parseEnvPairs([...readEnvFiles(values['env-file']), ...(values.env ?? [])], environment);
+  // The manifest's own rule for names, checked here too for `ferry deploy`, whose file was checked before.
+  const checked = ServiceSpecSchema.shape.env.safeParse(env);
+  if (!checked.success) throw usage(`-e/--env ${String(checked.error.issues[0]?.path[0] ?? '')}: not an environment variable name (letters, digits and "_", not starting with a digit)`);
+  return env;
 }
 
 function usage(message: string): FerryError {

@@ -5,11 +5,11 @@ import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
 import { createLogger } from '@ferry/log';
 import { loadSenderConfig } from '../config.ts';
 import { runDeployment, type ServiceOutcome } from '../deploy.ts';
-import { loadDeploymentFile } from '../deployfile/index.ts';
+import { loadDeploymentFile, type DeploymentDocument } from '../deployfile/index.ts';
 import { desiredRecorder } from '../desired.ts';
 import { DEFAULT_PARALLEL } from '../fanout.ts';
 import { DEFAULT_BACKOFF } from '../retry.ts';
-import { parse, parseInteger } from './args.ts';
+import { envFromFlags, parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
 import { oneLine } from './terminal.ts';
@@ -19,12 +19,14 @@ export async function deployCommand(args: string[], io: Io): Promise<number> {
   const { values } = parse(args, {
     file: { type: 'string', short: 'f' }, only: { type: 'string', multiple: true },
     parallel: { type: 'string' }, retries: { type: 'string' }, json: { type: 'boolean' },
+    env: { type: 'string', short: 'e', multiple: true }, 'env-file': { type: 'string', multiple: true },
   });
   const json = values.json === true;
   const parallel = parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL;
   const attempts = parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts;
   const only = (values.only ?? []).flatMap((v) => v.split(',')).map((v) => v.trim()).filter(Boolean);
-  const document = await loadDeploymentFile(values.file ?? 'ferry.yaml', io.env);
+  const env = envFromFlags(values, io.env);
+  const document = withEnv(await loadDeploymentFile(values.file ?? 'ferry.yaml', io.env), env);
   const config = loadSenderConfig(io.env);
 
   const logger = createLogger({ level: 'warn', name: 'ferry', destination: io.stderr });
@@ -63,6 +65,13 @@ export async function deployCommand(args: string[], io: Io): Promise<number> {
   } finally {
     await events.close();
   }
+}
+
+/** `-e` and `--env-file` reach every service's container, over the file's own values. */
+function withEnv(document: DeploymentDocument, env: Record<string, string>): DeploymentDocument {
+  if (Object.keys(env).length === 0) return document;
+  const services = Object.fromEntries(Object.entries(document.services).map(([name, entry]) => [name, { ...entry, env: { ...entry.env, ...env } }]));
+  return { ...document, services };
 }
 
 function printService(io: Io, s: ServiceOutcome): void {

@@ -5,7 +5,7 @@ import {
   parseDocument, parsePrivateKey, parsePublicKey, publicKeyText, readTrustFileSync, validity, writeTrustFile,
   type GrantPayload, type RevocationsPayload, type Role, type SignedDocument, type SigningKey, type TrustFile, type Validity,
 } from '@ferry/auth';
-import { FerryError, isFerryError, parseSelector, type ErrorCode } from '@ferry/protocol';
+import { FerryError, isFerryError, parseDuration, parseSelector, type ErrorCode } from '@ferry/protocol';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
 import { warnIfShared } from './keys.ts';
@@ -283,7 +283,7 @@ function scopeOf(values: ScopeValues): { role: Role; services?: string[]; hosts?
 
 /** An ISO 8601 instant, or a span from now such as `90d`. */
 function instant(name: string, text: string): Date {
-  if (/^\d+[smhd]$/.test(text)) {
+  if (/^[\d.]+(?:ms|[smhd])/.test(text)) {
     const date = new Date(Date.now() + duration(name, text) * 1000);
     if (Number.isNaN(date.getTime()) || date.getUTCFullYear() > 9999) throw usage(`--${name} ${text}: too far ahead`);
     return date;
@@ -294,11 +294,11 @@ function instant(name: string, text: string): Date {
   return new Date(text);
 }
 
-/** `30s`, `15m`, `12h`, `7d` or a number of seconds. */
+/** `30s`, `15m`, `12h`, `7d`, `1d12h` or a number of seconds; in whole seconds. */
 export function duration(name: string, text: string): number {
-  const match = /^(\d{1,9})([smhd]?)$/.exec(text);
-  if (!match) throw usage(`--${name}: a duration such as 30s, 15m, 12h or 7d`);
-  return Number(match[1]) * { '': 1, s: 1, m: 60, h: 3600, d: 86_400 }[match[2] as '' | 's' | 'm' | 'h' | 'd'];
+  const ms = parseDuration(text, 's');
+  if (ms === undefined || ms % 1000 !== 0) throw usage(`--${name} ${text}: a duration in whole seconds, such as 30s, 15m, 12h or 7d (a plain number is seconds)`);
+  return ms / 1000;
 }
 
 function keyIdArg(id: string): string {

@@ -49,12 +49,21 @@ Options:
                            health check run from the target host: an HTTP URL (2xx/3xx passes),
                            a TCP connect, or cmd = the image's own HEALTHCHECK, run by Docker
   --health-retries N       probes before the deployment fails and rolls back (default 30)
-  --health-interval MS     pause between probes (default 1000)
-  --health-timeout MS      limit of one probe (default 2000)
-  --health-start-period MS wait before the first probe (default 0)
+  --health-interval DURATION
+                           pause between probes (default 1s)
+  --health-timeout DURATION
+                           limit of one probe (default 2s)
+  --health-start-period DURATION
+                           wait before the first probe (default 0)
+                           (durations: 500ms, 2s, 1m, 1h, 1m30s…; a plain number is milliseconds)
+                           A check of 127.0.0.1 or localhost on the bridge network needs its
+                           port published (-p N:N) or --network host: without, the push is refused.
 
 Container options (spelled as for docker run; the receiver's policy decides what it allows):
-  -e, --env KEY=VALUE      environment variable; repeat for more
+  -e, --env KEY=VALUE      environment variable; repeat for more. KEY alone passes on this
+                           environment's KEY (left out when it is not set), as docker run does
+  --env-file FILE          KEY=VALUE lines as docker run reads them (# comments, values as
+                           written, no quotes removed; KEY alone as -e KEY); -e wins over it
   --network host|bridge|none   container network (default bridge)
   -p, --publish [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
                            publish a port (bridge network only); repeat for more
@@ -114,6 +123,9 @@ Options:
   --only SERVICE      deploy only this service; repeat, or separate with commas
   --parallel N        targets of one service served at once (default 5)
   --retries N         attempts per target, with backoff (default 8)
+  -e, --env KEY[=VALUE]  set a variable in every service's container, over the file's env
+                      (KEY alone: from this environment, left out when unset; repeat for more)
+  --env-file FILE     the same from a file of KEY=VALUE lines, as docker run --env-file reads it
   --json              one JSON line per service, then a summary line
 
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key), DOCKER_HOST (build engine),
@@ -167,7 +179,7 @@ Options:
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key).`;
 
 const HOSTS_HELP = `Usage: ferry hosts [--selector KEY=VALUE[,KEY=VALUE…]] [--status online|lost] [--json]
-       ferry hosts join-token HOST_ID [--labels K=V[,K=V…]] [--ttl SECONDS] [--replace] [--json]
+       ferry hosts join-token HOST_ID [--labels K=V[,K=V…]] [--ttl DURATION] [--replace] [--json]
 
 Lists the receivers registered with the registry: id, status (online, or lost when its heartbeats
 stopped), the URL senders reach it at, its labels, its version and when it was last heard from.
@@ -183,7 +195,8 @@ Options:
 receiver enrolls its own host key with (FERRY_JOIN_TOKEN, or deploy/bootstrap.sh --join-token).
 The token is printed once on stdout; the registry keeps only its hash.
   --labels K=V[,K=V…]    the labels the host must register with (pinned; default: its own)
-  --ttl SECONDS          how long the token may wait to be used (default 3600, at most 7 days)
+  --ttl DURATION         how long the token may wait to be used, e.g. 30m or 2d (default 1h,
+                         at most 7d; a plain number is seconds)
   --replace              let an enrolled host enroll a new key in place of its old one
 
 Environment: FERRY_REGISTRY_URL (required), FERRY_KEY_ID and FERRY_KEY_FILE or FERRY_KEY (the

@@ -1,7 +1,7 @@
 import { parseLabels } from '@ferry/auth';
 import { FerryError } from '@ferry/protocol';
 import { line, type Io } from './io.ts';
-import { parseInteger, parse as parseOptions } from './args.ts';
+import { parseDurationFlag, parse as parseOptions } from './args.ts';
 import { ago, registryFrom, table } from './registry.ts';
 
 /** `ferry hosts`: what it does and takes is its help text, in help.ts. */
@@ -47,7 +47,8 @@ async function joinToken(args: string[], io: Io): Promise<number> {
   if (labels === undefined && values.labels !== undefined) {
     throw new FerryError('FERRY_ERR_USAGE', { message: '--labels: expected KEY=VALUE[,KEY=VALUE…] (e.g. --labels env=prod,role=web)' });
   }
-  const ttlSeconds = parseInteger('ttl', values.ttl, 60, 7 * 24 * 3600);
+  const ttlMs = parseDurationFlag('ttl', values.ttl, 's', 60_000, 7 * 24 * 3_600_000);
+  const ttlSeconds = ttlMs === undefined ? undefined : Math.ceil(ttlMs / 1000);
   const answer = await registryFrom(io, 'hosts join-token').joinToken({
     host, ...(labels ? { labels } : {}), ...(ttlSeconds !== undefined ? { ttlSeconds } : {}), ...(values.replace ? { replace: true } : {}),
   });

@@ -26,6 +26,9 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   grant: async () => (await import('./grants.ts')).grantCommand,
 };
 
+/** The services `ferry` runs itself (bin/main.ts), before the CLI: named here only to suggest them. */
+const SERVICE_COMMANDS = ['receiver', 'sender', 'registry'];
+
 export async function runCli(argv: string[], io: Io = processIo): Promise<number> {
   const [command, ...args] = argv;
   // Words after "--" belong to the container's command, not to ferry.
@@ -36,8 +39,9 @@ export async function runCli(argv: string[], io: Io = processIo): Promise<number
     if (command === undefined || command === 'help' || command === '--help' || command === '-h') return help(io, args[0]);
     const load = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
     if (!load) {
-      const { FerryError } = await import('@ferry/protocol');
-      throw new FerryError('FERRY_ERR_USAGE', { message: `Unknown command "${command}"; see "ferry help"` });
+      const [{ FerryError }, { closest }] = await Promise.all([import('@ferry/protocol'), import('../deployfile/problems.ts')]);
+      const suggestion = closest(command, [...Object.keys(COMMANDS), ...SERVICE_COMMANDS, 'help']);
+      throw new FerryError('FERRY_ERR_USAGE', { message: `Unknown command "${command}"; ${suggestion ? `did you mean "${suggestion}"?` : 'see "ferry help"'}` });
     }
     const run = await load();
     return await run(args, io);

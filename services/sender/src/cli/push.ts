@@ -13,7 +13,7 @@ import { push, type PushResult } from '../push.ts';
 import { DEFAULT_BACKOFF } from '../retry.ts';
 import { isSelector, resolveTargets } from '../targets.ts';
 import { BUILD_OPTIONS, buildRequestFrom } from './build.ts';
-import { SERVICE_OPTIONS, parse, parseInteger, serviceSpecFromFlags } from './args.ts';
+import { SERVICE_OPTIONS, parse, parseDurationFlag, parseInteger, serviceSpecFromFlags } from './args.ts';
 import { line, type Io } from './io.ts';
 import { oneLine } from './terminal.ts';
 import { nextStep } from './report.ts';
@@ -44,7 +44,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
     retries: values['health-retries'], interval: values['health-interval'],
     timeout: values['health-timeout'], startPeriod: values['health-start-period'],
   });
-  const service = serviceSpecFromFlags(values.name, values, dash < 0 ? [] : argv.slice(dash + 1), health);
+  const service = serviceSpecFromFlags(values.name, values, dash < 0 ? [] : argv.slice(dash + 1), health, io.env);
   if (!values.build && (values.file || values['build-arg'] || values['max-image-size'])) throw new FerryError('FERRY_ERR_USAGE', { message: '--file, --build-arg and --max-image-size need --build CONTEXT' });
   const buildRequest = values.build ? buildRequestFrom(values.build, image, values) : undefined;
   const config = loadSenderConfig(io.env);
@@ -127,9 +127,9 @@ function healthFrom(target: string | undefined, timing: HealthTimingArgs): Healt
   }
   const timings = {
     ...(timing.retries !== undefined ? { retries: parseInteger('health-retries', timing.retries, 1, 1000) } : {}),
-    ...(timing.interval !== undefined ? { intervalMs: parseInteger('health-interval', timing.interval, 50, 60_000) } : {}),
-    ...(timing.timeout !== undefined ? { timeoutMs: parseInteger('health-timeout', timing.timeout, 50, 60_000) } : {}),
-    ...(timing.startPeriod !== undefined ? { startPeriodMs: parseInteger('health-start-period', timing.startPeriod, 0, 600_000) } : {}),
+    ...(timing.interval !== undefined ? { intervalMs: parseDurationFlag('health-interval', timing.interval, 'ms', 50, 60_000) } : {}),
+    ...(timing.timeout !== undefined ? { timeoutMs: parseDurationFlag('health-timeout', timing.timeout, 'ms', 50, 60_000) } : {}),
+    ...(timing.startPeriod !== undefined ? { startPeriodMs: parseDurationFlag('health-start-period', timing.startPeriod, 'ms', 0, 600_000) } : {}),
   };
   const tcp = /^tcp:\/\/(\[[0-9A-Fa-f:.]+\]|[^:/[\]]+):(\d{1,5})$/.exec(target);
   const candidate = target === 'cmd'

@@ -1,7 +1,7 @@
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { parseLabels } from '@ferry/auth';
-import { IMAGE_REF_PATTERN, SERVICE_NAME_PATTERN, ServiceSpecSchema, prototypeKeyPaths, type ServiceSpec } from '@ferry/protocol';
+import { IMAGE_REF_PATTERN, SERVICE_NAME_PATTERN, ServiceSpecSchema, parseDuration, prototypeKeyPaths, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
 import { closest, type PathSegment } from './problems.ts';
 
 /** A problem before it is placed in a file: the path is kept as segments to find its YAML node. */
@@ -118,6 +118,12 @@ export function validateDeployment(value: unknown, options: ValidateOptions = {}
   const services = isDict(normalized) && isDict(normalized.services) ? normalized.services : {};
   for (const name of Object.keys(services)) {
     if (!SERVICE_NAME_PATTERN.test(name)) problems.push({ path: ['services', name], atKey: true, message: 'a service name: lowercase letters, digits, "-" and "_", at most 63' });
+  }
+  if (result.success) {
+    for (const [name, entry] of Object.entries(result.data.services)) {
+      const port = unpublishedHealthPort(entry);
+      if (port !== undefined) problems.push({ path: ['services', name, 'health'], message: unpublishedHealthPortHint(port, 'file') });
+    }
   }
   if (problems.length > 0 || !result.success) return { ok: false, problems: dedupe(problems) };
   const document: DeploymentDocument = { version: 1, ...(result.data.id ? { id: result.data.id } : {}), services: {} };
@@ -254,13 +260,12 @@ function normalizeBuild(build: unknown, at: PathSegment[], options: ValidateOpti
   return out;
 }
 
-const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/;
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 const DURATION_FIELDS = [['interval', 'intervalMs'], ['timeout', 'timeoutMs'], ['startPeriod', 'startPeriodMs']] as const;
 
 /**
  * `health` as the manifest has it, or: a string like `--health` takes (`http://…`, `tcp://HOST:PORT`,
- * `cmd`), `{ http: URL }` / `{ tcp: HOST:PORT }` without `type`, and durations as `2s`, `500ms`.
+ * `cmd`), `{ http: URL }` / `{ tcp: HOST:PORT }` without `type`, and durations as `2s`, `500ms`,
+ * `1m30s` (a plain number is milliseconds, as in intervalMs).
  */
 function normalizeHealth(health: unknown, at: PathSegment[], problems: RawProblem[]): unknown {
   let spec: unknown = health;
@@ -278,9 +283,9 @@ function normalizeHealth(health: unknown, at: PathSegment[], problems: RawProble
     const text = out[friendly];
     delete out[friendly];
     if (canonical in out) { problems.push({ path: [...at, friendly], atKey: true, message: `give ${friendly} or ${canonical}, not both` }); continue; }
-    const match = typeof text === 'string' ? DURATION.exec(text) : null;
-    if (!match) { problems.push({ path: [...at, friendly], message: 'a duration such as 500ms, 2s or 1m' }); continue; }
-    out[canonical] = Math.round(Number(match[1]) * (UNIT_MS[match[2] ?? 'ms'] ?? 1));
+    const ms = typeof text === 'string' || typeof text === 'number' ? parseDuration(String(text), 'ms') : undefined;
+    if (ms === undefined) { problems.push({ path: [...at, friendly], message: 'a duration such as 500ms, 2s or 1m (a plain number is milliseconds)' }); continue; }
+    out[canonical] = ms;
   }
   if (typeof out.type === 'string' && !['http', 'tcp', 'cmd'].includes(out.type)) {
     problems.push({ path: [...at, 'type'], message: 'http, tcp or cmd' });
