@@ -6,8 +6,9 @@ import { pipeline } from 'node:stream/promises';
 import type { BenchImage, BenchImages } from '../images.ts';
 import type { Engine } from './docker.ts';
 import { freePort, waitForHttp } from './net.ts';
+import { busier, type Endpoint, type Site } from './link.ts';
 import { PeakSampler, exited, peakKb, resetPeak, type Processes } from './proc.ts';
-import type { CountingProxy } from './proxy.ts';
+import type { CountingProxy, Meter, WireBytes } from './proxy.ts';
 import { startRegistry, type LocalRegistry } from './registry.ts';
 import { signedRequestsOf } from './signing.ts';
 import { shellQuote, type PrivateSshd } from './sshd.ts';
@@ -31,6 +32,12 @@ export interface Measurement {
   /** Bytes on the wire, both directions. */
   wireBytes: number;
   wireDetail: string;
+  /**
+   * Over a shaped link: the bytes of the busier direction, summed over the method's steps that run
+   * one after another (the registry's push, then its pull). Divided by the link's rate, the
+   * shortest time the method could take.
+   */
+  limitBytes?: number;
   /** For the registry: the larger of its two hops (push, pull), what one host-to-host move costs. */
   oneHopBytes?: number;
   senderPeakKb?: number;
@@ -50,7 +57,14 @@ export interface ReceiverHandle {
   pid: number | undefined;
 }
 
-/** Everything a method needs; one per bench run. */
+/** Where a method's client connects, and what counts the bytes it moves. */
+export interface Route {
+  host: string;
+  port: number;
+  meter: Meter;
+}
+
+/** Everything a method needs; one per link profile. */
 export interface MethodContext {
   procs: Processes;
   build: Engine;
@@ -58,11 +72,19 @@ export interface MethodContext {
   tmp: string;
   root: string;
   nodePath: string;
+  /** The target side: loopback, or a shaped link's namespace where sshd, the registry, the receiver and the pipe's far end run. */
+  site: Site;
   sshd: PrivateSshd;
-  sshProxy: CountingProxy;
+  /** On loopback a counting proxy in front of sshd; over a link sshd itself, counted by the link. */
+  ssh: Route;
+  /** The address the engines push to and pull from (a forwarder on 127.0.0.1); `registry` is where the registry listens. */
   registryProxy: CountingProxy;
+  registry: Endpoint;
+  registryMeter: Meter;
   receiver: ReceiverHandle;
-  receiverProxy: CountingProxy;
+  receiverMeter: Meter;
+  /** Where the target side reaches a `--network host` container on the target engine (for ferry's health check). */
+  healthHost: string;
   /** The key `ferry push` signs with; the receiver's trust file trusts it. */
   credentials: TestKey;
   log: (message: string) => void;
@@ -109,6 +131,7 @@ class ByteCounter extends Transform {
 
 /** 1) `docker save | docker load` straight between the engines: nothing added, the floor. */
 function pipeMethod(ctx: MethodContext): Method {
+  if (ctx.site.meter) return linkPipeMethod(ctx, ctx.site.meter);
   return {
     id: 'pipe',
     title: 'docker save | docker load (pipe)',
@@ -132,19 +155,68 @@ function pipeMethod(ctx: MethodContext): Method {
   };
 }
 
+/**
+ * 1) over a link: `docker save | socat` to a `socat | docker load` on the target side, listening
+ * before the clock starts (as a person would have started it first): the bare pipe through the link.
+ */
+function linkPipeMethod(ctx: MethodContext, meter: Meter): Method {
+  let endpoint: Endpoint | undefined;
+  const far = (port: number, bind: string): string => `socat -u TCP-LISTEN:${port},bind=${bind},reuseaddr STDOUT | docker -H ${ctx.target.host} load`;
+  const near = (ref: string, port: number, host: string): string => `docker -H ${ctx.build.host} save ${shellQuote(ref)} | socat -u STDIN TCP:${host}:${port}`;
+  return {
+    id: 'pipe',
+    title: 'docker save | docker load (pipe)',
+    commands: [
+      `${ctx.site.wrap('bash', ['-c', `'${far(0, 'NS_ADDR').replace(':0,', ':PORT,')}'`]).flat().join(' ')}  # the target side, started first`,
+      `${near('IMAGE', 0, 'NS_ADDR').replace(':0', ':PORT')}`,
+      `docker -H ${ctx.target.host} run -d --network host -e PORT=P IMAGE  # then poll /healthz`,
+    ],
+    measure: async (image) => {
+      endpoint ??= await ctx.site.expose();
+      const { port, bind, reach } = endpoint;
+      const load = ctx.procs.spawn(...ctx.site.wrap('bash', ['-o', 'pipefail', '-c', far(port, bind)]), { stdio: ['ignore', 'pipe', 'pipe'] });
+      let errors = '';
+      load.stderr?.setEncoding('utf8').on('data', (c: string) => { errors += c; });
+      load.stdout?.resume();
+      const loaded = exited(load);
+      await ctx.site.waitListening(port, 'socat | docker load');
+      meter.take();
+      const started = performance.now();
+      const save = ctx.procs.spawn('bash', ['-o', 'pipefail', '-c', near(image.ref, port, reach)], { stdio: ['ignore', 'pipe', 'pipe'] });
+      save.stderr?.setEncoding('utf8').on('data', (c: string) => { errors += c; });
+      const [saveCode, loadCode] = await Promise.all([exited(save), loaded]);
+      if (saveCode !== 0 || loadCode !== 0) throw new Error(`save | socat exited ${saveCode}, socat | load exited ${loadCode}: ${errors.trim()}`);
+      const moveSeconds = seconds(started);
+      const wire = meter.take();
+      const startSeconds = await startAndProbe(ctx, image.ref);
+      return { moveSeconds, startSeconds, totalSeconds: moveSeconds + startSeconds, ...linkBytes(wire), wireDetail: `tar through the link: ${directions(wire)}` };
+    },
+  };
+}
+
+/** Bytes both ways, and the busier direction as the link's limit. */
+function linkBytes(...steps: WireBytes[]): { wireBytes: number; limitBytes: number } {
+  return { wireBytes: steps.reduce((sum, w) => sum + w.up + w.down, 0), limitBytes: steps.reduce((sum, w) => sum + busier(w), 0) };
+}
+
+function directions(wire: WireBytes): string {
+  return `${mb(wire.up)} up, ${mb(wire.down)} down`;
+}
+
 /** 2) The classic script: save, gzip, ssh to the host, gunzip, load. */
 function sshMethod(ctx: MethodContext): Method {
   const remote = `gunzip | DOCKER_HOST=${ctx.target.host} docker load`;
-  const script = (ref: string): string => `docker -H ${ctx.build.host} save ${shellQuote(ref)} | gzip | ${ctx.sshd.sshCommand(ctx.sshProxy.port)} ${shellQuote(remote)}`;
+  const script = (ref: string): string => `docker -H ${ctx.build.host} save ${shellQuote(ref)} | gzip | ${ctx.sshd.sshCommand(ctx.ssh.host, ctx.ssh.port)} ${shellQuote(remote)}`;
+  const where = ctx.site.meter ? `in the link's namespace ${ctx.sshd.host}` : 'on a random loopback port';
   return {
     id: 'ssh',
     title: 'docker save | gzip | ssh … docker load',
     commands: [
-      `docker -H ${ctx.build.host} save IMAGE | gzip | ssh -p PORT ${process.env.USER ?? 'root'}@127.0.0.1 '${remote}'`,
-      `(private sshd on a random loopback port; ssh options: ${ctx.sshd.sshArgs(ctx.sshProxy.port).slice(0, -1).join(' ')})`,
+      `docker -H ${ctx.build.host} save IMAGE | gzip | ssh -p PORT ${process.env.USER ?? 'root'}@${ctx.ssh.host} '${remote}'`,
+      `(private sshd ${where}; ssh options: ${ctx.sshd.sshArgs(ctx.ssh.host, ctx.ssh.port).slice(0, -1).join(' ')})`,
     ],
     measure: async (image) => {
-      ctx.sshProxy.take();
+      ctx.ssh.meter.take();
       const started = performance.now();
       const child = ctx.procs.spawn('bash', ['-o', 'pipefail', '-c', script(image.ref)], { stdio: ['ignore', 'pipe', 'pipe'] });
       let errors = '';
@@ -153,9 +225,9 @@ function sshMethod(ctx: MethodContext): Method {
       const code = await exited(child);
       if (code !== 0) throw new Error(`the ssh pipeline exited with ${code}: ${errors.trim()}`);
       const moveSeconds = seconds(started);
-      const wire = ctx.sshProxy.take();
+      const wire = ctx.ssh.meter.take();
       const startSeconds = await startAndProbe(ctx, image.ref);
-      return { moveSeconds, startSeconds, totalSeconds: moveSeconds + startSeconds, wireBytes: wire.up + wire.down, wireDetail: `ssh stream ${mb(wire.up)} up, ${mb(wire.down)} down` };
+      return { moveSeconds, startSeconds, totalSeconds: moveSeconds + startSeconds, ...linkBytes(wire), wireDetail: `ssh stream ${directions(wire)}` };
     },
   };
 }
@@ -176,8 +248,8 @@ function registryMethod(ctx: MethodContext): Method {
     const dir = await mkdtemp(join(ctx.tmp, 'registry-'));
     const storage = join(dir, 'storage');
     if (from !== undefined) await cp(from, storage, { recursive: true });
-    current = await startRegistry(dir, ctx.procs, storage);
-    ctx.registryProxy.retarget(current.port);
+    current = await startRegistry(dir, ctx.procs, storage, ctx.site, ctx.registry);
+    ctx.registryProxy.retarget(ctx.registry.port, ctx.registry.reach);
   };
   const repo = (image: BenchImage): string => `${address}/${image.ref}`;
   return {
@@ -186,9 +258,11 @@ function registryMethod(ctx: MethodContext): Method {
     commands: [
       `docker -H ${ctx.build.host} tag IMAGE ${address}/IMAGE && docker -H ${ctx.build.host} push ${address}/IMAGE`,
       `docker -H ${ctx.target.host} pull ${address}/IMAGE`,
-      '(Debian docker-registry 2.x, filesystem storage, on loopback; fresh storage per cold run)',
+      ctx.site.meter
+        ? `(Debian docker-registry 2.x, filesystem storage, in the link's namespace at ${ctx.registry.reach}:${ctx.registry.port}, behind a forwarder on 127.0.0.1 for the engines; the push crosses the link one way, the pull the other; fresh storage per cold run)`
+        : '(Debian docker-registry 2.x, filesystem storage, on loopback; fresh storage per cold run)',
     ],
-    prepareWarm: async (images) => {
+    prepareWarm: (images) => ctx.site.unshaped(async () => {
       await restart();
       await ctx.build.docker(['tag', images.v1.ref, repo(images.v1)]);
       await ctx.build.docker(['push', repo(images.v1)]);
@@ -197,22 +271,22 @@ function registryMethod(ctx: MethodContext): Method {
       if (warmTemplate !== undefined) await rm(warmTemplate, { recursive: true, force: true });
       warmTemplate = await mkdtemp(join(ctx.tmp, 'registry-v1-'));
       await cp(current?.storage ?? '', join(warmTemplate, 'storage'), { recursive: true });
-    },
+    }),
     measure: async (image, _images, phase) => {
       await restart(phase === 'warm' && warmTemplate !== undefined ? join(warmTemplate, 'storage') : undefined);
-      ctx.registryProxy.take();
+      ctx.registryMeter.take();
       const started = performance.now();
       await ctx.build.docker(['tag', image.ref, repo(image)]);
       await ctx.build.docker(['push', repo(image)]);
-      const pushed = ctx.registryProxy.take();
+      const pushed = ctx.registryMeter.take();
       await ctx.target.docker(['pull', repo(image)]);
-      const pulled = ctx.registryProxy.take();
+      const pulled = ctx.registryMeter.take();
       const moveSeconds = seconds(started);
       await ctx.build.untag(repo(image));
       const startSeconds = await startAndProbe(ctx, repo(image));
       return {
         moveSeconds, startSeconds, totalSeconds: moveSeconds + startSeconds,
-        wireBytes: pushed.up + pushed.down + pulled.up + pulled.down,
+        ...linkBytes(pushed, pulled),
         oneHopBytes: Math.max(pushed.up + pushed.down, pulled.up + pulled.down),
         wireDetail: `push ${mb(pushed.up + pushed.down)}, pull ${mb(pulled.up + pulled.down)}`,
       };
@@ -224,7 +298,7 @@ function registryMethod(ctx: MethodContext): Method {
   };
 }
 
-interface PushJson {
+export interface PushJson {
   ok?: boolean;
   bytes?: { image?: number; package?: number; sent?: number };
   compression?: string;
@@ -235,45 +309,69 @@ interface PushJson {
   layers?: { total?: number; present?: number };
 }
 
-/** 4/5) `ferry push` to a receiver process, through a counting proxy. */
+export interface PushRun {
+  code: number;
+  output: string;
+  result: PushJson;
+  totalSeconds: number;
+  /** Between the result line and the process's end: what a lingering handle would cost. */
+  exitLagSeconds: number;
+  senderPeakKb: number;
+}
+
+/** Runs one real `ferry push` (a child process, as a user would) with the bench's key; its peak memory is sampled. */
+export async function runFerryPush(ctx: Pick<MethodContext, 'procs' | 'root' | 'nodePath' | 'build' | 'credentials'>, args: string[]): Promise<PushRun> {
+  const started = performance.now();
+  const child = ctx.procs.spawn(ctx.nodePath, [join(ctx.root, 'bin/ferry.js'), ...args], {
+    cwd: ctx.root, stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...withoutFerry(process.env), DOCKER_HOST: ctx.build.host, ...keyEnv(ctx.credentials) },
+  });
+  const sampler = new PeakSampler(child.pid);
+  let stdout = '';
+  let stderr = '';
+  let printedAt = Number.NaN;
+  child.stdout?.setEncoding('utf8').on('data', (c: string) => { stdout += c; printedAt = performance.now(); });
+  child.stderr?.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+  const code = await exited(child);
+  const totalSeconds = seconds(started);
+  const exitLagSeconds = (performance.now() - printedAt) / 1000;
+  const senderPeakKb = sampler.stop();
+  let result: PushJson = {};
+  try {
+    result = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as PushJson;
+  } catch {
+    // Reported through the exit code and the output below.
+  }
+  // The result line first: a fan-out's progress lines would otherwise push it out of the excerpt.
+  const output = `${stdout.trim().split('\n').at(-1) ?? ''}\n${stderr.split('\n').filter((line) => !line.includes('"progress":"sent"')).join('\n').trim().slice(-1500)}`;
+  return { code, output, result, totalSeconds, exitLagSeconds, senderPeakKb };
+}
+
+/** 4/5) `ferry push` to a receiver process, through a counting proxy (loopback) or the link. */
 function ferryMethod(ctx: MethodContext): Method {
-  const to = `http://127.0.0.1:${ctx.receiverProxy.port}`;
+  const to = ctx.receiver.url;
   const args = (ref: string, name: string, port: number): string[] => [
     'push', ref, '--to', to, '--name', name, '--network', 'host', '--env', `PORT=${port}`,
-    '--health', `http://127.0.0.1:${port}/healthz`, '--health-interval', String(PROBE_INTERVAL_MS), '--health-retries', '1000', '--json',
+    '--health', `http://${ctx.healthHost}:${port}/healthz`, '--health-interval', String(PROBE_INTERVAL_MS), '--health-retries', '1000', '--json',
   ];
   return {
     id: 'ferry',
     title: 'ferry push',
     commands: [
       `DOCKER_HOST=${ctx.build.host} FERRY_KEY_ID=… FERRY_KEY_FILE=… node bin/ferry.js ${args('IMAGE', 'SERVICE', 0).join(' ').replace('PORT=0', 'PORT=P').replaceAll(':0/', ':P/')}`,
-      `(receiver: DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=… node bin/ferry.js receiver, on 127.0.0.1, one process for the whole bench)`,
+      ctx.site.meter
+        ? `(receiver: ${ctx.site.wrap('node', []).flat().join(' ')} bin/ferry.js receiver with DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=…, listening in the link's namespace, one process per link; it probes the health URL back across the link)`
+        : `(receiver: DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=… node bin/ferry.js receiver, on 127.0.0.1, one process for the whole bench)`,
     ],
     measure: async (image) => {
       const port = await freePort();
       const name = `ferry-bench-${randomBytes(4).toString('hex')}`;
-      ctx.receiverProxy.take();
+      ctx.receiverMeter.take();
       resetPeak(ctx.receiver.pid);
-      const started = performance.now();
-      const child = ctx.procs.spawn(ctx.nodePath, [join(ctx.root, 'bin/ferry.js'), ...args(image.ref, name, port)], {
-        cwd: ctx.root, stdio: ['ignore', 'pipe', 'pipe'],
-        env: { ...withoutFerry(process.env), DOCKER_HOST: ctx.build.host, ...keyEnv(ctx.credentials) },
-      });
-      const sampler = new PeakSampler(child.pid);
-      let stdout = '';
-      let stderr = '';
-      let printedAt = Number.NaN;
-      child.stdout?.setEncoding('utf8').on('data', (c: string) => { stdout += c; printedAt = performance.now(); });
-      child.stderr?.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
-      const code = await exited(child);
-      const totalSeconds = seconds(started);
-      // Between the result line and the process's end: what a lingering handle would cost.
-      const exitLag = (performance.now() - printedAt) / 1000;
-      const senderPeakKb = sampler.stop();
+      const { code, output, result, totalSeconds, exitLagSeconds: exitLag, senderPeakKb } = await runFerryPush(ctx, args(image.ref, name, port));
       const receiverPeakKb = peakKb(ctx.receiver.pid);
-      const wire = ctx.receiverProxy.take();
-      if (code !== 0) throw new Error(`ferry push exited with ${code}: ${(stdout + stderr).trim().slice(-2000)}`);
-      const result = JSON.parse(stdout.trim().split('\n').at(-1) ?? '{}') as PushJson;
+      const wire = ctx.receiverMeter.take();
+      if (code !== 0) throw new Error(`ferry push exited with ${code}: ${output}`);
       const receiver = result.timings?.receiver ?? {};
       const startSeconds = ((receiver.deploy ?? 0) + (receiver.health ?? 0)) / 1000;
       // Whatever stages this version of `ferry push` reports (milliseconds), printed as seconds.
@@ -287,7 +385,7 @@ function ferryMethod(ctx: MethodContext): Method {
         ...(Number.isFinite(exitLag) ? { exitLagSeconds: exitLag } : {}),
         detail: `sender: ${stages(result.timings ?? {})}; receiver: ${stages(receiver)}${layers}${outside}`,
         moveSeconds: totalSeconds - startSeconds, startSeconds, totalSeconds, senderPeakKb, receiverPeakKb, signedRequests: signedRequestsOf(result),
-        wireBytes: wire.up + wire.down,
+        ...linkBytes(wire),
         wireDetail: `package ${mb(result.bytes?.package ?? 0)} (${result.compression ?? '?'}${result.streamed === true ? ', streamed' : ''}; ${result.exportedBy === 'layer-store' ? 'read from the layer store' : 'docker save'} ${mb(result.bytes?.image ?? 0)})`,
       };
     },

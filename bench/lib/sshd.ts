@@ -2,26 +2,29 @@ import { existsSync, mkdirSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
-import { freePort, waitForPort } from './net.ts';
+import { loopback, type Site } from './link.ts';
 import { exited, run, type Processes } from './proc.ts';
 
 const SSHD = '/usr/sbin/sshd';
 
 export interface PrivateSshd {
   port: number;
-  /** `ssh` options that reach this sshd through `port` (e.g. a proxy in front) as the current user. */
-  sshArgs(port: number): string[];
+  /** Where the build side reaches it (127.0.0.1, or the address of a link's namespace). */
+  host: string;
+  /** `ssh` options that reach this sshd through `host`:`port` (e.g. a proxy in front) as the current user. */
+  sshArgs(host: string, port: number): string[];
   /** The same options as one shell-quoted string, for a pipeline run by bash. */
-  sshCommand(port: number): string;
+  sshCommand(host: string, port: number): string;
   stop(): Promise<void>;
 }
 
 /**
- * A private sshd on a random loopback port: its own host key, one generated client key in its own
+ * A private sshd on the target side of `site` (a random loopback port, or a port in a link's
+ * namespace, where the sessions it runs then are too): its own host key, one generated client key in its own
  * authorized_keys, for the current user only. Nothing in ~/.ssh or /etc/ssh is read or changed;
  * the client trusts the host key through its own known_hosts under a fixed alias.
  */
-export async function startPrivateSshd(dir: string, procs: Processes): Promise<PrivateSshd> {
+export async function startPrivateSshd(dir: string, procs: Processes, site: Site = loopback): Promise<PrivateSshd> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const hostKey = join(dir, 'host_ed25519');
   const clientKey = join(dir, 'client_ed25519');
@@ -29,33 +32,34 @@ export async function startPrivateSshd(dir: string, procs: Processes): Promise<P
   await run(procs, 'ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'ferry-bench-client', '-f', clientKey]);
   await writeFile(join(dir, 'authorized_keys'), await readFile(`${clientKey}.pub`), { mode: 0o600 });
   await writeFile(join(dir, 'known_hosts'), `ferry-bench ${(await readFile(`${hostKey}.pub`, 'utf8')).trim()}\n`);
-  const port = await freePort();
+  const { port, bind, reach } = await site.expose();
   const config = join(dir, 'sshd_config');
   await writeFile(config, [
-    `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${hostKey}`, `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
+    `Port ${port}`, `ListenAddress ${bind}`, `HostKey ${hostKey}`, `AuthorizedKeysFile ${join(dir, 'authorized_keys')}`,
     `PidFile ${join(dir, 'sshd.pid')}`, 'UsePAM no', 'StrictModes no', 'PasswordAuthentication no',
     'KbdInteractiveAuthentication no', 'PubkeyAuthentication yes', 'PermitRootLogin prohibit-password',
     `AllowUsers ${userInfo().username}`, 'LogLevel ERROR', '',
   ].join('\n'));
   // sshd started by root insists on its privilege separation directory (normally made by systemd).
   if (process.getuid?.() === 0 && !existsSync('/run/sshd')) mkdirSync('/run/sshd', { mode: 0o755 });
-  const child = procs.spawn(SSHD, ['-D', '-e', '-f', config]);
+  const child = procs.spawn(...site.wrap(SSHD, ['-D', '-e', '-f', config]));
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
   await Promise.race([
-    waitForPort(port, 'the private sshd'),
+    site.waitListening(port, 'the private sshd'),
     exited(child).then((code) => { throw new Error(`sshd exited with ${code}: ${stderr}`); }),
   ]);
   const user = userInfo().username;
-  const sshArgs = (via: number): string[] => [
+  const sshArgs = (host: string, via: number): string[] => [
     '-F', '/dev/null', '-p', String(via), '-i', clientKey, '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes',
     '-o', 'HostKeyAlias=ferry-bench', '-o', `UserKnownHostsFile=${join(dir, 'known_hosts')}`,
-    '-o', 'StrictHostKeyChecking=yes', '-o', 'LogLevel=ERROR', `${user}@127.0.0.1`,
+    '-o', 'StrictHostKeyChecking=yes', '-o', 'LogLevel=ERROR', `${user}@${host}`,
   ];
   return {
     port,
+    host: reach,
     sshArgs,
-    sshCommand: (via) => ['ssh', ...sshArgs(via)].map(shellQuote).join(' '),
+    sshCommand: (host, via) => ['ssh', ...sshArgs(host, via)].map(shellQuote).join(' '),
     stop: async () => {
       if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
         const gone = exited(child);
