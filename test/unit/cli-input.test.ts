@@ -16,7 +16,7 @@ import { envFromFlags, parseDurationFlag, parseEnvPairs, serviceSpecFromFlags } 
 import { parseDeploymentText } from '../../services/sender/src/deployfile/index.ts';
 import { duration } from '../../services/sender/src/cli/grants.ts';
 import { parseEnvFile, readEnvFiles } from '../../services/sender/src/cli/env-file.ts';
-import { healthFailureReason } from '../../services/receiver/src/deploy/health.ts';
+import { healthCheckFailed, healthCheckFailedWithoutRestore, healthFailureReason } from '../../services/receiver/src/deploy/health.ts';
 
 class Capture extends Writable {
   text = '';
@@ -250,5 +250,9 @@ describe('a health check on the host\'s loopback for a container on the bridge n
     const outcome = { ok: false, attempts: 3, probes: [], durationMs: 10, reason: 'health check failed 3 times (last: ECONNREFUSED)' };
     assert.equal(healthFailureReason(outcome, spec(http('http://127.0.0.1:8080/'))), `health check failed 3 times (last: ECONNREFUSED); ${unpublishedHealthPortHint(8080)}`);
     assert.equal(healthFailureReason(outcome, spec(http('http://127.0.0.1:8080/'), { network: 'host' })), outcome.reason);
+    const failed = healthCheckFailed(healthFailureReason(outcome, spec(http('http://127.0.0.1:8080/'))));
+    assert.equal(failed.message, `Health check failed: ${outcome.reason}; ${unpublishedHealthPortHint(8080)}; the previous version was restored`);
+    // With nothing to roll back to, the reason is still given.
+    assert.equal(healthCheckFailedWithoutRestore(failed).message, `Health check failed: ${outcome.reason}; ${unpublishedHealthPortHint(8080)}; there was no previous version to restore`);
   });
 });

@@ -22,9 +22,11 @@ describe('waitForEngine', () => {
   test('an engine that comes up while the receiver starts: pinged again until it answers', async () => {
     const time = fakeTime();
     let calls = 0;
-    await waitForEngine(() => (++calls < 5 ? refused() : Promise.resolve('OK')), { dockerHost: 'unix:///run/docker.sock', ...time });
+    const told: string[] = [];
+    await waitForEngine(() => (++calls < 5 ? refused() : Promise.resolve('OK')), { dockerHost: 'unix:///run/docker.sock', ...time, onWaiting: (cause) => told.push(cause) });
     assert.equal(calls, 5);
     assert.equal(time.slept.length, 4);
+    assert.deepEqual(told, ['ENOENT'], 'the wait is told once');
   });
 
   test('no engine within the wait: FERRY_ERR_DOCKER_UNAVAILABLE naming DOCKER_HOST and the cause', async () => {

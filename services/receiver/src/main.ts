@@ -47,7 +47,10 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
 
   const docker = createDockerClient(config.dockerHost);
   // Before anything that needs it: without its engine a receiver fails to start, and says why.
-  await waitForEngine((signal) => docker.ping(signal), { dockerHost: config.dockerHost });
+  await waitForEngine((signal) => docker.ping(signal), {
+    dockerHost: config.dockerHost,
+    onWaiting: (cause) => log.warn({ dockerHost: config.dockerHost ?? null, cause }, 'waiting for the Docker engine'),
+  });
   const layers = new LayerInventory(docker);
   const metrics = createReceiverMetrics();
   // Every event is on disk in the outbox before publish() returns; NATS gets it when it can.

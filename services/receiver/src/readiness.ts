@@ -64,6 +64,8 @@ export interface EngineWaitOptions {
   /** Injected in tests: the time, and the pause between pings. */
   now?: () => number;
   sleep?: (ms: number) => Promise<void>;
+  /** Told once, at the first failed ping, so that an operator sees what the start waits for. */
+  onWaiting?: (cause: string) => void;
 }
 
 /**
@@ -77,14 +79,17 @@ export async function waitForEngine(ping: (signal: AbortSignal) => Promise<unkno
   const pause = options.sleep ?? ((ms: number) => sleep(ms));
   const waitMs = options.waitMs ?? ENGINE_START_WAIT_MS;
   const deadline = now() + waitMs;
+  let told = false;
   for (;;) {
     const signal = AbortSignal.timeout(ENGINE_PING_TIMEOUT_MS);
     try {
       await ping(signal);
       return;
     } catch (err) {
+      const cause = signal.aborted ? `no answer within ${ENGINE_PING_TIMEOUT_MS} ms` : reasonOf(err);
+      if (!told) options.onWaiting?.(cause);
+      told = true;
       if (now() + ENGINE_RETRY_MS > deadline) {
-        const cause = signal.aborted ? `no answer within ${ENGINE_PING_TIMEOUT_MS} ms` : reasonOf(err);
         const host = options.dockerHost ?? 'unix:///var/run/docker.sock (the default)';
         throw new FerryError('FERRY_ERR_DOCKER_UNAVAILABLE', {
           message: `The Docker engine at DOCKER_HOST=${host} cannot be reached (${cause}; tried for ${waitMs / 1000} s): start it, or set DOCKER_HOST to the engine the receiver runs containers on`,

@@ -12,7 +12,7 @@ import { assertLayersPresent, loadVerified } from '../load/load.ts';
 import { startLastDeployed, type ReconcileResult } from './restart.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
-import { healthFailureReason, waitHealthy } from './health.ts';
+import { healthCheckFailed, healthCheckFailedWithoutRestore, healthFailureReason, waitHealthy } from './health.ts';
 import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, JournalEntry, StateStamp } from '../journal/journal.ts';
 import type { CrashPoint } from './crash.ts';
 import { assertFreeSpace, type DiskGuard } from './disk.ts';
@@ -524,7 +524,7 @@ class Run {
     const logs = await this.#deps.containers.logs(containerId).catch(() => []);
     const reason = healthFailureReason(outcome, this.#manifest.service);
     this.#emit('healthcheck.failed', { reason, probes: outcome.probes, logs });
-    return { ok: false, error: new FerryError('FERRY_ERR_HEALTHCHECK_FAILED', { message: `Health check failed: ${reason}; the previous version was restored` }), logs, probes: outcome.probes };
+    return { ok: false, error: healthCheckFailed(reason), logs, probes: outcome.probes };
   }
 
   async #fail(error: FerryError, previousTagTarget: string | undefined, logs?: string[], probes?: ProbeResult[]): Promise<DeploymentResult> {
@@ -547,7 +547,7 @@ class Run {
         this.#emit('rollback.completed', { ...(restored ? { restoredContainerId: restored } : {}), durationMs: this.#timings.rollback });
         this.#state = restored ? 'ROLLED_BACK' : 'FAILED';
         if (!restored && error.code === 'FERRY_ERR_HEALTHCHECK_FAILED') {
-          finalError = new FerryError('FERRY_ERR_HEALTHCHECK_FAILED', { message: 'Health check failed; there was no previous version to restore' });
+          finalError = healthCheckFailedWithoutRestore(error);
         }
       } catch (err) {
         this.#log.error({ err }, 'rollback failed');

@@ -2,7 +2,7 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
 import type { ContainerHealth } from '@ferry/docker';
-import { unpublishedHealthPort, unpublishedHealthPortHint, type HealthCheck, type ProbeResult, type ServiceSpec } from '@ferry/protocol';
+import { FerryError, unpublishedHealthPort, unpublishedHealthPortHint, type HealthCheck, type ProbeResult, type ServiceSpec } from '@ferry/protocol';
 
 /** Kept short: a failure event carries the history, and a long one says nothing more. */
 const HISTORY = 10;
@@ -59,6 +59,19 @@ export function healthFailureReason(outcome: HealthOutcome, service: Pick<Servic
   const reason = outcome.reason ?? 'health check failed';
   const port = unpublishedHealthPort(service);
   return port === undefined ? reason : `${reason}; ${unpublishedHealthPortHint(port)}`;
+}
+
+const RESTORED = '; the previous version was restored';
+
+/** The deployment's error for a failed check, as the rollback is expected to end: the old version runs again. */
+export function healthCheckFailed(reason: string): FerryError {
+  return new FerryError('FERRY_ERR_HEALTHCHECK_FAILED', { message: `Health check failed: ${reason}${RESTORED}` });
+}
+
+/** The same failure when there was no previous version to run again: why it failed still said. */
+export function healthCheckFailedWithoutRestore(error: FerryError): FerryError {
+  const failed = error.message.endsWith(RESTORED) ? error.message.slice(0, -RESTORED.length) : 'Health check failed';
+  return new FerryError('FERRY_ERR_HEALTHCHECK_FAILED', { message: `${failed}; there was no previous version to restore` });
 }
 
 type HttpCheck = Extract<HealthCheck, { type: 'http' }>;
