@@ -54,10 +54,12 @@ describe('did you mean', () => {
     }
   });
 
-  test('a command nothing is near still points to "ferry help"', async () => {
-    const r = await cli(['frobnicate']);
-    assert.equal(r.code, 2);
-    assert.match(r.stderr, /Unknown command "frobnicate"; see "ferry help"/);
+  test('a command nothing is near still points to "ferry help"; a short word is not stretched to fit', async () => {
+    for (const typed of ['frobnicate', 'ls', 'rm', 'ps', 'x']) {
+      const r = await cli([typed]);
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, new RegExp(`Unknown command "${typed}"; see "ferry help"`), r.stderr);
+    }
   });
 
   test('a mistyped option exits 2 naming the nearest option of that command', async () => {
@@ -79,9 +81,11 @@ describe('did you mean', () => {
   });
 
   test('an option nothing is near is only named; --json gets the same message', async () => {
-    const r = await cli([...PUSH, '--frobnicate-everything']);
-    assert.equal(r.code, 2);
-    assert.match(r.stderr, /Unknown option "--frobnicate-everything" \[FERRY_ERR_USAGE\]/);
+    for (const typed of ['--frobnicate-everything', '--rm', '-d']) {
+      const r = await cli([...PUSH, typed]);
+      assert.equal(r.code, 2);
+      assert.match(r.stderr, new RegExp(`Unknown option "${typed}" \\[FERRY_ERR_USAGE\\]`), r.stderr);
+    }
     const json = await cli([...PUSH, '--json', '--helth', 'x']);
     const answer = JSON.parse(json.stdout) as { error: { code: string; message: string } };
     assert.equal(answer.error.code, 'FERRY_ERR_USAGE');

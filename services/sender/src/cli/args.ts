@@ -3,6 +3,7 @@ import {
   FerryError, RESTART_POLICIES, ServiceSpecSchema, durationText, parseDuration, unpublishedHealthPort, unpublishedHealthPortHint,
   type DurationUnit, type HealthCheck, type ServiceSpec,
 } from '@ferry/protocol';
+import { editDistance } from '@ferry/config';
 import { closest } from '../deployfile/problems.ts';
 import { readEnvFiles } from './env-file.ts';
 
@@ -25,15 +26,21 @@ export function parse<O extends Options>(args: string[], options: O, positionals
 }
 
 /**
- * `Unknown option "--helth"; did you mean "--health"?`: the nearest of the command's own options,
- * long or short, when one is a typo away.
+ * `Unknown option "--helth"; did you mean "--health"?`: the nearest of the command's own long
+ * options when one is a typo away (a one-letter option has no typo but another letter).
  */
 function unknownOption(given: string, options: Options): string {
-  const names = Object.entries(options).flatMap(([long, option]) => [`--${long}`, ...(option.short ? [`-${option.short}`] : [])]);
-  const bare = given.replace(/^-+/, '');
-  const match = bare.length > 1 ? closest(bare, names.map((name) => name.replace(/^-+/, ''))) : undefined;
-  const suggestion = match === undefined ? undefined : names.find((name) => name.replace(/^-+/, '') === match);
-  return `Unknown option "${given}"${suggestion ? `; did you mean "${suggestion}"?` : ''}`;
+  const match = given.startsWith('--') ? suggest(given.slice(2), Object.keys(options)) : undefined;
+  return `Unknown option "${given}"${match !== undefined ? `; did you mean "--${match}"?` : ''}`;
+}
+
+/**
+ * The candidate a typo away from `word`, for "did you mean": at most two edits, and at most half
+ * the word, so that `--rm` is not taken for `--to`.
+ */
+export function suggest(word: string, candidates: readonly string[]): string | undefined {
+  const match = closest(word, candidates);
+  return match !== undefined && editDistance(word.toLowerCase(), match.toLowerCase()) <= Math.min(2, Math.floor(word.length / 2)) ? match : undefined;
 }
 
 /**

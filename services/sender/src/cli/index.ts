@@ -39,8 +39,8 @@ export async function runCli(argv: string[], io: Io = processIo): Promise<number
     if (command === undefined || command === 'help' || command === '--help' || command === '-h') return help(io, args[0]);
     const load = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
     if (!load) {
-      const [{ FerryError }, { closest }] = await Promise.all([import('@ferry/protocol'), import('../deployfile/problems.ts')]);
-      const suggestion = closest(command, [...Object.keys(COMMANDS), ...SERVICE_COMMANDS, 'help']);
+      const [{ FerryError }, { suggest }] = await Promise.all([import('@ferry/protocol'), import('./args.ts')]);
+      const suggestion = suggest(command, [...Object.keys(COMMANDS), ...SERVICE_COMMANDS, 'help']);
       throw new FerryError('FERRY_ERR_USAGE', { message: `Unknown command "${command}"; ${suggestion ? `did you mean "${suggestion}"?` : 'see "ferry help"'}` });
     }
     const run = await load();
