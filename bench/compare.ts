@@ -152,7 +152,7 @@ class Bench {
     const services = await this.#startServices(join(tmp, profile.name), site);
     this.#live.push(() => services.stop());
     const methods = allMethods(services.context).filter((m) => this.#opts.methods.includes(m.id));
-    this.#linkMethods.push({ link: profile, methods });
+    this.#linkMethods.push({ link: profile, methods: [...methods] });
     this.#methods = methods;
     for (const images of this.#images) {
       await this.#phase(profile, methods, images, 'cold');
