@@ -8,23 +8,15 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
-import { FerryError, durationText, parseDuration, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
+import { durationText, parseDuration, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
 import { runCli, type Io } from '../../services/sender/src/cli/index.ts';
 import { envFromFlags, parseDurationFlag, parseEnvPairs, serviceSpecFromFlags } from '../../services/sender/src/cli/args.ts';
 import { parseDeploymentText } from '../../services/sender/src/deployfile/index.ts';
 import { duration } from '../../services/sender/src/cli/grants.ts';
 import { parseEnvFile, readEnvFiles } from '../../services/sender/src/cli/env-file.ts';
+import { Capture, usageError } from '../helpers/cli.ts';
 import { healthCheckFailed, healthCheckFailedWithoutRestore, healthFailureReason } from '../../services/receiver/src/deploy/health.ts';
-
-class Capture extends Writable {
-  text = '';
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: () => void): void {
-    this.text += chunk.toString('utf8');
-    callback();
-  }
-}
 
 async function cli(argv: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
   const stdout = new Capture();
@@ -32,15 +24,6 @@ async function cli(argv: string[], env: Record<string, string> = {}): Promise<{ 
   const io: Io = { env, stdout, stderr };
   const code = await runCli(argv, io);
   return { code, stdout: stdout.text, stderr: stderr.text };
-}
-
-function usageError(fn: () => unknown, message: RegExp): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof FerryError, String(err));
-    assert.equal(err.code, 'FERRY_ERR_USAGE');
-    assert.match(err.message, message);
-    return true;
-  });
 }
 
 const PUSH = ['push', 'img:1', '--to', 'http://127.0.0.1:1', '--name', 'web'];

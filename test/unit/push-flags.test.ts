@@ -1,34 +1,10 @@
 /** `ferry push`'s docker-run-style container flags, its three progress renderings and `ferry help`, as pure logic. */
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { describe, test } from 'node:test';
-import { FerryError } from '@ferry/protocol';
 import { DEFAULT_BACKOFF, DEFAULT_PARALLEL, createProgress, runCli, serviceSpecFromFlags, splitCommand, type Io } from '@ferry/sender';
-
-function usageError(fn: () => unknown, message: RegExp): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof FerryError, String(err));
-    assert.equal(err.code, 'FERRY_ERR_USAGE');
-    assert.match(err.message, message);
-    return true;
-  });
-}
+import { Capture, usageError } from '../helpers/cli.ts';
 
 const ESC = '\u001b';
-
-class Capture extends Writable {
-  text = '';
-  isTTY: boolean;
-  columns = 200;
-  constructor(isTTY = false) {
-    super();
-    this.isTTY = isTTY;
-  }
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: () => void): void {
-    this.text += chunk.toString('utf8');
-    callback();
-  }
-}
 
 describe('ferry push container flags', () => {
   test('every flag lands in its ServiceSpec field, spelled as docker run takes it', () => {
