@@ -80,8 +80,8 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
       }
     }
     for (const v of volumes) await v.docker.getVolume(v.name).remove({ force: true }).catch(() => undefined);
-    if (docker) await removeImages(docker[0], [`${repo}:1`, `${repo}:big`]);
-    await removeImages(build, [`${repo}:1`, `${repo}:big`]);
+    for (const engine of docker ?? []) await removeImages(engine, [`${repo}:1`, `${repo}:big`, `${repo}:wide`]);
+    await removeImages(build, [`${repo}:1`, `${repo}:big`, `${repo}:wide`]);
     await Promise.all(engines.map((e) => e.stop().catch(() => undefined)));
   });
 
@@ -164,6 +164,54 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     for (const engine of [docker[0], docker[2]]) assert.equal((await engine.getContainer(service).inspect()).State.Running, true);
   });
 
+  test('four targets lacking the image stream from one export and one compression; one cut off mid-way leaves the other three deployed', async () => {
+    const service = serviceName('wide');
+    const ctx = await mkdtemp(join(tmpdir(), 'ferry-fan-wide-'));
+    // Random bytes at the bottom: no target holds any layer of this image.
+    await writeFile(join(ctx, 'blob'), randomBytes(16 * 1024 * 1024));
+    await writeFile(join(ctx, 'busybox'), await readFile('/bin/busybox'), { mode: 0o755 });
+    await writeFile(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY blob /blob\nCOPY busybox /bin/busybox\nENTRYPOINT ["/bin/busybox", "sleep", "1000000"]\n');
+    const built = await capture('docker', ['-H', s.buildDockerHost, 'build', '-q', '-t', `${repo}:wide`, ctx], { ...process.env, DOCKER_BUILDKIT: '0' });
+    await rm(ctx, { recursive: true, force: true });
+    assert.equal(built.code, 0, built.stderr);
+    const victim = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `fanvictim-${run}` });
+    receivers.push(victim);
+    // Every export of the image the sender makes goes through save(): counted here, on the real engine.
+    const images = new ImageStore(createDockerClient(s.buildDockerHost));
+    const save = images.save.bind(images);
+    let saves = 0;
+    images.save = (ref) => { saves += 1; return save(ref); };
+    let cut = false;
+    const targets = [rx[0].url, victim.url, rx[1].url, rx[2].url];
+    const result = await pushMany({
+      image: `${repo}:wide`, targets, compression: 'zstd', layerStore: false, slowAfterMs: 2000,
+      service: { name: service, network: 'none' }, policy: { ...DEFAULT_BACKOFF, attempts: 2 },
+    }, {
+      images, events: new NullSink(), credentials: key, source: 'ferry://sender/test',
+      clock: { random: () => 0.5, sleep: (ms) => new Promise((r) => setTimeout(r, Math.min(ms, 100))) },
+      onProgress: (url, position) => {
+        if (url !== victim.url || cut || position === 0) return;
+        // Its first part is in; the receiver goes away, mid-stream.
+        cut = true;
+        victim.child.kill('SIGKILL');
+      },
+    });
+    assert.ok(cut, 'the victim was cut off mid-way');
+    assert.deepEqual(result.layers.targets.map((t) => t.present), [0, 0, 0, 0], 'no target held any layer');
+    assert.deepEqual(result.reads, { exports: 1, compressions: 1 }, JSON.stringify(result.reads));
+    assert.equal(saves, 1, 'one docker save for four targets');
+    const byUrl = new Map(result.targets.map((t) => [t.url, t]));
+    for (const url of [rx[0].url, rx[1].url, rx[2].url]) {
+      const t = byUrl.get(url);
+      assert.deepEqual([t?.state, t?.streamed], ['COMPLETED', true], JSON.stringify(t));
+    }
+    const lost = byUrl.get(victim.url);
+    assert.equal(lost?.ok, false, JSON.stringify(lost));
+    assert.ok(lost.path.includes('stream'), JSON.stringify(lost));
+    assert.equal(result.ok, false);
+    for (const engine of docker) assert.equal((await engine.getContainer(service).inspect()).State.Running, true);
+  });
+
   test('a receiver whose host key is not the one expected is refused before any byte goes; --host-key pins one', async () => {
     const service = serviceName('pinned');
     const wrong = `SHA256:${'A'.repeat(43)}`;
@@ -209,7 +257,8 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     try {
       let size = 0;
       const result = await pushMany({
-        image: `${repo}:big`, targets: [first.url, rx[2].url], compression: 'none', resumableThreshold: 1, partBytes: 64 * 1024,
+        // Spooled, so the resumable upload is what a killed receiver resumes.
+        image: `${repo}:big`, targets: [first.url, rx[2].url], compression: 'none', stream: false, resumableThreshold: 1, partBytes: 64 * 1024,
         service: { name: service, network: 'none' }, policy: DEFAULT_BACKOFF,
       }, {
         images: new ImageStore(createDockerClient(s.buildDockerHost)), events: new NullSink(), credentials: key, source: 'ferry://sender/test', clock,

@@ -10,7 +10,7 @@ import { pipeline } from 'node:stream/promises';
 import { describe, it } from 'node:test';
 import { FerryError, chainIds } from '@ferry/protocol';
 import { ArchiveInspector, isContainerdStore } from '@ferry/receiver';
-import { LayerFilter, identifyLayer, isPrivateAddress, layersToOmit, omittableLayers, packageCompression, resolveCompression } from '@ferry/sender';
+import { LayerFilter, chooseCompression, identifyLayer, isPrivateAddress, layersToOmit, omittableLayers } from '@ferry/sender';
 import { tarHeader } from '../helpers/tar.ts';
 
 /** A three-layer image as dockerd 20.10 saved it: its diff ids, and the v1 directory and JSON of each layer. */
@@ -163,24 +163,34 @@ describe('image store detection', () => {
   });
 });
 
-describe('--compression auto', () => {
-  it('sends uncompressed on loopback and private links, zstd elsewhere', async () => {
+describe('--compression auto: the first guess, by address', () => {
+  const guess = async (urls: string[], omitted = 0, streamed = true): Promise<string> => {
+    const d = await chooseCompression('auto', { urls, omitted, layers: 8, streamed });
+    return `${d.compression}${d.level === undefined ? '' : ` ${d.level}`}`;
+  };
+
+  it('knows private addresses', () => {
     for (const address of ['127.0.0.1', '10.1.2.3', '172.16.0.1', '192.168.1.1', '169.254.0.1', '::1', 'fd00::1', 'fe80::1', '::ffff:10.0.0.1']) {
       assert.equal(isPrivateAddress(address), true, address);
     }
     for (const address of ['8.8.8.8', '172.32.0.1', '100.64.0.1', '2001:db8::1', '::ffff:8.8.8.8']) {
       assert.equal(isPrivateAddress(address), false, address);
     }
-    assert.equal(await resolveCompression('auto', ['http://127.0.0.1:7701', 'http://[::1]:7701', 'http://localhost:7701']), 'none');
-    assert.equal(await resolveCompression('auto', ['http://127.0.0.1:7701', 'http://203.0.113.5:7701']), 'zstd');
-    assert.equal(await resolveCompression('gzip', ['http://127.0.0.1:7701']), 'gzip');
-    // A package without most of the image is a few top layers: zstd costs little there, even on a fast link.
-    const held = (n: number): string[] => Array.from({ length: n }, (_, i) => `sha256:${String(i).padStart(64, '0')}`);
-    assert.equal(packageCompression('auto', 'none', held(7), 8), 'zstd');
-    assert.equal(packageCompression('auto', 'none', held(1), 8), 'none');
-    assert.equal(packageCompression('auto', 'none', held(4), 8), 'none');
-    assert.equal(packageCompression('auto', 'none', [], 8), 'none');
-    assert.equal(packageCompression('none', 'none', held(7), 8), 'none');
-    assert.equal(packageCompression('auto', 'zstd', [], 8), 'zstd');
+  });
+
+  it('loopback is uncompressed; a private link streams uncompressed until measured, and a spooled package there gets zstd 1; a public one zstd 3', async () => {
+    assert.equal(await guess(['http://127.0.0.1:7701', 'http://[::1]:7701', 'http://localhost:7701']), 'none');
+    assert.equal(await guess(['http://127.0.0.1:7701', 'http://10.0.0.5:7701']), 'none');
+    assert.equal(await guess(['http://10.0.0.5:7701'], 0, false), 'zstd 1');
+    assert.equal(await guess(['http://127.0.0.1:7701', 'http://203.0.113.5:7701']), 'zstd 3');
+    const asked = await chooseCompression('gzip', { urls: ['http://127.0.0.1:7701'], omitted: 0, layers: 8, streamed: true });
+    assert.deepEqual([asked.compression, asked.measured], ['gzip', false]);
+  });
+
+  it('a package without most of the image is a few top layers: zstd, even on a fast link', async () => {
+    assert.equal(await guess(['http://127.0.0.1:7701'], 7), 'zstd 3');
+    assert.equal(await guess(['http://127.0.0.1:7701'], 4), 'none');
+    assert.equal((await chooseCompression('none', { urls: ['http://127.0.0.1:7701'], omitted: 7, layers: 8, streamed: true })).compression, 'none');
   });
 });
+

@@ -21,4 +21,10 @@ export { startSenderService, runSenderService, createApp as createSenderApp, Dep
 export { serviceSpecFromFlags, splitCommand, parseLabels } from './cli/args.ts';
 export { createProgress, type Progress } from './cli/progress.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
-export { isPrivateAddress, layersToOmit, packageCompression, resolveCompression, type CompressionChoice } from './negotiate.ts';
+export { layersToOmit, type CompressionChoice } from './negotiate.ts';
+export {
+  chooseCompression, decideFromMeasure, isLoopbackAddress, isPrivateAddress, linkClass, sampleZstd, ZSTD_LEVELS,
+  type CompressionDecision, type LinkClass, type LinkMeasure, type MeasuredDecision,
+} from './compression.ts';
+export { deliver, DEFAULT_SLOW_AFTER_MS, RESUMABLE_THRESHOLD_BYTES, type DeliveryDeps, type DeliveryRequest, type DeliveryResult, type TargetState } from './deliver.ts';
+export { Broadcast, Branch, SlowBranch } from './broadcast.ts';

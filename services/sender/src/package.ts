@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -62,6 +63,8 @@ export interface PackageOptions {
   dir?: string;
   /** Read the image from the engine's layer store when it can be (see {@link sourceOf}); default true. */
   layerStore?: boolean;
+  /** The compressor's level; its default when absent. */
+  level?: number;
 }
 
 export async function inspectImage(images: ImageStore, ref: string): Promise<ImageFacts> {
@@ -73,31 +76,29 @@ export async function inspectImage(images: ImageStore, ref: string): Promise<Ima
 /**
  * docker save (or the layer store) → (leave out held layers) → compress → BLAKE3 → spool file, in
  * one pipeline: the image never sits in memory, is written once, and the digest the manifest signs
- * exists before the first byte is sent, because it goes in the request headers. If held layers
- * cannot be left out (see {@link LayerFilter}), the package is built whole; if the layer store
- * turns out unreadable midway, it is built again from docker save.
+ * exists before the first byte is sent, because it goes in the request headers. Held layers that
+ * cannot be left out (see {@link LayerFilter}) throw PartialPackageUnavailable, a layer store
+ * found unreadable midway LayerStoreUnreadable: the caller decides what to make instead.
  */
 export async function buildPackage(images: ImageStore, image: ImageFacts, compression: Compression, options: PackageOptions = {}): Promise<BuiltPackage> {
-  const omit = options.omit ?? [];
-  const dir = options.dir ?? tmpdir();
+  const path = spoolPath(image, compression, options.dir);
   try {
-    return await build(image, compression, dir, await sourceOf(images, image, omit, options.layerStore !== false));
-  } catch (err) {
-    if (err instanceof LayerStoreUnreadable) return buildPackage(images, image, compression, { ...options, layerStore: false });
-    if (err instanceof PartialPackageUnavailable) return build(image, compression, dir, await sourceOf(images, image, [], false));
-    throw err;
-  }
-}
-
-async function build(image: ImageFacts, compression: Compression, dir: string, source: Source): Promise<BuiltPackage> {
-  const path = join(dir, `ferry-${image.id.slice(7, 19)}-${process.pid}-${Date.now()}.tar${compression === 'none' ? '' : compression === 'zstd' ? '.zst' : '.gz'}`);
-  try {
-    const produced = await produce(image, compression, source, () => createWriteStream(path, { flags: 'wx', mode: 0o600 }));
-    return { ...produced, path, remove: () => rm(path, { force: true }) };
+    const source = await sourceOf(images, image, options.omit ?? [], options.layerStore !== false);
+    return spooled(path, await produce(image, compression, source, () => createWriteStream(path, { flags: 'wx', mode: 0o600 }), options.level));
   } catch (err) {
     await rm(path, { force: true });
     throw err;
   }
+}
+
+/** A fresh spool file's path for a package of `image` (in TMPDIR unless `dir`). */
+export function spoolPath(image: ImageFacts, compression: Compression, dir = tmpdir()): string {
+  return join(dir, `ferry-${image.id.slice(7, 19)}-${process.pid}-${Date.now()}-${randomBytes(3).toString('hex')}.tar${compression === 'none' ? '' : compression === 'zstd' ? '.zst' : '.gz'}`);
+}
+
+/** A package whose bytes `path` holds, as {@link buildPackage} answers it. */
+export function spooled(path: string, produced: ProducedPackage): BuiltPackage {
+  return { ...produced, path, remove: () => rm(path, { force: true }) };
 }
 
 /**
@@ -108,8 +109,8 @@ async function build(image: ImageFacts, compression: Compression, dir: string, s
  * have gone to `destination`, so the caller abandons it and starts again whole, or from docker
  * save. FerryErrors `destination` raises pass through as they are.
  */
-export async function producePackage(images: ImageStore, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[]; layerStore?: boolean } = {}): Promise<ProducedPackage> {
-  return produce(image, compression, await sourceOf(images, image, options.omit ?? [], options.layerStore !== false), () => destination);
+export async function producePackage(images: ImageStore, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[]; layerStore?: boolean; level?: number } = {}): Promise<ProducedPackage> {
+  return produce(image, compression, await sourceOf(images, image, options.omit ?? [], options.layerStore !== false), () => destination, options.level);
 }
 
 /** Where an image's archive comes from, and what it leaves out. */
@@ -145,12 +146,12 @@ async function sourceOf(images: ImageStore, image: ImageFacts, omit: readonly st
   return { exportedBy: 'docker-save', open: () => images.save(image.id), ...(filter ? { filter } : {}), omitted: () => filter?.omitted ?? [] };
 }
 
-async function produce(image: ImageFacts, compression: Compression, source: Source, destination: () => Writable): Promise<ProducedPackage> {
+async function produce(image: ImageFacts, compression: Compression, source: Source, destination: () => Writable, level?: number): Promise<ProducedPackage> {
   if (compression === 'none' && source.chunks && !source.filter) return produceDirect(image, source, source.chunks(), destination());
   const started = performance.now();
   const raw = new ByteCounter();
   const packed = new TimedDigestTap();
-  const compressor = timed(createCompressor(compression));
+  const compressor = timed(createCompressor(compression, level));
   let saveMs = 0;
   try {
     const saved = await source.open();

@@ -30,20 +30,20 @@ Exit codes: 0 success, 1 the deployment or request failed, 2 bad usage or config
 const PUSH_HELP = `Usage: ferry push IMAGE --to URL [--to URL …] --name SERVICE [options]
 
 Packages IMAGE from the build engine (DOCKER_HOST), uploads it signed to the receiver at URL, and
-deploys it there as the container SERVICE. With several --to, the package is built once and sent
-to every receiver, each retried on its own; the exit code is 0 only if every target succeeded.
+deploys it there as the container SERVICE. With several --to, the image is read once and sent to
+every receiver, each retried on its own; the exit code is 0 only if every target succeeded.
 
 Options:
   --to URL                 receiver base URL, e.g. http://10.0.0.5:7701 (required; repeat for more)
-  --to selector:K=V[,K=V…] every online host of the registry (FERRY_REGISTRY_URL) carrying
-                           all those labels, e.g. selector:env=prod,role=web
+  --to selector:SELECTOR   every online host of the registry (FERRY_REGISTRY_URL) the
+                           selector matches: K=V and K!=V terms joined by commas, all of
+                           which must hold, e.g. selector:env=prod,role!=db (docs/protocol.md §2.3)
   --host-key SHA256:…      with one --to URL: the fingerprint of the host key that receiver
                            must prove (FERRY_ERR_HOST_KEY_MISMATCH otherwise); a selector's
                            hosts must prove the keys the registry enrolled for them
   --parallel N             targets served at once (default 5)
   --retries N              attempts per target, with backoff, after a lost connection, a
-                           restarting receiver or a 5xx (default 8; given alone, also makes a
-                           single-target push use the retrying fan-out path)
+                           restarting receiver or a 5xx (default 8 with several targets, 1 with one)
   --name SERVICE           service (and container) name on the target (required)
   --health URL|tcp://HOST:PORT|cmd
                            health check run from the target host: an HTTP URL (2xx/3xx passes),
@@ -84,14 +84,15 @@ Container options (spelled as for docker run; the receiver's policy decides what
                            operator allowed them in its policy
 
 Transfer options:
-  --compression auto|zstd|gzip|none (default auto = none when every target is on a
-                           loopback or private address, zstd otherwise; a package that
-                           leaves out most layers is always zstd)
+  --compression auto|zstd|gzip|none (default auto: chosen for the link, so the push ends
+                           soonest — none on loopback; on a private address a stream starts
+                           uncompressed and changes to zstd when its first parts show a slow
+                           link; zstd 3 on a public address; the choice and why are printed)
   --no-layer-negotiation   always send every layer (by default each target is asked which
                            layers it holds, and those are left out of the package)
   --no-stream              package the image to a file first and upload it afterwards
-                           (default for one target: stream while docker save runs; several
-                           targets always package once)
+                           (default: stream while the image is read; several targets share
+                           one read, and one that falls behind gets a spooled copy)
   --no-layer-store         always export the image with docker save (by default, when the
                            build engine runs here on overlay2 and its data root is readable,
                            the layers are read straight from its layer store)
@@ -114,7 +115,7 @@ selectors and records each successful deployment as the service's desired state 
 const DEPLOY_HELP = `Usage: ferry deploy [-f ferry.yaml] [options]
 
 Deploys every service of a deployment file: each is built on the build engine if it has "build",
-packaged once, and sent to all its targets (receiver URLs, or selector:KEY=VALUE,… resolved by
+packaged once, and sent to all its targets (receiver URLs, or selector:K=V,K!=V… resolved by
 the registry), service after service in the file's order. The exit code is 0 only if every
 target of every service succeeded. The file format is in docs/usage.md ("Deployment files").
 
@@ -178,16 +179,17 @@ Options:
 
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key).`;
 
-const HOSTS_HELP = `Usage: ferry hosts [--selector KEY=VALUE[,KEY=VALUE…]] [--status online|lost] [--json]
+const HOSTS_HELP = `Usage: ferry hosts [--selector SELECTOR] [--status online|lost] [--json]
        ferry hosts join-token HOST_ID [--labels K=V[,K=V…]] [--ttl DURATION] [--replace] [--json]
 
 Lists the receivers registered with the registry: id, status (online, or lost when its heartbeats
 stopped), the URL senders reach it at, its labels, its version and when it was last heard from.
---selector keeps the hosts carrying all those labels — the hosts "ferry push --to selector:…"
-would deploy to, when online.
+--selector keeps the hosts it matches — the hosts "ferry push --to selector:…" would deploy to,
+when online. A selector is K=V and K!=V terms joined by commas, all of which must hold
+(docs/protocol.md §2.3).
 
 Options:
-  --selector K=V[,K=V…]  only hosts with all these labels
+  --selector SELECTOR    only hosts it matches, e.g. env=prod,role!=db
   --status online|lost   only hosts in this state
   --json                 print {"hosts": [...]} as the registry answers it
 
@@ -245,7 +247,8 @@ again within a second. A key is trusted with a scope:
   --role deploy|read|admin|host   what it may do (deploy also reads; admin keys of the trust
                                   file also sign grants and revocation lists)
   --service GLOB                  services it may deploy, e.g. web-* (repeatable; default *)
-  --host ID|K=V[,K=V]             hosts, by id (globs) or label selector (repeatable; default *)
+  --host ID|SELECTOR              hosts, by id (globs) or label selector such as env=prod,role!=db
+                                  (docs/protocol.md §2.3; repeatable; default *)
   --not-before WHEN, --not-after WHEN   ISO 8601 with a zone, or a span from now (90d)
   --grace DURATION                after --not-after it still works, with a warning event (7d)
 KEY is base64 of the raw 32-byte public key (as "ferry key new" prints it), a PEM, or a file

@@ -9,6 +9,7 @@ import { loadSenderConfig } from '../config.ts';
 import { buildBeforePush } from '../build.ts';
 import { DEFAULT_PARALLEL, pushMany, type FanoutDeps, type FanoutRequest, type FanoutResult } from '../fanout.ts';
 import { desiredRecorder } from '../desired.ts';
+import type { CompressionDecision } from '../compression.ts';
 import { push, type PushResult } from '../push.ts';
 import { DEFAULT_BACKOFF } from '../retry.ts';
 import { isSelector, resolveTargets } from '../targets.ts';
@@ -65,19 +66,25 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
   const progress = createProgress(io.stderr, { json: values.json === true, targets });
   const docker = createDockerClient(config.dockerHost);
   const source = `ferry://sender/${hostname()}`;
-  const fanout = targets.length > 1 || values.parallel !== undefined || values.retries !== undefined;
-  if (fanout && buildRequest) throw new FerryError('FERRY_ERR_USAGE', { message: '--build works with one --to; build first, then push to several targets' });
+  if (targets.length > 1 && buildRequest) throw new FerryError('FERRY_ERR_USAGE', { message: '--build works with one --to; build first, then push to several targets' });
+  const attempts = parseInteger('retries', values.retries, 1, 100);
+  const transfer = {
+    image, compression, negotiateLayers: values['no-layer-negotiation'] !== true,
+    ...(values['no-stream'] ? { stream: false } : {}),
+    ...(values['no-layer-store'] ? { layerStore: false } : {}),
+    resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
+    service,
+  };
+  const deps = { images: new ImageStore(docker), events, credentials: config.credentials, source, ...(desired ? { desired } : {}) };
   const stopScavenging = scavengePeriodically();
   try {
-    if (fanout) {
+    // One target or many, the push is the same (deliver.ts); only the summary differs.
+    if (targets.length > 1) {
       return await fanoutCommand(io, progress, {
-        image, targets: resolved, compression, json: values.json === true, negotiateLayers: values['no-layer-negotiation'] !== true,
-        ...(values['no-layer-store'] ? { layerStore: false } : {}),
+        ...transfer, targets: resolved, json: values.json === true,
         parallel: parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL,
-        attempts: parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts,
-        resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
-        service,
-      }, { images: new ImageStore(docker), events, credentials: config.credentials, source, ...(desired ? { desired } : {}) });
+        attempts: attempts ?? DEFAULT_BACKOFF.attempts,
+      }, deps);
     }
     const result = await push({
       ...(buildRequest ? {
@@ -86,20 +93,18 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
           onLog: (text: string) => line(io.stderr, values.json ? JSON.stringify({ progress: 'build', log: text }) : text),
         }),
       } : {}),
-      image, to: targets[0] ?? '', hostKey: resolved[0]?.hostKey, compression, negotiateLayers: values['no-layer-negotiation'] !== true,
-      ...(values['no-stream'] ? { stream: false } : {}),
-      ...(values['no-layer-store'] ? { layerStore: false } : {}),
-      resumableThreshold: parseInteger('resumable-threshold', values['resumable-threshold'], 1, Number.MAX_SAFE_INTEGER),
-      service,
+      ...transfer, to: targets[0] ?? '', hostKey: resolved[0]?.hostKey,
+      // One target tries once unless told otherwise: a failure is reported at once.
+      policy: { ...DEFAULT_BACKOFF, attempts: attempts ?? 1 },
     }, {
-      images: new ImageStore(docker),
-      events, credentials: config.credentials, source, ...(desired ? { desired } : {}),
+      ...deps,
       onStage: (stage, { bytes }) => {
         if (stage === 'package') progress.stage('package', { image, compression });
         if (stage === 'transfer') progress.stage('transfer', { bytes: bytes ?? 0 });
         if (stage === 'deploy') progress.deploying(targets[0] ?? '');
       },
       onProgress: (sent) => progress.sent(targets[0] ?? '', sent),
+      onRetry: (attempt, delayMs, err) => progress.retrying(targets[0] ?? '', attempt, delayMs, err instanceof Error ? err.message : String(err)),
     });
     progress.done(targets[0] ?? '', result.deployment.state === 'COMPLETED', result.deployment.state);
     progress.close();
@@ -149,9 +154,14 @@ function printSummary(io: Io, r: PushResult): void {
   line(io.stdout, `  deployment  ${r.deploymentId}`);
   line(io.stdout, `  image       ${r.imageId}`);
   line(io.stdout, `  bytes       ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, ${formatBytes(r.bytes.sent)} sent (${rate})`);
+  line(io.stdout, oneLine(`  compression ${compressionText(r.compressionChoice)}`));
   line(io.stdout, `  layers      ${r.layers.omitted.length > 0 ? `${r.layers.present} of ${r.layers.total} already on the host, ${r.layers.omitted.length} left out of the package` : `all ${r.layers.total} sent`}${r.layers.fullAfterRefusal ? ' (the partial package was refused; sent whole)' : ''}`);
   line(io.stdout, `  sender      package ${formatMs(t.package)} (${r.exportedBy === 'layer-store' ? 'read from the layer store' : 'docker save'} ${formatMs(t.save)} · compress ${formatMs(t.compress)} · hash ${formatMs(t.hash)}, overlapping) · send ${formatMs(t.send)} · total ${formatMs(t.total)}`);
   line(io.stdout, `  receiver    receive ${formatMs(t.receiver.receive)} · load ${formatMs(t.receiver.load)} · start ${formatMs(t.receiver.deploy)} · health ${formatMs(t.receiver.health)} · total ${formatMs(t.receiver.total)}`);
+}
+
+function compressionText(c: CompressionDecision): string {
+  return `${c.compression}${c.level === undefined ? '' : ` ${c.level}`}: ${c.reason}`;
 }
 
 interface FanoutArgs extends Omit<FanoutRequest, 'policy'> {
@@ -182,7 +192,8 @@ async function fanoutCommand(io: Io, progress: Progress, args: FanoutArgs, deps:
 function printFanoutSummary(io: Io, r: FanoutResult): void {
   const failed = r.targets.filter((t) => !t.ok);
   line(io.stdout, `${failed.length === 0 ? '✔' : '✖'} ${r.service}: ${r.image} on ${r.targets.length - failed.length}/${r.targets.length} targets`);
-  line(io.stdout, `  package     ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, built once in ${formatMs(r.timings.package)}`);
+  line(io.stdout, `  package     ${formatBytes(r.bytes.image)} image → ${formatBytes(r.bytes.package)} ${r.compression} package, image read ${r.reads.exports === 1 ? 'once' : `${r.reads.exports} times`} in ${formatMs(r.timings.package)}`);
+  line(io.stdout, oneLine(`  compression ${compressionText(r.compressionChoice)}`));
   for (const t of r.targets) {
     line(io.stdout, oneLine(`  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}  ${formatBytes(t.bytes.sent)} sent  ${formatMs(t.durationMs)}  ${t.error ? t.error.code : '-'}  (${t.url}, deployment ${t.deploymentId}, ${t.attempts} attempt${t.attempts === 1 ? '' : 's'})`));
   }
