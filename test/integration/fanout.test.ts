@@ -38,7 +38,10 @@ const volumes: { docker: Dockerode; name: string }[] = [];
 const senderEnv = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) };
 
 interface Target { url: string; host?: string; deploymentId: string; ok: boolean; state: string; attempts: number; bytes: { sent: number }; error?: { code: string; message: string } }
-interface Fanout { ok: boolean; bytes: { image: number; package: number }; exportedBy: string; targets: Target[] }
+interface Fanout {
+  ok: boolean; bytes: { image: number; package: number }; exportedBy: string; targets: Target[];
+  compressionChoice: { compression: string; measured: boolean; reason: string };
+}
 
 function serviceName(label: string): string {
   const name = `${label}-${run}`;
@@ -50,6 +53,20 @@ async function countBytes(stream: NodeJS.ReadableStream): Promise<number> {
   let bytes = 0;
   for await (const chunk of stream) bytes += (chunk as Buffer).length;
   return bytes;
+}
+
+/** An image whose bottom layer is 16 MiB of this call's random bytes: no engine holds any of its layers. */
+async function buildRandomImage(tag: string): Promise<void> {
+  const ctx = await mkdtemp(join(tmpdir(), 'ferry-fan-rnd-'));
+  try {
+    await writeFile(join(ctx, 'blob'), randomBytes(16 * 1024 * 1024));
+    await writeFile(join(ctx, 'busybox'), await readFile('/bin/busybox'), { mode: 0o755 });
+    await writeFile(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY blob /blob\nCOPY busybox /bin/busybox\nENTRYPOINT ["/bin/busybox", "sleep", "1000000"]\n');
+    const built = await capture('docker', ['-H', s.buildDockerHost, 'build', '-q', '-t', `${repo}:${tag}`, ctx], { ...process.env, DOCKER_BUILDKIT: '0' });
+    assert.equal(built.code, 0, built.stderr);
+  } finally {
+    await rm(ctx, { recursive: true, force: true });
+  }
 }
 
 describe('fan-out push to three engines', { timeout: 420_000 }, () => {
@@ -80,8 +97,9 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
       }
     }
     for (const v of volumes) await v.docker.getVolume(v.name).remove({ force: true }).catch(() => undefined);
-    for (const engine of docker ?? []) await removeImages(engine, [`${repo}:1`, `${repo}:big`, `${repo}:wide`]);
-    await removeImages(build, [`${repo}:1`, `${repo}:big`, `${repo}:wide`]);
+    const tags = ['1', 'big', 'wide', 'lan'].map((tag) => `${repo}:${tag}`);
+    for (const engine of docker ?? []) await removeImages(engine, tags);
+    await removeImages(build, tags);
     await Promise.all(engines.map((e) => e.stop().catch(() => undefined)));
   });
 
@@ -102,6 +120,8 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
       // The sender's own count of what it read is one archive, not three: from the stack's build
       // engine, the archive it writes from the layer store.
       assert.equal(json.exportedBy, 'layer-store');
+      assert.deepEqual([json.compressionChoice.compression, json.compressionChoice.measured], ['none', false]);
+      assert.match(json.compressionChoice.reason, /loopback/);
       const info = await new ImageStore(createDockerClient(s.buildDockerHost)).inspect(`${repo}:1`);
       assert.ok(store && info);
       const archive = await countBytes(streamStoreArchive(store, info.id, info.diffIds, await planStoreArchive(store, info.id, info.diffIds, [])));
@@ -159,6 +179,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     const failed = lines.findIndex((l) => l.startsWith('  failed: '));
     assert.ok(lines[failed]?.includes(dead) && lines[failed].includes('FERRY_ERR_RECEIVER_CIRCUIT_OPEN'), result.stdout);
     assert.match(lines[failed + 1] ?? '', /^ {4}next: /);
+    assert.ok(lines.some((l) => /^ {2}compression none: every target is on this machine/.test(l)), result.stdout);
     // The breaker ended the schedule early: fewer attempts than the default 8.
     assert.match(result.stdout, new RegExp(`${dead.replace(/[.:/]/g, '\\$&')}, deployment [0-9a-f-]+, [2-7] attempts`));
     for (const engine of [docker[0], docker[2]]) assert.equal((await engine.getContainer(service).inspect()).State.Running, true);
@@ -166,14 +187,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
 
   test('four targets lacking the image stream from one export and one compression; one cut off mid-way leaves the other three deployed', async () => {
     const service = serviceName('wide');
-    const ctx = await mkdtemp(join(tmpdir(), 'ferry-fan-wide-'));
-    // Random bytes at the bottom: no target holds any layer of this image.
-    await writeFile(join(ctx, 'blob'), randomBytes(16 * 1024 * 1024));
-    await writeFile(join(ctx, 'busybox'), await readFile('/bin/busybox'), { mode: 0o755 });
-    await writeFile(join(ctx, 'Dockerfile'), 'FROM scratch\nCOPY blob /blob\nCOPY busybox /bin/busybox\nENTRYPOINT ["/bin/busybox", "sleep", "1000000"]\n');
-    const built = await capture('docker', ['-H', s.buildDockerHost, 'build', '-q', '-t', `${repo}:wide`, ctx], { ...process.env, DOCKER_BUILDKIT: '0' });
-    await rm(ctx, { recursive: true, force: true });
-    assert.equal(built.code, 0, built.stderr);
+    await buildRandomImage('wide');
     const victim = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `fanvictim-${run}` });
     receivers.push(victim);
     // Every export of the image the sender makes goes through save(): counted here, on the real engine.
@@ -210,6 +224,29 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     assert.ok(lost.path.includes('stream'), JSON.stringify(lost));
     assert.equal(result.ok, false);
     for (const engine of docker) assert.equal((await engine.getContainer(service).inspect()).State.Running, true);
+  });
+
+  test('a private address: the stream starts uncompressed, its first parts measure the link, and the choice and why are in the result', async () => {
+    const bridge = engines[0]?.bridge ?? '';
+    const shown = await capture('ip', ['-4', '-o', 'addr', 'show', 'dev', bridge]);
+    const address = /inet (10\.\d+\.\d+\.\d+)\//.exec(shown.stdout)?.[1];
+    assert.ok(address, shown.stdout + shown.stderr);
+    const lan = await startReceiverProcess({
+      DOCKER_HOST: engines[0]?.host ?? '', FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: `fanlan-${run}`, FERRY_LISTEN: `${address}:${await freePort()}`,
+    });
+    receivers.push(lan);
+    const service = serviceName('lan');
+    await buildRandomImage('lan');
+    const result = await pushMany({
+      image: `${repo}:lan`, targets: [lan.url], compression: 'auto', probeBytes: 4 * 1024 * 1024,
+      service: { name: service, network: 'none' },
+    }, { images: new ImageStore(createDockerClient(s.buildDockerHost)), events: new NullSink(), credentials: key, source: 'ferry://sender/test' });
+    assert.equal(result.targets[0]?.state, 'COMPLETED', JSON.stringify(result.targets[0]));
+    assert.equal(result.compressionChoice.measured, true, JSON.stringify(result.compressionChoice));
+    // Random bytes over a link on this machine: compressing cannot win, whatever the figures.
+    assert.equal(result.compressionChoice.compression, 'none');
+    assert.match(result.compressionChoice.reason, /MB\/s/);
+    assert.equal(result.reads.exports, 1);
   });
 
   test('a receiver whose host key is not the one expected is refused before any byte goes; --host-key pins one', async () => {

@@ -47,6 +47,8 @@ export interface BroadcastOptions {
    * dropped with {@link SlowBranch}, so one slow target does not set everyone's pace.
    */
   slowAfterMs: number;
+  /** Keep a copy of the first this many bytes (see {@link sample}); default none. */
+  sampleBytes?: number;
 }
 
 /**
@@ -60,6 +62,9 @@ export class Broadcast extends Writable {
   readonly #branches = new Set<Branch>();
   readonly #slowAfterMs: number;
   readonly #spool: WriteStream | undefined;
+  readonly #sampleBytes: number;
+  readonly #sample: Buffer[] = [];
+  #sampled = 0;
   /** Milliseconds the writer waited on branches (backpressure), and bytes written: what the links carried. */
   waitedMs = 0;
   bytes = 0;
@@ -68,6 +73,7 @@ export class Broadcast extends Writable {
   constructor(options: BroadcastOptions) {
     super({ highWaterMark: BRANCH_HIGH_WATER });
     this.#slowAfterMs = options.slowAfterMs;
+    this.#sampleBytes = options.sampleBytes ?? 0;
     this.#spool = options.spoolPath ? createWriteStream(options.spoolPath, { flags: 'wx', mode: 0o600 }) : undefined;
     this.#spool?.on('error', (err) => this.destroy(err));
   }
@@ -84,6 +90,11 @@ export class Broadcast extends Writable {
   detach(branch: Branch, reason?: Error): void {
     this.#branches.delete(branch);
     if (!branch.destroyed) branch.destroy(reason);
+  }
+
+  /** The first bytes written (up to `sampleBytes`): what a compressor is tried on. */
+  get sample(): Buffer {
+    return Buffer.concat(this.#sample);
   }
 
   get readers(): number {
@@ -104,9 +115,12 @@ export class Broadcast extends Writable {
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    for (const branch of this.#branches) branch.destroy(error ?? new Error('The package\'s production stopped'));
-    this.#branches.clear();
-    this.#spool?.destroy();
+    // Without an error this is the end after 'finish': the branches were ended and read on.
+    if (error) {
+      for (const branch of this.#branches) branch.destroy(error);
+      this.#branches.clear();
+      this.#spool?.destroy();
+    }
     callback(error);
   }
 
@@ -115,6 +129,10 @@ export class Broadcast extends Writable {
     // Copied once for every reader: the producer may reuse its chunk once this write calls back.
     const copy = Buffer.from(chunk);
     this.bytes += copy.length;
+    if (this.#sampled < this.#sampleBytes) {
+      this.#sample.push(copy.subarray(0, this.#sampleBytes - this.#sampled));
+      this.#sampled += Math.min(copy.length, this.#sampleBytes - this.#sampled);
+    }
     const spooled = this.#spool ? new Promise<void>((resolve, reject) => this.#spool?.write(copy, (err) => (err ? reject(err) : resolve()))) : undefined;
     for (const branch of this.#branches) branch.push(copy);
     const waitStarted = performance.now();

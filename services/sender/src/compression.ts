@@ -14,6 +14,8 @@ export interface CompressionDecision {
   reason: string;
   /** Whether the decision rests on a measurement of the link rather than on its addresses. */
   measured: boolean;
+  /** A first guess to check on the first streamed parts (see {@link decideFromMeasure}). */
+  measureLink?: boolean;
 }
 
 /** Where the targets are, as far as their addresses tell: the worst of them counts. */
@@ -36,7 +38,7 @@ export async function chooseCompression(choice: CompressionChoice, facts: { urls
   if (facts.omitted * 2 > facts.layers) return { compression: 'zstd', level: 3, reason: 'most layers are left out: zstd 3 packs the few top ones in a moment', measured: false };
   const link = await linkClass(facts.urls);
   if (link === 'loopback') return { compression: 'none', reason: 'every target is on this machine (loopback): compressing only costs time', measured: false };
-  if (link === 'private' && facts.streamed) return { compression: 'none', reason: 'private addresses: uncompressed until the first parts measure the link', measured: false };
+  if (link === 'private' && facts.streamed) return { compression: 'none', reason: 'private addresses: uncompressed until the first parts measure the link', measured: false, measureLink: true };
   if (link === 'private') return { compression: 'zstd', level: 1, reason: 'private addresses, not measured (spooled package): zstd 1 costs little on a fast link and saves much on a slow one', measured: false };
   return { compression: 'zstd', level: 3, reason: 'a public address: zstd 3', measured: false };
 }

@@ -25,6 +25,12 @@ export const RESUMABLE_THRESHOLD_BYTES = 64 * 1024 ** 2;
 /** A target whose stream stays behind the others this long takes the spooled copy instead. */
 export const DEFAULT_SLOW_AFTER_MS = 10_000;
 
+/**
+ * What the first parts of an uncompressed stream must carry before its link is judged: a few
+ * parts of 2 MiB, past TCP's slow start on a LAN, and a few seconds at most on a slow link.
+ */
+export const DEFAULT_PROBE_BYTES = 8 * 1024 ** 2;
+
 /** NATS being down must not stall a push: events wait in the sink's queue past this. */
 const EVENT_FLUSH_WAIT_MS = 2000;
 
@@ -59,6 +65,8 @@ export interface DeliveryRequest {
   deploymentId?: string;
   /** See DEFAULT_SLOW_AFTER_MS. */
   slowAfterMs?: number;
+  /** Package bytes every streamed target must have acknowledged before the link is judged; default DEFAULT_PROBE_BYTES. */
+  probeBytes?: number;
   /**
    * Runs once the first target proved its identity and before the image is looked up (a build);
    * its events share that target's deployment id. A failure ends the push with that error.
@@ -181,7 +189,7 @@ export async function deliver(request: DeliveryRequest, deps: DeliveryDeps): Pro
   const answers = await Promise.all(machines.map((m) => m.negotiate(image.diffIds)));
   await deps.onNegotiated?.(answers);
   const omit = layersToOmit(image.diffIds, answers);
-  const decision = await chooseCompression(request.compression, {
+  let decision = await chooseCompression(request.compression, {
     urls: request.targets.map((t) => t.url), omitted: omit.length, layers: image.diffIds.length, streamed: request.stream !== false,
   });
   const negotiateMs = Math.round(performance.now() - negotiateStarted);
@@ -209,6 +217,10 @@ export async function deliver(request: DeliveryRequest, deps: DeliveryDeps): Pro
       producer, source: planned, spoolKind: 'planned', slowAfterMs: request.slowAfterMs ?? DEFAULT_SLOW_AFTER_MS,
       spools: machines.length > 1 ? spools : undefined,
       beforeFirstByte: () => flushWithin(deps.events, EVENT_FLUSH_WAIT_MS),
+      measure: decision.measureLink ? {
+        probeBytes: request.probeBytes ?? DEFAULT_PROBE_BYTES,
+        onDecision: (measured) => { decision = { compression: measured.compression, ...(measured.level === undefined ? {} : { level: measured.level }), reason: measured.reason, measured: true }; },
+      } : undefined,
     });
     round?.catch(() => undefined);
     streaming.forEach((m, i) => { m.joined = round?.then((outcomes) => (participants[i] ? outcomes.get(participants[i]) : undefined)); });

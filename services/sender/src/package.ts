@@ -16,6 +16,8 @@ export interface ImageFacts {
   ref: string;
   id: string;
   diffIds: string[];
+  /** The engine's figure for the image's unpacked size, when it gave one: what a push may have to send. */
+  size?: number;
 }
 
 /**
@@ -70,7 +72,7 @@ export interface PackageOptions {
 export async function inspectImage(images: ImageStore, ref: string): Promise<ImageFacts> {
   const info = await images.inspect(ref);
   if (!info) throw new FerryError('FERRY_ERR_IMAGE_NOT_FOUND', { message: `Image ${ref} is not on the build engine (build or tag it first)`, details: { image: ref } });
-  return { ref, id: info.id, diffIds: info.diffIds };
+  return { ref, id: info.id, diffIds: info.diffIds, ...(info.size > 0 ? { size: info.size } : {}) };
 }
 
 /**

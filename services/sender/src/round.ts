@@ -1,10 +1,14 @@
 import { pipeline } from 'node:stream/promises';
 import { isFerryError } from '@ferry/protocol';
 import { Broadcast, SlowBranch } from './broadcast.ts';
+import { decideFromMeasure, sampleZstd, type MeasuredDecision } from './compression.ts';
 import { spoolPath, spooled, type BuiltPackage, type ProducedPackage } from './package.ts';
 import { produceInto, sourceFallback, type Producer, type Source, type SpoolKind, type Spools } from './productions.ts';
 import type { ReceiverClient } from './receiver-client.ts';
 import { StreamUnavailable, StreamUpload, type StreamOutcome } from './stream.ts';
+
+/** Bytes of the image kept to try zstd's levels on when the link is measured. */
+const SAMPLE_BYTES = 4 * 1024 ** 2;
 
 /** What a streamed round needs of one target. */
 export interface Participant {
@@ -35,6 +39,17 @@ export interface RoundOptions {
   slowAfterMs: number;
   /** Awaited once every stream is open, before the first byte: lets event watchers see the transfers start first. */
   beforeFirstByte?: () => Promise<void>;
+  /**
+   * Measure the link on the first parts of an uncompressed round and let {@link decideFromMeasure}
+   * choose: a compression that ends the push sooner, even from the first byte again, restarts the
+   * round with it (once).
+   */
+  measure?: { probeBytes: number; onDecision: (decision: MeasuredDecision) => void } | undefined;
+}
+
+/** The round is started again with another compression: not a failure of anyone's. */
+class Recompress extends Error {
+  override readonly name = 'Recompress';
 }
 
 /**
@@ -49,14 +64,16 @@ export async function streamRound(participants: readonly Participant[], options:
   const outcomes = new Map<Participant, RoundOutcome>();
   let source = options.source;
   let active = [...participants];
+  let measure = options.measure;
   for (;;) {
-    const { results, productionError } = await attempt(active, source, options);
+    const { results, productionError, recompressed } = await attempt(active, source, { ...options, measure });
+    if (recompressed) measure = undefined;
     const again: Participant[] = [];
     for (const [participant, result] of results) {
-      if (productionError !== undefined && result.kind === 'failed' && causedBy(result.err, productionError)) again.push(participant);
+      if (productionError !== undefined && result.kind === 'failed' && (recompressed || causedBy(result.err, productionError))) again.push(participant);
       else outcomes.set(participant, result);
     }
-    const next = productionError === undefined ? undefined : sourceFallback(productionError, source);
+    const next = productionError === undefined ? undefined : recompressed ? source : sourceFallback(productionError, source);
     if (!next || again.length === 0) {
       for (const participant of again) outcomes.set(participant, { kind: 'failed', err: productionError, idFree: true });
       return outcomes;
@@ -70,9 +87,32 @@ export async function streamRound(participants: readonly Participant[], options:
   }
 }
 
-async function attempt(participants: readonly Participant[], source: Source, options: RoundOptions): Promise<{ results: Map<Participant, RoundOutcome>; productionError: unknown }> {
+async function attempt(participants: readonly Participant[], source: Source, options: RoundOptions): Promise<{ results: Map<Participant, RoundOutcome>; productionError: unknown; recompressed: boolean }> {
   const path = options.spools ? spoolPath(options.producer.image, options.producer.compression) : undefined;
-  const broadcast = new Broadcast({ slowAfterMs: options.slowAfterMs, ...(path ? { spoolPath: path } : {}) });
+  let measure = options.producer.compression === 'none' ? options.measure : undefined;
+  const broadcast = new Broadcast({ slowAfterMs: options.slowAfterMs, ...(path ? { spoolPath: path } : {}), ...(measure ? { sampleBytes: SAMPLE_BYTES } : {}) });
+  // Acknowledged bytes per target: the slowest one's pace is what the link carries.
+  const acknowledged = new Map<Participant, number>(participants.map((p) => [p, 0]));
+  let productionStarted = 0;
+  let recompressed = false;
+  const checkpoint = (): void => {
+    if (!measure || recompressed) return;
+    const slowest = Math.min(...acknowledged.values());
+    if (slowest < measure.probeBytes || broadcast.writableFinished) return;
+    const elapsed = Math.max(1, performance.now() - productionStarted);
+    const total = Math.max(options.producer.image.size ?? 0, slowest);
+    const decision = decideFromMeasure({
+      linkBytesPerSecond: (slowest * 1000) / elapsed, linkBound: broadcast.waitedMs / elapsed > 0.5,
+      remainingBytes: total - slowest, totalBytes: total, sentBytes: slowest, samples: sampleZstd(broadcast.sample),
+    });
+    measure.onDecision(decision);
+    measure = undefined;
+    if (!decision.restart) return;
+    recompressed = true;
+    options.producer.compression = decision.compression;
+    options.producer.level = decision.level;
+    broadcast.destroy(new Recompress(decision.reason));
+  };
   let startProduction!: () => void;
   const gate = new Promise<void>((resolve) => { startProduction = resolve; });
   // Settles once every stream opened or failed to: the production starts then, so no stream's
@@ -90,7 +130,11 @@ async function attempt(participants: readonly Participant[], source: Source, opt
       url: participant.client.url, credentials: participant.client.credentials, audience: participant.host, client: participant.client,
       manifestJson: participant.opening(source.omit),
       onOpened: () => participant.onOpened(),
-      onProgress: (acknowledged) => participant.onProgress(acknowledged),
+      onProgress: (bytes) => {
+        acknowledged.set(participant, bytes);
+        participant.onProgress(bytes);
+        checkpoint();
+      },
       onSent: () => participant.onSent(),
     });
     try {
@@ -102,6 +146,7 @@ async function attempt(participants: readonly Participant[], source: Source, opt
       });
       return [participant, { kind: 'done', outcome, omit: source.omit }];
     } catch (err) {
+      acknowledged.delete(participant);
       broadcast.detach(branch);
       const idFree = upload.idFree && !(isFerryError(err) && err.details?.deployment !== undefined);
       if (err instanceof StreamUnavailable) return [participant, { kind: 'spool', reason: err.reason, err, idFree }];
@@ -114,10 +159,11 @@ async function attempt(participants: readonly Participant[], source: Source, opt
   });
   await Promise.all(ready);
   await options.beforeFirstByte?.();
+  productionStarted = performance.now();
   startProduction();
   const settled = await Promise.all(runs);
   const productionError = await production.then(() => undefined, (err: unknown) => err);
-  return { results: new Map(settled), productionError };
+  return { results: new Map(settled), productionError, recompressed };
 }
 
 /**
