@@ -6,7 +6,9 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
 import { request } from 'node:http';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { zstdCompressSync } from 'node:zlib';
 import { signRequest } from '@ferry/auth';
@@ -267,7 +269,7 @@ describe('streamed upload', { timeout: 300_000 }, () => {
     assert.equal(answer.code, 'FERRY_ERR_BAD_MANIFEST');
   });
 
-  test('a receiver killed mid-stream forgets the stream and loads nothing', async () => {
+  test('a receiver killed mid-stream carries the stream over: HEAD and PATCH answer the offset it held, and the stream deploys', async () => {
     const image = images.get('killed');
     assert.ok(image);
     const { manifest } = await opening('killed');
@@ -278,9 +280,37 @@ describe('streamed upload', { timeout: 300_000 }, () => {
     receiver.child.kill('SIGKILL');
     await exited;
     receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId, FERRY_DATA_DIR: dataDir });
-    const answer = await call(receiver.url, 'PATCH', `/v1/streams/${id}`, image.tar.subarray(half, half + PART), { offset: half });
-    assert.equal(answer.status, 404);
-    assert.equal(answer.code, 'FERRY_ERR_UPLOAD_NOT_FOUND');
+    const head = await call(receiver.url, 'HEAD', `/v1/streams/${id}`);
+    assert.equal(head.status, 204);
+    assert.equal(Number(head.offset), half);
+    // A part sent again from an offset already held is refused with the offset the receiver holds.
+    const behind = await call(receiver.url, 'PATCH', `/v1/streams/${id}`, image.tar.subarray(0, PART), { offset: 0 });
+    assert.equal(behind.status, 409);
+    assert.equal(Number(behind.offset), half);
+    // The same opening manifest again (an answer lost at open) names the same stream and its offset.
+    const again = await call(receiver.url, 'POST', '/v1/streams', Buffer.from(JSON.stringify(manifest)), { type: 'application/json' });
+    assert.equal(again.status, 200, JSON.stringify(again.json));
+    assert.deepEqual(again.json, { streamId: id, offset: half });
     assert.equal(await present(image.id), false);
+    await send(id, image.tar, half);
+    const answer = await seal(id, { size: image.tar.length, digest: digestOf(image.tar) });
+    assert.equal(answer.status, 200, JSON.stringify(answer.json));
+    assert.equal((answer.json as DeploymentResult).state, 'COMPLETED');
+    assert.equal(await present(image.id), true);
+  });
+
+  test('a stream the sender abandons leaves no files in the data directory', async () => {
+    const image = images.get('gone');
+    assert.ok(image);
+    const { manifest } = await opening('gone');
+    const id = await open(manifest);
+    await send(id, image.tar, 0, PART * 2);
+    assert.equal((await call(receiver.url, 'DELETE', `/v1/streams/${id}`)).status, 204);
+    const streamsDir = join(receiver.dataDir, 'streams');
+    for (;;) {
+      const left = (await readdir(streamsDir)).filter((name) => name.startsWith(id));
+      if (left.length === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
   });
 });

@@ -31,7 +31,7 @@ const manifest: DeferredManifestInput = {
 };
 
 /** What a test makes one PATCH attempt do instead of the normal answer. */
-type PatchAction = 'cut-before-taking' | 'cut-after-taking' | { status: number; code: string; details?: Record<string, unknown> };
+type PatchAction = 'cut-before-taking' | 'cut-after-taking' | 'cut-after-half' | { status: number; code: string; details?: Record<string, unknown> };
 
 interface Logged {
   method: string;
@@ -55,6 +55,11 @@ class FakeReceiver {
   sealedBytes: Buffer | undefined;
   sealBody: unknown;
   createAnswer: { status: number; code: string } | undefined;
+  /** Creates answered 503 before the next one is taken. */
+  createFailures = 0;
+  /** Consulted for every seal attempt, in order: 'cut' loses the answer after the deployment ran. */
+  sealAction: (attempt: number) => 'cut' | { status: number; code: string } | undefined = () => undefined;
+  #seals = 0;
   /** Consulted for every PATCH attempt, in order; undefined = answer normally. */
   patchAction: (attempt: number, offset: number) => PatchAction | undefined = () => undefined;
   /** Delays each PATCH answer, to hold a part in flight. */
@@ -79,6 +84,9 @@ class FakeReceiver {
     this.sealedBytes = undefined;
     this.sealBody = undefined;
     this.createAnswer = undefined;
+    this.createFailures = 0;
+    this.sealAction = () => undefined;
+    this.#seals = 0;
     this.patchAction = () => undefined;
     this.patchDelayMs = 0;
     this.inFlight = 0;
@@ -109,7 +117,11 @@ class FakeReceiver {
     if (id === undefined && req.method === 'POST') return this.#create(res, body);
     const stream = id === undefined ? undefined : this.streams.get(id);
     if (!stream) return answer(res, 404, { error: { code: 'FERRY_ERR_UPLOAD_NOT_FOUND', message: 'No such upload' } });
-    if (deploy !== undefined && req.method === 'POST') return this.#seal(res, stream, body);
+    if (deploy !== undefined && req.method === 'POST') return this.#seal(req, res, stream, body);
+    if (req.method === 'HEAD') {
+      res.writeHead(204, { 'upload-offset': String(stream.offset), 'cache-control': 'no-store' }).end();
+      return;
+    }
     if (req.method === 'DELETE') {
       this.streams.delete(id ?? '');
       res.writeHead(204).end();
@@ -121,6 +133,10 @@ class FakeReceiver {
 
   #create(res: ServerResponse, body: Buffer): void {
     if (this.createAnswer) return answer(res, this.createAnswer.status, { error: { code: this.createAnswer.code, message: 'create refused' } });
+    if (this.createFailures > 0) {
+      this.createFailures -= 1;
+      return answer(res, 503, { error: { code: 'FERRY_ERR_RECEIVER_UNREACHABLE', message: 'starting' } });
+    }
     const parsed = parseDeferredManifest(JSON.parse(body.toString('utf8')));
     if (!parsed.ok) return answer(res, 400, { error: { code: 'FERRY_ERR_BAD_MANIFEST', message: parsed.problems.join('; ') } });
     const streamId = randomBytes(16).toString('hex');
@@ -146,22 +162,30 @@ class FakeReceiver {
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     if (this.patchDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.patchDelayMs));
     this.inFlight -= 1;
-    stream.chunks.push(part);
-    stream.offset += part.length;
-    if (action === 'cut-after-taking') {
+    // A part cut short on the receiver's disk by a kill: what arrived of it is held.
+    const taken = action === 'cut-after-half' ? part.subarray(0, Math.floor(part.length / 2)) : part;
+    stream.chunks.push(taken);
+    stream.offset += taken.length;
+    if (action === 'cut-after-taking' || action === 'cut-after-half') {
       req.socket.destroy();
       return;
     }
     res.writeHead(204, { 'upload-offset': String(stream.offset) }).end();
   }
 
-  #seal(res: ServerResponse, stream: FakeStream, body: Buffer): void {
+  #seal(req: IncomingMessage, res: ServerResponse, stream: FakeStream, body: Buffer): void {
+    const action = this.sealAction(this.#seals++);
+    if (typeof action === 'object') return answer(res, action.status, { error: { code: action.code, message: 'refused by the test' } });
     this.sealBody = JSON.parse(body.toString('utf8'));
     const seal = PackageSealSchema.parse(this.sealBody);
     const bytes = Buffer.concat(stream.chunks);
     if (seal.size !== stream.offset) return answer(res, 409, { error: { code: 'FERRY_ERR_UPLOAD_INCOMPLETE', message: 'incomplete' } });
     if (seal.digest !== digestOf(bytes)) return answer(res, 422, { error: { code: 'FERRY_ERR_CHECKSUM_MISMATCH', message: 'seal does not match' } });
     this.sealedBytes = bytes;
+    if (action === 'cut') {
+      req.socket.destroy();
+      return;
+    }
     answer(res, 200, { deploymentId: DEPLOYMENT_ID, state: 'COMPLETED', timings: {} });
   }
 }
@@ -248,12 +272,14 @@ describe('streamed upload client', { timeout: 60_000 }, () => {
     assert.ok(rx.sealedBytes?.equals(data));
   });
 
-  test('an answer lost after the part was taken: the resend meets 409 at offset + length and moves on', async () => {
+  test('an answer lost after the part was taken: HEAD says so, and the part is not sent again', async () => {
     const data = randomBytes(2500);
     rx.patchAction = (attempt) => (attempt === 1 ? 'cut-after-taking' : undefined);
     const outcome = await new StreamUpload(options({ partBytes: 1000 })).run(producer(data));
-    assert.deepEqual(rx.requests('PATCH').map((p) => p.offset), [0, 1000, 1000, 2000]);
+    assert.deepEqual(rx.requests('PATCH').map((p) => p.offset), [0, 1000, 2000]);
+    assert.equal(rx.requests('HEAD').length, 1);
     assert.equal(outcome.retries, 1);
+    assert.equal(outcome.bodyBytes, 2500);
     assert.deepEqual(rx.sealBody, { size: 2500, digest: digestOf(data) });
     assert.ok(rx.sealedBytes?.equals(data));
   });
@@ -267,10 +293,38 @@ describe('streamed upload client', { timeout: 60_000 }, () => {
 
     rx.reset();
     rx.patchAction = () => 'cut-before-taking';
-    const upload = new StreamUpload(options({ partBytes: 1000 }));
+    const upload = new StreamUpload(options({ partBytes: 1000, attempts: 6 }));
     await assert.rejects(upload.run(producer(data)), (err: unknown) => isFerryError(err, 'FERRY_ERR_RECEIVER_UNREACHABLE'));
     assert.equal(rx.requests('PATCH').length, 6);
     assert.equal(rx.requests('DELETE').length, 1);
+  });
+
+  test('a part the receiver holds half of (cut on its disk by a kill): only the other half goes', async () => {
+    const data = randomBytes(2500);
+    rx.patchAction = (attempt) => (attempt === 1 ? 'cut-after-half' : undefined);
+    const outcome = await new StreamUpload(options({ partBytes: 1000 })).run(producer(data));
+    assert.deepEqual(rx.requests('PATCH').map((p) => [p.offset, p.length]), [[0, 1000], [1000, 1000], [1500, 500], [2000, 500]]);
+    assert.equal(outcome.bodyBytes, 3000);
+    assert.ok(rx.sealedBytes?.equals(data));
+  });
+
+  test('a receiver restarting (503 at create and on a part, lost seal answers): each call goes on, nothing is sent twice', async () => {
+    const data = randomBytes(2500);
+    rx.createFailures = 1;
+    rx.patchAction = (attempt) => (attempt === 1 ? { status: 503, code: 'FERRY_ERR_RECEIVER_UNREACHABLE' } : undefined);
+    rx.sealAction = (attempt) => (attempt === 0 ? 'cut' : attempt === 1 ? { status: 503, code: 'FERRY_ERR_RECEIVER_UNREACHABLE' } : undefined);
+    const outcome = await new StreamUpload(options({ partBytes: 1000 })).run(producer(data));
+    assert.equal(outcome.result.state, 'COMPLETED');
+    assert.equal(outcome.bodyBytes, 3500);
+    assert.deepEqual(rx.requests('POST').map((p) => p.path.endsWith('/deploy')), [false, false, true, true, true]);
+    assert.ok(rx.sealedBytes?.equals(data));
+  });
+
+  test('a seal whose stream the receiver no longer knows, after a lost answer: reported as vanished', async () => {
+    rx.sealAction = (attempt) => (attempt === 0 ? 'cut' : { status: 404, code: 'FERRY_ERR_UPLOAD_NOT_FOUND' });
+    const upload = new StreamUpload(options({ partBytes: 1000 }));
+    await assert.rejects(upload.run(producer(randomBytes(1500))), (err: unknown) => err instanceof StreamUnavailable && err.reason === 'vanished');
+    assert.equal(upload.idFree, false);
   });
 
   test('404 or FERRY_ERR_STREAM_UNAVAILABLE at create: reported as unavailable, nothing produced', async () => {

@@ -81,8 +81,9 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   });
   uploads.startSweeper();
   const buffers = new BufferBudget(BUFFER_BUDGET_BYTES);
-  const streams = new StreamStore({
-    load: { images, packages, logger: log, layers }, layers, logger: log,
+  // After the layer images of stopped loads went: a carried-over stream's load makes its own again.
+  const streams = await StreamStore.open({
+    dir: join(config.dataDir, 'streams'), load: { images, packages, logger: log, layers }, layers, logger: log,
     onRejected: (manifest, error) => deployer.rejected(manifest, error),
     assertDiskSpace: () => deployer.assertDiskSpace(),
     afterPart: () => buffers.check(),

@@ -6,9 +6,7 @@ import {
   type DeploymentResult, type ErrorCode, type PackageSeal,
 } from '@ferry/protocol';
 import { sendSigned, type ResumableTarget } from './receiver-client.ts';
-
-/** Failures in a row, on one part or on the seal's answer, before a stream gives up. */
-const DEFAULT_ATTEMPTS = 6;
+import { DEFAULT_BACKOFF, backoffDelay, isRetryable, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
 
 export type StreamTarget = ResumableTarget;
 
@@ -43,19 +41,41 @@ export class StreamClient {
    * A receiver without streams (404, FERRY_ERR_STREAM_UNAVAILABLE) throws {@link StreamUnavailable}.
    */
   async create(manifestJson: string): Promise<string> {
+    return (await this.open(manifestJson)).streamId;
+  }
+
+  /**
+   * {@link create} with the offset: a receiver that already holds a live stream of this very
+   * manifest (an earlier open whose answer was lost) answers it again, 200 with where it stands.
+   */
+  async open(manifestJson: string): Promise<{ streamId: string; offset: number }> {
     const body = Buffer.from(manifestJson, 'utf8');
     const answer = await sendSigned(this.#target, 'POST', PATHS.streams, {
       digest: digestOf(body), headers: { 'content-type': 'application/json' }, body: () => Readable.from([body]), bodyBytes: body.length,
     });
-    if (answer.status !== 201) {
+    if (answer.status !== 201 && answer.status !== 200) {
       const error = errorFromBody(answer.status, answer.body);
       // An older receiver does not know the route: its 404 says nothing typed about streams.
       if (answer.status === 404 || error.code === 'FERRY_ERR_STREAM_UNAVAILABLE') throw new StreamUnavailable('unavailable', error);
       throw error;
     }
-    const streamId = (answer.body as { streamId?: unknown } | null)?.streamId;
+    const { streamId, offset } = (answer.body ?? {}) as { streamId?: unknown; offset?: unknown };
     if (typeof streamId !== 'string' || !/^[0-9a-f]{32}$/.test(streamId)) throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: 'The receiver did not name the stream it opened' });
-    return streamId;
+    return { streamId, offset: typeof offset === 'number' && Number.isSafeInteger(offset) && offset >= 0 ? offset : 0 };
+  }
+
+  /** `HEAD /v1/streams/<id>`: the offset the receiver holds durably (404/410 as typed errors). */
+  async head(streamId: string): Promise<number> {
+    const answer = await sendSigned(this.#target, 'HEAD', `${PATHS.streams}/${streamId}`, {});
+    if (answer.status !== 204 && answer.status !== 200) {
+      const code: ErrorCode = answer.status === 404 ? 'FERRY_ERR_UPLOAD_NOT_FOUND' : answer.status === 410 ? 'FERRY_ERR_UPLOAD_INVALIDATED' : answer.status >= 500 ? 'FERRY_ERR_RECEIVER_UNREACHABLE' : 'FERRY_ERR_BAD_RESPONSE';
+      throw new FerryError(code, { status: answer.status, message: `HEAD of the stream answered ${answer.status}`, details: { streamId } });
+    }
+    const offset = Number(answer.headers['upload-offset']);
+    if (typeof answer.headers['upload-offset'] !== 'string' || !Number.isSafeInteger(offset) || offset < 0) {
+      throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: 'The receiver did not say where the stream stands (Upload-Offset)' });
+    }
+    return offset;
   }
 
   /**
@@ -95,10 +115,13 @@ export interface StreamOptions extends StreamTarget {
   manifestJson: string;
   /** Default STREAM_PART_BYTES; at most STREAM_MAX_PART_BYTES. */
   partBytes?: number;
-  /** Failures in a row before giving up. */
+  /** Failures in a row before giving up (default: the retry policy's attempts). */
   attempts?: number;
-  /** Pause before the first retry; it doubles with each failure in a row. */
+  /** Pause ceiling before the first retry; it doubles with each failure in a row (default: the retry policy's). */
   retryDelayMs?: number;
+  /** The retry policy for lost connections, 5xx and a receiver restarting (default DEFAULT_BACKOFF). */
+  backoff?: BackoffPolicy;
+  clock?: Clock;
   /** The stream is open: the package starts now. */
   onOpened?: () => void;
   /** Package bytes the receiver acknowledged so far. */
@@ -122,20 +145,30 @@ export interface StreamOutcome<T> {
   packageMs: number;
 }
 
-/** Answers after which sending the same part again can help. */
-const RESEND: readonly ErrorCode[] = ['FERRY_ERR_RECEIVER_UNREACHABLE', 'FERRY_ERR_UPLOAD_BUSY', 'FERRY_ERR_REPLAY'];
+/** Answers after which sending the same part again can help, besides those {@link isRetryable} names. */
+const RESEND: readonly ErrorCode[] = ['FERRY_ERR_UPLOAD_BUSY'];
 
 /**
  * One push as a streamed upload: open the stream, let `produce` write the package into the part
  * cutter it is given (docker save → … → BLAKE3 → here), PATCH each part as it fills, then send
- * the seal — the size and BLAKE3 `produce` reports — and return the deployment's outcome. A
- * failure after the stream opened and before the seal sends `DELETE` (best effort), so the
- * receiver loads nothing; {@link idFree} then says whether the deployment id may be used again.
+ * the seal — the size and BLAKE3 `produce` reports — and return the deployment's outcome.
+ *
+ * The receiver keeps every part it acknowledged on disk, and a stream outlives its restart
+ * (docs/protocol.md §10.6). So whatever call a lost connection, a 5xx or a restart cuts short,
+ * this waits for the receiver with the retry policy, asks where the stream stands (`HEAD`), and
+ * goes on from there: the part in flight is sent from the receiver's offset on (it is still in
+ * memory: a part is dropped only once acknowledged), nothing acknowledged is sent again, and a
+ * repeated seal gets the deployment's outcome. Only a stream the receiver lost (404/410) goes to
+ * the packaged fallback ({@link StreamUnavailable}). A failure after the stream opened and before
+ * the seal sends `DELETE` (best effort), so the receiver loads nothing; {@link idFree} then says
+ * whether the deployment id may be used again.
  */
 export class StreamUpload {
   readonly #client: StreamClient;
   readonly #options: StreamOptions;
   readonly #partBytes: number;
+  readonly #policy: BackoffPolicy;
+  readonly #clock: Clock;
   #streamId: string | undefined;
   /** The receiver may hold a stream (or, after the seal, a journal record) under this deployment id. */
   #idHeld = false;
@@ -151,6 +184,9 @@ export class StreamUpload {
     if (!Number.isSafeInteger(this.#partBytes) || this.#partBytes < 1 || this.#partBytes > STREAM_MAX_PART_BYTES) {
       throw new FerryError('FERRY_ERR_USAGE', { message: `A stream part is 1 to ${STREAM_MAX_PART_BYTES} bytes, not ${this.#partBytes}` });
     }
+    const base = options.backoff ?? DEFAULT_BACKOFF;
+    this.#policy = { ...base, attempts: options.attempts ?? base.attempts, baseMs: options.retryDelayMs ?? base.baseMs };
+    this.#clock = options.clock ?? systemClock;
   }
 
   /**
@@ -163,9 +199,16 @@ export class StreamUpload {
 
   async run<T extends { size: number; digest: Digest }>(produce: (destination: Writable) => Promise<T>): Promise<StreamOutcome<T>> {
     const started = performance.now();
-    const streamId = await this.#client.create(this.#options.manifestJson);
-    this.#streamId = streamId;
+    // A lost answer may have opened the stream: the receiver answers the same manifest again.
     this.#idHeld = true;
+    let streamId: string;
+    try {
+      streamId = await this.#retrying((failure) => failure !== undefined && isRetryable(failure), () => this.#client.create(this.#options.manifestJson));
+    } catch (err) {
+      if (err instanceof StreamUnavailable || (isFerryError(err) && !isRetryable(err))) this.#idHeld = false;
+      throw err;
+    }
+    this.#streamId = streamId;
     this.#options.onOpened?.();
     const cutter = new PartCutter(this.#partBytes, (part, offset) => this.#sendPart(streamId, part, offset));
     let produced: T;
@@ -195,74 +238,126 @@ export class StreamUpload {
   }
 
   /**
-   * Sends one part until the receiver holds it: a lost answer or a 5xx is resent after a pause
-   * (a 409 whose offset is past the part says the lost attempt was in fact taken); a part digest
-   * refused once is resent once; a stream gone (404/410) is reported for the packaged fallback.
+   * Runs `attempt` until it succeeds; after a failure `again` says whether to try once more, after
+   * the policy's pause (failures in a row are counted; `attempts` of them end it).
    */
-  async #sendPart(streamId: string, part: Part, offset: number): Promise<void> {
-    const attempts = this.#options.attempts ?? DEFAULT_ATTEMPTS;
-    const pause = this.#options.retryDelayMs ?? 500;
-    const end = offset + part.bytes;
-    let failures = 0;
-    let digestResent = false;
-    this.#firstPatch ??= performance.now();
-    for (;;) {
-      this.#bodyBytes += part.bytes;
-      let err: unknown;
+  async #retrying<R>(again: (failure: unknown) => boolean, attempt: () => Promise<R>): Promise<R> {
+    for (let failures = 0; ;) {
       try {
-        const now = await this.#client.patch(streamId, offset, part);
-        if (now === end) break;
-        err = new FerryError('FERRY_ERR_OFFSET_MISMATCH', { message: `The receiver took the part at ${offset} and says it stands at ${now}, not ${end}`, details: { uploadOffset: now } });
-      } catch (caught) {
-        err = caught;
+        return await attempt();
+      } catch (err) {
+        failures += 1;
+        if (!again(err) || failures >= this.#policy.attempts) throw err;
+        this.#retries += 1;
+        await this.#clock.sleep(backoffDelay(failures, this.#policy, () => this.#clock.random()));
       }
-      if (!isFerryError(err)) throw err;
-      const said = err.details?.uploadOffset;
-      if (err.code === 'FERRY_ERR_OFFSET_MISMATCH' && said === end) break;
-      const refusal = endedBy(err);
-      if (refusal) throw refusal;
-      // Gone: the DELETE that follows costs one request, and frees the stream should only the
-      // answer have been wrong (a proxy, a misrouted request).
-      if (err.status === 404 || err.status === 410) {
-        this.#vanished = err;
-        throw err;
-      }
-      const resend = RESEND.includes(err.code) || err.status >= 500
-        || (err.code === 'FERRY_ERR_OFFSET_MISMATCH' && said === offset)
-        || (err.code === 'FERRY_ERR_CHECKSUM_MISMATCH' && !digestResent);
-      if (!resend) throw err;
-      if (err.code === 'FERRY_ERR_CHECKSUM_MISMATCH') digestResent = true;
-      failures += 1;
-      this.#retries += 1;
-      if (failures >= attempts) throw err;
-      await delay(pause * 2 ** (failures - 1));
     }
-    this.#options.onProgress?.(end);
   }
 
   /**
-   * The seal, retried only after a lost answer: the receiver answers a repeat from its journal. A
-   * stream gone before its first seal arrived (404/410) goes to the packaged fallback, but under a
-   * new id (the id stays held here), as the receiver may have begun a record of it.
+   * Sends one part until the receiver holds it. After a failure that sending again can cure (a
+   * lost answer, a 5xx, a restart) the receiver is asked where the stream stands, after the
+   * policy's pause, and only the bytes of the part it lacks go; a part digest refused once is
+   * sent again once; a stream gone (404/410) is reported for the packaged fallback.
+   */
+  async #sendPart(streamId: string, part: Part, offset: number): Promise<void> {
+    const end = offset + part.bytes;
+    let at = offset;
+    let ask = false;
+    let digestRefusals = 0;
+    this.#firstPatch ??= performance.now();
+    const again = (err: unknown): boolean => !(isFerryError(err, 'FERRY_ERR_CHECKSUM_MISMATCH') && digestRefusals > 1) && this.#resendable(err);
+    await this.#retrying(again, async () => {
+      if (ask) at = this.#held(await this.#client.head(streamId), offset, end);
+      ask = false;
+      if (at === end) return;
+      const rest = at === offset ? part : slice(part, at - offset);
+      this.#bodyBytes += rest.bytes;
+      let now: number;
+      try {
+        now = await this.#client.patch(streamId, at, rest);
+      } catch (err) {
+        const said = isFerryError(err) ? err.details?.uploadOffset : undefined;
+        if (isFerryError(err, 'FERRY_ERR_OFFSET_MISMATCH') && typeof said === 'number') {
+          // A lost attempt was taken after all, in whole or in part.
+          at = this.#held(said, offset, end);
+          if (at === end) return;
+        } else if (isFerryError(err, 'FERRY_ERR_CHECKSUM_MISMATCH')) {
+          digestRefusals += 1;
+        } else {
+          ask = true;
+        }
+        throw err;
+      }
+      if (now !== end) throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `The receiver took the part at ${at} and says it stands at ${now}, not ${end}`, status: 400 });
+      at = end;
+    });
+    this.#options.onProgress?.(end);
+  }
+
+  /** Whether sending the part again may help; a refusal that ends the stream never does. */
+  #resendable(err: unknown): boolean {
+    if (!isFerryError(err)) return false;
+    const refusal = endedBy(err);
+    if (refusal) throw refusal;
+    // Gone: the DELETE that follows costs one request, and frees the stream should only the
+    // answer have been wrong (a proxy, a misrouted request).
+    if (err.status === 404 || err.status === 410) {
+      this.#vanished = err;
+      throw err;
+    }
+    return isRetryable(err) || RESEND.includes(err.code) || err.code === 'FERRY_ERR_OFFSET_MISMATCH' || err.code === 'FERRY_ERR_CHECKSUM_MISMATCH';
+  }
+
+  /**
+   * The receiver's offset while the part [offset, end) is in flight. Anything before the part was
+   * acknowledged and must still be there: a receiver that lost it makes the stream vanish (the
+   * package then goes again from its start, the packaged way).
+   */
+  #held(said: number, offset: number, end: number): number {
+    if (said < offset) {
+      throw new FerryError('FERRY_ERR_UPLOAD_INVALIDATED', { message: `The receiver holds ${said} bytes of the stream; ${offset} were acknowledged`, details: { uploadOffset: said } });
+    }
+    if (said > end) throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `The receiver says the stream stands at ${said}, past the part in flight (${end})`, status: 400 });
+    return said;
+  }
+
+  /**
+   * The seal, sent again after a lost answer, a 5xx or a restart: the receiver answers a repeat
+   * from its journal (or runs again a deployment its stop cut short), and one still running is
+   * asked again after a pause. A stream the receiver no longer knows (404/410) goes to the
+   * packaged fallback, under a new id (the id stays held here), as the receiver may have begun a
+   * record of it.
    */
   async #deploy(streamId: string, seal: PackageSeal): Promise<DeploymentResult> {
-    const attempts = this.#options.attempts ?? DEFAULT_ATTEMPTS;
-    const pause = this.#options.retryDelayMs ?? 500;
-    for (let failures = 0; ; ) {
+    return this.#retrying((err) => isRetryable(err) || isFerryError(err, 'FERRY_ERR_DEPLOYMENT_IN_PROGRESS'), async () => {
       try {
         return await this.#client.deploy(streamId, seal);
       } catch (err) {
         const refusal = isFerryError(err) ? endedBy(err) : undefined;
         if (refusal) throw refusal;
-        if (failures === 0 && isFerryError(err) && (err.code === 'FERRY_ERR_UPLOAD_NOT_FOUND' || err.code === 'FERRY_ERR_UPLOAD_INVALIDATED' || err.code === 'FERRY_ERR_UPLOAD_EXPIRED')) {
+        if (isFerryError(err) && (err.code === 'FERRY_ERR_UPLOAD_NOT_FOUND' || err.code === 'FERRY_ERR_UPLOAD_INVALIDATED' || err.code === 'FERRY_ERR_UPLOAD_EXPIRED')) {
           throw new StreamUnavailable('vanished', err);
         }
-        failures += 1;
-        if (!isFerryError(err, 'FERRY_ERR_RECEIVER_UNREACHABLE') || failures >= attempts) throw err;
-        await delay(pause * 2 ** (failures - 1));
+        throw err;
       }
-    }
+    });
   }
+}
+
+/** The bytes of `part` from `from` on, without a copy. */
+function slice(part: Part, from: number): Part {
+  const chunks: Buffer[] = [];
+  let skip = from;
+  for (const chunk of part.chunks) {
+    if (skip >= chunk.length) {
+      skip -= chunk.length;
+      continue;
+    }
+    chunks.push(chunk.subarray(skip));
+    skip = 0;
+  }
+  return { chunks, bytes: part.bytes - from };
 }
 
 /**
@@ -370,8 +465,4 @@ function endedBy(err: FerryError): FerryError | undefined {
   const reason = err.details?.reason;
   if (err.code !== 'FERRY_ERR_UPLOAD_INVALIDATED' || !isErrorCode(reason) || reason === 'FERRY_ERR_UPLOAD_EXPIRED') return undefined;
   return new FerryError(reason, { message: err.message, details: err.details });
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -24,6 +24,11 @@ export type VerifiedPackage = {
   bytes: number;
   /** Time spent receiving and hashing, reported as the receive stage. */
   durationMs: number;
+  /**
+   * The upload outlived a stop of the receiver (a carried-over stream): if that stop cut its
+   * deployment short (FERRY_ERR_INTERRUPTED in the journal), this package runs it again.
+   */
+  resumesInterrupted?: boolean;
 } & (
   /** In the ingest spool, or already in the PackageStore (loading moves it there). */
   | { path: string }
@@ -113,12 +118,15 @@ export class Deployer {
    * Deploys a verified package, which it owns from here: the spool file is gone when this returns.
    * A deployment id the journal knows gets its stored outcome back instead of a second
    * deployment (also across restarts), so a sender that retries after a lost answer never
-   * deploys twice; one still running answers FERRY_ERR_DEPLOYMENT_IN_PROGRESS.
+   * deploys twice; one still running answers FERRY_ERR_DEPLOYMENT_IN_PROGRESS. The one exception:
+   * a package that outlived a stop of the receiver runs again the deployment that stop cut short.
    */
   async deploy(pkg: VerifiedPackage): Promise<DeploymentResult> {
     const { manifest } = pkg;
     const service = manifest.service.name;
-    const stored = this.#journal.get(manifest.deploymentId);
+    const found = this.#journal.get(manifest.deploymentId);
+    const again = found !== undefined && pkg.resumesInterrupted === true && interruptedRun(found, manifest);
+    const stored = again ? undefined : found;
     // Nothing is awaited between the look-ups and taking the lock: two requests cannot both pass.
     if (stored || this.#busy.has(service)) {
       await this.#discard(pkg);
@@ -131,7 +139,7 @@ export class Deployer {
       await this.assertDiskSpace(pkg.bytes);
       // Also before the journal: the sender then sends the full package under the same id.
       await assertLayersPresent(this.#deps.layers, manifest);
-      const entry = await this.#journal.begin(headerOf(manifest, this.#deps.hostId, pkg.bytes), receivedStates(pkg));
+      const entry = await this.#journal.begin(headerOf(manifest, this.#deps.hostId, pkg.bytes), receivedStates(pkg), { again });
       const run = new Run(this.#deps, pkg, entry, (type, data) => this.#emit(manifest, type, data));
       const result = await run.execute();
       if (result.state === 'COMPLETED') await this.#prune(service);
@@ -335,6 +343,17 @@ function replay(stored: DeploymentRecord, asked: { kind: DeploymentRecord['kind'
   }
   if (stored.result.error) throw failure(stored.result);
   return stored.result;
+}
+
+/**
+ * A deployment of this very package that the receiver's own stop cut short (resolved at start-up
+ * as FERRY_ERR_INTERRUPTED): the sender did nothing wrong, and the package it still holds may run
+ * it again under the same id.
+ */
+function interruptedRun(stored: DeploymentRecord, manifest: Manifest): boolean {
+  return stored.kind === 'deploy' && stored.result?.error?.code === 'FERRY_ERR_INTERRUPTED'
+    && stored.service === manifest.service.name && stored.imageId === manifest.image.id
+    && stored.package?.digest === manifest.package.digest;
 }
 
 function headerOf(manifest: Manifest, host: string, bytes: number): DeploymentHeader {

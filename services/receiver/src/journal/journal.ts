@@ -141,12 +141,15 @@ export class Journal {
    * Starts a record; resolves once its first line is durable. `states` are the states already
    * passed before the journal got involved (the upload's RECEIVING and VERIFYING).
    */
-  async begin(header: DeploymentHeader, states: StateStamp[]): Promise<JournalEntry> {
+  async begin(header: DeploymentHeader, states: StateStamp[], options: { again?: boolean } = {}): Promise<JournalEntry> {
     const path = join(this.#dir, `${header.deploymentId}.jsonl`);
-    const handle = await open(path, 'wx', 0o600);
+    // `again`: a deployment cut short by a stop runs anew; its new beginning replaces the record.
+    const handle = await open(path, options.again ? 'a' : 'wx', 0o600);
     const entry = new JournalEntry(this, header.deploymentId, handle);
     this.#open.set(header.deploymentId, entry);
     try {
+      // A torn last line has no newline; the next line must not be glued to it.
+      if (options.again) await handle.write('\n');
       await entry.append({ type: 'begin', at: new Date().toISOString(), header, states });
       // The file's name must survive a crash too, not only its bytes.
       await fsyncPath(this.#dir);

@@ -19,7 +19,8 @@ const SEAL_MAX_BYTES = 1024;
 
 /**
  * The streamed upload (docs/protocol.md §10.6): open with a manifest that lacks the package's size
- * and digest, PATCH parts that are loaded as they come, then deploy with the signed seal.
+ * and digest, PATCH parts that are loaded as they come (HEAD says where the stream stands), then
+ * deploy with the signed seal.
  */
 export function streamsRouter(deps: StreamsDeps): Router {
   const router = Router();
@@ -28,17 +29,25 @@ export function streamsRouter(deps: StreamsDeps): Router {
   router.post(PATHS.streams, async (req, res) => {
     const manifest = await readSignedJson(req, res, { maxBytes: MANIFEST_MAX_BYTES });
     const { auth } = res.locals as AuthLocals;
-    const { streamId } = await streams.open(manifest, (m) => deps.policy?.admit(m, auth));
+    const { streamId, offset, created } = await streams.open(manifest, (m) => deps.policy?.admit(m, auth));
     res.setHeader('Location', `${PATHS.streams}/${streamId}`);
-    offsetHeader(res, 0);
-    res.status(201).json({ streamId, offset: 0 });
+    offsetHeader(res, offset);
+    // 200: the live stream of this very manifest, opened by an earlier request whose answer was lost.
+    res.status(created ? 201 : 200).json({ streamId, offset });
   });
 
   // A stream is reachable only by keys granted its service.
   router.use(`${PATHS.streams}/:id`, (req, res, next) => {
     const service = streams.serviceOf(req.params.id ?? '');
-    if (service !== undefined) authorize((res.locals as AuthLocals).auth, 'deploy', { service });
+    if (service !== undefined) authorize((res.locals as AuthLocals).auth, req.method === 'HEAD' ? 'read' : 'deploy', { service });
     next();
+  });
+
+  // Where the stream stands, durably: after a lost answer or a receiver restart, the sender goes on from here.
+  router.head(`${PATHS.streams}/:id`, async (req, res) => {
+    await readSignedJson(req, res, { maxBytes: 0, empty: 'only' });
+    offsetHeader(res, streams.offset(req.params.id));
+    res.status(204).end();
   });
 
   router.patch(`${PATHS.streams}/:id`, async (req, res) => {
