@@ -1,7 +1,7 @@
 /**
  * Everything that talks to the registry, against a real `ferry registry` process and real
  * `ferry receiver` processes on the stack's engines: registration (also when the registry comes up
- * after the receiver), heartbeats carrying what really runs, `--to selector:…` pushes, the desired
+ * after the receiver), heartbeats carrying what really runs, `--to selector:…` pushes (`=` and `!=`), the desired
  * state the sender records, `ferry hosts`, `ferry status SERVICE`, `ferry drift` after a container
  * is stopped behind Ferry's back, and a stopped receiver going lost and coming back online.
  * Receiver A runs on the target engine, B on the build engine, so a selector's choice shows in
@@ -36,6 +36,7 @@ const hostA = `rega-${run}`;
 const hostB = `regb-${run}`;
 const web = `regweb-${run}`;
 const both = `regboth-${run}`;
+const notProd = `regnp-${run}`;
 const dirs: string[] = [];
 
 /** `ferry registry` on a given port (in memory, no NATS), once it says it listens. */
@@ -84,8 +85,8 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     const adminCli = { ...keyEnv(admin), FERRY_REGISTRY_URL: registryUrl };
     const refused = await runFerry(['hosts', 'join-token', hostB, '--json'], cli);
     assert.equal(refused.code, 1, refused.stderr);
-    assert.match(refused.stderr, /FERRY_ERR_NOT_GRANTED/);
-    const issued = await runFerry(['hosts', 'join-token', hostB, '--labels', `suite=${run},role=db`, '--ttl', '600'], adminCli);
+    assert.match(refused.stdout + refused.stderr, /FERRY_ERR_NOT_GRANTED/);
+    const issued = await runFerry(['hosts', 'join-token', hostB, '--labels', `suite=${run},role=db,env=prod`, '--ttl', '600'], adminCli);
     assert.equal(issued.code, 0, issued.stderr);
     const tokenB = issued.stdout.trim();
     assert.match(tokenB, /^[A-Za-z0-9_-]{22,256}$/);
@@ -94,10 +95,10 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     assert.equal(badLabels.code, 2, badLabels.stderr);
     await issuing.stop();
     const common = { FERRY_TRUST_FILE: trustFile(key), FERRY_REGISTRY_URL: registryUrl };
-    envA = { ...common, DOCKER_HOST: s.targetDockerHost, FERRY_HOST_ID: hostA, FERRY_LABELS: `suite=${run},role=web`, FERRY_DATA_DIR: await tempDir('a'), FERRY_JOIN_TOKEN: tokenA };
+    envA = { ...common, DOCKER_HOST: s.targetDockerHost, FERRY_HOST_ID: hostA, FERRY_LABELS: `suite=${run},role=web,env=staging`, FERRY_DATA_DIR: await tempDir('a'), FERRY_JOIN_TOKEN: tokenA };
     // A starts while nothing listens at the registry's address yet.
     a = await startReceiverProcess(envA);
-    b = await startReceiverProcess({ ...common, DOCKER_HOST: s.buildDockerHost, FERRY_HOST_ID: hostB, FERRY_LABELS: `suite=${run},role=db`, FERRY_DATA_DIR: await tempDir('b'), FERRY_JOIN_TOKEN: tokenB });
+    b = await startReceiverProcess({ ...common, DOCKER_HOST: s.buildDockerHost, FERRY_HOST_ID: hostB, FERRY_LABELS: `suite=${run},role=db,env=prod`, FERRY_DATA_DIR: await tempDir('b'), FERRY_JOIN_TOKEN: tokenB });
   });
 
   after(async () => {
@@ -105,7 +106,7 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     await b?.stop().catch(() => undefined);
     await registry?.stop().catch(() => undefined);
     for (const engine of [target, build]) {
-      for (const name of [web, both]) {
+      for (const name of [web, both, notProd]) {
         for (const suffix of ['', '.ferry-previous', '.ferry-next', '.ferry-parked']) {
           await engine.getContainer(`${name}${suffix}`).remove({ force: true }).catch(() => undefined);
         }
@@ -140,7 +141,7 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     assert.ok(recordA, JSON.stringify(registered));
     assert.equal(recordA.status, 'online');
     assert.equal(recordA.url, a.url);
-    assert.deepEqual(recordA.labels, { suite: run, role: 'web' });
+    assert.deepEqual(recordA.labels, { suite: run, role: 'web', env: 'staging' });
     assert.ok(recordA.capabilities.includes('resumable') && recordA.capabilities.includes('layers'), recordA.capabilities.join(','));
     assert.match(recordA.engine.version, /^\d+\./);
     assert.ok(['legacy', 'containerd'].includes(recordA.engine.imageStore));
@@ -208,6 +209,34 @@ describe('registry clients: receiver registration, selectors, desired state, dri
       return list.length === 2 ? list : undefined;
     });
     for (const st of recorded) assert.equal(st.desired?.deploymentId, result.targets.find((t) => t.host === st.host)?.deploymentId);
+  });
+
+  test('--to selector:env!=prod deploys to the hosts without env=prod only; the CLI and the registry refuse a malformed selector', async () => {
+    const listed = await ferry(['hosts', '--selector', `suite=${run},env!=prod`, '--json']);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.deepEqual((JSON.parse(listed.stdout) as { hosts: HostRecord[] }).hosts.map((h) => h.id), [hostA]);
+
+    const pushed = await ferry(['push', `${repo}:1`, '--to', `selector:suite=${run},env!=prod`, '--name', notProd, '--network', 'none', '--json']);
+    assert.equal(pushed.code, 0, pushed.stdout + pushed.stderr);
+    const result = JSON.parse(pushed.stdout) as { host: string; deploymentId: string };
+    assert.equal(result.host, hostA);
+    assert.equal((await target.getContainer(notProd).inspect()).State.Running, true);
+    await assert.rejects(build.getContainer(notProd).inspect(), { statusCode: 404 }, 'the env=prod host got nothing');
+    const recorded = await until(async () => {
+      const list = await states(notProd);
+      return list.some((st) => st.desired?.deploymentId === result.deploymentId) ? list : undefined;
+    });
+    assert.deepEqual(recorded.map((st) => st.host), [hostA]);
+
+    // A malformed selector is refused by the CLI before anything is asked or packaged (exit 2),
+    // and by the registry itself (400) when asked directly.
+    for (const bad of [`selector:suite=${run},env==prod`, `selector:suite=${run},,env!=prod`, `selector:__proto__=x`]) {
+      const refused = await ferry(['push', `${repo}:1`, '--to', bad, '--name', notProd]);
+      assert.equal(refused.code, 2, refused.stdout + refused.stderr);
+      assert.match(refused.stderr, /KEY!=VALUE.*FERRY_ERR_USAGE/s);
+    }
+    await assert.rejects(client.hosts({ selector: 'env==prod' }), { code: 'FERRY_ERR_BAD_REQUEST' });
+    await assert.rejects(client.hosts({ selector: 'env=pr\u0000od' }), { code: 'FERRY_ERR_BAD_REQUEST' });
   });
 
   test('a selector no online host matches fails before anything is packaged', async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { MemoryNonceStore, RequestVerifier, TrustStore, parseLabels } from '@ferry/auth';
-import type { FerryError } from '@ferry/protocol';
+import { MemoryNonceStore, RequestVerifier, TrustStore } from '@ferry/auth';
+import { matchesSelector, parseSelector, type FerryError } from '@ferry/protocol';
 import { backoffMs as backoffOf } from '@ferry/receiver';
 import { resolveTargets } from '@ferry/sender';
 import { testKey, trustDocument } from '../helpers/keys.ts';
@@ -21,8 +21,8 @@ function fakeRegistry(hosts: { id: string; url: string; labels: Record<string, s
     const url = new URL(input instanceof Request ? input.url : input);
     calls.push({ url, method: init?.method ?? 'GET', headers: { ...(init?.headers as Record<string, string> | undefined) } });
     if (url.pathname === '/healthz') return Promise.resolve(Response.json({ status: 'ok', host: 'registry', version: '0.1.0' }));
-    const selector = parseLabels(url.searchParams.get('selector') ?? '') ?? {};
-    const matching = hosts.filter((h) => Object.entries(selector).every(([k, v]) => h.labels[k] === v));
+    const selector = parseSelector(url.searchParams.get('selector') ?? '');
+    const matching = hosts.filter((h) => matchesSelector(selector, h.labels));
     return Promise.resolve(Response.json({ hosts: matching.map((h) => ({ ...h, status: 'online' })) }));
   };
   return { fetch: fake, calls };
@@ -76,10 +76,23 @@ describe('resolveTargets', () => {
     });
   });
 
-  test('a malformed selector is a usage error', async () => {
-    for (const bad of ['selector:', 'selector:env', 'selector:=prod']) {
-      await assert.rejects(resolveTargets([bad], { registryUrl: 'http://registry.test:7702', credentials }), { code: 'FERRY_ERR_USAGE' });
+  test('a selector with != asks the registry for it as typed and gets the hosts it matches', async () => {
+    const registry = fakeRegistry(FLEET);
+    const targets = await resolveTargets(['selector:env=prod,role!=db'], { registryUrl: 'http://registry.test:7702', credentials, fetch: registry.fetch });
+    assert.deepEqual(targets.map((t) => t.host), ['web-1', 'web-2']);
+    assert.equal(registry.calls.find((c) => c.url.pathname === '/v1/hosts')?.url.searchParams.get('selector'), 'env=prod,role!=db');
+  });
+
+  test('a malformed selector is a usage error naming the grammar, before the registry is asked', async () => {
+    const registry = fakeRegistry(FLEET);
+    for (const bad of ['selector:', 'selector:env', 'selector:=prod', 'selector:env=prod,,role=web', 'selector:env==', 'selector:__proto__=x', 'selector:env=a\nb']) {
+      await assert.rejects(resolveTargets([bad], { registryUrl: 'http://registry.test:7702', credentials, fetch: registry.fetch }), (err: FerryError) => {
+        assert.equal(err.code, 'FERRY_ERR_USAGE', bad);
+        assert.match(err.message, /KEY!=VALUE/);
+        return true;
+      });
     }
+    assert.equal(registry.calls.length, 0);
   });
 
   test('a registry that cannot be reached is FERRY_ERR_REGISTRY_UNREACHABLE', async () => {

@@ -92,18 +92,6 @@ export interface ServiceState {
   lastDeployment: Record<string, unknown> | null;
 }
 
-/** `k=v,k2=v2` → `{k: 'v', k2: 'v2'}`; undefined for a malformed list (the caller names the setting). */
-export function parseLabels(text: string): Record<string, string> | undefined {
-  const labels: Record<string, string> = {};
-  for (const pair of text.split(',')) {
-    const at = pair.indexOf('=');
-    const key = pair.slice(0, at).trim();
-    if (at <= 0 || !/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/.test(key)) return undefined;
-    labels[key] = pair.slice(at + 1).trim();
-  }
-  return labels;
-}
-
 /**
  * The registry's signed API (docs/registry.md), for the receiver (register, heartbeat) and the
  * sender and CLI (hosts, desired state, drift). Errors are the registry's FerryErrors; an

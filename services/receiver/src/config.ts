@@ -1,7 +1,8 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
 import { join } from 'node:path';
-import { AddressList, parseLabels } from '@ferry/auth';
+import { AddressList } from '@ferry/auth';
+import { parseHostLabels } from '@ferry/protocol';
 import {
   dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, maxConnectionsVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
@@ -46,7 +47,7 @@ const schema = z.object({
   // Registration with the registry (docs/receiver.md "Registering with the registry").
   FERRY_REGISTRY_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the registry' }).optional(),
   FERRY_ADVERTISE_URL: z.url({ protocol: /^https?$/, error: 'the http(s):// URL senders reach this receiver at' }).optional(),
-  FERRY_LABELS: z.string().refine((v) => parseLabels(v) !== undefined, 'KEY=VALUE[,KEY=VALUE…], keys of letters, digits, ".", "_", "/", "-"').optional(),
+  FERRY_LABELS: parsedVar(hostLabels).optional(),
   FERRY_HEARTBEAT_SECONDS: wholeNumber(1, 3600).optional(),
   FERRY_JOIN_TOKEN: z.string().regex(/^[A-Za-z0-9_-]{22,256}$/, 'the one-time token "ferry hosts join-token" printed').optional(),
 })
@@ -107,13 +108,22 @@ export interface RegistrySettings {
 }
 
 /** Reads and validates the receiver's environment; every problem is reported in one error. */
+/** FERRY_LABELS, by the one label grammar; the problem is described without quoting the value. */
+function hostLabels(text: string): Record<string, string> {
+  try {
+    return parseHostLabels(text);
+  } catch {
+    throw new Error('KEY=VALUE[,KEY=VALUE…]: keys of at most 63 letters, digits, ".", "_", "/", "-" (starting with a letter or digit), each once; values of at most 256 characters without commas or control characters (docs/protocol.md §2.3)');
+  }
+}
+
 export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverConfig> {
   const raw = loadConfig(schema, env);
   return Object.freeze({
     dockerHost: raw.DOCKER_HOST,
     listen: raw.FERRY_LISTEN,
     trustFile: raw.FERRY_TRUST_FILE ?? join(raw.FERRY_DATA_DIR, 'trust.json'),
-    labels: raw.FERRY_LABELS ? parseLabels(raw.FERRY_LABELS) ?? {} : {},
+    labels: raw.FERRY_LABELS ?? {},
     natsUrl: raw.FERRY_NATS_URL,
     dataDir: raw.FERRY_DATA_DIR,
     hostId: raw.FERRY_HOST_ID,

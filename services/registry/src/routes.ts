@@ -3,7 +3,7 @@ import { z } from 'zod';
 import { authorize, type Action } from '@ferry/auth';
 import { continueIfExpected, parseJson, readBody, readSignedJson, type AuthLocals } from '@ferry/http';
 import { digestOf } from '@ferry/integrity';
-import { FerryError, HEADERS, SERVICE_NAME_PATTERN, parseSelector } from '@ferry/protocol';
+import { FerryError, HEADERS, LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS, SERVICE_NAME_PATTERN, parseSelector } from '@ferry/protocol';
 import type { EventProjector } from './consumer.ts';
 import { MAX_TOKEN_TTL_SECONDS, type EnrollmentProof } from './enrollment.ts';
 import { HOST_SERVICE } from './projection.ts';
@@ -17,14 +17,13 @@ const MAX_ENROLL_BYTES = 16 * 1024;
 const ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/;
 const idSchema = z.string().regex(ID, 'letters, digits, "-" and "_", at most 63, not starting with "-" or "_"');
 const urlSchema = z.url({ protocol: /^https?$/, error: 'an http(s) URL' });
-/** Labels are matched by grants' host selectors and senders' target selectors: bounded, and plain names only. */
-const MAX_LABELS = 64;
+/** Labels are matched by grants' host selectors and senders' target selectors (docs/protocol.md §2.3): bounded, and plain names only. */
 const labelsSchema = z.unknown()
   // JSON.parse makes "__proto__" an own key, which a record would drop without a word: refused instead.
   .refine((value) => typeof value !== 'object' || value === null || !Object.hasOwn(value, '__proto__'), 'a label key: "__proto__" is not a name')
   .pipe(z.record(
-    z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, 'a label key: at most 63 letters, digits, ".", "_", "/" and "-", starting with a letter or digit'),
-    z.string().max(256, 'a label value: at most 256 characters'),
+    z.string().regex(LABEL_KEY_PATTERN, 'a label key: at most 63 letters, digits, ".", "_", "/" and "-", starting with a letter or digit'),
+    z.string().regex(LABEL_VALUE_PATTERN, 'a label value: at most 256 characters, no control characters or commas, not starting with "="'),
   ))
   .refine((labels) => Object.keys(labels).length <= MAX_LABELS, `at most ${MAX_LABELS} labels`);
 

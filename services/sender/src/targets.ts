@@ -1,7 +1,5 @@
-import { RegistryClient, parseLabels, type ClientCredentials } from '@ferry/auth';
-import { FerryError } from '@ferry/protocol';
-
-const SELECTOR_PREFIX = 'selector:';
+import { RegistryClient, type ClientCredentials } from '@ferry/auth';
+import { FerryError, SELECTOR_PREFIX, checkSelectorInput } from '@ferry/protocol';
 
 /** One receiver to deploy to; `host` is its registered id when a selector found it. */
 export interface ResolvedTarget {
@@ -22,15 +20,15 @@ export interface ResolveOptions {
   fetch?: typeof fetch;
 }
 
-/** True for `selector:k=v,…`, the form of a target the registry resolves. */
+/** True for `selector:k=v,…` (docs/protocol.md §2.3), the form of a target the registry resolves. */
 export function isSelector(target: string): boolean {
   return target.startsWith(SELECTOR_PREFIX);
 }
 
 /**
  * Turns `--to` values (and a deployment document's `targets`) into receiver URLs: a URL passes
- * through as it is; `selector:env=prod,role=web` becomes the URLs of the registry's online hosts
- * carrying all those labels. Each URL appears once, in the order first named.
+ * through as it is; `selector:env=prod,role!=db` becomes the URLs of the registry's online hosts
+ * the selector matches. Each URL appears once, in the order first named.
  *
  * @throws FerryError FERRY_ERR_USAGE for a malformed selector, FERRY_ERR_CONFIG for a selector
  *   without a registry, FERRY_ERR_NO_MATCHING_HOSTS when no online host matches,
@@ -51,9 +49,7 @@ export async function resolveTargets(targets: string[], options: ResolveOptions)
       continue;
     }
     const selector = target.slice(SELECTOR_PREFIX.length);
-    if (selector === '' || parseLabels(selector) === undefined) {
-      throw new FerryError('FERRY_ERR_USAGE', { message: `${target}: a selector is selector:KEY=VALUE[,KEY=VALUE…] (e.g. selector:env=prod,role=web)` });
-    }
+    checkSelectorInput(`target ${SELECTOR_PREFIX}…`, selector);
     if (!options.registryUrl) {
       throw new FerryError('FERRY_ERR_CONFIG', { message: `${target}: selectors are resolved by the registry; set FERRY_REGISTRY_URL (e.g. http://registry:7702) or name the receivers' URLs` });
     }

@@ -5,7 +5,7 @@ import {
   parseDocument, parsePrivateKey, parsePublicKey, publicKeyText, readTrustFileSync, validity, writeTrustFile,
   type GrantPayload, type RevocationsPayload, type Role, type SignedDocument, type SigningKey, type TrustFile, type Validity,
 } from '@ferry/auth';
-import { FerryError, isFerryError, parseDuration, parseSelector, type ErrorCode } from '@ferry/protocol';
+import { FerryError, checkSelectorInput, isFerryError, parseDuration, type ErrorCode } from '@ferry/protocol';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
 import { warnIfShared } from './keys.ts';
@@ -258,13 +258,7 @@ function scopeOf(values: ScopeValues): { role: Role; services?: string[]; hosts?
   for (const service of services) if (!PATTERN.test(service)) throw usage(`--service ${service}: a service name or glob (web-*), printable, without spaces`);
   for (const host of hosts) {
     if (!PATTERN.test(host)) throw usage(`--host ${host}: a host id or glob (edge-*), or a label selector (env=prod,role=web), without spaces`);
-    if (host.includes('=')) {
-      try {
-        parseSelector(host);
-      } catch {
-        throw usage(`--host ${host}: a label selector is KEY=VALUE or KEY!=VALUE, joined by commas`);
-      }
-    }
+    if (host.includes('=')) checkSelectorInput(`--host ${host}`, host);
   }
   const notBefore = values['not-before'] === undefined ? undefined : instant('not-before', values['not-before']);
   const notAfter = values['not-after'] === undefined ? undefined : instant('not-after', values['not-after']);

@@ -1,5 +1,4 @@
-import { parseLabels } from '@ferry/auth';
-import { FerryError } from '@ferry/protocol';
+import { FerryError, checkSelectorInput, parseHostLabels } from '@ferry/protocol';
 import { line, type Io } from './io.ts';
 import { parseDurationFlag, parse as parseOptions } from './args.ts';
 import { ago, registryFrom, table } from './registry.ts';
@@ -8,9 +7,7 @@ import { ago, registryFrom, table } from './registry.ts';
 export async function hostsCommand(args: string[], io: Io): Promise<number> {
   if (args[0] === 'join-token') return await joinToken(args.slice(1), io);
   const { values } = parseOptions(args, { selector: { type: 'string' }, status: { type: 'string' }, json: { type: 'boolean' } });
-  if (values.selector !== undefined && parseLabels(values.selector) === undefined) {
-    throw new FerryError('FERRY_ERR_USAGE', { message: '--selector: expected KEY=VALUE[,KEY=VALUE…] (e.g. --selector env=prod,role=web)' });
-  }
+  if (values.selector !== undefined) checkSelectorInput('--selector', values.selector);
   const status = values.status;
   if (status !== undefined && status !== 'online' && status !== 'lost') throw new FerryError('FERRY_ERR_USAGE', { message: '--status must be online or lost' });
   const hosts = await registryFrom(io, 'hosts').hosts({
@@ -43,10 +40,7 @@ async function joinToken(args: string[], io: Io): Promise<number> {
   }, 1);
   const host = positionals[0];
   if (host === undefined) throw new FerryError('FERRY_ERR_USAGE', { message: 'ferry hosts join-token: name the host id, e.g. "ferry hosts join-token web-1"' });
-  const labels = values.labels === undefined ? undefined : parseLabels(values.labels);
-  if (labels === undefined && values.labels !== undefined) {
-    throw new FerryError('FERRY_ERR_USAGE', { message: '--labels: expected KEY=VALUE[,KEY=VALUE…] (e.g. --labels env=prod,role=web)' });
-  }
+  const labels = values.labels === undefined ? undefined : labelsOption(values.labels);
   const ttlMs = parseDurationFlag('ttl', values.ttl, 's', 60_000, 7 * 24 * 3_600_000);
   const ttlSeconds = ttlMs === undefined ? undefined : Math.ceil(ttlMs / 1000);
   const answer = await registryFrom(io, 'hosts join-token').joinToken({
@@ -59,4 +53,12 @@ async function joinToken(args: string[], io: Io): Promise<number> {
   line(io.stdout, answer.token);
   line(io.stderr, `One-time token for host ${answer.host}, until ${answer.expiresAt}: give it to that host's receiver as FERRY_JOIN_TOKEN (or bootstrap.sh --join-token). It is not shown again.`);
   return 0;
+}
+
+function labelsOption(text: string): Record<string, string> {
+  try {
+    return parseHostLabels(text, '--labels');
+  } catch (err) {
+    throw new FerryError('FERRY_ERR_USAGE', { message: `${(err as Error).message} (e.g. --labels env=prod,role=web)` });
+  }
 }

@@ -1,7 +1,6 @@
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
-import { parseLabels } from '@ferry/auth';
-import { IMAGE_REF_PATTERN, SERVICE_NAME_PATTERN, ServiceSpecSchema, parseDuration, prototypeKeyPaths, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
+import { IMAGE_REF_PATTERN, SELECTOR_PREFIX, SELECTOR_SYNTAX, parseSelector, SERVICE_NAME_PATTERN, ServiceSpecSchema, parseDuration, prototypeKeyPaths, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
 import { closest, type PathSegment } from './problems.ts';
 
 /** A problem before it is placed in a file: the path is kept as segments to find its YAML node. */
@@ -14,14 +13,17 @@ export interface RawProblem {
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const DOCUMENT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-const SELECTOR_PREFIX = 'selector:';
 export const MAX_TARGETS = 256;
 
-/** `http(s)://HOST:PORT[/prefix]` or `selector:k=v,…` (resolved by the registry). */
+/** `http(s)://HOST:PORT[/prefix]` or `selector:…` (docs/protocol.md §2.3; resolved by the registry). */
 function isTarget(value: string): boolean {
   if (value.startsWith(SELECTOR_PREFIX)) {
-    const selector = value.slice(SELECTOR_PREFIX.length);
-    return selector !== '' && parseLabels(selector) !== undefined;
+    try {
+      parseSelector(value.slice(SELECTOR_PREFIX.length));
+      return true;
+    } catch {
+      return false;
+    }
   }
   try {
     const url = new URL(value);
@@ -43,7 +45,7 @@ const BuildSchema = z.strictObject({
 const ServiceEntrySchema = z.strictObject({
   image: z.string().min(1).max(255).regex(IMAGE_REF_PATTERN, '[registry[:port]/]name[:tag], lowercase name, no digest').optional(),
   build: BuildSchema.optional(),
-  targets: z.array(z.string().max(2048).refine(isTarget, 'a receiver URL (http://HOST:PORT) or selector:KEY=VALUE[,KEY=VALUE…]'))
+  targets: z.array(z.string().max(2048).refine(isTarget, `a receiver URL (http://HOST:PORT) or selector:SELECTOR, a selector being ${SELECTOR_SYNTAX}`))
     .min(1, 'at least one target').max(MAX_TARGETS),
   ...SERVICE_FIELDS,
 })
