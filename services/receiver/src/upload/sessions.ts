@@ -1,13 +1,14 @@
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { fsyncPath, storageError } from '@ferry/durable';
+import { storageError } from '@ferry/durable';
 import { DigestTap, digestFile, digestOf } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
 import { FerryError, UPLOAD_MAX_PART_BYTES, isFerryError, parseManifest, type DeploymentResult, type Manifest } from '@ferry/protocol';
 import type { VerifiedPackage } from '../deploy/engine.ts';
+import { writeRecordFile } from './record-file.ts';
 import { SpoolWriter } from './spool-writer.ts';
 
 /**
@@ -362,19 +363,9 @@ export class UploadStore {
     return join(this.#options.dir, `${id}.bin`);
   }
 
-  /** Replaces the record atomically and durably: temp file, fsync, rename, fsync the directory. */
+  /** Replaces the record atomically and durably (see writeRecordFile). */
   async #persist(record: SessionRecord): Promise<void> {
-    const path = join(this.#options.dir, `${record.id}.json`);
-    const temp = `${path}.tmp`;
-    const handle = await open(temp, 'w', 0o600);
-    try {
-      await handle.writeFile(JSON.stringify(record));
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, path);
-    await fsyncPath(this.#options.dir);
+    await writeRecordFile(this.#options.dir, record.id, record);
   }
 
   async #removeFiles(id: string): Promise<void> {

@@ -1,9 +1,10 @@
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { fsyncPath, storageError } from '@ferry/durable';
+import { storageError } from '@ferry/durable';
 import { parseDeferredManifest, type Manifest, type PackageSeal } from '@ferry/protocol';
+import { writeRecordFile } from './record-file.ts';
 
 /**
  * What a restarted receiver needs of a stream: its opening manifest, and once it was deployed,
@@ -58,7 +59,7 @@ export class StreamSpool {
     try {
       handle = await open(join(dir, `${record.id}.bin`), 'wx', 0o600);
       await handle.sync();
-      await writeRecord(dir, record);
+      await writeRecordFile(dir, record.id, record);
       return new StreamSpool(dir, record.id, handle, 0);
     } catch (err) {
       await handle?.close().catch(() => undefined);
@@ -127,7 +128,7 @@ export class StreamSpool {
 
   /** Marks the stream deployed under `seal`: the bytes go, the record stays for repeated deploy calls. */
   async deployed(record: StreamRecord): Promise<void> {
-    await writeRecord(this.#dir, record);
+    await writeRecordFile(this.#dir, record.id, record);
     await this.close();
     await rm(join(this.#dir, `${this.id}.bin`), { force: true });
   }
@@ -148,20 +149,6 @@ export class StreamSpool {
 /** Removes a deployed stream's record (it has no spool any more). */
 export async function removeStreamFiles(dir: string, id: string): Promise<void> {
   await removeFiles(dir, id);
-}
-
-async function writeRecord(dir: string, record: StreamRecord): Promise<void> {
-  const path = join(dir, `${record.id}.json`);
-  const temp = `${path}.tmp`;
-  const handle = await open(temp, 'w', 0o600);
-  try {
-    await handle.writeFile(JSON.stringify(record));
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await rename(temp, path);
-  await fsyncPath(dir);
 }
 
 function readRecord(id: string, text: string): { record: StreamRecord; manifest: Manifest } {
