@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { connect, createServer, type Server } from 'node:net';
 import { after, describe, it } from 'node:test';
+import { parseLink } from '../../bench/lib/link.ts';
 import { CountingProxy } from '../../bench/lib/proxy.ts';
 import { median, renderReport, type ReportInput } from '../../bench/lib/report.ts';
 
@@ -21,12 +22,12 @@ describe('bench arithmetic and report', { timeout: 30_000 }, () => {
     const input: ReportInput = {
       command: 'npm run bench', revision: 'commit abc', notes: ['a note'], loadAtEnd: '1 1 1', finishedAt: 'now', complete: true, runs: 2, sizes: ['small'], images: [],
       facts: { date: 'then', nproc: 2, cpu: 'cpu', memory: '1 GiB', kernel: 'Linux', node: 'v24', dockerClient: '28', buildEngine: 'b', targetEngine: 't', tools: '', loadAtStart: '1 1 1' },
-      methods: [{ id: 'pipe', title: 'save | load', commands: [] }, { id: 'ferry', title: 'ferry push', commands: [] }],
+      links: [{ link: parseLink('loopback'), methods: [{ id: 'pipe', title: 'save | load', commands: [] }, { id: 'ferry', title: 'ferry push', commands: [] }] }], fanout: [],
       samples: [
-        { size: 'small', phase: 'cold', method: 'pipe', run: 1, load: 1, measurement: measurement(11, 100e6) },
-        { size: 'small', phase: 'cold', method: 'pipe', run: 2, load: 1, measurement: measurement(9, 100e6) },
-        { size: 'small', phase: 'cold', method: 'ferry', run: 1, load: 1, measurement: measurement(6, 40e6) },
-        { size: 'small', phase: 'cold', method: 'ferry', run: 2, load: 1, error: 'boom' },
+        { link: 'loopback', size: 'small', phase: 'cold', method: 'pipe', run: 1, load: 1, measurement: measurement(11, 100e6) },
+        { link: 'loopback', size: 'small', phase: 'cold', method: 'pipe', run: 2, load: 1, measurement: measurement(9, 100e6) },
+        { link: 'loopback', size: 'small', phase: 'cold', method: 'ferry', run: 1, load: 1, measurement: measurement(6, 40e6) },
+        { link: 'loopback', size: 'small', phase: 'cold', method: 'ferry', run: 2, load: 1, error: 'boom' },
       ],
     };
     const text = renderReport(input);
@@ -45,12 +46,12 @@ describe('bench arithmetic and report', { timeout: 30_000 }, () => {
     const input: ReportInput = {
       command: 'npm run bench', revision: 'commit abc', notes: [], loadAtEnd: '1 1 1', finishedAt: 'now', complete: true, runs: 1, sizes: ['large'], images: [],
       facts: { date: 'then', nproc: 2, cpu: 'cpu', memory: '1 GiB', kernel: 'Linux', node: 'v24', dockerClient: '28', buildEngine: 'b', targetEngine: 't', tools: '', loadAtStart: '1 1 1' },
-      methods: [{ id: 'pipe', title: 'pipe', commands: [] }, { id: 'registry', title: 'registry', commands: [] }, { id: 'ferry', title: 'ferry push', commands: [] }],
+      links: [{ link: parseLink('loopback'), methods: [{ id: 'pipe', title: 'pipe', commands: [] }, { id: 'registry', title: 'registry', commands: [] }, { id: 'ferry', title: 'ferry push', commands: [] }] }], fanout: [],
       samples: [
-        { size: 'large', phase: 'cold', method: 'pipe', run: 1, load: 1, measurement: warm(17, 1, 1e9) },
-        { size: 'large', phase: 'cold', method: 'ferry', run: 1, load: 1, measurement: warm(12, 1, 1e9) },
-        { size: 'large', phase: 'warm', method: 'registry', run: 1, load: 1, measurement: { ...warm(0.61, 0.1, 10e6), oneHopBytes: 5e6 } },
-        { size: 'large', phase: 'warm', method: 'ferry', run: 1, load: 1, measurement: warm(0.54, 0.1, 5.2e6) },
+        { link: 'loopback', size: 'large', phase: 'cold', method: 'pipe', run: 1, load: 1, measurement: warm(17, 1, 1e9) },
+        { link: 'loopback', size: 'large', phase: 'cold', method: 'ferry', run: 1, load: 1, measurement: warm(12, 1, 1e9) },
+        { link: 'loopback', size: 'large', phase: 'warm', method: 'registry', run: 1, load: 1, measurement: { ...warm(0.61, 0.1, 10e6), oneHopBytes: 5e6 } },
+        { link: 'loopback', size: 'large', phase: 'warm', method: 'ferry', run: 1, load: 1, measurement: warm(0.54, 0.1, 5.2e6) },
       ],
     };
     const text = renderReport(input);
