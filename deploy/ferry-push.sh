@@ -29,6 +29,13 @@
 #                              (docs/protocol.md §10; default 67108864 = 64 MiB)
 #   --part-size BYTES          resumable part size (default 33554432 = 32 MiB)
 #   --json                     print the receiver's answer as one JSON line (stdout)
+#   --registry URL             after a successful deployment, record it at the registry as the
+#                              service's desired state on that host (or FERRY_REGISTRY_URL), the
+#                              same record `ferry push` makes: PUT /v1/desired/HOST/NAME, signed
+#                              with the same key, each env value replaced by its keyed digest
+#                              (hmac-sha256:…, under a key derived from the signing key; docs/
+#                              registry.md), and the config hash the receiver answered. A registry
+#                              that refuses or cannot be reached is a warning: the deployment stands
 #
 # It first asks the receiver who it is (GET /v1/identity with a fresh challenge) and checks the
 # answer's Ed25519 signature with openssl: the host id it proves is the audience every request is
@@ -47,7 +54,7 @@ EMPTY_DIGEST=blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f
 JSON=0
 
 say() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-usage() { printf '%s: %s\nusage: deploy/ferry-push.sh IMAGE URL NAME [--key-id ID --key-file PATH] [--grant-file PATH] [--host-key SHA256:…] [--env K=V]… [--health URL] [--network host|bridge|none] [--resumable-threshold BYTES] [--json]\n' "$PROG" "$1" >&2; exit 2; }
+usage() { printf '%s: %s\nusage: deploy/ferry-push.sh IMAGE URL NAME [--key-id ID --key-file PATH] [--grant-file PATH] [--host-key SHA256:…] [--env K=V]… [--health URL] [--network host|bridge|none] [--resumable-threshold BYTES] [--registry URL] [--json]\n' "$PROG" "$1" >&2; exit 2; }
 # fail CODE MESSAGE [EXIT]: the one way out on failure, the code first so scripts can match it.
 fail() {
   if [ "$JSON" = 1 ]; then printf '{"error":{"code":"%s","message":"%s"}}\n' "$1" "$(json_escape "$2")"; fi
@@ -96,6 +103,42 @@ unhex() {
   printf '%b' "$out"
 }
 
+# hex: stdin's bytes as lowercase hex.
+hex() {
+  od -An -v -tx1 | tr -d ' \n'
+}
+
+# hmac_sha256 KEY-HEX: HMAC-SHA256 (RFC 2104) of stdin, as hex. bash XORs the key into the pads
+# itself, so the key is on no command line (openssl's -hmac and -macopt would put it there).
+hmac_sha256() {
+  local key=$1 i byte ipad='' opad='' inner
+  [ "${#key}" -le 128 ] || fail FERRY_ERR_INTERNAL "an HMAC key longer than a SHA-256 block"
+  while [ "${#key}" -lt 128 ]; do key+=0; done
+  for ((i = 0; i < 128; i += 2)); do
+    byte=$((16#${key:i:2}))
+    printf -v ipad '%s\\x%02x' "$ipad" $((byte ^ 0x36))
+    printf -v opad '%s\\x%02x' "$opad" $((byte ^ 0x5c))
+  done
+  inner=$({ printf '%b' "$ipad"; cat; } | openssl dgst -sha256 -binary | hex)
+  { printf '%b' "$opad"; unhex "$inner"; } | openssl dgst -sha256 -binary | hex
+}
+
+# env_digests: sets DIGESTS_JSON to the env object the registry keeps, each value replaced by
+# hmac-sha256:HEX of "NAME\0VALUE" under HKDF-SHA256(the key's PKCS#8 DER, no salt, info "ferry
+# env digest v1", 32 bytes) — what `ferry push` records (docs/registry.md), so both digest alike.
+env_digests() {
+  local prk key kv
+  DIGESTS_JSON=''
+  [ "${#ENVS[@]}" -gt 0 ] || return 0
+  # HKDF-Extract with an empty salt: HMAC under a zero key, of the key's DER.
+  prk=$(openssl pkey -in "$KEY_FILE" -outform DER | hmac_sha256 '')
+  # HKDF-Expand, one block: T(1) = HMAC(PRK, info || 0x01).
+  key=$(printf 'ferry env digest v1\x01' | hmac_sha256 "$prk")
+  for kv in "${ENVS[@]}"; do
+    DIGESTS_JSON+="${DIGESTS_JSON:+,}\"${kv%%=*}\":\"hmac-sha256:$(printf '%s\0%s' "${kv%%=*}" "${kv#*=}" | hmac_sha256 "$key")\""
+  done
+}
+
 # identity: asks GET /v1/identity with a fresh challenge and checks the signed answer (§3.6): the
 # payload is signed by the key it names, over our challenge, and, with --host-key, that key is the
 # one expected. Sets AUDIENCE (the host id) and HOST_FP (the host key's fingerprint).
@@ -131,17 +174,19 @@ identity() {
 IMAGE='' URL='' NAME='' NETWORK=bridge HEALTH='' HEALTH_INTERVAL='' HEALTH_RETRIES=''
 THRESHOLD=67108864 PART=33554432 ENVS=()
 KEY_ID=${FERRY_KEY_ID:-} KEY_FILE=${FERRY_KEY_FILE:-} GRANT_FILE=${FERRY_GRANT_FILE:-} HOST_KEY='' GRANT=''
+REGISTRY=${FERRY_REGISTRY_URL:-}
 positional=()
 while [ "$#" -gt 0 ]; do
   case $1 in
     --key) usage "--key is gone: requests are signed with an Ed25519 key file, --key-file PATH (openssl genpkey -algorithm ed25519)" ;;
-    --key-id|--key-file|--grant-file|--host-key|--env|--health|--health-interval|--health-retries|--network|--resumable-threshold|--part-size)
+    --key-id|--key-file|--grant-file|--host-key|--env|--health|--health-interval|--health-retries|--network|--resumable-threshold|--part-size|--registry)
       [ "$#" -ge 2 ] || usage "$1 needs a value"
       case $1 in
         --key-id) KEY_ID=$2 ;; --key-file) KEY_FILE=$2 ;; --grant-file) GRANT_FILE=$2 ;; --host-key) HOST_KEY=$2 ;;
         --env) ENVS+=("$2") ;; --health) HEALTH=$2 ;;
         --health-interval) HEALTH_INTERVAL=$2 ;; --health-retries) HEALTH_RETRIES=$2 ;;
         --network) NETWORK=$2 ;; --resumable-threshold) THRESHOLD=$2 ;; --part-size) PART=$2 ;;
+        --registry) REGISTRY=$2 ;;
       esac
       shift 2 ;;
     --json) JSON=1; shift ;;
@@ -158,6 +203,8 @@ IMAGE=${positional[0]} URL=${positional[1]%/} NAME=${positional[2]}
 [[ $KEY_ID =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]] || usage "--key-id: letters, digits, '.', '_' and '-', at most 128"
 [ -z "$HOST_KEY" ] || [[ $HOST_KEY =~ ^SHA256:[A-Za-z0-9+/]{43}$ ]] || usage "--host-key takes a fingerprint, SHA256: and 43 base64 characters"
 [[ $URL =~ ^https?://[^/]+$ ]] || usage "URL must be http(s)://host:port (got '$URL')"
+REGISTRY=${REGISTRY%/}
+[ -z "$REGISTRY" ] || [[ $REGISTRY =~ ^https?://[^/]+$ ]] || usage "--registry must be http(s)://host:port (got '$REGISTRY')"
 [[ $NAME =~ ^[a-z0-9][a-z0-9_-]{0,62}$ ]] || usage "NAME must be lowercase letters, digits, - and _, at most 63 (got '$NAME')"
 case $NETWORK in host|bridge|none) ;; *) usage "--network must be host, bridge or none" ;; esac
 for n in THRESHOLD PART HEALTH_INTERVAL HEALTH_RETRIES; do
@@ -217,13 +264,44 @@ request() {
     fail FERRY_ERR_RECEIVER_UNREACHABLE "$URL: $(tr -d '\n' < "$WORK/curl.err")" 3
   fi
 }
+# service_json ENV-JSON: the manifest's service object with the given env members (values, or
+# their digests for the registry).
+service_json() { printf '{"name":"%s","env":{%s},"network":"%s"%s}' "$NAME" "$1" "$NETWORK" "$health_json"; }
 field() { sed -n "s/.*\"$1\":\"\{0,1\}\([^\",}]*\).*/\1/p" "$2" | head -n 1; }
 header() { tr -d '\r' < "$2.h" | sed -n "s/^$1: *//Ip" | tail -n 1; }
+
+# record_desired ANSWER: records the completed deployment at the registry (--registry) as the
+# service's desired state on the host, as `ferry push` does. Never fails the push: the deployment
+# already happened, so a refusal or an unreachable registry is a warning.
+record_desired() {
+  # The host id the receiver proved names the record; the request is signed for the registry,
+  # whose id is the audience sign() uses while this function runs.
+  local host=$AUDIENCE config registry_id status code AUDIENCE
+  config=$(field configHash "$1")
+  [[ $config =~ ^sha256:[0-9a-f]{64}$ ]] || { say "warning: $NAME was deployed, but $URL did not answer its config hash: not recorded at $REGISTRY"; return 0; }
+  status=$(curl -sS -o "$WORK/registry" -w '%{http_code}' "$REGISTRY/healthz" 2> "$WORK/curl.err") || true
+  registry_id=$(field host "$WORK/registry")
+  if [ "$status" != 200 ] || ! [[ $registry_id =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]]; then
+    say "warning: $NAME was deployed, but the registry at $REGISTRY could not be asked who it is (HTTP ${status:-000}$(tr -d '\n' < "$WORK/curl.err" | sed 's/^/: /')): not recorded"
+    return 0
+  fi
+  env_digests
+  printf '{"deploymentId":"%s","image":"%s","imageId":"%s","configHash":"%s","service":%s,"targetUrl":"%s"}' \
+    "$DEPLOYMENT_ID" "$(json_escape "$IMAGE")" "$ID" "$config" "$(service_json "$DIGESTS_JSON")" "$URL" > "$WORK/desired.json"
+  AUDIENCE=$registry_id
+  sign PUT "/v1/desired/$host/$NAME" "blake3:$(b3sum --no-names "$WORK/desired.json")"
+  status=$(curl -sS -o "$WORK/registry" -w '%{http_code}' -X PUT "$REGISTRY/v1/desired/$host/$NAME" "${HDR[@]}" \
+    -H 'Content-Type: application/json' --data-binary "@$WORK/desired.json" 2> "$WORK/curl.err") || true
+  if [ "$status" = 200 ]; then say "recorded as the desired state of $NAME on $host at $REGISTRY"; return 0; fi
+  code=$(grep -o '"code":"FERRY_ERR_[A-Z_]*"' "$WORK/registry" | head -n 1 | cut -d'"' -f4)
+  say "warning: $NAME was deployed, but the registry at $REGISTRY did not record it: ${code:-HTTP ${status:-000}}$(tr -d '\n' < "$WORK/curl.err" | sed 's/^/: /')"
+}
 
 # finish STATUS FILE: prints the receiver's answer and exits with its outcome.
 finish() {
   local status=$1 body=$2 code message
   if [ "$status" = 200 ] && grep -q '"state":"COMPLETED"' "$body"; then
+    [ -z "$REGISTRY" ] || record_desired "$body"
     if [ "$JSON" = 1 ]; then cat "$body"; echo
     else
       say "$NAME is running $IMAGE on $(field host "$body")"
@@ -251,9 +329,10 @@ docker save "$ID" | zstd -q -3 -T0 -o "$WORK/package" || fail FERRY_ERR_DOCKER "
 SIZE=$(stat -c %s "$WORK/package")
 DIGEST=blake3:$(b3sum --no-names "$WORK/package")
 
-printf '{"schema":"ferry.manifest/v1","deploymentId":"%s","createdAt":"%s","image":{"ref":"%s","id":"%s","diffIds":%s},"package":{"format":"docker-archive","compression":"zstd","size":%s,"digest":"%s"},"service":{"name":"%s","env":{%s},"network":"%s"%s}}' \
-  "$(cat /proc/sys/kernel/random/uuid)" "$(date -u +%Y-%m-%dT%H:%M:%S.000Z)" "$(json_escape "$IMAGE")" "$ID" "$LAYERS" \
-  "$SIZE" "$DIGEST" "$NAME" "$env_json" "$NETWORK" "$health_json" > "$WORK/manifest.json"
+DEPLOYMENT_ID=$(cat /proc/sys/kernel/random/uuid)
+printf '{"schema":"ferry.manifest/v1","deploymentId":"%s","createdAt":"%s","image":{"ref":"%s","id":"%s","diffIds":%s},"package":{"format":"docker-archive","compression":"zstd","size":%s,"digest":"%s"},"service":%s}' \
+  "$DEPLOYMENT_ID" "$(date -u +%Y-%m-%dT%H:%M:%S.000Z)" "$(json_escape "$IMAGE")" "$ID" "$LAYERS" \
+  "$SIZE" "$DIGEST" "$(service_json "$env_json")" > "$WORK/manifest.json"
 MANIFEST_DIGEST=blake3:$(b3sum --no-names "$WORK/manifest.json")
 
 if [ "${FERRY_PUSH_TEST_CORRUPT:-}" = 1 ]; then

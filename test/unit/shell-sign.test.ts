@@ -3,7 +3,8 @@
  * the script's own text with bash and openssl — against `signRequest` of @ferry/auth: Ed25519 is
  * deterministic, so both must give the same 128 hex digits for the same key and request. Also the
  * worked example of docs/protocol.md §3.4: its PEM key, signed by the script, gives the documented
- * signatures.
+ * signatures. And the env digests the script records at the registry (`env_digests()`, HKDF and
+ * HMAC-SHA256 from openssl dgst and bash) against `envDigests`: the same digest for each value.
  */
 import assert from 'node:assert/strict';
 import { createPrivateKey, randomBytes, type KeyObject } from 'node:crypto';
@@ -11,7 +12,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { generateKeyPair, privateKeyPem, signRequest } from '@ferry/auth';
+import { envDigests, generateKeyPair, privateKeyPem, signRequest } from '@ferry/auth';
 import { ROOT, capture } from '../helpers/ferry.ts';
 
 const DIGEST = 'blake3:7c446e0158ef423130e0400c091d5e6f7c2001ac9a8f31d7c17ae625334a582b';
@@ -94,5 +95,23 @@ describe('the Ed25519 signing of the shell fallback', () => {
     assert.equal(oneShot, '791d85dc8123555995d2155837785b7d8352eed51254aa0246c885a65f1660d65085b3784ef0348cb0b5519df0e5042c38be142be565bae16fffedd34f69a606');
     assert.equal(part, '0f19fe9eb6f7b44516d4147ff5fea85fc4e48b995870e950e7a3caf8338be8bd2ebe03111065a00b7963f0232a18a63521a077b244eb15badca419bd0b98c807');
     for (const signature of [oneShot, part]) assert.ok(example.includes(signature), `§3.4 shows ${signature}`);
+  });
+
+  test('env_digests() records each env value as envDigests does, for keys node:crypto and openssl made', async () => {
+    const opensslFile = join(dir, 'digest-openssl.pem');
+    const made = await capture('openssl', ['genpkey', '-algorithm', 'ed25519', '-out', opensslFile]);
+    assert.equal(made.code, 0, made.stderr);
+    const nodeFile = await keyFile(generateKeyPair().privateKey);
+    const env = { A: 'hello', EMPTY: '', EQ: 'x=y z', QUOTE: 'say "hi" \\ back', UNICODE: 'zürich ✓', LONG: 'v'.repeat(10_000) };
+    const script = [
+      await shellFunction('unhex'), await shellFunction('hex'), 'fail() { echo "$*" >&2; exit 1; }',
+      await shellFunction('hmac_sha256'), await shellFunction('env_digests'),
+      'ENVS=("$@")', 'env_digests', 'printf \'{%s}\' "$DIGESTS_JSON"',
+    ].join('\n');
+    for (const file of [opensslFile, nodeFile]) {
+      const result = await capture('bash', ['-c', script, '-', ...Object.entries(env).map(([k, v]) => `${k}=${v}`)], { PATH: process.env.PATH, KEY_FILE: file });
+      assert.equal(result.code, 0, result.stderr);
+      assert.deepEqual(JSON.parse(result.stdout), envDigests(env, createPrivateKey(await readFile(file, 'utf8'))));
+    }
   });
 });

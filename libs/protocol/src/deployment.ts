@@ -33,6 +33,11 @@ export interface DeploymentResult {
   service: string;
   image: string;
   imageId: string;
+  /**
+   * The container's `ferry.config-hash` as the receiver computed it (`configHash()`): what a
+   * client that cannot compute it records as desired state. Deployments only, not rollbacks.
+   */
+  configHash?: string;
   state: DeploymentState;
   containerId?: string;
   bytes: number;

@@ -604,6 +604,7 @@ class Run {
       service: manifest.service.name,
       image: manifest.image.ref,
       imageId: manifest.image.id,
+      configHash: configHash(manifest),
       state: this.#state,
       ...(this.#containerId && this.#state === 'COMPLETED' ? { containerId: this.#containerId } : {}),
       bytes: this.#pkg.bytes,
