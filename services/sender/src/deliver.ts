@@ -527,8 +527,8 @@ class TargetMachine {
         this.#announce(0, this.plan.producer.compression);
       },
       onProgress: (acknowledged) => this.#deps.onProgress?.(this.url, acknowledged),
-      onSent: () => {
-        this.#emit('transfer.completed', { target: this.url, bytes: 0, compression: this.plan.producer.compression, durationMs: Math.round(performance.now() - this.#started) });
+      onSent: (bytes) => {
+        this.#emit('transfer.completed', { target: this.url, bytes, compression: this.plan.producer.compression, durationMs: Math.round(performance.now() - this.#started) });
         this.#deps.onSent?.(this.url);
       },
     };

@@ -20,7 +20,8 @@ export interface Participant {
   renewId(): void;
   onOpened(): void;
   onProgress(acknowledged: number): void;
-  onSent(): void;
+  /** Every part is acknowledged; `bytes` is the package's size, known now. */
+  onSent(bytes: number): void;
 }
 
 /** How a round ended for one target. */
@@ -120,6 +121,9 @@ async function attempt(participants: readonly Participant[], source: Source, opt
   const ready: Promise<void>[] = [];
   const production = gate.then(() => produceInto(options.producer, broadcast, source));
   production.catch(() => undefined);
+  // Registered before any stream waits on the production, so it is set when their onSent runs.
+  let size = 0;
+  production.then((produced) => { size = produced.size; }, () => undefined);
   if (path) options.spools?.offer(options.spoolKind, production.then((produced): BuiltPackage => spooled(path, produced)));
 
   const runs = participants.map(async (participant): Promise<[Participant, RoundOutcome]> => {
@@ -135,7 +139,7 @@ async function attempt(participants: readonly Participant[], source: Source, opt
         participant.onProgress(bytes);
         checkpoint();
       },
-      onSent: () => participant.onSent(),
+      onSent: () => participant.onSent(size),
     });
     try {
       const outcome = await upload.run(async (destination) => {
