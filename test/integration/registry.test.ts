@@ -590,8 +590,12 @@ describe('registry', SUITE, () => {
       assert.equal(answer.status, status, `${name}: ${JSON.stringify(answer.body)}`);
       assert.equal(code(answer), errorCode, name);
     }
-    const selectorProto = await read('GET', '/v1/hosts?selector=__proto__%3Dx,constructor!%3Dy');
-    assert.equal(selectorProto.status, 200);
+    // __proto__ is never a label key (protocol.md §2.3); other member names are ordinary keys.
+    const selectorProto = await read('GET', '/v1/hosts?selector=__proto__%3Dx');
+    assert.equal(selectorProto.status, 400);
+    assert.equal(code(selectorProto), 'FERRY_ERR_BAD_REQUEST');
+    const selectorMembers = await read('GET', '/v1/hosts?selector=constructor%3Dx,toString!%3Dy');
+    assert.equal(selectorMembers.status, 200);
     const enrollJunk = await fetch(`${registry.url}/v1/enroll`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"token":1}' });
     assert.equal(enrollJunk.status, 400);
     assert.deepEqual(await snapshot(), unchanged);
