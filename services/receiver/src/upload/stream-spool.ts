@@ -35,7 +35,13 @@ const RECORD = /^([0-9a-f]{32})\.json$/;
 /**
  * The durable side of a stream, under FERRY_DATA_DIR/streams: `<id>.json`, replaced atomically
  * (temporary file, fsync, rename, fsync of the directory), and `<id>.bin`, the verified parts
- * appended in order, each fdatasynced before the part is acknowledged. Only verified parts are
+ * appended in order, each written before the part is acknowledged. The parts are not fdatasynced
+ * one by one: what the spool protects against is a stop of the receiver's process (a kill, a
+ * restart, an upgrade), which the page cache survives, and a sync per part would tie every
+ * acknowledgement to the engine's own writes being flushed (ext4 commits them together), halving
+ * a stream's pace. After a crash of the host the spool holds a prefix of what was written; its
+ * bytes are still checked by the load (each layer against its signed diff id) and by the seal's
+ * digest, so a torn spool can fail a deployment but never load other bytes. Only verified parts are
  * written, so whatever the spool holds after a crash — a part cut short by the kill included —
  * is bytes the sender signed, in order: the spool's length is the stream's offset.
  */
@@ -110,7 +116,7 @@ export class StreamSpool {
   }
 
   /**
-   * Appends one verified part and makes it durable. A failed write (a full disk) is cut back off,
+   * Appends one verified part (written, not synced: see the class). A failed write (a full disk) is cut back off,
    * so the spool never holds less than a whole part past the last acknowledged one.
    */
   async append(chunks: readonly Buffer[], bytes: number): Promise<void> {
@@ -118,7 +124,6 @@ export class StreamSpool {
     if (!handle) throw storageError(new Error('closed'), 'The stream\'s spool is closed');
     try {
       await handle.writev(chunks as Buffer[]);
-      await handle.datasync();
       this.#size += bytes;
     } catch (err) {
       await handle.truncate(this.#size).catch(() => undefined);

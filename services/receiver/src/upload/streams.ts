@@ -54,7 +54,7 @@ interface Stream {
   /** The verified parts, in order, on their way into the load. */
   input: PassThrough;
   loading: Promise<unknown>;
-  /** Every acknowledged part, durable; undefined once the stream was deployed (its bytes are gone). */
+  /** Every acknowledged part; undefined once the stream was deployed (its bytes are gone). */
   spool: StreamSpool | undefined;
   /** Settles once what the spool held when this process started went into this process's load. */
   replayed: Promise<void>;
@@ -170,9 +170,9 @@ export class StreamStore {
 
   /**
    * Takes one part: read whole, checked against its signed digest, then written to the spool
-   * (fdatasynced) and handed to the load once the load took the part before it, so the engine
-   * unpacks one part while the next travels, and its pace still reaches the sender. Answers the
-   * new offset, which is durable then.
+   * and handed to the load once the load took the part before it, so the engine unpacks one part
+   * while the next travels, and its pace still reaches the sender. Answers the new offset, which
+   * then outlives a stop of this process (stream-spool.ts).
    */
   async writePart(part: PartWrite): Promise<number> {
     const stream = this.#live(part.streamId);
