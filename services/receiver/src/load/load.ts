@@ -86,7 +86,11 @@ export async function loadArchive(deps: LoadDeps, manifest: Manifest, source: Re
     );
     const decompressor = createDecompressor(manifest.package.compression);
     let decompressError: Error | undefined;
-    decompressor.once('error', (err: Error) => { decompressError ??= err; });
+    // Only the decompressor's own failure counts: torn down by another stage's failure it says
+    // "Premature close", and that stage's error is the one to report.
+    decompressor.once('error', (err: Error) => {
+      if ((err as NodeJS.ErrnoException).code !== 'ERR_STREAM_PREMATURE_CLOSE') decompressError ??= err;
+    });
     // pipeline() rather than pipe(): a read, decompression or inspection error reaches the load.
     const archive = pipeline(source, decompressor, inspector, () => undefined);
     try {
