@@ -11,7 +11,7 @@ export {
 export { probeHttp, probeTcp, waitHealthy, type HealthOutcome } from './deploy/health.ts';
 export { ArchiveInspector, UNPACK_FLOOR, UNPACK_MAX, UNPACK_RATIO, unpackLimit, type ArchiveExpectation, type ArchiveStats } from './load/archive.ts';
 export { PARTIAL_LABEL, loadLayered, removePartialImages, type LayeredExpectation } from './load/layered.ts';
-export { loadVerified, sanitizeEngineMessage, type LoadDeps, type LoadOutcome, type LoadablePackage } from './load/load.ts';
+export { loadArchive, loadVerified, sanitizeEngineMessage, type LoadDeps, type LoadOutcome, type LoadablePackage } from './load/load.ts';
 export { PackageStore, type StoredPackage } from './store/packages.ts';
 export { Registration, actualServices, advertisedUrl, backoffMs, engineFacts, receiverRegistration, settledServices, type RegistrationDeps } from './registration/index.ts';
 export { LayerInventory, isContainerdStore, layersRouter, type ImageStoreKind, type LayerAnswer, type LayerEngine } from './layers/index.ts';
