@@ -19,9 +19,7 @@ export default tseslint.config(
       '@typescript-eslint/consistent-type-imports': 'error',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       'no-restricted-imports': ['error', {
-        // @ferry/sender/cli is an entry point of its own: the CLI without the library, so that
-        // bin/main.ts loads a command's code only when that command runs.
-        patterns: [{ group: ['@ferry/*/*', '!@ferry/sender/cli'], message: 'Import a lib through its package entry point only.' }],
+        patterns: [{ group: ['@ferry/*/*'], message: 'Import a lib through its package entry point only.' }],
       }],
     },
   },

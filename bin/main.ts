@@ -13,14 +13,14 @@ export async function main(args: string[]): Promise<number> {
   // `ferry push` scavenges on a timer instead (libs/memory/src/gc.ts): a second start
   // would cost a short push ~0.1 s.
   if (command === 'receiver') withStreamingRuntime();
-  // The CLI entry point only: each command loads its own code when it runs (@ferry/sender/cli).
-  const { runCli, reportError, processIo } = await import('@ferry/sender/cli');
   const load = Object.hasOwn(SERVICES, command) ? SERVICES[command] : undefined;
-  if (!load) return runCli(argv);
+  // The CLI is a package of its own (@ferry/cli), loaded for its commands only; each command
+  // loads its own code when it runs. A service loads the CLI's error report only if it fails.
+  if (!load) return (await import('@ferry/cli')).runCli(argv);
   try {
     const service = await load();
     if (argv.includes('--help') || argv.includes('-h')) {
-      processIo.stdout.write(service.help);
+      process.stdout.write(service.help);
       return 0;
     }
     if (argv.length > 1) {
@@ -30,6 +30,7 @@ export async function main(args: string[]): Promise<number> {
     await service.run(process.env);
     return 0;
   } catch (err) {
+    const { reportError, processIo } = await import('@ferry/cli');
     return await reportError(processIo, err, false);
   }
 }

@@ -8,6 +8,7 @@
 FROM node:24-slim AS deps
 WORKDIR /opt/ferry
 COPY package.json package-lock.json ./
+COPY apps ./apps
 COPY libs ./libs
 COPY services ./services
 COPY bin ./bin

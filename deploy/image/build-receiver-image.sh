@@ -13,7 +13,7 @@
 #   /usr/local/bin/node        node_modules/.bin/node resolved to the real binary
 #   /lib…, /usr/lib…           every library `ldd` names for node and the native addons
 #   /etc/passwd, group, nsswitch.conf, ssl/certs/ca-certificates.crt (when the build host has it)
-#   /opt/ferry                 package.json, bin/, libs/, services/, node_modules/ (dev-only
+#   /opt/ferry                 package.json, apps/, bin/, libs/, services/, node_modules/ (dev-only
 #                              packages left out, as package-lock.json marks them)
 #   entrypoint `node /opt/ferry/bin/ferry.js`, command `receiver`; /var/lib/ferry is a volume.
 # It runs as root: the receiver needs the host's Docker socket, which root owns.
@@ -76,7 +76,7 @@ fi
   console.log("node_modules/node"); console.log("node_modules/.bin"); console.log("node_modules/.package-lock.json");
 ' "$ROOT/package-lock.json" > "$CTX/exclude"
 tar -C "$ROOT" --anchored --exclude-from="$CTX/exclude" --exclude='node_modules/*/node_modules/.cache' \
-  -cf - package.json bin libs services node_modules | tar -C "$R/opt/ferry" -xf -
+  -cf - package.json apps bin libs services node_modules | tar -C "$R/opt/ferry" -xf -
 
 # Shared libraries: those of node and of every native addon shipped, with the loader.
 {

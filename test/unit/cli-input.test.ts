@@ -10,11 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { durationText, parseDuration, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
-import { runCli, type Io } from '../../services/sender/src/cli/index.ts';
-import { envFromFlags, parseDurationFlag, parseEnvPairs, serviceSpecFromFlags } from '../../services/sender/src/cli/args.ts';
+import { runCli, type Io } from '../../apps/cli/src/index.ts';
+import { envFromFlags, parseDurationFlag, parseEnvPairs, serviceSpecFromFlags } from '../../apps/cli/src/args.ts';
 import { parseDeploymentText } from '../../services/sender/src/deployfile/index.ts';
-import { duration } from '../../services/sender/src/cli/grants.ts';
-import { parseEnvFile, readEnvFiles } from '../../services/sender/src/cli/env-file.ts';
+import { duration } from '../../apps/cli/src/grants.ts';
+import { parseEnvFile, readEnvFiles } from '../../apps/cli/src/env-file.ts';
 import { Capture, usageError } from '../helpers/cli.ts';
 import { healthCheckFailed, healthCheckFailedWithoutRestore, healthFailureReason } from '../../services/receiver/src/deploy/health.ts';
 

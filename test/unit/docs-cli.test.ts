@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { CLI_DOC, commandNames, renderCliDoc } from '../../scripts/gen-cli-doc.ts';
-import { HELP, HELPS } from '../../services/sender/src/cli/help.ts';
+import { HELP, HELPS } from '../../apps/cli/src/help.ts';
 
 describe('docs/cli.md', () => {
   it('is what npm run docs:cli writes from today\'s help texts', () => {

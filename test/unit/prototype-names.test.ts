@@ -13,7 +13,7 @@ import { digestOf } from '@ferry/integrity';
 import { createLogger } from '@ferry/log';
 import { isFerryError, parseManifest, prototypeKeyPaths } from '@ferry/protocol';
 import { applyEvent, emptyProjection, MemoryStore, Registry } from '@ferry/registry';
-import { parseEnvPairs, parseLabels } from '../../services/sender/src/cli/args.ts';
+import { parseEnvPairs, parseLabels } from '../../apps/cli/src/args.ts';
 import { parseDeploymentText } from '../../services/sender/src/deployfile/parse.ts';
 
 const silent = createLogger({ level: 'silent' });

@@ -1,7 +1,8 @@
 /** `ferry push`'s docker-run-style container flags, its three progress renderings and `ferry help`, as pure logic. */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DEFAULT_BACKOFF, DEFAULT_PARALLEL, createProgress, runCli, serviceSpecFromFlags, splitCommand, type Io } from '@ferry/sender';
+import { DEFAULT_BACKOFF, DEFAULT_PARALLEL } from '@ferry/sender';
+import { createProgress, runCli, serviceSpecFromFlags, splitCommand, type Io } from '@ferry/cli';
 import { Capture, usageError } from '../helpers/cli.ts';
 
 const ESC = '\u001b';

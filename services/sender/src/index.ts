@@ -1,6 +1,3 @@
-export { runCli, HELP } from './cli/index.ts';
-export { report } from './cli/report.ts';
-export { processIo, type Io } from './cli/io.ts';
 export { push, type PushRequest, type PushResult, type PushDeps } from './push.ts';
 export { buildPackage, producePackage, inspectImage, type BuiltPackage, type ExportedBy, type ProducedPackage } from './package.ts';
 export { planStoreArchive, storeArchiveChunks, streamStoreArchive, type StoreArchivePlan } from './store-archive.ts';
@@ -13,13 +10,11 @@ export { StreamClient, StreamUpload, StreamUnavailable, PartCutter, type StreamO
 export { loadSenderConfig } from './config.ts';
 export { resolveTargets, isSelector, type ResolvedTarget, type ResolveOptions } from './targets.ts';
 export { desiredRecorder, type Deployed, type DesiredRecorder } from './desired.ts';
-export { pushMany, DEFAULT_PARALLEL, type FanoutRequest, type FanoutResult, type TargetResult } from './fanout.ts';
+export { pushMany, DEFAULT_PARALLEL, type FanoutDeps, type FanoutRequest, type FanoutResult, type TargetResult } from './fanout.ts';
 export { retry, backoffDelay, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy } from './retry.ts';
 export { runDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
 export { loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, type DeploymentDocument, type Problem, type ServiceEntry } from './deployfile/index.ts';
 export { startSenderService, runSenderService, createApp as createSenderApp, DeploymentJobs, JobStore, jobView, SENDER_SERVICE_HELP, type RunningSenderService, type JobRecord, type JobView, type Runner } from './service/index.ts';
-export { serviceSpecFromFlags, splitCommand, parseLabels } from './cli/args.ts';
-export { createProgress, type Progress } from './cli/progress.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
 export { layersToOmit, type CompressionChoice } from './negotiate.ts';
 export {
@@ -28,3 +23,5 @@ export {
 } from './compression.ts';
 export { deliver, DEFAULT_SLOW_AFTER_MS, RESUMABLE_THRESHOLD_BYTES, type DeliveryDeps, type DeliveryRequest, type DeliveryResult, type TargetState } from './deliver.ts';
 export { Broadcast, Branch, SlowBranch } from './broadcast.ts';
+export { buildImage, buildBeforePush, type BuildRequest } from './build.ts';
+export { closest } from './deployfile/problems.ts';

@@ -3,6 +3,9 @@ import { line, processIo, type Io } from './io.ts';
 
 export { HELP } from './help.ts';
 export { processIo, type Io } from './io.ts';
+export { report } from './report.ts';
+export { serviceSpecFromFlags, splitCommand, parseLabels } from './args.ts';
+export { createProgress, type Progress } from './progress.ts';
 
 type Command = (args: string[], io: Io) => Promise<number> | number;
 

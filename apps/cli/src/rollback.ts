@@ -1,6 +1,5 @@
 import { FerryError } from '@ferry/protocol';
-import { ReceiverClient } from '../receiver-client.ts';
-import { loadSenderConfig } from '../config.ts';
+import { ReceiverClient, loadSenderConfig } from '@ferry/sender';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';

@@ -1,6 +1,5 @@
 import { FerryError } from '@ferry/protocol';
-import { ReceiverClient, type DeploymentRecord } from '../receiver-client.ts';
-import { loadSenderConfig } from '../config.ts';
+import { ReceiverClient, type DeploymentRecord, loadSenderConfig } from '@ferry/sender';
 import { parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';

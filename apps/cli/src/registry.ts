@@ -1,6 +1,6 @@
 import { RegistryClient, type ServiceState } from '@ferry/auth';
 import { FerryError } from '@ferry/protocol';
-import { loadSenderConfig } from '../config.ts';
+import { loadSenderConfig } from '@ferry/sender';
 import { line, type Io } from './io.ts';
 import { oneLine } from './terminal.ts';
 

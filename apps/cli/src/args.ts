@@ -4,7 +4,7 @@ import {
   type DurationUnit, type HealthCheck, type ServiceSpec,
 } from '@ferry/protocol';
 import { editDistance } from '@ferry/config';
-import { closest } from '../deployfile/problems.ts';
+import { closest } from '@ferry/sender';
 import { readEnvFiles } from './env-file.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;

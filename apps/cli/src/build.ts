@@ -1,6 +1,6 @@
 import { ImageBuilder, ImageStore, createDockerClient } from '@ferry/docker';
 import { FerryError } from '@ferry/protocol';
-import { buildImage, type BuildRequest } from '../build.ts';
+import { buildImage, type BuildRequest } from '@ferry/sender';
 import { parse, parseInteger } from './args.ts';
 import { line, type Io } from './io.ts';
 import { formatBytes, formatMs } from './progress.ts';
