@@ -4,10 +4,14 @@
  * store) is loaded one layer per `docker load`, each registering while the next arrives, and ends
  * as the signed image with no layer image left behind. A docker save archive takes the one load
  * as before. A layer whose bytes are not its diff id, an archive cut midway, and one out of
- * order load nothing and leave nothing; a layer image an earlier run left is removed at start.
+ * order load nothing and leave nothing; a layer image an earlier run left is removed at start,
+ * but not those of another receiver's load in progress on the same engine.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { BLOCK, ImageStore, TYPE, createDockerClient, paddedSize, writeHeader, type LayerStore } from '@ferry/docker';
@@ -16,6 +20,7 @@ import { chainIds, isFerryError } from '@ferry/protocol';
 import { PARTIAL_LABEL, loadLayered } from '@ferry/receiver';
 import { planStoreArchive, streamStoreArchive } from '@ferry/sender';
 import { buildLayeredImage, startReceiverProcess } from '../helpers/ferry.ts';
+import { PARTIAL_OWNER_LABEL, partialOwner } from '../../services/receiver/src/load/layered.ts';
 import { removeImages } from '../helpers/cleanup.ts';
 import { engines, stack } from '../helpers/stack.ts';
 import { testKey, trustFile } from '../helpers/keys.ts';
@@ -57,6 +62,37 @@ class Spoil extends Transform {
     const copy = Buffer.from(chunk);
     copy[this.at - start] = (copy[this.at - start] ?? 0) ^ 0xff;
     callback(null, copy);
+  }
+}
+
+/** Passes the stream on up to byte `at`, then holds the rest until {@link release}. */
+class Hold extends Transform {
+  #seen = 0;
+  #open = false;
+  #waiting: (() => void) | undefined;
+  readonly at: number;
+  /** Settles once the stream reached `at`. */
+  readonly reached: Promise<void>;
+  #reach!: () => void;
+
+  constructor(at: number) {
+    super();
+    this.at = at;
+    this.reached = new Promise((resolve) => { this.#reach = resolve; });
+  }
+
+  release(): void {
+    this.#open = true;
+    this.#waiting?.();
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    const start = this.#seen;
+    this.#seen += chunk.length;
+    if (this.#open || this.#seen <= this.at) return callback(null, chunk);
+    if (start < this.at) this.push(chunk.subarray(0, this.at - start));
+    this.#reach();
+    this.#waiting = () => callback(null, chunk.subarray(Math.max(0, this.at - start)));
   }
 }
 
@@ -164,30 +200,56 @@ describe('layered load', { timeout: 300_000 }, () => {
     assert.deepEqual(await leftovers(), []);
   });
 
-  test('a layer image an earlier run left is removed at start', async () => {
-    const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Labels: { [PARTIAL_LABEL]: `gone-${run}` } }, rootfs: { type: 'layers', diff_ids: image.diffIds.slice(0, 1) } }));
-    const id = `sha256:${createHash('sha256').update(config).digest('hex')}`;
-    const layer = streamStoreArchive(store, image.id, image.diffIds, await planStoreArchive(store, image.id, image.diffIds, image.diffIds.slice(1)));
-    // The first layer's entry of a whole archive, re-wrapped under the partial config.
-    const chunks: Buffer[] = [];
-    for await (const chunk of layer) chunks.push(chunk as Buffer);
-    const bytes = Buffer.concat(chunks);
+  test('a receiver starting on the same engine leaves the layer images of another one\'s load in progress alone', async () => {
+    const plan = await planStoreArchive(store, image.id, image.diffIds, []);
+    // Held before the third layer: the first two were loaded as layer images, which the last load's manifest names.
+    const hold = new Hold(BLOCK + paddedSize(plan.config.length) + BLOCK + paddedSize(plan.layers[0]?.size ?? 0) + BLOCK + paddedSize(plan.layers[1]?.size ?? 0));
+    // Its layer images carry its owner's name; the other receiver has its own.
+    const loading = loadLayered({ images: targetImages, logger }, { ...expectation(), owner: `ll-${run}` }, (await archive()).pipe(hold), { groupBytes: 1 });
+    loading.catch(() => undefined);
+    await hold.reached;
+    while ((await leftovers()).length < 2) await new Promise((resolve) => setTimeout(resolve, 50));
+    const other = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey(`ll-other-${run}`)), FERRY_HOST_ID: `ll-other-${run}` });
+    await other.stop();
+    hold.release();
+    assert.deepEqual((await loading).imageIds, [image.id]);
+    assert.deepEqual((await targetImages.inspect(image.id))?.diffIds, image.diffIds);
+    assert.deepEqual(await leftovers(), []);
+  });
+
+  test('at start a receiver removes the layer images its earlier run left and unnamed ones, not another receiver\'s', async () => {
     const plan = await planStoreArchive(store, image.id, image.diffIds, image.diffIds.slice(1));
+    const chunks: Buffer[] = [];
+    for await (const chunk of streamStoreArchive(store, image.id, image.diffIds, plan)) chunks.push(chunk as Buffer);
+    const bytes = Buffer.concat(chunks);
     const layerStart = BLOCK + paddedSize(plan.config.length);
     const layerEntry = bytes.subarray(layerStart, layerStart + BLOCK + paddedSize(plan.layers[0]?.size ?? 0));
-    const name = `${id.slice(7)}.json`;
-    const manifest = Buffer.from(JSON.stringify([{ Config: name, RepoTags: null, Layers: [`${(chainIds(image.diffIds)[0] ?? '').slice(7)}/layer.tar`] }]));
-    const tar = Buffer.concat([
-      writeHeader({ name, type: TYPE.file, size: config.length }), config, Buffer.alloc(paddedSize(config.length) - config.length),
-      layerEntry,
-      writeHeader({ name: 'manifest.json', type: TYPE.file, size: manifest.length }), manifest, Buffer.alloc(paddedSize(manifest.length) - manifest.length),
-      Buffer.alloc(2 * BLOCK),
-    ]);
-    assert.deepEqual((await targetImages.load(Readable.from([tar]))).imageIds, [id]);
-    assert.deepEqual(await leftovers(`gone-${run}`), [id]);
-    // A receiver starting on this engine removes it before it listens.
-    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey(`ll-${run}`)), FERRY_HOST_ID: `ll-${run}` });
+    /** A layer image of the first layer, as a layered load labels one, loaded on the target. */
+    const leftover = async (labels: Record<string, string>): Promise<string> => {
+      const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: { Labels: labels }, rootfs: { type: 'layers', diff_ids: image.diffIds.slice(0, 1) } }));
+      const id = `sha256:${createHash('sha256').update(config).digest('hex')}`;
+      const name = `${id.slice(7)}.json`;
+      const manifest = Buffer.from(JSON.stringify([{ Config: name, RepoTags: null, Layers: [`${(chainIds(image.diffIds)[0] ?? '').slice(7)}/layer.tar`] }]));
+      const tar = Buffer.concat([
+        writeHeader({ name, type: TYPE.file, size: config.length }), config, Buffer.alloc(paddedSize(config.length) - config.length),
+        layerEntry,
+        writeHeader({ name: 'manifest.json', type: TYPE.file, size: manifest.length }), manifest, Buffer.alloc(paddedSize(manifest.length) - manifest.length),
+        Buffer.alloc(2 * BLOCK),
+      ]);
+      assert.deepEqual((await targetImages.load(Readable.from([tar]))).imageIds, [id]);
+      return id;
+    };
+    const dataDir = await mkdtemp(join(tmpdir(), 'ferry-ll-rx-'));
+    const unnamed = await leftover({ [PARTIAL_LABEL]: `gone-${run}` });
+    const own = await leftover({ [PARTIAL_LABEL]: `gone-own-${run}`, [PARTIAL_OWNER_LABEL]: partialOwner(dataDir) });
+    const others = await leftover({ [PARTIAL_LABEL]: `gone-other-${run}`, [PARTIAL_OWNER_LABEL]: partialOwner(`${dataDir}-another`) });
+    siblings.push(others);
+    // A receiver starting on this engine with that data directory removes its own and unnamed ones before it listens.
+    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey(`ll-${run}`)), FERRY_HOST_ID: `ll-${run}`, FERRY_DATA_DIR: dataDir });
     await receiver.stop();
-    assert.deepEqual(await leftovers(`gone-${run}`), []);
+    await rm(dataDir, { recursive: true, force: true });
+    assert.deepEqual(await leftovers(`gone-${run}`), [], unnamed);
+    assert.deepEqual(await leftovers(`gone-own-${run}`), [], own);
+    assert.deepEqual(await leftovers(`gone-other-${run}`), [others]);
   });
 });

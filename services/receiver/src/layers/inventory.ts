@@ -38,9 +38,15 @@ export class LayerInventory {
   readonly #docker: LayerEngine;
   readonly #chainsByImage = new Map<string, readonly string[]>();
   #kind: { value: ImageStoreKind; at: number } | undefined;
+  /**
+   * The name this receiver's layered loads label their layer images with (load/layered.ts), so
+   * that on an engine shared with other receivers each removes only its own leftovers.
+   */
+  readonly owner: string | undefined;
 
-  constructor(docker: LayerEngine) {
+  constructor(docker: LayerEngine, options: { owner?: string } = {}) {
     this.#docker = docker;
+    this.owner = options.owner;
   }
 
   async imageStore(): Promise<ImageStoreKind> {

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
+import { resolve } from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
 import { BLOCK, TYPE, fileEntry, paddedSize, readHeader, writeHeader, type ImageStore, type LoadResult, type RawHeader } from '@ferry/docker';
 import type { Logger } from '@ferry/log';
@@ -14,6 +15,18 @@ export const GROUP_BYTES = 64 * 1024 * 1024;
 /** Marks the images a layered load makes on its way; a receiver removes leftovers at start. */
 export const PARTIAL_LABEL = 'dev.ferry.partial-load';
 
+/**
+ * Names the receiver whose load made a layer image. Receivers may share an engine, and a layer
+ * image holds the layers a load in progress still needs (its next `docker load` names them): a
+ * receiver that starts removes its own leftovers and unnamed ones, never another's.
+ */
+export const PARTIAL_OWNER_LABEL = 'dev.ferry.partial-owner';
+
+/** The owner name of the receiver keeping its state in `dataDir`: the same across its restarts, another for every other receiver. */
+export function partialOwner(dataDir: string): string {
+  return createHash('sha256').update(resolve(dataDir)).digest('hex').slice(0, 32);
+}
+
 /** The signed image a layered load must end with. */
 export interface LayeredExpectation {
   imageId: string;
@@ -21,6 +34,8 @@ export interface LayeredExpectation {
   /** Diff ids the archive leaves out: the engine holds them. */
   omittedLayers: readonly string[];
   deploymentId: string;
+  /** Labels the layer images ({@link PARTIAL_OWNER_LABEL}); without it any receiver's start removes them. */
+  owner?: string | undefined;
 }
 
 export interface LayeredDeps {
@@ -85,7 +100,7 @@ export async function loadLayered(deps: LayeredDeps, expect: LayeredExpectation,
       // An intermediate image of the layers so far; it registers on top of the group before it.
       const partial = Buffer.from(JSON.stringify({
         architecture, os,
-        config: { Labels: { [PARTIAL_LABEL]: expect.deploymentId } },
+        config: { Labels: { [PARTIAL_LABEL]: expect.deploymentId, ...(expect.owner === undefined ? {} : { [PARTIAL_OWNER_LABEL]: expect.owner }) } },
         rootfs: { type: 'layers', diff_ids: expect.diffIds.slice(0, i + 1) },
       }));
       const partialId = `sha256:${createHash('sha256').update(partial).digest('hex')}`;
@@ -133,10 +148,15 @@ export async function loadLayered(deps: LayeredDeps, expect: LayeredExpectation,
 
 /**
  * Removes what layered loads of an earlier run left (the receiver stopped mid-way): untagged
- * images carrying {@link PARTIAL_LABEL}. Their layers go with them unless an image uses them.
+ * images carrying {@link PARTIAL_LABEL} whose {@link PARTIAL_OWNER_LABEL} is `owner`, or that
+ * name no owner. Another receiver's may belong to a load in progress on the same engine and stay.
+ * Their layers go with them unless an image uses them.
  */
-export async function removePartialImages(images: ImageStore, logger: Logger): Promise<void> {
+export async function removePartialImages(images: ImageStore, logger: Logger, owner?: string): Promise<void> {
+  const owned = new Set(owner === undefined ? [] : await images.listByLabel(`${PARTIAL_OWNER_LABEL}=${owner}`));
+  const named = new Set(await images.listByLabel(PARTIAL_OWNER_LABEL));
   for (const id of await images.listByLabel(PARTIAL_LABEL)) {
+    if (named.has(id) && !owned.has(id)) continue;
     await images.remove(id).catch((err: unknown) => logger.warn({ err, image: id }, 'could not remove a layer image left by an earlier run'));
   }
 }

@@ -96,7 +96,10 @@ export async function loadArchive(deps: LoadDeps, manifest: Manifest, source: Re
     try {
       // Layered loads need the legacy store's chain ids; the containerd store imports as it reads.
       loadedIds = (deps.layers && await deps.layers.imageStore() === 'legacy'
-        ? await loadLayered(deps, { imageId: manifest.image.id, diffIds: manifest.image.diffIds, omittedLayers: manifest.package.omittedLayers ?? [], deploymentId: manifest.deploymentId }, archive)
+        ? await loadLayered(deps, {
+          imageId: manifest.image.id, diffIds: manifest.image.diffIds, omittedLayers: manifest.package.omittedLayers ?? [], deploymentId: manifest.deploymentId,
+          owner: deps.layers.owner,
+        }, archive)
         : await deps.images.load(archive)).imageIds;
     } catch (err) {
       if (inspector.failure) throw inspector.failure;
