@@ -15,7 +15,7 @@ import { Deployer } from './deploy/engine.ts';
 import { receiverReadiness, waitForEngine } from './readiness.ts';
 import { Journal } from './journal/journal.ts';
 import { LayerInventory } from './layers/index.ts';
-import { removePartialImages } from './load/layered.ts';
+import { partialOwner, removePartialImages } from './load/layered.ts';
 import { PackageStore } from './store/packages.ts';
 import { PolicyGate } from './policy/index.ts';
 import { receiverRegistration } from './registration/index.ts';
@@ -51,7 +51,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     dockerHost: config.dockerHost,
     onWaiting: (cause) => log.warn({ dockerHost: config.dockerHost ?? null, cause }, 'waiting for the Docker engine'),
   });
-  const layers = new LayerInventory(docker);
+  const layers = new LayerInventory(docker, { owner: partialOwner(config.dataDir) });
   const metrics = createReceiverMetrics();
   // Every event is on disk in the outbox before publish() returns; NATS gets it when it can.
   const events = meteredSink(config.natsUrl
@@ -73,7 +73,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   });
   // Before any request: what a killed process left half-done is put right first.
   await deployer.recover();
-  await removePartialImages(images, log).catch((err: unknown) => log.warn({ err }, 'could not look for layer images an earlier run left'));
+  await removePartialImages(images, log, layers.owner).catch((err: unknown) => log.warn({ err }, 'could not look for layer images an earlier run left'));
   const policy = new PolicyGate({ policy: config.policy, events, hostId: config.hostId, logger: log, newestSigned: (service) => deployer.journal.newestSigned(service) });
   const uploads = await UploadStore.open({
     dir: join(config.dataDir, 'uploads'), ttlSeconds: config.uploadTtlSeconds, maxUploadBytes: MAX_UPLOAD_BYTES, logger: log,
