@@ -22,6 +22,7 @@ Commands:
   key         "key new --id ID": make an Ed25519 key pair; "key show FILE": its public key and fingerprint
   trust       "trust add|remove|list": the keys, grants and revocations a receiver or registry trusts
   grant       "grant issue|show|revoke": grants and revocation lists signed with an admin key
+  version     Ferry's version and Node's (also "ferry --version"); with --to, a receiver's
   help        this text; "ferry help COMMAND" for one command
 
 Exit codes: 0 success, 1 the deployment or request failed, 2 bad usage or configuration,
@@ -270,4 +271,21 @@ The admin key signs: --key-id ID --key-file FILE, or FERRY_KEY_ID and FERRY_KEY_
 "grant show" prints a grant or list; with --trust it says whether that trust file accepts it now
 (signed by one of its admin keys, not revoked, in force) and exits 1 when it does not.`;
 
-export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP };
+const VERSION_HELP = `Usage: ferry version [--json]
+       ferry --version
+       ferry version --to URL [--host-key SHA256:…] [--json]
+
+Prints Ferry's version and the version of Node.js it runs on. With --to, also asks the receiver
+at URL which version it runs: the receiver names it in its signed identity (GET /v1/identity),
+which is checked here like every sender checks it (signed by the host key it names, over a fresh
+challenge; with --host-key, by that key), so the answer comes from that receiver and no key of
+yours is needed. Useful before and after upgrading hosts.
+
+Options:
+  --to URL             receiver base URL, e.g. http://10.0.0.5:7701
+  --host-key SHA256:…  the fingerprint of the host key that receiver must prove
+                       (FERRY_ERR_HOST_KEY_MISMATCH otherwise)
+  --json               print {"ferry", "node"} (and "receiver": {"url", "host", "version",
+                       "hostKey"}) as JSON`;
+
+export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, version: VERSION_HELP };

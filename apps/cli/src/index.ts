@@ -27,13 +27,15 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   key: async () => (await import('./keys.ts')).keyCommand,
   trust: async () => (await import('./grants.ts')).trustCommand,
   grant: async () => (await import('./grants.ts')).grantCommand,
+  version: async () => (await import('./version.ts')).versionCommand,
 };
 
 /** The services `ferry` runs itself (bin/main.ts), before the CLI: named here only to suggest them. */
 const SERVICE_COMMANDS = ['receiver', 'sender', 'registry'];
 
 export async function runCli(argv: string[], io: Io = processIo): Promise<number> {
-  const [command, ...args] = argv;
+  // "ferry --version" is "ferry version", as most tools spell it.
+  const [command, ...args] = argv[0] === '--version' ? ['version', ...argv.slice(1)] : argv;
   // Words after "--" belong to the container's command, not to ferry.
   const own = args.includes('--') ? args.slice(0, args.indexOf('--')) : args;
   const json = own.includes('--json');

@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { digestOf } from '@ferry/integrity';
 import { FerryError, PATHS, errorFromBody, type ErrorCode } from '@ferry/protocol';
 import { signRequest } from './canonical.ts';
-import { checkIdentity, newChallenge } from './identity.ts';
+import { checkIdentity, newChallenge, type Identity } from './identity.ts';
 
 const DEFAULT_TIMEOUT_MS = 30_000;
 /** A server or proxy that ignores `Expect: 100-continue` never says 100; like curl, send anyway after this. */
@@ -23,7 +23,8 @@ export interface ClientCredentials {
 export interface SignedClientOptions {
   /** The service's base URL; a path prefix (behind a proxy) is kept and signed. */
   url: string;
-  credentials: ClientCredentials;
+  /** Without one, the client can only ask who the service is ({@link SignedClient.identity}). */
+  credentials?: ClientCredentials | undefined;
   /** Names the peer in messages: "receiver", "registry", … */
   peer: string;
   /** The code thrown when the peer cannot be reached at all (its exit code is 3 in the CLI). */
@@ -193,13 +194,7 @@ export class SignedClient {
 
   /** The service's id: the audience its signed requests must name. */
   async audience(): Promise<string> {
-    if ((this.#options.learn ?? 'identity') === 'identity') {
-      const challenge = newChallenge();
-      const response = await this.#send(`${this.#base}${PATHS.identity}?challenge=${challenge}`, {});
-      const answer = await response.json().catch(() => null) as { identity?: unknown } | null;
-      if (!response.ok) throw errorFromBody(response.status, answer);
-      return checkIdentity(answer?.identity, challenge, this.#options.hostKey).host;
-    }
+    if ((this.#options.learn ?? 'identity') === 'identity') return (await this.identity()).host;
     const response = await this.#send(`${this.#base}${PATHS.healthz}`, {});
     const answer = await response.json().catch(() => null) as { host?: unknown } | null;
     if (!response.ok) throw errorFromBody(response.status, answer);
@@ -209,11 +204,31 @@ export class SignedClient {
     return answer.host;
   }
 
+  /**
+   * What the service proves about itself (`GET /v1/identity`, unsigned): its id, host key and
+   * Ferry version, signed by that key over a fresh challenge and checked here (and against
+   * `hostKey`, when one is expected). Its id becomes the audience if none was known.
+   *
+   * @throws FerryError FERRY_ERR_BAD_RESPONSE (no valid signed identity), FERRY_ERR_HOST_KEY_MISMATCH,
+   *   the `unreachable` code, or the service's own error.
+   */
+  async identity(): Promise<Identity> {
+    const challenge = newChallenge();
+    const response = await this.#send(`${this.#base}${PATHS.identity}?challenge=${challenge}`, {});
+    const answer = await response.json().catch(() => null) as { identity?: unknown } | null;
+    if (!response.ok) throw errorFromBody(response.status, answer);
+    const identity = checkIdentity(answer?.identity, challenge, this.#options.hostKey);
+    this.#audience ??= identity.host;
+    return identity;
+  }
+
   /** The signed headers of one request: the only place Ferry signs a request to a service. */
   async #sign(method: string, path: string, contentDigest: string, offset?: number): Promise<Record<string, string>> {
+    const { credentials } = this.#options;
+    if (!credentials) throw new FerryError('FERRY_ERR_CONFIG', { message: `No key to sign requests to the ${this.#options.peer} with (FERRY_KEY_ID and FERRY_KEY_FILE)` });
     const audience = await this.identify();
     return signRequest({
-      method, path: `${this.#basePath}${path}`, contentDigest, audience, ...this.#options.credentials, ...(offset === undefined ? {} : { offset }),
+      method, path: `${this.#basePath}${path}`, contentDigest, audience, ...credentials, ...(offset === undefined ? {} : { offset }),
     });
   }
 

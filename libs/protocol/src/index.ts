@@ -8,3 +8,4 @@ export * from './layers.ts';
 export * from './selector.ts';
 export * from './duration.ts';
 export * from './health-reach.ts';
+export { FERRY_VERSION } from './version.ts';

@@ -8,7 +8,7 @@ import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { BUFFER_BUDGET_BYTES, BufferBudget } from '@ferry/memory';
 import { createReceiverMetrics, meteredSink } from '@ferry/metrics';
-import { FerryError } from '@ferry/protocol';
+import { FERRY_VERSION, FerryError } from '@ferry/protocol';
 import { createApp } from './app.ts';
 import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
 import { Deployer } from './deploy/engine.ts';
@@ -22,7 +22,8 @@ import { receiverRegistration } from './registration/index.ts';
 import { UploadStore } from './upload/sessions.ts';
 import { StreamStore } from './upload/streams.ts';
 
-export const VERSION = '0.1.0';
+/** Signed into the receiver's identity and sent to the registry with its registration. */
+export const VERSION = FERRY_VERSION;
 
 /** Larger packages belong to the resumable protocol; the one-shot upload refuses them. */
 const MAX_ONE_SHOT_BYTES = 8 * 1024 ** 3;

@@ -7,7 +7,7 @@ import { ensureWritableDir, type Env } from '@ferry/config';
 import { JetStreamPublisher, NullSink, redactNatsUrl, type EventSink, type EventSinkHealth } from '@ferry/events';
 import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
-import { FerryError } from '@ferry/protocol';
+import { FERRY_VERSION, FerryError } from '@ferry/protocol';
 import type { Router } from 'express';
 import { createApp, type CheckResult, type Readiness } from './app.ts';
 import { loadRegistryConfig, type RegistryConfig } from './config.ts';
@@ -19,7 +19,7 @@ import { Registry } from './registry.ts';
 import { MemoryStore, RedisStore, type RegistryStore } from './store.ts';
 import type { RegistryView } from './view.ts';
 
-export const VERSION = '0.1.0';
+export const VERSION = FERRY_VERSION;
 
 /** How long start-up waits for Redis before it serves from memory (and resyncs once Redis answers). */
 const REDIS_START_WAIT_MS = 2000;

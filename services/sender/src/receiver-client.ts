@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs';
 import type { IncomingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { SignedClient, type ClientCredentials } from '@ferry/auth';
+import { SignedClient, type ClientCredentials, type Identity } from '@ferry/auth';
 import { DigestTap, digestOf } from '@ferry/integrity';
 import {
   FerryError, PATHS, UPLOAD_PART_MEDIA_TYPE, errorFromBody,
@@ -17,7 +17,8 @@ export type Credentials = ClientCredentials;
 export interface ReceiverTarget {
   /** The receiver's base URL, e.g. http://10.0.0.5:7701. */
   url: string;
-  credentials: Credentials;
+  /** The key requests are signed with; without one, only the receiver's identity can be asked. */
+  credentials?: Credentials | undefined;
   /** The receiver's host id, when already proven; otherwise its signed identity is asked once. */
   audience?: string | undefined;
   /**
@@ -98,14 +99,14 @@ const LAYERS_TIMEOUT_MS = 15_000;
  */
 export class ReceiverClient {
   readonly url: string;
-  readonly credentials: Credentials;
+  readonly #credentials: Credentials | undefined;
   readonly #signed: SignedClient;
 
   constructor(target: ReceiverTarget) {
     // Validated with the CLI's wording (--to URL) before the signed client parses it again.
     parseTarget(target.url);
     this.url = target.url;
-    this.credentials = target.credentials;
+    this.#credentials = target.credentials;
     this.#signed = new SignedClient({
       url: target.url, credentials: target.credentials, peer: 'receiver', unreachable: 'FERRY_ERR_RECEIVER_UNREACHABLE', learn: 'identity',
       ...(target.audience ? { audience: target.audience } : {}), ...(target.hostKey ? { hostKey: target.hostKey } : {}),
@@ -119,9 +120,30 @@ export class ReceiverClient {
    * @throws FerryError FERRY_ERR_RECEIVER_UNREACHABLE, FERRY_ERR_BAD_RESPONSE (not a Ferry
    *   receiver), FERRY_ERR_HOST_KEY_MISMATCH (another key than the one expected).
    */
-  async identify(): Promise<string> {
+  identify(): Promise<string> {
+    return this.#asReceiver(() => this.#signed.identify());
+  }
+
+  /**
+   * What the receiver proves about itself, asked afresh: its host id, host key and Ferry version,
+   * signed by its host key over a new challenge (no key of ours is needed).
+   *
+   * @throws FerryError as {@link identify}.
+   */
+  identity(): Promise<Identity> {
+    return this.#asReceiver(() => this.#signed.identity());
+  }
+
+  /** The key this client signs with (for the upload protocols' clients it hands the receiver to). */
+  get credentials(): Credentials {
+    if (!this.#credentials) throw new FerryError('FERRY_ERR_CONFIG', { message: `No key to sign requests to ${this.url} with (FERRY_KEY_ID and FERRY_KEY_FILE)` });
+    return this.#credentials;
+  }
+
+  /** A 404 to the identity is a server that is not a Ferry receiver, not a missing thing. */
+  async #asReceiver<T>(ask: () => Promise<T>): Promise<T> {
     try {
-      return await this.#signed.identify();
+      return await ask();
     } catch (err) {
       if (err instanceof FerryError && err.status === 404) {
         throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `${this.url} does not answer like a Ferry receiver (no signed identity)`, cause: err });

@@ -5,7 +5,7 @@ import { ImageBuilder, ImageStore, createDockerClient } from '@ferry/docker';
 import { JetStreamPublisher, NullSink, redactNatsUrl, type EventSink } from '@ferry/events';
 import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
-import { FerryError } from '@ferry/protocol';
+import { FERRY_VERSION, FerryError } from '@ferry/protocol';
 import { runDeployment } from '../deploy.ts';
 import { desiredRecorder } from '../desired.ts';
 import { createApp } from './app.ts';
@@ -13,7 +13,7 @@ import { DEFAULT_LISTEN, loadSenderServiceConfig, type SenderServiceConfig } fro
 import { DeploymentJobs } from './jobs.ts';
 import { JobStore } from './store.ts';
 
-export const SENDER_SERVICE_VERSION = '0.1.0';
+export const SENDER_SERVICE_VERSION = FERRY_VERSION;
 
 export interface RunningSenderService {
   url: string;
