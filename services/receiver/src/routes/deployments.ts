@@ -1,7 +1,7 @@
 import { Router, type Request } from 'express';
 import { FerryError, PATHS } from '@ferry/protocol';
 import type { Journal } from '../journal/journal.ts';
-import { requireEmptyBody } from './services.ts';
+import { onlyParameters, requireEmptyBody } from './services.ts';
 
 export interface DeploymentsDeps {
   journal: Journal;
@@ -20,11 +20,13 @@ const SERVICE = /^[a-z0-9][a-z0-9_-]{0,62}$/;
 export function deploymentsRouter(deps: DeploymentsDeps): Router {
   const router = Router();
   router.get(PATHS.deployments, (req, res) => {
+    onlyParameters(req, ['service', 'limit']);
     requireEmptyBody(res);
     const { service, limit } = listQuery(req);
     res.json({ deployments: deps.journal.list({ ...(service ? { service } : {}), limit }) });
   });
   router.get(`${PATHS.deployments}/:id`, (req, res) => {
+    onlyParameters(req, []);
     requireEmptyBody(res);
     const id = req.params.id;
     const record = ID.test(id) ? deps.journal.get(id.toLowerCase()) : undefined;

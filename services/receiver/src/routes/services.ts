@@ -39,6 +39,7 @@ export function receiverAction(req: { method: string; path: string; originalUrl?
 export function servicesRouter(deps: ServicesDeps): Router {
   const router = Router();
   router.post(`${PATHS.services}/:name/reconcile`, async (req, res) => {
+    onlyParameters(req, []);
     requireEmptyBody(res);
     const service = req.params.name;
     if (!SERVICE.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Invalid service name' });
@@ -46,6 +47,7 @@ export function servicesRouter(deps: ServicesDeps): Router {
     res.json(await deps.deployer.reconcileService(service));
   });
   router.post(`${PATHS.services}/:name/rollback`, async (req, res) => {
+    onlyParameters(req, ['deploymentId']);
     requireEmptyBody(res);
     const service = req.params.name;
     if (!SERVICE.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Invalid service name' });
@@ -62,6 +64,21 @@ function deploymentIdOf(req: Request): string | undefined {
     throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'deploymentId: a lowercase UUID' });
   }
   return deploymentId;
+}
+
+/**
+ * Refuses a query parameter the route does not take: a misspelt `limit` or `deploymentId` would
+ * otherwise be ignored, and the client would act on an answer to a question it did not ask.
+ */
+export function onlyParameters(req: Request, allowed: readonly string[]): void {
+  const unknown = Object.keys(req.query).filter((name) => !allowed.includes(name));
+  if (unknown.length === 0) return;
+  // Names are the client's own text: a few, cut short, are enough to say what was wrong.
+  const named = unknown.slice(0, 8).map((name) => name.slice(0, 64));
+  throw new FerryError('FERRY_ERR_BAD_REQUEST', {
+    message: `Unknown query parameter: ${named.join(', ')}${allowed.length ? ` (this path takes ${allowed.join(', ')})` : ' (this path takes none)'}`,
+    details: { unknown: named, allowed: [...allowed] },
+  });
 }
 
 /** These requests carry no body; their signed digest is that of the empty body. */
