@@ -108,5 +108,5 @@ them to the receivers as "ferry deploy" does. Configuration (environment):
   FERRY_REGISTRY_URL  resolves selector: targets and records desired state (optional)
   FERRY_ALLOW_CIDRS client addresses allowed (optional; default all)
   FERRY_LOG_LEVEL   fatal|error|warn|info|debug|trace (default info)
-Endpoints: GET /healthz; signed POST /v1/deployments, GET /v1/deployments/ID (docs/protocol.md).
+Endpoints: GET /healthz; signed POST /v1/deployments, GET /v1/deployments/ID (docs/sender-service.md).
 `;
