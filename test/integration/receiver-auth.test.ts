@@ -23,6 +23,7 @@ import { LABELS, type ErrorCode } from '@ferry/protocol';
 import { requireAllowedSource, requireSignature } from '@ferry/http';
 import { buildTestImage, freePort, runFerry, startReceiverProcess, startWatchedReceiver, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
 import { lines, probe, rawRequest, signed, type RawAnswer } from '../helpers/raw-http.ts';
+import { searchMemory } from '../helpers/process-memory.ts';
 import { RedisServer } from '../helpers/servers.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
@@ -574,6 +575,62 @@ describe('row 33: what a receiver holds lets nobody deploy to another host, nor 
     assert.notEqual(forged.code, 0, forged.stdout);
     assert.equal(pushError(forged), 'FERRY_ERR_UNKNOWN_KEY', forged.stderr + forged.stdout);
     assert.equal((await target.getContainer(service).inspect()).Config.Labels[LABELS.deploymentId], deployedByA, 'the service is still what A deployed');
+  });
+});
+
+/** A private key's forms as bytes in memory: its raw seed, and its written forms as one-byte and as two-byte (UTF-16) strings. */
+function privateNeedles(privateKey: KeyObject): Buffer[] {
+  const seed = privateKey.export({ format: 'der', type: 'pkcs8' }).subarray(-32);
+  return [seed, ...privateForms(privateKey).flatMap((form) => [Buffer.from(form, 'latin1'), Buffer.from(form, 'utf16le')])];
+}
+
+describe('row 33: a receiver\'s process memory holds no signer\'s private key', { timeout: 300_000 }, () => {
+  const s = stack();
+  const admin = testKey(`mem-admin-${run}`);
+  const deployer = testKey(`mem-deploy-${run}`);
+  const ci = testKey(`mem-ci-${run}`);
+  const hostId = `mem-${run}`;
+  const repo = `ferry-mem-${run}`;
+  const services = [`mem-${run}-direct`, `mem-${run}-granted`];
+  const target = dockerodeFor(s.targetDockerHost);
+  let receiver: ReceiverProcess;
+
+  before(async () => {
+    await buildTestImage(s.buildDockerHost, `${repo}:1`, `mem-${run}`);
+    // The admin key is trusted to grant; the deploy key deploys on its own; the CI key only by the admin's grant.
+    receiver = await startReceiverProcess({
+      DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile([{ key: admin, role: 'admin' }, deployer]), FERRY_HOST_ID: hostId,
+    });
+  });
+
+  after(async () => {
+    await receiver?.stop();
+    for (const service of services) await removeService(target, service);
+    await removeImages(target, [`${repo}:1`]);
+    await removeImages(dockerodeFor(s.buildDockerHost), [`${repo}:1`]);
+  });
+
+  test('after deployments by a trusted key and by a key with an admin\'s grant, its memory holds its host key and none of the three signers\' private keys', async () => {
+    const grant = grantFor(ci, admin, { role: 'deploy', services: [services[1] ?? ''], hosts: ['*'], notAfter: new Date(Date.now() + 3600_000) });
+    for (const [service, env] of [[services[0], keyEnv(deployer)], [services[1], keyEnv(ci, grant)]] as const) {
+      const pushed = await runFerry(['push', `${repo}:1`, '--to', receiver.url, '--name', service ?? '', '--network', 'none', '--json'], { DOCKER_HOST: s.buildDockerHost, ...env });
+      assert.equal(pushed.code, 0, pushed.stderr + pushed.stdout);
+    }
+
+    // The receiver's own key, which it must hold, and the public keys it was given: found, so the search reads its native heap and V8's.
+    const hostKey = createPrivateKey(await readFile(join(receiver.dataDir, 'host.key'), 'utf8'));
+    const controls = [hostKey.export({ format: 'der', type: 'pkcs8' }).subarray(-32), Buffer.from(admin.publicKey, 'latin1'), Buffer.from(deployer.publicKey, 'latin1')];
+    const signers = { admin, deployer, ci };
+    const secrets = Object.entries(signers).flatMap(([name, k]) => privateNeedles(k.privateKey).map((needle, form) => ({ name, form, needle })));
+    assert.ok(receiver.child.pid !== undefined);
+    for (const pid of await processTree(receiver.child.pid)) {
+      const { found, bytesRead, mappings } = await searchMemory(pid, [...controls, ...secrets.map((secret) => secret.needle)]);
+      if (pid === receiver.child.pid) {
+        assert.deepEqual(found.slice(0, controls.length), [true, true, true], `the host key's seed and the trusted public keys are found in ${bytesRead} bytes of ${mappings} mappings`);
+      }
+      const leaked = secrets.filter((_, i) => found[controls.length + i]).map(({ name, form }) => `${name} (form ${form})`);
+      assert.deepEqual(leaked, [], `process ${pid} holds a signer's private key`);
+    }
   });
 });
 
