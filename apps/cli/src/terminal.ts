@@ -6,10 +6,11 @@
  * reaches a terminal.
  */
 
+import { escapeSequenceEnd } from '@ferry/protocol';
+
 const TAB = 0x09;
 const LF = 0x0a;
 const ESC = 0x1b;
-const BEL = 0x07;
 
 /** Anything {@link printable} changes: a control character or a bidirectional override or isolate. */
 const SUSPECT = /[\p{Cc}\u202a-\u202e\u2066-\u2069]/u;
@@ -28,7 +29,7 @@ export function printable(text: string): string {
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c === ESC) {
-      i = sequenceEnd(text, i);
+      i = escapeSequenceEnd(text, i);
     } else if (c === TAB || c === LF) {
       out += text[i];
     } else if (c < 0x20) {
@@ -45,36 +46,4 @@ export function printable(text: string): string {
 /** Like {@link printable}, on one line: line breaks and tabs become spaces (table cells, log lines, names). */
 export function oneLine(text: string): string {
   return printable(text.replace(/\r\n|[\r\n\t\v\f\u2028\u2029\x85]/g, ' '));
-}
-
-/**
- * The index of the last character of the escape sequence starting at `at` (an ESC), per ECMA-48:
- * CSI parameters, intermediates and a final byte; OSC, DCS, SOS, PM and APC strings up to BEL or
- * ST (or the end of the text); otherwise intermediates and one final byte. A malformed sequence
- * ends before the character that breaks it, which is then printed (or dropped) on its own.
- */
-function sequenceEnd(text: string, at: number): number {
-  let i = at + 1;
-  const kind = text[i];
-  if (kind === '[') {
-    i++;
-    while (i < text.length && inRange(text, i, 0x30, 0x3f)) i++;
-    while (i < text.length && inRange(text, i, 0x20, 0x2f)) i++;
-    return inRange(text, i, 0x40, 0x7e) ? i : i - 1;
-  }
-  if (kind === ']' || kind === 'P' || kind === 'X' || kind === '^' || kind === '_') {
-    for (i++; i < text.length; i++) {
-      const c = text.charCodeAt(i);
-      if (c === BEL) return i;
-      if (c === ESC) return text[i + 1] === '\\' ? i + 1 : i - 1;
-    }
-    return text.length - 1;
-  }
-  while (i < text.length && inRange(text, i, 0x20, 0x2f)) i++;
-  return inRange(text, i, 0x30, 0x7e) ? i : i - 1;
-}
-
-function inRange(text: string, i: number, low: number, high: number): boolean {
-  const c = text.charCodeAt(i);
-  return c >= low && c <= high;
 }

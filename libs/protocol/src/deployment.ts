@@ -1,4 +1,5 @@
 import type { ErrorBody } from './errors.ts';
+import type { DeploymentFailure } from './failure.ts';
 
 /** The deployment states (docs/protocol.md §6, `state`), in the order a successful deployment passes them. */
 export const DEPLOYMENT_STATES = [
@@ -43,4 +44,6 @@ export interface DeploymentResult {
   bytes: number;
   timings: StageTimings;
   error?: ErrorBody['error'];
+  /** Only in a failed record: the stage, the container's exit and last log lines, the probes, what runs now. */
+  failure?: DeploymentFailure;
 }
