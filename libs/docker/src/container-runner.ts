@@ -1,3 +1,4 @@
+import { createInterface } from 'node:readline';
 import { FerryError } from '@ferry/protocol';
 import { namePath, type ContainerCreateBody, type DockerEngine, type HealthInspect, type HostConfig } from './engine.ts';
 import { statusOf, toFerryError } from './errors.ts';
@@ -16,6 +17,8 @@ export interface ContainerInfo {
   imageId: string;
   labels: Record<string, string>;
   exitCode: number;
+  /** Restarts by its restart policy: a container that crashed is running again, but it crashed. */
+  restarts: number;
   /** Absent when the container has no health check. */
   health?: ContainerHealth;
 }
@@ -124,6 +127,7 @@ export class ContainerRunner {
         imageId: info.Image,
         labels: info.Config.Labels ?? {},
         exitCode: info.State.ExitCode,
+        restarts: info.RestartCount ?? 0,
         ...(info.State.Health ? { health: healthOf(info.State.Health) } : {}),
       };
     } catch (err) {
@@ -235,6 +239,28 @@ export class ContainerRunner {
       return splitLogLines(output).slice(-tail);
     } catch (err) {
       throw toFerryError(err, 'FERRY_ERR_DOCKER', `read the logs of container ${id}`);
+    }
+  }
+
+  /**
+   * The exit code of the container's last run that ended, from the engine's `die` events; undefined
+   * when the engine no longer holds such an event (it keeps its newest few hundred). Inspect says 0
+   * once a restart policy started the container again, which hides why it had to.
+   */
+  async lastExitCode(id: string): Promise<number | undefined> {
+    try {
+      // `until` now: the engine answers with the events it holds and ends the answer.
+      const stream = await this.#docker.stream({
+        path: '/events', query: { since: 0, until: (Date.now() / 1000).toFixed(3), filters: { container: [id], type: ['container'], event: ['die'] } },
+      });
+      let last: number | undefined;
+      for await (const text of createInterface({ input: stream, crlfDelay: Infinity })) {
+        const code = Number((JSON.parse(text) as { Actor?: { Attributes?: { exitCode?: string } } }).Actor?.Attributes?.exitCode);
+        if (Number.isInteger(code)) last = code;
+      }
+      return last;
+    } catch (err) {
+      throw toFerryError(err, 'FERRY_ERR_DOCKER', `read the events of container ${id}`);
     }
   }
 

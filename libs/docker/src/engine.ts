@@ -106,6 +106,8 @@ export interface ContainerInspect {
   Name: string;
   Image: string;
   State: { Status: string; Running: boolean; ExitCode: number; Health?: HealthInspect };
+  /** Restarts by the container's restart policy since it was last started by hand. */
+  RestartCount?: number;
   Config: { Image: string; Labels?: Record<string, string> | null; [field: string]: unknown };
   HostConfig?: Record<string, unknown>;
 }

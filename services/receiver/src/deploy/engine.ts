@@ -5,7 +5,7 @@ import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import {
   FerryError, LABELS, configHash,
-  type DeploymentResult, type DeploymentState, type EventType, type Manifest, type ProbeResult, type StageTimings,
+  type DeploymentFailure, type DeploymentResult, type DeploymentState, type EventType, type Manifest, type Restored, type StageTimings,
 } from '@ferry/protocol';
 import { DEFAULT_POLICY, checkBindSources, containerSpecFor, policyDenied, type Policy } from '../policy/index.ts';
 import { assertLayersPresent, loadVerified } from '../load/load.ts';
@@ -13,6 +13,7 @@ import { startLastDeployed, type ReconcileResult } from './restart.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
 import { healthCheckFailed, healthCheckFailedWithoutRestore, healthFailureReason, waitHealthy } from './health.ts';
+import { Scrubber, failedContainer, healthReport, stillUp } from './failure.ts';
 import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, JournalEntry, StateStamp } from '../journal/journal.ts';
 import type { CrashPoint } from './crash.ts';
 import { assertFreeSpace, type DiskGuard } from './disk.ts';
@@ -290,6 +291,7 @@ export class Deployer {
         ...(record.kind === 'rollback' && running ? { containerId: running } : {}),
         bytes: record.bytes, timings: record.timings,
         error: { code: error.code, message: error.message, details: { interruptedIn: record.state, ...(running ? { runningContainerId: running } : {}) } },
+        ...(record.kind === 'deploy' ? { failure: interruptedFailure(record, swapping, running) } : {}),
       };
       await entry.finish(result);
       this.#publish(record, 'deployment.failed', { code: error.code, reason: error.message, state });
@@ -356,6 +358,12 @@ function interruptedRun(stored: DeploymentRecord, manifest: Manifest): boolean {
     && stored.package?.digest === manifest.package.digest;
 }
 
+/** An interrupted deployment's report: what it had found before the stop (if anything), and what runs since. */
+function interruptedFailure(record: DeploymentRecord, swapping: boolean, running: string | undefined): DeploymentFailure {
+  const restored: Restored = running ? { outcome: 'previous', containerId: running } : { outcome: swapping ? 'nothing' : 'untouched' };
+  return { ...(record.failure ?? { stage: record.state }), restored };
+}
+
 function headerOf(manifest: Manifest, host: string, bytes: number): DeploymentHeader {
   return {
     deploymentId: manifest.deploymentId, kind: 'deploy', host, service: manifest.service.name,
@@ -379,6 +387,9 @@ function since(started: number): number {
   return Math.round(performance.now() - started);
 }
 
+/** What a failed step found out: the health check's answers, the container as it ended. */
+type Found = Partial<Pick<DeploymentFailure, 'container' | 'health'>>;
+
 type Emit = <T extends EventType>(type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image'>) => void;
 
 /** One deployment's walk through the states; a class so each step reads as one method. */
@@ -390,6 +401,8 @@ class Run {
   readonly #timings: StageTimings = {};
   readonly #started = performance.now();
   readonly #entry: JournalEntry;
+  /** Keeps the manifest's env values out of what the container wrote, before it is kept or shown. */
+  readonly #scrub: Scrubber;
   #state: DeploymentState = 'VERIFYING';
   #containerId: string | undefined;
 
@@ -399,6 +412,7 @@ class Run {
     this.#entry = entry;
     this.#emit = emit;
     this.#log = deps.logger.child({ deploymentId: pkg.manifest.deploymentId, service: pkg.manifest.service.name });
+    this.#scrub = new Scrubber(pkg.manifest.service.env);
     this.#timings.receive = Math.round(pkg.durationMs);
   }
 
@@ -442,7 +456,7 @@ class Run {
       // The engine going away mid-check (a daemon restart) is a failure like any other.
       return this.#fail(asFerryError(err), previousTagTarget);
     }
-    if (!health.ok) return this.#fail(health.error, previousTagTarget, health.logs, health.probes);
+    if (!health.ok) return this.#fail(health.error, previousTagTarget, health.found);
     this.#state = 'COMPLETED';
     this.#timings.total = this.#elapsed();
     this.#emit('deployment.completed', { timings: this.#timings });
@@ -523,16 +537,15 @@ class Run {
   }
 
   /** Not private only so that its return type can be named above. */
-  async validate(): Promise<{ ok: true } | { ok: false; error: FerryError; logs: string[]; probes: ProbeResult[] }> {
+  async validate(): Promise<{ ok: true } | { ok: false; error: FerryError; found: Found }> {
     const check = this.#manifest.service.health;
     const containerId = this.#containerId;
     if (!containerId) throw new Error('validate before start');
-    const isRunning = async (): Promise<boolean> => (await this.#deps.containers.inspect(containerId))?.running ?? false;
+    const isRunning = async (): Promise<boolean> => stillUp(await this.#deps.containers.inspect(containerId));
     if (!check) {
       // Without a health check the least a deployment proves is that the process stayed up.
       if (await isRunning()) return { ok: true };
-      const logs = await this.#deps.containers.logs(containerId).catch(() => []);
-      return { ok: false, error: new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The container exited right after it started' }), logs, probes: [] };
+      return { ok: false, error: new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The container exited right after it started' }), found: {} };
     }
     const outcome = await waitHealthy(check, { isRunning, dockerHealth: async () => (await this.#deps.containers.inspect(containerId))?.health });
     this.#timings.health = outcome.durationMs;
@@ -540,20 +553,23 @@ class Run {
       this.#emit('healthcheck.passed', { attempts: outcome.attempts, durationMs: outcome.durationMs });
       return { ok: true };
     }
-    const logs = await this.#deps.containers.logs(containerId).catch(() => []);
+    const health = healthReport(check.type, outcome.attempts, outcome.probes, this.#scrub);
+    const container = await failedContainer(this.#deps.containers, containerId, this.#scrub);
     const reason = healthFailureReason(outcome, this.#manifest.service);
-    this.#emit('healthcheck.failed', { reason, probes: outcome.probes, logs });
-    return { ok: false, error: healthCheckFailed(reason), logs, probes: outcome.probes };
+    this.#emit('healthcheck.failed', { reason, probes: health.probes, logs: container?.logs ?? [] });
+    return { ok: false, error: healthCheckFailed(reason), found: { health, ...(container ? { container } : {}) } };
   }
 
-  async #fail(error: FerryError, previousTagTarget: string | undefined, logs?: string[], probes?: ProbeResult[]): Promise<DeploymentResult> {
+  async #fail(error: FerryError, previousTagTarget: string | undefined, found: Found = {}): Promise<DeploymentResult> {
     const manifest = this.#manifest;
     let finalError = error;
+    const failure: DeploymentFailure = await this.#failureFound(found);
     if (this.#state === 'DEPLOYING' || this.#state === 'VALIDATING') {
       const started = performance.now();
       this.#emit('rollback.started', { reason: error.message });
       try {
-        await this.#enter('ROLLING_BACK', { event: 'rollback.started' });
+        // With what was found: the rollback removes the container its log lines come from.
+        await this.#enter('ROLLING_BACK', { event: 'rollback.started', failure });
         const restored = await whileEngineRestarts(async () => {
           const id = await restorePrevious(this.#deps.containers, manifest.service.name, this.#containerId);
           if (previousTagTarget && previousTagTarget !== manifest.image.id) await this.#deps.images.tag(previousTagTarget, manifest.image.ref);
@@ -565,24 +581,35 @@ class Run {
         await this.#entry.note({ event: 'rollback.completed' });
         this.#emit('rollback.completed', { ...(restored ? { restoredContainerId: restored } : {}), durationMs: this.#timings.rollback });
         this.#state = restored ? 'ROLLED_BACK' : 'FAILED';
+        failure.restored = restored ? { outcome: 'previous', containerId: restored } : { outcome: 'nothing' };
         if (!restored && error.code === 'FERRY_ERR_HEALTHCHECK_FAILED') {
           finalError = healthCheckFailedWithoutRestore(error);
         }
       } catch (err) {
         this.#log.error({ err }, 'rollback failed');
         this.#state = 'FAILED';
+        failure.restored = { outcome: 'failed' };
         finalError = new FerryError('FERRY_ERR_ROLLBACK_FAILED', { cause: err, details: { reason: error.message } });
       }
     } else {
       this.#state = 'FAILED';
+      failure.restored = { outcome: 'untouched' };
     }
     this.#timings.total = this.#elapsed();
     this.#emit('deployment.failed', {
       code: finalError.code, reason: finalError.message, state: this.#state,
-      ...(logs ? { logs } : {}), ...(probes ? { probes } : {}),
+      ...(failure.container ? { logs: failure.container.logs } : {}), ...(failure.health ? { probes: failure.health.probes } : {}),
     });
     this.#log.warn({ code: finalError.code, state: this.#state }, 'deployment failed');
-    return this.#result(finalError, { ...(probes ? { probes } : {}), ...(logs ? { logs } : {}) });
+    return this.#result(finalError, failure);
+  }
+
+  /** The stage and what was found there; the new container, if it got one, as the engine sees it now. */
+  async #failureFound(found: Found): Promise<DeploymentFailure> {
+    const stage = this.#state;
+    const swapped = stage === 'DEPLOYING' || stage === 'VALIDATING';
+    const container = found.container ?? (swapped && this.#containerId ? await failedContainer(this.#deps.containers, this.#containerId, this.#scrub) : undefined);
+    return { stage, ...(container ? { container } : {}), ...(found.health ? { health: found.health } : {}) };
   }
 
   async #awaitRestoredHealthy(containerId: string): Promise<void> {
@@ -596,7 +623,7 @@ class Run {
     if (!outcome.ok) this.#log.warn({ reason: outcome.reason }, 'the restored container did not pass the health check either');
   }
 
-  #result(error?: FerryError, details?: Record<string, unknown>): DeploymentResult {
+  #result(error?: FerryError, failure?: DeploymentFailure): DeploymentResult {
     const manifest = this.#manifest;
     return {
       deploymentId: manifest.deploymentId,
@@ -609,7 +636,8 @@ class Run {
       ...(this.#containerId && this.#state === 'COMPLETED' ? { containerId: this.#containerId } : {}),
       bytes: this.#pkg.bytes,
       timings: this.#timings,
-      ...(error ? { error: { code: error.code, message: error.message, ...(details ? { details } : {}) } } : {}),
+      ...(error ? { error: { code: error.code, message: error.message } } : {}),
+      ...(failure ? { failure } : {}),
     };
   }
 

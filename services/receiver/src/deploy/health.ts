@@ -2,13 +2,14 @@ import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
 import type { ContainerHealth } from '@ferry/docker';
-import { FerryError, unpublishedHealthPort, unpublishedHealthPortHint, type HealthCheck, type ProbeResult, type ServiceSpec } from '@ferry/protocol';
+import { FAILURE_LIMITS, FerryError, unpublishedHealthPort, unpublishedHealthPortHint, type HealthCheck, type ProbeResult, type ServiceSpec } from '@ferry/protocol';
 
-/** Kept short: a failure event carries the history, and a long one says nothing more. */
-const HISTORY = 10;
+/** Kept short: a failure report carries the history, and a long one says nothing more. */
+const HISTORY = FAILURE_LIMITS.probes;
 
 export interface HealthOutcome {
   ok: boolean;
+  /** Every probe made, however many of them `probes` keeps. */
   attempts: number;
   probes: ProbeResult[];
   reason?: string;
@@ -139,8 +140,10 @@ async function waitDockerHealthy(check: CmdCheck, deps: HealthDeps): Promise<Hea
   const poll = Math.min(check.intervalMs, 500);
   let health: ContainerHealth | undefined;
   const finish = (ok: boolean, reason?: string): HealthOutcome => {
-    const probes = (health?.log ?? []).map(probeOfDockerRun).slice(-HISTORY);
-    return { ok, attempts: probes.length, probes, durationMs: Math.round(performance.now() - started), ...(reason ? { reason } : {}) };
+    const runs = health?.log ?? [];
+    const probes = runs.map(probeOfDockerRun).slice(-HISTORY);
+    // Docker keeps its last five runs only; its failing streak counts further back.
+    return { ok, attempts: Math.max(runs.length, health?.failingStreak ?? 0), probes, durationMs: Math.round(performance.now() - started), ...(reason ? { reason } : {}) };
   };
   if (!deps.dockerHealth) return finish(false, 'this receiver cannot read Docker health states');
   for (;;) {

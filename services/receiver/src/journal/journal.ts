@@ -2,7 +2,7 @@ import { mkdir, open, readdir, readFile, rm, type FileHandle } from 'node:fs/pro
 import { join } from 'node:path';
 import { fsyncPath } from '@ferry/durable';
 import type { Logger } from '@ferry/log';
-import type { DeploymentResult, DeploymentState, ErrorBody, StageTimings } from '@ferry/protocol';
+import type { DeploymentFailure, DeploymentResult, DeploymentState, ErrorBody, StageTimings } from '@ferry/protocol';
 
 /** States after which a deployment never moves again. */
 export const FINAL_STATES: readonly DeploymentState[] = ['COMPLETED', 'ROLLED_BACK', 'FAILED'];
@@ -46,6 +46,8 @@ export interface DeploymentFacts {
   imagePreexisting?: boolean;
   /** Lifecycle events of this deployment beyond its states (e.g. rollback.started). */
   event?: string;
+  /** What a failure left to show, written before the rollback removes the failed container. */
+  failure?: DeploymentFailure;
 }
 
 export interface StateStamp {
@@ -65,6 +67,8 @@ export interface DeploymentRecord extends DeploymentHeader {
   imagePreexisting?: boolean;
   timings: StageTimings;
   error?: ErrorBody['error'];
+  /** Once the deployment failed: the report every client shows (docs/protocol.md §11.2). */
+  failure?: DeploymentFailure;
   createdAt: string;
   updatedAt: string;
   finishedAt?: string;
@@ -294,6 +298,7 @@ function apply(record: DeploymentRecord | undefined, line: Line): DeploymentReco
     next.result = result;
     if (result.containerId) next.containerId = result.containerId;
     if (result.error) next.error = result.error;
+    if (result.failure) next.failure = result.failure;
   }
   return next;
 }
