@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ImageBuilder, ImageStore } from '@ferry/docker';
 import { createEvent, type EventSink } from '@ferry/events';
-import { FerryError, isFerryError } from '@ferry/protocol';
+import { FerryError, isFerryError, type DeploymentFailure } from '@ferry/protocol';
 import { buildImage } from './build.ts';
 import { serviceSpecOf, type DeploymentDocument, type ServiceEntry } from './deployfile/index.ts';
 import type { DesiredRecorder } from './desired.ts';
@@ -22,6 +22,8 @@ export interface TargetOutcome {
   ok: boolean;
   attempts?: number;
   error?: { code: string; message: string };
+  /** A deployment that failed on the receiver: its report, as the receiver recorded it (docs/protocol.md §11.2). */
+  failure?: DeploymentFailure;
 }
 
 export interface ServiceOutcome {
@@ -169,12 +171,13 @@ function targetOutcome(t: TargetResult): TargetOutcome {
   return {
     url: t.url, ...(t.host ? { host: t.host } : {}), deploymentId: t.deploymentId, state: t.state, ok: t.ok, attempts: t.attempts,
     ...(t.error ? { error: t.error } : t.ok ? {} : { error: deploymentError(t) }),
+    ...(t.deployment?.failure ? { failure: t.deployment.failure } : {}),
   };
 }
 
 /** A target whose receiver answered with a failed deployment carries that deployment's error. */
 function deploymentError(t: TargetResult): { code: string; message: string } {
-  const error = (t.deployment as { error?: { code?: string; message?: string } } | undefined)?.error;
+  const error = t.deployment?.error;
   return { code: error?.code ?? 'FERRY_ERR_INTERNAL', message: error?.message ?? `deployment ${t.state}` };
 }
 

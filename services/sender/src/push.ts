@@ -96,8 +96,8 @@ export interface PushResult {
 
 /**
  * `ferry push --to URL`: the push of deliver.ts to one target, its outcome as one result. A
- * failure is a FerryError whose details carry the deployment id and, when the receiver got that
- * far, its record of the deployment.
+ * failure is a FerryError whose details carry the deployment id, the target's URL (and host) and,
+ * when the receiver got that far, its record of the deployment.
  */
 export async function push(request: PushRequest, deps: PushDeps): Promise<PushResult> {
   const { result, failures, packages } = await deliver({
@@ -119,7 +119,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   if (failure !== undefined || !target.ok) {
     const error = failure instanceof FerryError ? failure
       : new FerryError('FERRY_ERR_INTERNAL', { message: failure instanceof Error ? failure.message : `deployment ${target.state}`, ...(failure ? { cause: failure } : {}) });
-    throw error.withDetails({ deploymentId: target.deploymentId, ...(target.host ? { host: target.host } : {}) });
+    throw error.withDetails({ deploymentId: target.deploymentId, url: request.to, ...(target.host ? { host: target.host } : {}) });
   }
   const pkg = packages.get(request.to);
   const deployment = target.deployment as DeploymentResult;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { digestOf } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
-import { FerryError } from '@ferry/protocol';
+import { FerryError, type DeploymentFailure } from '@ferry/protocol';
 import { pendingOutcomes, type DeployDeps, type DeploymentOutcome, type DeployOptions, type ServiceOutcome } from '../deploy.ts';
 import type { DeploymentDocument } from '../deployfile/index.ts';
 import type { JobRecord, JobState, JobStore } from './store.ts';
@@ -22,7 +22,11 @@ export interface JobView {
     imageId?: string;
     state: ServiceOutcome['state'];
     error?: { code: string; message: string };
-    targets: { url: string; host?: string; deploymentId?: string; state: string; error?: { code: string; message: string } }[];
+    targets: {
+      url: string; host?: string; deploymentId?: string; state: string; error?: { code: string; message: string };
+      /** A failed deployment's report as its receiver recorded it, the one `ferry status ID` shows. */
+      failure?: DeploymentFailure;
+    }[];
   }[];
   error?: { code: string; message: string };
 }
@@ -160,6 +164,7 @@ export function jobView(job: JobRecord): JobView {
       targets: s.targets.map((t) => ({
         url: t.url, state: t.state,
         ...(t.host ? { host: t.host } : {}), ...(t.deploymentId ? { deploymentId: t.deploymentId } : {}), ...(t.error ? { error: t.error } : {}),
+        ...(t.failure ? { failure: t.failure } : {}),
       })),
     })),
     ...(job.error ? { error: job.error } : {}),
