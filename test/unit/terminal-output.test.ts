@@ -78,7 +78,11 @@ describe('what the CLI prints', () => {
       details: {
         deployment: {
           deploymentId: 'd-1', state: 'ROLLED_BACK',
-          error: { details: { probes: [{ error: `ECONNREFUSED ${HOSTILE}` }], logs: ['\x1b[32mINFO\x1b[0m started', `fake\n✔ web is running ${HOSTILE}`] } },
+          failure: {
+            stage: 'VALIDATING',
+            health: { type: 'http', attempts: 3, probes: [{ at: HOSTILE, ok: false, ms: 1, error: `ECONNREFUSED ${HOSTILE}` }] },
+            container: { id: HOSTILE, status: HOSTILE, restarts: 0, logs: ['\x1b[32mINFO\x1b[0m started', `fake\n✔ web is running ${HOSTILE}`] },
+          },
         },
       },
     });

@@ -5,6 +5,7 @@ import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
 import { createLogger } from '@ferry/log';
 import { loadSenderConfig, runDeployment, type ServiceOutcome, loadDeploymentFile, type DeploymentDocument, desiredRecorder, DEFAULT_PARALLEL, DEFAULT_BACKOFF } from '@ferry/sender';
 import { envFromFlags, parse, parseInteger } from './args.ts';
+import { failureLines, fromOutcome } from './failure.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
 import { oneLine } from './terminal.ts';
@@ -74,6 +75,10 @@ function printService(io: Io, s: ServiceOutcome): void {
   line(io.stdout, oneLine(`${s.ok ? '✔' : '✖'} ${s.service}: ${s.image} on ${done}/${s.targets.length} targets${s.imageId ? ` (${s.imageId.slice(0, 19)})` : ''}`));
   if (s.error) line(io.stdout, oneLine(`  failed: ${s.error.message} [${s.error.code}]`));
   for (const t of s.targets) {
-    line(io.stdout, oneLine(`  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}${t.error ? `  ${t.error.message} [${t.error.code}]` : ''}  (${t.url}${t.deploymentId ? `, deployment ${t.deploymentId}` : ''})`));
+    line(io.stdout, oneLine(`  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}${t.error ? `  ${t.error.code}` : ''}  (${t.url}${t.deploymentId ? `, deployment ${t.deploymentId}` : ''})`));
+  }
+  // Each failed target's report, as `ferry push` and `ferry status ID` show it.
+  for (const t of s.targets.filter((target) => !target.ok && target.error)) {
+    for (const text of failureLines(fromOutcome(s.service, t))) line(io.stdout, text);
   }
 }

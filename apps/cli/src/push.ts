@@ -4,12 +4,12 @@ import { RegistryClient } from '@ferry/auth';
 import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
 import { createLogger } from '@ferry/log';
 import { type CompressionChoice, loadSenderConfig, buildBeforePush, DEFAULT_PARALLEL, pushMany, type FanoutDeps, type FanoutRequest, type FanoutResult, desiredRecorder, type CompressionDecision, push, type PushResult, DEFAULT_BACKOFF, isSelector, resolveTargets } from '@ferry/sender';
-import { COMPRESSIONS, FerryError, HealthCheckSchema, type ErrorCode, type HealthCheck } from '@ferry/protocol';
+import { COMPRESSIONS, FerryError, HealthCheckSchema, type HealthCheck } from '@ferry/protocol';
 import { BUILD_OPTIONS, buildRequestFrom } from './build.ts';
 import { SERVICE_OPTIONS, parse, parseDurationFlag, parseInteger, serviceSpecFromFlags } from './args.ts';
 import { line, type Io } from './io.ts';
 import { oneLine } from './terminal.ts';
-import { nextStep } from './report.ts';
+import { failureLines, fromTarget } from './failure.ts';
 import { createProgress, formatBytes, formatMs, type Progress } from './progress.ts';
 import { scavengePeriodically } from '@ferry/memory';
 
@@ -189,8 +189,6 @@ function printFanoutSummary(io: Io, r: FanoutResult): void {
   for (const t of r.targets) {
     line(io.stdout, oneLine(`  ${t.ok ? '✔' : '✖'} ${t.host ?? t.url}  ${t.state}  ${formatBytes(t.bytes.sent)} sent  ${formatMs(t.durationMs)}  ${t.error ? t.error.code : '-'}  (${t.url}, deployment ${t.deploymentId}, ${t.attempts} attempt${t.attempts === 1 ? '' : 's'})`));
   }
-  for (const t of failed) {
-    line(io.stdout, oneLine(`  failed: ${t.host ?? t.url} — ${t.error ? `${t.error.message} [${t.error.code}]` : `deployment ${t.state}`}`));
-    if (t.error) line(io.stdout, `    next: ${nextStep(t.error.code as ErrorCode)}`);
-  }
+  // Each failed target's report, as `ferry status ID` shows it later.
+  for (const t of failed) for (const text of failureLines(fromTarget(r.service, t))) line(io.stdout, text);
 }

@@ -1,6 +1,7 @@
 import { FerryError } from '@ferry/protocol';
 import { ReceiverClient, type DeploymentRecord, loadSenderConfig } from '@ferry/sender';
 import { parse, parseInteger } from './args.ts';
+import { failureLines, fromRecord } from './failure.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
 import { oneLine } from './terminal.ts';
@@ -25,7 +26,7 @@ export async function statusCommand(args: string[], io: Io): Promise<number> {
 
   if (id !== undefined) {
     const record = await client.deployment(id);
-    line(io.stdout, values.json ? JSON.stringify(record) : describe(record));
+    line(io.stdout, values.json ? JSON.stringify(record) : describe(record, values.to));
     return 0;
   }
   const service = values.service ?? '';
@@ -37,7 +38,7 @@ export async function statusCommand(args: string[], io: Io): Promise<number> {
   return 0;
 }
 
-function describe(r: DeploymentRecord): string {
+function describe(r: DeploymentRecord, url: string): string {
   const start = Date.parse(r.states[0]?.at ?? r.createdAt);
   const rows = [
     `deployment  ${r.deploymentId} (${r.kind})`,
@@ -50,8 +51,10 @@ function describe(r: DeploymentRecord): string {
   const timings = TIMING_KEYS.filter((key) => r.timings?.[key] !== undefined).map((key) => `${key} ${formatMs(r.timings?.[key])}`);
   if (timings.length > 0) rows.push(`timings     ${timings.join(' · ')}`);
   if (r.containerId) rows.push(`container   ${shortId(r.containerId)}`);
-  if (r.error) rows.push(`error       ${r.error.code}: ${r.error.message}`);
-  return rows.map(oneLine).join('\n');
+  const lines = rows.map(oneLine);
+  // A failure's report, as the push that ran it showed it.
+  if (r.error) lines.push(...failureLines(fromRecord(r, url)));
+  return lines.join('\n');
 }
 
 function table(records: DeploymentRecord[]): string {
