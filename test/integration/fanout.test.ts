@@ -238,7 +238,7 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     const service = serviceName('lan');
     await buildRandomImage('lan');
     const result = await pushMany({
-      image: `${repo}:lan`, targets: [lan.url], compression: 'auto', probeBytes: 4 * 1024 * 1024,
+      image: `${repo}:lan`, targets: [lan.url], compression: 'auto', probeMs: 0, probeBytes: 4 * 1024 * 1024,
       service: { name: service, network: 'none' },
     }, { images: new ImageStore(createDockerClient(s.buildDockerHost)), events: new NullSink(), credentials: key, source: 'ferry://sender/test' });
     assert.equal(result.targets[0]?.state, 'COMPLETED', JSON.stringify(result.targets[0]));

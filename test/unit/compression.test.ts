@@ -3,8 +3,10 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { decideFromMeasure, sampleZstd, type LinkMeasure } from '@ferry/sender';
+import { LinkProbe } from '../../services/sender/src/compression.ts';
 
 const GB = 1e9;
+const MiB = 1024 ** 2;
 /** zstd on a typical image: faster levels pack less. */
 const samples: LinkMeasure['samples'] = [
   { level: 1, ratio: 0.45, bytesPerSecond: 400e6 },
@@ -12,7 +14,7 @@ const samples: LinkMeasure['samples'] = [
   { level: 9, ratio: 0.35, bytesPerSecond: 40e6 },
 ];
 const measure = (over: Partial<LinkMeasure>): LinkMeasure => ({
-  linkBytesPerSecond: 1e6, linkBound: true, remainingBytes: GB - 8e6, totalBytes: GB, sentBytes: 8e6, samples, ...over,
+  linkBytesPerSecond: 1e6, exportBytesPerSecond: 200e6, remainingBytes: GB - 30e6, totalBytes: GB, sentBytes: 30e6, samples, ...over,
 });
 
 describe('compression chosen for the link', () => {
@@ -24,20 +26,37 @@ describe('compression chosen for the link', () => {
     assert.match(d.reason, /1\.0 MB\/s.*zstd 9/);
   });
 
+  it('100 Mbit/s (12.5 MB/s acknowledged) with a ~1 GB image that packs to 46 %: restarted with zstd, about half the time', () => {
+    const image = 1.08e9;
+    const d = decideFromMeasure(measure({
+      linkBytesPerSecond: 12.5e6, exportBytesPerSecond: 150e6, totalBytes: image, sentBytes: 30e6, remainingBytes: image - 30e6,
+      samples: [{ level: 1, ratio: 0.5, bytesPerSecond: 300e6 }, { level: 3, ratio: 0.46, bytesPerSecond: 150e6 }, { level: 9, ratio: 0.43, bytesPerSecond: 45e6 }],
+    }));
+    assert.deepEqual([d.restart, d.compression], [true, 'zstd']);
+    assert.ok(d.estimates.current > 80 && d.estimates.chosen < 45, JSON.stringify(d.estimates));
+    assert.match(d.reason, /12\.5 MB\/s.*started again compressed/);
+  });
+
   it('a middling link (50 MB/s): zstd 3, as level 9 could not keep up with the link', () => {
     const d = decideFromMeasure(measure({ linkBytesPerSecond: 50e6 }));
     assert.deepEqual([d.restart, d.compression, d.level], [true, 'zstd', 3]);
   });
 
   it('a fast link (1 GB/s): compressing would cost more than it saves; stays uncompressed', () => {
-    const d = decideFromMeasure(measure({ linkBytesPerSecond: GB }));
+    const d = decideFromMeasure(measure({ linkBytesPerSecond: GB, exportBytesPerSecond: 2 * GB }));
     assert.deepEqual([d.restart, d.compression, d.level], [false, 'none', undefined]);
   });
 
-  it('a link that waited on the export is not the bottleneck: uncompressed stays', () => {
-    const d = decideFromMeasure(measure({ linkBound: false }));
+  it('the export sets the pace (the link keeps up with it): uncompressed stays, whatever zstd would pack', () => {
+    // 60 MB/s acknowledged, and the export makes no more: a compressed push cannot beat the export either.
+    const d = decideFromMeasure(measure({ linkBytesPerSecond: 60e6, exportBytesPerSecond: 60e6 }));
     assert.deepEqual([d.restart, d.compression], [false, 'none']);
-    assert.match(d.reason, /waited on the export/);
+    assert.match(d.reason, /waits on the export/);
+  });
+
+  it('the compressor is slower than the link: uncompressed stays', () => {
+    const d = decideFromMeasure(measure({ linkBytesPerSecond: 100e6, exportBytesPerSecond: 400e6, samples: samples.map((s) => ({ ...s, bytesPerSecond: 80e6 })) }));
+    assert.deepEqual([d.restart, d.compression], [false, 'none']);
   });
 
   it('an image that does not compress is not restarted for a few per cent', () => {
@@ -51,6 +70,10 @@ describe('compression chosen for the link', () => {
     assert.deepEqual([d.restart, d.compression], [false, 'none']);
   });
 
+  it('without a sample (nothing to try zstd on) uncompressed stays', () => {
+    assert.deepEqual(decideFromMeasure(measure({ samples: [] })).compression, 'none');
+  });
+
   it('zstd is tried on a sample: zeros pack to almost nothing, random bytes not at all', () => {
     const zeros = sampleZstd(Buffer.alloc(1024 * 1024));
     const noise = sampleZstd(randomBytes(1024 * 1024));
@@ -58,5 +81,51 @@ describe('compression chosen for the link', () => {
     for (const s of zeros) assert.ok(s.ratio < 0.01 && s.bytesPerSecond > 0, JSON.stringify(s));
     for (const s of noise) assert.ok(s.ratio > 0.99, JSON.stringify(s));
     assert.deepEqual(sampleZstd(Buffer.alloc(0)), []);
+  });
+});
+
+describe('when the link is judged', () => {
+  it('by time from the first acknowledged part: a burst into buffers and the export\'s start do not count', () => {
+    const probe = new LinkProbe({ windowMs: 2000, minBytes: 4 * MiB });
+    // The first part is acknowledged after 900 ms (the export started, the part crossed); 8 MiB
+    // more follow within 300 ms (they sat in socket buffers), then the link's pace: 2 MiB per 160 ms.
+    assert.equal(probe.observe(900, 2 * MiB), undefined);
+    assert.equal(probe.observe(1000, 6 * MiB), undefined);
+    assert.equal(probe.observe(1200, 10 * MiB), undefined);
+    let at = 1200;
+    let bytes = 10 * MiB;
+    let reading;
+    while (!reading) {
+      at += 160;
+      bytes += 2 * MiB;
+      reading = probe.observe(at, bytes);
+    }
+    assert.ok(at - 900 >= 2000, String(at));
+    // ~14.5 MB/s with the burst in the window, against 13.1 MB/s of the link alone and ~8 MB/s counted from the start.
+    assert.ok(reading.bytesPerSecond > 12e6 && reading.bytesPerSecond < 16e6, JSON.stringify(reading));
+    assert.ok(reading.windowMs >= 2000);
+  });
+
+  it('a link too slow for the bytes in the window waits for them', () => {
+    const probe = new LinkProbe({ windowMs: 2000, minBytes: 4 * MiB });
+    // 2 MiB parts every 16 s (1 Mbit/s): two more parts after the first.
+    assert.equal(probe.observe(16_000, 2 * MiB), undefined);
+    assert.equal(probe.observe(32_000, 4 * MiB), undefined);
+    const reading = probe.observe(48_000, 6 * MiB);
+    assert.ok(reading && Math.abs(reading.bytesPerSecond - (4 * MiB) / 32) < 1, JSON.stringify(reading));
+  });
+
+  it('judged again each time the window has doubled', () => {
+    const probe = new LinkProbe({ windowMs: 2000, minBytes: 1 });
+    assert.equal(probe.observe(1000, 1), undefined);
+    const judged = [1500, 3000, 4000, 5000, 7000, 9000, 13_000].filter((at) => probe.observe(at, at) !== undefined);
+    assert.deepEqual(judged, [3000, 5000, 9000]);
+  });
+
+  it('nothing acknowledged yet is no reading', () => {
+    const probe = new LinkProbe({ windowMs: 0, minBytes: 0 });
+    assert.equal(probe.observe(100, 0), undefined);
+    assert.equal(probe.observe(200, 2 * MiB), undefined);
+    assert.ok(probe.observe(300, 4 * MiB));
   });
 });

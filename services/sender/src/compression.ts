@@ -45,10 +45,18 @@ export async function chooseCompression(choice: CompressionChoice, facts: { urls
 
 /** What the first parts of a stream showed. */
 export interface LinkMeasure {
-  /** Package bytes per second the slowest target acknowledged so far. */
+  /**
+   * Package bytes per second the slowest target acknowledged, from its first acknowledged part
+   * on: the receiver acknowledges what it holds, so neither the sender's socket buffers nor a
+   * queue on the way inflate it, and the export's start does not lower it.
+   */
   linkBytesPerSecond: number;
-  /** Whether the link set the pace (the export waited on it), rather than the export. */
-  linkBound: boolean;
+  /**
+   * Image bytes per second the export produced while it was not held back by the targets: what a
+   * push could reach if the link were no limit. When it is no faster than the link, the export
+   * set the pace, and compressing cannot help.
+   */
+  exportBytesPerSecond: number;
   /** Image bytes still to send, uncompressed. */
   remainingBytes: number;
   /** Image bytes in all, uncompressed: what a restart sends. */
@@ -70,30 +78,79 @@ export interface MeasuredDecision extends CompressionDecision {
 const RESTART_GAIN = 0.25;
 
 /**
- * Called on an uncompressed stream once its first parts are acknowledged: when the link, not the
- * export, set the pace, a zstd level whose output the link carries sooner (and whose compressor
- * keeps up) may end the push sooner even after starting again from the first byte. Pure: the
- * measurements are given, so unit tests drive it.
+ * Called on an uncompressed stream while it runs: whether a zstd level ends the push sooner, even
+ * starting again from the first byte. A push takes as long as its slowest stage: uncompressed, the
+ * rest goes at the measured pace; compressed, every byte again at the slowest of the export, the
+ * compressor and the link carrying the smaller output. Pure: the measurements are given, so unit
+ * tests drive it.
  */
 export function decideFromMeasure(measure: LinkMeasure): MeasuredDecision {
-  const rate = (n: number): string => `${(n / 1e6).toFixed(1)} MB/s`;
-  const current = measure.remainingBytes / Math.max(1, measure.linkBytesPerSecond);
-  const keep = (reason: string): MeasuredDecision => ({ compression: 'none', reason, measured: true, restart: false, estimates: { current, chosen: current } });
-  if (!measure.linkBound) return keep(`the link carried ${rate(measure.linkBytesPerSecond)} and waited on the export: uncompressed is fastest`);
+  const link = Math.max(1, measure.linkBytesPerSecond);
+  const current = measure.remainingBytes / link;
+  const measured = measure.exportBytesPerSecond > link * 1.1
+    ? `the link carries ${rate(link)}, the export makes ${rate(measure.exportBytesPerSecond)}`
+    : `the link carries ${rate(link)} and waits on the export (${rate(measure.exportBytesPerSecond)})`;
   let best: { level: number; seconds: number; ratio: number } | undefined;
   for (const sample of measure.samples) {
-    // Compression and sending overlap: the slower of the two sets the pace.
-    const seconds = Math.max(measure.totalBytes / Math.max(1, sample.bytesPerSecond), (measure.totalBytes * sample.ratio) / Math.max(1, measure.linkBytesPerSecond));
+    const pace = Math.min(measure.exportBytesPerSecond, sample.bytesPerSecond, link / Math.max(1e-3, sample.ratio));
+    const seconds = measure.totalBytes / Math.max(1, pace);
     if (!best || seconds < best.seconds) best = { level: sample.level, seconds, ratio: sample.ratio };
   }
   if (!best || best.seconds > current * (1 - RESTART_GAIN)) {
-    return keep(`the link carries ${rate(measure.linkBytesPerSecond)}; zstd would not end the push much sooner (the image compresses to ${best ? Math.round(best.ratio * 100) : 100}%)`);
+    const compared = best ? `: uncompressed ends in ~${Math.ceil(current)} s, zstd ${best.level} (to ${Math.round(best.ratio * 100)} %) from the start would take ~${Math.ceil(best.seconds)} s` : '';
+    return { compression: 'none', reason: `${measured}${compared}`, measured: true, restart: false, estimates: { current, chosen: current } };
   }
   return {
     compression: 'zstd', level: best.level, measured: true, restart: true,
-    reason: `the link carries ${rate(measure.linkBytesPerSecond)}: zstd ${best.level} (to ${Math.round(best.ratio * 100)}%) ends in ~${Math.ceil(best.seconds)} s, uncompressed in ~${Math.ceil(current)} s`,
+    reason: `${measured}: zstd ${best.level} (to ${Math.round(best.ratio * 100)} %) ends in ~${Math.ceil(best.seconds)} s from the start, uncompressed in ~${Math.ceil(current)} s; started again compressed`,
     estimates: { current, chosen: best.seconds },
   };
+}
+
+function rate(bytesPerSecond: number): string {
+  return `${(bytesPerSecond / 1e6).toFixed(1)} MB/s`;
+}
+
+/** What {@link LinkProbe.observe} hands over once the link can be judged. */
+export interface ProbeReading {
+  /** Package bytes per second acknowledged over the window. */
+  bytesPerSecond: number;
+  /** The window: from the first acknowledged part to now. */
+  windowMs: number;
+}
+
+/**
+ * When an uncompressed stream's link is judged, and at what pace it ran. The pace is taken from
+ * the slowest target's first acknowledged part on, once that window is `windowMs` long and
+ * carried `minBytes` more: a few parts and a few seconds, so the pace is the link's and not a
+ * burst into buffers, and a restart throws little away. A link judged fast enough is judged
+ * again each time the window has doubled, in case it slowed down. Pure: times are given.
+ */
+export class LinkProbe {
+  readonly #windowMs: number;
+  readonly #minBytes: number;
+  #first: { at: number; bytes: number } | undefined;
+  #nextMs: number;
+
+  constructor(options: { windowMs: number; minBytes: number }) {
+    this.#windowMs = options.windowMs;
+    this.#minBytes = options.minBytes;
+    this.#nextMs = options.windowMs;
+  }
+
+  /** The slowest target has `bytes` acknowledged at `at` (milliseconds): a reading when it is time to judge. */
+  observe(at: number, bytes: number): ProbeReading | undefined {
+    if (bytes <= 0) return undefined;
+    if (!this.#first) {
+      this.#first = { at, bytes };
+      return undefined;
+    }
+    const windowMs = at - this.#first.at;
+    const carried = bytes - this.#first.bytes;
+    if (windowMs < this.#nextMs || carried < this.#minBytes || windowMs <= 0) return undefined;
+    this.#nextMs = Math.max(this.#windowMs, windowMs) * 2;
+    return { bytesPerSecond: (carried * 1000) / windowMs, windowMs };
+  }
 }
 
 /** zstd's ratio and speed at each of {@link ZSTD_LEVELS} on `sample` (a few MiB of the image). */

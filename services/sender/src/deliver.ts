@@ -26,10 +26,16 @@ export const RESUMABLE_THRESHOLD_BYTES = 64 * 1024 ** 2;
 export const DEFAULT_SLOW_AFTER_MS = 10_000;
 
 /**
- * What the first parts of an uncompressed stream must carry before its link is judged: a few
- * parts of 2 MiB, past TCP's slow start on a LAN, and a few seconds at most on a slow link.
+ * How long an uncompressed stream runs, from its first acknowledged part, before its link is
+ * judged (and judged again each time that doubles). Measuring by time rather than by the first
+ * few MiB: on a slow link those go into the sender's socket buffers and the queues on the way in a
+ * blink, and acknowledged a moment later; over two seconds the receiver's acknowledgements show
+ * the link's own pace, and a restart with zstd throws away two seconds of it.
  */
-export const DEFAULT_PROBE_BYTES = 8 * 1024 ** 2;
+export const DEFAULT_PROBE_MS = 2000;
+
+/** What the window must carry besides: two parts of 2 MiB, so a link too slow for that in the window waits for them. */
+export const DEFAULT_PROBE_BYTES = 4 * 1024 ** 2;
 
 /** NATS being down must not stall a push: events wait in the sink's queue past this. */
 const EVENT_FLUSH_WAIT_MS = 2000;
@@ -65,7 +71,9 @@ export interface DeliveryRequest {
   deploymentId?: string;
   /** See DEFAULT_SLOW_AFTER_MS. */
   slowAfterMs?: number;
-  /** Package bytes every streamed target must have acknowledged before the link is judged; default DEFAULT_PROBE_BYTES. */
+  /** Milliseconds of acknowledgements from every streamed target before the link is judged; default DEFAULT_PROBE_MS. */
+  probeMs?: number;
+  /** Package bytes every streamed target must have acknowledged in that time besides; default DEFAULT_PROBE_BYTES. */
   probeBytes?: number;
   /**
    * Runs once the first target proved its identity and before the image is looked up (a build);
@@ -218,7 +226,7 @@ export async function deliver(request: DeliveryRequest, deps: DeliveryDeps): Pro
       spools: machines.length > 1 ? spools : undefined,
       beforeFirstByte: () => flushWithin(deps.events, EVENT_FLUSH_WAIT_MS),
       measure: decision.measureLink ? {
-        probeBytes: request.probeBytes ?? DEFAULT_PROBE_BYTES,
+        probeMs: request.probeMs ?? DEFAULT_PROBE_MS, probeBytes: request.probeBytes ?? DEFAULT_PROBE_BYTES,
         onDecision: (measured) => { decision = { compression: measured.compression, ...(measured.level === undefined ? {} : { level: measured.level }), reason: measured.reason, measured: true }; },
       } : undefined,
     });
@@ -234,6 +242,9 @@ export async function deliver(request: DeliveryRequest, deps: DeliveryDeps): Pro
     };
     await Promise.all(Array.from({ length: parallel }, worker));
     await round;
+    if (decision.measureLink) {
+      decision = { compression: decision.compression, reason: 'private addresses, uncompressed: the push ended before its link could be measured', measured: false };
+    }
 
     const main = mainPackage(plan, machines);
     const results = machines.map((m) => m.result());

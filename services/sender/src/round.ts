@@ -1,7 +1,7 @@
 import { pipeline } from 'node:stream/promises';
 import { isFerryError } from '@ferry/protocol';
 import { Broadcast, SlowBranch } from './broadcast.ts';
-import { decideFromMeasure, sampleZstd, type MeasuredDecision } from './compression.ts';
+import { LinkProbe, decideFromMeasure, sampleZstd, type MeasuredDecision } from './compression.ts';
 import { spoolPath, spooled, type BuiltPackage, type ProducedPackage } from './package.ts';
 import { produceInto, sourceFallback, type Producer, type Source, type SpoolKind, type Spools } from './productions.ts';
 import type { ReceiverClient } from './receiver-client.ts';
@@ -41,11 +41,12 @@ export interface RoundOptions {
   /** Awaited once every stream is open, before the first byte: lets event watchers see the transfers start first. */
   beforeFirstByte?: () => Promise<void>;
   /**
-   * Measure the link on the first parts of an uncompressed round and let {@link decideFromMeasure}
-   * choose: a compression that ends the push sooner, even from the first byte again, restarts the
-   * round with it (once).
+   * Measure the link while an uncompressed round runs (a {@link LinkProbe} of `probeMs` and
+   * `probeBytes`) and let {@link decideFromMeasure} choose: a compression that ends the push
+   * sooner, even from the first byte again, restarts the round with it (once). Every judgement
+   * goes to `onDecision`; the last one stands.
    */
-  measure?: { probeBytes: number; onDecision: (decision: MeasuredDecision) => void } | undefined;
+  measure?: { probeMs: number; probeBytes: number; onDecision: (decision: MeasuredDecision) => void } | undefined;
 }
 
 /** The round is started again with another compression: not a failure of anyone's. */
@@ -96,19 +97,26 @@ async function attempt(participants: readonly Participant[], source: Source, opt
   const acknowledged = new Map<Participant, number>(participants.map((p) => [p, 0]));
   let productionStarted = 0;
   let recompressed = false;
+  const probe = measure ? new LinkProbe({ windowMs: measure.probeMs, minBytes: measure.probeBytes }) : undefined;
+  let samples: ReturnType<typeof sampleZstd> | undefined;
   const checkpoint = (): void => {
-    if (!measure || recompressed) return;
+    if (!measure || !probe || recompressed || broadcast.writableFinished) return;
     const slowest = Math.min(...acknowledged.values());
-    if (slowest < measure.probeBytes || broadcast.writableFinished) return;
-    const elapsed = Math.max(1, performance.now() - productionStarted);
+    const now = performance.now();
+    const reading = probe.observe(now, slowest);
+    if (!reading) return;
+    const elapsed = Math.max(1, now - productionStarted);
     const total = Math.max(options.producer.image.size ?? 0, slowest);
+    // Tried once, on the first bytes: the sample is what it is, and zstd costs the event loop time.
+    samples ??= sampleZstd(broadcast.sample);
     const decision = decideFromMeasure({
-      linkBytesPerSecond: (slowest * 1000) / elapsed, linkBound: broadcast.waitedMs / elapsed > 0.5,
-      remainingBytes: total - slowest, totalBytes: total, sentBytes: slowest, samples: sampleZstd(broadcast.sample),
+      linkBytesPerSecond: reading.bytesPerSecond,
+      exportBytesPerSecond: (broadcast.bytes * 1000) / Math.max(1, elapsed - broadcast.waitedMs),
+      remainingBytes: total - slowest, totalBytes: total, sentBytes: slowest, samples,
     });
     measure.onDecision(decision);
-    measure = undefined;
     if (!decision.restart) return;
+    measure = undefined;
     recompressed = true;
     options.producer.compression = decision.compression;
     options.producer.level = decision.level;
