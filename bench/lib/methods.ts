@@ -302,6 +302,8 @@ export interface PushJson {
   ok?: boolean;
   bytes?: { image?: number; package?: number; sent?: number };
   compression?: string;
+  /** What `--compression auto` chose for the link, and why (a measured link says its pace). */
+  compressionChoice?: { compression?: string; level?: number; reason?: string; measured?: boolean };
   /** Sent while docker save ran and loaded while it arrived (docs/protocol.md §10.6). */
   streamed?: boolean;
   exportedBy?: string;
@@ -383,13 +385,20 @@ function ferryMethod(ctx: MethodContext): Method {
       return {
         ...(outsideSeconds !== undefined ? { outsideSeconds } : {}),
         ...(Number.isFinite(exitLag) ? { exitLagSeconds: exitLag } : {}),
-        detail: `sender: ${stages(result.timings ?? {})}; receiver: ${stages(receiver)}${layers}${outside}`,
+        detail: `sender: ${stages(result.timings ?? {})}; receiver: ${stages(receiver)}${layers}${outside}${choiceOf(result)}`,
         moveSeconds: totalSeconds - startSeconds, startSeconds, totalSeconds, senderPeakKb, receiverPeakKb, signedRequests: signedRequestsOf(result),
         ...linkBytes(wire),
         wireDetail: `package ${mb(result.bytes?.package ?? 0)} (${result.compression ?? '?'}${result.streamed === true ? ', streamed' : ''}; ${result.exportedBy === 'layer-store' ? 'read from the layer store' : 'docker save'} ${mb(result.bytes?.image ?? 0)})`,
       };
     },
   };
+}
+
+/** `; compression zstd 3: why`, as the push reported its choice. */
+export function choiceOf(result: PushJson): string {
+  const choice = result.compressionChoice;
+  if (!choice?.compression) return '';
+  return `; compression ${choice.compression}${choice.level === undefined ? '' : ` ${choice.level}`}: ${choice.reason ?? ''}`;
 }
 
 function withoutFerry(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
