@@ -1,19 +1,77 @@
 #!/usr/bin/env node
-// Plain JavaScript on purpose: it must run on an old Node long enough to say what is wrong.
-import { accessSync, constants, lstatSync, mkdirSync } from 'node:fs';
+// Plain JavaScript on purpose: it must run on an old Node long enough to say what is wrong, or to
+// hand over to the Node an installed release brings. `npm run pack` bundles it as dist/ferry.js.
+import { spawn } from 'node:child_process';
+import { accessSync, constants, lstatSync, mkdirSync, statSync } from 'node:fs';
 import module from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
-const [major, minor] = process.versions.node.split('.').map(Number);
-if (major < 22 || (major === 22 && minor < 18)) {
-  process.stderr.write(`ferry needs Node.js >= 22.18 (24 LTS recommended); this is ${process.version}.\n`
-    + 'Run it through "npx ferry" or "npm run ferry --" inside the project, which use the bundled Node 24.\n');
-  process.exit(2);
+const bundled = bundledNode();
+if (bundled !== undefined && !sameFile(bundled, process.execPath)) {
+  runOn(bundled);
+} else {
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  if (major < 22 || (major === 22 && minor < 18)) {
+    process.stderr.write(`ferry needs Node.js >= 22.18 (24 LTS recommended); this is ${process.version}.\n`
+      + 'Run it through "npx ferry" or "npm run ferry --" inside the project, which use the bundled Node 24;\n'
+      + 'a release installed with npm brings its Node 24 on Linux x64.\n');
+    process.exit(2);
+  }
+  enableCompileCache();
+  const { main } = await import('./main.ts');
+  process.exitCode = await main(process.argv.slice(2));
 }
-enableCompileCache();
-const { main } = await import('./main.ts');
-process.exitCode = await main(process.argv.slice(2));
+
+/**
+ * The Node an installed release brings: its optional dependency node-<platform>-<arch> (the
+ * release pins the version Ferry was tested with, and npm installs the one for this machine).
+ * A checkout has none beside this file (`npx ferry` puts its own Node 24 first on the PATH).
+ */
+function bundledNode() {
+  try {
+    const manifest = module.createRequire(import.meta.url).resolve(`node-${process.platform}-${process.arch}/package.json`);
+    const node = join(dirname(manifest), 'bin', 'node');
+    accessSync(node, constants.X_OK);
+    return node;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether two paths name one file (the same binary under a link, or hard-linked elsewhere). */
+function sameFile(a, b) {
+  try {
+    const [x, y] = [statSync(a), statSync(b)];
+    return x.dev === y.dev && x.ino === y.ino;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Runs this command again on `node`, with the same flags, arguments and environment. Where Node
+ * can, the process becomes the new one (same pid, descriptors and signals); on an older Node —
+ * the one on the PATH that npm's link starts — a child takes over, which gets the signals a
+ * supervisor sends this process (a terminal's Ctrl-C reaches both, so it is not passed on twice).
+ */
+function runOn(node) {
+  const args = [...process.execArgv, process.argv[1], ...process.argv.slice(2)];
+  if (typeof process.execve === 'function') process.execve(node, [node, ...args], process.env);
+  const child = spawn(node, args, { stdio: 'inherit' });
+  process.on('SIGINT', () => undefined);
+  for (const signal of ['SIGTERM', 'SIGHUP']) process.on(signal, () => child.kill(signal));
+  child.once('error', (err) => {
+    process.stderr.write(`ferry: cannot start ${node}: ${err.message}\n`);
+    process.exit(2);
+  });
+  child.once('exit', (code, signal) => {
+    if (signal === null) process.exit(code ?? 1);
+    // Ended by a signal: end the same way, so the caller sees what happened.
+    process.removeAllListeners(signal);
+    process.kill(process.pid, signal);
+  });
+}
 
 /**
  * Without a cache, every start strips the types of each module it loads and compiles it anew,

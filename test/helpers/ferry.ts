@@ -32,10 +32,10 @@ export function runFerry(args: string[], env: Record<string, string>): Promise<R
   return capture(process.execPath, [FERRY, ...args], { ...baseEnv(), ...env });
 }
 
-/** Runs a command to its end and keeps what it printed. */
-export function capture(command: string, args: string[], env: Record<string, string | undefined> = process.env): Promise<RunResult> {
+/** Runs a command to its end (in `cwd`, default the test's own) and keeps what it printed. */
+export function capture(command: string, args: string[], env: Record<string, string | undefined> = process.env, cwd?: string): Promise<RunResult> {
   return new Promise((resolvePromise, reject) => {
-    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'], ...(cwd === undefined ? {} : { cwd }) });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk; });
@@ -64,12 +64,20 @@ export interface FerryProcess {
   stop(): Promise<void>;
 }
 
+/** How a test starts `ferry`: the checkout's, on the Node that runs the tests, unless it says otherwise. */
+export interface FerryLauncher {
+  /** The program and the arguments before the command, e.g. an installed release's `bin/ferry`. */
+  argv: string[];
+  cwd?: string;
+}
+
 /**
  * Starts a long-running `ferry <command>` (receiver, sender, registry) with the test's environment
  * minus FERRY_* plus `env`, and waits for its "<command> listening" line.
  */
-export async function startFerryProcess(command: 'receiver' | 'sender' | 'registry', env: Record<string, string>): Promise<FerryProcess> {
-  const child = spawn(process.execPath, [FERRY, command], { env: { ...baseEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+export async function startFerryProcess(command: 'receiver' | 'sender' | 'registry', env: Record<string, string>, launcher: FerryLauncher = { argv: [process.execPath, FERRY] }): Promise<FerryProcess> {
+  const [program = process.execPath, ...before] = launcher.argv;
+  const child = spawn(program, [...before, command], { env: { ...baseEnv(), ...env }, stdio: ['ignore', 'pipe', 'pipe'], ...(launcher.cwd === undefined ? {} : { cwd: launcher.cwd }) });
   const logs: Record<string, unknown>[] = [];
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk; });
@@ -89,9 +97,9 @@ export async function startFerryProcess(command: 'receiver' | 'sender' | 'regist
 }
 
 /** Starts `ferry receiver` on a free loopback port and waits until it says it listens. */
-export async function startReceiverProcess(env: Record<string, string>): Promise<ReceiverProcess> {
+export async function startReceiverProcess(env: Record<string, string>, launcher?: FerryLauncher): Promise<ReceiverProcess> {
   const dataDir = env.FERRY_DATA_DIR ?? await mkdtemp(join(tmpdir(), 'ferry-rx-'));
-  const { url, child, logs } = await startFerryProcess('receiver', { FERRY_LISTEN: '127.0.0.1:0', FERRY_DATA_DIR: dataDir, ...env });
+  const { url, child, logs } = await startFerryProcess('receiver', { FERRY_LISTEN: '127.0.0.1:0', FERRY_DATA_DIR: dataDir, ...env }, launcher);
   return {
     url, dataDir, child, logs, hostId: env.FERRY_HOST_ID ?? '',
     stop: async () => {
