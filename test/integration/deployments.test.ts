@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { appendFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer, request, type IncomingMessage, type ServerResponse } from 'node:http';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -19,6 +19,7 @@ import { digestOf } from '@ferry/integrity';
 import { FerryError, type DeploymentResult, type ManifestInput } from '@ferry/protocol';
 import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { ROOT, buildTestImage, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { healthGate } from '../helpers/health-gate.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 
@@ -139,34 +140,6 @@ function exited(child: ChildProcess): Promise<{ code: number | null; signal: Nod
   return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
 }
 
-/** An HTTP health endpoint that holds every probe until released: a deployment parks in VALIDATING. */
-async function gateServer(): Promise<{ url: string; firstProbe: Promise<void>; release(): void; close(): Promise<void> }> {
-  const held: ServerResponse[] = [];
-  let open = false;
-  let probed!: () => void;
-  const firstProbe = new Promise<void>((resolve) => { probed = resolve; });
-  const server = createServer((_req: IncomingMessage, res: ServerResponse) => {
-    probed();
-    if (open) res.end('ok');
-    else held.push(res);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return {
-    url: `http://127.0.0.1:${address.port}/healthz`,
-    firstProbe,
-    release: () => {
-      open = true;
-      for (const res of held.splice(0)) res.end('ok');
-    },
-    close: () => new Promise((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
-  };
-}
-
 describe('deployment engine: journal, API, idempotency, locking, reconcile, rollback, retention', { timeout: 900_000 }, () => {
   let v1: string;
   let v2: string;
@@ -279,7 +252,7 @@ describe('deployment engine: journal, API, idempotency, locking, reconcile, roll
   test('row 26: a second deployment of a busy service gets 409; concurrent pushes never leave two containers', async () => {
     const rx = await receiver();
     const service = serviceName('lock');
-    const gate = await gateServer();
+    const gate = await healthGate();
     try {
       const id = randomUUID();
       const held = deployWithId(rx.url, `${repo}:1`, {
@@ -597,7 +570,7 @@ describe('row 28: a Docker daemon restarted mid-run', { timeout: 600_000 }, () =
     assert.ok(first.ok, JSON.stringify(first));
     const original = await inspect(service, engine);
 
-    const gate = await gateServer();
+    const gate = await healthGate();
     try {
       const id = randomUUID();
       const spec = { name: service, network: 'none' as const, env: {}, health: { type: 'http' as const, url: gate.url, timeoutMs: 300, intervalMs: 100, retries: 1000 } };

@@ -12,8 +12,8 @@ import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { createServer, request, type ServerResponse } from 'node:http';
-import { createServer as createNetServer, connect, type Server, type Socket } from 'node:net';
+import { request } from 'node:http';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -22,6 +22,7 @@ import { digestOf } from '@ferry/integrity';
 import { ERRORS, isErrorCode, type ErrorCode } from '@ferry/protocol';
 import { buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { removeService } from '../helpers/cleanup.ts';
+import { healthGate } from '../helpers/health-gate.ts';
 import { lines, parseAnswer, rawRequest, type RawAnswer } from '../helpers/raw-http.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 import { tarHeader } from '../helpers/tar.ts';
@@ -294,33 +295,6 @@ async function stopReceiver(rx: ReceiverProcess): Promise<void> {
   receivers.splice(receivers.indexOf(rx), 1);
 }
 
-/** An HTTP health endpoint that holds every probe until released: a deployment waits in VALIDATING. */
-async function gate(): Promise<{ url: string; probed: Promise<void>; release(): void; close(): Promise<void> }> {
-  const held: ServerResponse[] = [];
-  let open = false;
-  let probed!: () => void;
-  const first = new Promise<void>((resolve) => { probed = resolve; });
-  const server = createServer((_req, res) => {
-    probed();
-    if (open) res.end('ok');
-    else held.push(res);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no port');
-  return {
-    url: `http://127.0.0.1:${address.port}/healthz`, probed: first,
-    release: () => {
-      open = true;
-      for (const res of held.splice(0)) res.end('ok');
-    },
-    close: () => new Promise((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
-  };
-}
-
 /**
  * A unix socket in front of the target engine that passes everything through, answers every new
  * connection with an engine error (500), or is gone: what a receiver meets when its engine fails.
@@ -332,7 +306,7 @@ async function engineProxy(): Promise<{ dockerHost: string; mode(m: 'pass' | 'fa
   let current: 'pass' | 'fail' = 'pass';
   let server: Server | undefined;
   const listen = (): Promise<void> => new Promise((resolve) => {
-    server = createNetServer((client) => {
+    server = createServer((client) => {
       sockets.add(client);
       client.on('close', () => sockets.delete(client)).on('error', () => undefined);
       if (current === 'fail') {
@@ -526,10 +500,10 @@ const RECIPES: Partial<Record<ErrorCode, () => Promise<Answer>>> = {
   },
   FERRY_ERR_DEPLOYMENT_IN_PROGRESS: async () => {
     const service = serviceName('busy');
-    const held = await gate();
+    const held = await healthGate();
     try {
       const deployment = oneShot(rx.url, manifest({ service, image: app, pkg: app.archive, spec: { health: { type: 'http', url: held.url, intervalMs: 50 } } }), app.archive);
-      await held.probed;
+      await held.firstProbe;
       const answer = await call(rx.url, { method: 'POST', path: `/v1/services/${service}/rollback` });
       held.release();
       assert.equal((await deployment).status, 200, 'the held deployment completes once released');
@@ -756,7 +730,12 @@ describe('docs/protocol.md §7 against a live receiver', { timeout: 900_000 }, (
     const recipe = RECIPES[code as ErrorCode];
     if (!recipe) continue;
     test(`${code}: ${row.status}`, async (t) => {
-      const answer = await recipe();
+      const answer = await recipe().catch((err: unknown) => {
+        // A receiver that died is what to look at, not the connection error it left.
+        const dead = receivers.filter((r) => r.child.exitCode !== null || r.child.signalCode !== null);
+        const last = dead.flatMap((r) => r.logs.slice(-5).map((entry) => JSON.stringify(entry)));
+        throw dead.length ? new Error(`a receiver died: ${last.join('\n')}`, { cause: err }) : err;
+      });
       const error = answer.body?.error as { message?: string } | undefined;
       t.diagnostic(`the receiver said: ${answer.status} ${answer.code ?? ''} ${error?.message ?? ''}`);
       assert.deepEqual([answer.status, answer.code], [row.status, code], JSON.stringify(answer.body ?? answer.details ?? null));
