@@ -40,6 +40,12 @@ export interface SignedClientOptions {
   /** The host key fingerprint (`SHA256:…`) the service must prove, when known. */
   hostKey?: string;
   timeoutMs?: number;
+  /**
+   * Ends every request of this client once it aborts (an interrupted push): a request in flight is
+   * cut off, a later one fails at once, and either rejects with the signal's reason, which no
+   * retry takes for a lost connection.
+   */
+  signal?: AbortSignal | undefined;
   /** Injected by unit tests; the global fetch otherwise. */
   fetch?: typeof fetch;
 }
@@ -61,6 +67,8 @@ export interface SignedSendOptions {
   expectContinue?: boolean;
   /** The whole body was handed to the socket (not called when the peer answered first). */
   onSent?: () => void;
+  /** This request's own signal instead of the client's: a clean-up that must still go out once the client's aborted. */
+  signal?: AbortSignal;
 }
 
 /** Any HTTP answer to {@link SignedClient.send}, whatever its status; `body` is its JSON (or `{ text }`). */
@@ -117,6 +125,7 @@ export class SignedClient {
     if (body !== undefined) headers['content-type'] = 'application/json';
     const response = await this.#send(`${this.#base}${path}`, { method, headers, ...(method === 'GET' ? {} : { body: text }) });
     const answer: unknown = await response.json().catch(() => null);
+    this.#options.signal?.throwIfAborted();
     if (!response.ok) throw errorFromBody(response.status, answer);
     return answer;
   }
@@ -134,6 +143,16 @@ export class SignedClient {
    * the sending at once, so the peer's answer is read rather than a reset provoked.
    */
   async send(method: string, path: string, options: SignedSendOptions = {}): Promise<SignedAnswer> {
+    const signal = options.signal ?? this.#options.signal;
+    try {
+      return await this.#stream(method, path, options, signal);
+    } catch (err) {
+      throw signal?.aborted ? signal.reason : err;
+    }
+  }
+
+  async #stream(method: string, path: string, options: SignedSendOptions, signal: AbortSignal | undefined): Promise<SignedAnswer> {
+    signal?.throwIfAborted();
     const headers: Record<string, string> = {
       ...await this.#sign(method, path, options.digest ?? digestOf(''), options.offset),
       ...options.headers,
@@ -143,7 +162,10 @@ export class SignedClient {
     if (options.expectContinue) headers.expect = '100-continue';
     const base = new URL(this.#base);
     const send = base.protocol === 'https:' ? httpsRequest : httpRequest;
-    const req = send({ host: base.hostname.replace(/^\[|\]$/g, ''), port: base.port || (base.protocol === 'https:' ? 443 : 80), path: `${this.#basePath}${path}`, method, headers });
+    const req = send({
+      host: base.hostname.replace(/^\[|\]$/g, ''), port: base.port || (base.protocol === 'https:' ? 443 : 80), path: `${this.#basePath}${path}`, method, headers,
+      ...(signal ? { signal } : {}),
+    });
     let answered = false;
     let bodySent = !options.body;
     const response = new Promise<IncomingMessage>((resolve, reject) => {
@@ -234,8 +256,11 @@ export class SignedClient {
 
   async #send(url: string, init: RequestInit): Promise<Response> {
     try {
-      return await this.#fetch(url, { ...init, signal: AbortSignal.timeout(this.#options.timeoutMs ?? DEFAULT_TIMEOUT_MS) });
+      const timeout = AbortSignal.timeout(this.#options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+      const stop = this.#options.signal;
+      return await this.#fetch(url, { ...init, signal: stop ? AbortSignal.any([timeout, stop]) : timeout });
     } catch (err) {
+      if (this.#options.signal?.aborted) throw this.#options.signal.reason;
       // undici wraps the socket error, and an AggregateError when every address of the host failed.
       const cause = (err as { cause?: { code?: string; message?: string; errors?: { code?: string }[] } }).cause;
       const reason = cause?.code ?? cause?.errors?.[0]?.code ?? cause?.message ?? (err as Error).message;

@@ -4,12 +4,13 @@ import type { ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import {
   FerryError, isFerryError,
-  type Compression, type DeploymentResult, type EventType, type ManifestInput, type ServiceSpec,
+  type Compression, type DeploymentResult, type DeploymentState, type EventType, type ManifestInput, type ServiceSpec,
 } from '@ferry/protocol';
 import { chooseCompression, type CompressionDecision } from './compression.ts';
+import { watchDeployment } from './deploy-watch.ts';
 import type { DesiredRecorder } from './desired.ts';
 import { layersToOmit, type CompressionChoice } from './negotiate.ts';
-import { inspectImage, type BuiltPackage, type ExportedBy, type ImageFacts, type PackageTimings } from './package.ts';
+import { inspectImage, meteredSize, type BuiltPackage, type ExportedBy, type ImageFacts, type PackageTimings, type ProductionMeter } from './package.ts';
 import { Spools, type Producer, type Reads, type Source } from './productions.ts';
 import { ReceiverClient, type Credentials, type TargetLayers, type UploadOutcome } from './receiver-client.ts';
 import { uploadResumable } from './resumable.ts';
@@ -80,6 +81,17 @@ export interface DeliveryRequest {
    * its events share that target's deployment id. A failure ends the push with that error.
    */
   prepare?: (context: { deploymentId: string; host: string }) => Promise<void>;
+  /**
+   * Interrupts the push (Ctrl-C): requests in flight are cut off, a stream is deleted on its
+   * receiver, and no step starts any more; every target not done ends FERRY_ERR_SENDER_INTERRUPTED.
+   */
+  signal?: AbortSignal;
+}
+
+/** A package's size as far as it is known: a stream's is only estimated (from the image's) until its last byte. */
+export interface PackageTotal {
+  bytes: number;
+  estimated: boolean;
 }
 
 export interface DeliveryDeps {
@@ -94,10 +106,12 @@ export interface DeliveryDeps {
   /** Told what the targets hold, before anything is packaged (tests change a target then). */
   onNegotiated?: (layers: TargetLayers[]) => Promise<void> | void;
   onStage?: (stage: 'package' | 'transfer', detail: { bytes?: number }) => void;
-  /** Package bytes this target holds or was handed so far. */
-  onProgress?: (url: string, position: number) => void;
+  /** Package bytes this target holds or was handed so far, and the package's size when known. */
+  onProgress?: (url: string, position: number, total?: PackageTotal) => void;
   /** Every package byte reached this target; its receiver now loads and starts the image. */
   onSent?: (url: string) => void;
+  /** A state the receiver's deployment entered meanwhile (LOADING, DEPLOYING, VALIDATING…), from its journal. */
+  onDeployState?: (url: string, state: DeploymentState) => void;
   /** A target's attempt failed and will be tried again after `delayMs`. */
   onRetry?: (url: string, attempt: number, delayMs: number, err: unknown) => void;
   /** This target is finished, one way or the other. */
@@ -203,7 +217,9 @@ export async function deliver(request: DeliveryRequest, deps: DeliveryDeps): Pro
   const negotiateMs = Math.round(performance.now() - negotiateStarted);
 
   const reads: Reads = { exports: 0, compressions: 0 };
-  const producer: Producer = { images: deps.images, image, compression: decision.compression, level: decision.level, reads };
+  // The streamed production running now, which tells how large its package is likely to be.
+  let meter: ProductionMeter | undefined;
+  const producer: Producer = { images: deps.images, image, compression: decision.compression, level: decision.level, reads, onMeter: (m) => { meter = m; }, signal: request.signal };
   const planned: Source = { omit, layerStore: request.layerStore !== false };
   const spools = new Spools(producer, planned);
   let transferring = false;
@@ -212,7 +228,7 @@ export async function deliver(request: DeliveryRequest, deps: DeliveryDeps): Pro
     transferring = true;
     deps.onStage?.('transfer', { bytes });
   };
-  const plan: Plan = { transferStage, image, producer, planned, spools, answers, started };
+  const plan: Plan = { transferStage, image, producer, planned, spools, answers, started, meter: () => meter };
   for (const m of machines) m.plan = plan;
   deps.onStage?.('package', {});
   try {
@@ -223,7 +239,7 @@ export async function deliver(request: DeliveryRequest, deps: DeliveryDeps): Pro
     const participants = streaming.map((m) => m.asParticipant());
     const round = participants.length === 0 ? undefined : streamRound(participants, {
       producer, source: planned, spoolKind: 'planned', slowAfterMs: request.slowAfterMs ?? DEFAULT_SLOW_AFTER_MS,
-      spools: machines.length > 1 ? spools : undefined,
+      spools: machines.length > 1 ? spools : undefined, signal: request.signal,
       beforeFirstByte: () => flushWithin(deps.events, EVENT_FLUSH_WAIT_MS),
       measure: decision.measureLink ? {
         probeMs: request.probeMs ?? DEFAULT_PROBE_MS, probeBytes: request.probeBytes ?? DEFAULT_PROBE_BYTES,
@@ -278,6 +294,7 @@ interface Plan {
   spools: Spools;
   answers: TargetLayers[];
   started: number;
+  meter(): ProductionMeter | undefined;
 }
 
 /** The package most targets got: the first delivered one, else the planned spool if one was made. */
@@ -326,13 +343,14 @@ class TargetMachine {
   #fullAfterRefusal = false;
   #streamed = false;
   #announced = false;
+  #unwatch: (() => void) | undefined;
   /** One manifest text per spooled package, reused by every attempt: the receiver finds a live upload by it. */
   readonly #manifests = new Map<BuiltPackage, string>();
 
   constructor(target: ResolvedTarget, deploymentId: string, request: DeliveryRequest, deps: DeliveryDeps, clock: Clock, policy: BackoffPolicy) {
     this.url = target.url;
     this.deploymentId = deploymentId;
-    this.#client = new ReceiverClient({ url: target.url, credentials: deps.credentials, hostKey: target.hostKey });
+    this.#client = new ReceiverClient({ url: target.url, credentials: deps.credentials, hostKey: target.hostKey, signal: request.signal });
     this.#request = request;
     this.#deps = deps;
     this.#clock = clock;
@@ -367,6 +385,8 @@ class TargetMachine {
     let step: Step = this.host === undefined ? { state: 'probe' } : this.joined ? { state: 'stream', whole: false } : { state: 'spool', whole: false };
     try {
       for (;;) {
+        this.#stopWatching();
+        if (this.#request.signal?.aborted && step.state !== 'done' && !(step.state === 'failed' && isFerryError(step.err))) step = { state: 'failed', err: interrupted(step) };
         this.#path.push(step.state === 'stream' || step.state === 'spool' ? (step.whole && this.#fullAfterRefusal ? 'whole' : step.state) : step.state);
         switch (step.state) {
           case 'probe': step = await this.#probe(); break;
@@ -382,6 +402,7 @@ class TargetMachine {
         }
       }
     } finally {
+      this.#stopWatching();
       this.#breaker.shutdown();
     }
   }
@@ -416,7 +437,7 @@ class TargetMachine {
     const solo = this.#participant(host);
     const outcome = joined && !whole ? await joined : (await streamRound([solo], {
       producer: this.plan.producer, source: { ...this.plan.planned, omit: [] }, spoolKind: 'whole', slowAfterMs: Number.MAX_SAFE_INTEGER,
-      beforeFirstByte: () => flushWithin(this.#deps.events, EVENT_FLUSH_WAIT_MS),
+      beforeFirstByte: () => flushWithin(this.#deps.events, EVENT_FLUSH_WAIT_MS), signal: this.#request.signal,
     })).get(solo);
     if (!outcome) return { state: 'spool', whole };
     switch (outcome.kind) {
@@ -459,10 +480,10 @@ class TargetMachine {
     this.plan.transferStage(pkg.size);
     const common = {
       manifestJson, packagePath: pkg.path, packageSize: pkg.size,
-      onProgress: (position: number) => { reached = Math.max(reached, position); this.#deps.onProgress?.(this.url, position); },
+      onProgress: (position: number) => { reached = Math.max(reached, position); this.#deps.onProgress?.(this.url, position, { bytes: pkg.size, estimated: false }); },
       onSent: () => {
         this.#emit('transfer.completed', { target: this.url, bytes: pkg.size, compression: pkg.compression, durationMs: Math.round(performance.now() - transferStarted) });
-        this.#deps.onSent?.(this.url);
+        this.#deployStarted();
       },
     };
     try {
@@ -537,13 +558,33 @@ class TargetMachine {
         // The size is not known before the last byte: the event says 0.
         this.#announce(0, this.plan.producer.compression);
       },
-      onProgress: (acknowledged) => this.#deps.onProgress?.(this.url, acknowledged),
+      onProgress: (acknowledged) => this.#deps.onProgress?.(this.url, acknowledged, this.#streamEstimate()),
       onSent: (bytes) => {
         this.#emit('transfer.completed', { target: this.url, bytes, compression: this.plan.producer.compression, durationMs: Math.round(performance.now() - this.#started) });
-        this.#deps.onSent?.(this.url);
+        this.#deployStarted();
       },
     };
     return participant;
+  }
+
+  /** A stream's size before its last byte, as far as its production tells (see meteredSize). */
+  #streamEstimate(): PackageTotal | undefined {
+    const meter = this.plan.meter();
+    return meter ? meteredSize(meter) : undefined;
+  }
+
+  /** Every byte is there: the receiver deploys now, and its journal says how far it got until it answers. */
+  #deployStarted(): void {
+    this.#deps.onSent?.(this.url);
+    const onState = this.#deps.onDeployState;
+    if (!onState) return;
+    this.#stopWatching();
+    this.#unwatch = watchDeployment(this.#client, this.deploymentId, (state) => onState(this.url, state));
+  }
+
+  #stopWatching(): void {
+    this.#unwatch?.();
+    this.#unwatch = undefined;
   }
 
   /** The participant the planned round knows this target by. */
@@ -601,6 +642,12 @@ class TargetMachine {
       data: { deploymentId: this.deploymentId, host, service, image: image.ref, imageId: image.id, ...data } as unknown as EventData[T],
     }));
   }
+}
+
+/** How a target ends once the push was interrupted before it was done; what cut it off is the cause. */
+function interrupted(step: Step): FerryError {
+  const cause = step.state === 'failed' ? step.err : undefined;
+  return new FerryError('FERRY_ERR_SENDER_INTERRUPTED', { message: 'The push was interrupted before this target was done', ...(cause === undefined ? {} : { cause }) });
 }
 
 async function flushWithin(events: EventSink, ms: number): Promise<void> {

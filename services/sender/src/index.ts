@@ -21,7 +21,7 @@ export {
   chooseCompression, decideFromMeasure, isLoopbackAddress, isPrivateAddress, linkClass, sampleZstd, ZSTD_LEVELS,
   type CompressionDecision, type LinkClass, type LinkMeasure, type MeasuredDecision,
 } from './compression.ts';
-export { deliver, DEFAULT_SLOW_AFTER_MS, RESUMABLE_THRESHOLD_BYTES, type DeliveryDeps, type DeliveryRequest, type DeliveryResult, type TargetState } from './deliver.ts';
+export { deliver, DEFAULT_SLOW_AFTER_MS, RESUMABLE_THRESHOLD_BYTES, type DeliveryDeps, type DeliveryRequest, type DeliveryResult, type PackageTotal, type TargetState } from './deliver.ts';
 export { Broadcast, Branch, SlowBranch } from './broadcast.ts';
 export { buildImage, buildBeforePush, type BuildRequest } from './build.ts';
 export { closest } from './deployfile/problems.ts';

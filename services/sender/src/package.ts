@@ -10,7 +10,7 @@ import { LayerStoreUnreadable, type ImageStore } from '@ferry/docker';
 import { DigestTap, IncrementalDigest, type Digest } from '@ferry/integrity';
 import { FerryError, type Compression } from '@ferry/protocol';
 import { LayerFilter, PartialPackageUnavailable } from './layer-filter.ts';
-import { planStoreArchive, storeArchiveChunks, streamStoreArchive } from './store-archive.ts';
+import { planStoreArchive, storeArchiveChunks, storeArchiveSize, streamStoreArchive } from './store-archive.ts';
 
 export interface ImageFacts {
   ref: string;
@@ -59,6 +59,29 @@ export interface BuiltPackage extends ProducedPackage {
   remove(): Promise<void>;
 }
 
+/**
+ * A production as it runs, for an estimate of a streamed package's size before its last byte:
+ * the archive's size (exact from the layer store; the engine's figure for the image otherwise,
+ * unknown when docker save leaves layers out), and what was read of it and written of the package.
+ */
+export interface ProductionMeter {
+  archiveBytes: number | undefined;
+  /** The package is the archive itself (uncompressed, nothing filtered) and its size is exact. */
+  exact: boolean;
+  read(): number;
+  written(): number;
+}
+
+/** The package's size as far as a meter tells: exact, estimated from the compression so far, or unknown. */
+export function meteredSize(meter: ProductionMeter): { bytes: number; estimated: boolean } | undefined {
+  if (meter.archiveBytes === undefined) return undefined;
+  if (meter.exact) return { bytes: meter.archiveBytes, estimated: false };
+  const read = meter.read();
+  // Too little read yet to say what compression (or leaving layers out) makes of the rest.
+  if (read < 1024 ** 2) return undefined;
+  return { bytes: Math.round((meter.archiveBytes * meter.written()) / read), estimated: true };
+}
+
 export interface PackageOptions {
   /** Diff ids the targets hold: their entries are left out when the archive layout allows it. */
   omit?: readonly string[];
@@ -67,6 +90,15 @@ export interface PackageOptions {
   layerStore?: boolean;
   /** The compressor's level; its default when absent. */
   level?: number;
+  /** Stops the production (an interrupted push): it fails with the signal's reason. */
+  signal?: AbortSignal | undefined;
+}
+
+/** How one production runs, beyond what it makes. */
+export interface ProduceOptions {
+  level?: number | undefined;
+  onMeter?: ((meter: ProductionMeter) => void) | undefined;
+  signal?: AbortSignal | undefined;
 }
 
 export async function inspectImage(images: ImageStore, ref: string): Promise<ImageFacts> {
@@ -86,7 +118,7 @@ export async function buildPackage(images: ImageStore, image: ImageFacts, compre
   const path = spoolPath(image, compression, options.dir);
   try {
     const source = await sourceOf(images, image, options.omit ?? [], options.layerStore !== false);
-    return spooled(path, await produce(image, compression, source, () => createWriteStream(path, { flags: 'wx', mode: 0o600 }), options.level));
+    return spooled(path, await produce(image, compression, source, () => createWriteStream(path, { flags: 'wx', mode: 0o600 }), options));
   } catch (err) {
     await rm(path, { force: true });
     throw err;
@@ -111,13 +143,15 @@ export function spooled(path: string, produced: ProducedPackage): BuiltPackage {
  * have gone to `destination`, so the caller abandons it and starts again whole, or from docker
  * save. FerryErrors `destination` raises pass through as they are.
  */
-export async function producePackage(images: ImageStore, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[]; layerStore?: boolean; level?: number } = {}): Promise<ProducedPackage> {
-  return produce(image, compression, await sourceOf(images, image, options.omit ?? [], options.layerStore !== false), () => destination, options.level);
+export async function producePackage(images: ImageStore, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[]; layerStore?: boolean } & ProduceOptions = {}): Promise<ProducedPackage> {
+  return produce(image, compression, await sourceOf(images, image, options.omit ?? [], options.layerStore !== false), () => destination, options);
 }
 
 /** Where an image's archive comes from, and what it leaves out. */
 interface Source {
   exportedBy: ExportedBy;
+  /** The archive's exact size, when known before it is read (the layer store's). */
+  bytes?: number;
   open(): Promise<Readable>;
   /** The same archive as chunks each valid only until the next is asked for (the layer store's). */
   chunks?(): AsyncIterable<Buffer>;
@@ -136,7 +170,7 @@ async function sourceOf(images: ImageStore, image: ImageFacts, omit: readonly st
     try {
       const plan = await planStoreArchive(store, image.id, image.diffIds, omit);
       return {
-        exportedBy: 'layer-store', omitted: () => plan.omitted,
+        exportedBy: 'layer-store', omitted: () => plan.omitted, bytes: storeArchiveSize(image.id, image.diffIds, plan),
         open: () => Promise.resolve(streamStoreArchive(store, image.id, image.diffIds, plan)),
         chunks: () => storeArchiveChunks(store, image.id, image.diffIds, plan, { reuse: true }),
       };
@@ -148,19 +182,25 @@ async function sourceOf(images: ImageStore, image: ImageFacts, omit: readonly st
   return { exportedBy: 'docker-save', open: () => images.save(image.id), ...(filter ? { filter } : {}), omitted: () => filter?.omitted ?? [] };
 }
 
-async function produce(image: ImageFacts, compression: Compression, source: Source, destination: () => Writable, level?: number): Promise<ProducedPackage> {
-  if (compression === 'none' && source.chunks && !source.filter) return produceDirect(image, source, source.chunks(), destination());
+async function produce(image: ImageFacts, compression: Compression, source: Source, destination: () => Writable, options: ProduceOptions): Promise<ProducedPackage> {
+  const { level, onMeter, signal } = options;
+  if (compression === 'none' && source.chunks && !source.filter) return produceDirect(image, source, source.chunks(), destination(), options);
   const started = performance.now();
   const raw = new ByteCounter();
   const packed = new TimedDigestTap();
+  onMeter?.({
+    archiveBytes: source.bytes ?? (source.filter ? undefined : image.size),
+    exact: source.bytes !== undefined && compression === 'none' && !source.filter,
+    read: () => raw.bytes, written: () => packed.bytes,
+  });
   const compressor = timed(createCompressor(compression, level));
   let saveMs = 0;
   try {
     const saved = await source.open();
     saved.once('end', () => { saveMs = Math.round(performance.now() - started); });
-    await pipeline(saved, raw, ...(source.filter ? [source.filter] : []), compressor.stream, packed, destination());
+    await pipeline([saved, raw, ...(source.filter ? [source.filter] : []), compressor.stream, packed, destination()], signal ? { signal } : {});
   } catch (err) {
-    throw packagingError(image, err);
+    throw signal?.aborted ? signal.reason : packagingError(image, err);
   }
   return packaged(image, source, {
     compression, size: packed.bytes, digest: packed.digest(), rawBytes: raw.bytes,
@@ -180,15 +220,17 @@ function packaged(image: ImageFacts, source: Source, counted: Pick<ProducedPacka
  * chunk, where the pipeline takes a new 1 MiB buffer for every one; reading still runs ahead of
  * the network by the part cutter's waiting parts.
  */
-async function produceDirect(image: ImageFacts, source: Source, chunks: AsyncIterable<Buffer>, destination: Writable): Promise<ProducedPackage> {
+async function produceDirect(image: ImageFacts, source: Source, chunks: AsyncIterable<Buffer>, destination: Writable, { onMeter, signal }: ProduceOptions): Promise<ProducedPackage> {
   const started = performance.now();
   const hash = new IncrementalDigest();
+  onMeter?.({ archiveBytes: source.bytes, exact: source.bytes !== undefined, read: () => hash.bytes, written: () => hash.bytes });
   let hashMs = 0;
   let failure: Error | undefined;
   const onError = (err: Error): void => { failure ??= err; };
   destination.on('error', onError);
   try {
     for await (const chunk of chunks) {
+      signal?.throwIfAborted();
       const hashing = performance.now();
       hash.update(chunk);
       hashMs += performance.now() - hashing;
@@ -206,7 +248,7 @@ async function produceDirect(image: ImageFacts, source: Source, chunks: AsyncIte
     const cause = err instanceof LayerStoreUnreadable ? err : failure ?? err;
     destination.destroy(cause as Error);
     await finished(destination).catch(() => undefined);
-    throw packagingError(image, cause);
+    throw signal?.aborted ? signal.reason : packagingError(image, cause);
   } finally {
     destination.off('error', onError);
   }

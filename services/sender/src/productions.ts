@@ -2,7 +2,7 @@ import type { Writable } from 'node:stream';
 import { LayerStoreUnreadable, type ImageStore } from '@ferry/docker';
 import type { Compression } from '@ferry/protocol';
 import { PartialPackageUnavailable } from './layer-filter.ts';
-import { buildPackage, producePackage, type BuiltPackage, type ImageFacts, type ProducedPackage } from './package.ts';
+import { buildPackage, producePackage, type BuiltPackage, type ImageFacts, type ProducedPackage, type ProductionMeter } from './package.ts';
 
 /** Where a package's bytes come from: the layers it leaves out, and whether the layer store may be read. */
 export interface Source {
@@ -38,6 +38,10 @@ export interface Producer {
   /** zstd's level (or gzip's); the library's default when absent. */
   level?: number | undefined;
   reads: Reads;
+  /** Told of each streamed production as it starts, to follow how far it got. */
+  onMeter?: ((meter: ProductionMeter) => void) | undefined;
+  /** Stops every production (an interrupted push), and any spooled package from being made. */
+  signal?: AbortSignal | undefined;
 }
 
 /** One production into `destination` (a broadcast, a part cutter), counted. */
@@ -45,6 +49,7 @@ export function produceInto(producer: Producer, destination: Writable, source: S
   count(producer);
   return producePackage(producer.images, producer.image, producer.compression, destination, {
     omit: source.omit, layerStore: source.layerStore, ...(producer.level === undefined ? {} : { level: producer.level }),
+    ...(producer.onMeter ? { onMeter: producer.onMeter } : {}), signal: producer.signal,
   });
 }
 
@@ -68,7 +73,10 @@ export class Spools {
 
   /** A package being made elsewhere (a broadcast's spool file); a failure there falls back to building one. */
   offer(kind: SpoolKind, made: Promise<BuiltPackage>): void {
-    const kept = made.catch(() => this.#build(kind));
+    const kept = made.catch((err: unknown) => {
+      if (this.#producer.signal?.aborted) throw err;
+      return this.#build(kind);
+    });
     kept.catch(() => undefined);
     this.#made.set(kind, kept);
   }
@@ -92,7 +100,7 @@ export class Spools {
       count(this.#producer);
       try {
         return await buildPackage(this.#producer.images, this.#producer.image, this.#producer.compression, {
-          omit: source.omit, layerStore: source.layerStore, ...(this.#producer.level === undefined ? {} : { level: this.#producer.level }),
+          omit: source.omit, layerStore: source.layerStore, ...(this.#producer.level === undefined ? {} : { level: this.#producer.level }), signal: this.#producer.signal,
         });
       } catch (err) {
         const next = sourceFallback(err, source);

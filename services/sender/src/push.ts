@@ -1,8 +1,8 @@
 import type { ImageStore } from '@ferry/docker';
 import type { EventSink } from '@ferry/events';
-import { FerryError, type Compression, type DeploymentResult, type ServiceSpec, type StageTimings } from '@ferry/protocol';
+import { FerryError, type Compression, type DeploymentResult, type DeploymentState, type ServiceSpec, type StageTimings } from '@ferry/protocol';
 import type { CompressionDecision } from './compression.ts';
-import { deliver } from './deliver.ts';
+import { deliver, type PackageTotal } from './deliver.ts';
 import type { DesiredRecorder } from './desired.ts';
 import type { CompressionChoice } from './negotiate.ts';
 import type { ExportedBy } from './package.ts';
@@ -40,6 +40,8 @@ export interface PushRequest {
    * events share the push's deployment id. A failure ends the push with that error.
    */
   prepare?: (context: { deploymentId: string; host: string }) => Promise<void>;
+  /** Interrupts the push (see DeliveryRequest.signal): it then fails FERRY_ERR_SENDER_INTERRUPTED. */
+  signal?: AbortSignal;
 }
 
 export interface PushDeps {
@@ -50,7 +52,10 @@ export interface PushDeps {
   source: string;
   clock?: Clock;
   onStage?: (stage: 'package' | 'transfer' | 'deploy', detail: { bytes?: number }) => void;
-  onProgress?: (sent: number, total: number) => void;
+  /** Package bytes the target holds or was handed so far, and the package's size when known. */
+  onProgress?: (sent: number, total?: PackageTotal) => void;
+  /** A state the receiver's deployment entered (LOADING, DEPLOYING, VALIDATING…), while its answer is awaited. */
+  onDeployState?: (state: DeploymentState) => void;
   onRetry?: (attempt: number, delayMs: number, err: unknown) => void;
   /** Records each successful deployment as the registry's desired state (FERRY_REGISTRY_URL). */
   desired?: DesiredRecorder | undefined;
@@ -109,8 +114,9 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
     ...(deps.clock ? { clock: deps.clock } : {}),
     ...(deps.onNegotiated ? { onNegotiated: async (layers: TargetLayers[]) => { if (layers[0]) await deps.onNegotiated?.(layers[0]); } } : {}),
     onStage: (stage, detail) => deps.onStage?.(stage, detail),
-    onProgress: (_url, position) => deps.onProgress?.(position, 0),
+    onProgress: (_url, position, total) => deps.onProgress?.(position, total),
     onSent: () => deps.onStage?.('deploy', {}),
+    ...(deps.onDeployState ? { onDeployState: (_url: string, state: DeploymentState) => deps.onDeployState?.(state) } : {}),
     ...(deps.onRetry ? { onRetry: (_url: string, attempt: number, delayMs: number, err: unknown) => deps.onRetry?.(attempt, delayMs, err) } : {}),
   });
   const target = result.targets[0];

@@ -26,6 +26,8 @@ export interface ReceiverTarget {
    * enrollment, or `ferry push --host-key`): any other key is FERRY_ERR_HOST_KEY_MISMATCH.
    */
   hostKey?: string | undefined;
+  /** Ends every request to this receiver (an interrupted push); see SignedClientOptions.signal. */
+  signal?: AbortSignal | undefined;
 }
 
 /**
@@ -112,6 +114,7 @@ export class ReceiverClient {
     this.#signed = new SignedClient({
       url: target.url, credentials: target.credentials, peer: 'receiver', unreachable: 'FERRY_ERR_RECEIVER_UNREACHABLE', learn: 'identity',
       ...(target.audience ? { audience: target.audience } : {}), ...(target.hostKey ? { hostKey: target.hostKey } : {}),
+      ...(target.signal ? { signal: target.signal } : {}),
     });
   }
 

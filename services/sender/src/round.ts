@@ -47,6 +47,8 @@ export interface RoundOptions {
    * goes to `onDecision`; the last one stands.
    */
   measure?: { probeMs: number; probeBytes: number; onDecision: (decision: MeasuredDecision) => void } | undefined;
+  /** Ends the round: the production stops and every stream fails (and is deleted on its receiver). */
+  signal?: AbortSignal | undefined;
 }
 
 /** The round is started again with another compression: not a failure of anyone's. */
@@ -122,6 +124,9 @@ async function attempt(participants: readonly Participant[], source: Source, opt
     options.producer.level = decision.level;
     broadcast.destroy(new Recompress(decision.reason));
   };
+  const interrupt = (): void => { broadcast.destroy(options.signal?.reason as Error); };
+  options.signal?.addEventListener('abort', interrupt, { once: true });
+  if (options.signal?.aborted) interrupt();
   let startProduction!: () => void;
   const gate = new Promise<void>((resolve) => { startProduction = resolve; });
   // Settles once every stream opened or failed to: the production starts then, so no stream's
@@ -175,6 +180,7 @@ async function attempt(participants: readonly Participant[], source: Source, opt
   startProduction();
   const settled = await Promise.all(runs);
   const productionError = await production.then(() => undefined, (err: unknown) => err);
+  options.signal?.removeEventListener('abort', interrupt);
   return { results: new Map(settled), productionError, recompressed };
 }
 

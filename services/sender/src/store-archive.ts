@@ -37,11 +37,26 @@ export function streamStoreArchive(store: LayerStore, imageId: string, diffIds: 
  * once the next chunk is asked for (see LayerStore.read), so each must be done with by then.
  */
 export async function* storeArchiveChunks(store: LayerStore, imageId: string, diffIds: readonly string[], plan: StoreArchivePlan, options: { reuse?: boolean } = {}): AsyncGenerator<Buffer> {
+  for (const part of archiveParts(imageId, diffIds, plan)) {
+    if (Buffer.isBuffer(part)) yield part;
+    else yield* store.read(part, options);
+  }
+}
+
+/** The planned archive's exact size in bytes, before any of it is read. */
+export function storeArchiveSize(imageId: string, diffIds: readonly string[], plan: StoreArchivePlan): number {
+  let size = 0;
+  for (const part of archiveParts(imageId, diffIds, plan)) size += Buffer.isBuffer(part) ? part.length : part.size;
+  return size;
+}
+
+/** The archive in order: its own bytes (headers, config, manifest, padding), and each layer's tar where it goes. */
+function* archiveParts(imageId: string, diffIds: readonly string[], plan: StoreArchivePlan): Generator<Buffer | StoredLayer> {
   const configName = `${imageId.replace(/^sha256:/, '')}.json`;
   yield* fileEntry(configName, plan.config);
   for (const layer of plan.layers) {
     yield writeHeader({ name: `${dirOf(layer.chainId)}/layer.tar`, type: TYPE.file, size: layer.size });
-    yield* store.read(layer, options);
+    yield layer;
     const padding = paddedSize(layer.size) - layer.size;
     if (padding > 0) yield Buffer.alloc(padding);
   }

@@ -25,6 +25,9 @@ export class StreamUnavailable extends Error {
   }
 }
 
+/** How long the DELETE of an abandoned stream may take: past that the receiver drops it when it idles out. */
+const ABORT_WAIT_MS = 5000;
+
 /**
  * The streamed upload protocol (docs/protocol.md §10.6), one call per request, each signed for
  * the receiver's host id like the resumable ones; a PATCH also signs its `Upload-Offset`.
@@ -105,7 +108,8 @@ export class StreamClient {
 
   /** `DELETE /v1/streams/<id>`: whether the stream is known to be gone (aborted now, or already). */
   async abort(streamId: string): Promise<boolean> {
-    const answer = await sendSigned(this.#target, 'DELETE', `${PATHS.streams}/${streamId}`, {});
+    // Its own deadline, not the push's signal: after an interrupted push this still frees the stream.
+    const answer = await sendSigned(this.#target, 'DELETE', `${PATHS.streams}/${streamId}`, { signal: AbortSignal.timeout(ABORT_WAIT_MS) });
     return answer.status === 204 || answer.status === 404 || answer.status === 410;
   }
 }
