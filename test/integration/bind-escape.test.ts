@@ -17,7 +17,7 @@ import { ContainerRunner, ImageStore, createDockerClient, type ContainerSpec } f
 import { NullSink, type FerryEvent } from '@ferry/events';
 import { createLogger } from '@ferry/log';
 import { FerryError, LABELS, parseManifest, type Manifest } from '@ferry/protocol';
-import { DEFAULT_POLICY, Deployer, PackageStore, type Policy } from '@ferry/receiver';
+import { DEFAULT_POLICY, Deployer, PackageStore, StreamedPackage, type Policy } from '@ferry/receiver';
 import { Journal } from '../../services/receiver/src/journal/journal.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { buildTestImage } from '../helpers/ferry.ts';
@@ -74,7 +74,7 @@ describe('bind sources turned into links to / under an allowed source', { timeou
     return parsed.manifest;
   };
   // The images are on the engine already: the deployment's load is one that has completed.
-  const deploy = (m: Manifest): ReturnType<Deployer['deploy']> => deployer.deploy({ manifest: m, bytes: 1, durationMs: 0, loading: Promise.resolve() });
+  const deploy = (m: Manifest): ReturnType<Deployer['deploy']> => deployer.deploy(new StreamedPackage({ manifest: m, bytes: 1, receiveMs: 0, loading: Promise.resolve() }));
 
   before(async () => {
     ids.push(

@@ -4,7 +4,6 @@ import { SIGNED_HEADERS, createBaseApp, finishApp, identityRouter, minimumBodyRa
 import type { Logger } from '@ferry/log';
 import type { ReceiverMetrics } from '@ferry/metrics';
 import type { Deployer } from './deploy/engine.ts';
-import type { PolicyGate } from './policy/index.ts';
 import type { Readiness } from './readiness.ts';
 import { layersRouter, type LayerInventory } from './layers/index.ts';
 import { countUploads, healthRouter, metricsRouter } from './routes/health.ts';
@@ -12,6 +11,7 @@ import { deploymentsRouter } from './routes/deployments.ts';
 import { packagesRouter } from './routes/packages.ts';
 import { receiverAction, servicesRouter } from './routes/services.ts';
 import { uploadsRouter } from './routes/uploads.ts';
+import type { Admission } from './upload/admission.ts';
 import type { UploadStore } from './upload/sessions.ts';
 import type { StreamStore } from './upload/streams.ts';
 import { streamsRouter } from './routes/streams.ts';
@@ -24,11 +24,10 @@ export interface ReceiverDeps {
   /** The receiver's own key: it signs `GET /v1/identity`, from which senders learn the audience. */
   hostKey: SigningKey;
   version: string;
-  /** Where uploads are spooled while they are hashed. */
+  /** Where one-shot uploads are spooled while they are hashed. */
   spoolDir: string;
-  maxPackageBytes: number;
-  /** The receiver policy; every route that accepts a manifest checks it before taking bytes. */
-  policy: PolicyGate;
+  /** The one admission of a manifest (grant, disk, policy), which every upload route goes through before taking bytes. */
+  admission: Admission;
   /** Resumable upload sessions; without it the receiver offers only the one-shot upload. */
   uploads?: UploadStore;
   /** Streamed uploads, loaded as they arrive; without it the routes do not exist (404). */
@@ -60,7 +59,7 @@ export function createApp(deps: ReceiverDeps): Express {
   app.use(packagesRouter(deps));
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
   if (deps.layers) app.use(layersRouter({ layers: deps.layers }));
-  if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, policy: deps.policy }));
-  if (deps.streams) app.use(streamsRouter({ deployer: deps.deployer, streams: deps.streams, policy: deps.policy }));
+  if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, admission: deps.admission }));
+  if (deps.streams) app.use(streamsRouter({ deployer: deps.deployer, streams: deps.streams, admission: deps.admission }));
   return finishApp(app);
 }

@@ -12,6 +12,8 @@ export { probeHttp, probeTcp, waitHealthy, type HealthOutcome } from './deploy/h
 export { ArchiveInspector, UNPACK_FLOOR, UNPACK_MAX, UNPACK_RATIO, unpackLimit, type ArchiveExpectation, type ArchiveStats } from './load/archive.ts';
 export { PARTIAL_LABEL, loadLayered, removePartialImages, type LayeredExpectation } from './load/layered.ts';
 export { loadArchive, loadVerified, sanitizeEngineMessage, type LoadDeps, type LoadOutcome, type LoadablePackage } from './load/load.ts';
+export { SpentPackage, SpooledPackage, StreamedPackage, VerifiedPackage, type PackageFacts } from './load/package.ts';
+export { Admission, type AdmissionDeps, type Admitted, type SignedRequest, type UploadKind } from './upload/admission.ts';
 export { PackageStore, type StoredPackage } from './store/packages.ts';
 export { Registration, actualServices, advertisedUrl, backoffMs, engineFacts, receiverRegistration, settledServices, type RegistrationDeps } from './registration/index.ts';
 export { LayerInventory, isContainerdStore, layersRouter, type ImageStoreKind, type LayerAnswer, type LayerEngine } from './layers/index.ts';

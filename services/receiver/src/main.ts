@@ -8,7 +8,7 @@ import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { BUFFER_BUDGET_BYTES, BufferBudget } from '@ferry/memory';
 import { createReceiverMetrics, meteredSink } from '@ferry/metrics';
-import { FERRY_VERSION, FerryError } from '@ferry/protocol';
+import { FERRY_VERSION, FerryError, type Manifest } from '@ferry/protocol';
 import { createApp } from './app.ts';
 import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
 import { Deployer } from './deploy/engine.ts';
@@ -19,6 +19,7 @@ import { partialOwner, removePartialImages } from './load/layered.ts';
 import { PackageStore } from './store/packages.ts';
 import { PolicyGate } from './policy/index.ts';
 import { receiverRegistration } from './registration/index.ts';
+import { Admission } from './upload/admission.ts';
 import { UploadStore } from './upload/sessions.ts';
 import { StreamStore } from './upload/streams.ts';
 
@@ -76,17 +77,20 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   await deployer.recover();
   await removePartialImages(images, log, layers.owner).catch((err: unknown) => log.warn({ err }, 'could not look for layer images an earlier run left'));
   const policy = new PolicyGate({ policy: config.policy, events, hostId: config.hostId, logger: log, newestSigned: (service) => deployer.journal.newestSigned(service) });
+  const admission = new Admission({
+    policy, events, hostId: config.hostId, logger: log, assertDiskSpace: (bytes) => deployer.assertDiskSpace(bytes),
+    limits: { package: MAX_ONE_SHOT_BYTES, upload: MAX_UPLOAD_BYTES },
+  });
+  const onRejected = (manifest: Manifest, error: FerryError): void => void admission.rejected(manifest, error);
   const uploads = await UploadStore.open({
-    dir: join(config.dataDir, 'uploads'), ttlSeconds: config.uploadTtlSeconds, maxUploadBytes: MAX_UPLOAD_BYTES, logger: log,
-    onRejected: (manifest, error) => deployer.rejected(manifest, error),
+    dir: join(config.dataDir, 'uploads'), ttlSeconds: config.uploadTtlSeconds, logger: log, onRejected,
   });
   uploads.startSweeper();
   const buffers = new BufferBudget(BUFFER_BUDGET_BYTES);
   // After the layer images of stopped loads went: a carried-over stream's load makes its own again.
   const streams = await StreamStore.open({
     dir: join(config.dataDir, 'streams'), load: { images, packages, logger: log, layers }, layers, logger: log,
-    onRejected: (manifest, error) => deployer.rejected(manifest, error),
-    assertDiskSpace: () => deployer.assertDiskSpace(),
+    onRejected,
     afterPart: () => buffers.check(),
   });
   // Redis being down must not stop deployments: the store then answers from memory (status() says so).
@@ -104,7 +108,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     changing: () => deployer.changing,
   }) : undefined;
   const app = createApp({
-    logger: log, verifier, deployer, hostId: config.hostId, hostKey, version: VERSION, spoolDir, maxPackageBytes: MAX_ONE_SHOT_BYTES, uploads, streams, policy, layers,
+    logger: log, verifier, deployer, hostId: config.hostId, hostKey, version: VERSION, spoolDir, admission, uploads, streams, layers,
     security: {
       allow: config.allowCidrs, trustedProxies: config.trustedProxies,
       bodyRate: { minBytesPerSecond: config.http.minBodyBytesPerSecond, windowMs: config.http.bodyRateWindowMs },

@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { rm } from 'node:fs/promises';
 import type { ContainerRunner, ContainerSpec, ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
@@ -8,7 +7,8 @@ import {
   type DeploymentFailure, type DeploymentResult, type DeploymentState, type EventType, type Manifest, type Restored, type StageTimings,
 } from '@ferry/protocol';
 import { DEFAULT_POLICY, checkBindSources, containerSpecFor, policyDenied, type Policy } from '../policy/index.ts';
-import { assertLayersPresent, loadVerified } from '../load/load.ts';
+import { assertLayersPresent } from '../load/load.ts';
+import type { VerifiedPackage } from '../load/package.ts';
 import { startLastDeployed, type ReconcileResult } from './restart.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
@@ -19,26 +19,6 @@ import type { CrashPoint } from './crash.ts';
 import { assertFreeSpace, type DiskGuard } from './disk.ts';
 import { DEFAULT_RETAIN_IMAGES, pruneImages } from './retention.ts';
 import { finishSwapBack, nextName, previousName, replaceContainer, restorePrevious, swapToPrevious, undoSwap } from './swap.ts';
-
-export type VerifiedPackage = {
-  manifest: Manifest;
-  bytes: number;
-  /** Time spent receiving and hashing, reported as the receive stage. */
-  durationMs: number;
-  /**
-   * The upload outlived a stop of the receiver (a carried-over stream): if that stop cut its
-   * deployment short (FERRY_ERR_INTERRUPTED in the journal), this package runs it again.
-   */
-  resumesInterrupted?: boolean;
-} & (
-  /** In the ingest spool, or already in the PackageStore (loading moves it there). */
-  | { path: string }
-  /**
-   * A streamed upload's load, started while its parts arrived and completed once its seal
-   * matched (upload/streams.ts): the LOADING state waits for it instead of loading a file.
-   */
-  | { loading: Promise<unknown> }
-);
 
 export interface DeployerDeps {
   images: ImageStore;
@@ -100,13 +80,6 @@ export class Deployer {
     return this.#journal;
   }
 
-  /** Publishes the failure of an upload refused before deploying (bad digest, bad size…). */
-  rejected(manifest: Manifest, error: FerryError): void {
-    this.#emit(manifest, 'deployment.failed', {
-      code: error.code, reason: error.message, state: 'FAILED',
-    });
-  }
-
   /**
    * Refuses a new upload (507 FERRY_ERR_DISK_FULL) when the data directory is short of space;
    * `packageBytes` makes room for a package of that size too (see {@link assertFreeSpace}).
@@ -116,7 +89,7 @@ export class Deployer {
   }
 
   /**
-   * Deploys a verified package, which it owns from here: the spool file is gone when this returns.
+   * Deploys a verified package, which it owns from here: its bytes are released when this returns.
    * A deployment id the journal knows gets its stored outcome back instead of a second
    * deployment (also across restarts), so a sender that retries after a lost answer never
    * deploys twice; one still running answers FERRY_ERR_DEPLOYMENT_IN_PROGRESS. The one exception:
@@ -126,11 +99,11 @@ export class Deployer {
     const { manifest } = pkg;
     const service = manifest.service.name;
     const found = this.#journal.get(manifest.deploymentId);
-    const again = found !== undefined && pkg.resumesInterrupted === true && interruptedRun(found, manifest);
+    const again = found !== undefined && pkg.resumesInterrupted && interruptedRun(found, manifest);
     const stored = again ? undefined : found;
     // Nothing is awaited between the look-ups and taking the lock: two requests cannot both pass.
     if (stored || this.#busy.has(service)) {
-      await this.#discard(pkg);
+      await pkg.release();
       if (stored) return replay(stored, { kind: 'deploy', service, imageId: manifest.image.id });
       throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { details: { service } });
     }
@@ -148,14 +121,8 @@ export class Deployer {
       return result;
     } finally {
       this.#busy.delete(service);
-      await this.#discard(pkg);
+      await pkg.release();
     }
-  }
-
-  /** Removes an upload's spool file; a file already moved into the package store stays there. */
-  async #discard(pkg: VerifiedPackage): Promise<void> {
-    if (!('path' in pkg) || pkg.path === this.#deps.packages.path(pkg.manifest.package.digest)) return;
-    await rm(pkg.path, { force: true });
   }
 
   /**
@@ -378,7 +345,7 @@ function headerOf(manifest: Manifest, host: string, bytes: number): DeploymentHe
 function receivedStates(pkg: VerifiedPackage): StateStamp[] {
   const now = Date.now();
   return [
-    { state: 'RECEIVING', at: new Date(now - Math.round(pkg.durationMs)).toISOString() },
+    { state: 'RECEIVING', at: new Date(now - Math.round(pkg.receiveMs)).toISOString() },
     { state: 'VERIFYING', at: new Date(now).toISOString() },
   ];
 }
@@ -413,7 +380,7 @@ class Run {
     this.#emit = emit;
     this.#log = deps.logger.child({ deploymentId: pkg.manifest.deploymentId, service: pkg.manifest.service.name });
     this.#scrub = new Scrubber(pkg.manifest.service.env);
-    this.#timings.receive = Math.round(pkg.durationMs);
+    this.#timings.receive = Math.round(pkg.receiveMs);
   }
 
   get #manifest(): Manifest {
@@ -480,8 +447,7 @@ class Run {
     const manifest = this.#manifest;
     this.#state = 'LOADING';
     const started = performance.now();
-    const pkg = this.#pkg;
-    await ('loading' in pkg ? pkg.loading : loadVerified(this.#deps, { manifest, path: pkg.path }));
+    await this.#pkg.load(this.#deps);
     this.#timings.load = this.#since(started);
     this.#emit('image.loaded', { imageId: manifest.image.id, durationMs: this.#timings.load });
   }

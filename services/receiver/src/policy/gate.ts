@@ -1,4 +1,3 @@
-import { authorize, type ScopeAtTime } from '@ferry/auth';
 import { createEvent, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import { FerryError, type Manifest } from '@ferry/protocol';
@@ -14,8 +13,8 @@ export interface PolicyGateDeps {
 }
 
 /**
- * The receiver's policy at its front door: every way a manifest enters (one-shot upload, upload
- * session) calls checkPolicy() once the manifest is verified and before any byte is spooled.
+ * The receiver's policy at its front door: the admission of every manifest (upload/admission.ts)
+ * calls check() once the manifest is verified and before any byte is spooled.
  */
 export class PolicyGate {
   readonly #deps: PolicyGateDeps;
@@ -29,22 +28,10 @@ export class PolicyGate {
   }
 
   /**
-   * The one admission of a manifest, whichever way it enters: the signing key's grants must cover
-   * its service (FERRY_ERR_NOT_GRANTED otherwise; a grant inside its grace is let in with a
-   * `grant.grace` warning event), then the policy must allow what it asks for.
+   * The policy's part of a manifest's admission (upload/admission.ts): no release signed before
+   * the one that runs, then nothing the policy does not grant.
    */
-  admit(manifest: Manifest, auth: { keyId: string; scopes: ScopeAtTime[] }): void {
-    const { hostId, events, logger } = this.#deps;
-    const service = manifest.service.name;
-    const granted = authorize(auth, 'deploy', { service });
-    if (granted.grace) {
-      const notAfter = granted.scope.notAfter === undefined ? null : new Date(granted.scope.notAfter * 1000).toISOString();
-      events.publish(createEvent('grant.grace', {
-        source: `ferry://receiver/${hostId}`, host: hostId, service, deploymentId: manifest.deploymentId,
-        data: { keyId: auth.keyId, grant: granted.scope.grantId ?? null, notAfter, graceSeconds: granted.scope.graceSeconds },
-      }));
-      logger.warn({ deploymentId: manifest.deploymentId, service, keyId: auth.keyId, notAfter }, 'deployment let in by its grant\'s grace period');
-    }
+  check(manifest: Manifest): void {
     this.#checkNotOlder(manifest);
     this.checkPolicy(manifest);
   }

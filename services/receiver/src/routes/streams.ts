@@ -1,17 +1,16 @@
-import { authorize } from '@ferry/auth';
 import { Router, type Response } from 'express';
 import { readSignedJson, type AuthLocals } from '@ferry/http';
-import { MANIFEST_MAX_BYTES, PATHS } from '@ferry/protocol';
+import { PATHS } from '@ferry/protocol';
 import type { Deployer } from '../deploy/engine.ts';
-import type { PolicyGate } from '../policy/index.ts';
+import { readManifestBody, type Admission } from '../upload/admission.ts';
 import { parsePartHeaders } from '../upload/headers.ts';
 import type { StreamStore } from '../upload/streams.ts';
 
 export interface StreamsDeps {
   deployer: Deployer;
   streams: StreamStore;
-  /** Checked when a stream opens, before it takes a byte. */
-  policy?: PolicyGate;
+  /** Lets the opening manifest in when a stream opens, before it takes a byte. */
+  admission: Admission;
 }
 
 /** A seal is two fields. */
@@ -27,9 +26,8 @@ export function streamsRouter(deps: StreamsDeps): Router {
   const { streams } = deps;
 
   router.post(PATHS.streams, async (req, res) => {
-    const manifest = await readSignedJson(req, res, { maxBytes: MANIFEST_MAX_BYTES });
     const { auth } = res.locals as AuthLocals;
-    const { streamId, offset, created } = await streams.open(manifest, (m) => deps.policy?.admit(m, auth));
+    const { streamId, offset, created } = await streams.open(await deps.admission.admit('stream', await readManifestBody(req), auth));
     res.setHeader('Location', `${PATHS.streams}/${streamId}`);
     offsetHeader(res, offset);
     // 200: the live stream of this very manifest, opened by an earlier request whose answer was lost.
@@ -37,11 +35,7 @@ export function streamsRouter(deps: StreamsDeps): Router {
   });
 
   // A stream is reachable only by keys granted its service.
-  router.use(`${PATHS.streams}/:id`, (req, res, next) => {
-    const service = streams.serviceOf(req.params.id ?? '');
-    if (service !== undefined) authorize((res.locals as AuthLocals).auth, req.method === 'HEAD' ? 'read' : 'deploy', { service });
-    next();
-  });
+  router.use(`${PATHS.streams}/:id`, deps.admission.requireGrant((id) => streams.serviceOf(id)));
 
   // Where the stream stands, durably: after a lost answer or a receiver restart, the sender goes on from here.
   router.head(`${PATHS.streams}/:id`, async (req, res) => {

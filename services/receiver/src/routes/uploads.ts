@@ -1,19 +1,17 @@
-import { authorize } from '@ferry/auth';
 import { Router, type Response } from 'express';
-import type { IncomingMessage } from 'node:http';
 import { digestOf } from '@ferry/integrity';
-import { FerryError, HEADERS, MANIFEST_MAX_BYTES, PATHS } from '@ferry/protocol';
-import { readBody, type AuthLocals } from '@ferry/http';
+import { FerryError, HEADERS, PATHS } from '@ferry/protocol';
+import type { AuthLocals } from '@ferry/http';
 import type { Deployer } from '../deploy/engine.ts';
-import type { PolicyGate } from '../policy/index.ts';
+import { readManifestBody, type Admission } from '../upload/admission.ts';
 import { parsePartHeaders } from '../upload/headers.ts';
 import type { UploadStore, UploadView } from '../upload/sessions.ts';
 
 export interface UploadsDeps {
   deployer: Deployer;
   uploads: UploadStore;
-  /** Checked when a session is created, before it takes a byte. */
-  policy?: PolicyGate;
+  /** Lets the manifest in when a session is created, before it takes a byte. */
+  admission: Admission;
 }
 
 const EMPTY_DIGEST = digestOf('');
@@ -28,7 +26,7 @@ export function uploadsRouter(deps: UploadsDeps): Router {
 
   router.post(PATHS.uploads, async (req, res) => {
     const { auth } = res.locals as AuthLocals;
-    const { view, created } = await uploads.create(await readManifestBody(req), auth.contentDigest, (m) => deps.policy?.admit(m, auth));
+    const { view, created } = await uploads.create(await deps.admission.admit('upload', await readManifestBody(req), auth));
     res.setHeader('Location', `${PATHS.uploads}/${view.uploadId}`);
     offsetHeaders(res, view);
     res.status(created ? 201 : 200).json({ uploadId: view.uploadId, offset: view.offset, length: view.length, expiresAt: view.expiresAt });
@@ -36,11 +34,7 @@ export function uploadsRouter(deps: UploadsDeps): Router {
 
   // A session is reachable only by keys granted its service: another key cannot write, probe or
   // deploy it, whatever the id it learnt.
-  router.use(`${PATHS.uploads}/:id`, (req, res, next) => {
-    const service = uploads.serviceOf(req.params.id ?? '');
-    if (service !== undefined) authorize((res.locals as AuthLocals).auth, req.method === 'HEAD' ? 'read' : 'deploy', { service });
-    next();
-  });
+  router.use(`${PATHS.uploads}/:id`, deps.admission.requireGrant((id) => uploads.serviceOf(id)));
 
   router.head(`${PATHS.uploads}/:id`, (req, res) => {
     requireEmptyBody(res);
@@ -84,10 +78,4 @@ function requireEmptyBody(res: Response): void {
   if ((res.locals as AuthLocals).auth.contentDigest !== EMPTY_DIGEST) {
     throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `${HEADERS.contentDigest} must be the BLAKE3 of the empty body (${EMPTY_DIGEST})` });
   }
-}
-
-async function readManifestBody(req: IncomingMessage): Promise<Buffer> {
-  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
-  if (type !== 'application/json') throw new FerryError('FERRY_ERR_UNSUPPORTED_MEDIA_TYPE', { message: 'The manifest is sent as Content-Type: application/json' });
-  return readBody(req, MANIFEST_MAX_BYTES, 'Manifest');
 }

@@ -7,33 +7,30 @@ import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fsyncPath } from '@ferry/durable';
 import busboy from 'busboy';
-import { DigestTap, digestOf } from '@ferry/integrity';
-import { FerryError, MANIFEST_MAX_BYTES, parseManifest, type Manifest } from '@ferry/protocol';
-
-export interface ReceivedPackage {
-  manifest: Manifest;
-  /** The verified package in the spool; the caller owns it from here and must remove it. */
-  path: string;
-  bytes: number;
-  durationMs: number;
-}
+import { DigestTap } from '@ferry/integrity';
+import { FerryError, MANIFEST_MAX_BYTES, type Manifest } from '@ferry/protocol';
+import { SpooledPackage } from '../load/package.ts';
 
 export interface ReceiveOptions {
-  /** The signed `X-Ferry-Content-Digest`: for a one-shot upload, the digest of the manifest part. */
-  signedDigest: string;
+  /** The one-shot spool, FERRY_DATA_DIR/ingest. */
   spoolDir: string;
   /** Upper bound on any package, whatever its manifest declares. */
   maxPackageBytes: number;
-  /** Called once the manifest is verified and before package bytes are spooled; a throw refuses the upload. */
-  onManifest?: (manifest: Manifest) => void;
+  /**
+   * The admission of the manifest part's bytes (upload/admission.ts), before any package byte is
+   * spooled; a throw refuses the upload, and the package part is then read and dropped.
+   */
+  admit: (bytes: Buffer) => Promise<Manifest>;
+  /** A refusal after the manifest was admitted: publishes the one rejection event, returns the error. */
+  rejected: (manifest: Manifest, error: FerryError) => FerryError;
 }
 
 /**
- * Takes a one-shot upload: the `manifest` part, checked against the signed digest, then the
- * `package` part, hashed while it is spooled and compared with the manifest before anyone may
+ * Takes a one-shot upload: the `manifest` part, admitted (signed digest, grant, disk, policy), then
+ * the `package` part, hashed while it is spooled and compared with the manifest before anyone may
  * decompress it. On any failure the spool file is gone and the error is typed.
  */
-export async function receiveMultipart(req: IncomingMessage, options: ReceiveOptions): Promise<ReceivedPackage> {
+export async function receiveMultipart(req: IncomingMessage, options: ReceiveOptions): Promise<SpooledPackage> {
   const started = performance.now();
   const type = req.headers['content-type'] ?? '';
   if (!/^multipart\/form-data;/i.test(type)) {
@@ -65,25 +62,12 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
     overran = () => resolve('too long');
   });
 
-  const acceptManifest = (bytes: Buffer): void => {
-    if (digestOf(bytes) !== options.signedDigest) return fail(new FerryError('FERRY_ERR_MANIFEST_DIGEST_MISMATCH'));
-    let json: unknown;
+  const acceptManifest = async (bytes: Buffer): Promise<void> => {
     try {
-      json = JSON.parse(bytes.toString('utf8'));
-    } catch {
-      return fail(new FerryError('FERRY_ERR_BAD_MANIFEST', { message: 'Manifest is not JSON' }));
-    }
-    const parsed = parseManifest(json);
-    if (!parsed.ok) return fail(new FerryError('FERRY_ERR_BAD_MANIFEST', { message: `Manifest is invalid: ${parsed.problems.join('; ')}`, details: { problems: parsed.problems } }));
-    if (parsed.manifest.package.size > options.maxPackageBytes) {
-      return fail(new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { details: { limit: options.maxPackageBytes } }));
-    }
-    manifest = parsed.manifest;
-    try {
-      options.onManifest?.(manifest);
+      manifest = await options.admit(bytes);
     } catch (err) {
-      // A refusal (policy…) keeps the manifest known, so the package part is drained, not spooled.
-      return fail(asFerryError(err));
+      // Refused: the manifest stays unknown, so the package part is drained, not spooled.
+      fail(asFerryError(err));
     }
   };
 
@@ -95,16 +79,16 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
 
   parser.on('field', (name, value, info) => {
     if (name === 'package') return fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'The package part must be a file part (with a filename)' }));
-    if (name !== 'manifest') return fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: `Unexpected field "${name}"` }));
+    if (name !== 'manifest' || manifestReady !== undefined) return fail(new FerryError('FERRY_ERR_BAD_REQUEST', { message: `Unexpected field "${name}"` }));
     if (info.valueTruncated) return fail(new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `Manifest exceeds ${MANIFEST_MAX_BYTES} bytes` }));
-    acceptManifest(Buffer.from(value, 'utf8'));
+    manifestReady = acceptManifest(Buffer.from(value, 'utf8'));
   });
 
   parser.on('file', (name, stream) => {
     // A form that ends inside this part fails the part's stream at once, maybe before anything
     // reads it (the package waits for its manifest): an unheard 'error' would end the process.
     stream.on('error', (err: unknown) => fail(asFerryError(err)));
-    if (name === 'manifest' && manifestReady === undefined && manifest === undefined) {
+    if (name === 'manifest' && manifestReady === undefined) {
       // curl -F manifest=@file.json sends the manifest as a file part; take it the same way.
       manifestReady = collect(stream, MANIFEST_MAX_BYTES).then(acceptManifest, (err: unknown) => fail(asFerryError(err)));
       return;
@@ -114,7 +98,7 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
       stream.resume();
       return;
     }
-    // A manifest sent as a file part may still be in flight; the package waits for it, paused.
+    // The manifest may still be read or admitted; the package waits for it, paused.
     packageWrite = (manifestReady ?? Promise.resolve()).then(async () => {
       if (failure !== undefined || manifest === undefined) {
         fail(new FerryError('FERRY_ERR_BAD_MANIFEST', { message: 'The manifest part must come before the package part' }));
@@ -163,12 +147,13 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
     if (received.digest !== manifest.package.digest) {
       throw new FerryError('FERRY_ERR_CHECKSUM_MISMATCH', { details: { expected: manifest.package.digest, received: received.digest } });
     }
-    return { manifest, path: spoolPath, bytes: received.bytes, durationMs: performance.now() - started };
+    return new SpooledPackage({ manifest, path: spoolPath, bytes: received.bytes, receiveMs: performance.now() - started });
   } catch (err) {
     await rm(spoolPath, { force: true });
-    throw err instanceof FerryError && manifest ? err.withDetails({ deploymentId: manifest.deploymentId }) : err;
+    throw manifest ? options.rejected(manifest, asFerryError(err)) : err;
   }
 }
+
 
 function isFerryError(err: unknown): err is FerryError {
   return err instanceof FerryError;

@@ -4,10 +4,11 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { storageError } from '@ferry/durable';
-import { DigestTap, digestFile, digestOf } from '@ferry/integrity';
+import { DigestTap, digestFile } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
 import { FerryError, UPLOAD_MAX_PART_BYTES, isFerryError, parseManifest, type DeploymentResult, type Manifest } from '@ferry/protocol';
-import type { VerifiedPackage } from '../deploy/engine.ts';
+import { SpentPackage, SpooledPackage, type VerifiedPackage } from '../load/package.ts';
+import type { Admitted } from './admission.ts';
 import { writeRecordFile } from './record-file.ts';
 import { SpoolWriter } from './spool-writer.ts';
 
@@ -47,10 +48,8 @@ export interface UploadStoreOptions {
   /** FERRY_DATA_DIR/uploads; created if missing. */
   dir: string;
   ttlSeconds: number;
-  /** Upper bound on any upload's `package.size`. */
-  maxUploadBytes: number;
   logger: Logger;
-  /** Told of an upload refused after its manifest was accepted (the finished file's digest). */
+  /** Told of an upload refused after its manifest was admitted (the finished file's digest): the one rejection event. */
   onRejected?: (manifest: Manifest, error: FerryError) => void;
   /** Milliseconds since the epoch; injected by tests. */
   now?: () => number;
@@ -111,19 +110,12 @@ export class UploadStore {
   }
 
   /**
-   * Opens a session for a manifest whose bytes match the signed digest. A live session for the
-   * same deployment id and the same manifest bytes is returned instead (`created: false`), so a
-   * client that lost the answer can simply ask again. `admit` (the receiver policy) may refuse the
-   * manifest by throwing, before any session exists.
+   * Opens a session for an admitted manifest (upload/admission.ts). A live session for the same
+   * deployment id and the same manifest bytes is returned instead (`created: false`), so a client
+   * that lost the answer can simply ask again.
    */
-  async create(manifestBytes: Buffer, signedDigest: string, admit?: (manifest: Manifest) => void): Promise<{ view: UploadView; created: boolean }> {
-    const manifestDigest = digestOf(manifestBytes);
-    if (manifestDigest !== signedDigest) throw new FerryError('FERRY_ERR_MANIFEST_DIGEST_MISMATCH');
-    const manifest = readManifest(manifestBytes);
-    admit?.(manifest);
-    if (manifest.package.size > this.#options.maxUploadBytes) {
-      throw new FerryError('FERRY_ERR_PAYLOAD_TOO_LARGE', { message: `package.size exceeds the upload limit of ${this.#options.maxUploadBytes} bytes`, details: { limit: this.#options.maxUploadBytes } });
-    }
+  async create(admitted: Admitted): Promise<{ view: UploadView; created: boolean }> {
+    const { manifest, digest: manifestDigest } = admitted;
     const existingId = this.#byDeployment.get(manifest.deploymentId);
     const existing = existingId === undefined ? undefined : this.#sessions.get(existingId);
     if (existing && existing.state !== 'invalidated' && !this.#expired(existing)) {
@@ -308,19 +300,19 @@ export class UploadStore {
     }
     const spool = this.#spool(record.id);
     const handoff = join(this.#options.dir, `${record.id}.${randomBytes(4).toString('hex')}.deploy`);
-    // Once a first deployment took the spool, a retry hands over a path that no longer exists:
-    // the deployer answers it from its record of the deployment id.
+    // Once a first deployment took the spool, a retry hands over no bytes: the deployer answers
+    // it from its record of the deployment id.
     const linked = await link(spool, handoff).then(() => true, (err: unknown) => {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
       throw diskError(err, 'The upload could not be handed to the deployer');
     });
-    const pkg: VerifiedPackage = { manifest: record.manifest, path: linked ? handoff : spool, bytes: record.manifest.package.size, durationMs: record.receiveMs };
+    const facts = { manifest: record.manifest, bytes: record.manifest.package.size, receiveMs: record.receiveMs };
+    const pkg: VerifiedPackage = linked ? new SpooledPackage({ ...facts, path: handoff }) : new SpentPackage(facts);
     try {
       const result = await deploy(pkg);
       await rm(spool, { force: true });
       return result;
     } catch (err) {
-      await rm(handoff, { force: true });
       if (!isFerryError(err, 'FERRY_ERR_DEPLOYMENT_IN_PROGRESS')) await rm(spool, { force: true });
       throw err;
     }
@@ -426,19 +418,6 @@ export class UploadStore {
 function view(record: SessionRecord): UploadView {
   return { uploadId: record.id, offset: record.offset, length: record.manifest.package.size, expiresAt: record.expiresAt, state: record.state };
 }
-
-function readManifest(bytes: Buffer): Manifest {
-  let json: unknown;
-  try {
-    json = JSON.parse(bytes.toString('utf8'));
-  } catch {
-    throw new FerryError('FERRY_ERR_BAD_MANIFEST', { message: 'Manifest is not JSON' });
-  }
-  const parsed = parseManifest(json);
-  if (!parsed.ok) throw new FerryError('FERRY_ERR_BAD_MANIFEST', { message: `Manifest is invalid: ${parsed.problems.join('; ')}`, details: { problems: parsed.problems } });
-  return parsed.manifest;
-}
-
 
 async function discard(handle: FileHandle, offset: number): Promise<void> {
   await handle.truncate(offset);

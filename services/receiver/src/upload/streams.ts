@@ -5,13 +5,14 @@ import { pipeline } from 'node:stream/promises';
 import { IncrementalDigest, digestOf } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
 import {
-  FerryError, PackageSealSchema, STREAM_MAX_PART_BYTES, parseDeferredManifest, parseManifest, sealManifest,
+  FerryError, PackageSealSchema, STREAM_MAX_PART_BYTES, parseManifest, sealManifest,
   type DeploymentResult, type Manifest, type PackageSeal,
 } from '@ferry/protocol';
-import type { VerifiedPackage } from '../deploy/engine.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import { UNPACK_MAX } from '../load/archive.ts';
 import { loadArchive, type LoadDeps } from '../load/load.ts';
+import { SpentPackage, StreamedPackage, type VerifiedPackage } from '../load/package.ts';
+import type { Admitted } from './admission.ts';
 import { StreamSpool, removeStreamFiles, type StreamRecord } from './stream-spool.ts';
 
 /** Streams at once: each holds a `docker load` open and up to one part in memory. */
@@ -30,10 +31,8 @@ export interface StreamStoreOptions {
   /** Streams are offered only while the engine uses the legacy image store (see {@link StreamStore}). */
   layers: LayerInventory;
   logger: Logger;
-  /** Publishes the failure of a stream refused before its deployment started. */
+  /** Publishes the failure of a stream refused before its deployment started: the one rejection event. */
   onRejected: (manifest: Manifest, error: FerryError) => void;
-  /** Refuses a new stream when the data directory is short of space. */
-  assertDiskSpace?: () => Promise<void>;
   maxStreams?: number;
   idleMs?: number;
   /**
@@ -113,19 +112,12 @@ export class StreamStore {
   }
 
   /**
-   * Opens a stream for an opening manifest (a signed body) and starts its load; `admit` is the
-   * policy. A live stream of the same manifest is answered again (`created: false`): the sender
-   * that lost the answer goes on from its offset.
+   * Opens a stream for an admitted opening manifest (upload/admission.ts) and starts its load. A
+   * live stream of the same manifest is answered again (`created: false`): the sender that lost
+   * the answer goes on from its offset.
    */
-  async open(body: unknown, admit?: (manifest: Manifest) => void): Promise<{ streamId: string; offset: number; created: boolean }> {
-    const manifest = readOpeningManifest(body);
-    try {
-      admit?.(manifest);
-    } catch (err) {
-      // A refusal by the policy ends this deployment: watchers see it fail, as for a one-shot upload.
-      if (err instanceof FerryError) this.#options.onRejected(manifest, err);
-      throw err;
-    }
+  async open(admitted: Admitted): Promise<{ streamId: string; offset: number; created: boolean }> {
+    const { manifest, document: body } = admitted;
     const manifestDigest = digestOf(JSON.stringify(manifest));
     const again = this.#existing(manifest, manifestDigest);
     if (again) return again;
@@ -136,7 +128,6 @@ export class StreamStore {
     if (await this.#options.layers.imageStore() !== 'legacy') {
       throw new FerryError('FERRY_ERR_STREAM_UNAVAILABLE', { details: { reason: 'the engine uses the containerd image store' } });
     }
-    await this.#options.assertDiskSpace?.();
 
     const record: StreamRecord = {
       version: 1, id: randomBytes(16).toString('hex'), opening: body, manifestDigest, openedAt: new Date().toISOString(), state: 'receiving',
@@ -246,10 +237,9 @@ export class StreamStore {
     const manifest = sealManifest(stream.manifest, seal);
     const checked = parseManifest(manifest);
     if (!checked.ok) throw new FerryError('FERRY_ERR_BAD_MANIFEST', { message: `Manifest is invalid: ${checked.problems.join('; ')}` });
-    const pkg: VerifiedPackage = {
-      manifest: checked.manifest, bytes: seal.size, durationMs: performance.now() - stream.openedAt, loading: stream.loading,
-      ...(stream.recovered ? { resumesInterrupted: true } : {}),
-    };
+    const pkg = new StreamedPackage({
+      manifest: checked.manifest, bytes: seal.size, receiveMs: performance.now() - stream.openedAt, loading: stream.loading, resumesInterrupted: stream.recovered,
+    });
     stream.sealed = { seal, pkg };
     stream.manifest = checked.manifest;
     // The archive may end now: the engine finishes the load it has been unpacking.
@@ -381,7 +371,7 @@ export class StreamStore {
     const stream: Stream = {
       id: record.id, manifest: checked.manifest, record, openedAt: performance.now(), offset: seal.size, hasher: new IncrementalDigest(), input,
       loading: gone, spool: undefined, replayed: Promise.resolve(), recovered: true, failure: undefined, busy: false,
-      sealed: { seal, pkg: { manifest: checked.manifest, bytes: seal.size, durationMs: 0, loading: gone }, deploying: Promise.resolve() },
+      sealed: { seal, pkg: new SpentPackage({ manifest: checked.manifest, bytes: seal.size, receiveMs: 0 }), deploying: Promise.resolve() },
       idle: undefined,
     };
     this.#streams.set(stream.id, stream);
@@ -447,12 +437,6 @@ export class StreamStore {
     }, idleMs);
     stream.idle.unref();
   }
-}
-
-function readOpeningManifest(json: unknown): Manifest {
-  const parsed = parseDeferredManifest(json);
-  if (!parsed.ok) throw new FerryError('FERRY_ERR_BAD_MANIFEST', { message: `Manifest is invalid: ${parsed.problems.join('; ')}`, details: { problems: parsed.problems } });
-  return parsed.manifest;
 }
 
 /**
