@@ -176,9 +176,12 @@ describe('fan-out push to three engines', { timeout: 420_000 }, () => {
     const lines = result.stdout.split('\n');
     assert.ok(lines.some((l) => l.includes(`✔ fan0-${run}`) && l.includes('COMPLETED')), result.stdout);
     assert.ok(lines.some((l) => l.includes(`✔ fan2-${run}`) && l.includes('COMPLETED')), result.stdout);
-    const failed = lines.findIndex((l) => l.startsWith('  failed: '));
-    assert.ok(lines[failed]?.includes(dead) && lines[failed].includes('FERRY_ERR_RECEIVER_CIRCUIT_OPEN'), result.stdout);
-    assert.match(lines[failed + 1] ?? '', /^ {4}next: /);
+    // The failed target's report: the error, the target it failed on, what to do.
+    const failed = lines.findIndex((l) => l.startsWith('✖ ') && l.endsWith('[FERRY_ERR_RECEIVER_CIRCUIT_OPEN]'));
+    assert.ok(failed > 0, result.stdout);
+    assert.equal(lines[failed + 1], `  target      ${service} (${dead})`);
+    assert.match(lines[failed + 2] ?? '', /^ {2}deployment {2}[0-9a-f-]{36}/);
+    assert.match(lines[failed + 3] ?? '', /^ {2}next: /);
     assert.ok(lines.some((l) => /^ {2}compression none: every target is on this machine/.test(l)), result.stdout);
     // The breaker ended the schedule early: fewer attempts than the default 8.
     assert.match(result.stdout, new RegExp(`${dead.replace(/[.:/]/g, '\\$&')}, deployment [0-9a-f-]+, [2-7] attempts`));

@@ -86,7 +86,8 @@ export function fromError(error: FerryError): FailedDeployment {
 export function fromTarget(service: string, t: TargetResult): FailedDeployment {
   const error = t.error ?? t.deployment?.error ?? { code: 'FERRY_ERR_INTERNAL', message: `deployment ${t.state}` };
   return {
-    error: { code: error.code, message: error.message }, service, host: t.host, url: t.url, deploymentId: t.deploymentId,
+    // The receiver's own id for what it recorded: the target may have taken a new one for another attempt.
+    error: { code: error.code, message: error.message }, service, host: t.host, url: t.url, deploymentId: t.deployment?.deploymentId ?? t.deploymentId,
     state: t.deployment?.state ?? t.state, failure: t.deployment?.failure,
   };
 }
@@ -116,7 +117,7 @@ function containerState(c: NonNullable<DeploymentFailure['container']>): string 
 
 function healthText(h: NonNullable<DeploymentFailure['health']>): string {
   const count = `${h.attempts} probe${h.attempts === 1 ? '' : 's'} (${h.type})`;
-  if (h.probes.length === 0) return h.attempts === 0 ? `no probe made (${h.type}): the container stopped first` : count;
+  if (h.probes.length === 0) return h.attempts === 0 ? `${count}: the container stopped before the first` : count;
   return `${count}; the last ${h.probes.length === 1 ? 'answer' : `${h.probes.length}`}: ${runs(h.probes.map(probeAnswer))}`;
 }
 

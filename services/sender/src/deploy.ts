@@ -169,7 +169,9 @@ async function buildStep(name: string, entry: ServiceEntry, runId: string, deps:
 
 function targetOutcome(t: TargetResult): TargetOutcome {
   return {
-    url: t.url, ...(t.host ? { host: t.host } : {}), deploymentId: t.deploymentId, state: t.state, ok: t.ok, attempts: t.attempts,
+    // The id the receiver recorded the deployment under, which `ferry status ID` finds; the target
+    // takes a fresh one after a failure, for an attempt that may follow.
+    url: t.url, ...(t.host ? { host: t.host } : {}), deploymentId: t.deployment?.deploymentId ?? t.deploymentId, state: t.state, ok: t.ok, attempts: t.attempts,
     ...(t.error ? { error: t.error } : t.ok ? {} : { error: deploymentError(t) }),
     ...(t.deployment?.failure ? { failure: t.deployment.failure } : {}),
   };
