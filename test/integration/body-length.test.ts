@@ -4,12 +4,14 @@
  * its Content-Length, and a package shorter or longer than its signed `package.size` (or a
  * resumable upload's `Upload-Length`). Each request is written whole, then again cut at every
  * write boundary around the point that matters; each time the answer is the documented one, it
- * arrives without the client sending more, and nothing is left in the spool directories.
+ * arrives without the client sending more, and nothing is left in the spool directories — also
+ * after a receiver that was killed while it spooled a one-shot upload starts again.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { setImmediate as tick, setTimeout as pause } from 'node:timers/promises';
@@ -348,5 +350,93 @@ describe('row 41: a body longer or shorter than it declared, at every write boun
     assert.deepEqual(codes(answers), [[413, 'FERRY_ERR_PAYLOAD_TOO_LARGE']]);
     await assertCleanAndServing('one byte past Upload-Length');
     assertNoInternalError();
+  });
+
+  test('a one-shot package whose extra bytes come before the closing boundary → 422 FERRY_ERR_SIZE_MISMATCH, whatever the writes; nothing spooled', async () => {
+    const size = 8 * 1024;
+    const pkg = Buffer.alloc(size, FILL);
+    const manifest = manifestFor(pkg);
+    const extras: [string, Buffer][] = [
+      ['one extra byte', Buffer.alloc(1, FILL)],
+      ['100 extra bytes', Buffer.alloc(100, FILL)],
+      // The parser holds back bytes that may begin the delimiter until it knows they do not.
+      ['extra bytes that begin like the closing delimiter', Buffer.from('\r\n--')],
+      ['a second package', Buffer.alloc(size, FILL)],
+    ];
+    for (const [what, extra] of extras) {
+      const { body, packageAt } = multipart(manifest, Buffer.concat([pkg, extra]));
+      // Every request is signed anew (a nonce is good once); its head is as long each time.
+      const headLength = oneShot(manifest, body.length).length;
+      const length = headLength + body.length;
+      const packageEnd = headLength + packageAt + size;
+      const delimiterAt = packageEnd + extra.length;
+      const writes: [string, number[]][] = [
+        ['one write', []],
+        ['the extra bytes in the same write as the boundary', [packageEnd]],
+        ['the last package byte, the extra bytes and the boundary in one write', [packageEnd - 1]],
+        ['the extra bytes in a write of their own', [packageEnd, delimiterAt]],
+        ['the extra bytes with the package, the boundary on its own', [delimiterAt]],
+        ['the extra bytes split across two writes', [packageEnd + Math.ceil(extra.length / 2)]],
+        ['the boundary split across two writes', [delimiterAt + 3]],
+        ['a byte at a time from the package\'s last byte to the end of the body', Array.from({ length: length - packageEnd + 1 }, (_, i) => packageEnd - 1 + i)],
+      ];
+      for (const [how, cuts] of writes) {
+        const label = `${what}, ${how}`;
+        const request = Buffer.concat([oneShot(manifest, body.length), body]);
+        assert.equal(request.length, length, label);
+        const { answers } = await exchange(receiver.url, request, [...new Set(cuts)].filter((cut) => cut > 0 && cut < length).sort((a, b) => a - b), { answers: 1 });
+        assert.deepEqual(codes(answers), [[422, 'FERRY_ERR_SIZE_MISMATCH']], label);
+        await assertCleanAndServing(label);
+      }
+    }
+    assertNoInternalError();
+  });
+
+  test('a one-shot package being spooled when the receiver is killed leaves no part file once it starts again', async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'ferry-len-restart-'));
+    const env = { DOCKER_HOST: stack().targetDockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostId, FERRY_DATA_DIR: dataDir };
+    const ingest = join(dataDir, 'ingest');
+    let restarted: ReceiverProcess | undefined;
+    const killed = await startReceiverProcess(env);
+    try {
+      const size = 64 * 1024;
+      const pkg = Buffer.alloc(size + 100, FILL);
+      const manifest = manifestFor(pkg.subarray(0, size), size);
+      const { body, packageAt } = multipart(manifest, pkg);
+      // Half the package, then nothing: the receiver holds its spool file open, waiting for the rest.
+      const { port } = new URL(killed.url);
+      const socket = connect(Number(port), '127.0.0.1');
+      socket.on('error', () => undefined);
+      await new Promise((resolve) => socket.once('connect', resolve));
+      socket.write(Buffer.concat([oneShot(manifest, body.length), body.subarray(0, packageAt + size / 2)]));
+      let parts = await readdir(ingest);
+      for (let i = 0; i < 200 && parts.length === 0; i += 1) {
+        await pause(25);
+        parts = await readdir(ingest);
+      }
+      assert.equal(parts.length, 1, 'the package is being spooled');
+      const exited = new Promise((resolve) => killed.child.once('exit', resolve));
+      killed.child.kill('SIGKILL');
+      await exited;
+      socket.destroy();
+      assert.deepEqual(await readdir(ingest), parts, 'the kill left the part file');
+
+      restarted = await startReceiverProcess(env);
+      assert.deepEqual(await readdir(ingest), [], 'the restarted receiver removed it before it listened');
+      // The same upload sent whole, its extra bytes before the boundary: 422, and nothing stays.
+      const headBytes = oneShot(manifest, body.length);
+      const { answers } = await exchange(restarted.url, Buffer.concat([headBytes, body]), [headBytes.length + packageAt + size], { answers: 1 });
+      assert.deepEqual(codes(answers), [[422, 'FERRY_ERR_SIZE_MISMATCH']]);
+      let left = await readdir(ingest);
+      for (let i = 0; i < 200 && left.length > 0; i += 1) {
+        await pause(25);
+        left = await readdir(ingest);
+      }
+      assert.deepEqual(left, []);
+    } finally {
+      await killed.stop();
+      await restarted?.stop();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   });
 });

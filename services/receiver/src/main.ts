@@ -20,6 +20,7 @@ import { PackageStore } from './store/packages.ts';
 import { PolicyGate } from './policy/index.ts';
 import { receiverRegistration } from './registration/index.ts';
 import { Admission } from './upload/admission.ts';
+import { clearSpool } from './upload/multipart.ts';
 import { UploadStore } from './upload/sessions.ts';
 import { StreamStore } from './upload/streams.ts';
 
@@ -43,6 +44,8 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   const log = logger ?? createLogger({ level: config.logLevel, name: 'ferry-receiver' });
   const spoolDir = join(config.dataDir, 'ingest');
   await ensureWritableDir(spoolDir);
+  const dropped = await clearSpool(spoolDir);
+  if (dropped > 0) log.info({ files: dropped }, 'one-shot uploads an earlier run was receiving removed');
   // Read before anything starts: a receiver nobody may call is a configuration error, not a service.
   const trust = new TrustStore({ file: config.trustFile });
   const hostKey = await loadOrCreateHostKey(config.dataDir, config.hostId);

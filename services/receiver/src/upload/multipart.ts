@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import type { IncomingMessage } from 'node:http';
 import { join } from 'node:path';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
@@ -154,6 +154,15 @@ export async function receiveMultipart(req: IncomingMessage, options: ReceiveOpt
   }
 }
 
+/**
+ * Empties the one-shot spool at start-up: a one-shot upload lives as long as its request, so a
+ * file there is what a stopped process was receiving (a kill leaves it behind), nobody's now.
+ */
+export async function clearSpool(spoolDir: string): Promise<number> {
+  const names = await readdir(spoolDir);
+  for (const name of names) await rm(join(spoolDir, name), { force: true, recursive: true });
+  return names.length;
+}
 
 function isFerryError(err: unknown): err is FerryError {
   return err instanceof FerryError;
