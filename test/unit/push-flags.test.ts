@@ -132,57 +132,129 @@ describe('ferry help', () => {
 });
 
 describe('push progress', () => {
-  test('not a terminal: plain lines, a quarter at a time per target', () => {
+  const exact = (bytes: number) => ({ bytes, estimated: false });
+
+  test('not a terminal: plain lines, a quarter at a time per target, the receiver\'s stages', () => {
     const out = new Capture(false);
     const progress = createProgress(out, { json: false, targets: ['http://a', 'http://b'] });
     progress.stage('package', { image: 'app:1', compression: 'zstd' });
     progress.stage('transfer', { bytes: 1000 });
-    for (const position of [100, 250, 260, 500, 999, 1000]) progress.sent('http://a', position);
+    for (const position of [100, 250, 260, 500, 999, 1000]) progress.sent('http://a', position, exact(1000));
     progress.deploying('http://a');
+    progress.deployState('http://a', 'LOADING');
+    progress.deployState('http://a', 'VALIDATING');
     progress.retrying('http://b', 1, 500, 'connection reset');
     progress.done('http://a', true, 'COMPLETED');
     progress.done('http://b', false, 'FAILED FERRY_ERR_RECEIVER_CIRCUIT_OPEN');
     progress.close();
-    assert.deepEqual(out.text.trimEnd().split('\n'), [
+    // The rate and ETA depend on the clock: what the lines say besides them is checked.
+    const lines = out.text.trimEnd().split('\n').map((l) => l.replace(/(, [\d.]+ [KMG]?B\/s)?(, ETA \S+)?$/, ''));
+    assert.deepEqual(lines, [
       'packaging app:1 (zstd)', 'sending 1.0 KB',
-      'http://a 25% 250 B/1.0 KB', 'http://a 50% 500 B/1.0 KB', 'http://a 75% 999 B/1.0 KB', 'http://a 100% 1.0 KB/1.0 KB', 'http://a deploying',
+      'http://a 25% 250 B of 1.0 KB', 'http://a 50% 500 B of 1.0 KB', 'http://a 99% 999 B of 1.0 KB', 'http://a 100% 1.0 KB of 1.0 KB',
+      'http://a 1.0 KB sent; deploying', 'http://a loading the image', 'http://a running the health check',
       '  retrying http://b (attempt 2) in 500 ms: connection reset',
       'http://a done: COMPLETED', 'http://b failed: FAILED FERRY_ERR_RECEIVER_CIRCUIT_OPEN',
     ]);
     assert.ok(!out.text.includes(ESC), 'no terminal escapes');
   });
 
+  test('not a terminal, streamed: the stage says so, and a size not known yet gives bytes alone', () => {
+    const out = new Capture(false);
+    const progress = createProgress(out, { json: false, targets: ['http://a'] });
+    progress.stage('transfer', { bytes: 0 });
+    progress.sent('http://a', 10);
+    progress.sent('http://a', 400, { bytes: 1000, estimated: true });
+    assert.deepEqual(out.text.trimEnd().split('\n').map((l) => l.replace(/(, [\d.]+ [KMG]?B\/s)?(, ETA \S+)?$/, '')), [
+      'sending while the image is read', 'http://a 40% 400 B of ~1.0 KB',
+    ]);
+  });
+
   test('--json: one JSON object per line, the last position of each target always reported', () => {
     const out = new Capture(true);
-    const progress = createProgress(out, { json: true, targets: ['http://a'] });
+    const progress = createProgress(out, { json: true, targets: ['http://a', 'http://s'] });
     progress.stage('transfer', { bytes: 10 });
-    progress.sent('http://a', 1);
-    progress.sent('http://a', 2);
-    progress.sent('http://a', 10);
+    progress.sent('http://a', 1, exact(10));
+    progress.sent('http://a', 2, exact(10));
+    progress.sent('http://a', 10, exact(10));
+    progress.deploying('http://a');
+    progress.deployState('http://a', 'LOADING');
     progress.done('http://a', true, 'COMPLETED');
+    // A stream: its size is estimated, and known once every byte went.
+    progress.sent('http://s', 3, { bytes: 9, estimated: true });
+    progress.sent('http://s', 8, { bytes: 9, estimated: true });
+    progress.deploying('http://s');
     const records = out.text.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-    assert.deepEqual(records.map((r) => [r.progress, r.bytes]), [['stage', 10], ['sent', 1], ['sent', 10], ['done', undefined]]);
+    assert.deepEqual(records.map((r) => [r.progress, r.target ?? r.stage, r.bytes, r.total, r.estimated, r.state]), [
+      ['stage', 'transfer', 10, undefined, undefined, undefined],
+      ['sent', 'http://a', 1, 10, false, undefined], ['sent', 'http://a', 10, 10, false, undefined],
+      ['stage', 'http://a', undefined, undefined, undefined, undefined], ['deploy', 'http://a', undefined, undefined, undefined, 'LOADING'],
+      ['done', 'http://a', undefined, undefined, undefined, 'COMPLETED'],
+      ['sent', 'http://s', 3, 9, true, undefined], ['sent', 'http://s', 8, 8, false, undefined], ['stage', 'http://s', undefined, undefined, undefined, undefined],
+    ]);
     assert.ok(records.every((r) => typeof r.time === 'string'));
+    assert.ok(records.filter((r) => r.progress === 'sent').every((r) => typeof r.bytesPerSecond === 'number'));
   });
 
   test('a terminal: one line per target, redrawn in place', () => {
     const out = new Capture(true);
     const progress = createProgress(out, { json: false, targets: ['http://a', 'http://b', 'http://c'] });
     progress.stage('transfer', { bytes: 100 });
+    progress.sent('http://a', 40, exact(100));
+    progress.sent('http://c', 5_000_000);
     progress.done('http://b', true, 'COMPLETED');
     progress.close();
-    // First draw: three lines; each redraw moves the cursor up over them.
+    // Every redraw after the first moves the cursor up over the three lines.
     const frames = out.text.split(`${ESC}[3A`);
-    assert.equal(frames.length, 3, JSON.stringify(out.text));
+    assert.ok(frames.length >= 3, JSON.stringify(out.text));
     const last = frames.at(-1)?.split('\n').filter(Boolean) ?? [];
     assert.equal(last.length, 3);
+    assert.match(last[0] ?? '', /^\rhttp:\/\/a .* 40% 40 B of 100 B .*ETA/);
     assert.match(last[1] ?? '', /^\rhttp:\/\/b .*✔ COMPLETED/);
+    assert.match(last[2] ?? '', /^\rhttp:\/\/c .* 5\.0 MB /, 'a size not known yet: the bytes alone');
     assert.ok(last.every((l) => l.endsWith(`${ESC}[K`)), 'each line clears what an older, longer line left');
-    assert.match(last[0] ?? '', /^\rhttp:\/\/a .* 0% .*ETA/);
     // Closed: the summary printed next is never drawn over.
     const before = out.text;
     progress.done('http://a', true, 'COMPLETED');
     progress.close();
     assert.equal(out.text, before);
+  });
+
+  test('a pseudo-terminal that says 0 columns still gets whole lines', () => {
+    const out = new Capture(true);
+    out.columns = 0;
+    const progress = createProgress(out, { json: false, targets: ['http://a'] });
+    progress.sent('http://a', 40, exact(100));
+    progress.close();
+    assert.match(out.text, /http:\/\/a .* 40% 40 B of 100 B/);
+  });
+
+  test('interrupted: each target\'s state, in words and as data', () => {
+    for (const mode of ['tty', 'plain', 'json'] as const) {
+      const out = new Capture(mode === 'tty');
+      const targets = ['http://new', 'http://mid', 'http://dep', 'http://ok'];
+      const progress = createProgress(out, { json: mode === 'json', targets, service: 'web' });
+      progress.stage('transfer', { bytes: 0 });
+      progress.sent('http://mid', 312_000_000, { bytes: 1_100_000_000, estimated: true });
+      progress.sent('http://dep', 50, exact(50));
+      progress.deploying('http://dep');
+      progress.deployState('http://dep', 'LOADING');
+      progress.sent('http://ok', 50, exact(50));
+      progress.done('http://ok', true, 'COMPLETED');
+      const left = progress.interrupted();
+      assert.deepEqual(left.map((t) => [t.target, t.state, t.bytes]), [
+        ['http://new', 'not started', 0], ['http://mid', 'interrupted', 312_000_000], ['http://dep', 'deploying', 50], ['http://ok', 'deployed', 50],
+      ]);
+      if (mode === 'json') {
+        const records = out.text.trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).filter((r) => r.progress === 'interrupted');
+        assert.deepEqual(records.map((r) => [r.target, r.state]), left.map((t) => [t.target, t.state]));
+        continue;
+      }
+      const text = out.text.split(ESC).map((part, i) => (i === 0 ? part : part.replace(/^\[\d*[AJK]/, ''))).join('');
+      assert.match(text, /http:\/\/new {2}not started\n/);
+      assert.match(text, /http:\/\/mid {2}interrupted at 312 MB of ~1\.1 GB; nothing was deployed there/);
+      assert.match(text, /http:\/\/dep {2}every byte sent; the receiver was loading the image, and may still finish: see ferry status --to http:\/\/dep --service web/);
+      assert.match(text, /http:\/\/ok {2}deployed \(COMPLETED\)/);
+    }
   });
 });

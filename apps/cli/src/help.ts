@@ -105,9 +105,13 @@ Transfer options:
   --build-arg KEY=VALUE    with --build: build-time variable; repeat for more
   --max-image-size BYTES   with --build: refuse a built image larger than BYTES (default 2 GiB)
   --json                   print one JSON result on stdout instead of text; progress goes to
-                           stderr as JSON lines ({"progress": "stage"|"sent"|"retry"|"done", …})
+                           stderr as JSON lines ({"progress": "stage"|"sent"|"deploy"|"retry"|
+                           "done"|"interrupted", …}: docs/usage.md, "Progress")
 
-Progress goes to stderr: one bar per target, redrawn, on a terminal; plain lines otherwise.
+Progress goes to stderr: on a terminal one line per target, redrawn in place, with the bytes sent,
+rate and ETA, then the receiver's stages (verifying, loading, starting, health check); plain lines
+otherwise. Ctrl-C stops the push: uploads are cut off and streams deleted, each target's state is
+printed (not started, interrupted at N of M, deploying, deployed), and the exit code is 130.
 
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key), DOCKER_HOST (build engine),
 FERRY_NATS_URL (optional: publish the sender's events), FERRY_REGISTRY_URL (optional: resolves

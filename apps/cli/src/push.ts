@@ -39,7 +39,8 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
   });
   const service = serviceSpecFromFlags(values.name, values, dash < 0 ? [] : argv.slice(dash + 1), health, io.env);
   if (!values.build && (values.file || values['build-arg'] || values['max-image-size'])) throw new FerryError('FERRY_ERR_USAGE', { message: '--file, --build-arg and --max-image-size need --build CONTEXT' });
-  const buildRequest = values.build ? buildRequestFrom(values.build, image, values) : undefined;
+  const interrupt = new AbortController();
+  const buildRequest = values.build ? { ...buildRequestFrom(values.build, image, values), signal: interrupt.signal } : undefined;
   const config = loadSenderConfig(io.env);
   const hostKey = values['host-key'];
   if (hostKey !== undefined) {
@@ -55,7 +56,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
   const events: EventSink = config.natsUrl
     ? await JetStreamPublisher.connect({ url: config.natsUrl, logger, name: 'ferry-sender' })
     : new NullSink({ logger });
-  const progress = createProgress(io.stderr, { json: values.json === true, targets });
+  const progress = createProgress(io.stderr, { json: values.json === true, targets, service: values.name });
   const docker = createDockerClient(config.dockerHost);
   const source = `ferry://sender/${hostname()}`;
   if (targets.length > 1 && buildRequest) throw new FerryError('FERRY_ERR_USAGE', { message: '--build works with one --to; build first, then push to several targets' });
@@ -68,24 +69,16 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
     service,
   };
   const deps = { images: new ImageStore(docker), events, credentials: config.credentials, source, ...(desired ? { desired } : {}) };
-  const stopScavenging = scavengePeriodically();
-  try {
-    // One target or many, the push is the same (deliver.ts); only the summary differs.
-    if (targets.length > 1) {
-      return await fanoutCommand(io, progress, {
-        ...transfer, targets: resolved, json: values.json === true,
-        parallel: parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL,
-        attempts: attempts ?? DEFAULT_BACKOFF.attempts,
-      }, deps);
-    }
+  // The one-target push: its own summary, and its failure thrown for the error report.
+  const pushOne = async (): Promise<number | undefined> => {
     const result = await push({
       ...(buildRequest ? {
         prepare: buildBeforePush(buildRequest, {
-          builder: new ImageBuilder(docker), images: new ImageStore(docker), events, source, service: values.name,
+          builder: new ImageBuilder(docker), images: new ImageStore(docker), events, source, service: service.name,
           onLog: (text: string) => line(io.stderr, values.json ? JSON.stringify({ progress: 'build', log: text }) : text),
         }),
       } : {}),
-      ...transfer, to: targets[0] ?? '', hostKey: resolved[0]?.hostKey,
+      ...transfer, to: targets[0] ?? '', hostKey: resolved[0]?.hostKey, signal: interrupt.signal,
       // One target tries once unless told otherwise: a failure is reported at once.
       policy: { ...DEFAULT_BACKOFF, attempts: attempts ?? 1 },
     }, {
@@ -95,19 +88,88 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
         if (stage === 'transfer') progress.stage('transfer', { bytes: bytes ?? 0 });
         if (stage === 'deploy') progress.deploying(targets[0] ?? '');
       },
-      onProgress: (sent) => progress.sent(targets[0] ?? '', sent),
+      onProgress: (sent, total) => progress.sent(targets[0] ?? '', sent, total),
+      onDeployState: (state) => progress.deployState(targets[0] ?? '', state),
       onRetry: (attempt, delayMs, err) => progress.retrying(targets[0] ?? '', attempt, delayMs, err instanceof Error ? err.message : String(err)),
     });
+    if (interrupt.signal.aborted) return undefined;
     progress.done(targets[0] ?? '', result.deployment.state === 'COMPLETED', result.deployment.state);
     progress.close();
     if (values.json) line(io.stdout, JSON.stringify({ ok: true, ...result }));
     else printSummary(io, result);
     return 0;
+  };
+  const stopScavenging = scavengePeriodically();
+  const stopOnSigint = onSigint(interrupt, progress);
+  try {
+    const outcome = await untilInterrupted(interrupt.signal, async () => {
+      // One target or many, the push is the same (deliver.ts); only the summary differs.
+      if (targets.length > 1) {
+        return await fanoutCommand(io, progress, {
+          ...transfer, targets: resolved, json: values.json === true, signal: interrupt.signal,
+          parallel: parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL,
+          attempts: attempts ?? DEFAULT_BACKOFF.attempts,
+        }, deps);
+      }
+      return await pushOne();
+    });
+    if (outcome !== undefined) return outcome;
+    const left = progress.interrupted();
+    if (values.json) line(io.stdout, JSON.stringify({ ok: false, interrupted: true, targets: left.map(({ text: _text, ...target }) => target) }));
+    return INTERRUPTED_EXIT;
   } finally {
+    stopOnSigint();
     stopScavenging();
     progress.close();
     await events.close();
   }
+}
+
+/** The exit code after Ctrl-C, as a shell reports a command SIGINT ended (128 + 2). */
+const INTERRUPTED_EXIT = 130;
+
+/**
+ * After Ctrl-C, what is in flight gets this long to let go (a stream's DELETE to its receiver)
+ * before the push reports where each target was left; the process exits a moment later whatever
+ * still runs then (a package being spooled).
+ */
+const LET_GO_MS = 6000;
+
+/**
+ * Ctrl-C aborts the push through `interrupt` (uploads cut off, streams deleted, no further step).
+ * A second one, or the push not letting go in time, ends the process at once, the display ended
+ * first. Answers the function that removes the handler.
+ */
+function onSigint(interrupt: AbortController, progress: Progress): () => void {
+  const handler = (): void => {
+    if (interrupt.signal.aborted) {
+      progress.close();
+      process.exit(INTERRUPTED_EXIT);
+    }
+    interrupt.abort();
+    setTimeout(() => process.exit(INTERRUPTED_EXIT), LET_GO_MS + 2000).unref();
+  };
+  process.on('SIGINT', handler);
+  return () => process.off('SIGINT', handler);
+}
+
+/**
+ * `work`'s exit code; undefined when the push was interrupted, once `work` let go or LET_GO_MS
+ * passed. A failure after the interruption is the interruption's, not reported as the push's.
+ */
+async function untilInterrupted(signal: AbortSignal, work: () => Promise<number | undefined>): Promise<number | undefined> {
+  const running = work();
+  const aborted = new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+  try {
+    const code = await Promise.race([running, aborted.then(() => undefined)]);
+    if (!signal.aborted) return code;
+  } catch (err) {
+    if (!signal.aborted) throw err;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([running.catch(() => undefined), new Promise<void>((resolve) => { timer = setTimeout(resolve, LET_GO_MS); })]);
+  clearTimeout(timer);
+  return undefined;
 }
 
 interface HealthTimingArgs {
@@ -161,8 +223,8 @@ interface FanoutArgs extends Omit<FanoutRequest, 'policy'> {
   attempts: number;
 }
 
-/** Several targets: one line per target, and exit 1 naming each failed host and why. */
-async function fanoutCommand(io: Io, progress: Progress, args: FanoutArgs, deps: FanoutDeps): Promise<number> {
+/** Several targets: one line per target, and exit 1 naming each failed host and why; undefined once interrupted. */
+async function fanoutCommand(io: Io, progress: Progress, args: FanoutArgs, deps: FanoutDeps): Promise<number | undefined> {
   const { json, attempts, ...request } = args;
   const result = await pushMany({ ...request, policy: { ...DEFAULT_BACKOFF, attempts } }, {
     ...deps,
@@ -170,11 +232,17 @@ async function fanoutCommand(io: Io, progress: Progress, args: FanoutArgs, deps:
       if (stage === 'package') progress.stage('package', { image: request.image, compression: request.compression });
       else progress.stage('transfer', { bytes: bytes ?? 0 });
     },
-    onProgress: (url, position) => progress.sent(url, position),
+    onProgress: (url, position, total) => progress.sent(url, position, total),
     onSent: (url) => progress.deploying(url),
-    onDone: (target) => progress.done(target.url, target.ok, target.error ? `${target.state} ${target.error.code}` : target.state),
+    onDeployState: (url, state) => progress.deployState(url, state),
+    onDone: (target) => {
+      // Cut off by Ctrl-C: its line keeps where it was, for the report of the interruption.
+      if (target.error?.code === 'FERRY_ERR_SENDER_INTERRUPTED') return;
+      progress.done(target.url, target.ok, target.error ? `${target.state} ${target.error.code}` : target.state);
+    },
     onRetry: (url, attempt, delayMs, err) => progress.retrying(url, attempt, delayMs, err instanceof Error ? err.message : String(err)),
   });
+  if (request.signal?.aborted) return undefined;
   progress.close();
   if (json) line(io.stdout, JSON.stringify(result));
   else printFanoutSummary(io, result);
