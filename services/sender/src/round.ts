@@ -1,4 +1,5 @@
 import { pipeline } from 'node:stream/promises';
+import { rm } from 'node:fs/promises';
 import { isFerryError } from '@ferry/protocol';
 import { Broadcast, SlowBranch } from './broadcast.ts';
 import { LinkProbe, decideFromMeasure, sampleZstd, type MeasuredDecision } from './compression.ts';
@@ -137,7 +138,13 @@ async function attempt(participants: readonly Participant[], source: Source, opt
   // Registered before any stream waits on the production, so it is set when their onSent runs.
   let size = 0;
   production.then((produced) => { size = produced.size; }, () => undefined);
-  if (path) options.spools?.offer(options.spoolKind, production.then((produced): BuiltPackage => spooled(path, produced)));
+  if (path) {
+    options.spools?.offer(options.spoolKind, production.then((produced): BuiltPackage => spooled(path, produced), async (err: unknown) => {
+      // What a failed production wrote is a partial copy no one may take: it goes.
+      await rm(path, { force: true });
+      throw err;
+    }));
+  }
 
   const runs = participants.map(async (participant): Promise<[Participant, RoundOutcome]> => {
     const branch = broadcast.attach();
