@@ -82,6 +82,8 @@ export class UploadStore {
   /** Uploads with a PATCH, a completion check or a deployment in flight: one writer at a time. */
   readonly #busy = new Set<string>();
   readonly #deploying = new Map<string, Promise<DeploymentResult>>();
+  /** Sessions a previous process left: a deployment of theirs that its stop cut short may run again. */
+  readonly #recovered = new Set<string>();
   #sweeper: NodeJS.Timeout | undefined;
 
   private constructor(options: UploadStoreOptions) {
@@ -203,7 +205,10 @@ export class UploadStore {
    * Hands a complete upload to `deploy` (the receiver's Deployer) and returns its outcome. The
    * deployer gets a hard link of the spool, which it deletes; the spool itself goes once the
    * deployer has decided, and stays when it answered "another deployment is in progress", so the
-   * client can retry. Concurrent calls for one upload share one deployment.
+   * client can retry. Concurrent calls for one upload share one deployment. The spool also
+   * outlives a stop of the receiver in the middle of the deployment: the deploy call, repeated
+   * after the restart, runs again the deployment that stop cut short (FERRY_ERR_INTERRUPTED in
+   * the journal), from the bytes already here.
    */
   deploy(uploadId: string, deploy: (pkg: VerifiedPackage) => Promise<DeploymentResult>): Promise<DeploymentResult> {
     const inflight = this.#deploying.get(uploadId);
@@ -306,7 +311,7 @@ export class UploadStore {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
       throw diskError(err, 'The upload could not be handed to the deployer');
     });
-    const facts = { manifest: record.manifest, bytes: record.manifest.package.size, receiveMs: record.receiveMs };
+    const facts = { manifest: record.manifest, bytes: record.manifest.package.size, receiveMs: record.receiveMs, resumesInterrupted: this.#recovered.has(record.id) };
     const pkg: VerifiedPackage = linked ? new SpooledPackage({ ...facts, path: handoff }) : new SpentPackage(facts);
     try {
       const result = await deploy(pkg);
@@ -348,6 +353,7 @@ export class UploadStore {
 
   #forget(record: SessionRecord): void {
     this.#sessions.delete(record.id);
+    this.#recovered.delete(record.id);
     if (this.#byDeployment.get(record.manifest.deploymentId) === record.id) this.#byDeployment.delete(record.manifest.deploymentId);
   }
 
@@ -371,7 +377,9 @@ export class UploadStore {
       const id = RECORD.exec(name)?.[1];
       if (id === undefined) continue;
       const record = await this.#load(id);
-      if (record) known.add(id);
+      if (!record) continue;
+      known.add(id);
+      this.#recovered.add(id);
     }
     // Leftovers: temporary records, hand-over links of a deployment cut short, orphaned spools.
     for (const name of names) {
