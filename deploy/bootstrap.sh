@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deploy/bootstrap.sh - install (or upgrade) a Ferry receiver on a host that has only Docker and
-# sshd, over ssh, from this machine's receiver image.
+# sshd, over ssh, from this machine's receiver image: Ferry's release (npm run pack) installed in an
+# image FROM scratch by deploy/image/build-receiver-image.sh.
 #
 # Usage: deploy/bootstrap.sh [user@]host [options]
 #
@@ -48,11 +49,12 @@
 # DIR/receiver.env (0600, through stdin, staged in a fresh 0700 directory); replaces the container
 # (restart unless-stopped, host network, the engine's socket, the named volume ferry-data for
 # /var/lib/ferry); waits for /healthz from inside the container; checks the receiver's signed
-# identity (GET /v1/identity) with openssl; prints the URL, host id and host key fingerprint (what
-# senders pin with --host-key). No secret is printed: the receiver holds public keys only, and
-# makes its own host key at its first start. Running it again upgrades in place: same volume, so
-# the host key, trust file, journal, package store and uploads are kept; if the new container does
-# not become healthy, the old one and its trust file are put back.
+# identity (GET /v1/identity) with openssl; prints the URL, host id, host key fingerprint (what
+# senders pin with --host-key) and the Ferry version the identity names. No secret is printed: the
+# receiver holds public keys only, and makes its own host key at its first start. Running it again
+# upgrades in place: same volume, so the host key, trust file, journal, package store and uploads
+# are kept; if the new container does not become healthy, the old one and its trust file are put
+# back.
 # Exit: 0 ok, 1 failed, 2 usage, 3 the host cannot be reached.
 set -euo pipefail
 
@@ -224,38 +226,46 @@ fi
 
 # ------------------------------------------------------------------------------ trust file --
 # The trust file lives in the receiver's volume, written by the receiver image itself (root, 0600,
-# through a temporary file and a rename, checked by @ferry/auth as the receiver will read it): no
-# file is staged on the host, and the host's user needs no root beyond docker. The previous file
-# is kept as trust.json.previous until the new container is healthy.
+# through a temporary file and a rename, checked by the image's own `ferry trust` as the receiver
+# will read it): no file is staged on the host, and the host's user needs no root beyond docker.
+# The previous file is kept as trust.json.previous until the new container is healthy.
 TRUST_PATH=/var/lib/ferry/trust.json
 # shellcheck disable=SC2016 # JavaScript, run by node in the image
 TRUST_JS='
 const fs = require("node:fs");
+const { execFileSync } = require("node:child_process");
 const [mode, file] = process.argv.slice(1);
 const previous = `${file}.previous`;
-const show = (s) => s.describe().forEach((k) => console.log(`trusts=${k.keyId} ${k.role} ${k.fingerprint}${k.grant ? ` grant ${k.grant}` : ""}${k.notAfter ? ` until ${k.notAfter}` : ""}`));
-import("@ferry/auth").then(async (auth) => {
+const next = `${file}.next`;
+// The ferry in the image: a release bundle (build-receiver-image.sh), or a checkout (receiver.Dockerfile).
+const entry = ["/opt/ferry/dist/ferry.js", "/opt/ferry/bin/ferry.js"].find((f) => fs.existsSync(f));
+const ferry = (...args) => execFileSync(process.execPath, [entry, ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+// "trust list" refuses a file the receiver would refuse, naming what is wrong.
+const show = (f) => JSON.parse(ferry("trust", "list", "--file", f, "--json")).keys.forEach((k) => console.log(`trusts=${k.keyId} ${k.role} ${k.fingerprint}${k.grant ? ` grant ${k.grant}` : ""}${k.notAfter ? ` until ${k.notAfter}` : ""}`));
+try {
   if (mode === "install") {
     const input = JSON.parse(fs.readFileSync(0, "utf8"));
-    const trust = auth.parseTrust(input.file ?? { schema: auth.TRUST_SCHEMA }, "--trust-file");
-    const ids = new Set(input.keys.map((k) => k.id));
-    trust.keys = [...trust.keys.filter((k) => !ids.has(k.id)), ...auth.parseTrust({ schema: auth.TRUST_SCHEMA, keys: input.keys }, "--trust-key").keys];
-    new auth.TrustStore({ data: trust });
+    fs.rmSync(next, { force: true });
+    if (input.file) fs.writeFileSync(next, JSON.stringify(input.file), { mode: 0o600, flag: "wx" });
+    for (const k of input.keys) ferry("trust", "add", "--file", next, "--id", k.id, "--public-key", k.publicKey, "--role", k.role);
+    show(next);
     if (fs.existsSync(file)) fs.copyFileSync(file, previous);
     else fs.rmSync(previous, { force: true });
-    await auth.writeTrustFile(file, trust);
+    fs.renameSync(next, file);
   } else if (mode === "restore") {
     if (fs.existsSync(previous)) fs.renameSync(previous, file);
-    return;
   } else if (mode === "commit") {
     fs.rmSync(previous, { force: true });
-    return;
   } else if (!fs.existsSync(file)) {
     console.log("trust=none");
-    return;
+  } else {
+    show(file);
   }
-  show(new auth.TrustStore({ file }));
-}).catch((err) => { console.error(err.message); process.exit(1); });
+} catch (err) {
+  fs.rmSync(next, { force: true });
+  console.error(String(err.stderr || err.message).trim());
+  process.exit(1);
+}
 '
 # trust_run MODE [STDIN]: runs TRUST_JS in the receiver image against the volume.
 trust_run() {
@@ -403,12 +413,15 @@ openssl pkeyutl -verify -pubin -keyform DER -inkey "$WORK/host.der" -rawin -in "
   && [ "$(field challenge "$identity")" = "$challenge" ] && [ "$(field host "$identity")" = "$HOST_ID" ] \
   || put_back "the receiver on $TARGET did not prove its identity (signature, challenge or host id wrong)"
 HOST_KEY=SHA256:$(printf '%s' "$public" | openssl base64 -d -A | openssl dgst -sha256 -binary | openssl base64 -A | tr -d '=')
+# The Ferry version it runs, as its signed identity names it (printed only if it looks like one).
+RUNNING=$(field version "$identity")
+[[ $RUNNING =~ ^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$ ]] || RUNNING=unknown
 
 remote "docker rm -f $P >/dev/null 2>&1 || true"
 [ -z "$TRUST_CHANGED" ] || trust_run commit < /dev/null >/dev/null 2>&1 || true
 
 say "the receiver on $TARGET is up: $health"
-printf 'url        %s\nhost id    %s\nhost key   %s\ncontainer  %s (%s)\n' "$URL" "$HOST_ID" "$HOST_KEY" "$CONTAINER" "${NEW:0:12}"
+printf 'url        %s\nhost id    %s\nhost key   %s\nversion    %s\ncontainer  %s (%s)\n' "$URL" "$HOST_ID" "$HOST_KEY" "$RUNNING" "$CONTAINER" "${NEW:0:12}"
 sed -n 's/^trusts=/trusts     /p' <<< "$trust"
 say "senders pin this receiver with --host-key $HOST_KEY (ferry push, deploy/ferry-push.sh)"
 if [ -n "$REGISTRY" ]; then

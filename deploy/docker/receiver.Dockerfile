@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # The Ferry receiver on node:24-slim (production). Build from the repository root:
 #   docker build -f deploy/docker/receiver.Dockerfile -t ferry-receiver:0.1.0 .
-# Where no base image can be pulled, deploy/image/build-receiver-image.sh builds the same
-# application FROM scratch with this machine's Node instead.
+# Where no base image can be pulled, deploy/image/build-receiver-image.sh builds the receiver
+# FROM scratch instead, from the release (npm run pack) and the Node it brings.
 # Run (docs/operations.md): --network host, the host's Docker socket, a volume for /var/lib/ferry.
 
 FROM node:24-slim AS deps

@@ -2,7 +2,8 @@
  * deploy/bootstrap.sh against a bare host made of real parts: a private sshd on a random loopback
  * port (generated keys, the current user) and a private dockerd standing for the host's engine.
  * The receiver image is built FROM scratch by deploy/image/build-receiver-image.sh on the stack's
- * build engine and copied over ssh. The receiver is given public keys only (--trust-key, then
+ * build engine from the release (npm run pack, then installed by npm; both with no network but
+ * loopback's, from npm's cache), labelled with that tarball's digest, and copied over ssh. The receiver is given public keys only (--trust-key, then
  * --trust-file); it makes its own host key, whose fingerprint bootstrap prints from the signed
  * identity. Then `ferry push` and deploy/ferry-push.sh (pinning that host key) both deploy
  * through it, a second bootstrap upgrades it in place (new container; the host key, trust file
@@ -11,10 +12,10 @@
  * a join token, and a host without zstd is refused with a clear message.
  */
 import assert from 'node:assert/strict';
-import { createPublicKey, randomBytes } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes } from 'node:crypto';
 import { chmod, chown, mkdir, mkdtemp, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { userInfo } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { RegistryClient, checkIdentity, newChallenge, type HostRecord } from '@ferry/auth';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
@@ -26,6 +27,7 @@ import { PrivateSshd, type SshLogin } from '../helpers/sshd.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
+const { version } = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
 const s = stack();
 const build = dockerodeFor(s.buildDockerHost);
 const receiverImage = `ferry-receiver:bt-${run}`;
@@ -109,8 +111,18 @@ describe('deploy/bootstrap.sh', { timeout: 1_800_000 }, () => {
     port = await freePort();
     appPort = await freePort();
     url = `http://127.0.0.1:${port}`;
-    const built = await capture('bash', [join(ROOT, 'deploy/image/build-receiver-image.sh'), '--docker-host', s.buildDockerHost, '--tag', receiverImage]);
+    // The release, packed and installed into the image with no network but loopback's (npm's cache
+    // holds what the checkout's install fetched); a lookup that cannot succeed is not retried.
+    const offline = { ...process.env, npm_config_fetch_retries: '0' };
+    const releaseDir = await mkdtemp(join(sshd.dir, 'release-'));
+    const packed = await capture('unshare', ['--net', process.execPath, join(ROOT, 'scripts/pack.ts'), '--out', releaseDir], offline);
+    assert.equal(packed.code, 0, packed.stderr);
+    const release = packed.stdout.trim().split('\n').at(-1) ?? '';
+    const built = await capture('unshare', ['--net', 'bash', join(ROOT, 'deploy/image/build-receiver-image.sh'), '--docker-host', s.buildDockerHost, '--tag', receiverImage, '--artifact', release], offline);
     assert.equal(built.code, 0, built.stderr);
+    const labels = (await build.getImage(receiverImage).inspect()).Config.Labels;
+    assert.equal(labels['io.ferry.release'], `${basename(release)} sha256:${createHash('sha256').update(await readFile(release)).digest('hex')}`);
+    assert.equal(labels['org.opencontainers.image.version'], version);
     // The upgrade: another image id over the same layers, as a rebuild with a new version label.
     const relabel = await capture('bash', ['-c', `printf 'FROM %s\\nLABEL io.ferry.test.upgrade=%s\\n' "$1" "$2" | DOCKER_BUILDKIT=0 docker -H "$3" build -q -t "$4" -`, '-', receiverImage, run, s.buildDockerHost, upgradeImage]);
     assert.equal(relabel.code, 0, relabel.stderr);
@@ -154,6 +166,7 @@ describe('deploy/bootstrap.sh', { timeout: 1_800_000 }, () => {
     hostKey = printed(result, 'host\\skey');
     assert.match(hostKey, /^SHA256:[A-Za-z0-9+/]{43}$/);
     assert.equal(await provenHostKey(url), hostKey, 'the printed fingerprint is the key the receiver proves');
+    assert.equal(printed(result, 'version'), version, 'the release\'s version, as the signed identity names it');
     assert.deepEqual(trusted(result), [`${admin.keyId} admin`, `${deployer.keyId} deploy`, `${retired.keyId} read`]);
     assert.doesNotMatch(result.stdout + result.stderr, /secret|PRIVATE KEY|key id\s/i);
 
