@@ -1,41 +1,82 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { Readable, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 
-/** Bytes a branch may hold unread before the producer waits for it (its reader lags). */
-const BRANCH_HIGH_WATER = 4 * 1024 ** 2;
+/**
+ * Bytes the producer may queue in the broadcast while a write is still with the readers: enough
+ * for a compressor to go on with the next chunk, not a store of its own (each reader's part
+ * cutter already holds a few parts ahead of its link).
+ */
+const QUEUE_BYTES = 1024 ** 2;
 
 /** A branch dropped because it held everyone back: its target takes the spooled copy instead. */
 export class SlowBranch extends Error {
   override readonly name = 'SlowBranch';
 }
 
-/** One reader's view of the broadcast: the same bytes, in order, at its own pace (within limits). */
-export class Branch extends Readable {
-  #wake: (() => void) | undefined;
-  /** Since when this branch holds a full buffer, when it does. */
-  fullSince: number | undefined;
+/**
+ * One reader of the broadcast: the writable its bytes go into (a stream's part cutter), given
+ * with {@link feed}. A chunk is written to it and the broadcast waits for the write's callback,
+ * so the writable takes the bytes at its own pace, within what it queues itself.
+ */
+export class Branch {
+  #destination: Writable | undefined;
+  #connected: () => void = () => undefined;
+  readonly #connection = new Promise<void>((resolve) => { this.#connected = resolve; });
+  /** A write is with the destination and has not called back. */
+  busy = false;
+  /** Since when this branch holds up the writer while another branch waits for bytes, when it does. */
+  blockedSince: number | undefined;
+  readonly #detached: (branch: Branch, reason?: Error) => void;
+  #gone: Error | undefined;
 
-  constructor() {
-    super({ highWaterMark: BRANCH_HIGH_WATER });
+  constructor(detached: (branch: Branch, reason?: Error) => void) {
+    this.#detached = detached;
   }
 
-  get full(): boolean {
-    return this.readableLength >= BRANCH_HIGH_WATER;
+  /**
+   * Writes the broadcast into `destination` from the first byte on (bytes written before this
+   * call wait for it), and ends it with the broadcast. Settles once `destination` finished, or
+   * with why it did not: its own error, the broadcast's, or {@link SlowBranch}.
+   */
+  feed(destination: Writable): Promise<void> {
+    this.#destination = destination;
+    // The destination failed or was closed by its reader (a failed target): no one to wait for.
+    destination.once('close', () => this.#detached(this));
+    if (this.#gone) destination.destroy(this.#gone);
+    this.#connected();
+    return finished(destination);
   }
 
-  override _read(): void {
-    this.fullSince = undefined;
-    const wake = this.#wake;
-    this.#wake = undefined;
-    wake?.();
-  }
-
-  /** Resolves at the next read (room again) or after `ms`, whichever first. */
-  wait(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(resolve, ms);
-      this.#wake = () => { clearTimeout(timer); resolve(); };
+  /** Resolves once the destination called back for `chunk` (or failed: it is then detached). */
+  write(chunk: Buffer): Promise<void> {
+    this.busy = true;
+    return this.#connection.then(() => new Promise<void>((resolve) => {
+      const destination = this.#destination;
+      if (!destination || destination.destroyed) {
+        resolve();
+        return;
+      }
+      destination.write(chunk, (err) => {
+        if (err) this.#detached(this, err);
+        resolve();
+      });
+    })).finally(() => {
+      this.busy = false;
+      this.blockedSince = undefined;
     });
+  }
+
+  end(): void {
+    this.#destination?.end();
+  }
+
+  /** Stops feeding the destination: it fails with `reason` (if given) and is waited for no more. */
+  drop(reason?: Error): void {
+    this.#gone ??= reason;
+    // A branch without its destination yet lets the write that waits for one go.
+    this.#connected();
+    if (reason && this.#destination && !this.#destination.destroyed) this.#destination.destroy(reason);
   }
 }
 
@@ -43,7 +84,7 @@ export interface BroadcastOptions {
   /** Also write every byte to this file (mode 0600, created anew): the spooled copy for targets that leave or come late. */
   spoolPath?: string;
   /**
-   * A branch whose buffer stayed full this long while another branch was waiting for bytes is
+   * A branch that held up the writer this long while another branch was waiting for bytes is
    * dropped with {@link SlowBranch}, so one slow target does not set everyone's pace.
    */
   slowAfterMs: number;
@@ -52,11 +93,17 @@ export interface BroadcastOptions {
 }
 
 /**
- * One read of a package, many readers: what is written here is copied once and handed to every
- * attached branch (and to the spool file, when there is one). The writer is paced by the slowest
- * branch still attached — backpressure reaches the export — except that a branch slower than the
- * rest for `slowAfterMs` is dropped. A branch that ends early (its target failed) is detached and
- * holds no one up. With no branch and no spool left, the broadcast fails: no one reads it.
+ * One read of a package, many readers: each chunk written here goes to every attached branch's
+ * writable (and to the spool file, when there is one), and this write calls back once all of them
+ * took it. Nothing is copied or kept here: a producer that reuses its chunk buffer (the layer
+ * store's reader) may do so once the write called back, and the readers copy what they keep
+ * into buffers of their own (a part cutter's parts). So a push holds the same memory for one
+ * target or several, and allocates nothing per chunk for the garbage collector to find.
+ *
+ * The writer is paced by the slowest branch still attached — backpressure reaches the export —
+ * except that a branch slower than the rest for `slowAfterMs` is dropped. A branch whose writable
+ * fails (its target failed) is detached and holds no one up. With no branch and no spool left,
+ * the broadcast fails: no one reads it.
  */
 export class Broadcast extends Writable {
   readonly #branches = new Set<Branch>();
@@ -71,25 +118,24 @@ export class Broadcast extends Writable {
   readonly started = performance.now();
 
   constructor(options: BroadcastOptions) {
-    super({ highWaterMark: BRANCH_HIGH_WATER });
+    super({ highWaterMark: QUEUE_BYTES });
     this.#slowAfterMs = options.slowAfterMs;
     this.#sampleBytes = options.sampleBytes ?? 0;
     this.#spool = options.spoolPath ? createWriteStream(options.spoolPath, { flags: 'wx', mode: 0o600 }) : undefined;
     this.#spool?.on('error', (err) => this.destroy(err));
   }
 
+  /** A new reader; it gets every byte from the first one on, once {@link Branch.feed} gives it its writable. */
   attach(): Branch {
-    const branch = new Branch();
+    const branch = new Branch((gone, reason) => this.detach(gone, reason));
     this.#branches.add(branch);
-    // A branch its reader destroyed (a failed target) or that ended is no one to wait for.
-    branch.once('close', () => this.#branches.delete(branch));
     return branch;
   }
 
-  /** Stops feeding a branch: its reader gets `reason`. */
+  /** Stops feeding a branch: its writable fails with `reason`, if given. */
   detach(branch: Branch, reason?: Error): void {
     this.#branches.delete(branch);
-    if (!branch.destroyed) branch.destroy(reason);
+    branch.drop(reason);
   }
 
   /** The first bytes written (up to `sampleBytes`): what a compressor is tried on. */
@@ -106,7 +152,7 @@ export class Broadcast extends Writable {
   }
 
   override _final(callback: (error?: Error | null) => void): void {
-    for (const branch of this.#branches) branch.push(null);
+    for (const branch of this.#branches) branch.end();
     if (!this.#spool) {
       callback();
       return;
@@ -115,9 +161,9 @@ export class Broadcast extends Writable {
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    // Without an error this is the end after 'finish': the branches were ended and read on.
+    // Without an error this is the end after 'finish': the branches were ended and finish on their own.
     if (error) {
-      for (const branch of this.#branches) branch.destroy(error);
+      for (const branch of this.#branches) branch.drop(error);
       this.#branches.clear();
       this.#spool?.destroy();
     }
@@ -126,33 +172,45 @@ export class Broadcast extends Writable {
 
   async #take(chunk: Buffer): Promise<void> {
     if (this.#branches.size === 0 && !this.#spool) throw new Error('No target reads this package any more');
-    // Copied once for every reader: the producer may reuse its chunk once this write calls back.
-    const copy = Buffer.from(chunk);
-    this.bytes += copy.length;
+    this.bytes += chunk.length;
     if (this.#sampled < this.#sampleBytes) {
-      this.#sample.push(copy.subarray(0, this.#sampleBytes - this.#sampled));
-      this.#sampled += Math.min(copy.length, this.#sampleBytes - this.#sampled);
+      // A copy: the chunk's buffer is the producer's again once this write calls back.
+      const kept = Buffer.from(chunk.subarray(0, this.#sampleBytes - this.#sampled));
+      this.#sample.push(kept);
+      this.#sampled += kept.length;
     }
-    const spooled = this.#spool ? new Promise<void>((resolve, reject) => this.#spool?.write(copy, (err) => (err ? reject(err) : resolve()))) : undefined;
-    for (const branch of this.#branches) branch.push(copy);
+    const spooled = this.#spool ? new Promise<void>((resolve, reject) => this.#spool?.write(chunk, (err) => (err ? reject(err) : resolve()))) : undefined;
+    // Handled where it is awaited below; a failed spool also destroys the broadcast.
+    spooled?.catch(() => undefined);
+    const writes = new Map([...this.#branches].map((branch) => [branch, branch.write(chunk)]));
     const waitStarted = performance.now();
     for (;;) {
-      const full = [...this.#branches].filter((branch) => branch.full && !branch.destroyed);
-      if (full.length === 0) break;
+      const busy = [...this.#branches].filter((branch) => branch.busy);
+      if (busy.length === 0) break;
       const now = performance.now();
-      // Slower than the rest: full while another branch has room and waits for bytes.
-      const othersWait = full.length < this.#branches.size;
-      for (const branch of full) {
-        branch.fullSince = othersWait ? branch.fullSince ?? now : undefined;
-        if (branch.fullSince !== undefined && now - branch.fullSince >= this.#slowAfterMs) {
+      // Slower than the rest: still taking this chunk while another branch waits for the next.
+      const othersWait = busy.length < this.#branches.size;
+      for (const branch of busy) {
+        branch.blockedSince = othersWait ? branch.blockedSince ?? now : undefined;
+        if (branch.blockedSince !== undefined && now - branch.blockedSince >= this.#slowAfterMs) {
           this.detach(branch, new SlowBranch(`slower than the other targets for ${this.#slowAfterMs} ms`));
         }
       }
-      const waiting = full.filter((branch) => !branch.destroyed);
+      const waiting = busy.filter((branch) => this.#branches.has(branch));
       if (waiting.length === 0) break;
-      await Promise.race(waiting.map((branch) => branch.wait(Math.max(50, this.#slowAfterMs / 4))));
+      await untilOneOf(waiting.map((branch) => writes.get(branch) ?? Promise.resolve()), Math.max(50, this.#slowAfterMs / 4));
     }
     this.waitedMs += performance.now() - waitStarted;
     await spooled;
+  }
+}
+
+/** Resolves when one of `promises` settles or after `ms`, whichever is first. */
+async function untilOneOf(promises: readonly Promise<void>[], ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([...promises, new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); })]);
+  } finally {
+    clearTimeout(timer);
   }
 }

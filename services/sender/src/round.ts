@@ -1,4 +1,3 @@
-import { pipeline } from 'node:stream/promises';
 import { rm } from 'node:fs/promises';
 import { isFerryError } from '@ferry/protocol';
 import { Broadcast, SlowBranch } from './broadcast.ts';
@@ -163,9 +162,12 @@ async function attempt(participants: readonly Participant[], source: Source, opt
     });
     try {
       const outcome = await upload.run(async (destination) => {
+        // Given before the gate opens: the production's first chunk already waits for it.
+        const fed = branch.feed(destination);
+        fed.catch(() => undefined);
         opened();
         await gate;
-        await pipeline(branch, destination);
+        await fed;
         return production;
       });
       return [participant, { kind: 'done', outcome, omit: source.omit }];
