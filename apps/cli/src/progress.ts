@@ -290,7 +290,7 @@ class TtyProgress implements Progress {
   interrupted(): TargetLeft[] {
     this.close();
     const left = this.#board.left();
-    this.#out.write('✖ interrupted\x1b[K\n');
+    this.#out.write('\r✖ interrupted\x1b[K\n');
     for (const target of left) this.#out.write(`  ${target.target}  ${target.text}\n`);
     return left;
   }
