@@ -269,6 +269,8 @@ async function savedImage(variant: string): Promise<ImageFacts & { archive: Buff
 }
 
 const receivers: ReceiverProcess[] = [];
+/** What each receiver last wrote to stderr: a crash says why there, not in its log. */
+const last = new Map<ReceiverProcess, () => string>();
 const services = new Set<string>();
 
 function serviceName(label: string): string {
@@ -286,6 +288,9 @@ async function receiver(env: Record<string, string> = {}, ready = true): Promise
     DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trust, FERRY_HOST_ID: hostId, FERRY_POLICY_BIND_SOURCES: bindRoot, ...env,
   });
   receivers.push(rx);
+  let stderr = '';
+  rx.child.stderr?.on('data', (chunk: string) => { stderr = (stderr + chunk).slice(-4000); });
+  last.set(rx, () => stderr);
   if (ready) for (let i = 0; i < 100 && (await probe(rx.url)).status !== 404; i += 1) await pause(50);
   return rx;
 }
@@ -647,16 +652,16 @@ const RECIPES: Partial<Record<ErrorCode, () => Promise<Answer>>> = {
 
   // §10.6: streams.
   FERRY_ERR_STREAM_UNAVAILABLE: async () => {
-    const opened: string[] = [];
+    // On a receiver of its own, stopped afterwards with its streams open: they hold loads on the engine.
+    const streaming = await receiver();
     try {
       for (let i = 0; ; i += 1) {
         const opening = manifest({ service: serviceName(`stream${i}`), opening: true });
-        const answer = await call(rx.url, { method: 'POST', path: '/v1/streams', body: opening, headers: { 'content-type': 'application/json' } });
+        const answer = await call(streaming.url, { method: 'POST', path: '/v1/streams', body: opening, headers: { 'content-type': 'application/json' } });
         if (answer.status !== 201 || i >= 8) return answer;
-        opened.push(String(answer.body?.streamId));
       }
     } finally {
-      for (const id of opened) await call(rx.url, { method: 'DELETE', path: `/v1/streams/${id}` });
+      await stopReceiver(streaming);
     }
   },
 };
@@ -733,8 +738,8 @@ describe('docs/protocol.md §7 against a live receiver', { timeout: 900_000 }, (
       const answer = await recipe().catch((err: unknown) => {
         // A receiver that died is what to look at, not the connection error it left.
         const dead = receivers.filter((r) => r.child.exitCode !== null || r.child.signalCode !== null);
-        const last = dead.flatMap((r) => r.logs.slice(-5).map((entry) => JSON.stringify(entry)));
-        throw dead.length ? new Error(`a receiver died: ${last.join('\n')}`, { cause: err }) : err;
+        const said = dead.flatMap((r) => [...r.logs.slice(-5).map((entry) => JSON.stringify(entry)), last.get(r)?.() ?? '']);
+        throw dead.length ? new Error(`a receiver died: ${said.join('\n')}`, { cause: err }) : err;
       });
       const error = answer.body?.error as { message?: string } | undefined;
       t.diagnostic(`the receiver said: ${answer.status} ${answer.code ?? ''} ${error?.message ?? ''}`);
