@@ -163,7 +163,7 @@ export class ReceiverClient {
   }
 
   /**
-   * `POST /v1/layers` (docs/protocol.md §8.2): how many of the image's bottom layers the target
+   * `POST /v1/layers` (docs/protocol.md §8): how many of the image's bottom layers the target
    * holds. Never throws: a receiver that does not know the route, refuses or does not answer is
    * sent every layer, and the upload that follows reports any real problem.
    */
