@@ -81,6 +81,8 @@ export class UploadStore {
   readonly #byDeployment = new Map<string, string>();
   /** Uploads with a PATCH, a completion check or a deployment in flight: one writer at a time. */
   readonly #busy = new Set<string>();
+  /** The PATCH in flight per upload: the request body it reads, and when it has settled. */
+  readonly #writers = new Map<string, { body: Readable; settled: Promise<void> }>();
   readonly #deploying = new Map<string, Promise<DeploymentResult>>();
   /** Sessions a previous process left: a deployment of theirs that its stop cut short may run again. */
   readonly #recovered = new Set<string>();
@@ -173,6 +175,10 @@ export class UploadStore {
    * The part that completes the upload also has the whole file checked against the manifest.
    */
   async writePart(part: PartRequest): Promise<UploadView> {
+    // A writer whose client went away (its connection closed mid-part, answered 400 at once)
+    // moves no offset: the next PATCH waits for it to cut the spool back instead of being busy.
+    const abandoned = this.#writers.get(part.uploadId);
+    if (abandoned?.body.destroyed === true) await abandoned.settled;
     const record = this.#live(part.uploadId);
     if (record.state !== 'receiving') throw new FerryError('FERRY_ERR_UPLOAD_COMPLETE', { details: { offset: record.offset } });
     if (this.#busy.has(record.id)) throw new FerryError('FERRY_ERR_UPLOAD_BUSY', { details: { offset: record.offset } });
@@ -192,13 +198,20 @@ export class UploadStore {
     }
 
     this.#busy.add(record.id);
+    const writing = this.#write(record, part).finally(() => this.#busy.delete(record.id));
+    const writer = { body: part.body, settled: writing.then(() => undefined, () => undefined) };
+    this.#writers.set(record.id, writer);
     try {
-      await this.#append(record, part);
-      if (record.offset === length) await this.#complete(record);
-      return view(record);
+      return await writing;
     } finally {
-      this.#busy.delete(record.id);
+      if (this.#writers.get(record.id) === writer) this.#writers.delete(record.id);
     }
+  }
+
+  async #write(record: SessionRecord, part: PartRequest): Promise<UploadView> {
+    await this.#append(record, part);
+    if (record.offset === record.manifest.package.size) await this.#complete(record);
+    return view(record);
   }
 
   /**
