@@ -9,7 +9,6 @@
  * just the 10 answers kept. The token never appears: not in an output, not in a journal file.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -19,6 +18,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { SignedClient } from '@ferry/auth';
 import type { DeploymentFailure } from '@ferry/protocol';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
+import { buildFromDockerfile } from '../helpers/images.ts';
 import { buildTestImage, freePort, runFerry, startFerryProcess, startReceiverProcess, type FerryProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
@@ -70,18 +70,6 @@ function row(report: string[], name: string): string {
 function logLines(report: string[]): string[] {
   const from = report.findIndex((l) => l.startsWith('  log         '));
   return report.slice(from + 1).filter((l) => l.startsWith('    ')).map((l) => l.slice(4));
-}
-
-/** `docker build` of a Dockerfile with no context, FROM the test image: nothing is pulled. */
-function buildFrom(tag: string, dockerfile: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('docker', ['-H', s.buildDockerHost, 'build', '-q', '-t', tag, '-'], { env: { ...process.env, DOCKER_BUILDKIT: '0' }, stdio: ['pipe', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
-    child.once('error', reject);
-    child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`docker build ${tag} failed: ${stderr}`))));
-    child.stdin.end(dockerfile);
-  });
 }
 
 describe('one failure report from push, fan-out, deploy, the sender service and status', { timeout: 600_000 }, () => {
@@ -142,7 +130,7 @@ describe('one failure report from push, fan-out, deploy, the sender service and 
     healthPort = await freePort();
     await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
     // Exec form: the image has busybox and no /bin/sh. printf turns \033 into ESC: a coloured line.
-    await buildFrom(`${repo}:crash`, `FROM ${repo}:1\nENTRYPOINT ["/bin/busybox", "sh", "-c", ${JSON.stringify(
+    await buildFromDockerfile(s.buildDockerHost, `${repo}:crash`, `FROM ${repo}:1\nENTRYPOINT ["/bin/busybox", "sh", "-c", ${JSON.stringify(
       `echo booting ${run}; echo token is $API_TOKEN; printf 'colour \\033[31mred\\033[0m\\n'; echo fatal: no database ${run} >&2; exit 1`,
     )}]\n`);
     const trust = trustFile(key);

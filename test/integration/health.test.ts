@@ -5,7 +5,6 @@
  * carry the probe history and the failed container's last log lines.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer as createTlsServer, type Server as HttpsServer } from 'node:https';
@@ -22,6 +21,7 @@ import { push } from '@ferry/sender';
 import { buildTestImage, capture, freePort, runFerry, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
 import type { EventWatcher } from '../helpers/events.ts';
 import { removeService } from '../helpers/cleanup.ts';
+import { buildFromDockerfile } from '../helpers/images.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 import { keyEnv, testKey } from '../helpers/keys.ts';
 
@@ -36,19 +36,8 @@ const build = dockerodeFor(s.buildDockerHost);
 
 interface Probe { ok: boolean; status?: number; error?: string; ms: number }
 
-/** `docker build` of a Dockerfile with no context: FROM an image already on the build engine, so nothing is pulled. */
-function buildFrom(tag: string, dockerfile: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('docker', ['-H', s.buildDockerHost, 'build', '-q', '-t', tag, '-'], {
-      env: { ...process.env, DOCKER_BUILDKIT: '0' }, stdio: ['pipe', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
-    child.once('error', reject);
-    child.once('close', (code) => (code === 0 ? resolve() : reject(new Error(`docker build ${tag} failed: ${stderr}`))));
-    child.stdin.end(dockerfile);
-  });
-}
+/** The test image with another Dockerfile line or two, built on the build engine. */
+const buildFrom = (tag: string, dockerfile: string): Promise<void> => buildFromDockerfile(s.buildDockerHost, tag, dockerfile);
 
 describe('health checks against a real receiver, engine and NATS', { timeout: 300_000 }, () => {
   let receiver: ReceiverProcess;
