@@ -232,6 +232,19 @@ describe('streamed upload', { timeout: 300_000 }, () => {
     assert.equal(await present(image.id), false);
   });
 
+  test('a stream deleted as soon as it is opened is dropped, and the receiver goes on', async () => {
+    // The delete can come before the load has taken the stream's input (one engine call away):
+    // the dropped input's error must reach nobody but the load, never the process.
+    for (let i = 0; i < 5; i++) {
+      const { manifest } = await opening('gone');
+      const id = await open(manifest);
+      const deleted = await call(receiver.url, 'DELETE', `/v1/streams/${id}`);
+      assert.equal(deleted.status, 204);
+    }
+    const health = await fetch(`${receiver.url}/healthz`);
+    assert.equal(health.status, 200);
+  });
+
   test('an archive that is not an image is refused while it streams', async () => {
     const { manifest } = await opening('ok');
     const id = await open(manifest);

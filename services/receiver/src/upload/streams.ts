@@ -284,6 +284,10 @@ export class StreamStore {
    */
   #start(record: StreamRecord, manifest: Manifest, spool: StreamSpool, replay: number, recovered = false): Stream {
     const input = new PassThrough();
+    // A stream deleted or failed before the load has taken its input (one engine call away) is
+    // destroyed with an error nobody listens to yet, which would end the process: the load and
+    // #fail report it, so this listener only keeps it from being unhandled.
+    input.on('error', () => undefined);
     const stream: Stream = {
       id: record.id, manifest, record, openedAt: performance.now(), offset: replay, hasher: new IncrementalDigest(), input,
       loading: loadArchive(this.#options.load, manifest, input, { limit: UNPACK_MAX, endAfterInput: true }),
