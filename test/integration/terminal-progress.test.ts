@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { removeImages } from '../helpers/cleanup.ts';
-import { ROOT, buildLayeredImage, runFerry, startReceiverProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
+import { ROOT, buildLayeredImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
@@ -224,6 +224,24 @@ describe('ferry push progress on a terminal, through a pipe and as JSON', { time
     assert.ok(lines.slice(sent).includes(`${onTarget.url} starting the container`), result.stderr);
     assert.equal(lines.at(-1), `${onTarget.url} done: COMPLETED`);
     assert.match(result.stdout, new RegExp(`^✔ ${replaced} is running ${image}`));
+  });
+
+  test('the receiver\'s health check, probe by probe as it counts them, then the rollback', async () => {
+    const name = service('probe');
+    // Nothing listens there: each probe fails at once, and four of them a second apart keep the
+    // deployment in VALIDATING for seconds in which its journal is asked several times.
+    const port = await freePort();
+    const result = await runFerry([
+      'push', image, '--to', onTarget.url, '--name', name, '--network', 'host',
+      '--health', `tcp://127.0.0.1:${port}`, '--health-retries', '4', '--health-interval', '1s',
+    ], senderEnv);
+    assert.equal(result.code, 1, result.stdout + result.stderr);
+    const lines = result.stderr.split('\n');
+    const probes = lines.filter((l) => new RegExp(`^${onTarget.url} running the health check: probe [1-4] of 4 failed$`).test(l));
+    assert.ok(probes.length > 0, result.stderr);
+    const counts = probes.map((l) => Number(/probe (\d)/.exec(l)?.[1]));
+    assert.deepEqual(counts, [...counts].sort(), 'the probes are counted up');
+    assert.ok(lines.indexOf(probes[0] ?? '') > lines.findIndex((l) => l === `${onTarget.url} running the health check`), result.stderr);
   });
 
   test('--json: every progress line on stderr parses, with sizes and rates, and stdout is the one result', async () => {

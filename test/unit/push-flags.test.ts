@@ -103,7 +103,7 @@ describe('ferry help', () => {
   test('every command listed has its own help, also as COMMAND --help', async () => {
     const listed = [...(await helpOf('help')).matchAll(/^ {2}([a-z]+) {2,}/gm)].map((m) => m[1] ?? '');
     const cli = listed.filter((name) => !['receiver', 'sender', 'registry', 'help'].includes(name));
-    assert.deepEqual(cli, ['push', 'deploy', 'build', 'status', 'rollback', 'hosts', 'drift', 'events', 'key', 'trust', 'grant']);
+    assert.deepEqual(cli, ['push', 'deploy', 'build', 'status', 'rollback', 'hosts', 'drift', 'events', 'key', 'trust', 'grant', 'version']);
     for (const name of cli) {
       const text = await helpOf('help', name);
       assert.match(text, new RegExp(`^Usage: ferry ${name} `));
@@ -143,6 +143,7 @@ describe('push progress', () => {
     progress.deploying('http://a');
     progress.deployState('http://a', 'LOADING');
     progress.deployState('http://a', 'VALIDATING');
+    progress.deployState('http://a', 'VALIDATING', { attempts: 2, retries: 30, lastOk: false });
     progress.retrying('http://b', 1, 500, 'connection reset');
     progress.done('http://a', true, 'COMPLETED');
     progress.done('http://b', false, 'FAILED FERRY_ERR_RECEIVER_CIRCUIT_OPEN');
@@ -153,6 +154,7 @@ describe('push progress', () => {
       'packaging app:1 (zstd)', 'sending 1.0 KB',
       'http://a 25% 250 B of 1.0 KB', 'http://a 50% 500 B of 1.0 KB', 'http://a 99% 999 B of 1.0 KB', 'http://a 100% 1.0 KB of 1.0 KB',
       'http://a 1.0 KB sent; deploying', 'http://a loading the image', 'http://a running the health check',
+      'http://a running the health check: probe 2 of 30 failed',
       '  retrying http://b (attempt 2) in 500 ms: connection reset',
       'http://a done: COMPLETED', 'http://b failed: FAILED FERRY_ERR_RECEIVER_CIRCUIT_OPEN',
     ]);

@@ -1,4 +1,5 @@
 import type { Writable } from 'node:stream';
+import type { HealthCheckProgress } from '@ferry/protocol';
 import { oneLine, printable } from './terminal.ts';
 
 const WIDTH = 24;
@@ -46,8 +47,8 @@ export interface Progress {
   sent(target: string, position: number, total?: Total): void;
   /** Every byte is there; the receiver loads and starts the image. */
   deploying(target: string): void;
-  /** A state the receiver's deployment entered (its journal's: LOADING, DEPLOYING, VALIDATING…). */
-  deployState(target: string, state: string): void;
+  /** A state the receiver's deployment entered (its journal's: LOADING, DEPLOYING, VALIDATING…), with the health check's progress. */
+  deployState(target: string, state: string, check?: HealthCheckProgress): void;
   /** An attempt failed and will be made again after `delayMs`. */
   retrying(target: string, attempt: number, delayMs: number, reason: string): void;
   done(target: string, ok: boolean, state: string): void;
@@ -90,15 +91,22 @@ function onOneLine(progress: Progress): Progress {
     },
     sent: (target, position, total) => progress.sent(oneLine(target), position, total),
     deploying: (target) => progress.deploying(oneLine(target)),
-    deployState: (target, state) => {
+    deployState: (target, state, check) => {
       // The journal's first states say what the transfer already showed.
-      if (state !== 'PENDING' && state !== 'RECEIVING') progress.deployState(oneLine(target), oneLine(state).slice(0, 40));
+      if (state === 'PENDING' || state === 'RECEIVING') return;
+      const probes = check ? { attempts: count(check.attempts), retries: count(check.retries), lastOk: check.lastOk === true } : undefined;
+      progress.deployState(oneLine(target), oneLine(state).slice(0, 40), probes);
     },
     retrying: (target, attempt, delayMs, reason) => progress.retrying(oneLine(target), attempt, delayMs, oneLine(reason)),
     done: (target, ok, state) => progress.done(oneLine(target), ok, oneLine(state)),
     interrupted: () => progress.interrupted(),
     close: () => progress.close(),
   };
+}
+
+/** A count a receiver sent, as a number whatever it sent. */
+function count(value: unknown): number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? value : 0;
 }
 
 type Phase = 'waiting' | 'sending' | 'retrying' | 'deploying' | 'done' | 'failed';
@@ -113,6 +121,8 @@ interface Row {
   samples: [number, number][];
   /** The receiver's deployment state, while it deploys; the final state once done. */
   state: string | undefined;
+  /** The health check's progress, while the receiver runs it. */
+  check: HealthCheckProgress | undefined;
   /** The retry's words, while one is awaited. */
   retry: string | undefined;
 }
@@ -157,10 +167,11 @@ class Board {
     return row;
   }
 
-  deployState(target: string, state: string): Row {
+  deployState(target: string, state: string, check: HealthCheckProgress | undefined): Row {
     const row = this.row(target);
     if (row.phase !== 'deploying') this.deploying(target);
     row.state = state;
+    row.check = check;
     return row;
   }
 
@@ -206,7 +217,7 @@ class Board {
           const status = `ferry status --to ${row.target}${this.service ? ` --service ${this.service}` : ''}`;
           return {
             ...base, state: 'deploying', ...(row.state ? { deployment: row.state } : {}),
-            text: `every byte sent; the receiver was ${row.state ? `${stateText(row.state)}` : 'deploying it'}, and may still finish: see ${status}`,
+            text: `every byte sent; the receiver was ${row.state ? deployText(row) : 'deploying it'}, and may still finish: see ${status}`,
           };
         }
         default:
@@ -218,7 +229,7 @@ class Board {
 }
 
 function newRow(target: string): Row {
-  return { target, phase: 'waiting', position: 0, total: undefined, samples: [], state: undefined, retry: undefined };
+  return { target, phase: 'waiting', position: 0, total: undefined, samples: [], state: undefined, check: undefined, retry: undefined };
 }
 
 /** "102 MB of ~212 MB", "102 MB of 212 MB" or "102 MB". */
@@ -236,6 +247,13 @@ const STATE_TEXT: Readonly<Record<string, string>> = {
 
 function stateText(state: string): string {
   return Object.hasOwn(STATE_TEXT, state) ? STATE_TEXT[state] ?? state : state;
+}
+
+/** What the receiver does now: its state in words, and how far the health check got while it runs. */
+function deployText(row: Row): string {
+  const { check } = row;
+  if (row.state !== 'VALIDATING' || !check) return stateText(row.state ?? 'DEPLOYING');
+  return `running the health check: probe ${check.attempts} of ${check.retries} ${check.lastOk ? 'passed' : 'failed'}`;
 }
 
 /** One line per target, redrawn in place: bar, percentage, bytes, rate and ETA, or its state. */
@@ -272,8 +290,8 @@ class TtyProgress implements Progress {
     this.#draw(true);
   }
 
-  deployState(target: string, state: string): void {
-    this.#board.deployState(target, state);
+  deployState(target: string, state: string, check?: HealthCheckProgress): void {
+    this.#board.deployState(target, state, check);
     this.#draw(true);
   }
 
@@ -344,7 +362,7 @@ class TtyProgress implements Progress {
     switch (row.phase) {
       case 'waiting': return row.position === 0 ? `${bar}      waiting` : head;
       case 'retrying': return `${head} ${row.retry ?? ''}`;
-      case 'deploying': return `${head} ${row.state ? stateText(row.state) : 'deploying'}…`;
+      case 'deploying': return `${head} ${row.state ? deployText(row) : 'deploying'}…`;
       case 'done': return `${head} ✔ ${row.state ?? ''}`;
       case 'failed': return `${head} ✖ ${row.state ?? ''}`;
       case 'sending': {
@@ -397,9 +415,8 @@ class PlainProgress implements Progress {
     this.#line(`${target} ${formatBytes(row.position)} sent; deploying`);
   }
 
-  deployState(target: string, state: string): void {
-    this.#board.deployState(target, state);
-    this.#line(`${target} ${stateText(state)}`);
+  deployState(target: string, state: string, check?: HealthCheckProgress): void {
+    this.#line(`${target} ${deployText(this.#board.deployState(target, state, check))}`);
   }
 
   retrying(target: string, attempt: number, delayMs: number, reason: string): void {
@@ -466,9 +483,9 @@ class JsonProgress implements Progress {
     this.#emit({ progress: 'stage', stage: 'deploy', target });
   }
 
-  deployState(target: string, state: string): void {
-    this.#board.deployState(target, state);
-    this.#emit({ progress: 'deploy', target, state });
+  deployState(target: string, state: string, check?: HealthCheckProgress): void {
+    this.#board.deployState(target, state, check);
+    this.#emit({ progress: 'deploy', target, state, ...(check ? { probes: check.attempts, retries: check.retries, lastOk: check.lastOk } : {}) });
   }
 
   retrying(target: string, attempt: number, delayMs: number, reason: string): void {

@@ -89,7 +89,7 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
         if (stage === 'deploy') progress.deploying(targets[0] ?? '');
       },
       onProgress: (sent, total) => progress.sent(targets[0] ?? '', sent, total),
-      onDeployState: (state) => progress.deployState(targets[0] ?? '', state),
+      onDeployState: (state, check) => progress.deployState(targets[0] ?? '', state, check),
       onRetry: (attempt, delayMs, err) => progress.retrying(targets[0] ?? '', attempt, delayMs, err instanceof Error ? err.message : String(err)),
     });
     if (interrupt.signal.aborted) return undefined;
@@ -234,7 +234,7 @@ async function fanoutCommand(io: Io, progress: Progress, args: FanoutArgs, deps:
     },
     onProgress: (url, position, total) => progress.sent(url, position, total),
     onSent: (url) => progress.deploying(url),
-    onDeployState: (url, state) => progress.deployState(url, state),
+    onDeployState: (url, state, check) => progress.deployState(url, state, check),
     onDone: (target) => {
       // Cut off by Ctrl-C: its line keeps where it was, for the report of the interruption.
       if (target.error?.code === 'FERRY_ERR_SENDER_INTERRUPTED') return;

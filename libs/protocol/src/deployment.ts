@@ -27,6 +27,17 @@ export interface ProbeResult {
   ms: number;
 }
 
+/**
+ * How far an `http` or `tcp` health check got while it runs, as a journal record carries it
+ * (docs/protocol.md §11.2, `healthCheck`): the probes made of the `retries` allowed, and whether
+ * the last one passed.
+ */
+export interface HealthCheckProgress {
+  attempts: number;
+  retries: number;
+  lastOk: boolean;
+}
+
 /** The receiver's answer to a completed upload, success or not. */
 export interface DeploymentResult {
   deploymentId: string;

@@ -4,7 +4,7 @@ import type { ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import {
   FerryError, isFerryError,
-  type Compression, type DeploymentResult, type DeploymentState, type EventType, type ManifestInput, type ServiceSpec,
+  type Compression, type DeploymentResult, type DeploymentState, type EventType, type HealthCheckProgress, type ManifestInput, type ServiceSpec,
 } from '@ferry/protocol';
 import { chooseCompression, type CompressionDecision } from './compression.ts';
 import { watchDeployment } from './deploy-watch.ts';
@@ -110,8 +110,11 @@ export interface DeliveryDeps {
   onProgress?: (url: string, position: number, total?: PackageTotal) => void;
   /** Every package byte reached this target; its receiver now loads and starts the image. */
   onSent?: (url: string) => void;
-  /** A state the receiver's deployment entered meanwhile (LOADING, DEPLOYING, VALIDATING…), from its journal. */
-  onDeployState?: (url: string, state: DeploymentState) => void;
+  /**
+   * A state the receiver's deployment entered meanwhile (LOADING, DEPLOYING, VALIDATING…), from its
+   * journal; VALIDATING again with the health check's progress after each probe.
+   */
+  onDeployState?: (url: string, state: DeploymentState, healthCheck?: HealthCheckProgress) => void;
   /** A target's attempt failed and will be tried again after `delayMs`. */
   onRetry?: (url: string, attempt: number, delayMs: number, err: unknown) => void;
   /** This target is finished, one way or the other. */
@@ -579,7 +582,7 @@ class TargetMachine {
     const onState = this.#deps.onDeployState;
     if (!onState) return;
     this.#stopWatching();
-    this.#unwatch = watchDeployment(this.#client, this.deploymentId, (state) => onState(this.url, state));
+    this.#unwatch = watchDeployment(this.#client, this.deploymentId, (state, check) => onState(this.url, state, check));
   }
 
   #stopWatching(): void {

@@ -1,6 +1,6 @@
 import type { ImageStore } from '@ferry/docker';
 import type { EventSink } from '@ferry/events';
-import { FerryError, type Compression, type DeploymentResult, type DeploymentState, type ServiceSpec, type StageTimings } from '@ferry/protocol';
+import { FerryError, type Compression, type DeploymentResult, type DeploymentState, type HealthCheckProgress, type ServiceSpec, type StageTimings } from '@ferry/protocol';
 import type { CompressionDecision } from './compression.ts';
 import { deliver, type PackageTotal } from './deliver.ts';
 import type { DesiredRecorder } from './desired.ts';
@@ -54,8 +54,8 @@ export interface PushDeps {
   onStage?: (stage: 'package' | 'transfer' | 'deploy', detail: { bytes?: number }) => void;
   /** Package bytes the target holds or was handed so far, and the package's size when known. */
   onProgress?: (sent: number, total?: PackageTotal) => void;
-  /** A state the receiver's deployment entered (LOADING, DEPLOYING, VALIDATING…), while its answer is awaited. */
-  onDeployState?: (state: DeploymentState) => void;
+  /** A state the receiver's deployment entered (LOADING, DEPLOYING, VALIDATING…, with the health check's progress), while its answer is awaited. */
+  onDeployState?: (state: DeploymentState, healthCheck?: HealthCheckProgress) => void;
   onRetry?: (attempt: number, delayMs: number, err: unknown) => void;
   /** Records each successful deployment as the registry's desired state (FERRY_REGISTRY_URL). */
   desired?: DesiredRecorder | undefined;
@@ -116,7 +116,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
     onStage: (stage, detail) => deps.onStage?.(stage, detail),
     onProgress: (_url, position, total) => deps.onProgress?.(position, total),
     onSent: () => deps.onStage?.('deploy', {}),
-    ...(deps.onDeployState ? { onDeployState: (_url: string, state: DeploymentState) => deps.onDeployState?.(state) } : {}),
+    ...(deps.onDeployState ? { onDeployState: (_url: string, state: DeploymentState, check?: HealthCheckProgress) => deps.onDeployState?.(state, check) } : {}),
     ...(deps.onRetry ? { onRetry: (_url: string, attempt: number, delayMs: number, err: unknown) => deps.onRetry?.(attempt, delayMs, err) } : {}),
   });
   const target = result.targets[0];

@@ -7,7 +7,7 @@ import { SignedClient, type ClientCredentials, type Identity } from '@ferry/auth
 import { DigestTap, digestOf } from '@ferry/integrity';
 import {
   FerryError, PATHS, UPLOAD_PART_MEDIA_TYPE, errorFromBody,
-  type DeploymentResult, type DeploymentFailure, type DeploymentState, type ErrorCode, type StageTimings,
+  type DeploymentResult, type DeploymentFailure, type DeploymentState, type ErrorCode, type HealthCheckProgress, type StageTimings,
 } from '@ferry/protocol';
 
 /** The key the sender signs with, and its grant. */
@@ -78,6 +78,8 @@ export interface DeploymentRecord {
   error?: { code: string; message: string };
   /** Once the deployment failed: what it failed on, the container's last words, what runs now. */
   failure?: DeploymentFailure;
+  /** While an `http` or `tcp` health check runs, and after: how far it got. */
+  healthCheck?: HealthCheckProgress;
   createdAt: string;
   updatedAt?: string;
   finishedAt?: string;

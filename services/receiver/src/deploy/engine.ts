@@ -513,7 +513,11 @@ class Run {
       if (await isRunning()) return { ok: true };
       return { ok: false, error: new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The container exited right after it started' }), found: {} };
     }
-    const outcome = await waitHealthy(check, { isRunning, dockerHealth: async () => (await this.#deps.containers.inspect(containerId))?.health });
+    const outcome = await waitHealthy(check, {
+      isRunning, dockerHealth: async () => (await this.#deps.containers.inspect(containerId))?.health,
+      // Journalled as it goes, so whoever follows the deployment sees the check's progress; best effort.
+      onProbe: (attempts, probe) => this.#entry.note({ healthCheck: { attempts, retries: check.retries, lastOk: probe.ok } }).catch(() => undefined),
+    });
     this.#timings.health = outcome.durationMs;
     if (outcome.ok) {
       this.#emit('healthcheck.passed', { attempts: outcome.attempts, durationMs: outcome.durationMs });

@@ -22,6 +22,8 @@ export interface HealthDeps {
   /** Docker's health state of the container, for `cmd` checks; undefined when it has none. */
   dockerHealth?: () => Promise<ContainerHealth | undefined>;
   sleep?: (ms: number) => Promise<void>;
+  /** Told of each `http` or `tcp` probe as it answers, `attempts` counting it: the check's progress. */
+  onProbe?: (attempts: number, probe: ProbeResult) => Promise<void>;
 }
 
 const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
@@ -44,6 +46,7 @@ export async function waitHealthy(check: HealthCheck, deps: HealthDeps): Promise
     if (!(await deps.isRunning())) return finish(false, attempt - 1, 'the container exited before it became healthy');
     const probe = check.type === 'http' ? await probeHttp(check) : await probeTcp(check);
     probes.push(probe);
+    await deps.onProbe?.(attempt, probe);
     if (probe.ok) return finish(true, attempt);
     if (attempt < check.retries) await sleep(check.intervalMs);
   }

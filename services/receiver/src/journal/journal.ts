@@ -2,7 +2,7 @@ import { mkdir, open, readdir, readFile, rm, type FileHandle } from 'node:fs/pro
 import { join } from 'node:path';
 import { fsyncPath } from '@ferry/durable';
 import type { Logger } from '@ferry/log';
-import type { DeploymentFailure, DeploymentResult, DeploymentState, ErrorBody, StageTimings } from '@ferry/protocol';
+import type { DeploymentFailure, DeploymentResult, DeploymentState, ErrorBody, HealthCheckProgress, StageTimings } from '@ferry/protocol';
 
 /** States after which a deployment never moves again. */
 export const FINAL_STATES: readonly DeploymentState[] = ['COMPLETED', 'ROLLED_BACK', 'FAILED'];
@@ -48,6 +48,8 @@ export interface DeploymentFacts {
   event?: string;
   /** What a failure left to show, written before the rollback removes the failed container. */
   failure?: DeploymentFailure;
+  /** The health check so far, noted as each probe answers. */
+  healthCheck?: HealthCheckProgress;
 }
 
 export interface StateStamp {
@@ -65,6 +67,7 @@ export interface DeploymentRecord extends DeploymentHeader {
   previousContainerId?: string;
   previousImageId?: string;
   imagePreexisting?: boolean;
+  healthCheck?: HealthCheckProgress;
   timings: StageTimings;
   error?: ErrorBody['error'];
   /** Once the deployment failed: the report every client shows (docs/protocol.md §11.2). */
