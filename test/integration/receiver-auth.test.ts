@@ -612,21 +612,24 @@ describe('row 33: a receiver\'s process memory holds no signer\'s private key', 
 
   test('after deployments by a trusted key and by a key with an admin\'s grant, its memory holds its host key and none of the three signers\' private keys', async () => {
     const grant = grantFor(ci, admin, { role: 'deploy', services: [services[1] ?? ''], hosts: ['*'], notAfter: new Date(Date.now() + 3600_000) });
+    const deployments: string[] = [];
     for (const [service, env] of [[services[0], keyEnv(deployer)], [services[1], keyEnv(ci, grant)]] as const) {
       const pushed = await runFerry(['push', `${repo}:1`, '--to', receiver.url, '--name', service ?? '', '--network', 'none', '--json'], { DOCKER_HOST: s.buildDockerHost, ...env });
       assert.equal(pushed.code, 0, pushed.stderr + pushed.stdout);
+      deployments.push((JSON.parse(pushed.stdout) as { deploymentId: string }).deploymentId);
     }
 
-    // The receiver's own key, which it must hold, and the public keys it was given: found, so the search reads its native heap and V8's.
+    // Found, so the search reaches both heaps: the host key's seed, which OpenSSL holds for the
+    // receiver's key object, and the deployment ids its journal keeps as JavaScript strings.
     const hostKey = createPrivateKey(await readFile(join(receiver.dataDir, 'host.key'), 'utf8'));
-    const controls = [hostKey.export({ format: 'der', type: 'pkcs8' }).subarray(-32), Buffer.from(admin.publicKey, 'latin1'), Buffer.from(deployer.publicKey, 'latin1')];
+    const controls = [hostKey.export({ format: 'der', type: 'pkcs8' }).subarray(-32), ...deployments.map((id) => Buffer.from(id, 'latin1'))];
     const signers = { admin, deployer, ci };
     const secrets = Object.entries(signers).flatMap(([name, k]) => privateNeedles(k.privateKey).map((needle, form) => ({ name, form, needle })));
     assert.ok(receiver.child.pid !== undefined);
     for (const pid of await processTree(receiver.child.pid)) {
       const { found, bytesRead, mappings } = await searchMemory(pid, [...controls, ...secrets.map((secret) => secret.needle)]);
       if (pid === receiver.child.pid) {
-        assert.deepEqual(found.slice(0, controls.length), [true, true, true], `the host key's seed and the trusted public keys are found in ${bytesRead} bytes of ${mappings} mappings`);
+        assert.deepEqual(found.slice(0, controls.length), [true, true, true], `the host key's seed and the deployment ids are found in ${bytesRead} bytes of ${mappings} mappings`);
       }
       const leaked = secrets.filter((_, i) => found[controls.length + i]).map(({ name, form }) => `${name} (form ${form})`);
       assert.deepEqual(leaked, [], `process ${pid} holds a signer's private key`);
