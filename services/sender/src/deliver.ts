@@ -415,7 +415,9 @@ class TargetMachine {
       : isFerryError(this.failure) ? this.failure : new FerryError('FERRY_ERR_INTERNAL', { message: (this.failure as Error).message, cause: this.failure });
     const record = this.#deployment ?? (error?.details?.deployment as DeploymentResult | undefined);
     return {
-      url: this.url, ...(this.host ? { host: this.host } : {}), deploymentId: this.deploymentId,
+      // A failed deployment renews the id for an attempt that may follow: the one to report (and
+      // that `ferry status ID` finds) is the id the receiver recorded.
+      url: this.url, ...(this.host ? { host: this.host } : {}), deploymentId: record?.deploymentId ?? this.deploymentId,
       ok: error === undefined && record?.state === 'COMPLETED', state: record?.state ?? 'FAILED', attempts: this.#attempts,
       bytes: { sent: this.#sent }, durationMs: Math.round(performance.now() - this.#started),
       ...(error ? { error: { code: error.code, message: error.message } } : {}), ...(record ? { deployment: record } : {}),
