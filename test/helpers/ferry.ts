@@ -13,7 +13,7 @@ export const ROOT = resolve(import.meta.dirname, '../..');
 const FERRY = join(ROOT, 'bin/ferry.js');
 
 /** Environment for child processes: the test's own, minus FERRY_* so each test says what it means. */
-function baseEnv(): Record<string, string> {
+export function baseEnv(): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     if (value !== undefined && !key.startsWith('FERRY_') && key !== 'DOCKER_HOST') env[key] = value;

@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { removeImages } from '../helpers/cleanup.ts';
-import { ROOT, buildLayeredImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
+import { ROOT, baseEnv, buildLayeredImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
@@ -48,13 +48,6 @@ function pushArgs(name: string, targets: ReceiverProcess[]): string[] {
   return ['push', image, ...targets.flatMap((t) => ['--to', t.url]), '--name', name, '--network', 'none', '--no-layer-negotiation'];
 }
 
-/** The test's environment minus FERRY_* and DOCKER_HOST, plus `env`: each run says what it means. */
-function childEnv(env: Record<string, string>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [name, value] of Object.entries(process.env)) if (value !== undefined && !name.startsWith('FERRY_') && name !== 'DOCKER_HOST') out[name] = value;
-  return { ...out, ...env };
-}
-
 function shellQuote(word: string): string {
   return `'${word.replace(/'/g, `'\\''`)}'`;
 }
@@ -68,7 +61,7 @@ function shellQuote(word: string): string {
 function inTerminal(args: string[], env: Record<string, string>, interruptWhen?: RegExp): Promise<{ code: number; output: string; interrupted: boolean }> {
   const command = `stty cols 120 rows 40; exec ${[process.execPath, join(ROOT, 'bin/ferry.js'), ...args].map(shellQuote).join(' ')}`;
   return new Promise((resolve, reject) => {
-    const child = spawn(SCRIPT, ['-qfec', command, '/dev/null'], { env: childEnv(env), stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawn(SCRIPT, ['-qfec', command, '/dev/null'], { env: { ...baseEnv(), ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     let output = '';
     let interrupted = false;
     child.stdout.setEncoding('utf8').on('data', (chunk: string) => {

@@ -11,6 +11,8 @@ const JSON_EVERY_MS = 500;
 const PLAIN_EVERY_MS = 5000;
 /** The rate is what the last few seconds carried: a stalled or resumed link shows at once. */
 const RATE_WINDOW_MS = 5000;
+/** Samples of a target's position are kept this far apart at least. */
+const SAMPLE_MS = 100;
 
 export type Stage = 'package' | 'transfer' | 'deploy';
 
@@ -154,7 +156,9 @@ class Board {
     if (total) row.total = total;
     row.phase = 'sending';
     row.retry = undefined;
-    row.samples.push([now, position]);
+    // A sample per SAMPLE_MS at most: a one-shot upload reports every 64 KiB it hands over.
+    if (row.samples.length > 1 && now - (row.samples.at(-2)?.[0] ?? now) < SAMPLE_MS) row.samples[row.samples.length - 1] = [now, position];
+    else row.samples.push([now, position]);
     while (row.samples.length > 2 && now - (row.samples[1]?.[0] ?? now) >= RATE_WINDOW_MS) row.samples.shift();
     return row;
   }
