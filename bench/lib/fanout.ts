@@ -8,7 +8,7 @@ import { trustFile, type TestKey } from '../../test/helpers/keys.ts';
 import { Engine } from './docker.ts';
 import { ShapedLink, busier, wireLimitSeconds, type LinkProfile } from './link.ts';
 import { mb, runFerryPush, type Phase } from './methods.ts';
-import { run, sleep, type Processes } from './proc.ts';
+import { peakKb, resetPeak, run, sleep, type Processes } from './proc.ts';
 import { startReceiver, type BenchReceiver } from './receiver.ts';
 
 export type FanoutMode = 'fanout' | 'sequential';
@@ -28,6 +28,8 @@ export interface FanoutSample {
   /** Fan-out: the slowest link's busier direction over the rate (links run side by side); one after another: the sum. */
   limitSeconds?: number;
   senderPeakKb?: number;
+  /** The highest of the receivers' peaks (each reset before the push): what one target host needs. */
+  receiverPeakKb?: number;
   detail?: string;
   error?: string;
 }
@@ -114,13 +116,16 @@ export async function runFanout(input: FanoutInput): Promise<void> {
           const sample: FanoutSample = { link: spec.link.name, targets: spec.targets, size: images.size, phase, mode, run: round };
           try {
             for (const link of links) link.take();
+            const receiverPeak = (of: BenchReceiver[]): number => Math.max(...of.map((r) => peakKb(r.pid)));
             if (mode === 'fanout') {
+              for (const receiver of receivers) resetPeak(receiver.pid);
               const push = await runFerryPush(input, args(image.ref, receivers.map((r) => r.url)));
               if (push.code !== 0) throw new Error(`ferry push exited with ${push.code}: ${push.output}`);
               const result = push.result as FanoutResult;
               const wires = links.map((l) => l.take());
               sample.totalSeconds = push.totalSeconds;
               sample.senderPeakKb = push.senderPeakKb;
+              sample.receiverPeakKb = receiverPeak(receivers);
               sample.targetSeconds = (result.targets ?? []).map((t) => (t.durationMs ?? Number.NaN) / 1000);
               sample.wireBytes = wires.reduce((sum, w) => sum + w.up + w.down, 0);
               sample.limitSeconds = Math.max(...wires.map((w) => wireLimitSeconds(busier(w), spec.link) ?? Number.NaN));
@@ -132,6 +137,7 @@ export async function runFanout(input: FanoutInput): Promise<void> {
               sample.limitSeconds = 0;
               const details: string[] = [];
               for (const [i, receiver] of receivers.entries()) {
+                resetPeak(receiver.pid);
                 const push = await runFerryPush(input, args(image.ref, [receiver.url]));
                 if (push.code !== 0) throw new Error(`ferry push to target ${i + 1} exited with ${push.code}: ${push.output}`);
                 const wire = links[i]?.take() ?? { up: 0, down: 0 };
@@ -140,6 +146,7 @@ export async function runFanout(input: FanoutInput): Promise<void> {
                 sample.wireBytes += wire.up + wire.down;
                 sample.limitSeconds += wireLimitSeconds(busier(wire), spec.link) ?? Number.NaN;
                 sample.senderPeakKb = Math.max(sample.senderPeakKb ?? 0, push.senderPeakKb);
+                sample.receiverPeakKb = Math.max(sample.receiverPeakKb ?? 0, receiverPeak([receiver]));
                 details.push(`${mb(push.result.bytes?.package ?? 0)} ${push.result.compression ?? '?'}`);
               }
               sample.detail = `packages ${details.join(', ')}`;

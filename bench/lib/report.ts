@@ -133,7 +133,8 @@ function fanoutTables(input: ReportInput): string[] {
     `Each target is a private engine with a \`ferry receiver\` in a namespace of its own behind its own link. **fan-out**: one \`ferry push --to A --to B …\`;`,
     `**one after another**: ${first.targets} single \`ferry push --to X\`, timed together. The containers run with \`--network none\` and no health check`,
     `(${first.targets} containers on the host network would want one port). Wire limit: fan-out, the slowest link's busier direction over the rate`,
-    '(the links run side by side); one after another, the sum over the links. Medians of the runs.',
+    '(the links run side by side); one after another, the sum over the links. Receiver peak: the highest VmHWM of the receivers, each reset before the push',
+    '(one after another: the highest over the single pushes). Medians of the runs.',
     '',
   ];
   for (const size of [...new Set(input.fanout.map((f) => f.size))]) {
@@ -142,7 +143,7 @@ function fanoutTables(input: ReportInput): string[] {
       if (of('fanout').length + of('sequential').length === 0) continue;
       const pick = (samples: FanoutSample[], f: (x: FanoutSample) => number | undefined): number => median(samples.flatMap((x) => { const v = x.error ? undefined : f(x); return v === undefined ? [] : [v]; }));
       const sequential = pick(of('sequential'), (x) => x.totalSeconds);
-      out.push(`### ${size}, ${phase}`, '', '| | end to end, s | × one after another | per target (last run), s | wire limit, s | × limit | on the links, MB | sender peak, MiB | detail (last run) | runs, s |', '|---|---:|---:|---|---:|---:|---:|---:|---|---|');
+      out.push(`### ${size}, ${phase}`, '', '| | end to end, s | × one after another | per target (last run), s | wire limit, s | × limit | on the links, MB | sender peak, MiB | receiver peak, MiB | detail (last run) | runs, s |', '|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|');
       for (const mode of ['fanout', 'sequential'] as const) {
         const samples = of(mode);
         const ok = samples.filter((x) => !x.error);
@@ -150,7 +151,7 @@ function fanoutTables(input: ReportInput): string[] {
         const limit = pick(samples, (x) => x.limitSeconds);
         const failed = samples.length - ok.length ? ` (${samples.length - ok.length} failed)` : '';
         const title = mode === 'fanout' ? `fan-out: one \`ferry push\` to ${first.targets}` : `one after another: ${first.targets} × \`ferry push\``;
-        out.push(`| ${title}${failed} | ${s(total)} | ${x(total, sequential)} | ${ok.at(-1)?.targetSeconds?.map(s).join(', ') ?? ''} | ${s(limit)} | ${x(total, limit)} | ${MB(pick(samples, (x) => x.wireBytes))} | ${MiB(pick(samples, (x) => x.senderPeakKb))} | ${cell(ok.at(-1)?.detail ?? '')} | ${ok.map((x) => s(x.totalSeconds ?? Number.NaN)).join(', ')} |`);
+        out.push(`| ${title}${failed} | ${s(total)} | ${x(total, sequential)} | ${ok.at(-1)?.targetSeconds?.map(s).join(', ') ?? ''} | ${s(limit)} | ${x(total, limit)} | ${MB(pick(samples, (x) => x.wireBytes))} | ${MiB(pick(samples, (x) => x.senderPeakKb))} | ${MiB(pick(samples, (x) => x.receiverPeakKb))} | ${cell(ok.at(-1)?.detail ?? '')} | ${ok.map((x) => s(x.totalSeconds ?? Number.NaN)).join(', ')} |`);
       }
       out.push('');
     }
