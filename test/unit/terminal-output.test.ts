@@ -7,12 +7,12 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { describe, test } from 'node:test';
 import { FerryError } from '@ferry/protocol';
-import type { Io } from '../../services/sender/src/cli/io.ts';
-import { line } from '../../services/sender/src/cli/io.ts';
-import { createProgress } from '../../services/sender/src/cli/progress.ts';
-import { table } from '../../services/sender/src/cli/registry.ts';
-import { report } from '../../services/sender/src/cli/report.ts';
-import { oneLine, printable } from '../../services/sender/src/cli/terminal.ts';
+import type { Io } from '../../apps/cli/src/io.ts';
+import { line } from '../../apps/cli/src/io.ts';
+import { createProgress } from '../../apps/cli/src/progress.ts';
+import { table } from '../../apps/cli/src/registry.ts';
+import { report } from '../../apps/cli/src/report.ts';
+import { oneLine, printable } from '../../apps/cli/src/terminal.ts';
 
 /** A hostile string: colours, a screen clear, a window title, a hyperlink, a bell, CR overwrite, C1 CSI, a bidi override. */
 const HOSTILE = '\x1b[31mred\x1b[0m \x1b[2J\x1b[H\x1b]0;pwned\x07\x1b]8;;http://evil.example\x1b\\link\x1b]8;;\x1b\\ bell\x07 ok\rFAKE \x9b31m \u202eevil';
