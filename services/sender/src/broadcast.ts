@@ -1,13 +1,33 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import { digestOf } from '@ferry/integrity';
+import { STREAM_PART_BYTES } from '@ferry/protocol';
+import type { Part, PartCutter } from './stream.ts';
 
 /**
- * Bytes the producer may queue in the broadcast while a write is still with the readers: enough
+ * Bytes the producer may queue in the broadcast while a part is still with the readers: enough
  * for a compressor to go on with the next chunk, not a store of its own (each reader's part
  * cutter already holds a few parts ahead of its link).
  */
 const QUEUE_BYTES = 1024 ** 2;
+
+/**
+ * Part buffers kept for the next part once every reader is done with theirs, across broadcasts
+ * (a round started again with another compression takes the first one's): a push allocates its
+ * few part buffers once, and glibc's heap is not left with holes between them.
+ */
+const SPARE_PARTS = 6;
+const spare: Buffer[] = [];
+
+function partBuffer(bytes: number): Buffer {
+  const buffer = spare.pop();
+  return buffer?.length === bytes ? buffer : Buffer.allocUnsafe(bytes);
+}
+
+function giveBack(buffer: Buffer): void {
+  if (spare.length < SPARE_PARTS) spare.push(buffer);
+}
 
 /** A branch dropped because it held everyone back: its target takes the spooled copy instead. */
 export class SlowBranch extends Error {
@@ -15,15 +35,15 @@ export class SlowBranch extends Error {
 }
 
 /**
- * One reader of the broadcast: the writable its bytes go into (a stream's part cutter), given
- * with {@link feed}. A chunk is written to it and the broadcast waits for the write's callback,
- * so the writable takes the bytes at its own pace, within what it queues itself.
+ * One reader of the broadcast: the part cutter of a target's stream, given with {@link feed}. Each
+ * part is queued there and the broadcast waits until the queue has room, so the target takes the
+ * parts at its own pace, within the few it queues.
  */
 export class Branch {
-  #destination: Writable | undefined;
+  #destination: PartCutter | undefined;
   #connected: () => void = () => undefined;
   readonly #connection = new Promise<void>((resolve) => { this.#connected = resolve; });
-  /** A write is with the destination and has not called back. */
+  /** A part waits for room in the destination's queue. */
   busy = false;
   /** Since when this branch holds up the writer while another branch waits for bytes, when it does. */
   blockedSince: number | undefined;
@@ -35,11 +55,11 @@ export class Branch {
   }
 
   /**
-   * Writes the broadcast into `destination` from the first byte on (bytes written before this
+   * Queues the broadcast's parts in `destination` from the first one on (parts cut before this
    * call wait for it), and ends it with the broadcast. Settles once `destination` finished, or
    * with why it did not: its own error, the broadcast's, or {@link SlowBranch}.
    */
-  feed(destination: Writable): Promise<void> {
+  feed(destination: PartCutter): Promise<void> {
     this.#destination = destination;
     // The destination failed or was closed by its reader (a failed target): no one to wait for.
     destination.once('close', () => this.#detached(this));
@@ -48,20 +68,24 @@ export class Branch {
     return finished(destination);
   }
 
-  /** Resolves once the destination called back for `chunk` (or failed: it is then detached). */
-  write(chunk: Buffer): Promise<void> {
+  /**
+   * Resolves once the destination queued `part` and has room for the next one (or failed: it is
+   * then detached). `done` runs once, when the destination no longer needs the part's bytes.
+   */
+  take(part: Part, done: () => void): Promise<void> {
     this.busy = true;
-    return this.#connection.then(() => new Promise<void>((resolve) => {
+    return this.#connection.then(async () => {
       const destination = this.#destination;
       if (!destination || destination.destroyed) {
-        resolve();
+        done();
         return;
       }
-      destination.write(chunk, (err) => {
-        if (err) this.#detached(this, err);
-        resolve();
-      });
-    })).finally(() => {
+      try {
+        await destination.takePart(part, done);
+      } catch (err) {
+        this.#detached(this, err as Error);
+      }
+    }).finally(() => {
       this.busy = false;
       this.blockedSince = undefined;
     });
@@ -90,15 +114,18 @@ export interface BroadcastOptions {
   slowAfterMs: number;
   /** Keep a copy of the first this many bytes (see {@link sample}); default none. */
   sampleBytes?: number;
+  /** The streams' part size (default STREAM_PART_BYTES). */
+  partBytes?: number;
 }
 
 /**
- * One read of a package, many readers: each chunk written here goes to every attached branch's
- * writable (and to the spool file, when there is one), and this write calls back once all of them
- * took it. Nothing is copied or kept here: a producer that reuses its chunk buffer (the layer
- * store's reader) may do so once the write called back, and the readers copy what they keep
- * into buffers of their own (a part cutter's parts). So a push holds the same memory for one
- * target or several, and allocates nothing per chunk for the garbage collector to find.
+ * One read of a package, many readers: the bytes written here are cut into the streams' parts
+ * once, each part hashed once, and the same part (one buffer) is queued in every attached branch's
+ * part cutter; its buffer serves the next part once every target sent it. The chunks also go to the
+ * spool file, when there is one. A write calls back once its bytes were copied out, so a producer
+ * that reuses its chunk buffer (the layer store's reader) may do so then. So a push holds a few
+ * parts whatever the number of targets, and allocates nothing per chunk for the garbage
+ * collector to find.
  *
  * The writer is paced by the slowest branch still attached — backpressure reaches the export —
  * except that a branch slower than the rest for `slowAfterMs` is dropped. A branch whose writable
@@ -112,6 +139,9 @@ export class Broadcast extends Writable {
   readonly #sampleBytes: number;
   readonly #sample: Buffer[] = [];
   #sampled = 0;
+  readonly #partBytes: number;
+  #part: Buffer | undefined;
+  #fill = 0;
   /** Milliseconds the writer waited on branches (backpressure), and bytes written: what the links carried. */
   waitedMs = 0;
   bytes = 0;
@@ -121,6 +151,7 @@ export class Broadcast extends Writable {
     super({ highWaterMark: QUEUE_BYTES });
     this.#slowAfterMs = options.slowAfterMs;
     this.#sampleBytes = options.sampleBytes ?? 0;
+    this.#partBytes = options.partBytes ?? STREAM_PART_BYTES;
     this.#spool = options.spoolPath ? createWriteStream(options.spoolPath, { flags: 'wx', mode: 0o600 }) : undefined;
     this.#spool?.on('error', (err) => this.destroy(err));
   }
@@ -152,12 +183,14 @@ export class Broadcast extends Writable {
   }
 
   override _final(callback: (error?: Error | null) => void): void {
-    for (const branch of this.#branches) branch.end();
-    if (!this.#spool) {
-      callback();
-      return;
-    }
-    this.#spool.end(() => callback());
+    (async () => {
+      if (this.#fill > 0) await this.#hand();
+      for (const branch of this.#branches) branch.end();
+      await new Promise<void>((resolve) => {
+        if (this.#spool) this.#spool.end(() => resolve());
+        else resolve();
+      });
+    })().then(() => callback(), callback);
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
@@ -182,7 +215,29 @@ export class Broadcast extends Writable {
     const spooled = this.#spool ? new Promise<void>((resolve, reject) => this.#spool?.write(chunk, (err) => (err ? reject(err) : resolve()))) : undefined;
     // Handled where it is awaited below; a failed spool also destroys the broadcast.
     spooled?.catch(() => undefined);
-    const writes = new Map([...this.#branches].map((branch) => [branch, branch.write(chunk)]));
+    for (let at = 0; at < chunk.length;) {
+      this.#part ??= partBuffer(this.#partBytes);
+      const copied = chunk.copy(this.#part, this.#fill, at);
+      this.#fill += copied;
+      at += copied;
+      if (this.#fill === this.#partBytes) await this.#hand();
+    }
+    await spooled;
+  }
+
+  /** Queues the part filled so far in every branch; resolves once each has room for the next (or was dropped). */
+  async #hand(): Promise<void> {
+    const buffer = this.#part ?? Buffer.alloc(0);
+    const bytes = buffer.subarray(0, this.#fill);
+    this.#part = undefined;
+    this.#fill = 0;
+    const part: Part = { chunks: [bytes], bytes: bytes.length, digest: digestOf(bytes) };
+    let holders = this.#branches.size;
+    const done = (): void => {
+      holders -= 1;
+      if (holders === 0 && buffer.length === this.#partBytes) giveBack(buffer);
+    };
+    const writes = new Map([...this.#branches].map((branch) => [branch, branch.take(part, done)]));
     const waitStarted = performance.now();
     for (;;) {
       const busy = [...this.#branches].filter((branch) => branch.busy);
@@ -201,7 +256,6 @@ export class Broadcast extends Writable {
       await untilOneOf(waiting.map((branch) => writes.get(branch) ?? Promise.resolve()), Math.max(50, this.#slowAfterMs / 4));
     }
     this.waitedMs += performance.now() - waitStarted;
-    await spooled;
   }
 }
 

@@ -87,7 +87,7 @@ export class StreamClient {
    */
   async patch(streamId: string, offset: number, part: Part): Promise<number> {
     const answer = await sendSigned(this.#target, 'PATCH', `${PATHS.streams}/${streamId}`, {
-      digest: partDigest(part), offset, headers: { 'content-type': UPLOAD_PART_MEDIA_TYPE }, body: () => Readable.from(part.chunks), bodyBytes: part.bytes,
+      digest: part.digest ?? partDigest(part), offset, headers: { 'content-type': UPLOAD_PART_MEDIA_TYPE }, body: () => Readable.from(part.chunks), bodyBytes: part.bytes,
     });
     const said = Number(answer.headers['upload-offset']);
     const uploadOffset = typeof answer.headers['upload-offset'] === 'string' && Number.isSafeInteger(said) ? said : undefined;
@@ -201,7 +201,7 @@ export class StreamUpload {
     return !this.#idHeld;
   }
 
-  async run<T extends { size: number; digest: Digest }>(produce: (destination: Writable) => Promise<T>): Promise<StreamOutcome<T>> {
+  async run<T extends { size: number; digest: Digest }>(produce: (destination: PartCutter) => Promise<T>): Promise<StreamOutcome<T>> {
     const started = performance.now();
     // A lost answer may have opened the stream: the receiver answers the same manifest again.
     this.#idHeld = true;
@@ -429,22 +429,41 @@ export class PartCutter extends Writable {
     }
   }
 
+  /**
+   * Queues a part cut elsewhere, as if its bytes had been written: a broadcast cuts and hashes each
+   * part once for every target that sends it. `done` runs once the part was sent or given up (its
+   * buffer is free again then), also when this throws. Resolves when the queue has room again.
+   */
+  async takePart(part: Part, done: () => void): Promise<void> {
+    if (this.destroyed || this.#fill > 0 || part.bytes > this.#partBytes) {
+      done();
+      throw new FerryError('FERRY_ERR_INTERNAL', { message: this.destroyed ? 'The stream ended' : 'A part cut elsewhere must start and end at a part boundary' });
+    }
+    this.#queue(part).then(done, done);
+    while (this.#pending.length > this.#ahead) await this.#pending[0];
+  }
+
   #cut(): void {
     const buffer = this.#part ?? Buffer.alloc(0);
     const part: Part = { chunks: [buffer.subarray(0, this.#fill)], bytes: this.#fill };
     this.#part = undefined;
     this.#fill = 0;
+    this.#queue(part).then(() => { if (buffer.length === this.#partBytes) this.#free.push(buffer); }, () => undefined);
+  }
+
+  /** Sends `part` after the parts before it; settles once it was acknowledged or failed. */
+  #queue(part: Part): Promise<void> {
     const offset = this.#offset;
     this.#offset += part.bytes;
     const sending = this.#tail.then(() => this.#send(part, offset)).then(() => {
       this.#acknowledged += part.bytes;
       void this.#pending.shift();
-      if (buffer.length === this.#partBytes) this.#free.push(buffer);
     });
     // A failure ends the pipeline at once, not only at the next write, which may be far off.
     sending.catch((err: unknown) => this.destroy(err as Error));
     this.#pending.push(sending);
     this.#tail = sending;
+    return sending;
   }
 }
 
@@ -452,6 +471,8 @@ export class PartCutter extends Writable {
 export interface Part {
   chunks: readonly Buffer[];
   bytes: number;
+  /** Its BLAKE3, when whoever cut it computed it once for every target that sends it. */
+  digest?: Digest;
 }
 
 function partDigest(part: Part): Digest {
