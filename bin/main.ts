@@ -41,10 +41,12 @@ export async function main(args: string[]): Promise<number> {
  * keep it flat (bench/resume-large.ts measures both); one V8 worker thread instead of one per
  * core saves a few more, for a service that waits on disks and sockets. `--expose-gc` lets it run
  * a full collection once the buffers that outlived their scavenges pile up (@ferry/memory), which
- * V8 itself only does past ~64 MiB of them. glibc gives buffers of 64 KiB and more their own
- * mappings (MALLOC_MMAP_THRESHOLD_), so that the memory a push used goes back to the system once
- * they are freed: by default it raises that threshold as such buffers are freed, serves them from
- * its heap instead, and a long-lived receiver then kept ~50 MiB after its first large push.
+ * V8 itself only does past ~64 MiB of them. glibc gives buffers larger than those 64 KiB socket
+ * reads their own mappings (MALLOC_MMAP_THRESHOLD_), so that the memory a push used goes back to
+ * the system once they are freed: by default it raises that threshold as such buffers are freed,
+ * serves them from its heap instead, and a long-lived receiver then kept ~50 MiB after its first
+ * large push. The socket reads themselves stay below it: mapped one by one, each 64 KiB cost a
+ * mmap, a munmap and 16 page faults, ~4 s of CPU per GB received (half the receiver's).
  * The flags only work at start-up, so the process replaces itself (same pid, same descriptors)
  * unless the operator chose a semi-space size; a malloc setting of the operator's own is kept.
  */
@@ -54,7 +56,7 @@ function withStreamingRuntime(): void {
   if (chosen || script === undefined || typeof process.execve !== 'function') return;
   const env = Object.keys(process.env).some((name) => name.startsWith('MALLOC_') || name === 'GLIBC_TUNABLES')
     ? process.env
-    : { ...process.env, MALLOC_MMAP_THRESHOLD_: String(64 * 1024) };
+    : { ...process.env, MALLOC_MMAP_THRESHOLD_: String(128 * 1024) };
   process.execve(process.execPath, [process.execPath, '--max-semi-space-size=1', '--v8-pool-size=1', '--expose-gc', ...process.execArgv, script, ...process.argv.slice(2)], env);
 }
 

@@ -21,12 +21,12 @@ async function procOf(pid: number | undefined): Promise<{ argv: string[]; env: M
 }
 
 describe('the receiver process', { timeout: 120_000 }, () => {
-  test('runs with 1 MiB semi-spaces, gc exposed and buffers of 64 KiB or more mapped on their own', async () => {
+  test('runs with 1 MiB semi-spaces, gc exposed and buffers of 128 KiB or more mapped on their own', async () => {
     const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trust, FERRY_HOST_ID: `rp-${randomBytes(3).toString('hex')}` });
     try {
       const { argv, env } = await procOf(receiver.child.pid);
       for (const flag of ['--max-semi-space-size=1', '--v8-pool-size=1', '--expose-gc']) assert.ok(argv.includes(flag), `${flag} in ${argv.join(' ')}`);
-      assert.equal(env.get('MALLOC_MMAP_THRESHOLD_'), '65536');
+      assert.equal(env.get('MALLOC_MMAP_THRESHOLD_'), '131072');
     } finally {
       await receiver.stop();
     }
