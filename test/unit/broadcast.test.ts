@@ -4,7 +4,8 @@
  * every reader's part cutter, in order; a write calls back only once every reader has room; a
  * reader slower than the rest is dropped with SlowBranch and the others go on; a reader whose
  * sending fails holds no one up; the spool file gets the same bytes; a broadcast that fails fails
- * its readers with its error. The readers are real part cutters whose sending is a function here.
+ * its readers with its error; one without a slow limit waits on its readers without a timer. The
+ * readers are real part cutters whose sending is a function here.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -126,6 +127,34 @@ describe('Broadcast', () => {
     assert.ok(quick.bytes().equals(data));
     await assert.rejects(fedStuck, SlowBranch);
     stuck.release();
+  });
+
+  test('without a slow limit, or with one longer than a timer holds, a held reader arms no timer Node must cut short', async () => {
+    // A stream of its own (the whole image after a refused partial one) has no one to be slower than.
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error): void => { warnings.push(warning); };
+    process.on('warning', onWarning);
+    try {
+      for (const options of [{}, { slowAfterMs: Number.MAX_SAFE_INTEGER }, { slowAfterMs: Infinity }]) {
+        const broadcast = new Broadcast({ ...options, partBytes: PART });
+        const held = reader({ ahead: 0 });
+        held.hold = true;
+        const fed = broadcast.attach().feed(held.cutter);
+        const writing = write(broadcast, randomBytes(2 * PART));
+        // The broadcast waits on the held reader now: with a timer, if it armed one.
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        held.release();
+        await writing;
+        await new Promise<void>((resolve) => broadcast.end(resolve));
+        await fed;
+        assert.equal(held.bytes().length, 2 * PART);
+      }
+      // A warning is emitted on a later tick than the call that caused it.
+      await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      process.off('warning', onWarning);
+    }
+    assert.deepEqual(warnings.map((w) => `${w.name}: ${w.message}`), []);
   });
 
   test('a reader whose sending fails is detached; the broadcast fails once no one reads it', async () => {

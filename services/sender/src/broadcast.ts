@@ -109,9 +109,11 @@ export interface BroadcastOptions {
   spoolPath?: string;
   /**
    * A branch that held up the writer this long while another branch was waiting for bytes is
-   * dropped with {@link SlowBranch}, so one slow target does not set everyone's pace.
+   * dropped with {@link SlowBranch}, so one slow target does not set everyone's pace. Without one
+   * (or an infinite one) no branch is dropped for its pace: a stream of its own has no one to be
+   * slower than.
    */
-  slowAfterMs: number;
+  slowAfterMs?: number | undefined;
   /** Keep a copy of the first this many bytes (see {@link sample}); default none. */
   sampleBytes?: number;
   /** The streams' part size (default STREAM_PART_BYTES). */
@@ -134,7 +136,8 @@ export interface BroadcastOptions {
  */
 export class Broadcast extends Writable {
   readonly #branches = new Set<Branch>();
-  readonly #slowAfterMs: number;
+  /** Undefined: no branch is ever too slow, and the writer waits on its branches without a timer. */
+  readonly #slowAfterMs: number | undefined;
   readonly #spool: WriteStream | undefined;
   readonly #sampleBytes: number;
   readonly #sample: Buffer[] = [];
@@ -149,7 +152,7 @@ export class Broadcast extends Writable {
 
   constructor(options: BroadcastOptions) {
     super({ highWaterMark: QUEUE_BYTES });
-    this.#slowAfterMs = options.slowAfterMs;
+    this.#slowAfterMs = options.slowAfterMs !== undefined && Number.isFinite(options.slowAfterMs) ? options.slowAfterMs : undefined;
     this.#sampleBytes = options.sampleBytes ?? 0;
     this.#partBytes = options.partBytes ?? STREAM_PART_BYTES;
     this.#spool = options.spoolPath ? createWriteStream(options.spoolPath, { flags: 'wx', mode: 0o600 }) : undefined;
@@ -242,28 +245,42 @@ export class Broadcast extends Writable {
     for (;;) {
       const busy = [...this.#branches].filter((branch) => branch.busy);
       if (busy.length === 0) break;
-      const now = performance.now();
-      // Slower than the rest: still taking this chunk while another branch waits for the next.
-      const othersWait = busy.length < this.#branches.size;
-      for (const branch of busy) {
-        branch.blockedSince = othersWait ? branch.blockedSince ?? now : undefined;
-        if (branch.blockedSince !== undefined && now - branch.blockedSince >= this.#slowAfterMs) {
-          this.detach(branch, new SlowBranch(`slower than the other targets for ${this.#slowAfterMs} ms`));
+      const slowAfterMs = this.#slowAfterMs;
+      if (slowAfterMs !== undefined) {
+        const now = performance.now();
+        // Slower than the rest: still taking this chunk while another branch waits for the next.
+        const othersWait = busy.length < this.#branches.size;
+        for (const branch of busy) {
+          branch.blockedSince = othersWait ? branch.blockedSince ?? now : undefined;
+          if (branch.blockedSince !== undefined && now - branch.blockedSince >= slowAfterMs) {
+            this.detach(branch, new SlowBranch(`slower than the other targets for ${slowAfterMs} ms`));
+          }
         }
       }
       const waiting = busy.filter((branch) => this.#branches.has(branch));
       if (waiting.length === 0) break;
-      await untilOneOf(waiting.map((branch) => writes.get(branch) ?? Promise.resolve()), Math.max(50, this.#slowAfterMs / 4));
+      // Without a slow limit nothing needs looking at before a branch moves: no timer at all.
+      await untilOneOf(waiting.map((branch) => writes.get(branch) ?? Promise.resolve()), slowAfterMs === undefined ? undefined : Math.max(50, slowAfterMs / 4));
     }
     this.waitedMs += performance.now() - waitStarted;
   }
 }
 
-/** Resolves when one of `promises` settles or after `ms`, whichever is first. */
-async function untilOneOf(promises: readonly Promise<void>[], ms: number): Promise<void> {
+/**
+ * The longest delay a Node timer holds (2^31 - 1 ms, about 24.8 days): past it setTimeout warns
+ * (TimeoutOverflowWarning) and fires after 1 ms instead, which would turn the wait into a busy loop.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Resolves when one of `promises` settles or after `ms` (if given), whichever is first. */
+async function untilOneOf(promises: readonly Promise<void>[], ms: number | undefined): Promise<void> {
+  if (ms === undefined) {
+    await Promise.race(promises);
+    return;
+  }
   let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([...promises, new Promise<void>((resolve) => { timer = setTimeout(resolve, ms); })]);
+    await Promise.race([...promises, new Promise<void>((resolve) => { timer = setTimeout(resolve, Math.min(ms, MAX_TIMER_MS)); })]);
   } finally {
     clearTimeout(timer);
   }

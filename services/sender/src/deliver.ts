@@ -441,7 +441,7 @@ class TargetMachine {
     const host = this.host ?? '';
     const solo = this.#participant(host);
     const outcome = joined && !whole ? await joined : (await streamRound([solo], {
-      producer: this.plan.producer, source: { ...this.plan.planned, omit: [] }, spoolKind: 'whole', slowAfterMs: Number.MAX_SAFE_INTEGER,
+      producer: this.plan.producer, source: { ...this.plan.planned, omit: [] }, spoolKind: 'whole',
       beforeFirstByte: () => flushWithin(this.#deps.events, EVENT_FLUSH_WAIT_MS), signal: this.#request.signal,
     })).get(solo);
     if (!outcome) return { state: 'spool', whole };

@@ -37,7 +37,8 @@ export interface RoundOptions {
   /** Where a spooled copy is offered, for targets that leave the round or come after it; none for a round of one. */
   spools?: Spools | undefined;
   spoolKind: SpoolKind;
-  slowAfterMs: number;
+  /** See BroadcastOptions.slowAfterMs; none for a round of one, which has no one to be slower than. */
+  slowAfterMs?: number | undefined;
   /** Awaited once every stream is open, before the first byte: lets event watchers see the transfers start first. */
   beforeFirstByte?: () => Promise<void>;
   /**
