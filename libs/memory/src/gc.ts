@@ -1,12 +1,18 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
-type Collect = (options: { type: 'minor' | 'major'; execution: 'sync' }) => void;
+type Collect = (options: { type: 'minor' | 'major'; execution: 'sync'; flavor?: 'regular' | 'last-resort' }) => void;
 
 let collector: Collect | null | undefined;
 
 /** Buffers that may pile up past what the last full collection left before another one runs. */
 export const BUFFER_BUDGET_BYTES = 16 * 1024 * 1024;
+
+/** JavaScript heap that may pile up past what the last full collection left before another one runs. */
+export const HEAP_BUDGET_BYTES = 8 * 1024 * 1024;
+
+/** Scavenges after which {@link scavengePeriodically} gives back the young generation that grew at start-up. */
+const SHRINK_AFTER_TICKS = 10;
 
 /**
  * Scavenges V8's young generation every `intervalMs`, and runs a full collection whenever buffers
@@ -20,10 +26,14 @@ export const BUFFER_BUDGET_BYTES = 16 * 1024 * 1024;
  * V8 only collects once ~64 MiB of them piled up: the budget frees them sooner, at the cost of a
  * full collection (~20 ms) per 16 MiB of them, a few per gigabyte.
  *
- * The young generation also keeps its start size (`--semi-space-growth-factor=1`): each scavenge
- * carries a few live objects over, and V8 doubles the young generation once their sum passes its
- * size, which a timer's scavenges reach in proportion to the push's length (32 MiB instead of
- * 16 MiB over a 1 GB push).
+ * The young generation also keeps its size from here on (`--semi-space-growth-factor=1`): each
+ * scavenge carries a few live objects over, and V8 doubles the young generation once their sum
+ * passes its size, which a timer's scavenges reach in proportion to the push's length. It grew
+ * already while the command's modules loaded (to ~26 MiB, where it starts at 1 MiB): after the
+ * first second, a command still running gets one collection that reduces memory (V8's last
+ * resort: it shrinks the young generation, ~20-60 ms once), which a short one does not wait for.
+ * Objects that outlive a part's round trip pile up in the old generation the same way as buffers
+ * do, ~13 MiB over a 1 GB push: the budget collects them too, past {@link HEAP_BUDGET_BYTES}.
  */
 export function scavengePeriodically(intervalMs = 100, budgetBytes = BUFFER_BUDGET_BYTES): () => void {
   if (!scavenge()) return () => undefined;
@@ -33,41 +43,61 @@ export function scavengePeriodically(intervalMs = 100, budgetBytes = BUFFER_BUDG
     // Only more memory.
   }
   const budget = new BufferBudget(budgetBytes);
+  let ticks = 0;
   const timer = setInterval(() => {
-    scavenge();
+    ticks += 1;
+    if (ticks === SHRINK_AFTER_TICKS) budget.collect('last-resort');
+    else scavenge();
     budget.check();
   }, intervalMs);
   timer.unref();
   return () => clearInterval(timer);
 }
 
-/** Runs a full collection when buffers outgrow `budgetBytes` past the level the last one left. */
+/**
+ * Runs a full collection when buffers outgrow `budgetBytes`, or the JavaScript heap
+ * `heapBudgetBytes`, past the level the last one left.
+ */
 export class BufferBudget {
   readonly #budget: number;
-  #floor = process.memoryUsage().arrayBuffers;
+  readonly #heapBudget: number;
+  #floor: number;
+  #heapFloor: number;
   #collected = false;
 
-  constructor(budgetBytes: number) {
+  constructor(budgetBytes: number, heapBudgetBytes = HEAP_BUDGET_BYTES) {
     this.#budget = budgetBytes;
+    this.#heapBudget = heapBudgetBytes;
+    const { arrayBuffers, heapUsed } = process.memoryUsage();
+    this.#floor = arrayBuffers;
+    this.#heapFloor = heapUsed;
   }
 
   /** True when this call ran a full collection. */
   check(): boolean {
-    const buffers = process.memoryUsage().arrayBuffers;
+    const { arrayBuffers: buffers, heapUsed: heap } = process.memoryUsage();
     // V8 frees a collection's buffers on another thread: the level it left is read a turn later.
     if (this.#collected) {
       this.#floor = buffers;
+      this.#heapFloor = heap;
       this.#collected = false;
       return false;
     }
-    const collect = collectorOf();
-    if (buffers <= this.#floor + this.#budget || !collect) {
+    if ((buffers <= this.#floor + this.#budget && heap <= this.#heapFloor + this.#heapBudget) || !collectorOf()) {
       this.#floor = Math.min(this.#floor, buffers);
+      this.#heapFloor = Math.min(this.#heapFloor, heap);
       return false;
     }
-    collect({ type: 'major', execution: 'sync' });
-    this.#collected = true;
+    this.collect();
     return true;
+  }
+
+  /** A full collection now (`last-resort`: one that also shrinks the young generation); the next check reads the level it left. */
+  collect(flavor: 'regular' | 'last-resort' = 'regular'): void {
+    const collect = collectorOf();
+    if (!collect) return;
+    collect({ type: 'major', execution: 'sync', flavor });
+    this.#collected = true;
   }
 }
 

@@ -1,1 +1,1 @@
-export { BUFFER_BUDGET_BYTES, BufferBudget, scavenge, scavengePeriodically } from './gc.ts';
+export { BUFFER_BUDGET_BYTES, BufferBudget, HEAP_BUDGET_BYTES, scavenge, scavengePeriodically } from './gc.ts';
