@@ -25,6 +25,7 @@ import { methods as allMethods, type Method, type MethodContext, type MethodId, 
 import { Processes, run, runAllowingFailure, sleep } from './lib/proc.ts';
 import { CountingProxy } from './lib/proxy.ts';
 import { startReceiver } from './lib/receiver.ts';
+import { ferryEntry, type FerryBuild, type FerryEntry } from './lib/release.ts';
 import { renderReport, type LinkMethods, type Sample } from './lib/report.ts';
 import { measureSigningCost, type SigningCost } from './lib/signing.ts';
 import { startPrivateSshd } from './lib/sshd.ts';
@@ -47,6 +48,8 @@ const USAGE = `Usage: npm run bench -- [--sizes small,medium,large] [--runs N] [
             none: no link (with --fanout alone)
   --fanout  NxRATE[-RTTms], e.g. 4x100mbit: one ferry push to N targets (private engines), each
             behind its own link, against the same N pushes one after another (default none)
+  --ferry   release (default): pack this checkout and measure the installed release, as users run
+            it; checkout: run the sources (bin/ferry.js), e.g. to profile them
 
 Needs the local stack (bash deploy/local-stack.sh up). For development: --sizes small --runs 1.`;
 
@@ -62,12 +65,13 @@ interface Options {
   notes: string[];
   links: LinkProfile[];
   fanout?: { targets: number; link: LinkProfile };
+  ferry: FerryBuild;
 }
 
 function options(argv: string[]): Options | undefined {
   const { values } = parseArgs({ args: argv, options: {
     sizes: { type: 'string' }, runs: { type: 'string' }, out: { type: 'string' }, methods: { type: 'string' }, note: { type: 'string', multiple: true },
-    links: { type: 'string' }, fanout: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+    links: { type: 'string' }, fanout: { type: 'string' }, ferry: { type: 'string' }, help: { type: 'boolean', short: 'h' },
   } });
   if (values.help) return undefined;
   const sizes = (values.sizes ?? DEFAULT_SIZES.join(',')).split(',').map((z) => z.trim()).filter(Boolean);
@@ -79,9 +83,11 @@ function options(argv: string[]): Options | undefined {
   // `--links none` measures no link, e.g. for a fan-out alone.
   const links = (values.links ?? 'loopback').split(',').map((l) => l.trim()).filter((l) => l !== '' && l !== 'none').map(parseLink);
   if (new Set(links.map((l) => l.name)).size !== links.length) throw new Error('--links: a profile is named twice');
+  const ferry = values.ferry ?? 'release';
+  if (ferry !== 'release' && ferry !== 'checkout') throw new Error(`--ferry: "${ferry}" is not release or checkout`);
   return {
     sizes: SIZES.filter((z) => sizes.includes(z)), runs, out: resolve(values.out ?? join(ROOT, 'bench/results.md')),
-    methods: METHOD_IDS.filter((m) => methods.includes(m)), notes: values.note ?? [], links,
+    methods: METHOD_IDS.filter((m) => methods.includes(m)), notes: values.note ?? [], links, ferry,
     ...(values.fanout !== undefined ? { fanout: parseFanout(values.fanout) } : {}),
   };
 }
@@ -106,6 +112,7 @@ class Bench {
   #methods: Method[] = [];
   #facts: MachineFacts | undefined;
   #revision = 'unknown';
+  #ferry: FerryEntry | undefined;
   #signing: SigningCost | undefined;
   #tmp: string | undefined;
   #credentials: TestKey | undefined;
@@ -129,6 +136,7 @@ class Bench {
     this.#signing = await measureSigningCost();
     this.#tmp = await mkdtemp(join(tmpdir(), 'ferry-bench-'));
     this.#credentials = testKey(`bench-${randomBytes(3).toString('hex')}`);
+    this.#ferry = await ferryEntry(this.procs, ROOT, this.#tmp, this.#opts.ferry, log);
     if (this.#opts.fanout !== undefined || this.#opts.links.some((l) => l.rateBits !== undefined)) {
       await removeStaleNamespaces(this.procs, log);
       this.#netem = await hasNetem(this.procs);
@@ -164,6 +172,11 @@ class Bench {
     await this.#stopLive();
   }
 
+  #ferryEntry(): FerryEntry {
+    if (this.#ferry === undefined) throw new Error('the bench has not chosen its ferry yet');
+    return this.#ferry;
+  }
+
   async #closeMethods(): Promise<void> {
     for (const method of this.#methods.splice(0)) await method.close?.().catch(() => undefined);
   }
@@ -175,7 +188,8 @@ class Bench {
   async #startServices(dir: string, site: Site): Promise<Services> {
     const credentials = this.#credentials ?? testKey('bench');
     const hostId = `bench-${randomBytes(3).toString('hex')}`;
-    const receiver = await startReceiver(this.procs, site, ROOT, {
+    const ferry = this.#ferryEntry();
+    const receiver = await startReceiver(this.procs, site, ROOT, ferry.script, {
       DOCKER_HOST: this.#target.host, FERRY_TRUST_FILE: trustFile(credentials), FERRY_HOST_ID: hostId, FERRY_DATA_DIR: join(dir, 'receiver'),
     });
     const proxies: CountingProxy[] = [];
@@ -193,7 +207,7 @@ class Bench {
       // The engines trust plain-HTTP registries on 127.0.0.0/8 only: they reach this one through a forwarder there.
       const registryProxy = await CountingProxy.start(0);
       proxies.push(registryProxy);
-      const common = { procs: this.procs, build: this.#build, target: this.#target, tmp: dir, root: ROOT, nodePath: process.execPath, site, sshd, registryProxy, registry, credentials, log, healthHost: site.hostAddress };
+      const common = { procs: this.procs, build: this.#build, target: this.#target, tmp: dir, root: ROOT, nodePath: process.execPath, ferry, site, sshd, registryProxy, registry, credentials, log, healthHost: site.hostAddress };
       if (site.meter) {
         log(`${site.profile.name}: receiver ${receiver.url}, sshd ${sshd.host}:${sshd.port}, registry ${registry.reach}:${registry.port} (engines via 127.0.0.1:${registryProxy.port})`);
         return {
@@ -258,7 +272,7 @@ class Bench {
 
   async #measureFanout(spec: { targets: number; link: LinkProfile }): Promise<void> {
     await runFanout({
-      procs: this.procs, build: this.#build, root: ROOT, nodePath: process.execPath, credentials: this.#credentials ?? testKey('bench'),
+      procs: this.procs, build: this.#build, root: ROOT, nodePath: process.execPath, ferry: this.#ferryEntry(), credentials: this.#credentials ?? testKey('bench'),
       netem: this.#netem ?? false, runs: this.#opts.runs, images: this.#images, spec, log,
       onCleanup: (stop) => this.#live.push(stop),
       record: async (sample) => {
@@ -285,7 +299,7 @@ class Bench {
     const text = renderReport({
       command: this.#command, facts: this.#facts, complete, runs: this.#opts.runs, sizes: this.#opts.sizes,
       loadAtEnd: loadavg().map((n) => n.toFixed(2)).join(' '), finishedAt: new Date().toISOString(),
-      links: this.#linkMethods, images: this.#images, samples: this.#samples, fanout: this.#fanoutSamples, revision: this.#revision,
+      links: this.#linkMethods, images: this.#images, samples: this.#samples, fanout: this.#fanoutSamples, revision: this.#revision, ferryBuild: this.#ferry?.describe ?? 'not chosen yet',
       notes: this.#opts.notes, ...(this.#netem !== undefined ? { netem: this.#netem } : {}), ...(this.#signing ? { signing: this.#signing } : {}),
     });
     await writeFile(this.#opts.out, text);

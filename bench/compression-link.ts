@@ -21,6 +21,7 @@ import { ShapedLink, busier, hasNetem, parseLink, removeStaleNamespaces, wireLim
 import { choiceOf, mb, runFerryPush } from './lib/methods.ts';
 import { Processes, sleep } from './lib/proc.ts';
 import { startReceiver } from './lib/receiver.ts';
+import { ferryEntry } from './lib/release.ts';
 import { PrivateDockerd } from '../test/helpers/dockerd.ts';
 import { testKey, trustFile } from '../test/helpers/keys.ts';
 import { stack } from '../test/helpers/stack.ts';
@@ -61,7 +62,8 @@ async function main(): Promise<void> {
     const dir = await mkdtemp(join(tmpdir(), 'ferry-bench-compression-'));
     cleanups.push(() => rm(dir, { recursive: true, force: true }));
     const credentials = testKey(`bench-${randomBytes(3).toString('hex')}`);
-    const receiver = await startReceiver(procs, link, ROOT, {
+    const ferry = await ferryEntry(procs, ROOT, dir, 'checkout', log);
+    const receiver = await startReceiver(procs, link, ROOT, ferry.script, {
       DOCKER_HOST: dockerd.host, FERRY_TRUST_FILE: trustFile(credentials), FERRY_HOST_ID: `bench-cmp-${randomBytes(3).toString('hex')}`, FERRY_DATA_DIR: join(dir, 'receiver'),
     });
     cleanups.push(() => receiver.stop());
@@ -73,7 +75,7 @@ async function main(): Promise<void> {
       for (const mode of modes) {
         await target.removeImage(image.id);
         link.take();
-        const push = await runFerryPush({ procs, root: ROOT, nodePath: process.execPath, build, credentials }, [
+        const push = await runFerryPush({ procs, root: ROOT, nodePath: process.execPath, ferry, build, credentials }, [
           'push', image.ref, '--to', receiver.url, '--name', `ferry-bench-${randomBytes(4).toString('hex')}`, '--network', 'none',
           '--compression', mode, '--json', '--entrypoint', '/bin/busybox', '--', 'sleep', '1000000',
         ]);

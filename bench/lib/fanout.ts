@@ -10,6 +10,7 @@ import { ShapedLink, busier, wireLimitSeconds, type LinkProfile } from './link.t
 import { mb, runFerryPush, type Phase } from './methods.ts';
 import { peakKb, resetPeak, run, sleep, type Processes } from './proc.ts';
 import { startReceiver, type BenchReceiver } from './receiver.ts';
+import type { FerryEntry } from './release.ts';
 
 export type FanoutMode = 'fanout' | 'sequential';
 
@@ -39,6 +40,7 @@ export interface FanoutInput {
   build: Engine;
   root: string;
   nodePath: string;
+  ferry: FerryEntry;
   credentials: TestKey;
   netem: boolean;
   runs: number;
@@ -86,7 +88,7 @@ export async function runFanout(input: FanoutInput): Promise<void> {
   input.onCleanup(() => rm(spool, { recursive: true, force: true }));
   const receivers: BenchReceiver[] = [];
   for (const [i, link] of links.entries()) {
-    const receiver = await startReceiver(procs, link, input.root, {
+    const receiver = await startReceiver(procs, link, input.root, input.ferry.script, {
       DOCKER_HOST: engines[i]?.host ?? '', FERRY_TRUST_FILE: trustFile(input.credentials),
       FERRY_HOST_ID: `bench-fan${i}-${randomBytes(3).toString('hex')}`, FERRY_DATA_DIR: join(spool, `receiver-${i}`),
     });

@@ -10,6 +10,7 @@ import { busier, type Endpoint, type Site } from './link.ts';
 import { PeakSampler, exited, peakKb, resetPeak, type Processes } from './proc.ts';
 import type { CountingProxy, Meter, WireBytes } from './proxy.ts';
 import { startRegistry, type LocalRegistry } from './registry.ts';
+import type { FerryEntry } from './release.ts';
 import { signedRequestsOf } from './signing.ts';
 import { shellQuote, type PrivateSshd } from './sshd.ts';
 import { keyEnv, type TestKey } from '../../test/helpers/keys.ts';
@@ -72,6 +73,8 @@ export interface MethodContext {
   tmp: string;
   root: string;
   nodePath: string;
+  /** The `ferry` measured (the installed release unless --ferry checkout). */
+  ferry: FerryEntry;
   /** The target side: loopback, or a shaped link's namespace where sshd, the registry, the receiver and the pipe's far end run. */
   site: Site;
   sshd: PrivateSshd;
@@ -322,9 +325,9 @@ export interface PushRun {
 }
 
 /** Runs one real `ferry push` (a child process, as a user would) with the bench's key; its peak memory is sampled. */
-export async function runFerryPush(ctx: Pick<MethodContext, 'procs' | 'root' | 'nodePath' | 'build' | 'credentials'>, args: string[]): Promise<PushRun> {
+export async function runFerryPush(ctx: Pick<MethodContext, 'procs' | 'root' | 'nodePath' | 'ferry' | 'build' | 'credentials'>, args: string[]): Promise<PushRun> {
   const started = performance.now();
-  const child = ctx.procs.spawn(ctx.nodePath, [join(ctx.root, 'bin/ferry.js'), ...args], {
+  const child = ctx.procs.spawn(ctx.nodePath, [ctx.ferry.script, ...args], {
     cwd: ctx.root, stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...withoutFerry(process.env), DOCKER_HOST: ctx.build.host, ...keyEnv(ctx.credentials) },
   });
@@ -360,10 +363,10 @@ function ferryMethod(ctx: MethodContext): Method {
     id: 'ferry',
     title: 'ferry push',
     commands: [
-      `DOCKER_HOST=${ctx.build.host} FERRY_KEY_ID=… FERRY_KEY_FILE=… node bin/ferry.js ${args('IMAGE', 'SERVICE', 0).join(' ').replace('PORT=0', 'PORT=P').replaceAll(':0/', ':P/')}`,
+      `DOCKER_HOST=${ctx.build.host} FERRY_KEY_ID=… FERRY_KEY_FILE=… ferry ${args('IMAGE', 'SERVICE', 0).join(' ').replace('PORT=0', 'PORT=P').replaceAll(':0/', ':P/')}`,
       ctx.site.meter
-        ? `(receiver: ${ctx.site.wrap('node', []).flat().join(' ')} bin/ferry.js receiver with DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=…, listening in the link's namespace, one process per link; it probes the health URL back across the link)`
-        : `(receiver: DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=… node bin/ferry.js receiver, on 127.0.0.1, one process for the whole bench)`,
+        ? `(receiver: ${ctx.site.wrap('node', []).flat().join(' ')} ferry receiver with DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=…, listening in the link's namespace, one process per link; it probes the health URL back across the link)`
+        : `(receiver: DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=… ferry receiver, on 127.0.0.1, one process for the whole bench)`,
     ],
     measure: async (image) => {
       const port = await freePort();

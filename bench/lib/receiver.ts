@@ -1,4 +1,3 @@
-import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Site } from './link.ts';
 import { exited, type Processes } from './proc.ts';
@@ -15,10 +14,10 @@ export interface BenchReceiver {
  * namespace's address (or behind its delaying relay) and talks to its engine over the engine's
  * unix socket, which reaches across namespaces. Waits for its "receiver listening" line.
  */
-export async function startReceiver(procs: Processes, site: Site, root: string, env: Record<string, string>): Promise<BenchReceiver> {
+export async function startReceiver(procs: Processes, site: Site, root: string, script: string, env: Record<string, string>): Promise<BenchReceiver> {
   const { port, bind, reach } = await site.expose();
   const base = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('FERRY_') && key !== 'DOCKER_HOST'));
-  const child = procs.spawn(...site.wrap(process.execPath, [join(root, 'bin/ferry.js'), 'receiver']), {
+  const child = procs.spawn(...site.wrap(process.execPath, [script, 'receiver']), {
     cwd: root, env: { ...base, ...env, FERRY_LISTEN: `${bind}:${port}` }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let said = '';

@@ -37,6 +37,8 @@ export interface ReportInput {
   netem?: boolean;
   /** The code measured: commit and whether the tree had changes on top. */
   revision: string;
+  /** Which `ferry` ran: the installed release or the checkout's sources. */
+  ferryBuild: string;
   /** Given with --note: what the person running the bench wants the reader to know. */
   notes: string[];
   /** What signing and checking one request cost, measured in this run (bench/lib/signing.ts). */
@@ -270,7 +272,7 @@ export function renderReport(input: ReportInput): string {
     `- build engine: ${f.buildEngine}`,
     `- target engine: ${f.targetEngine}`,
     `- docker CLI ${f.dockerClient}; Node.js ${f.node}; ${f.tools}`,
-    `- Ferry: ${input.revision}`,
+    `- Ferry: ${input.revision}; measured as ${input.ferryBuild}`,
     `- load average at start ${f.loadAtStart}, at the end ${input.loadAtEnd}; 1-minute load when runs started: min ${s(Math.min(...loads))}, median ${s(median(loads))}, max ${s(Math.max(...loads))}.`,
     '  The machine is shared: other workloads (builds, test suites) ran on the same 2 cores and the same two engines',
     '  during the bench, so absolute times are noisy; runs alternate between methods so that the noise falls on all of them.',

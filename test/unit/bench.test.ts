@@ -20,7 +20,7 @@ describe('bench arithmetic and report', { timeout: 30_000 }, () => {
   it('gives ratios to the first row of a phase and escapes pipes in method names', () => {
     const measurement = (total: number, wire: number) => ({ moveSeconds: total - 1, startSeconds: 1, totalSeconds: total, wireBytes: wire, wireDetail: '' });
     const input: ReportInput = {
-      command: 'npm run bench', revision: 'commit abc', notes: ['a note'], loadAtEnd: '1 1 1', finishedAt: 'now', complete: true, runs: 2, sizes: ['small'], images: [],
+      command: 'npm run bench', revision: 'commit abc', ferryBuild: 'the checkout', notes: ['a note'], loadAtEnd: '1 1 1', finishedAt: 'now', complete: true, runs: 2, sizes: ['small'], images: [],
       facts: { date: 'then', nproc: 2, cpu: 'cpu', memory: '1 GiB', kernel: 'Linux', node: 'v24', dockerClient: '28', buildEngine: 'b', targetEngine: 't', tools: '', loadAtStart: '1 1 1' },
       links: [{ link: parseLink('loopback'), methods: [{ id: 'pipe', title: 'save | load', commands: [] }, { id: 'ferry', title: 'ferry push', commands: [] }] }], fanout: [],
       samples: [
@@ -44,7 +44,7 @@ describe('bench arithmetic and report', { timeout: 30_000 }, () => {
   it('checks the warm targets on the largest size and tells apart figures that round alike', () => {
     const warm = (move: number, start: number, wire: number) => ({ moveSeconds: move, startSeconds: start, totalSeconds: move + start, wireBytes: wire, wireDetail: '' });
     const input: ReportInput = {
-      command: 'npm run bench', revision: 'commit abc', notes: [], loadAtEnd: '1 1 1', finishedAt: 'now', complete: true, runs: 1, sizes: ['large'], images: [],
+      command: 'npm run bench', revision: 'commit abc', ferryBuild: 'the checkout', notes: [], loadAtEnd: '1 1 1', finishedAt: 'now', complete: true, runs: 1, sizes: ['large'], images: [],
       facts: { date: 'then', nproc: 2, cpu: 'cpu', memory: '1 GiB', kernel: 'Linux', node: 'v24', dockerClient: '28', buildEngine: 'b', targetEngine: 't', tools: '', loadAtStart: '1 1 1' },
       links: [{ link: parseLink('loopback'), methods: [{ id: 'pipe', title: 'pipe', commands: [] }, { id: 'registry', title: 'registry', commands: [] }, { id: 'ferry', title: 'ferry push', commands: [] }] }], fanout: [],
       samples: [
