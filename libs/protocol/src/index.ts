@@ -11,3 +11,4 @@ export * from './duration.ts';
 export * from './health-reach.ts';
 export { FERRY_VERSION } from './version.ts';
 export * from './text.ts';
+export * from './release.ts';

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DIGEST_PATTERN, IMAGE_ID_PATTERN, SERVICE_NAME_PATTERN, prototypeKeyPaths } from './wire.ts';
+import { ReleaseRefSchema } from './release.ts';
 
 export const COMPRESSIONS = ['zstd', 'gzip', 'none'] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
@@ -191,6 +192,8 @@ export const ManifestSchema = z.strictObject({
    * downgrade a host) unless the release itself says, under the signature, that it is a rollback.
    */
   rollback: z.boolean().optional(),
+  /** The release this deployment belongs to (release.ts): the receiver journals and retains it under that id. */
+  release: ReleaseRefSchema.optional(),
 }).refine((m) => (m.package.omittedLayers ?? []).every((id) => m.image.diffIds.includes(id)), {
   path: ['package', 'omittedLayers'], message: 'every omitted layer must be one of image.diffIds',
 });
