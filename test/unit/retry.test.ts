@@ -1,5 +1,10 @@
-/** The backoff schedule of stubborn delivery, on a fake clock: no test waits or rolls dice. */
+/**
+ * The backoff schedule of stubborn delivery, on a fake clock: no test waits or rolls dice; and it
+ * is the sender's only one.
+ */
 import assert from 'node:assert/strict';
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { FerryError } from '@ferry/protocol';
 import { DEFAULT_BACKOFF, backoffDelay, isRetryable, retry, type Clock } from '@ferry/sender';
@@ -51,5 +56,27 @@ describe('retry with exponential backoff and full jitter', () => {
     }
     assert.equal(isRetryable(new FerryError('FERRY_ERR_REPLAY')), true);
     assert.equal(isRetryable(new FerryError('FERRY_ERR_INTERNAL')), true);
+  });
+});
+
+describe('one backoff', () => {
+  test('no module of the sender or the CLI but retry.ts computes a retry\'s pause or waits one out', () => {
+    const root = new URL('../../', import.meta.url).pathname;
+    const files: string[] = [];
+    const walk = (dir: string): void => {
+      for (const entry of readdirSync(dir, { withFileTypes: true })) {
+        const path = join(dir, entry.name);
+        if (entry.isDirectory()) walk(path);
+        else if (entry.name.endsWith('.ts')) files.push(path);
+      }
+    };
+    for (const dir of ['services/sender/src', 'apps/cli/src']) walk(join(root, dir));
+    assert.ok(files.length > 10);
+    // A pause of the schedule (backoffDelay), a wait on the injected clock, or a doubling of its own.
+    const backoff = /\bbackoffDelay\(|\bclock\.sleep\(|\*\s*2\s*\*\*\s*\(?\s*\w*(?:attempt|retr|failure)/i;
+    const offenders = files.filter((file) => !file.endsWith('services/sender/src/retry.ts')).flatMap((file) => readFileSync(file, 'utf8').split('\n')
+      .map((line, i) => [`${file.slice(root.length)}:${i + 1}`, line] as const)
+      .filter(([, line]) => backoff.test(line) && !/^\s*(?:\/\/|\*)/.test(line)));
+    assert.deepEqual(offenders, []);
   });
 });

@@ -14,7 +14,7 @@ import { inspectImage, meteredSize, type BuiltPackage, type ExportedBy, type Ima
 import { Spools, type Producer, type Reads, type Source } from './productions.ts';
 import { ReceiverClient, type Credentials, type TargetLayers, type UploadOutcome } from './receiver-client.ts';
 import { uploadResumable } from './resumable.ts';
-import { DEFAULT_BACKOFF, backoffDelay, isRetryable, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
+import { DEFAULT_BACKOFF, isRetryable, pause, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
 import { streamRound, type Participant, type RoundOutcome } from './round.ts';
 import type { ResolvedTarget } from './targets.ts';
 
@@ -516,9 +516,7 @@ class TargetMachine {
   }
 
   async #retry(step: Extract<Step, { state: 'retry' }>): Promise<Step> {
-    const delayMs = backoffDelay(this.#attempts, this.#policy, () => this.#clock.random());
-    this.#deps.onRetry?.(this.url, this.#attempts, delayMs, step.err);
-    await this.#clock.sleep(delayMs);
+    await pause(this.#attempts, { policy: this.#policy, clock: this.#clock, onRetry: (n, delayMs, err) => this.#deps.onRetry?.(this.url, n, delayMs, err) }, step.err);
     this.#attempts += 1;
     return step.next;
   }

@@ -1,6 +1,6 @@
 import { isFerryError, type ErrorCode } from '@ferry/protocol';
-import { ResumableClient, type ResumableTarget, type UploadOutcome, type UploadPosition } from './receiver-client.ts';
-import { backoffDelay, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
+import { ResumableClient, type ResumableTarget, type UploadOutcome } from './receiver-client.ts';
+import { retry, systemClock, type BackoffPolicy, type Clock, type RetryOptions } from './retry.ts';
 
 /** Parts are fsynced one by one; this size keeps a lost part cheap and the fsyncs few. */
 export const DEFAULT_PART_BYTES = 32 * 1024 ** 2;
@@ -35,59 +35,56 @@ const RETRYABLE: readonly ErrorCode[] = [
   'FERRY_ERR_REPLAY',
 ];
 
+const resumes = (err: unknown): boolean => isFerryError(err) && RETRYABLE.includes(err.code);
+
 /**
  * A push over the resumable protocol: create the session, send parts from the acknowledged
  * offset, and after any failure ask the receiver (HEAD) where to go on from, until every byte is
  * acknowledged; then deploy, retrying a lost answer (the receiver answers a retry from its
- * record of the deployment id). Gives up after `attempts` failures in a row without progress,
- * pausing between them as retry.ts's backoff says.
+ * record of the deployment id). Each call — the create, a part until the receiver holds it, the
+ * deploy — gives up after `attempts` failures in a row, pausing between them as retry.ts says.
  */
 export async function uploadResumable(options: ResumableOptions): Promise<UploadOutcome & { uploadId: string; retries: number }> {
   const client = options.client ? options.client.resumable() : new ResumableClient(options);
   const partBytes = options.partBytes ?? DEFAULT_PART_BYTES;
   const policy = { ...RESUME_BACKOFF, attempts: options.attempts ?? RESUME_BACKOFF.attempts };
   const clock = options.clock ?? systemClock;
-  let failures = 0;
   let retries = 0;
   let bodyBytes = 0;
-  const retrying = async (err: unknown): Promise<void> => {
-    failures += 1;
-    retries += 1;
-    if (!isFerryError(err) || !RETRYABLE.includes(err.code) || failures >= policy.attempts) throw err;
-    await clock.sleep(backoffDelay(failures, policy, () => clock.random()));
-  };
+  const retrying = (shouldRetry: (err: unknown) => boolean): RetryOptions => ({ policy, clock, shouldRetry, onRetry: () => { retries += 1; } });
 
-  let session: UploadPosition | undefined;
-  while (!session) session = await client.create(options.manifestJson).catch(async (err: unknown) => { await retrying(err); return undefined; });
-  const { uploadId } = session;
-  let offset = session.offset;
+  const { uploadId, offset: opened } = await retry(() => client.create(options.manifestJson), retrying(resumes));
+  let offset = opened;
   options.onSession?.(offset);
   while (offset < options.packageSize) {
-    const length = Math.min(partBytes, options.packageSize - offset);
-    const from = offset;
-    try {
-      offset = (await client.patchFile(uploadId, options.packagePath, from, length, (sent) => options.onProgress?.(from + sent))).offset;
+    const start = offset;
+    let ask = false;
+    let final = false;
+    // Failures in a row while the receiver does not hold more than `start`: progress starts the count again.
+    await retry(async () => {
+      if (ask) {
+        offset = (await client.head(uploadId)).offset;
+        ask = false;
+        options.onProgress?.(offset);
+        // A lost answer: the part was taken after all.
+        if (offset > start) return;
+      }
+      const from = offset;
+      const length = Math.min(partBytes, options.packageSize - from);
       bodyBytes += length;
-      failures = 0;
-    } catch (err) {
-      bodyBytes += length;
-      // The whole-file check refused the package: the upload is gone, and a retry cannot help.
-      if (isFerryError(err, 'FERRY_ERR_CHECKSUM_MISMATCH') && from + length === options.packageSize && err.details?.offset === undefined) throw err;
-      await retrying(err);
-      const position = await client.head(uploadId).catch(async (headErr: unknown) => { await retrying(headErr); return undefined; });
-      if (position) offset = position.offset;
-    }
+      try {
+        offset = (await client.patchFile(uploadId, options.packagePath, from, length, (sent) => options.onProgress?.(from + sent))).offset;
+      } catch (err) {
+        // The whole-file check refused the package: the upload is gone, and a retry cannot help.
+        final = isFerryError(err, 'FERRY_ERR_CHECKSUM_MISMATCH') && from + length === options.packageSize && err.details?.offset === undefined;
+        ask = true;
+        throw err;
+      }
+    }, retrying((err) => !final && resumes(err)));
     options.onProgress?.(offset);
   }
   options.onSent?.();
-  failures = 0;
-  for (;;) {
-    try {
-      return { result: await client.deploy(uploadId), bodyBytes, uploadId, retries };
-    } catch (err) {
-      // Only a lost answer is worth asking again; a deployment's own failure is the outcome.
-      if (!isFerryError(err, 'FERRY_ERR_RECEIVER_UNREACHABLE')) throw err;
-      await retrying(err);
-    }
-  }
+  // Only a lost answer is worth asking again; a deployment's own failure is the outcome.
+  const result = await retry(() => client.deploy(uploadId), retrying((err) => isFerryError(err, 'FERRY_ERR_RECEIVER_UNREACHABLE')));
+  return { result, bodyBytes, uploadId, retries };
 }

@@ -48,6 +48,7 @@ export function isRetryable(err: unknown): boolean {
 export interface RetryOptions {
   policy: BackoffPolicy;
   clock: Clock;
+  /** Whether another attempt can help (default {@link isRetryable}); asked after every failure. */
   shouldRetry?: (err: unknown) => boolean;
   /** Told before each pause, e.g. to log which host is being retried. */
   onRetry?: (retry: number, delayMs: number, err: unknown) => void;
@@ -60,10 +61,20 @@ export async function retry<T>(attempt: (n: number) => Promise<T>, options: Retr
     try {
       return await attempt(n);
     } catch (err) {
-      if (n >= options.policy.attempts || !shouldRetry(err)) throw err;
-      const delayMs = backoffDelay(n, options.policy, () => options.clock.random());
-      options.onRetry?.(n, delayMs, err);
-      await options.clock.sleep(delayMs);
+      // Asked after every failure, the last one too: it may throw the error that failure means.
+      if (!shouldRetry(err) || n >= options.policy.attempts) throw err;
+      await pause(n, options, err);
     }
   }
+}
+
+/**
+ * Waits out the pause before retry number `retry` (1 for the first), told to `onRetry` first.
+ * Every retry of the sender pauses here — {@link retry}'s, and the per-target state machine's
+ * retry step — so there is one schedule ({@link backoffDelay}) and one clock to fake in tests.
+ */
+export async function pause(retry: number, options: Pick<RetryOptions, 'policy' | 'clock' | 'onRetry'>, err: unknown): Promise<void> {
+  const delayMs = backoffDelay(retry, options.policy, () => options.clock.random());
+  options.onRetry?.(retry, delayMs, err);
+  await options.clock.sleep(delayMs);
 }

@@ -6,7 +6,7 @@ import {
   type DeploymentResult, type ErrorCode, type PackageSeal,
 } from '@ferry/protocol';
 import { sendSigned, type ResumableTarget } from './receiver-client.ts';
-import { DEFAULT_BACKOFF, backoffDelay, isRetryable, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
+import { DEFAULT_BACKOFF, isRetryable, retry, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
 
 export type StreamTarget = ResumableTarget;
 
@@ -243,19 +243,10 @@ export class StreamUpload {
 
   /**
    * Runs `attempt` until it succeeds; after a failure `again` says whether to try once more, after
-   * the policy's pause (failures in a row are counted; `attempts` of them end it).
+   * the policy's pause (retry.ts: failures in a row are counted; `attempts` of them end it).
    */
-  async #retrying<R>(again: (failure: unknown) => boolean, attempt: () => Promise<R>): Promise<R> {
-    for (let failures = 0; ;) {
-      try {
-        return await attempt();
-      } catch (err) {
-        failures += 1;
-        if (!again(err) || failures >= this.#policy.attempts) throw err;
-        this.#retries += 1;
-        await this.#clock.sleep(backoffDelay(failures, this.#policy, () => this.#clock.random()));
-      }
-    }
+  #retrying<R>(again: (failure: unknown) => boolean, attempt: () => Promise<R>): Promise<R> {
+    return retry(attempt, { policy: this.#policy, clock: this.#clock, shouldRetry: again, onRetry: () => { this.#retries += 1; } });
   }
 
   /**
