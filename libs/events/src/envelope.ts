@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import {
   EVENT_TYPES, eventSubject,
-  type Compression, type DeploymentState, type ErrorCode, type EventType, type ProbeResult, type StageTimings,
+  type Compression, type DeploymentState, type ErrorCode, type EventType, type ProbeResult, type ReleaseOutcome, type ReleaseService,
+  type StageTimings,
 } from '@ferry/protocol';
 
 /** What every payload carries, so a consumer can correlate any single event without its neighbours. */
@@ -13,6 +14,111 @@ export interface EventBase {
   image?: string;
   /** The image id (`sha256:<hex>`) once it is known. */
   imageId?: string;
+  /**
+   * The release the deployment belongs to, as its signed manifest names it (docs/protocol.md §4,
+   * `release`); absent for a deployment outside a release. Release events themselves carry
+   * `releaseId` instead.
+   */
+  release?: EventReleaseRef;
+}
+
+/** Where a deployment stands in its release: the release id, its phase (from 0), its wave (from 0). */
+export interface EventReleaseRef {
+  id: string;
+  phase: number;
+  wave?: number;
+}
+
+/** Outcomes by host, then by service. */
+export type ReleaseOutcomes = Record<string, Record<string, ReleaseOutcome>>;
+
+/**
+ * What every release event carries besides the correlation fields. A release event's `host` is
+ * `_release` (RELEASE_HOST), its `service` the project's subject token, its `deploymentId` empty.
+ */
+export interface ReleaseEventFields {
+  /** `rel-YYYYMMDDTHHMMSSZ-<8 hex>` (RELEASE_ID_PATTERN). */
+  releaseId: string;
+  /** The project as its deployment file names it. */
+  project: string;
+}
+
+/** The plan: services with their image ids and specs' hashes, phases, hosts by wave. */
+export interface ReleaseStartedFields extends ReleaseEventFields {
+  /** Phase names in order (`phase-1`… when the file names none). */
+  phases: string[];
+  services: ReleaseService[];
+  /** Host ids by wave, in the order the waves go. */
+  waves: string[][];
+  /** The release this one replaces on its hosts, where the sender knows it. */
+  previousId?: string;
+}
+
+/** A phase is healthy on every host it touched (in one wave, when the release has several). */
+export interface ReleasePhaseCompletedFields extends ReleaseEventFields {
+  /** Counted from 0. */
+  phase: number;
+  /** The phase's name. */
+  name: string;
+  wave?: number;
+  /** The outcome of each service of the phase on each host of the wave. */
+  outcomes: ReleaseOutcomes;
+  durationMs?: number;
+}
+
+/** Every phase is through on every host of a wave. */
+export interface ReleaseWaveCompletedFields extends ReleaseEventFields {
+  /** Counted from 0. */
+  wave: number;
+  /** The wave's name, e.g. `canary` (`wave-1`… when the file names none). */
+  name: string;
+  hosts: string[];
+  outcomes: ReleaseOutcomes;
+  durationMs?: number;
+}
+
+/** The release waits before `wave`: for a time (`until`) or for `ferry release continue`. */
+export interface ReleasePausedFields extends ReleaseEventFields {
+  /** The wave that waits, counted from 0. */
+  wave: number;
+  reason: 'pause' | 'continue';
+  /** When a timed pause ends. */
+  until?: string;
+}
+
+export interface ReleaseCompletedFields extends ReleaseEventFields {
+  outcomes: ReleaseOutcomes;
+  durationMs: number;
+}
+
+/** The release halted: what stopped it and where; `rollback` says whether a whole-release rollback follows. */
+export interface ReleaseFailedFields extends ReleaseEventFields {
+  error: { code: ErrorCode; message: string };
+  phase?: number;
+  wave?: number;
+  /** The service and host whose failure halted it, when one did. */
+  service?: string;
+  host?: string;
+  outcomes: ReleaseOutcomes;
+  rollback: boolean;
+}
+
+/** A whole-release rollback begins: every host already touched, in reverse phase order. */
+export interface ReleaseRollbackStartedFields extends ReleaseEventFields {
+  reason: string;
+  hosts: string[];
+  /** The release it returns to; absent when each service goes back to its previous good deployment. */
+  to?: string;
+}
+
+/** A whole-release rollback ended; `outcomes` are `rolled-back` or `rollback-failed` per host per service. */
+export interface ReleaseRolledBackFields extends ReleaseEventFields {
+  /** The release the hosts were returned to, when there was one. */
+  rolledBackTo?: string;
+  outcomes: ReleaseOutcomes;
+  /** Set when some service could not be returned. */
+  error?: { code: ErrorCode; message: string };
+  durationMs: number;
 }
 
 // Type-specific fields, one interface per event type; EventData adds EventBase to each.
@@ -155,6 +261,14 @@ export interface EventFields {
   'drift.detected': DriftDetectedFields;
   'policy.denied': PolicyDeniedFields;
   'grant.grace': GrantGraceFields;
+  'release.started': ReleaseStartedFields;
+  'release.phase.completed': ReleasePhaseCompletedFields;
+  'release.wave.completed': ReleaseWaveCompletedFields;
+  'release.paused': ReleasePausedFields;
+  'release.completed': ReleaseCompletedFields;
+  'release.failed': ReleaseFailedFields;
+  'release.rollback.started': ReleaseRollbackStartedFields;
+  'release.rolled_back': ReleaseRolledBackFields;
 }
 
 /** The payload (`data`) of each event type. Mapped over EventType, so a new type without fields fails to compile. */
@@ -182,6 +296,12 @@ interface FerryEventOf<T extends EventType> {
   datacontenttype: 'application/json';
   /** CloudEvents extension attribute: the correlation id shared by all events of one deployment. */
   deploymentid: string;
+  /**
+   * CloudEvents extension attribute of a signed release event whose key's rights come from a grant
+   * (base64url of the signed grant document, as `X-Ferry-Grant` carries it): the registry checks
+   * the signature against the grant's key.
+   */
+  ferrygrant?: string;
   data: EventData[T];
 }
 
@@ -199,7 +319,7 @@ export function eventTypeOf(cloudType: string): EventType | undefined {
 }
 
 /** What createEvent takes as `data`: the correlation fields come from its own arguments. */
-export type EventPayload<T extends EventType> = EventFields[T] & Pick<EventBase, 'image' | 'imageId'>;
+export type EventPayload<T extends EventType> = EventFields[T] & Pick<EventBase, 'image' | 'imageId' | 'release'>;
 
 export interface CreateEventInput<T extends EventType> {
   source: string;

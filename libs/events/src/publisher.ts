@@ -16,13 +16,20 @@ export type SinkStatus = 'connected' | 'connecting' | 'disabled';
  * must never wait for, or fail because of, the event bus.
  */
 export interface EventSink {
-  /** Queues the event; never throws and never waits. */
-  publish(event: FerryEvent): void;
+  /**
+   * Queues the event; never throws and never waits. `options.signer` signs this event in place of
+   * the publisher's own signer (a sender signs its release events with the operator's key).
+   */
+  publish(event: FerryEvent, options?: PublishOptions): void;
   /** Resolves once every event published so far has been stored (or given up on at close). */
   flush(): Promise<void>;
   /** Flushes for a bounded time, then releases the connection. Idempotent; never rejects. */
   close(): Promise<void>;
   readonly status: SinkStatus;
+}
+
+export interface PublishOptions {
+  signer?: EventSigner;
 }
 
 /** What a publisher tells about itself for readiness checks and metrics. */
@@ -166,7 +173,7 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
     return this.#status === 'connected' ? undefined : this.#disconnectedSince;
   }
 
-  publish(event: FerryEvent): void {
+  publish(event: FerryEvent, options: PublishOptions = {}): void {
     try {
       if (this.#closing) {
         this.#logger.error({ eventId: event.id, type: event.type }, 'event published after close was dropped');
@@ -175,7 +182,8 @@ export class JetStreamPublisher implements EventSink, EventSinkHealth {
       // Subject and payload are computed now so a malformed event is refused here, once, instead
       // of blocking the queue behind endless retries.
       const subject = subjectOf(event);
-      const payload = this.#signer ? signedEventPayload(event, this.#signer) : encoder.encode(JSON.stringify(event));
+      const signer = options.signer ?? this.#signer;
+      const payload = signer ? signedEventPayload(event, signer) : encoder.encode(JSON.stringify(event));
       const stored = this.#outbox?.append(event.id, payload);
       this.#queue.push(stored?.file ? { id: event.id, subject, stored } : { id: event.id, subject, payload, ...(stored ? { stored } : {}) });
     } catch (err) {
