@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ManifestSchema } from '@ferry/protocol';
 import { formatProblem, parseDeploymentJson, parseDeploymentText, type DeploymentDocument, type Problem } from '@ferry/sender';
+import { phasesOf, serviceSpecOf } from '../../services/sender/src/deployfile/index.ts';
 
 const BASE = '/srv/app';
 
@@ -249,5 +250,120 @@ describe('deployment file: a bad service name', () => {
   test('is reported beside the other problems', () => {
     const found = problems('version: 1\nservices:\n  Web:\n    image: a:1\n    targets: [nope]\n');
     assert.deepEqual(found.map((p) => [p.path, p.line]), [['services.Web', 3], ['services.Web.targets[0]', 5]]);
+  });
+});
+
+describe('deployment file: depends_on, phases and name', () => {
+  const THREE = `version: 1
+name: shop
+services:
+  web:
+    image: web:1
+    targets: [http://h:7701]
+    depends_on: [api]
+  api:
+    image: api:1
+    targets: [http://h:7701]
+    depends_on:
+      db: {condition: service_started}
+      cache:
+  db:
+    image: db:1
+    targets: [http://h:7701]
+  cache:
+    image: cache:1
+    targets: [http://h:7701]
+`;
+
+  test('the list form waits for healthy, the map form takes Compose conditions; phases are the topological levels in file order', () => {
+    const doc = ok(THREE);
+    assert.equal(doc.name, 'shop');
+    assert.equal(doc.phases, undefined, 'no phases were written');
+    assert.deepEqual(doc.services.web?.depends_on, { api: { condition: 'healthy' } });
+    assert.deepEqual(doc.services.api?.depends_on, { db: { condition: 'started' }, cache: { condition: 'healthy' } });
+    assert.deepEqual(phasesOf(doc), [
+      { name: 'phase-1', services: ['db', 'cache'] },
+      { name: 'phase-2', services: ['api'] },
+      { name: 'phase-3', services: ['web'] },
+    ]);
+    assert.deepEqual(phasesOf(doc, ['web', 'db']), [{ name: 'phase-1', services: ['db'] }, { name: 'phase-3', services: ['web'] }]);
+    assert.deepEqual(phasesOf(ok(MINIMAL)), [{ name: 'phase-1', services: ['web'] }], 'no depends_on: one phase');
+  });
+
+  test('depends_on never reaches the manifest', () => {
+    const doc = ok(THREE);
+    const entry = doc.services.api;
+    assert.ok(entry);
+    assert.equal('depends_on' in serviceSpecOf('api', entry), false);
+  });
+
+  test('an unknown name is an error at the dependency itself, with a did-you-mean', () => {
+    const listed = one(THREE.replace('depends_on: [api]', 'depends_on: [apu]'));
+    assert.deepEqual(listed, { path: 'services.web.depends_on[0]', message: 'no service "apu" in this file (did you mean api?)', line: 7, column: 18 });
+    const mapped = one(THREE.replace('      cache:\n', '      cahce:\n'));
+    assert.deepEqual([mapped.path, mapped.line, mapped.column], ['services.api.depends_on.cahce', 13, 7]);
+  });
+
+  test('a cycle is one error, at its first edge, naming the whole cycle', () => {
+    const found = one(THREE.replace('    targets: [http://h:7701]\n  cache:', '    targets: [http://h:7701]\n    depends_on: [web]\n  cache:'));
+    assert.equal(found.message, 'depends_on forms a cycle: web → api → db → web');
+    assert.deepEqual([found.path, found.line], ['services.web.depends_on[0]', 7]);
+    assert.equal(formatProblem(found, 'ferry.yaml'), 'ferry.yaml:7:18 services.web.depends_on[0]: depends_on forms a cycle: web → api → db → web');
+    const self = one(`${MINIMAL}    depends_on: [web]\n`);
+    assert.deepEqual([self.message, self.line], ['depends_on forms a cycle: web → web', 6]);
+  });
+
+  test('conditions other than started and healthy are refused', () => {
+    const job = one(THREE.replace('condition: service_started', 'condition: service_completed_successfully'));
+    assert.equal(job.path, 'services.api.depends_on.db.condition');
+    assert.match(job.message, /^started or healthy \(/);
+    const extra = one(THREE.replace('{condition: service_started}', '{condition: started, restart: true}'));
+    assert.equal(extra.path, 'services.api.depends_on.db.restart');
+    assert.match(extra.message, /^unknown field; known: condition/);
+    const camel = one(`${MINIMAL}    dependsOn: [web]\n`);
+    assert.match(camel.message, /did you mean depends_on\?/);
+  });
+
+  test('explicit phases are kept as written, named; depends_on must agree with them', () => {
+    const named = `${THREE}phases:
+  - {name: data, services: [db, cache]}
+  - {name: business, services: [api]}
+  - {name: interfaces, services: [web]}
+`;
+    const doc = ok(named);
+    assert.deepEqual(phasesOf(doc).map((p) => p.name), ['data', 'business', 'interfaces']);
+    const together = one(named.replace('  - {name: business, services: [api]}\n  - {name: interfaces, services: [web]}', '  - {name: business, services: [api, web]}'));
+    assert.equal(together.path, 'services.web.depends_on[0]');
+    assert.match(together.message, /^depends on api, which phases put in the same phase/);
+    const later = one(named.replace('[db, cache]', '[cache]').replace('services: [web]', 'services: [web, db]'));
+    assert.equal(later.path, 'services.api.depends_on.db');
+    assert.match(later.message, /a later phase, "interfaces"/);
+  });
+
+  test('explicit phases: every service once, only services of the file, distinct names', () => {
+    const found = problems(`${THREE}phases:
+  - {name: data, services: [db, cach]}
+  - {name: data, services: [api, db]}
+  - {name: interfaces, services: [web]}
+`);
+    assert.deepEqual(found.map((p) => [p.path, p.line]), [
+      ['services.cache', 17],
+      ['phases[0].services[1]', 21],
+      ['phases[1].name', 22],
+      ['phases[1].services[1]', 22],
+    ]);
+    assert.match(found[0]?.message ?? '', /^in no phase/);
+    assert.match(found[1]?.message ?? '', /did you mean cache\?/);
+    assert.match(found[3]?.message ?? '', /already in phase "data"/);
+  });
+
+  test('name is a Compose project name', () => {
+    assert.equal(one(MINIMAL.replace('version: 1', 'version: 1\nname: My Shop')).path, 'name');
+  });
+
+  test('a JSON document orders the same way, with paths', () => {
+    const result = parseDeploymentJson({ version: 1, services: { a: { image: 'a:1', targets: ['http://h:1'], depends_on: ['b'] }, b: { image: 'b:1', targets: ['http://h:1'], depends_on: { a: null } } } });
+    assert.ok(!result.ok);
+    assert.deepEqual(result.problems, [{ path: 'services.a.depends_on[0]', message: 'depends_on forms a cycle: a → b → a' }]);
   });
 });

@@ -1,3 +1,4 @@
 export { loadDeploymentFile, parseDeploymentJson, parseDeploymentText, MAX_FILE_BYTES, type ParseOptions, type ParseResult } from './parse.ts';
 export { formatPath, formatProblem, invalidDocument, type Problem } from './problems.ts';
 export { serviceSpecOf, validateDeployment, type BuildSpec, type DeploymentDocument, type ServiceEntry, type ValidateOptions } from './schema.ts';
+export { orderPhases, phasesOf, MAX_PHASES, type DependencyCondition, type OrderInput, type Phase } from './phases.ts';

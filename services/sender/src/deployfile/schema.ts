@@ -1,6 +1,7 @@
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { IMAGE_REF_PATTERN, SELECTOR_PREFIX, SELECTOR_SYNTAX, parseSelector, SERVICE_NAME_PATTERN, ServiceSpecSchema, parseDuration, prototypeKeyPaths, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
+import { orderPhases, MAX_PHASES, type DependencyCondition, type Phase } from './phases.ts';
 import { closest, type PathSegment } from './problems.ts';
 
 /** A problem before it is placed in a file: the path is kept as segments to find its YAML node. */
@@ -13,6 +14,9 @@ export interface RawProblem {
 
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const DOCUMENT_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+/** Compose's project name: lowercase letters, digits, "-" and "_", starting with a letter or digit. */
+const PROJECT_NAME = /^[a-z0-9][a-z0-9_-]{0,62}$/;
+const PHASE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 export const MAX_TARGETS = 256;
 
 /** `http(s)://HOST:PORT[/prefix]` or `selector:…` (docs/protocol.md §2.3; resolved by the registry). */
@@ -42,11 +46,23 @@ const BuildSchema = z.strictObject({
   args: z.record(z.string().regex(ENV_NAME, 'a build argument name'), z.string().max(65_536)).optional(),
 });
 
+/** Canonical `depends_on`: the map form, each dependency with its condition (the list form means healthy). */
+const DependsOnSchema = z.record(z.string(), z.strictObject({
+  condition: z.enum(['started', 'healthy'], { error: 'started (its container runs) or healthy (its health check passed)' }),
+}));
+
+const PhaseSchema = z.strictObject({
+  name: z.string().regex(PHASE_NAME, 'letters, digits, ".", "_" and "-", at most 63'),
+  services: z.array(z.string().max(63)).min(1, 'at least one service'),
+});
+
 const ServiceEntrySchema = z.strictObject({
   image: z.string().min(1).max(255).regex(IMAGE_REF_PATTERN, '[registry[:port]/]name[:tag], lowercase name, no digest').optional(),
   build: BuildSchema.optional(),
   targets: z.array(z.string().max(2048).refine(isTarget, `a receiver URL (http://HOST:PORT) or selector:SELECTOR, a selector being ${SELECTOR_SYNTAX}`))
     .min(1, 'at least one target').max(MAX_TARGETS),
+  /** Services deployed, and healthy or started, before this one (docs/usage.md, "Deployment files"). */
+  depends_on: DependsOnSchema.optional(),
   ...SERVICE_FIELDS,
 })
   .refine((entry) => entry.image !== undefined || entry.build !== undefined, { message: 'give image (an image on the build engine) or build (a directory to build it from), or both' })
@@ -56,6 +72,10 @@ export const DeploymentDocumentSchema = z.strictObject({
   version: z.literal(1, { error: 'the only version is 1' }),
   /** Makes a sender-service request idempotent: the same id answers the same job. */
   id: z.string().regex(DOCUMENT_ID, 'letters, digits, ".", "_" and "-", at most 128').optional(),
+  /** The project a release belongs to (`ferry releases`); default the file's directory name. */
+  name: z.string().regex(PROJECT_NAME, 'lowercase letters, digits, "-" and "_", starting with a letter or digit, at most 63').optional(),
+  /** The order as named phases; without it the phases come from depends_on. */
+  phases: z.array(PhaseSchema).min(1, 'at least one phase').max(MAX_PHASES, `at most ${MAX_PHASES} phases`).optional(),
   services: z.record(z.string(), ServiceEntrySchema).superRefine((services, ctx) => {
     if (Object.keys(services).length === 0) ctx.addIssue({ code: 'custom', message: 'at least one service' });
   }),
@@ -68,19 +88,25 @@ export type BuildSpec = z.output<typeof BuildSchema>;
 export interface DeploymentDocument {
   version: 1;
   id?: string;
+  /** The project (Compose's top-level `name`). */
+  name?: string;
+  /** As written; `phasesOf` (phases.ts) gives the order whether written or computed. */
+  phases?: Phase[];
   services: Record<string, ServiceEntry>;
 }
 
 /** The manifest's service spec of one entry: what the receiver gets. */
 export function serviceSpecOf(name: string, entry: ServiceEntry): ServiceSpec {
-  const { image: _image, build: _build, targets: _targets, ...spec } = entry;
+  const { image: _image, build: _build, targets: _targets, depends_on: _dependsOn, ...spec } = entry;
   return { name, ...spec };
 }
 
 const KNOWN_KEYS = {
-  document: ['version', 'id', 'services'],
+  document: ['version', 'id', 'name', 'phases', 'services'],
   service: Object.keys(ServiceEntrySchema.shape),
   build: Object.keys(BuildSchema.shape),
+  dependency: ['condition'],
+  phase: Object.keys(PhaseSchema.shape),
   health: ['type', 'url', 'host', 'port', 'expectStatus', 'intervalMs', 'timeoutMs', 'retries', 'startPeriodMs', 'interval', 'timeout', 'startPeriod', 'http', 'tcp'],
 } as const;
 
@@ -89,6 +115,7 @@ const HINTS: Record<string, string> = {
   environment: 'env', cap_add: 'capAdd', security_opt: 'securityOpt', healthcheck: 'health', mem_limit: 'memory',
   network_mode: 'network', hosts: 'targets', servers: 'targets', to: 'targets', test: 'url or type: cmd',
   start_period: 'startPeriod', expect_status: 'expectStatus', build_args: 'args',
+  dependsOn: 'depends_on', depends: 'depends_on', after: 'depends_on', stages: 'phases', project: 'name',
 };
 
 export interface ValidateOptions {
@@ -126,9 +153,24 @@ export function validateDeployment(value: unknown, options: ValidateOptions = {}
       const port = unpublishedHealthPort(entry);
       if (port !== undefined) problems.push({ path: ['services', name, 'health'], message: unpublishedHealthPortHint(port, 'file') });
     }
+    const rawServices = isDict(value) && isDict(value.services) ? value.services : {};
+    problems.push(...orderPhases({
+      services: Object.entries(result.data.services).map(([name, entry]) => [name, entry.depends_on ?? {}]),
+      phases: result.data.phases,
+      dependencyPath: (service, dependency) => {
+        // The list form has the name at an index: point at that item, not at the list.
+        const entry = rawServices[service];
+        const raw = isDict(entry) ? entry.depends_on : undefined;
+        const index = Array.isArray(raw) ? raw.indexOf(dependency) : -1;
+        return ['services', service, 'depends_on', index >= 0 ? index : dependency];
+      },
+    }).problems);
   }
   if (problems.length > 0 || !result.success) return { ok: false, problems: dedupe(problems) };
-  const document: DeploymentDocument = { version: 1, ...(result.data.id ? { id: result.data.id } : {}), services: {} };
+  const document: DeploymentDocument = {
+    version: 1, ...(result.data.id ? { id: result.data.id } : {}), ...(result.data.name ? { name: result.data.name } : {}),
+    ...(result.data.phases ? { phases: result.data.phases } : {}), services: {},
+  };
   for (const [name, entry] of Object.entries(result.data.services)) {
     // A build without an image names its result after the service, as Compose does.
     document.services[name] = { ...entry, image: entry.image ?? `${name}:latest` };
@@ -156,6 +198,8 @@ function knownKeysAt(path: PathSegment[]): readonly string[] {
   if (path[0] === 'services' && path.length === 2) return KNOWN_KEYS.service;
   if (path[0] === 'services' && path[2] === 'build') return KNOWN_KEYS.build;
   if (path[0] === 'services' && path[2] === 'health') return KNOWN_KEYS.health;
+  if (path[0] === 'services' && path[2] === 'depends_on' && path.length === 4) return KNOWN_KEYS.dependency;
+  if (path[0] === 'phases' && path.length === 2) return KNOWN_KEYS.phase;
   return [];
 }
 
@@ -193,6 +237,44 @@ function normalizeService(entry: Dict, at: PathSegment[], options: ValidateOptio
   if (typeof entry.targets === 'string') out.targets = [entry.targets];
   if ('build' in entry) out.build = normalizeBuild(entry.build, [...at, 'build'], options, problems);
   if ('health' in entry) out.health = normalizeHealth(entry.health, [...at, 'health'], problems);
+  if ('depends_on' in entry) out.depends_on = normalizeDependsOn(entry.depends_on, [...at, 'depends_on'], problems);
+  return out;
+}
+
+/** Compose's words for the conditions Ferry has. */
+const CONDITIONS: Record<string, DependencyCondition> = { started: 'started', healthy: 'healthy', service_started: 'started', service_healthy: 'healthy' };
+
+/**
+ * `depends_on` as Compose has it: a list of names (each waited for healthy, the condition a
+ * Compose user with health checks means), or a map of name → `{condition}` (default healthy),
+ * `condition` in Ferry's words or Compose's (`service_healthy`).
+ */
+function normalizeDependsOn(dependsOn: unknown, at: PathSegment[], problems: RawProblem[]): unknown {
+  if (dependsOn === null) return {};
+  if (typeof dependsOn === 'string') return { [dependsOn]: { condition: 'healthy' } };
+  if (Array.isArray(dependsOn)) {
+    const out: Dict = {};
+    dependsOn.forEach((item, index) => {
+      if (typeof item !== 'string' || item === '') problems.push({ path: [...at, index], message: 'a service name' });
+      else if (Object.hasOwn(out, item)) problems.push({ path: [...at, index], message: `${item} is listed twice` });
+      else out[item] = { condition: 'healthy' };
+    });
+    return out;
+  }
+  if (!isDict(dependsOn)) return dependsOn;
+  const out: Dict = {};
+  for (const [name, spec] of Object.entries(dependsOn)) {
+    if (spec === null || (isDict(spec) && spec.condition === undefined)) { out[name] = { ...(isDict(spec) ? spec : {}), condition: 'healthy' }; continue; }
+    if (!isDict(spec) || typeof spec.condition !== 'string') { out[name] = spec; continue; }
+    const condition = Object.hasOwn(CONDITIONS, spec.condition) ? CONDITIONS[spec.condition] : undefined;
+    if (condition === undefined) {
+      const why = spec.condition === 'service_completed_successfully' ? ' (Ferry deploys long-running services; a one-off job has no place in the order)' : '';
+      problems.push({ path: [...at, name, 'condition'], message: `started or healthy${why}` });
+      out[name] = { ...spec, condition: 'healthy' };
+      continue;
+    }
+    out[name] = { ...spec, condition };
+  }
   return out;
 }
 
