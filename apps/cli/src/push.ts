@@ -79,7 +79,8 @@ export async function pushCommand(argv: string[], io: Io): Promise<number> {
         }),
       } : {}),
       ...transfer, to: targets[0] ?? '', hostKey: resolved[0]?.hostKey, signal: interrupt.signal,
-      // One target tries once unless told otherwise: a failure is reported at once.
+      // One attempt at one target unless told otherwise: a failure is reported at once (a call a
+      // lost connection or a restarting receiver cut short is still sent again within it).
       policy: { ...DEFAULT_BACKOFF, attempts: attempts ?? 1 },
     }, {
       ...deps,

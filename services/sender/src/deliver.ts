@@ -14,7 +14,7 @@ import { inspectImage, meteredSize, type BuiltPackage, type ExportedBy, type Ima
 import { Spools, type Producer, type Reads, type Source } from './productions.ts';
 import { ReceiverClient, type Credentials, type TargetLayers, type UploadOutcome } from './receiver-client.ts';
 import { uploadResumable } from './resumable.ts';
-import { DEFAULT_BACKOFF, isRetryable, pause, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
+import { DEFAULT_BACKOFF, isCallCut, isRetryable, pause, retry, systemClock, type BackoffPolicy, type Clock } from './retry.ts';
 import { streamRound, type Participant, type RoundOutcome } from './round.ts';
 import type { ResolvedTarget } from './targets.ts';
 
@@ -478,27 +478,38 @@ class TargetMachine {
     const host = this.host ?? '';
     const manifestJson = this.#manifestOf(pkg);
     const resumable = pkg.size >= (this.#request.resumableThreshold ?? RESUMABLE_THRESHOLD_BYTES);
-    let from = 0;
-    let reached = 0;
+    // Where the package stands on the way to the receiver: each step forward was handed to its
+    // socket, and a call sent again after a cut goes back to where the receiver stands (the
+    // session's offset, or 0 for a one-shot upload), so resent bytes count again.
+    let position = 0;
     const transferStarted = performance.now();
     this.#announce(pkg.size, pkg.compression);
     this.plan.transferStage(pkg.size);
     const common = {
       manifestJson, packagePath: pkg.path, packageSize: pkg.size,
-      onProgress: (position: number) => { reached = Math.max(reached, position); this.#deps.onProgress?.(this.url, position, { bytes: pkg.size, estimated: false }); },
+      onProgress: (at: number) => {
+        this.#sent += Math.max(0, at - position);
+        position = at;
+        this.#deps.onProgress?.(this.url, at, { bytes: pkg.size, estimated: false });
+      },
       onSent: () => {
         this.#emit('transfer.completed', { target: this.url, bytes: pkg.size, compression: pkg.compression, durationMs: Math.round(performance.now() - transferStarted) });
         this.#deployStarted();
       },
     };
     try {
+      // A call cut short by a lost connection or a restarting receiver is sent again within this
+      // attempt, with the one retry policy, whatever the attempts allowed (--retries): the
+      // resumable upload's calls go on from where the receiver's session stands, and a deploy
+      // call the receiver's stop cut short runs that deployment again (docs/protocol.md §10.4); a
+      // one-shot upload is sent again whole under the same deployment id, which the receiver
+      // answers from its journal if it got that far. The next attempt, if any, reopens the session.
       const outcome = await this.#guarded<UploadOutcome>(() => (resumable
-        // attempts: 1 — this machine owns retries; the next attempt reopens the session where it stands.
         ? uploadResumable({
-          ...common, url: this.url, credentials: this.#deps.credentials, audience: host, client: this.#client, attempts: 1, clock: this.#clock,
-          ...(this.#request.partBytes ? { partBytes: this.#request.partBytes } : {}), onSession: (offset) => { from = offset; reached = offset; },
+          ...common, url: this.url, credentials: this.#deps.credentials, audience: host, client: this.#client, clock: this.#clock,
+          ...(this.#request.partBytes ? { partBytes: this.#request.partBytes } : {}), onSession: (offset) => { position = offset; },
         })
-        : this.#client.sendPackage(common)));
+        : retry(() => this.#client.sendPackage(common), { policy: DEFAULT_BACKOFF, clock: this.#clock, shouldRetry: isCallCut })));
       this.#record(pkg, pkg.durationMs, Math.round(performance.now() - transferStarted));
       if (outcome.result.state === 'COMPLETED') await this.#deps.desired?.record({ host, url: this.url, manifest: JSON.parse(manifestJson) as ManifestInput });
       return { state: 'done', deployment: outcome.result };
@@ -510,8 +521,6 @@ class TargetMachine {
         return { state: 'spool', whole: true };
       }
       return this.#failed(err, { state: 'spool', whole });
-    } finally {
-      this.#sent += Math.max(0, reached - from);
     }
   }
 

@@ -5,13 +5,13 @@ export {
   ReceiverClient, ResumableClient, askLayers, uploadOneShot,
   type Credentials, type DeploymentRecord, type ReceiverTarget, type ResumableTarget, type TargetLayers, type UploadOptions, type UploadPosition,
 } from './receiver-client.ts';
-export { uploadResumable, DEFAULT_PART_BYTES, RESUME_BACKOFF, type ResumableOptions } from './resumable.ts';
+export { uploadResumable, DEFAULT_PART_BYTES, type ResumableOptions } from './resumable.ts';
 export { StreamClient, StreamUpload, StreamUnavailable, PartCutter, type StreamOptions, type StreamOutcome, type StreamTarget } from './stream.ts';
 export { loadSenderConfig } from './config.ts';
 export { resolveTargets, isSelector, type ResolvedTarget, type ResolveOptions } from './targets.ts';
 export { desiredRecorder, type Deployed, type DesiredRecorder } from './desired.ts';
 export { pushMany, DEFAULT_PARALLEL, type FanoutDeps, type FanoutRequest, type FanoutResult, type TargetResult } from './fanout.ts';
-export { retry, pause, backoffDelay, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy, type RetryOptions } from './retry.ts';
+export { retry, pause, backoffDelay, isCallCut, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy, type RetryOptions } from './retry.ts';
 export { runDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
 export { loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, type DeploymentDocument, type Problem, type ServiceEntry } from './deployfile/index.ts';
 export { startSenderService, runSenderService, createApp as createSenderApp, DeploymentJobs, JobStore, jobView, SENDER_SERVICE_HELP, type RunningSenderService, type JobRecord, type JobView, type Runner } from './service/index.ts';

@@ -7,7 +7,7 @@ import type { DesiredRecorder } from './desired.ts';
 import type { CompressionChoice } from './negotiate.ts';
 import type { ExportedBy } from './package.ts';
 import type { Credentials, TargetLayers } from './receiver-client.ts';
-import type { BackoffPolicy, Clock } from './retry.ts';
+import { DEFAULT_BACKOFF, type BackoffPolicy, type Clock } from './retry.ts';
 
 export { RESUMABLE_THRESHOLD_BYTES } from './deliver.ts';
 
@@ -33,7 +33,11 @@ export interface PushRequest {
   layerStore?: boolean;
   /** The deployment id to use; default a fresh UUID. */
   deploymentId?: string;
-  /** Attempts, with backoff, after a lost connection, a restarting receiver or a 5xx; default 1. */
+  /**
+   * Attempts at the target, with backoff, after a 5xx, FERRY_ERR_REPLAY or a call still cut short
+   * after its own retries; default 1. Within each attempt a call that a lost connection or a
+   * restarting receiver cut short is sent again anyway (deliver.ts).
+   */
   policy?: BackoffPolicy;
   /**
    * Runs once the receiver answered and before the image is looked up, e.g. to build it; its
@@ -108,7 +112,7 @@ export async function push(request: PushRequest, deps: PushDeps): Promise<PushRe
   const { result, failures, packages } = await deliver({
     ...request, resumableThreshold: request.resumableThreshold,
     targets: [{ url: request.to, ...(request.hostKey ? { hostKey: request.hostKey } : {}) }],
-    ...(request.policy ? { policy: request.policy } : { policy: { baseMs: 500, capMs: 30_000, attempts: 1 } }),
+    policy: request.policy ?? { ...DEFAULT_BACKOFF, attempts: 1 },
   }, {
     images: deps.images, events: deps.events, credentials: deps.credentials, source: deps.source, desired: deps.desired,
     ...(deps.clock ? { clock: deps.clock } : {}),

@@ -1,22 +1,20 @@
 import { isFerryError, type ErrorCode } from '@ferry/protocol';
 import { ResumableClient, type ResumableTarget, type UploadOutcome } from './receiver-client.ts';
-import { retry, systemClock, type BackoffPolicy, type Clock, type RetryOptions } from './retry.ts';
+import { DEFAULT_BACKOFF, isCallCut, retry, systemClock, type Clock, type RetryOptions } from './retry.ts';
 
 /** Parts are fsynced one by one; this size keeps a lost part cheap and the fsyncs few. */
 export const DEFAULT_PART_BYTES = 32 * 1024 ** 2;
-
-/**
- * Failures in a row, without any acknowledged progress between them, before an upload gives up,
- * and the pauses between them: the upload's own resuming, inside any retry of the whole push.
- */
-export const RESUME_BACKOFF: BackoffPolicy = { baseMs: 500, capMs: 30_000, attempts: 6 };
 
 export interface ResumableOptions extends ResumableTarget {
   manifestJson: string;
   packagePath: string;
   packageSize: number;
   partBytes?: number;
-  /** Failures in a row without progress before giving up; default RESUME_BACKOFF.attempts. */
+  /**
+   * Failures in a row of one call (a part: without progress) before giving up; default
+   * DEFAULT_BACKOFF.attempts, whose pauses are taken between them. The upload's own resuming, inside
+   * any retry of the whole push.
+   */
   attempts?: number;
   clock?: Clock;
   /** Package bytes acknowledged or handed to the socket so far. */
@@ -40,14 +38,15 @@ const resumes = (err: unknown): boolean => isFerryError(err) && RETRYABLE.includ
 /**
  * A push over the resumable protocol: create the session, send parts from the acknowledged
  * offset, and after any failure ask the receiver (HEAD) where to go on from, until every byte is
- * acknowledged; then deploy, retrying a lost answer (the receiver answers a retry from its
- * record of the deployment id). Each call — the create, a part until the receiver holds it, the
- * deploy — gives up after `attempts` failures in a row, pausing between them as retry.ts says.
+ * acknowledged; then deploy, sending the call again when it was cut short (the receiver answers
+ * a repeat from its record of the deployment id, or runs again a deployment its restart cut
+ * short). Each call — the create, a part until the receiver holds it, the deploy — gives up after
+ * `attempts` failures in a row, pausing between them as retry.ts says.
  */
 export async function uploadResumable(options: ResumableOptions): Promise<UploadOutcome & { uploadId: string; retries: number }> {
   const client = options.client ? options.client.resumable() : new ResumableClient(options);
   const partBytes = options.partBytes ?? DEFAULT_PART_BYTES;
-  const policy = { ...RESUME_BACKOFF, attempts: options.attempts ?? RESUME_BACKOFF.attempts };
+  const policy = { ...DEFAULT_BACKOFF, attempts: options.attempts ?? DEFAULT_BACKOFF.attempts };
   const clock = options.clock ?? systemClock;
   let retries = 0;
   let bodyBytes = 0;
@@ -84,7 +83,9 @@ export async function uploadResumable(options: ResumableOptions): Promise<Upload
     options.onProgress?.(offset);
   }
   options.onSent?.();
-  // Only a lost answer is worth asking again; a deployment's own failure is the outcome.
-  const result = await retry(() => client.deploy(uploadId), retrying((err) => isFerryError(err, 'FERRY_ERR_RECEIVER_UNREACHABLE')));
+  // Only a call cut short is worth sending again — a lost answer, a receiver restarted meanwhile,
+  // which runs again the deployment its stop cut short (§10.4); a deployment's own failure, or a
+  // refusal before it, is this attempt's outcome.
+  const result = await retry(() => client.deploy(uploadId), retrying(isCallCut));
   return { result, bodyBytes, uploadId, retries };
 }

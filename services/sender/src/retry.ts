@@ -45,6 +45,16 @@ export function isRetryable(err: unknown): boolean {
   return err.code === 'FERRY_ERR_REPLAY' || err.status >= 500;
 }
 
+/**
+ * Whether a call was cut short rather than answered: the connection was lost (a receiver stopping
+ * or restarting, a link going down), or a restarted receiver refused it as signed before it
+ * started (FERRY_ERR_REPLAY). A call the receiver makes idempotent — by upload id, stream id or
+ * deployment id — is then worth sending again as it is, signed anew.
+ */
+export function isCallCut(err: unknown): boolean {
+  return isFerryError(err, 'FERRY_ERR_RECEIVER_UNREACHABLE') || isFerryError(err, 'FERRY_ERR_REPLAY');
+}
+
 export interface RetryOptions {
   policy: BackoffPolicy;
   clock: Clock;
