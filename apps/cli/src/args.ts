@@ -3,8 +3,7 @@ import {
   FerryError, RESTART_POLICIES, ServiceSpecSchema, durationText, parseDuration, unpublishedHealthPort, unpublishedHealthPortHint,
   type DurationUnit, type HealthCheck, type ServiceSpec,
 } from '@ferry/protocol';
-import { editDistance } from '@ferry/config';
-import { closest } from '@ferry/sender';
+import { closest, editDistance } from '@ferry/config';
 import { readEnvFiles } from './env-file.ts';
 
 type Options = NonNullable<ParseArgsConfig['options']>;

@@ -37,7 +37,7 @@ export function loadConfig<S extends z.ZodObject>(schema: S, env: Env = process.
   const problems: string[] = [];
   for (const name of Object.keys(env)) {
     if (name.startsWith('FERRY_') && !(KNOWN_VARIABLES as readonly string[]).includes(name)) {
-      const hint = closest(name);
+      const hint = closest(name, KNOWN_VARIABLES);
       problems.push(`${name}: unknown variable${hint ? ` (did you mean ${hint}?)` : ''}`);
     }
   }
@@ -57,12 +57,14 @@ export function loadConfig<S extends z.ZodObject>(schema: S, env: Env = process.
   return Object.freeze(result.data);
 }
 
-function closest(name: string): string | undefined {
+/** The closest candidate within a small edit distance (case aside), for "did you mean". */
+export function closest(word: string, candidates: readonly string[]): string | undefined {
   let best: string | undefined;
-  let bestDistance = 3;
-  for (const known of KNOWN_VARIABLES) {
-    const distance = editDistance(name, known);
-    if (distance < bestDistance) { best = known; bestDistance = distance; }
+  let bestDistance = Math.max(2, Math.floor(word.length / 3)) + 1;
+  const lower = word.toLowerCase();
+  for (const candidate of candidates) {
+    const distance = editDistance(lower, candidate.toLowerCase());
+    if (distance < bestDistance) { best = candidate; bestDistance = distance; }
   }
   return best;
 }

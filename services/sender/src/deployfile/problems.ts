@@ -1,4 +1,3 @@
-import { editDistance } from '@ferry/config';
 import { FerryError } from '@ferry/protocol';
 
 /** One thing wrong with a deployment document: where (field path, and line:column in a file) and what. */
@@ -42,14 +41,4 @@ export function invalidDocument(problems: Problem[], file?: string): FerryError 
   });
 }
 
-/** The closest candidate within a small edit distance, for "did you mean". */
-export function closest(word: string, candidates: readonly string[]): string | undefined {
-  let best: string | undefined;
-  let bestDistance = Math.max(2, Math.floor(word.length / 3)) + 1;
-  const lower = word.toLowerCase();
-  for (const candidate of candidates) {
-    const distance = editDistance(lower, candidate.toLowerCase());
-    if (distance < bestDistance) { best = candidate; bestDistance = distance; }
-  }
-  return best;
-}
+export { closest } from '@ferry/config';
