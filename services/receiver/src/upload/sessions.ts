@@ -217,8 +217,9 @@ export class UploadStore {
   /**
    * Hands a complete upload to `deploy` (the receiver's Deployer) and returns its outcome. The
    * deployer gets a hard link of the spool, which it deletes; the spool itself goes once the
-   * deployer has decided, and stays when it answered "another deployment is in progress", so the
-   * client can retry. Concurrent calls for one upload share one deployment. The spool also
+   * deployer has decided, and stays when it refused for now, before journalling the deployment
+   * (see {@link refusedForNow}: a full disk, another deployment in progress), so the client can
+   * send the deploy call again. Concurrent calls for one upload share one deployment. The spool also
    * outlives a stop of the receiver in the middle of the deployment: the deploy call, repeated
    * after the restart, runs again the deployment that stop cut short (FERRY_ERR_INTERRUPTED in
    * the journal), from the bytes already here.
@@ -331,7 +332,7 @@ export class UploadStore {
       await rm(spool, { force: true });
       return result;
     } catch (err) {
-      if (!isFerryError(err, 'FERRY_ERR_DEPLOYMENT_IN_PROGRESS')) await rm(spool, { force: true });
+      if (!refusedForNow(err)) await rm(spool, { force: true });
       throw err;
     }
   }
@@ -434,6 +435,18 @@ export class UploadStore {
     this.#register(record);
     return record;
   }
+}
+
+/**
+ * A refusal the deployer made before it journalled the deployment, which may not hold later: a
+ * full disk (507), another deployment of the service in progress (409), any other 5xx of its own.
+ * The deployment id is then still free (docs/protocol.md §6), and the same deploy call, sent again
+ * once space is back or the other deployment is done, must find the package it was for. A recorded
+ * outcome (`details.deployment`) or a refusal of the package itself is final: its bytes go.
+ */
+function refusedForNow(err: unknown): boolean {
+  if (!isFerryError(err) || err.details?.deployment !== undefined) return false;
+  return err.code === 'FERRY_ERR_DEPLOYMENT_IN_PROGRESS' || err.status >= 500;
 }
 
 function view(record: SessionRecord): UploadView {
