@@ -1,6 +1,6 @@
 export { SignedClient, type ClientCredentials, type SignedClientOptions } from './client.ts';
 export {
-  RegistryClient, envDigests, type JoinToken, type ActualReport, type DriftCorrection, type DesiredRecord, type DriftReason, type HostRecord, type HostRegistration, type Registered, type ServiceState,
+  RegistryClient, envDigests, type JoinToken, type ProjectedRelease, type ReleasePage, type ReleaseSummary, type ActualReport, type DriftCorrection, type DesiredRecord, type DriftReason, type HostRecord, type HostRegistration, type Registered, type ServiceState,
 } from './registry.ts';
 export { canonicalString, computeSignature, signRequest, type SignedFields, type SignOptions } from './canonical.ts';
 export { AddressList, clientAddress } from './cidr.ts';

@@ -1,5 +1,5 @@
 import { createHmac, hkdfSync, type KeyObject } from 'node:crypto';
-import type { ServiceSpec } from '@ferry/protocol';
+import type { ReleaseOutcome, ReleaseRecord, ReleaseState, ServiceSpec } from '@ferry/protocol';
 import { SignedClient, type ClientCredentials } from './client.ts';
 import { publicKeyText } from './keys.ts';
 
@@ -92,6 +92,40 @@ export interface ServiceState {
   lastDeployment: Record<string, unknown> | null;
 }
 
+/** A release as the registry projects it (`GET /v1/releases/:id`): the record plus where it stands now. */
+export interface ProjectedRelease extends ReleaseRecord {
+  /** The time of the newest event applied to it. */
+  updatedAt: string;
+  /** Set while the release waits before a wave (release.paused), cleared when it goes on. */
+  paused?: { wave: number; reason: string; until?: string; since: string };
+  /** Phases (of a wave) and waves completed, in the order they completed. */
+  completed: { phases: Array<{ phase: number; name: string; wave?: number }>; waves: Array<{ wave: number; name: string }> };
+  /** The key whose signed release.started made the plan (absent until one came). */
+  startedBy?: string;
+}
+
+/** What `GET /v1/releases` lists of each release: small, whatever the release's size. */
+export interface ReleaseSummary {
+  id: string;
+  project: string;
+  state: ReleaseState;
+  createdAt: string;
+  updatedAt: string;
+  finishedAt?: string;
+  services: string[];
+  hosts: string[];
+  /** Outcome cells (host × service) by outcome. */
+  outcomes: Partial<Record<ReleaseOutcome, number>>;
+  error?: { code: string; message: string };
+  rolledBackTo?: string;
+}
+
+/** A page of `GET /v1/releases`; `next` is the `before` of the following page, absent on the last. */
+export interface ReleasePage {
+  releases: ReleaseSummary[];
+  next?: string;
+}
+
 /**
  * The registry's signed API (docs/registry.md), for the receiver (register, heartbeat) and the
  * sender and CLI (hosts, desired state, drift). Errors are the registry's FerryErrors; an
@@ -150,6 +184,17 @@ export class RegistryClient {
 
   async services(query: { host?: string; service?: string } = {}): Promise<ServiceState[]> {
     return (await this.#client.request('GET', `/v1/services${search(query)}`) as { services: ServiceState[] }).services;
+  }
+
+  /** `GET /v1/releases`: newest first, `limit` of them below the release id `before`. */
+  async releases(query: { limit?: number; before?: string; project?: string } = {}): Promise<ReleasePage> {
+    const { limit, ...rest } = query;
+    return await this.#client.request('GET', `/v1/releases${search({ ...rest, limit: limit === undefined ? undefined : String(limit) })}`) as ReleasePage;
+  }
+
+  /** `GET /v1/releases/:id`; FERRY_ERR_NOT_FOUND for a release the registry does not know. */
+  async release(id: string): Promise<ProjectedRelease> {
+    return (await this.#client.request('GET', `/v1/releases/${encodeURIComponent(id)}`) as { release: ProjectedRelease }).release;
   }
 
   async drift(): Promise<ServiceState[]> {

@@ -59,8 +59,8 @@ const PROJECT_TOKEN_MAX = 63;
  * `ferry.events._release.<token>.>`. The event's `data.project` keeps the name as written.
  */
 export function projectToken(project: string): string {
-  const token = project.toLowerCase().replace(/[^a-z0-9_-]/g, '-').replace(/^[-_]+/, '').slice(0, PROJECT_TOKEN_MAX);
-  return token === '' ? 'project' : token;
+  const name = project.toLowerCase().replace(/[^a-z0-9_-]/g, '-').replace(/^[-_]+/, '').slice(0, PROJECT_TOKEN_MAX);
+  return name.length > 0 ? name : 'project';
 }
 
 /** The NATS subject of a release event of `project`. */

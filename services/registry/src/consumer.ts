@@ -4,7 +4,7 @@ import { ensureEventStream, isFerryEvent, natsConnectTarget, type FerryEvent, ty
 import type { Logger } from '@ferry/log';
 import { EVENT_STREAM, FerryError } from '@ferry/protocol';
 import { AckPolicy, connect, DeliverPolicy, Events, type ConsumerMessages, type JetStreamManager, type JsMsg, type NatsConnection } from 'nats';
-import { admitEvent, DROP_REASONS, type DropReason } from './provenance.ts';
+import { admitEvent, DROP_REASONS, type DropReason, type ProvenanceKeys } from './provenance.ts';
 import type { Registry } from './registry.ts';
 
 const decoder = new TextDecoder();
@@ -43,11 +43,18 @@ export class EventProjector {
   #progress: (() => void)[] = [];
   #appliedSinceReset = 0;
   readonly #registryKey: KeyObject | undefined;
+  readonly #releaseKeysAt: ProvenanceKeys['releaseKeysAt'];
   readonly #dropped = Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>;
 
-  /** `registryKey`: the public key the registry signs its own events with (see provenance.ts). */
-  constructor(options: { url: string; durable: string; registry: Registry; logger: Logger; registryKey?: KeyObject }) {
+  /**
+   * `registryKey`: the public key the registry signs its own events with; `releaseKeysAt`: the keys
+   * an operator's release event may be signed with (see provenance.ts).
+   */
+  constructor(options: {
+    url: string; durable: string; registry: Registry; logger: Logger; registryKey?: KeyObject; releaseKeysAt?: ProvenanceKeys['releaseKeysAt'];
+  }) {
     this.#registryKey = options.registryKey;
+    this.#releaseKeysAt = options.releaseKeysAt;
     // Parsed here: a URL that cannot be used is a config error at start, not a retry loop.
     this.#target = natsConnectTarget(options.url);
     this.#durable = options.durable;
@@ -172,7 +179,10 @@ export class EventProjector {
     }
     // The stream's own time of storage: a replay sees the same, so a rebuild gives the same projection.
     const arrivalMs = Math.floor(m.info.timestampNanos / 1e6);
-    const admitted = admitEvent(data, event, subject, arrivalMs, { hostKeysAt: (host, at) => this.#registry.hostKeysAt(host, at), registryKey: this.#registryKey });
+    const admitted = admitEvent(data, event, subject, arrivalMs, {
+      hostKeysAt: (host, at) => this.#registry.hostKeysAt(host, at), registryKey: this.#registryKey,
+      ...(this.#releaseKeysAt ? { releaseKeysAt: this.#releaseKeysAt } : {}),
+    });
     if (!admitted.ok) {
       const count = ++this.#dropped[admitted.reason];
       // The first of each kind, then one in a hundred: a flood of forgeries must not flood the log too.
@@ -182,7 +192,7 @@ export class EventProjector {
       this.#registry.advance(seq);
       return;
     }
-    if (this.#registry.project(admitted.event, seq)) this.#appliedSinceReset += 1;
+    if (this.#registry.project(admitted.event, seq, admitted.signer)) this.#appliedSinceReset += 1;
   }
 
   /** (Re)creates the durable consumer just after the projection's checkpoint. */

@@ -15,6 +15,7 @@ import { EventProjector } from './consumer.ts';
 import { dashboardRouter } from './dashboard/index.ts';
 import { receiverCorrector } from './correct.ts';
 import { EnrollmentProof } from './enrollment.ts';
+import { releaseSignerKeys } from './provenance.ts';
 import { Registry } from './registry.ts';
 import { MemoryStore, RedisStore, type RegistryStore } from './store.ts';
 import type { RegistryView } from './view.ts';
@@ -77,9 +78,22 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   });
   await registry.start();
   const projector = config.natsUrl
-    ? new EventProjector({ url: config.natsUrl, durable: `ferry-registry-${config.hostId}`, registry, logger: log, registryKey: createPublicKey(eventKey.privateKey) })
+    ? new EventProjector({
+      url: config.natsUrl, durable: `ferry-registry-${config.hostId}`, registry, logger: log, registryKey: createPublicKey(eventKey.privateKey),
+      // An operator's release events are checked against the trust file (and the grant they carry).
+      releaseKeysAt: (keyId, grant, arrivalMs, claims) => {
+        const trust = revocations.trust;
+        if (!trust) return [];
+        let scopes;
+        try {
+          scopes = trust.scopesFor(keyId, grant);
+        } catch {
+          return []; // a grant that does not check out
+        }
+        return releaseSignerKeys(scopes, { isRevoked: (scope) => trust.isRevoked(scope), hostFacts: (host) => registry.hostFacts(host), arrivalMs, claims });
+      },
+    })
     : undefined;
-  projector?.start();
 
   const nonces: NonceStore = config.redisUrl
     ? await RedisNonceStore.connect(config.redisUrl, { prefix: `ferry:nonce:${config.hostId}:`, log })
@@ -89,6 +103,8 @@ export async function startRegistry(env: Env = process.env, options: StartRegist
   // The trust file's keys, and each enrolled host's key as a `host` key of that host alone.
   const trust = new TrustStore({ file: config.trustFile, extraKeys: (keyId) => registry.hostScope(keyId) });
   revocations.trust = trust;
+  // Started once the trust store exists: a release event checked before would be dropped for good.
+  projector?.start();
   const verifier = new RequestVerifier({ trust, nonces, audience: config.hostId, startedAt });
   const enrollment = new EnrollmentProof({ nonces, audience: config.hostId, startedAt });
   const makeDashboard = options.dashboard ?? ((view, c) => dashboardRouter({

@@ -1,4 +1,6 @@
 import type { FerryEvent } from '@ferry/events';
+import { isReleaseEventType, RELEASE_ID_PATTERN } from '@ferry/protocol';
+import { applyReleaseEvent, type ProjectedRelease } from './releases.ts';
 import type { Actual, DeploymentSummary, HistoryEntry } from './view.ts';
 
 /** The subject token registry events about a host use in place of a service name (no service can be named so). */
@@ -22,10 +24,12 @@ export interface ProjectionData {
   actual: Record<string, Actual>;
   /** The `deployments` key of the newest deployment, by `host/service`. */
   lastDeployment: Record<string, string>;
+  /** By release id (releases.ts). */
+  releases: Record<string, ProjectedRelease>;
 }
 
 export function emptyProjection(): ProjectionData {
-  return { seen: record(), deployments: record(), history: record(), actual: record(), lastDeployment: record() };
+  return { seen: record(), deployments: record(), history: record(), actual: record(), lastDeployment: record(), releases: record() };
 }
 
 /**
@@ -51,7 +55,10 @@ function put<T>(entries: Record<string, T>, key: string, value: T): T {
 /** What one applied event changed, for the store and the live view. */
 export interface Applied {
   deployment?: { key: string; value: DeploymentSummary };
-  history: { service: string; entries: HistoryEntry[] };
+  /** Absent for a release event: a release is not one service's history. */
+  history?: { service: string; entries: HistoryEntry[] };
+  /** The release record the event changed, and the oldest one it pushed out, if any. */
+  release?: { key: string; value: ProjectedRelease; removed?: string };
   actual?: { key: string; value: Actual };
   lastDeployment?: { key: string; value: string };
 }
@@ -66,11 +73,17 @@ const NOT_DEPLOYMENT = new Set(['build.started', 'build.completed', 'host.regist
 /**
  * Folds one event into `data` (mutating it); undefined when the event was applied before. Pure:
  * the outcome depends on `data` and the event only, never on the clock, so a replay is exact.
+ * `signer`: the key id a release event was admitted with (provenance.ts).
  */
-export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | undefined {
+export function applyEvent(data: ProjectionData, event: FerryEvent, signer?: string): Applied | undefined {
   if (own(data.seen, event.id)) return undefined;
   put(data.seen, event.id, true);
+  data.releases ??= record();
   const type = event.type.slice('ferry.'.length);
+  if (isReleaseEventType(type)) {
+    const changed = applyReleaseEvent(data.releases, type, event.time, event.data as unknown as Record<string, unknown>, signer);
+    return changed ? { release: { key: changed.id, value: changed.value, ...(changed.removed === undefined ? {} : { removed: changed.removed }) } } : {};
+  }
   const { host, service, deploymentId, image, imageId, ...rest } = event.data as unknown as Record<string, unknown> & {
     host: string; service: string; deploymentId: string; image?: string; imageId?: string;
   };
@@ -94,6 +107,13 @@ export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | u
   if (image !== undefined) summary.image = image;
   if (imageId !== undefined) summary.imageId = imageId;
   if (type === 'container.started' && typeof rest.containerId === 'string') summary.containerId = rest.containerId;
+  const release = releaseRef(rest.release);
+  if (release) summary.release = release;
+  if (type === 'rollback.completed') summary.rollback = { restored: typeof rest.restoredContainerId === 'string' && rest.restoredContainerId !== '' };
+  if (type === 'deployment.completed' && summary.state === 'running') {
+    const total = (rest.timings as { total?: unknown } | undefined)?.total;
+    if (typeof total === 'number' && Number.isFinite(total) && total >= 0) summary.durationMs = total;
+  }
   if (event.time < summary.startedAt) summary.startedAt = event.time;
   // A terminal state stays: a sender event stored after the receiver's last one does not reopen it.
   if (summary.state === 'running') {
@@ -110,6 +130,10 @@ export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | u
   }
   put(data.deployments, key, summary);
   applied.deployment = { key, value: summary };
+  if (release) {
+    const changed = applyReleaseEvent(data.releases, type, event.time, { host, service, release });
+    if (changed) applied.release = { key: changed.id, value: changed.value, ...(changed.removed === undefined ? {} : { removed: changed.removed }) };
+  }
 
   const sKey = serviceKey(host, service);
   const newest = own(data.lastDeployment, sKey);
@@ -131,4 +155,16 @@ export function applyEvent(data: ProjectionData, event: FerryEvent): Applied | u
     }
   }
   return applied;
+}
+
+/** A deployment event's `data.release`, when it is one. */
+function releaseRef(value: unknown): DeploymentSummary['release'] {
+  if (typeof value !== 'object' || value === null) return undefined;
+  const { id, phase, wave } = value as Record<string, unknown>;
+  if (typeof id !== 'string' || !RELEASE_ID_PATTERN.test(id) || !isIndex(phase)) return undefined;
+  return { id, phase, ...(isIndex(wave) ? { wave } : {}) };
+}
+
+function isIndex(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value < 64;
 }

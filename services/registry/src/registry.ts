@@ -5,7 +5,9 @@ import type { Logger } from '@ferry/log';
 import { FerryError, matchesSelector, type Selector } from '@ferry/protocol';
 import { driftReasons, sameReasons, type DriftIgnoreRule } from './drift.ts';
 import { Enrollments, type Enrollment, type IssuedToken, type TokenRequest } from './enrollment.ts';
-import { applyEvent, emptyProjection, HOST_SERVICE, serviceKey, type ProjectionData } from './projection.ts';
+import { applyEvent, emptyProjection, HOST_SERVICE, record, serviceKey, type ProjectionData } from './projection.ts';
+import { DEFAULT_QUALITY_WINDOW, serviceQuality, type ServiceQuality } from './quality.ts';
+import { listReleases, releaseSummary, type ProjectedRelease, type ReleaseSummary } from './releases.ts';
 import { DURABLE_KINDS, PROJECTION_KINDS, type RegistryStore, type StoreData } from './store.ts';
 import type {
   Actual, ActualReport, DeploymentSummary, Desired, Drift, DriftCorrection, DriftMode, HistoryEntry, HostRecord, HostStatus,
@@ -330,18 +332,47 @@ export class Registry implements RegistryView {
     return structuredClone(this.#projection);
   }
 
-  /** Folds one stored event into the projection; a second copy of an event changes nothing. */
-  project(event: FerryEvent, seq: number): boolean {
-    const applied = applyEvent(this.#projection, event);
+  /** Releases newest first, `limit` from just below the id `before`; `next` is the following page's cursor. */
+  releases(options: { limit: number; before?: string; project?: string }): { releases: ReleaseSummary[]; next?: string } {
+    return listReleases(this.#projection.releases, options);
+  }
+
+  /** One release's record, or undefined. */
+  release(id: string): ProjectedRelease | undefined {
+    return Object.hasOwn(this.#projection.releases, id) ? structuredClone(this.#projection.releases[id]) : undefined;
+  }
+
+  /** Success rate, p50/p95 duration and rollback effectiveness per service over its last `window` deployments. */
+  quality(options: { window: number; service?: string }): ServiceQuality[] {
+    return serviceQuality(Object.values(this.#projection.deployments), options);
+  }
+
+  /**
+   * Folds one stored event into the projection; a second copy of an event changes nothing.
+   * `signer`: the key id a release event was admitted with.
+   */
+  project(event: FerryEvent, seq: number, signer?: string): boolean {
+    const applied = applyEvent(this.#projection, event, signer);
     this.advance(seq);
     if (!applied) return false;
     this.#store.set('p:seen', event.id, true);
-    this.#store.set('p:history', applied.history.service, applied.history.entries);
+    if (applied.history) this.#store.set('p:history', applied.history.service, applied.history.entries);
+    if (applied.release) {
+      this.#store.set('p:releases', applied.release.key, applied.release.value);
+      if (applied.release.removed !== undefined) this.#store.delete('p:releases', applied.release.removed);
+    }
     if (applied.deployment) this.#store.set('p:deployments', applied.deployment.key, applied.deployment.value);
     if (applied.lastDeployment) this.#store.set('p:lastDeployment', applied.lastDeployment.key, applied.lastDeployment.value);
     if (applied.actual) this.#store.set('p:actual', applied.actual.key, applied.actual.value);
     this.#emit({ kind: 'event', data: event });
     if (applied.deployment) this.#emit({ kind: 'deployment', data: applied.deployment.value });
+    if (applied.release) this.#emit({ kind: 'release', data: releaseSummary(applied.release.value) });
+    // A deployment that ended, or rolled back, moves its service's figures.
+    const ended = applied.deployment?.value;
+    if (ended && (ended.state !== 'running' || event.type === 'ferry.rollback.completed') && this.#listeners.size > 0) {
+      const [quality] = this.quality({ window: DEFAULT_QUALITY_WINDOW, service: ended.service });
+      if (quality) this.#emit({ kind: 'quality', data: quality });
+    }
     if (applied.actual || applied.lastDeployment) {
       const key = applied.actual?.key ?? applied.lastDeployment?.key ?? '';
       this.#emit({ kind: 'service', data: this.#state(key) });
@@ -366,7 +397,10 @@ export class Registry implements RegistryView {
   // ---- RegistryView ----
 
   snapshot(): Promise<RegistrySnapshot> {
-    return Promise.resolve(structuredClone({ hosts: this.hosts(), services: this.services(), deployments: this.deployments(100) }));
+    return Promise.resolve(structuredClone({
+      hosts: this.hosts(), services: this.services(), deployments: this.deployments(100),
+      releases: this.releases({ limit: 20 }).releases, quality: this.quality({ window: DEFAULT_QUALITY_WINDOW }),
+    }));
   }
 
   subscribe(listener: (change: RegistryChange) => void): () => void {
@@ -523,6 +557,8 @@ export class Registry implements RegistryView {
         history: data['p:history'] as ProjectionData['history'],
         actual: data['p:actual'] as ProjectionData['actual'],
         lastDeployment: data['p:lastDeployment'] as ProjectionData['lastDeployment'],
+        // A store written before releases were projected has none.
+        releases: Object.assign(record<ProjectedRelease>(), data['p:releases'] as ProjectionData['releases'] | undefined),
       };
       const checkpoint = data['p:meta'].checkpoint;
       this.#checkpoint = typeof checkpoint === 'number' ? checkpoint : 0;
@@ -557,7 +593,8 @@ export class Registry implements RegistryView {
       hosts: Object.fromEntries(this.#hosts), desired: Object.fromEntries(this.#desired),
       actual: Object.fromEntries(this.#actual), drift: Object.fromEntries(this.#drift),
       'p:seen': this.#projection.seen, 'p:deployments': this.#projection.deployments, 'p:history': this.#projection.history,
-      'p:actual': this.#projection.actual, 'p:lastDeployment': this.#projection.lastDeployment, 'p:meta': { checkpoint: this.#checkpoint },
+      'p:actual': this.#projection.actual, 'p:lastDeployment': this.#projection.lastDeployment, 'p:releases': this.#projection.releases,
+      'p:meta': { checkpoint: this.#checkpoint },
     };
   }
 }

@@ -3,10 +3,11 @@ import { z } from 'zod';
 import { authorize, type Action } from '@ferry/auth';
 import { continueIfExpected, parseJson, readBody, readSignedJson, type AuthLocals } from '@ferry/http';
 import { digestOf } from '@ferry/integrity';
-import { FerryError, HEADERS, LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS, SERVICE_NAME_PATTERN, parseSelector } from '@ferry/protocol';
+import { FerryError, HEADERS, LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, MAX_LABELS, RELEASE_ID_PATTERN, SERVICE_NAME_PATTERN, parseSelector } from '@ferry/protocol';
 import type { EventProjector } from './consumer.ts';
 import { MAX_TOKEN_TTL_SECONDS, type EnrollmentProof } from './enrollment.ts';
 import { HOST_SERVICE } from './projection.ts';
+import { DEFAULT_QUALITY_WINDOW, MAX_QUALITY_WINDOW } from './quality.ts';
 import { ENV_DIGEST_PATTERN, type Registry } from './registry.ts';
 
 /** Registry request bodies are small JSON documents; a desired state with its service spec fits easily. */
@@ -201,6 +202,30 @@ export function registryRouter(deps: RegistryRouteDeps): Router {
     res.json({ deployments: registry.deployments(limit) });
   });
 
+  router.get('/v1/releases', (req, res) => {
+    const limit = wholeNumber(query(req, 'limit'), 'limit', 50, 200);
+    const before = query(req, 'before');
+    if (before !== undefined && !RELEASE_ID_PATTERN.test(before)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'before: a release id (rel-YYYYMMDDTHHMMSSZ-<8 hex>)' });
+    const project = query(req, 'project');
+    if (project !== undefined && project.length > 128) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'project: at most 128 characters' });
+    res.json(registry.releases({ limit, ...(before === undefined ? {} : { before }), ...(project === undefined ? {} : { project }) }));
+  });
+
+  router.get('/v1/releases/:id', (req, res) => {
+    const id = param(req, 'id');
+    if (!RELEASE_ID_PATTERN.test(id)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'id: a release id (rel-YYYYMMDDTHHMMSSZ-<8 hex>)' });
+    const release = registry.release(id);
+    if (!release) throw new FerryError('FERRY_ERR_NOT_FOUND', { message: `The registry knows no release ${id}`, details: { release: id } });
+    res.json({ release });
+  });
+
+  router.get('/v1/quality', (req, res) => {
+    const window = wholeNumber(query(req, 'last'), 'last', DEFAULT_QUALITY_WINDOW, MAX_QUALITY_WINDOW);
+    const service = query(req, 'service');
+    if (service !== undefined && !SERVICE_NAME_PATTERN.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'service: a service name' });
+    res.json({ last: window, quality: registry.quality({ window, ...(service === undefined ? {} : { service }) }) });
+  });
+
   router.post('/v1/projection/rebuild', async (req, res) => {
     await readSignedJson(req, res, { maxBytes: MAX_BODY_BYTES, empty: 'only' });
     if (!deps.projector) throw new FerryError('FERRY_ERR_EVENTS_UNAVAILABLE', { message: 'The registry has no event stream configured (FERRY_NATS_URL)' });
@@ -223,6 +248,16 @@ function query(req: Request, name: string): string | undefined {
   const value = req.query[name];
   if (value === undefined) return undefined;
   if (typeof value !== 'string') throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `${name} is given more than once` });
+  return value;
+}
+
+/** A query parameter as a whole number from 1 to `max`, `fallback` when absent. */
+function wholeNumber(raw: string | undefined, name: string, fallback: number, max: number): number {
+  if (raw === undefined) return fallback;
+  const value = Number(raw);
+  if (!/^\d{1,7}$/.test(raw) || !Number.isInteger(value) || value < 1 || value > max) {
+    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `${name}: a whole number from 1 to ${max}` });
+  }
   return value;
 }
 

@@ -7,7 +7,7 @@ import { record } from './projection.ts';
 /** The collections the registry keeps; `p:*` belong to the event projection (rebuildable). */
 export const STORE_KINDS = [
   'hosts', 'desired', 'actual', 'drift', 'enrollments', 'joinTokens',
-  'p:deployments', 'p:history', 'p:actual', 'p:lastDeployment', 'p:seen', 'p:meta',
+  'p:deployments', 'p:history', 'p:actual', 'p:lastDeployment', 'p:releases', 'p:seen', 'p:meta',
 ] as const;
 export type StoreKind = (typeof STORE_KINDS)[number];
 export const PROJECTION_KINDS: readonly StoreKind[] = STORE_KINDS.filter((k) => k.startsWith('p:'));

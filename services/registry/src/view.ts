@@ -4,6 +4,10 @@
  */
 
 import type { ActualReport, DriftCorrection, HostRecord } from '@ferry/auth';
+import type { ServiceQuality } from './quality.ts';
+import type { ProjectedRelease, ReleaseSummary } from './releases.ts';
+
+export type { ProjectedRelease, ReleaseSummary, ServiceQuality };
 
 // A registered host (times ISO 8601), a heartbeat's report for one service and a drift
 // correction's record: the wire contract the clients in @ferry/auth speak, defined there once.
@@ -78,6 +82,12 @@ export interface DeploymentSummary {
   updatedAt: string;
   finishedAt?: string;
   error?: { code: string; reason: string };
+  /** The receiver's total time of a succeeded deployment (deployment.completed `timings.total`). */
+  durationMs?: number;
+  /** Set when the receiver rolled back in it: `restored` when rollback.completed named a container it brought back. */
+  rollback?: { restored: boolean };
+  /** The release it belongs to, as its events carry it (`data.release`). */
+  release?: { id: string; phase: number; wave?: number };
 }
 
 /** One entry of a service's history: a projected event, newest first in answers. */
@@ -110,6 +120,8 @@ export type RegistryChange =
   | { kind: 'host'; data: HostRecord }
   | { kind: 'service'; data: ServiceState }
   | { kind: 'deployment'; data: DeploymentSummary }
+  | { kind: 'release'; data: ReleaseSummary }
+  | { kind: 'quality'; data: ServiceQuality }
   | { kind: 'event'; data: unknown };
 
 export interface RegistrySnapshot {
@@ -117,6 +129,10 @@ export interface RegistrySnapshot {
   services: ServiceState[];
   /** Newest first. */
   deployments: DeploymentSummary[];
+  /** Newest first; absent from a view that projects no releases. */
+  releases?: ReleaseSummary[];
+  /** Per service, over its last deployments (quality.ts). */
+  quality?: ServiceQuality[];
 }
 
 /**

@@ -28,6 +28,20 @@ export const PAGE = `<!doctype html>
       <div id="unregistered-services"></div>
     </details>
   </section>
+  <section aria-labelledby="releases-title">
+    <h2 id="releases-title">Releases</h2>
+    <table id="releases">
+      <thead><tr><th>state</th><th>release</th><th>project</th><th>progress</th><th>services</th><th>hosts</th><th>started</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </section>
+  <section aria-labelledby="quality-title">
+    <h2 id="quality-title">Service quality <span class="count">(last deployments of each service)</span></h2>
+    <table id="quality">
+      <thead><tr><th>service</th><th>deployments</th><th>success rate</th><th>p50</th><th>p95</th><th>rollbacks that restored</th></tr></thead>
+      <tbody></tbody>
+    </table>
+  </section>
   <section aria-labelledby="deployments-title">
     <h2 id="deployments-title">Recent deployments</h2>
     <table id="deployments">

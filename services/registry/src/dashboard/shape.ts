@@ -1,5 +1,7 @@
 import { HOST_SERVICE } from '../projection.ts';
-import type { Desired, DeploymentSummary, Drift, HostRecord, RegistryChange, RegistrySnapshot, ServiceState } from '../view.ts';
+import type {
+  Desired, DeploymentSummary, Drift, HostRecord, RegistryChange, RegistrySnapshot, ReleaseSummary, ServiceQuality, ServiceState,
+} from '../view.ts';
 
 /**
  * What the dashboard shows of a service: the registry's record minus the desired ServiceSpec (it
@@ -20,6 +22,9 @@ export interface FeedEntry {
   host?: string;
   service?: string;
   deploymentId?: string;
+  /** The release the event is of (a release event, or a deployment of a release). */
+  releaseId?: string;
+  project?: string;
   image?: string;
   state?: string;
   code?: string;
@@ -33,12 +38,18 @@ export interface DashboardState {
   deployments: DeploymentSummary[];
   /** The feed's recent entries, newest first. */
   events: FeedEntry[];
+  /** Newest first. */
+  releases: ReleaseSummary[];
+  /** Per service, over its last deployments. */
+  quality: ServiceQuality[];
 }
 
 export type DashboardChange =
   | { kind: 'host'; data: HostRecord }
   | { kind: 'service'; data: DashboardService }
   | { kind: 'deployment'; data: DeploymentSummary }
+  | { kind: 'release'; data: ReleaseSummary }
+  | { kind: 'quality'; data: ServiceQuality }
   | { kind: 'event'; data: FeedEntry };
 
 export function dashboardState(snapshot: RegistrySnapshot, events: FeedEntry[]): DashboardState {
@@ -47,6 +58,8 @@ export function dashboardState(snapshot: RegistrySnapshot, events: FeedEntry[]):
     services: snapshot.services.map(dashboardService),
     deployments: snapshot.deployments,
     events,
+    releases: snapshot.releases ?? [],
+    quality: snapshot.quality ?? [],
   };
 }
 
@@ -55,6 +68,8 @@ export function dashboardChange(change: RegistryChange): DashboardChange | null 
   switch (change.kind) {
     case 'host': return change;
     case 'deployment': return change;
+    case 'release': return change;
+    case 'quality': return change;
     case 'service': return { kind: 'service', data: dashboardService(change.data) };
     case 'event': {
       const entry = feedEntry(change.data);
@@ -92,19 +107,24 @@ export function feedEntry(value: unknown): FeedEntry | null {
   const type = text(event.type);
   if (id === undefined || type === undefined) return null;
   const service = text(data.service) ?? text(event.subject);
+  // A release's events name the release, not a host or service (their host is `_release`).
+  const releaseId = text(data.releaseId) ?? text((data.release as Record<string, unknown> | undefined)?.id);
+  const release = typeof data.releaseId === 'string';
   return {
     id,
     type,
     time: text(event.time) ?? new Date().toISOString(),
     source: text(event.source) ?? '',
-    host: text(data.host),
+    host: release ? undefined : text(data.host),
     // A host's own events (host.registered, host.lost) carry a placeholder, not a service.
-    service: service === HOST_SERVICE ? undefined : service,
+    service: service === HOST_SERVICE || release ? undefined : service,
+    ...(releaseId === undefined ? {} : { releaseId }),
+    ...(release ? { project: text(data.project) } : {}),
     deploymentId: text(data.deploymentId) ?? text(event.deploymentid),
     image: text(data.image),
     state: text(data.state),
-    code: text(data.code),
-    reason: text(data.reason),
+    code: text(data.code) ?? text((data.error as Record<string, unknown> | undefined)?.code),
+    reason: text(data.reason) ?? text((data.error as Record<string, unknown> | undefined)?.message),
   };
 }
 

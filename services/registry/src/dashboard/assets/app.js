@@ -7,12 +7,18 @@ const MAX_DEPLOYMENTS = 30;
 const MAX_EVENTS = 100;
 const DEPLOYMENT_STATES = new Set(['running', 'succeeded', 'failed', 'rolled_back']);
 const HOST_STATES = new Set(['online', 'lost']);
+const RELEASE_STATES = new Set(['in-progress', 'paused', 'completed', 'failed', 'rolling-back', 'rolled-back']);
+const MAX_RELEASES = 20;
+// Drawn in this order in a release's progress bar; `pending` is what is left of it.
+const OUTCOMES = ['healthy', 'deploying', 'failed', 'skipped', 'rolled-back', 'rollback-failed', 'pending'];
 
 const state = {
   hosts: new Map(), // id → HostRecord
   services: new Map(), // host + '\u0000' + service → DashboardService
   deployments: new Map(), // deploymentId + '\u0000' + host → DeploymentSummary (one id may go to many hosts)
   events: [], // FeedEntry, newest first
+  releases: new Map(), // release id → ReleaseSummary
+  quality: new Map(), // service → ServiceQuality
 };
 
 /** Builds an element; children that are strings become text nodes. */
@@ -161,6 +167,70 @@ function renderDeployments() {
   )));
 }
 
+function newestReleases() {
+  // Release ids sort as the releases were made.
+  return [...state.releases.values()].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0)).slice(0, MAX_RELEASES);
+}
+
+function renderReleases() {
+  const body = document.querySelector('#releases tbody');
+  const newest = newestReleases();
+  if (newest.length === 0) {
+    body.replaceChildren(h('tr', {}, h('td', { colspan: 7, class: 'empty' }, 'No release yet.')));
+    return;
+  }
+  body.replaceChildren(...newest.map((release) => {
+    const counts = release.outcomes ?? {};
+    const total = OUTCOMES.reduce((n, outcome) => n + (counts[outcome] ?? 0), 0);
+    const done = (counts.healthy ?? 0) + (counts['rolled-back'] ?? 0);
+    const bar = h('div', { class: 'progress', role: 'img', 'aria-label': `${done} of ${total}` },
+      OUTCOMES.filter((outcome) => (counts[outcome] ?? 0) > 0 && outcome !== 'pending').map((outcome) => h('span', {
+        class: `outcome-${outcome}`, title: `${outcome}: ${counts[outcome]}`, 'data-width': counts[outcome] / total,
+      })));
+    const told = OUTCOMES.filter((outcome) => (counts[outcome] ?? 0) > 0).map((outcome) => `${counts[outcome]} ${outcome}`).join(' · ');
+    return h('tr', {
+      'data-release-id': release.id, 'data-state': release.state,
+      title: release.error ? `${release.error.code}: ${release.error.message}` : release.id,
+    },
+    h('td', {}, badge('release', release.state, RELEASE_STATES)),
+    h('td', {}, h('code', {}, release.id), release.rolledBackTo ? h('div', { class: 'sub' }, `back to ${release.rolledBackTo}`) : null),
+    h('td', {}, release.project || '—'),
+    h('td', { class: 'release-progress' }, bar, h('div', { class: 'sub' }, told || '—'), release.error ? h('div', { class: 'sub error' }, release.error.code) : null),
+    h('td', { title: (release.services ?? []).join(', ') }, String((release.services ?? []).length)),
+    h('td', { title: (release.hosts ?? []).join(', ') }, String((release.hosts ?? []).length)),
+    h('td', {}, time(release.createdAt, clock(release.createdAt))),
+    );
+  }));
+  // Widths through the CSSOM: the page's CSP allows no inline style attribute.
+  for (const span of body.querySelectorAll('.progress span')) span.style.width = `${Number(span.dataset.width) * 100}%`;
+}
+
+function percent(rate) {
+  return rate === null || rate === undefined ? '—' : `${Math.round(rate * 1000) / 10} %`;
+}
+
+function ms(value) {
+  if (value === null || value === undefined) return '—';
+  return value < 1000 ? `${value} ms` : `${Math.round(value / 100) / 10} s`;
+}
+
+function renderQuality() {
+  const body = document.querySelector('#quality tbody');
+  const services = [...state.quality.values()].sort((a, b) => a.service.localeCompare(b.service));
+  if (services.length === 0) {
+    body.replaceChildren(h('tr', {}, h('td', { colspan: 6, class: 'empty' }, 'No deployment yet.')));
+    return;
+  }
+  body.replaceChildren(...services.map((q) => h('tr', { 'data-service': q.service },
+    h('td', {}, q.service),
+    h('td', {}, String(q.deployments)),
+    h('td', { class: 'success-rate', title: `${q.succeeded} of ${q.finished} finished` }, percent(q.successRate)),
+    h('td', { class: 'p50' }, ms(q.p50DurationMs)),
+    h('td', { class: 'p95' }, ms(q.p95DurationMs)),
+    h('td', { class: 'rollbacks' }, q.rollbacks === 0 ? '—' : `${q.rollbacksRestored} of ${q.rollbacks} (${percent(q.rollbackEffectiveness)})`),
+  )));
+}
+
 function renderEvents() {
   const list = document.getElementById('events');
   list.replaceChildren(...state.events.map((event) => h('li', {
@@ -168,7 +238,8 @@ function renderEvents() {
   },
   time(event.time, clock(event.time)),
   h('span', { class: 'type' }, event.type.replace(/^ferry\./, '')),
-  h('span', {}, [event.host, event.service].filter(Boolean).join(' / ')),
+  h('span', {}, [event.project, event.host, event.service].filter(Boolean).join(' / ')),
+  event.releaseId ? h('code', { class: 'release' }, event.releaseId) : null,
   event.image ? h('code', {}, event.image) : null,
   event.code || event.reason ? h('span', { class: 'error' }, [event.code, event.reason].filter(Boolean).join(': ')) : null,
   )));
@@ -187,6 +258,8 @@ function redraw(...parts) {
     if (dirty.has('hosts')) renderHosts();
     if (dirty.has('deployments')) renderDeployments();
     if (dirty.has('events')) renderEvents();
+    if (dirty.has('releases')) renderReleases();
+    if (dirty.has('quality')) renderQuality();
     dirty.clear();
   });
 }
@@ -198,7 +271,9 @@ function applySnapshot(snapshot) {
   state.services = new Map(snapshot.services.map((service) => [serviceKey(service), service]));
   state.deployments = new Map(snapshot.deployments.map((deployment) => [deploymentKey(deployment), deployment]));
   state.events = snapshot.events.slice(0, MAX_EVENTS);
-  redraw('hosts', 'deployments', 'events');
+  state.releases = new Map((snapshot.releases ?? []).map((release) => [release.id, release]));
+  state.quality = new Map((snapshot.quality ?? []).map((q) => [q.service, q]));
+  redraw('hosts', 'deployments', 'events', 'releases', 'quality');
 }
 
 function addEvent(event) {
@@ -238,6 +313,15 @@ function connect() {
       state.deployments = new Map(newestDeployments().map((kept) => [deploymentKey(kept), kept]));
     }
     redraw('deployments');
+  });
+  on('release', (release) => {
+    state.releases.set(release.id, release);
+    if (state.releases.size > 4 * MAX_RELEASES) state.releases = new Map(newestReleases().map((kept) => [kept.id, kept]));
+    redraw('releases');
+  });
+  on('quality', (quality) => {
+    state.quality.set(quality.service, quality);
+    redraw('quality');
   });
   on('event', addEvent);
   source.addEventListener('error', () => {
