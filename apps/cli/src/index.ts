@@ -23,6 +23,8 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   rollback: async () => (await import('./rollback.ts')).rollbackCommand,
   hosts: async () => (await import('./hosts.ts')).hostsCommand,
   drift: async () => (await import('./drift.ts')).driftCommand,
+  releases: async () => (await import('./releases.ts')).releasesCommand,
+  release: async () => (await import('./releases.ts')).releaseCommand,
   keygen: async () => (await import('./keygen.ts')).keygenCommand,
   key: async () => (await import('./keys.ts')).keyCommand,
   trust: async () => (await import('./grants.ts')).trustCommand,
