@@ -96,10 +96,14 @@ export async function startFerryProcess(command: 'receiver' | 'sender' | 'regist
   return { url, child, logs, stop: () => terminate(child) };
 }
 
-/** Starts `ferry receiver` on a free loopback port and waits until it says it listens. */
+/**
+ * Starts `ferry receiver` on a free loopback port and waits until it says it listens. Its
+ * stability window is half a second unless `env` says otherwise: every deployment a test makes
+ * still has one, without the default's 5 s each.
+ */
 export async function startReceiverProcess(env: Record<string, string>, launcher?: FerryLauncher): Promise<ReceiverProcess> {
   const dataDir = env.FERRY_DATA_DIR ?? await mkdtemp(join(tmpdir(), 'ferry-rx-'));
-  const { url, child, logs } = await startFerryProcess('receiver', { FERRY_LISTEN: '127.0.0.1:0', FERRY_DATA_DIR: dataDir, ...env }, launcher);
+  const { url, child, logs } = await startFerryProcess('receiver', { FERRY_LISTEN: '127.0.0.1:0', FERRY_DATA_DIR: dataDir, FERRY_STABILITY_WINDOW_MS: '500', ...env }, launcher);
   return {
     url, dataDir, child, logs, hostId: env.FERRY_HOST_ID ?? '',
     stop: async () => {

@@ -503,6 +503,24 @@ const RECIPES: Partial<Record<ErrorCode, () => Promise<Answer>>> = {
       spec: { health: { type: 'tcp', host: '127.0.0.1', port, intervalMs: 50, timeoutMs: 200, retries: 2 } },
     }), app.archive);
   },
+  FERRY_ERR_UNSTABLE: async () => {
+    // Dies a second after it starts and its policy restarts it, while this process answers the
+    // port it is checked on: the probe passes, the stability window (5 s here) sees the restart.
+    const answering = createServer((socket) => socket.end());
+    await new Promise<void>((r) => answering.listen(0, '127.0.0.1', r));
+    const steady = await receiver({ FERRY_STABILITY_WINDOW_MS: '5000' });
+    try {
+      return await oneShot(steady.url, manifest({
+        service: serviceName('unstable'), image: app, pkg: app.archive, spec: {
+          entrypoint: ['/bin/busybox', 'sh', '-c', 'sleep 1; exit 1'], restart: 'always',
+          health: { type: 'tcp', host: '127.0.0.1', port: (answering.address() as { port: number }).port, intervalMs: 50 },
+        },
+      }), app.archive);
+    } finally {
+      await stopReceiver(steady);
+      await new Promise((r) => answering.close(r));
+    }
+  },
   FERRY_ERR_DEPLOYMENT_IN_PROGRESS: async () => {
     const service = serviceName('busy');
     const held = await healthGate();

@@ -56,14 +56,14 @@ export function failureLines(f: FailedDeployment, command?: string): string[] {
  */
 export function failureNext(code: ErrorCode, failure: DeploymentFailure | undefined, command?: string): string {
   const container = failure?.container;
-  if (container && (code === 'FERRY_ERR_HEALTHCHECK_FAILED' || code === 'FERRY_ERR_CONTAINER_FAILED')) {
+  if (container && (code === 'FERRY_ERR_HEALTHCHECK_FAILED' || code === 'FERRY_ERR_CONTAINER_FAILED' || code === 'FERRY_ERR_UNSTABLE')) {
     if (container.exitCode !== undefined) {
       return container.logs.length > 0
         ? `the container exited with code ${container.exitCode}: its log lines above say why; fix that and push again`
         : `the container exited with code ${container.exitCode} and wrote nothing: run the image by hand ("docker run") to see why, then push again`;
     }
     const last = failure.health?.probes.at(-1);
-    if (failure.health) {
+    if (failure.health && code !== 'FERRY_ERR_UNSTABLE') {
       return `the container runs but did not pass its health check${last ? ` (last answer: ${probeAnswer(last)})` : ''}: check the check's address and port${container.logs.length > 0 ? ' and the log lines above' : ''}, then push again`;
     }
   }

@@ -38,6 +38,7 @@ const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_FORBIDDEN_SOURCE: 'the receiver does not accept requests from this address: have its operator add it to its allowed sources',
   FERRY_ERR_LOAD_FAILED: 'the target\'s Docker engine could not load the image: check its disk space and its log, then push again',
   FERRY_ERR_CONTAINER_FAILED: 'the container would not start with these options: check the ports (already in use?), volumes and command',
+  FERRY_ERR_UNSTABLE: 'the container stopped after its check passed, so something else may answer its health address: its log lines say why it stopped; fix that and push again',
   FERRY_ERR_DOCKER: 'the Docker engine refused a request: its message is above; check the engine\'s log',
   FERRY_ERR_EVENTS_UNAVAILABLE: 'check FERRY_NATS_URL and that nats-server runs with JetStream (-js)',
   FERRY_ERR_BUILD_FAILED: 'fix the Dockerfile or the build context; the build log is above',

@@ -73,7 +73,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     images, containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log, policy: config.policy,
     packages,
     journal: await Journal.open(join(config.dataDir, 'journal'), log),
-    retainImages: config.retainImages, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes }, layers,
+    retainImages: config.retainImages, stabilityWindowMs: config.stabilityWindowMs, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes }, layers,
     ...(config.testCrashAt ? { crashAt: config.testCrashAt } : {}),
   });
   // Before any request: what a killed process left half-done is put right first.

@@ -4,7 +4,7 @@ import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import {
   FerryError, LABELS, configHash,
-  type DeploymentFailure, type DeploymentResult, type DeploymentState, type EventType, type Manifest, type Restored, type StageTimings,
+  type DeploymentFailure, type DeploymentResult, type DeploymentState, type EventType, type HealthCheck, type Manifest, type Restored, type StageTimings,
 } from '@ferry/protocol';
 import { DEFAULT_POLICY, checkBindSources, containerSpecFor, policyDenied, type Policy } from '../policy/index.ts';
 import { assertLayersPresent } from '../load/load.ts';
@@ -12,7 +12,8 @@ import type { VerifiedPackage } from '../load/package.ts';
 import { startLastDeployed, type ReconcileResult } from './restart.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
-import { healthCheckFailed, healthCheckFailedWithoutRestore, healthFailureReason, waitHealthy } from './health.ts';
+import { healthCheckFailed, healthCheckFailedWithoutRestore, healthFailureReason, unstable, unstableWithoutRestore, waitHealthy, type HealthOutcome } from './health.ts';
+import { DEFAULT_STABILITY_WINDOW_MS, watchStable } from './stability.ts';
 import { Scrubber, failedContainer, healthReport, stillUp } from './failure.ts';
 import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, JournalEntry, StateStamp } from '../journal/journal.ts';
 import type { CrashPoint } from './crash.ts';
@@ -34,6 +35,8 @@ export interface DeployerDeps {
   journal: Journal;
   /** Images kept per service (FERRY_RETAIN_IMAGES); older ones Ferry loaded are removed. */
   retainImages?: number;
+  /** How long a new container must stay up after its check passed (FERRY_STABILITY_WINDOW_MS). */
+  stabilityWindowMs?: number;
   /** Refuses deployments when the data directory is short of space; no check when absent. */
   disk?: DiskGuard;
   /** Test hook only (FERRY_TEST_CRASH_AT, never from a request): SIGKILL the process at this step. */
@@ -502,32 +505,44 @@ class Run {
     this.#emit('container.started', { containerId: swapped.containerId, durationMs: this.#timings.deploy });
   }
 
-  /** Not private only so that its return type can be named above. */
+  /**
+   * The verdict on the new container: its check (if the manifest has one) must pass, then the
+   * container must stay up through the stability window (stability.ts), or what passed the
+   * check may have been another process. Not private only so that its return type can be named above.
+   */
   async validate(): Promise<{ ok: true } | { ok: false; error: FerryError; found: Found }> {
     const check = this.#manifest.service.health;
     const containerId = this.#containerId;
     if (!containerId) throw new Error('validate before start');
-    const isRunning = async (): Promise<boolean> => stillUp(await this.#deps.containers.inspect(containerId));
+    const inspect = (): ReturnType<ContainerRunner['inspect']> => this.#deps.containers.inspect(containerId);
+    const isRunning = async (): Promise<boolean> => stillUp(await inspect());
+    let outcome: HealthOutcome | undefined;
     if (!check) {
       // Without a health check the least a deployment proves is that the process stayed up.
-      if (await isRunning()) return { ok: true };
-      return { ok: false, error: new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The container exited right after it started' }), found: {} };
+      if (!(await isRunning())) return { ok: false, error: new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The container exited right after it started' }), found: {} };
+    } else {
+      outcome = await waitHealthy(check, {
+        isRunning, dockerHealth: async () => (await inspect())?.health,
+        // Journalled as it goes, so whoever follows the deployment sees the check's progress; best effort.
+        onProbe: (attempts, probe) => this.#entry.note({ healthCheck: { attempts, retries: check.retries, lastOk: probe.ok } }).catch(() => undefined),
+      });
+      this.#timings.health = outcome.durationMs;
+      if (!outcome.ok) return this.#failedCheck(check, outcome, healthFailureReason(outcome, this.#manifest.service), healthCheckFailed);
     }
-    const outcome = await waitHealthy(check, {
-      isRunning, dockerHealth: async () => (await this.#deps.containers.inspect(containerId))?.health,
-      // Journalled as it goes, so whoever follows the deployment sees the check's progress; best effort.
-      onProbe: (attempts, probe) => this.#entry.note({ healthCheck: { attempts, retries: check.retries, lastOk: probe.ok } }).catch(() => undefined),
-    });
-    this.#timings.health = outcome.durationMs;
-    if (outcome.ok) {
-      this.#emit('healthcheck.passed', { attempts: outcome.attempts, durationMs: outcome.durationMs });
-      return { ok: true };
-    }
-    const health = healthReport(check.type, outcome.attempts, outcome.probes, this.#scrub);
+    const stable = await watchStable(this.#deps.stabilityWindowMs ?? DEFAULT_STABILITY_WINDOW_MS, { inspect, after: check ? 'its check passed' : 'it started' });
+    this.#timings.health = (this.#timings.health ?? 0) + stable.durationMs;
+    if (!stable.ok) return this.#failedCheck(check, outcome, stable.reason, unstable);
+    if (outcome) this.#emit('healthcheck.passed', { attempts: outcome.attempts, durationMs: outcome.durationMs });
+    return { ok: true };
+  }
+
+  /** A failed verdict: the container as it ended and the probes kept, published and returned. */
+  async #failedCheck(check: HealthCheck | undefined, outcome: HealthOutcome | undefined, reason: string, error: (reason: string) => FerryError): Promise<{ ok: false; error: FerryError; found: Found }> {
+    const containerId = this.#containerId ?? '';
+    const health = check && outcome ? healthReport(check.type, outcome.attempts, outcome.probes, this.#scrub) : undefined;
     const container = await failedContainer(this.#deps.containers, containerId, this.#scrub);
-    const reason = healthFailureReason(outcome, this.#manifest.service);
-    this.#emit('healthcheck.failed', { reason, probes: health.probes, logs: container?.logs ?? [] });
-    return { ok: false, error: healthCheckFailed(reason), found: { health, ...(container ? { container } : {}) } };
+    if (health) this.#emit('healthcheck.failed', { reason, probes: health.probes, logs: container?.logs ?? [] });
+    return { ok: false, error: error(reason), found: { ...(health ? { health } : {}), ...(container ? { container } : {}) } };
   }
 
   async #fail(error: FerryError, previousTagTarget: string | undefined, found: Found = {}): Promise<DeploymentResult> {
@@ -552,9 +567,8 @@ class Run {
         this.#emit('rollback.completed', { ...(restored ? { restoredContainerId: restored } : {}), durationMs: this.#timings.rollback });
         this.#state = restored ? 'ROLLED_BACK' : 'FAILED';
         failure.restored = restored ? { outcome: 'previous', containerId: restored } : { outcome: 'nothing' };
-        if (!restored && error.code === 'FERRY_ERR_HEALTHCHECK_FAILED') {
-          finalError = healthCheckFailedWithoutRestore(error);
-        }
+        if (!restored && error.code === 'FERRY_ERR_HEALTHCHECK_FAILED') finalError = healthCheckFailedWithoutRestore(error);
+        if (!restored && error.code === 'FERRY_ERR_UNSTABLE') finalError = unstableWithoutRestore(error);
       } catch (err) {
         this.#log.error({ err }, 'rollback failed');
         this.#state = 'FAILED';

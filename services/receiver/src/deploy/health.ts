@@ -78,6 +78,20 @@ export function healthCheckFailedWithoutRestore(error: FerryError): FerryError {
   return new FerryError('FERRY_ERR_HEALTHCHECK_FAILED', { message: `${failed}; there was no previous version to restore` });
 }
 
+/**
+ * The deployment's error when the check passed but the container did not stay up through the
+ * stability window (stability.ts): what answered the probe was not, or not only, this container.
+ */
+export function unstable(reason: string): FerryError {
+  return new FerryError('FERRY_ERR_UNSTABLE', { message: `Unstable: ${reason}${RESTORED}` });
+}
+
+/** {@link unstable} when there was no previous version to run again. */
+export function unstableWithoutRestore(error: FerryError): FerryError {
+  const failed = error.message.endsWith(RESTORED) ? error.message.slice(0, -RESTORED.length) : 'Unstable';
+  return new FerryError('FERRY_ERR_UNSTABLE', { message: `${failed}; there was no previous version to restore` });
+}
+
 type HttpCheck = Extract<HealthCheck, { type: 'http' }>;
 type TcpCheck = Extract<HealthCheck, { type: 'tcp' }>;
 type CmdCheck = Extract<HealthCheck, { type: 'cmd' }>;
