@@ -1,7 +1,8 @@
 import { rm } from 'node:fs/promises';
+import { availableParallelism, loadavg } from 'node:os';
 import { isFerryError } from '@ferry/protocol';
 import { Broadcast, SlowBranch } from './broadcast.ts';
-import { LinkProbe, decideFromMeasure, sampleZstd, type MeasuredDecision } from './compression.ts';
+import { LinkProbe, cpuShare, decideFromMeasure, sampleZstd, type MeasuredDecision } from './compression.ts';
 import { spoolPath, spooled, type BuiltPackage, type ProducedPackage } from './package.ts';
 import { produceInto, sourceFallback, type Producer, type Source, type SpoolKind, type Spools } from './productions.ts';
 import type { ReceiverClient } from './receiver-client.ts';
@@ -116,6 +117,7 @@ async function attempt(participants: readonly Participant[], source: Source, opt
       linkBytesPerSecond: reading.bytesPerSecond,
       exportBytesPerSecond: (broadcast.bytes * 1000) / Math.max(1, elapsed - broadcast.waitedMs),
       remainingBytes: total - slowest, totalBytes: total, sentBytes: slowest, samples,
+      cpuShare: cpuShare(availableParallelism(), loadavg()[0] ?? 0),
     });
     measure.onDecision(decision);
     if (!decision.restart) return;
