@@ -1,7 +1,7 @@
 /** The long-running services, each configured by FERRY_* variables only and loaded on demand. */
 const SERVICES: Record<string, () => Promise<{ run: (env: NodeJS.ProcessEnv) => Promise<void>; help: string }>> = {
   receiver: async () => ({ run: (await import('@ferry/receiver')).runReceiver, help: RECEIVER_HELP }),
-  sender: async () => { const m = await import('@ferry/sender'); return { run: m.runSenderService, help: m.SENDER_SERVICE_HELP }; },
+  sender: async () => { const m = await import('@ferry/sender/service'); return { run: m.runSenderService, help: m.SENDER_SERVICE_HELP }; },
   registry: async () => { const m = await import('@ferry/registry'); return { run: (env) => m.runRegistry(env), help: m.REGISTRY_HELP }; },
 };
 

@@ -4,7 +4,7 @@
  * differs from what renderCliDoc() makes of today's texts.
  */
 import { writeFileSync } from 'node:fs';
-import { SENDER_SERVICE_HELP } from '@ferry/sender';
+import { SENDER_SERVICE_HELP } from '@ferry/sender/service';
 import { REGISTRY_HELP } from '@ferry/registry';
 import { RECEIVER_HELP } from '../bin/main.ts';
 import { HELP, HELPS } from '../apps/cli/src/help.ts';

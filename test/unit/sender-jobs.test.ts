@@ -13,9 +13,8 @@ import { MemoryNonceStore, RequestVerifier, TrustStore, signRequest } from '@fer
 import { digestOf } from '@ferry/integrity';
 import { createLogger } from '@ferry/log';
 import { isFerryError } from '@ferry/protocol';
-import {
-  DeploymentJobs, JobStore, createSenderApp, jobView, type DeploymentDocument, type DeploymentOutcome, type JobRecord, type Runner,
-} from '@ferry/sender';
+import type { DeploymentDocument, DeploymentOutcome } from '@ferry/sender';
+import { DeploymentJobs, JobStore, createApp as createSenderApp, jobView, type JobRecord, type Runner } from '@ferry/sender/service';
 import { testKey, trustDocument, type TestKey } from '../helpers/keys.ts';
 
 const log = createLogger({ level: 'silent' });

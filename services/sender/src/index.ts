@@ -14,7 +14,6 @@ export { pushMany, DEFAULT_PARALLEL, type FanoutDeps, type FanoutRequest, type F
 export { retry, pause, backoffDelay, isCallCut, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy, type RetryOptions } from './retry.ts';
 export { runDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
 export { loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, type DeploymentDocument, type Problem, type ServiceEntry } from './deployfile/index.ts';
-export { startSenderService, runSenderService, createApp as createSenderApp, DeploymentJobs, JobStore, jobView, SENDER_SERVICE_HELP, type RunningSenderService, type JobRecord, type JobView, type Runner } from './service/index.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
 export { layersToOmit, type CompressionChoice } from './negotiate.ts';
 export {
