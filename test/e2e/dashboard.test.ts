@@ -15,6 +15,8 @@ import { after, before, describe, test } from 'node:test';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { RegistryClient } from '@ferry/auth';
+import { JetStreamPublisher, ReleaseEvents, keySigner } from '@ferry/events';
+import { newReleaseId } from '@ferry/protocol';
 import { ROOT, buildTestImage, freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
@@ -165,6 +167,56 @@ describe('the registry dashboard in a real browser', { timeout: 600_000 }, () =>
     await mkdir(join(ROOT, 'test-output'), { recursive: true });
     await page.screenshot({ path: screenshot, fullPage: true });
     t.diagnostic(`screenshot: ${screenshot}`);
+    await page.close();
+  });
+
+  test('a release\'s progress appears live, and each service\'s quality figures', async (t) => {
+    const page = await openDashboard();
+    // The push of the test before: one deployment, succeeded.
+    const quality = page.locator(`#quality tr[data-service="${service}"]`);
+    await quality.waitFor();
+    assert.equal(await quality.locator('.success-rate').textContent(), '100 %');
+    assert.match(await quality.locator('.p50').textContent() ?? '', /\d+(\.\d)? (ms|s)/);
+
+    // A sender's release events, signed with the deploying key, as `ferry deploy` publishes them.
+    const publisher = await JetStreamPublisher.connect({ url: s.natsUrl, name: `dash-release-${run}` });
+    const releaseId = newReleaseId();
+    const events = new ReleaseEvents({ sink: publisher, source: 'ferry://sender/e2e', releaseId, project: `shop-${run}`, signer: keySigner(key.keyId, key.privateKey) });
+    try {
+      events.publish('release.started', {
+        phases: ['data', 'apps'], waves: [[hostId]],
+        services: [
+          { name: 'db', image: 'db:1', imageId: 'sha256:aa', phase: 0, dependsOn: [], hosts: [hostId] },
+          { name: 'api', image: 'api:1', imageId: 'sha256:bb', phase: 1, dependsOn: [{ service: 'db', condition: 'healthy' }], hosts: [hostId] },
+        ],
+      });
+      const row = page.locator(`#releases tr[data-release-id="${releaseId}"]`);
+      await page.locator(`#releases tr[data-release-id="${releaseId}"][data-state="in-progress"]`).waitFor();
+      assert.match(await row.locator('.release-progress').textContent() ?? '', /2 pending/);
+      assert.deepEqual((await row.locator('td').allTextContents()).slice(2, 6).map((t) => t.trim()).filter((_, i) => i !== 1), [`shop-${run}`, '2', '1']);
+
+      events.publish('release.phase.completed', { phase: 0, name: 'data', wave: 0, outcomes: { [hostId]: { db: 'healthy' } } });
+      await row.locator('.release-progress', { hasText: '1 healthy · 1 pending' }).waitFor();
+      events.publish('release.paused', { wave: 0, reason: 'continue' });
+      await page.locator(`#releases tr[data-release-id="${releaseId}"][data-state="paused"]`).waitFor();
+      events.publish('release.phase.completed', { phase: 1, name: 'apps', wave: 0, outcomes: { [hostId]: { api: 'healthy' } } });
+      events.publish('release.completed', { outcomes: {}, durationMs: 2000 });
+      await page.locator(`#releases tr[data-release-id="${releaseId}"][data-state="completed"]`).waitFor();
+      assert.match(await row.locator('.release-progress').textContent() ?? '', /^2 healthy$/);
+      // The bar's widths are set through the CSSOM, which the page's CSP allows.
+      const width = await row.locator('.progress .outcome-healthy').evaluate((node) => (node as unknown as { style: { width: string } }).style.width);
+      assert.equal(width, '100%');
+      await page.locator(`#events li[data-type="ferry.release.completed"]`, { hasText: releaseId }).waitFor();
+      // Newest first, and why it paused is not shown as an error.
+      assert.equal(await page.locator('#events li').first().getAttribute('data-type'), 'ferry.release.completed');
+      assert.equal(await page.locator('#events li[data-type="ferry.release.paused"] .error').count(), 0);
+      await mkdir(join(ROOT, 'test-output'), { recursive: true });
+      const shot = join(ROOT, 'test-output', 'dashboard-release.png');
+      await page.screenshot({ path: shot, fullPage: true });
+      t.diagnostic(`screenshot: ${shot}`);
+    } finally {
+      await publisher.close();
+    }
     await page.close();
   });
 

@@ -76,8 +76,9 @@ export function dashboardRouter(options: DashboardOptions): DashboardRouter {
     if (change.kind !== 'event') return;
     const entry = feedEntry(change.data);
     if (!entry || feed.some((known) => known.id === entry.id)) return;
-    // By event time, not arrival: a projection rebuild replays old events, which must not bury new ones.
-    const at = feed.findIndex((known) => known.time < entry.time);
+    // By event time, not arrival: a projection rebuild replays old events, which must not bury new
+    // ones; of two with the same time, the one that came later is shown above.
+    const at = feed.findIndex((known) => known.time <= entry.time);
     feed.splice(at === -1 ? feed.length : at, 0, entry);
     feed.length = Math.min(feed.length, FEED_LENGTH);
   });

@@ -123,9 +123,14 @@ export function feedEntry(value: unknown): FeedEntry | null {
     deploymentId: text(data.deploymentId) ?? text(event.deploymentid),
     image: text(data.image),
     state: text(data.state),
-    code: text(data.code) ?? text((data.error as Record<string, unknown> | undefined)?.code),
-    reason: text(data.reason) ?? text((data.error as Record<string, unknown> | undefined)?.message),
+    // A release event's `reason` (why it paused, why it rolls back) is no error; its `error` is.
+    code: release ? text(errorOf(data)?.code) : text(data.code),
+    reason: release ? text(errorOf(data)?.message) : text(data.reason),
   };
+}
+
+function errorOf(data: Record<string, unknown>): Record<string, unknown> | undefined {
+  return typeof data.error === 'object' && data.error !== null ? data.error as Record<string, unknown> : undefined;
 }
 
 function text(value: unknown): string | undefined {

@@ -279,7 +279,7 @@ function applySnapshot(snapshot) {
 function addEvent(event) {
   if (state.events.some((known) => known.id === event.id)) return;
   // Newest first by event time: a replayed old event goes below the recent ones (or off the end).
-  const at = state.events.findIndex((known) => known.time < event.time);
+  const at = state.events.findIndex((known) => known.time <= event.time);
   state.events.splice(at === -1 ? state.events.length : at, 0, event);
   state.events.length = Math.min(state.events.length, MAX_EVENTS);
   redraw('events');
