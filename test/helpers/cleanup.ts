@@ -1,8 +1,8 @@
 import type Dockerode from 'dockerode';
 
-/** Removes a service's containers as Ferry names them: current, kept previous, and one left aside mid-swap. */
+/** Removes a service's containers as Ferry names them: current, kept previous, and those set aside mid-swap. */
 export async function removeService(docker: Dockerode, service: string): Promise<void> {
-  for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`]) {
+  for (const name of [service, `${service}.ferry-previous`, `${service}.ferry-next`, `${service}.ferry-older`, `${service}.ferry-parked`]) {
     await docker.getContainer(name).remove({ force: true }).catch(() => undefined);
   }
 }

@@ -19,7 +19,7 @@ import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, Jour
 import type { CrashPoint } from './crash.ts';
 import { assertFreeSpace, type DiskGuard } from './disk.ts';
 import { DEFAULT_RETAIN_IMAGES, pruneImages } from './retention.ts';
-import { finishSwapBack, nextName, previousName, replaceContainer, restorePrevious, swapToPrevious, undoSwap } from './swap.ts';
+import { dropOlder, finishSwapBack, nextName, previousName, replaceContainer, restorePrevious, swapToPrevious, undoSwap } from './swap.ts';
 
 export interface DeployerDeps {
   images: ImageStore;
@@ -278,7 +278,10 @@ export class Deployer {
     this.#timers.clear();
   }
 
+  /** After a deployment passed: the container kept aside for a failure goes, then old images. */
   async #prune(service: string): Promise<void> {
+    await dropOlder(this.#deps.containers, service)
+      .catch((err: unknown) => this.#deps.logger.warn({ err, service }, 'removing the container kept aside failed'));
     const keep = this.#deps.retainImages ?? DEFAULT_RETAIN_IMAGES;
     await pruneImages(this.#deps.images, this.#journal, service, keep, this.#deps.logger)
       .catch((err: unknown) => this.#deps.logger.warn({ err, service }, 'removing old images failed'));

@@ -8,6 +8,13 @@ export function previousName(service: string): string {
 export function nextName(service: string): string {
   return `${service}.ferry-next`;
 }
+/**
+ * Where a deployment keeps the previous container's predecessor until it has passed: a deployment
+ * that fails puts it back as the previous one, so a failure never uses up the rollback target.
+ */
+export function olderName(service: string): string {
+  return `${service}.ferry-older`;
+}
 
 /**
  * Called between the steps of a swap, each awaited: the deployment journals what it needs to undo
@@ -37,13 +44,16 @@ export interface Swapped {
 export async function replaceContainer(runner: ContainerRunner, spec: ContainerSpec, hooks: SwapHooks = {}): Promise<Swapped> {
   const service = spec.name;
   await runner.remove(nextName(service), { force: true });
+  await settleOlder(runner, service);
   const containerId = await runner.create({ ...spec, name: nextName(service) });
   try {
     await hooks.created?.(containerId);
     const current = await runner.inspect(service);
     if (current) {
       await hooks.replacing?.(current.id);
-      await runner.remove(previousName(service), { force: true });
+      // Kept, not removed, until this deployment passed (dropOlder) or failed (restorePrevious).
+      const previous = await runner.inspect(previousName(service));
+      if (previous) await runner.rename(previous.id, olderName(service));
       await runner.stop(current.id);
       await runner.rename(current.id, previousName(service));
       await hooks.stoppedOld?.();
@@ -62,10 +72,18 @@ export async function replaceContainer(runner: ContainerRunner, spec: ContainerS
 
 /**
  * Puts the previous container back: the failed one is removed (its logs were read before), the
- * kept one takes the service's name again and starts. Without a previous one, nothing runs.
+ * kept one takes the service's name again and starts, and the one kept before it is the previous
+ * one again — what a rollback returns to is what it was before the failed deployment. Without a
+ * previous one, nothing runs.
  */
 export async function restorePrevious(runner: ContainerRunner, service: string, failedId: string | undefined): Promise<string | undefined> {
   if (failedId) await runner.remove(failedId, { force: true });
+  const restored = await restoreRunning(runner, service, failedId);
+  await settleOlder(runner, service);
+  return restored;
+}
+
+async function restoreRunning(runner: ContainerRunner, service: string, failedId: string | undefined): Promise<string | undefined> {
   const current = await runner.inspect(service);
   if (current && current.id !== failedId) {
     // The failed container never took the name (it failed before the rename); nothing to restore.
@@ -78,6 +96,23 @@ export async function restorePrevious(runner: ContainerRunner, service: string, 
   await runner.rename(previous.id, service);
   await runner.start(previous.id);
   return previous.id;
+}
+
+/**
+ * A container kept under olderName() goes back to being the previous one when that name is free
+ * (a deployment failed, or stopped half-way), and is dropped when it is not (a deployment passed
+ * and stopped before it could drop it).
+ */
+async function settleOlder(runner: ContainerRunner, service: string): Promise<void> {
+  const older = await runner.inspect(olderName(service));
+  if (!older) return;
+  if (await runner.inspect(previousName(service))) await runner.remove(older.id, { force: true });
+  else await runner.rename(older.id, previousName(service));
+}
+
+/** Once a deployment passed: the container it kept aside goes, as the previous one would have before. */
+export async function dropOlder(runner: ContainerRunner, service: string): Promise<void> {
+  await runner.remove(olderName(service), { force: true });
 }
 
 /** Where a manual rollback parks the container it replaces while the previous one takes over. */
