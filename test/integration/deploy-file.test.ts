@@ -79,7 +79,12 @@ services:
     for (const service of services) {
       assert.deepEqual(service.targets.map((t) => [t.url, t.host, t.state]), [[rx.url, `df-${run}`, 'COMPLETED']]);
     }
-    assert.deepEqual(lines.at(-1), { ok: true, runId: lines.at(-1)?.runId, services: 2, failed: [] });
+    const summary = lines.at(-1) as { ok: boolean; runId: string; releaseId: string; services: number; failed: string[]; release: { id: string; state: string; phases: string[]; outcomes: Record<string, Record<string, string>> } };
+    assert.deepEqual([summary.ok, summary.services, summary.failed], [true, 2, []]);
+    assert.match(summary.releaseId, /^rel-\d{8}T\d{6}Z-[0-9a-f]{8}$/);
+    // No depends_on: one phase, both services at once; the file's directory names the project.
+    assert.deepEqual([summary.release.id, summary.release.state, summary.release.phases], [summary.releaseId, 'completed', ['phase-1']]);
+    assert.deepEqual(summary.release.outcomes, { [`df-${run}`]: { [names.web]: 'healthy', [names.api]: 'healthy' } });
 
     const web = await target.getContainer(names.web).inspect();
     assert.equal(web.State.Running, true);
@@ -117,7 +122,7 @@ services:
     assert.deepEqual(body.error.details.problems.map((p) => [p.path, p.line, p.column]), [[`services.${names.lone}.ports[0]`, 7, 9], [`services.${names.lone}.enviroment`, 8, 5]]);
   });
 
-  test('--only picks one service; an unreachable target fails it (exit 1) while the reachable one deploys', async () => {
+  test('--only picks one service; an unreachable target fails it (exit 1); with --no-rollback the reachable one stays deployed', async () => {
     const dead = `http://127.0.0.1:${await freePort()}`;
     const file = join(dir, 'partial.yaml');
     await writeFile(file, `version: 1
@@ -130,12 +135,14 @@ services:
     image: ${repo}:1
     targets: [${dead}]
 `);
-    const result = await runFerry(['deploy', '-f', file, '--only', names.lone, '--retries', '1'], senderEnv);
+    const result = await runFerry(['deploy', '-f', file, '--only', names.lone, '--retries', '1', '--no-rollback'], senderEnv);
     assert.equal(result.code, 1, result.stdout + result.stderr);
     assert.match(result.stdout, new RegExp(`✖ ${names.lone}: ${repo}:1 on 1/2 targets`));
     assert.ok(result.stdout.split('\n').some((l) => l.includes(`✔ df-${run}`) && l.includes('COMPLETED')), result.stdout);
     assert.ok(result.stdout.split('\n').some((l) => l.includes(`✖ ${dead}`) && l.includes('FERRY_ERR_RECEIVER_UNREACHABLE')), result.stdout);
     assert.ok(!result.stdout.includes(`${names.web}:`), 'the other service was not touched');
+    assert.match(result.stdout, /FERRY_ERR_RELEASE_HALTED\]; release failed/);
+    assert.ok(!result.stdout.includes('rolling the release back'), result.stdout);
     assert.equal((await target.getContainer(names.lone).inspect()).State.Running, true);
 
     const unknown = await runFerry(['deploy', '-f', file, '--only', 'nope'], senderEnv);

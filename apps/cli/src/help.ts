@@ -119,20 +119,26 @@ selectors and records each successful deployment as the service's desired state 
 
 const DEPLOY_HELP = `Usage: ferry deploy [-f ferry.yaml] [options]
 
-Deploys every service of a deployment file: each is built on the build engine if it has "build",
-packaged once, and sent to all its targets (receiver URLs, or selector:K=V,K!=V… resolved by
-the registry), service after service in the file's order. The exit code is 0 only if every
-target of every service succeeded. The file format is in docs/usage.md ("Deployment files").
+Deploys every service of a deployment file as one release (an id, rel-…, in every manifest):
+phase after phase (phases: in the file, or computed from depends_on), the services of a phase at
+once; each is built on the build engine if it has "build" when its phase starts, packaged once,
+and sent to all its targets (receiver URLs, or selector:K=V,K!=V… resolved by the registry). A
+phase starts when every service of the one before is deployed on every host. A phase that fails
+halts the release (FERRY_ERR_RELEASE_HALTED): later phases are neither built nor deployed, and
+what the release deployed is rolled back on every host, last phase first. The exit code is 0
+only if every target of every service succeeded. The file format is in docs/usage.md
+("Deployment files").
 
 Options:
   -f, --file PATH     the deployment file (default ferry.yaml)
   --only SERVICE      deploy only this service; repeat, or separate with commas
-  --parallel N        targets of one service served at once (default 5)
+  --parallel N        services of one phase, and targets of one service, served at once (default 5)
   --retries N         attempts per target, with backoff (default 8)
+  --no-rollback       when a phase fails, leave what the release deployed as it is
   -e, --env KEY[=VALUE]  set a variable in every service's container, over the file's env
                       (KEY alone: from this environment, left out when unset; repeat for more)
   --env-file FILE     the same from a file of KEY=VALUE lines, as docker run --env-file reads it
-  --json              one JSON line per service, then a summary line
+  --json              one JSON line per service, then a summary line with the release record
 
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key), DOCKER_HOST (build engine),
 FERRY_NATS_URL (optional: events), FERRY_REGISTRY_URL (selectors, desired state). Env values in

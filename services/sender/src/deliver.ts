@@ -4,7 +4,7 @@ import type { ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import {
   FerryError, isFerryError,
-  type Compression, type DeploymentResult, type DeploymentState, type EventType, type HealthCheckProgress, type ManifestInput, type ServiceSpec,
+  type Compression, type DeploymentResult, type DeploymentState, type EventType, type HealthCheckProgress, type ManifestInput, type ReleaseRef, type ServiceSpec,
 } from '@ferry/protocol';
 import { chooseCompression, type CompressionDecision } from './compression.ts';
 import { watchDeployment } from './deploy-watch.ts';
@@ -70,6 +70,8 @@ export interface DeliveryRequest {
   partBytes?: number;
   /** The first target's deployment id; default a fresh UUID (each target has its own). */
   deploymentId?: string;
+  /** The release this push is part of (`ferry deploy`): every target's manifest names it, under the signature. */
+  release?: ReleaseRef;
   /** See DEFAULT_SLOW_AFTER_MS. */
   slowAfterMs?: number;
   /** Milliseconds of acknowledgements from every streamed target before the link is judged; default DEFAULT_PROBE_MS. */
@@ -627,6 +629,7 @@ class TargetMachine {
       image: { ref: image.ref, id: image.id, diffIds: image.diffIds },
       package: pkg as ManifestInput['package'],
       service: { env: {}, network: 'bridge', ...this.#request.service },
+      ...(this.#request.release ? { release: this.#request.release } : {}),
     };
   }
 
@@ -649,9 +652,13 @@ class TargetMachine {
     if (host === undefined) return;
     const image = this.plan.image;
     const service = this.#request.service.name;
+    const release = this.#request.release;
     this.#deps.events.publish(createEvent(type, {
       source: this.#deps.source, host, service, deploymentId: this.deploymentId,
-      data: { deploymentId: this.deploymentId, host, service, image: image.ref, imageId: image.id, ...data } as unknown as EventData[T],
+      data: {
+        deploymentId: this.deploymentId, host, service, image: image.ref, imageId: image.id,
+        ...(release ? { release: { id: release.id, phase: release.phase, ...(release.wave === undefined ? {} : { wave: release.wave }) } } : {}), ...data,
+      } as unknown as EventData[T],
     }));
   }
 }

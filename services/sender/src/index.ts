@@ -12,8 +12,12 @@ export { resolveTargets, isSelector, type ResolvedTarget, type ResolveOptions } 
 export { desiredRecorder, type Deployed, type DesiredRecorder } from './desired.ts';
 export { pushMany, DEFAULT_PARALLEL, type FanoutDeps, type FanoutRequest, type FanoutResult, type TargetResult } from './fanout.ts';
 export { retry, pause, backoffDelay, isCallCut, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy, type RetryOptions } from './retry.ts';
-export { runDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
-export { loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, type DeploymentDocument, type Problem, type ServiceEntry } from './deployfile/index.ts';
+export { runDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ReleaseStep, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
+export { planRelease, type PlannedService, type ReleasePlan } from './release/plan.ts';
+export {
+  loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, phasesOf,
+  type DependencyCondition, type DeploymentDocument, type Phase, type Problem, type ServiceEntry,
+} from './deployfile/index.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
 export { layersToOmit, type CompressionChoice } from './negotiate.ts';
 export {
