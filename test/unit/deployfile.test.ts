@@ -241,8 +241,19 @@ describe('deployment file: the shipped example', () => {
     const text = await readFile(new URL('../../deploy/examples/ferry.yaml', import.meta.url), 'utf8');
     const doc = ok(text, { DATABASE_URL: 'postgres://db/shop' });
     assert.deepEqual(Object.keys(doc.services), ['cache', 'web']);
+    assert.deepEqual(phasesOf(doc).map((p) => p.services), [['cache'], ['web']]);
     assert.equal(doc.services.web?.build?.context, '/srv/app/web');
     assert.equal(doc.services.web?.env.DATABASE_URL, 'postgres://db/shop');
+  });
+
+  test('deploy/examples/three-tier/ferry.yaml is valid: db, then api, then web', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const text = await readFile(new URL('../../deploy/examples/three-tier/ferry.yaml', import.meta.url), 'utf8');
+    const doc = ok(text, {});
+    assert.equal(doc.name, 'three-tier');
+    assert.deepEqual(phasesOf(doc).map((p) => p.services), [['db'], ['api'], ['web']]);
+    assert.deepEqual(doc.services.api?.env, { VERSION: '1', API_BROKEN: '' });
+    assert.deepEqual(doc.services.web?.build, { context: '/srv/app', dockerfile: 'web/Dockerfile' });
   });
 });
 
