@@ -365,8 +365,8 @@ function ferryMethod(ctx: MethodContext): Method {
     commands: [
       `DOCKER_HOST=${ctx.build.host} FERRY_KEY_ID=… FERRY_KEY_FILE=… ferry ${args('IMAGE', 'SERVICE', 0).join(' ').replace('PORT=0', 'PORT=P').replaceAll(':0/', ':P/')}`,
       ctx.site.meter
-        ? `(receiver: ${ctx.site.wrap('node', []).flat().join(' ')} ferry receiver with DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=…, listening in the link's namespace, one process per link; it probes the health URL back across the link)`
-        : `(receiver: DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=… ferry receiver, on 127.0.0.1, one process for the whole bench)`,
+        ? `(receiver: ${ctx.site.wrap('node', []).flat().join(' ')} ferry receiver with DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=… FERRY_STABILITY_WINDOW_MS=0, listening in the link's namespace, one process per link; it probes the health URL back across the link)`
+        : `(receiver: DOCKER_HOST=${ctx.target.host} FERRY_TRUST_FILE=… FERRY_STABILITY_WINDOW_MS=0 ferry receiver, on 127.0.0.1, one process for the whole bench)`,
     ],
     measure: async (image) => {
       const port = await freePort();

@@ -18,7 +18,9 @@ export async function startReceiver(procs: Processes, site: Site, root: string, 
   const { port, bind, reach } = await site.expose();
   const base = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('FERRY_') && key !== 'DOCKER_HOST'));
   const child = procs.spawn(...site.wrap(process.execPath, [script, 'receiver']), {
-    cwd: root, env: { ...base, ...env, FERRY_LISTEN: `${bind}:${port}` }, stdio: ['ignore', 'pipe', 'pipe'],
+    // No stability window (default 5 s after the health check passed): the other methods take
+    // the first healthy answer as the end, so a window would add its length to every push.
+    cwd: root, env: { ...base, FERRY_STABILITY_WINDOW_MS: '0', ...env, FERRY_LISTEN: `${bind}:${port}` }, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let said = '';
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { said = (said + chunk).slice(-4000); });
