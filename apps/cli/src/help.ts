@@ -18,6 +18,8 @@ Commands:
   rollback    run a service's previous version again on a receiver
   hosts       list the receivers registered with the registry; "hosts join-token" enrolls a new one
   drift       list services whose running container differs from what was deployed; exit 1 if any
+  releases    list the releases the registry knows, newest first
+  release     "release show ID": one release's phases, waves and each service's outcome on each host
   events      replay (or follow) deployment events from NATS JetStream
   key         "key new --id ID": make an Ed25519 key pair; "key show FILE": its public key and fingerprint
   trust       "trust add|remove|list": the keys, grants and revocations a receiver or registry trusts
@@ -298,4 +300,33 @@ Options:
   --json               print {"ferry", "node"} (and "receiver": {"url", "host", "version",
                        "hostKey"}) as JSON`;
 
-export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, version: VERSION_HELP };
+const RELEASES_HELP = `Usage: ferry releases [--project NAME] [--limit N] [--before ID] [--json]
+
+Lists the releases the registry (FERRY_REGISTRY_URL) knows, newest first: each release's id,
+project, state (in-progress, paused, completed, failed, rolling-back, rolled-back), how many
+services and hosts it has, and when it began. The registry learns them from the event stream:
+the release events "ferry deploy" publishes and the receivers' events of each deployment.
+
+Options:
+  --project NAME   only this project's releases (the deployment file's name)
+  --limit N        releases per page, 1 to 200 (default 20); the next page's command is printed
+                   on stderr when there is one
+  --before ID      the page of releases older than release ID
+  --json           print {"releases": [...], "next"?: ID} as the registry answers it
+
+Environment: FERRY_REGISTRY_URL, FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may read).`;
+
+const RELEASE_HELP = `Usage: ferry release show ID [--json]
+
+Shows one release as the registry knows it: its state, error and the release it was rolled back
+to, its phases (with their services), its waves (with their hosts), each service's image, and
+the outcome of each service on each host: pending, deploying, healthy, failed, skipped,
+rolled-back or rollback-failed. ID is a release id as "ferry releases" lists it
+(rel-YYYYMMDDTHHMMSSZ-<8 hex>).
+
+Options:
+  --json   print {"release": {...}} as the registry answers it
+
+Environment: FERRY_REGISTRY_URL, FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may read).`;
+
+export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, version: VERSION_HELP };
