@@ -103,7 +103,7 @@ describe('ferry help', () => {
   test('every command listed has its own help, also as COMMAND --help', async () => {
     const listed = [...(await helpOf('help')).matchAll(/^ {2}([a-z]+) {2,}/gm)].map((m) => m[1] ?? '');
     const cli = listed.filter((name) => !['receiver', 'sender', 'registry', 'help'].includes(name));
-    assert.deepEqual(cli, ['push', 'deploy', 'build', 'status', 'rollback', 'hosts', 'drift', 'events', 'key', 'trust', 'grant', 'version']);
+    assert.deepEqual(cli, ['push', 'deploy', 'build', 'status', 'rollback', 'hosts', 'drift', 'releases', 'release', 'events', 'key', 'trust', 'grant', 'version']);
     for (const name of cli) {
       const text = await helpOf('help', name);
       assert.match(text, new RegExp(`^Usage: ferry ${name} `));
@@ -118,7 +118,7 @@ describe('ferry help', () => {
     assert.match(push, new RegExp(`restarting receiver or a 5xx \\(default ${DEFAULT_BACKOFF.attempts} with several targets, 1 with one\\)`));
     assert.match(push, /--compression auto\|zstd\|gzip\|none \(default auto: chosen for the link/);
     const deploy = await helpOf('help', 'deploy');
-    assert.match(deploy, new RegExp(`--parallel N +targets of one service served at once \\(default ${DEFAULT_PARALLEL}\\)`));
+    assert.match(deploy, new RegExp(`--parallel N +services of one phase, and targets of one service, served at once \\(default ${DEFAULT_PARALLEL}\\)`));
     assert.match(deploy, new RegExp(`--retries N +attempts per target, with backoff \\(default ${DEFAULT_BACKOFF.attempts}\\)`));
   });
 
