@@ -36,7 +36,10 @@ interface TargetLine { url: string; host?: string; state: string; ok: boolean }
 interface ServiceLine { service: string; state: string; ok: boolean; imageId?: string; phase?: string; build?: unknown; targets: TargetLine[] }
 interface Summary {
   ok: boolean; runId: string; releaseId: string; failed: string[];
-  release: { id: string; project: string; state: string; phases: string[]; outcomes: Record<string, Record<string, string>>; error?: { code: string }; services: Array<{ name: string; phase: number; hosts: string[] }> };
+  release: {
+    id: string; project: string; state: string; phases: string[]; outcomes: Record<string, Record<string, string>>; error?: { code: string };
+    services: Array<{ name: string; phase: number; hosts: string[] }>; previousId?: string; rolledBackTo?: string;
+  };
 }
 
 function parseRun(stdout: string): { services: ServiceLine[]; summary: Summary } {
@@ -108,6 +111,7 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
     }));
   }
 
+  let firstId = '';
   let first: { db: Awaited<ReturnType<typeof running>>; api: Awaited<ReturnType<typeof running>>; web: Awaited<ReturnType<typeof running>> };
 
   test('deploys db, then api, then web, each phase healthy on both hosts before the next starts', async () => {
@@ -132,13 +136,14 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
     assert.ok(latest(db) <= earliest(api), `db finished (${latest(db)}) before api began (${earliest(api)})`);
     assert.ok(latest(api) <= earliest(web), `api finished (${latest(api)}) before web began (${earliest(web)})`);
 
+    firstId = release.id;
     first = { db: await running(names.db), api: await running(names.api), web: await running(names.web) };
     for (const tier of Object.values(first)) assert.deepEqual(tier.map((c) => [c.running, c.version]), [[true, '1'], [true, '1']]);
     await waitFor(() => releaseEvents(release.id).includes('release.completed'));
     assert.deepEqual(releaseEvents(release.id), ['release.started', 'release.phase.completed', 'release.phase.completed', 'release.phase.completed', 'release.completed']);
   });
 
-  test('an api that never passes its health check halts the release: web is neither built nor started, db is rolled back on both hosts', async () => {
+  test('an api that never passes its health check halts the release: web is neither built nor started, db goes back to the first release on both hosts', async () => {
     assert.ok(first, 'the first release ran');
     const result = await runFerry(['deploy', '-f', file, '--json'], env({ VERSION: '2', API_BROKEN: '1' }));
     assert.equal(result.code, 1, result.stdout + result.stderr);
@@ -153,6 +158,14 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
     assert.deepEqual([web?.state, web?.build, web?.targets.map((t) => t.state)], ['skipped', undefined, ['SKIPPED', 'SKIPPED']]);
     assert.equal(services.find((x) => x.service === names.api)?.state, 'failed');
     assert.equal(services.find((x) => x.service === names.db)?.state, 'rolled-back');
+    // Each host said it ran the first release; each went back to exactly that release.
+    assert.deepEqual([release.previousId, release.rolledBackTo], [firstId, firstId]);
+    const db = services.find((x) => x.service === names.db) as unknown as { targets: Array<{ rollback?: { toRelease?: string; ok: boolean } }> };
+    assert.deepEqual(db.targets.map((t) => t.rollback), db.targets.map((t) => ({ ...t.rollback, ok: true, toRelease: firstId })));
+    for (const r of rx) {
+      const [newest] = await new ReceiverClient({ url: r.url, credentials: key }).deployments({ service: names.db, limit: 1 });
+      assert.deepEqual([newest?.kind, newest?.state, newest?.toRelease], ['rollback', 'ROLLED_BACK', firstId]);
+    }
 
     // db runs the first release's container again on both hosts; api's receivers put its previous
     // one back themselves; web was never touched.
@@ -162,6 +175,9 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
 
     await waitFor(() => releaseEvents(release.id).includes('release.rolled_back'));
     assert.deepEqual(releaseEvents(release.id), ['release.started', 'release.phase.completed', 'release.failed', 'release.rollback.started', 'release.rolled_back']);
+    const started = watcher.events.find((e) => e.data.releaseId === release.id && e.type === 'ferry.release.rollback.started');
+    const rolledBack = watcher.events.find((e) => e.data.releaseId === release.id && e.type === 'ferry.release.rolled_back');
+    assert.deepEqual([started?.data.to, rolledBack?.data.rolledBackTo], [firstId, firstId]);
     const failed = watcher.events.find((e) => e.data.releaseId === release.id && e.type === 'ferry.release.failed');
     assert.deepEqual([failed?.data.phase, failed?.data.rollback, (failed?.data.error as { code?: string } | undefined)?.code], [1, true, 'FERRY_ERR_RELEASE_HALTED']);
     // web's build never started: no build event of this run names its image.
@@ -178,6 +194,7 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
     assert.match(out, new RegExp(`^✔ phase phase-1: ${names.db} deployed on every host$`, 'm'));
     assert.match(out, /^✖ phase phase-2 failed: the release halts$/m);
     assert.match(out, new RegExp(`^- phase phase-3 skipped: ${names.web} neither built nor deployed$`, 'm'));
+    assert.match(out, new RegExp(`^rolling the release back to ${firstId} on ${hostIds.join(', ')}, last phase first…$`, 'm'));
     for (const host of hostIds) assert.match(out, new RegExp(`^  ↩ ${names.db} on ${host}: rolled back$`, 'm'));
     assert.match(out, new RegExp(`^release ${id?.[1] ?? ''}: rolled-back$`, 'm'));
     for (const host of hostIds) assert.match(out, new RegExp(`^  ${host}\\s+rolled-back\\s+failed\\s+skipped$`, 'm'));

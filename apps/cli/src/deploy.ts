@@ -105,7 +105,7 @@ function printStep(io: Io, step: ReleaseStep): void {
       else line(io.stdout, oneLine(`- phase ${step.name} skipped: ${step.services.join(', ')} neither built nor deployed`));
       break;
     case 'rollback-started':
-      line(io.stdout, oneLine(`rolling the release back on ${step.hosts.join(', ')}, last phase first…`));
+      line(io.stdout, oneLine(`rolling the release back${step.to ? ` to ${step.to}` : ''} on ${step.hosts.join(', ')}, last phase first…`));
       break;
     case 'rolled-back':
       line(io.stdout, oneLine(step.ok

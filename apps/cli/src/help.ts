@@ -15,7 +15,7 @@ Commands:
   build       build a directory into an image on the build engine
   status      show a deployment, or a service's recent deployments, from a receiver's journal;
               without --to, a service's desired and actual state on every host (the registry)
-  rollback    run a service's previous version again on a receiver
+  rollback    run a service's previous version again on a receiver, or return hosts to a release
   hosts       list the receivers registered with the registry; "hosts join-token" enrolls a new one
   drift       list services whose running container differs from what was deployed; exit 1 if any
   releases    list the releases the registry knows, newest first
@@ -181,16 +181,33 @@ Options:
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key).`;
 
 const ROLLBACK_HELP = `Usage: ferry rollback SERVICE --to URL [--json]
+       ferry rollback --to-release ID [SERVICE] [--service S]… [--to URL|selector:…]… [-f FILE] [options]
 
 Asks the receiver at URL to run SERVICE's previous version again: the container it kept from the
 last deployment takes the service's name, and the one it replaces is kept in turn, so a second
 rollback rolls forward. Prints what runs now.
 
-Options:
-  --to URL   receiver base URL (required)
-  --json     print the receiver's answer as JSON
+With --to-release ID, returns hosts to a release they retain (each receiver keeps its services'
+last releases): every service of that release on each host, or only the ones named, the last
+phase first, each through the receiver's rollback to that release (its image and signed spec
+run again, checked as a deployment is). The hosts are the --to ones, else every target of the
+deployment file. A host that does not retain the release changes nothing and is reported. The
+exit code is 0 only if every service of every host runs the release again.
 
-Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key).`;
+Options:
+  --to URL            receiver base URL (required without --to-release; with it repeatable,
+                      selector:… too)
+  --to-release ID     the release to return to (rel-…, as "ferry releases" lists them)
+  --service S         with --to-release: only this service; repeat, or separate with commas
+  -f, --file PATH     with --to-release and no --to: the hosts are this file's targets
+                      (default ferry.yaml)
+  --parallel N        with --to-release: requests at once (default 5)
+  --retries N         with --to-release: attempts per request when the call is cut or the
+                      service busy (default 8)
+  --json              print the receiver's answer (with --to-release: every host's) as JSON
+
+Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key); FERRY_REGISTRY_URL
+for selector:… targets.`;
 
 const HOSTS_HELP = `Usage: ferry hosts [--selector SELECTOR] [--status online|lost] [--json]
        ferry hosts join-token HOST_ID [--labels K=V[,K=V…]] [--ttl DURATION] [--replace] [--json]

@@ -28,7 +28,11 @@ export interface TargetOutcome {
   /** A deployment that failed on the receiver: its report, as the receiver recorded it (docs/protocol.md §11.2). */
   failure?: DeploymentFailure;
   /** The whole-release rollback's request to this target, once the release halted after it deployed here. */
-  rollback?: { deploymentId: string; ok: boolean; state: string; error?: { code: string; message: string } };
+  rollback?: {
+    deploymentId: string; ok: boolean; state: string; error?: { code: string; message: string };
+    /** The retained release it went back to; absent: the container the receiver kept. */
+    toRelease?: string;
+  };
 }
 
 export interface ServiceOutcome {

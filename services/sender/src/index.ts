@@ -3,7 +3,7 @@ export { buildPackage, producePackage, inspectImage, type BuiltPackage, type Exp
 export { planStoreArchive, storeArchiveChunks, streamStoreArchive, type StoreArchivePlan } from './store-archive.ts';
 export {
   ReceiverClient, ResumableClient, askLayers, uploadOneShot,
-  type Credentials, type DeploymentRecord, type ReceiverTarget, type ResumableTarget, type TargetLayers, type UploadOptions, type UploadPosition,
+  type Credentials, type DeploymentRecord, type ReceiverTarget, type RetainedRelease, type RetainedService, type ResumableTarget, type TargetLayers, type UploadOptions, type UploadPosition,
 } from './receiver-client.ts';
 export { uploadResumable, DEFAULT_PART_BYTES, type ResumableOptions } from './resumable.ts';
 export { StreamClient, StreamUpload, StreamUnavailable, PartCutter, type StreamOptions, type StreamOutcome, type StreamTarget } from './stream.ts';
@@ -14,6 +14,7 @@ export { pushMany, DEFAULT_PARALLEL, type FanoutDeps, type FanoutRequest, type F
 export { retry, pause, backoffDelay, isCallCut, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy, type RetryOptions } from './retry.ts';
 export { runDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ReleaseStep, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
 export { planRelease, type PlannedService, type ReleasePlan } from './release/plan.ts';
+export { backToRelease, type BackToReleaseRequest, type BackToReleaseResult, type HostProblem, type ReturnPlan, type ServiceReturn } from './release/back-to.ts';
 export {
   loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, phasesOf,
   type DependencyCondition, type DeploymentDocument, type Phase, type Problem, type ServiceEntry,

@@ -7,7 +7,7 @@ import { SignedClient, type ClientCredentials, type Identity } from '@ferry/auth
 import { DigestTap, digestOf } from '@ferry/integrity';
 import {
   FerryError, PATHS, UPLOAD_PART_MEDIA_TYPE, errorFromBody,
-  type DeploymentResult, type DeploymentFailure, type DeploymentState, type ErrorCode, type HealthCheckProgress, type StageTimings,
+  type DeploymentResult, type DeploymentFailure, type DeploymentState, type ErrorCode, type HealthCheckProgress, type ReleaseRef, type StageTimings,
 } from '@ferry/protocol';
 
 /** The key the sender signs with, and its grant. */
@@ -80,9 +80,34 @@ export interface DeploymentRecord {
   failure?: DeploymentFailure;
   /** While an `http` or `tcp` health check runs, and after: how far it got. */
   healthCheck?: HealthCheckProgress;
+  /** The release the manifest filed it under (a deployment), or went back to (a rollback to a release). */
+  release?: ReleaseRef;
+  /** A rollback to a retained release: its id. */
+  toRelease?: string;
   createdAt: string;
   updatedAt?: string;
   finishedAt?: string;
+}
+
+/** One service of a release a receiver retains (`GET /v1/releases`, docs/protocol.md §11.5). */
+export interface RetainedService {
+  service: string;
+  image: string;
+  imageId: string;
+  configHash: string;
+  /** The deployment that brought it to this host. */
+  deploymentId: string;
+  state: DeploymentState;
+  /** When that deployment completed. */
+  at: string;
+  phase?: number;
+  wave?: number;
+}
+
+/** A release a receiver retains: the services of it this host can go back to. */
+export interface RetainedRelease {
+  id: string;
+  services: RetainedService[];
 }
 
 /** Where an upload stands, as the receiver last acknowledged it. */
@@ -241,14 +266,24 @@ export class ReceiverClient {
     return (await this.#request('GET', `${PATHS.deployments}${search}`) as { deployments: DeploymentRecord[] }).deployments;
   }
 
+  /** The releases this receiver retains, newest first (docs/protocol.md §11.5). */
+  async releases(): Promise<RetainedRelease[]> {
+    return (await this.#request('GET', '/v1/releases') as { releases: RetainedRelease[] }).releases;
+  }
+
   /**
-   * Swaps the service's kept previous container back in. The id makes the request idempotent on
-   * the receiver: asking again under it answers the stored outcome instead of rolling forward.
+   * Swaps the service's kept previous container back in, or with `toRelease` runs a release this
+   * receiver retains of it again (docs/protocol.md §11.3). The deployment id makes the request
+   * idempotent on the receiver: asking again under it answers the stored outcome instead of
+   * rolling forward; it must not be reused for another `toRelease`.
    *
-   * @throws FerryError FERRY_ERR_NOTHING_TO_ROLL_BACK, FERRY_ERR_DEPLOYMENT_IN_PROGRESS, FERRY_ERR_ROLLBACK_FAILED
+   * @throws FerryError FERRY_ERR_NOTHING_TO_ROLL_BACK, FERRY_ERR_RELEASE_NOT_RETAINED,
+   *   FERRY_ERR_DEPLOYMENT_IN_PROGRESS, FERRY_ERR_ROLLBACK_FAILED, and a release's failed check.
    */
-  async rollback(service: string, deploymentId: string = randomUUID()): Promise<DeploymentResult> {
-    return await this.#request('POST', `${PATHS.services}/${encodeURIComponent(service)}/rollback?deploymentId=${deploymentId}`) as DeploymentResult;
+  async rollback(service: string, options: { deploymentId?: string; toRelease?: string } = {}): Promise<DeploymentResult> {
+    const query = new URLSearchParams({ deploymentId: options.deploymentId ?? randomUUID() });
+    if (options.toRelease !== undefined) query.set('toRelease', options.toRelease);
+    return await this.#request('POST', `${PATHS.services}/${encodeURIComponent(service)}/rollback?${query.toString()}`) as DeploymentResult;
   }
 
   async #request(method: 'GET' | 'POST', path: string): Promise<unknown> {

@@ -17,7 +17,10 @@ export function targetReleaseOutcome(service: ServiceOutcome, target: TargetOutc
  */
 export function releaseRecord(
   plan: ReleasePlan, services: readonly ServiceOutcome[], state: ReleaseState,
-  extra: { finishedAt?: string; error?: { code: string; message: string }; hostOf?: (url: string) => string | undefined } = {},
+  extra: {
+    finishedAt?: string; error?: { code: string; message: string }; hostOf?: (url: string) => string | undefined;
+    previousId?: string | undefined; rolledBackTo?: string | undefined;
+  } = {},
 ): ReleaseRecord {
   const hostOf = (t: TargetOutcome): string => t.host ?? extra.hostOf?.(t.url) ?? t.url;
   const outcomes: Record<string, Record<string, ReleaseOutcome>> = {};
@@ -43,6 +46,8 @@ export function releaseRecord(
     // One wave: every host at once.
     waves: hosts.length > 0 ? [hosts] : [],
     outcomes,
+    ...(extra.previousId ? { previousId: extra.previousId } : {}),
+    ...(extra.rolledBackTo ? { rolledBackTo: extra.rolledBackTo } : {}),
     ...(extra.finishedAt ? { finishedAt: extra.finishedAt } : {}),
     ...(extra.error ? { error: extra.error } : {}),
   };

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { FerryError, isFerryError } from '@ferry/protocol';
+import { FerryError, isFerryError, type DeploymentResult } from '@ferry/protocol';
 import type { DeployDeps, DeployOptions, ServiceOutcome, TargetOutcome } from '../deploy.ts';
 import { ReceiverClient } from '../receiver-client.ts';
 import { DEFAULT_BACKOFF, isCallCut, retry, systemClock } from '../retry.ts';
@@ -12,35 +12,63 @@ export interface RollbackTarget {
   target: TargetOutcome;
   resolved: ResolvedTarget;
   phase: number;
+  /** The retained release the service ran on that host before (previous.ts); absent: the kept container. */
+  toRelease?: string | undefined;
+}
+
+/** What one rollback request came to. */
+export type RollbackAnswer =
+  | { ok: true; deploymentId: string; result: DeploymentResult }
+  | { ok: false; deploymentId: string; error: FerryError };
+
+/**
+ * One rollback of `service` on a receiver (docs/protocol.md §11.3) under a deployment id of its
+ * own, sent again under that id when the call was cut short or the service was busy, so a retry
+ * never swaps twice. With `toRelease`, a retained release runs again. Never throws.
+ */
+export async function rollbackService(client: ReceiverClient, service: string, options: { toRelease?: string | undefined; attempts?: number | undefined } = {}): Promise<RollbackAnswer> {
+  const deploymentId = randomUUID();
+  try {
+    const result = await retry(() => client.rollback(service, { deploymentId, ...(options.toRelease ? { toRelease: options.toRelease } : {}) }), {
+      policy: { ...DEFAULT_BACKOFF, attempts: options.attempts ?? DEFAULT_BACKOFF.attempts }, clock: systemClock,
+      shouldRetry: (err) => isCallCut(err) || isFerryError(err, 'FERRY_ERR_DEPLOYMENT_IN_PROGRESS'),
+    });
+    return result.state === 'ROLLED_BACK'
+      ? { ok: true, deploymentId: result.deploymentId, result }
+      : { ok: false, deploymentId: result.deploymentId, error: new FerryError('FERRY_ERR_ROLLBACK_FAILED', { message: `The rollback of ${service} ended ${result.state}` }) };
+  } catch (err) {
+    return { ok: false, deploymentId, error: isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', { message: (err as Error).message, cause: err }) };
+  }
 }
 
 /**
  * Rolls back what a halted release deployed: every service on every target where its deployment
  * completed, the last phase first (a client goes back before the service it depends on), the
- * targets of one phase at once, at most `parallel`. Each request is the receiver's rollback of the
- * service (docs/protocol.md §11.3) under its own deployment id, sent again under that id when the
- * call was cut short or the service was busy, so a retry never swaps twice. Never throws: each
- * target's outcome is in its `rollback`.
+ * targets of one phase at once, at most `parallel`. Each goes back to the release it ran before
+ * on that host when the host retains it, else to the container the receiver kept (a host that
+ * no longer retains that release falls back to it too). Never throws: each target's outcome is
+ * in its `rollback`.
  */
 export async function rollbackRelease(targets: readonly RollbackTarget[], deps: DeployDeps, options: DeployOptions, onDone: (item: RollbackTarget) => void): Promise<void> {
   const phases = [...new Set(targets.map((t) => t.phase))].sort((a, b) => b - a);
   for (const phase of phases) {
     await eachLimited(targets.filter((t) => t.phase === phase), options.parallel ?? 5, async (item) => {
-      const deploymentId = randomUUID();
       const client = new ReceiverClient({
         url: item.resolved.url, credentials: deps.credentials,
         ...(item.target.host ? { audience: item.target.host } : {}), ...(item.resolved.hostKey ? { hostKey: item.resolved.hostKey } : {}),
       });
-      try {
-        const result = await retry(() => client.rollback(item.service.service, deploymentId), {
-          policy: { ...DEFAULT_BACKOFF, attempts: options.attempts ?? DEFAULT_BACKOFF.attempts }, clock: systemClock,
-          shouldRetry: (err) => isCallCut(err) || isFerryError(err, 'FERRY_ERR_DEPLOYMENT_IN_PROGRESS'),
-        });
-        item.target.rollback = { deploymentId: result.deploymentId, ok: result.state === 'ROLLED_BACK', state: result.state };
-      } catch (err) {
-        const error = isFerryError(err) ? err : new FerryError('FERRY_ERR_INTERNAL', { message: (err as Error).message, cause: err });
-        item.target.rollback = { deploymentId, ok: false, state: 'FAILED', error: { code: error.code, message: error.message } };
+      const service = item.service.service;
+      let toRelease = item.toRelease;
+      let answer = await rollbackService(client, service, { toRelease, attempts: options.attempts });
+      if (!answer.ok && toRelease !== undefined && answer.error.code === 'FERRY_ERR_RELEASE_NOT_RETAINED') {
+        // Dropped since the release started (its image pruned for space): the kept container is
+        // still what ran before this release's deployment.
+        toRelease = undefined;
+        answer = await rollbackService(client, service, { attempts: options.attempts });
       }
+      item.target.rollback = answer.ok
+        ? { deploymentId: answer.deploymentId, ok: true, state: answer.result.state, ...(toRelease ? { toRelease } : {}) }
+        : { deploymentId: answer.deploymentId, ok: false, state: 'FAILED', error: { code: answer.error.code, message: answer.error.message }, ...(toRelease ? { toRelease } : {}) };
       onDone(item);
     });
   }

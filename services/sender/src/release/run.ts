@@ -7,6 +7,7 @@ import { ReceiverClient } from '../receiver-client.ts';
 import { resolveTargets, type ResolvedTarget } from '../targets.ts';
 import { eachLimited } from './limit.ts';
 import type { ReleasePlan } from './plan.ts';
+import { newestOf, previousReleases, type HostServices, type PreviousReleases } from './previous.ts';
 import { outcomesOf, releaseRecord } from './record.ts';
 import { rollbackRelease, type RollbackTarget } from './rollback.ts';
 import { deployService, failService } from './service.ts';
@@ -15,7 +16,7 @@ import { deployService, failService } from './service.ts';
 export type ReleaseStep =
   | { kind: 'planned'; record: ReleaseRecord }
   | { kind: 'phase'; index: number; name: string; services: string[]; state: 'started' | 'completed' | 'failed' | 'skipped' }
-  | { kind: 'rollback-started'; hosts: string[] }
+  | { kind: 'rollback-started'; hosts: string[]; to?: string }
   | { kind: 'rolled-back'; service: string; host: string; url: string; ok: boolean; error?: { code: string; message: string } }
   | { kind: 'finished'; record: ReleaseRecord };
 
@@ -48,8 +49,9 @@ export async function runRelease(plan: ReleasePlan, deps: DeployDeps, options: D
   }));
   const outcomeOf = (name: string): ServiceOutcome | undefined => outcomes.find((o) => o.service === name);
   const hosts = new Map<string, string>();
-  const record = (state: ReleaseState, extra: { finishedAt?: string; error?: { code: string; message: string } } = {}): ReleaseRecord =>
-    releaseRecord(plan, outcomes, state, { ...extra, hostOf: (url) => hosts.get(url) });
+  let previous: PreviousReleases = {};
+  const record = (state: ReleaseState, extra: { finishedAt?: string; error?: { code: string; message: string }; rolledBackTo?: string | undefined } = {}): ReleaseRecord =>
+    releaseRecord(plan, outcomes, state, { ...extra, hostOf: (url) => hosts.get(url), previousId: newestOf(previous) });
   const events = new ReleaseEvents({
     sink: deps.events, source: deps.source, releaseId: plan.id, project: plan.project,
     signer: keySigner(deps.credentials.keyId, deps.credentials.privateKey), grant: deps.credentials.grant,
@@ -85,9 +87,13 @@ export async function runRelease(plan: ReleasePlan, deps: DeployDeps, options: D
       if (host && !t.host) t.host = host;
     }
   }
+  // What each host runs now, so that a halt goes back to exactly that.
+  if (!halt) previous = await previousReleases(hostServices(plan, resolved, hosts), deps.credentials, parallel);
   const planned = record('in-progress');
   deps.onRelease?.({ kind: 'planned', record: planned });
-  events.publish('release.started', { phases: planned.phases, services: planned.services, waves: planned.waves });
+  events.publish('release.started', {
+    phases: planned.phases, services: planned.services, waves: planned.waves, ...(planned.previousId ? { previousId: planned.previousId } : {}),
+  });
 
   for (const [index, phase] of plan.phases.entries()) {
     const services = plan.services.filter((s) => s.phase === index);
@@ -140,7 +146,8 @@ export async function runRelease(plan: ReleasePlan, deps: DeployDeps, options: D
     if (!service) continue;
     for (const target of service.targets) {
       const found = resolved.get(planned.name)?.find((t) => t.url === target.url);
-      if (target.ok && found) deployed.push({ service, target, resolved: found, phase: planned.phase });
+      const toRelease = target.host ? previous[target.host]?.[planned.name] : undefined;
+      if (target.ok && found) deployed.push({ service, target, resolved: found, phase: planned.phase, toRelease });
     }
   }
   const rollback = options.rollback !== false && !halt.interrupted && deployed.length > 0;
@@ -159,8 +166,9 @@ export async function runRelease(plan: ReleasePlan, deps: DeployDeps, options: D
 
   const rollbackStarted = performance.now();
   const touched = [...new Set(deployed.map((d) => d.target.host ?? d.target.url))];
-  deps.onRelease?.({ kind: 'rollback-started', hosts: touched });
-  events.publish('release.rollback.started', { reason: error.message, hosts: touched });
+  const to = sameRelease(deployed.map((d) => d.toRelease));
+  deps.onRelease?.({ kind: 'rollback-started', hosts: touched, ...(to ? { to } : {}) });
+  events.publish('release.rollback.started', { reason: error.message, hosts: touched, ...(to ? { to } : {}) });
   await rollbackRelease(deployed, deps, options, (item) => {
     const result = item.target.rollback;
     deps.onRelease?.({
@@ -182,10 +190,12 @@ export async function runRelease(plan: ReleasePlan, deps: DeployDeps, options: D
     code: 'FERRY_ERR_ROLLBACK_FAILED' as const,
     message: `Not rolled back: ${notBack.map((d) => `${d.service.service} on ${d.target.host ?? d.target.url} (${d.target.rollback?.error?.message ?? 'no answer'})`).join('; ')}`,
   };
-  const final = record(rollbackError ? 'failed' : 'rolled-back', { finishedAt: new Date().toISOString(), error });
+  // Named only when every host went back to that one release.
+  const rolledBackTo = rollbackError ? undefined : sameRelease(deployed.map((d) => d.target.rollback?.toRelease));
+  const final = record(rollbackError ? 'failed' : 'rolled-back', { finishedAt: new Date().toISOString(), error, rolledBackTo });
   events.publish('release.rolled_back', {
     outcomes: outcomesOf(final, [...new Set(deployed.map((d) => d.service.service))]), durationMs: Math.round(performance.now() - rollbackStarted),
-    ...(rollbackError ? { error: rollbackError } : {}),
+    ...(rolledBackTo ? { rolledBackTo } : {}), ...(rollbackError ? { error: rollbackError } : {}),
   });
   deps.onRelease?.({ kind: 'finished', record: final });
   return { runId, ok: false, services: outcomes, release: final };
@@ -199,6 +209,27 @@ function halted(plan: ReleasePlan, phase: number, failed: string[], why = 'faile
     message: `Release ${plan.id} halted ${where}: ${failed.join(', ')} ${why}${phase >= 0 && later.length > 0 ? `; not deployed: ${later.join(', ')}` : ''}`,
     details: { releaseId: plan.id, ...(phase >= 0 ? { phase } : {}), failed },
   });
+}
+
+/** The one release every item names, if they all name the same. */
+function sameRelease(ids: ReadonlyArray<string | undefined>): string | undefined {
+  const first = ids[0];
+  return first !== undefined && ids.every((id) => id === first) ? first : undefined;
+}
+
+/** Each host the release knows by id, with the services it deploys there. */
+function hostServices(plan: ReleasePlan, resolved: ReadonlyMap<string, ResolvedTarget[]>, hosts: ReadonlyMap<string, string>): HostServices[] {
+  const byHost = new Map<string, HostServices>();
+  for (const { name } of plan.services) {
+    for (const t of resolved.get(name) ?? []) {
+      const host = t.host ?? hosts.get(t.url);
+      if (!host) continue;
+      const entry = byHost.get(host) ?? { url: t.url, host, hostKey: t.hostKey, services: [] };
+      if (!entry.services.includes(name)) entry.services.push(name);
+      byHost.set(host, entry);
+    }
+  }
+  return [...byHost.values()];
 }
 
 function skip(outcome: ServiceOutcome | undefined, deps: DeployDeps): void {
