@@ -160,7 +160,7 @@ describe('releases in the registry (NATS, Redis, CLI)', SUITE, () => {
     deployment('rollback.completed', host, 'api', broken, 1, 0);
     deployment('deployment.failed', host, 'api', broken, 1, 0);
     events.publish('release.failed', {
-      error: { code: 'FERRY_ERR_HEALTHCHECK_FAILED', message: 'api did not answer its health check' }, phase: 1, wave: 0, service: 'api', host,
+      error: { code: 'FERRY_ERR_HEALTHCHECK_FAILED', message: 'api did not answer its health check' }, phase: 1, wave: 0, failedService: 'api', failedHost: host,
       outcomes: { [host]: { api: 'failed' }, [HOSTS[1] ?? '']: { db: 'skipped', api: 'skipped' } }, rollback: true,
     });
     events.publish('release.rollback.started', { reason: 'api failed on the canary', hosts: [host], to: good });

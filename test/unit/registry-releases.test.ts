@@ -90,7 +90,7 @@ describe('the release projection', () => {
     applyEvent(data, step('release.started', { ...PLAN, previousId: previous }));
     assert.equal(data.releases[RELEASE]?.outcomes['edge-1']?.db, 'healthy', 'the plan does not undo what a receiver told');
     applyEvent(data, step('release.failed', {
-      error: { code: 'FERRY_ERR_HEALTHCHECK_FAILED', message: 'api did not answer' }, phase: 1, wave: 0, service: 'api', host: 'edge-1',
+      error: { code: 'FERRY_ERR_HEALTHCHECK_FAILED', message: 'api did not answer' }, phase: 1, wave: 0, failedService: 'api', failedHost: 'edge-1',
       outcomes: { 'edge-1': { api: 'failed' }, 'edge-2': { db: 'skipped', api: 'skipped' } }, rollback: true,
     }));
     assert.equal(data.releases[RELEASE]?.state, 'failed');
@@ -202,6 +202,18 @@ describe('release events the registry believes', () => {
     assert.equal(reason(signedEventPayload(started, keySigner(webOnly.keyId, webOnly.privateKey)), started), 'not-allowed', 'its scope does not cover db and api');
     assert.equal(reason(signedEventPayload(started, keySigner('nobody', graced.privateKey)), started), 'not-allowed');
     assert.equal(reason(signedEventPayload(started, keySigner(hostKeyId('edge-1'), ops.privateKey)), started), 'not-allowed');
+  });
+
+  it('judges what a release event names, not its envelope: the project is no service, the failed service is', () => {
+    const sign = (event: FerryEvent): string => reason(signedEventPayload(event, keySigner(webOnly.keyId, webOnly.privateKey)), event);
+    const done = createReleaseEvent('release.completed', { source: SOURCE, releaseId: RELEASE, project: 'shop', data: { outcomes: { 'edge-1': { web: 'healthy' } }, durationMs: 1 } });
+    assert.equal(sign(done), 'ok:web-only');
+    const failed = (failedService: string): FerryEvent => createReleaseEvent('release.failed', {
+      source: SOURCE, releaseId: RELEASE, project: 'shop',
+      data: { error: { code: 'FERRY_ERR_RELEASE_HALTED', message: 'halted' }, failedService, failedHost: 'edge-1', outcomes: { 'edge-1': { web: 'failed' } }, rollback: false },
+    });
+    assert.equal(sign(failed('web')), 'ok:web-only');
+    assert.equal(sign(failed('db')), 'not-allowed');
   });
 
   it('takes a key whose right comes from the grant the event carries', () => {

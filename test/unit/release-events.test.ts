@@ -98,8 +98,10 @@ void describe('ReleaseEvents', () => {
     const events = new ReleaseEvents({ sink, source: 'ferry://sender/laptop', releaseId: RELEASE, project: 'shop', signer });
     const failed = events.publish('release.failed', {
       error: { code: 'FERRY_ERR_HEALTHCHECK_FAILED', message: 'api did not answer' }, phase: 1, wave: 0,
-      service: 'api', host: 'edge-1', outcomes: { 'edge-1': { db: 'healthy', api: 'failed', web: 'skipped' } }, rollback: true,
+      failedService: 'api', failedHost: 'edge-1', outcomes: { 'edge-1': { db: 'healthy', api: 'failed', web: 'skipped' } }, rollback: true,
     });
+    // What halted it survives the envelope, whose own service and host are the release's.
+    assert.deepEqual([failed.data.failedService, failed.data.failedHost, failed.data.service, failed.data.host], ['api', 'edge-1', 'shop', '_release']);
     events.publish('release.rolled_back', { outcomes: { 'edge-1': { db: 'rolled-back', api: 'rolled-back' } }, durationMs: 900 });
     assert.equal(sink.published.length, 2);
     assert.equal(sink.published[0]?.event, failed);

@@ -96,9 +96,12 @@ export interface ReleaseFailedFields extends ReleaseEventFields {
   error: { code: ErrorCode; message: string };
   phase?: number;
   wave?: number;
-  /** The service and host whose failure halted it, when one did. */
-  service?: string;
-  host?: string;
+  /**
+   * The service and host whose failure halted it, when one did. Not `service`/`host`: those are
+   * the envelope's own (`_release` and the project's token), which createEvent keeps over the data's.
+   */
+  failedService?: string;
+  failedHost?: string;
   outcomes: ReleaseOutcomes;
   rollback: boolean;
 }

@@ -76,8 +76,9 @@ export function releaseClaims(data: Record<string, unknown>): ReleaseClaims {
     }
   }
   if (Array.isArray(data.hosts)) for (const h of data.hosts as unknown[]) add(hosts, h);
-  add(services, data.service);
-  add(hosts, data.host === RELEASE_HOST ? undefined : data.host);
+  // data.service and data.host are the envelope's (the project's token, `_release`), not claims.
+  add(services, data.failedService);
+  add(hosts, data.failedHost);
   return { services: [...services], hosts: [...hosts] };
 }
 

@@ -155,7 +155,7 @@ export async function runRelease(plan: ReleasePlan, deps: DeployDeps, options: D
   const failedHost = outcomeOf(failedService ?? '')?.targets.find((t) => !t.ok);
   events.publish('release.failed', {
     error, phase: halt.phase,
-    ...(failedService ? { service: failedService } : {}), ...(failedHost ? { host: failedHost.host ?? failedHost.url } : {}),
+    ...(failedService ? { failedService } : {}), ...(failedHost ? { failedHost: failedHost.host ?? failedHost.url } : {}),
     outcomes: record('failed').outcomes, rollback,
   });
   if (!rollback) {
