@@ -74,6 +74,7 @@ const NOT_FROM_A_RECEIVER: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_NO_MATCHING_HOSTS: 'the sender\'s, resolving a selector at the registry',
   FERRY_ERR_BAD_DEPLOYMENT_FILE: 'the CLI\'s and the sender service\'s (test/integration/sender-service.test.ts)',
   FERRY_ERR_SENDER_INTERRUPTED: 'the sender service\'s (test/integration/sender-service.test.ts)',
+  FERRY_ERR_RELEASE_HALTED: 'the sender\'s, when a phase of a release failed (ferry deploy -f)',
 };
 
 // ---------------------------------------------------------------------------------- fixtures --
@@ -592,6 +593,7 @@ const RECIPES: Partial<Record<ErrorCode, () => Promise<Answer>>> = {
   },
   FERRY_ERR_NOTHING_TO_ROLL_BACK: () => call(rx.url, { method: 'POST', path: `/v1/services/${serviceName('nothing')}/rollback` }),
   FERRY_ERR_NOT_RECONCILABLE: () => call(rx.url, { method: 'POST', path: `/v1/services/${serviceName('never')}/reconcile` }),
+  FERRY_ERR_RELEASE_NOT_RETAINED: () => call(rx.url, { method: 'POST', path: `/v1/services/${serviceName('unkept')}/rollback?toRelease=rel-20200101T000000Z-0badc0de` }),
   FERRY_ERR_NOT_FOUND: () => probe(rx.url),
   FERRY_ERR_DOCKER: async () => engineFailure('fail'),
   FERRY_ERR_DOCKER_UNAVAILABLE: async () => engineFailure('down'),
@@ -778,6 +780,10 @@ describe('docs/protocol.md §7 against a live receiver', { timeout: 900_000 }, (
       ['GET', `/v1/deployments/${id}?verbose=1`, 400, 'FERRY_ERR_BAD_REQUEST'],
       ['POST', `/v1/services/${service}/rollback?deploymentId=${id}`, 409, 'FERRY_ERR_NOTHING_TO_ROLL_BACK'],
       ['POST', `/v1/services/${service}/rollback?deploymentid=${id}`, 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['POST', `/v1/services/${service}/rollback?toRelease=..%2F..%2Fetc%2Fpasswd`, 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['POST', `/v1/services/${service}/rollback?toRelease=rel-20200101T000000Z-0badc0de&toRelease=rel-20200101T000000Z-0badc0df`, 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['GET', '/v1/releases', 200, undefined],
+      ['GET', '/v1/releases?service=web', 400, 'FERRY_ERR_BAD_REQUEST'],
       ['POST', `/v1/services/${service}/reconcile`, 409, 'FERRY_ERR_NOT_RECONCILABLE'],
       ['POST', `/v1/services/${service}/reconcile?force=1`, 400, 'FERRY_ERR_BAD_REQUEST'],
     ];

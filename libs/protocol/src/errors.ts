@@ -81,6 +81,7 @@ export const ERRORS = {
   FERRY_ERR_BODY_DIGEST_MISMATCH: { status: 422, message: 'The request body does not match the signed content digest' },
   FERRY_ERR_SENDER_INTERRUPTED: { status: 500, message: 'The sender service stopped before this deployment finished' },
   FERRY_ERR_UNSTABLE: { status: 422, message: 'The new container did not stay up after its check passed; the previous version was restored' },
+  FERRY_ERR_RELEASE_NOT_RETAINED: { status: 404, message: 'This host does not retain that release of the service' },
   FERRY_ERR_RELEASE_HALTED: { status: 422, message: 'A phase of the release failed; its later phases were neither built nor deployed' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -9,6 +9,7 @@ export const PATHS = {
   streams: '/v1/streams',
   deployments: '/v1/deployments',
   services: '/v1/services',
+  releases: '/v1/releases',
   layers: '/v1/layers',
   identity: '/v1/identity',
 } as const;

@@ -10,6 +10,7 @@ import { countUploads, healthRouter, metricsRouter } from './routes/health.ts';
 import { deploymentsRouter } from './routes/deployments.ts';
 import { packagesRouter } from './routes/packages.ts';
 import { receiverAction, servicesRouter } from './routes/services.ts';
+import { releasesRouter } from './routes/releases.ts';
 import { uploadsRouter } from './routes/uploads.ts';
 import type { Admission } from './upload/admission.ts';
 import type { UploadStore } from './upload/sessions.ts';
@@ -58,6 +59,7 @@ export function createApp(deps: ReceiverDeps): Express {
   app.use('/v1', requireSignature(deps.verifier, { action: receiverAction, ...deps.security, beforeBody: () => deps.deployer.assertDiskSpace() }), minimumBodyRate(deps.security?.bodyRate ?? { minBytesPerSecond: 0, windowMs: 1000 }));
   app.use(packagesRouter(deps));
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
+  if (deps.deployer.releases) app.use(releasesRouter({ releases: deps.deployer.releases }));
   if (deps.layers) app.use(layersRouter({ layers: deps.layers }));
   if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, admission: deps.admission }));
   if (deps.streams) app.use(streamsRouter({ deployer: deps.deployer, streams: deps.streams, admission: deps.admission }));

@@ -11,6 +11,7 @@ import { CRASH_POINTS, type CrashPoint } from './deploy/crash.ts';
 import { DEFAULT_MIN_FREE_BYTES } from './deploy/disk.ts';
 import { DEFAULT_RETAIN_IMAGES } from './deploy/retention.ts';
 import { DEFAULT_STABILITY_WINDOW_MS } from './deploy/stability.ts';
+import { DEFAULT_RETAIN_RELEASES } from './releases/store.ts';
 
 const schema = z.object({
   DOCKER_HOST: dockerHostVar(),
@@ -45,6 +46,7 @@ const schema = z.object({
   FERRY_RETAIN_IMAGES: wholeNumber(1, 1000).default(DEFAULT_RETAIN_IMAGES),
   FERRY_MIN_FREE_BYTES: wholeNumber(0, Number.MAX_SAFE_INTEGER).default(DEFAULT_MIN_FREE_BYTES),
   FERRY_STABILITY_WINDOW_MS: wholeNumber(0, 600_000).default(DEFAULT_STABILITY_WINDOW_MS),
+  FERRY_RETAIN_RELEASES: wholeNumber(1, 100).default(DEFAULT_RETAIN_RELEASES),
   FERRY_TEST_CRASH_AT: z.enum(CRASH_POINTS, { error: `a test hook: ${CRASH_POINTS.join(', ')}` }).optional(),
   // Registration with the registry (docs/receiver.md "Registering with the registry").
   FERRY_REGISTRY_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the registry' }).optional(),
@@ -88,6 +90,8 @@ export interface ReceiverConfig {
   minFreeBytes: number;
   /** How long a new container must stay up, not restarted, after its check passed. */
   stabilityWindowMs: number;
+  /** Releases kept per service to go back to (image and signed spec). */
+  retainReleases: number;
   /** When set, GET /metrics needs `Authorization: Bearer <token>`. */
   metricsToken: string | undefined;
   /** Test hook only: the deployment step at which the process SIGKILLs itself. */
@@ -140,6 +144,7 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
     retainImages: raw.FERRY_RETAIN_IMAGES,
     minFreeBytes: raw.FERRY_MIN_FREE_BYTES,
     stabilityWindowMs: raw.FERRY_STABILITY_WINDOW_MS,
+    retainReleases: raw.FERRY_RETAIN_RELEASES,
     metricsToken: raw.FERRY_METRICS_TOKEN,
     testCrashAt: raw.FERRY_TEST_CRASH_AT,
     registry: raw.FERRY_REGISTRY_URL ? {

@@ -14,6 +14,7 @@ import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
 import { Deployer } from './deploy/engine.ts';
 import { receiverReadiness, waitForEngine } from './readiness.ts';
 import { Journal } from './journal/journal.ts';
+import { ReleaseStore } from './releases/store.ts';
 import { LayerInventory } from './layers/index.ts';
 import { partialOwner, removePartialImages } from './load/layered.ts';
 import { PackageStore } from './store/packages.ts';
@@ -73,7 +74,8 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     images, containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log, policy: config.policy,
     packages,
     journal: await Journal.open(join(config.dataDir, 'journal'), log),
-    retainImages: config.retainImages, stabilityWindowMs: config.stabilityWindowMs, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes }, layers,
+    retainImages: config.retainImages, stabilityWindowMs: config.stabilityWindowMs,
+    releases: await ReleaseStore.open(join(config.dataDir, 'releases'), log), retainReleases: config.retainReleases, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes }, layers,
     ...(config.testCrashAt ? { crashAt: config.testCrashAt } : {}),
   });
   // Before any request: what a killed process left half-done is put right first.

@@ -27,3 +27,9 @@ export async function assertFreeSpace(guard: DiskGuard, packageBytes = 0): Promi
     });
   }
 }
+
+/** True when the data directory's file system has less than its reserve free. */
+export async function lowOnSpace(guard: DiskGuard): Promise<boolean> {
+  const stats = await statfs(guard.dir);
+  return stats.bavail * stats.bsize < guard.minFreeBytes;
+}

@@ -1,20 +1,25 @@
 import { randomUUID } from 'node:crypto';
 import type { ContainerRunner, ContainerSpec, ImageStore } from '@ferry/docker';
-import { createEvent, type EventData, type EventSink } from '@ferry/events';
+import { createEvent, type EventData, type EventReleaseRef, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
 import {
   FerryError, LABELS, configHash,
-  type DeploymentFailure, type DeploymentResult, type DeploymentState, type EventType, type HealthCheck, type Manifest, type Restored, type StageTimings,
+  type DeploymentFailure, type DeploymentResult, type DeploymentState, type EventType, type Manifest, type ReleaseRef, type Restored, type StageTimings,
 } from '@ferry/protocol';
-import { DEFAULT_POLICY, checkBindSources, containerSpecFor, policyDenied, type Policy } from '../policy/index.ts';
+import type { Policy } from '../policy/index.ts';
 import { assertLayersPresent } from '../load/load.ts';
 import type { VerifiedPackage } from '../load/package.ts';
 import { startLastDeployed, type ReconcileResult } from './restart.ts';
 import type { LayerInventory } from '../layers/index.ts';
 import type { PackageStore } from '../store/packages.ts';
-import { healthCheckFailed, healthCheckFailedWithoutRestore, healthFailureReason, unstable, unstableWithoutRestore, waitHealthy, type HealthOutcome } from './health.ts';
-import { DEFAULT_STABILITY_WINDOW_MS, watchStable } from './stability.ts';
-import { Scrubber, failedContainer, healthReport, stillUp } from './failure.ts';
+import { healthCheckFailedWithoutRestore, unstableWithoutRestore, waitHealthy } from './health.ts';
+import { Scrubber, failedContainer } from './failure.ts';
+import { bindsOnHost, specFor } from './container.ts';
+import { verdict, type Emit, type Found, type Verdict } from './verdict.ts';
+import { asFerryError, failure, since } from './outcome.ts';
+import { rollbackToRelease } from './to-release.ts';
+import { releaseNotRetained, type ReleaseStore } from '../releases/store.ts';
+import { retainRelease } from '../releases/retain.ts';
 import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, JournalEntry, StateStamp } from '../journal/journal.ts';
 import type { CrashPoint } from './crash.ts';
 import { assertFreeSpace, type DiskGuard } from './disk.ts';
@@ -43,6 +48,10 @@ export interface DeployerDeps {
   crashAt?: CrashPoint;
   /** Checks that a partial package's omitted layers are on the engine; partial packages are refused without it. */
   layers?: LayerInventory;
+  /** The releases each service keeps to go back to; without it none is kept and `toRelease` answers 404. */
+  releases?: ReleaseStore;
+  /** Releases kept per service (FERRY_RETAIN_RELEASES). */
+  retainReleases?: number;
 }
 
 /** Between two attempts to resolve what a dead process left unfinished while the engine is away. */
@@ -54,6 +63,8 @@ interface Subject {
   service: string;
   image: string;
   imageId: string;
+  /** The release the deployment belongs to (or a rollback goes back to): every event says so. */
+  release?: EventReleaseRef;
 }
 
 /**
@@ -81,6 +92,11 @@ export class Deployer {
 
   get journal(): Journal {
     return this.#journal;
+  }
+
+  /** The releases each service keeps (`GET /v1/releases`); undefined when none are kept. */
+  get releases(): ReleaseStore | undefined {
+    return this.#deps.releases;
   }
 
   /**
@@ -119,7 +135,11 @@ export class Deployer {
       const entry = await this.#journal.begin(headerOf(manifest, this.#deps.hostId, pkg.bytes), receivedStates(pkg), { again });
       const run = new Run(this.#deps, pkg, entry, (type, data) => this.#emit(manifest, type, data));
       const result = await run.execute();
-      if (result.state === 'COMPLETED') await this.#prune(service);
+      if (result.state === 'COMPLETED') {
+        const { releases, retainReleases: keep, disk, logger } = this.#deps;
+        if (releases) await retainRelease({ releases, keep, disk, logger }, manifest, result);
+        await this.#prune(service);
+      }
       if (result.error) throw failure(result);
       return result;
     } finally {
@@ -130,16 +150,25 @@ export class Deployer {
 
   /**
    * `POST /v1/services/:name/rollback`: the kept previous container runs again and the current
-   * one becomes the previous (a second rollback rolls forward). Journalled as a deployment of
+   * one becomes the previous (a second rollback rolls forward); with `toRelease`, a retained
+   * release of the service runs again instead (to-release.ts). Journalled as a deployment of
    * kind `rollback` under `deploymentId`, which makes a retried request answer the stored outcome.
    */
-  async rollback(service: string, deploymentId: string = randomUUID()): Promise<DeploymentResult> {
+  async rollback(service: string, deploymentId: string = randomUUID(), toRelease?: string): Promise<DeploymentResult> {
     const stored = this.#journal.get(deploymentId);
-    if (stored) return replay(stored, { kind: 'rollback', service });
+    if (stored) return replay(stored, { kind: 'rollback', service, toRelease });
     if (this.#busy.has(service)) throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { details: { service } });
     this.#busy.add(service);
     try {
-      return await this.#rollback(service, deploymentId);
+      if (toRelease === undefined) return await this.#rollback(service, deploymentId);
+      const retained = this.#deps.releases?.get(service, toRelease);
+      if (!retained) throw releaseNotRetained(service, toRelease);
+      const subject: Subject = {
+        deploymentId, service, image: retained.image, imageId: retained.imageId, ...(retained.manifest.release ? { release: eventRelease(retained.manifest.release) } : {}),
+      };
+      const result = await rollbackToRelease({ ...this.#deps, journal: this.#journal, emit: (type, data) => this.#publish(subject, type, data) }, retained, deploymentId);
+      await this.#prune(service);
+      return result;
     } finally {
       this.#busy.delete(service);
     }
@@ -162,9 +191,9 @@ export class Deployer {
     const previous = await containers.inspect(previousName(service));
     if (!previous) throw new FerryError('FERRY_ERR_NOTHING_TO_ROLL_BACK', { details: { service } });
     const current = await containers.inspect(service);
-    const subject: Subject = {
+    const subject = {
       deploymentId, service, image: previous.labels[LABELS.imageRef] ?? previous.image, imageId: previous.labels[LABELS.imageId] ?? previous.imageId,
-    };
+    } satisfies Subject;
     const entry = await this.#journal.begin({ ...subject, kind: 'rollback', host: this.#deps.hostId, bytes: 0 }, []);
     const log = this.#deps.logger.child({ deploymentId, service });
     const timings: StageTimings = {};
@@ -235,21 +264,26 @@ export class Deployer {
     const log = this.#deps.logger.child({ deploymentId, service });
     const entry = await this.#journal.resume(deploymentId);
     try {
+      // A rollback to a release swaps as a deployment does, and is undone as one: what ran before runs.
+      const swapsLikeDeploy = record.kind === 'deploy' || record.toRelease !== undefined;
       const swapping = record.kind === 'rollback' || record.states.some((s) => s.state === 'DEPLOYING');
+      const subject = subjectOf(record);
       let running: string | undefined;
-      if (record.kind === 'rollback') {
+      if (!swapsLikeDeploy) {
         running = await finishSwapBack(containers, service);
       } else if (swapping) {
-        if (record.state !== 'ROLLING_BACK') await entry.enter('ROLLING_BACK', { event: 'rollback.started' });
-        this.#publish(record, 'rollback.started', { reason: `the receiver stopped while ${record.state}` });
+        if (record.kind === 'deploy') {
+          if (record.state !== 'ROLLING_BACK') await entry.enter('ROLLING_BACK', { event: 'rollback.started' });
+          this.#publish(subject, 'rollback.started', { reason: `the receiver stopped while ${record.state}` });
+        }
         running = await undoSwap(containers, service, deploymentId, record.containerId);
-        this.#publish(record, 'rollback.completed', { ...(running ? { restoredContainerId: running } : {}), durationMs: 0 });
+        if (record.kind === 'deploy') this.#publish(subject, 'rollback.completed', { ...(running ? { restoredContainerId: running } : {}), durationMs: 0 });
       } else {
         // Nothing was swapped; only a container created aside may be left.
         const aside = await containers.inspect(nextName(service));
         if (aside?.labels[LABELS.deploymentId] === deploymentId) await containers.remove(aside.id, { force: true });
       }
-      if (record.kind === 'deploy' && record.previousImageId && record.previousImageId !== record.imageId) {
+      if (swapsLikeDeploy && record.previousImageId && record.previousImageId !== record.imageId) {
         await images.tag(record.previousImageId, record.image);
       }
       const state: DeploymentState = record.kind === 'deploy' && swapping && running ? 'ROLLED_BACK' : 'FAILED';
@@ -261,10 +295,10 @@ export class Deployer {
         ...(record.kind === 'rollback' && running ? { containerId: running } : {}),
         bytes: record.bytes, timings: record.timings,
         error: { code: error.code, message: error.message, details: { interruptedIn: record.state, ...(running ? { runningContainerId: running } : {}) } },
-        ...(record.kind === 'deploy' ? { failure: interruptedFailure(record, swapping, running) } : {}),
+        ...(swapsLikeDeploy ? { failure: interruptedFailure(record, swapping, running) } : {}),
       };
       await entry.finish(result);
-      this.#publish(record, 'deployment.failed', { code: error.code, reason: error.message, state });
+      this.#publish(subject, 'deployment.failed', { code: error.code, reason: error.message, state });
       log.warn({ interruptedIn: record.state, state, running: running ?? null }, 'interrupted deployment resolved');
     } catch (err) {
       await entry.close();
@@ -283,18 +317,22 @@ export class Deployer {
     await dropOlder(this.#deps.containers, service)
       .catch((err: unknown) => this.#deps.logger.warn({ err, service }, 'removing the container kept aside failed'));
     const keep = this.#deps.retainImages ?? DEFAULT_RETAIN_IMAGES;
-    await pruneImages(this.#deps.images, this.#journal, service, keep, this.#deps.logger)
+    await pruneImages(this.#deps.images, this.#journal, service, keep, this.#deps.logger, this.#deps.releases?.imageIds(service))
       .catch((err: unknown) => this.#deps.logger.warn({ err, service }, 'removing old images failed'));
   }
 
   #emit<T extends EventType>(manifest: Manifest, type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image'>): void {
-    this.#publish({ deploymentId: manifest.deploymentId, service: manifest.service.name, image: manifest.image.ref, imageId: manifest.image.id }, type, data);
+    const ref = manifest.release;
+    this.#publish({
+      deploymentId: manifest.deploymentId, service: manifest.service.name, image: manifest.image.ref, imageId: manifest.image.id,
+      ...(ref ? { release: eventRelease(ref) } : {}),
+    }, type, data);
   }
 
   #publish<T extends EventType>(subject: Subject, type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image'>): void {
     const full = {
       deploymentId: subject.deploymentId, host: this.#deps.hostId, service: subject.service,
-      image: subject.image, imageId: subject.imageId, ...data,
+      image: subject.image, imageId: subject.imageId, ...(subject.release ? { release: subject.release } : {}), ...data,
     } as unknown as EventData[T];
     this.#deps.events.publish(createEvent(type, {
       source: `ferry://receiver/${this.#deps.hostId}`, host: this.#deps.hostId, service: subject.service,
@@ -308,9 +346,10 @@ export class Deployer {
  * same error. The same id for another service or image is a client bug, not a retry. (The package
  * digest may differ: `docker save` of the same image is not byte-identical from one run to the next.)
  */
-function replay(stored: DeploymentRecord, asked: { kind: DeploymentRecord['kind']; service: string; imageId?: string }): DeploymentResult {
+function replay(stored: DeploymentRecord, asked: { kind: DeploymentRecord['kind']; service: string; imageId?: string; toRelease?: string }): DeploymentResult {
   const { deploymentId } = stored;
-  if (stored.kind !== asked.kind || stored.service !== asked.service || (asked.imageId !== undefined && stored.imageId !== asked.imageId)) {
+  const otherRelease = asked.kind === 'rollback' && stored.toRelease !== asked.toRelease;
+  if (stored.kind !== asked.kind || stored.service !== asked.service || otherRelease || (asked.imageId !== undefined && stored.imageId !== asked.imageId)) {
     throw new FerryError('FERRY_ERR_DEPLOYMENT_CONFLICT', { details: { deploymentId, service: stored.service } });
   }
   if (!stored.result) {
@@ -337,6 +376,16 @@ function interruptedFailure(record: DeploymentRecord, swapping: boolean, running
   return { ...(record.failure ?? { stage: record.state }), restored };
 }
 
+/** Who a journalled record's events are about, its release as events carry it. */
+function subjectOf(record: DeploymentRecord): Subject {
+  const { deploymentId, service, image, imageId, release } = record;
+  return { deploymentId, service, image, imageId, ...(release ? { release: eventRelease(release) } : {}) };
+}
+
+function eventRelease(ref: ReleaseRef): EventReleaseRef {
+  return { id: ref.id, phase: ref.phase, ...(ref.wave !== undefined ? { wave: ref.wave } : {}) };
+}
+
 function headerOf(manifest: Manifest, host: string, bytes: number): DeploymentHeader {
   return {
     deploymentId: manifest.deploymentId, kind: 'deploy', host, service: manifest.service.name,
@@ -344,6 +393,7 @@ function headerOf(manifest: Manifest, host: string, bytes: number): DeploymentHe
     // Names only: values may be secrets, and a reconcile never needs them (see DeploymentHeader).
     envNames: Object.keys(manifest.service.env).sort(),
     package: { digest: manifest.package.digest, size: manifest.package.size }, signedAt: manifest.createdAt, bytes,
+    ...(manifest.release ? { release: manifest.release } : {}),
   };
 }
 
@@ -356,14 +406,6 @@ function receivedStates(pkg: VerifiedPackage): StateStamp[] {
   ];
 }
 
-function since(started: number): number {
-  return Math.round(performance.now() - started);
-}
-
-/** What a failed step found out: the health check's answers, the container as it ended. */
-type Found = Partial<Pick<DeploymentFailure, 'container' | 'health'>>;
-
-type Emit = <T extends EventType>(type: T, data: Omit<EventData[T], 'deploymentId' | 'host' | 'service' | 'image'>) => void;
 
 /** One deployment's walk through the states; a class so each step reads as one method. */
 class Run {
@@ -420,11 +462,11 @@ class Run {
     } catch (err) {
       return this.#fail(asFerryError(err), previousTagTarget);
     }
-    let health: Awaited<ReturnType<Run['validate']>>;
+    let health: Verdict;
     try {
       await this.#enter('VALIDATING');
       this.#crashAt('during-validate');
-      health = await this.validate();
+      health = await this.#validate();
     } catch (err) {
       // The engine going away mid-check (a daemon restart) is a failure like any other.
       return this.#fail(asFerryError(err), previousTagTarget);
@@ -459,29 +501,11 @@ class Run {
   }
 
   #spec(): ContainerSpec {
-    const manifest = this.#manifest;
-    return containerSpecFor(manifest, {
-      [LABELS.service]: manifest.service.name,
-      [LABELS.deploymentId]: manifest.deploymentId,
-      [LABELS.configHash]: configHash(manifest),
-      [LABELS.imageRef]: manifest.image.ref,
-      [LABELS.imageId]: manifest.image.id,
-    }, this.#deps.policy);
+    return specFor(this.#manifest, this.#deps.policy);
   }
 
-  /**
-   * The spec with its bind sources as found on the host now (no symbolic link in them, each
-   * allowed by the policy); a refusal publishes the `policy.denied` audit event, as the gate does,
-   * and throws FERRY_ERR_POLICY_DENIED.
-   */
-  async #bindsOnHost(spec: ContainerSpec): Promise<ContainerSpec> {
-    const { spec: resolved, violations } = await checkBindSources(spec, this.#deps.policy ?? DEFAULT_POLICY);
-    const first = violations[0];
-    if (!first) return resolved;
-    const manifest = this.#manifest;
-    this.#emit('policy.denied', { ...first, violations });
-    this.#log.warn({ rules: violations.map((v) => v.rule) }, 'deployment refused by policy: bind source on the host');
-    throw policyDenied(violations, manifest.deploymentId);
+  #bindsOnHost(spec: ContainerSpec): Promise<ContainerSpec> {
+    return bindsOnHost(spec, this.#manifest, { policy: this.#deps.policy, emit: this.#emit, log: this.#log });
   }
 
   async #start(spec: ContainerSpec): Promise<void> {
@@ -508,44 +532,17 @@ class Run {
     this.#emit('container.started', { containerId: swapped.containerId, durationMs: this.#timings.deploy });
   }
 
-  /**
-   * The verdict on the new container: its check (if the manifest has one) must pass, then the
-   * container must stay up through the stability window (stability.ts), or what passed the
-   * check may have been another process. Not private only so that its return type can be named above.
-   */
-  async validate(): Promise<{ ok: true } | { ok: false; error: FerryError; found: Found }> {
-    const check = this.#manifest.service.health;
+  /** The check and the stability window (verdict.ts). */
+  async #validate(): Promise<Verdict> {
     const containerId = this.#containerId;
     if (!containerId) throw new Error('validate before start');
-    const inspect = (): ReturnType<ContainerRunner['inspect']> => this.#deps.containers.inspect(containerId);
-    const isRunning = async (): Promise<boolean> => stillUp(await inspect());
-    let outcome: HealthOutcome | undefined;
-    if (!check) {
-      // Without a health check the least a deployment proves is that the process stayed up.
-      if (!(await isRunning())) return { ok: false, error: new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The container exited right after it started' }), found: {} };
-    } else {
-      outcome = await waitHealthy(check, {
-        isRunning, dockerHealth: async () => (await inspect())?.health,
-        // Journalled as it goes, so whoever follows the deployment sees the check's progress; best effort.
-        onProbe: (attempts, probe) => this.#entry.note({ healthCheck: { attempts, retries: check.retries, lastOk: probe.ok } }).catch(() => undefined),
-      });
-      this.#timings.health = outcome.durationMs;
-      if (!outcome.ok) return this.#failedCheck(check, outcome, healthFailureReason(outcome, this.#manifest.service), healthCheckFailed);
-    }
-    const stable = await watchStable(this.#deps.stabilityWindowMs ?? DEFAULT_STABILITY_WINDOW_MS, { inspect, after: check ? 'its check passed' : 'it started' });
-    this.#timings.health = (this.#timings.health ?? 0) + stable.durationMs;
-    if (!stable.ok) return this.#failedCheck(check, outcome, stable.reason, unstable);
-    if (outcome) this.#emit('healthcheck.passed', { attempts: outcome.attempts, durationMs: outcome.durationMs });
-    return { ok: true };
-  }
-
-  /** A failed verdict: the container as it ended and the probes kept, published and returned. */
-  async #failedCheck(check: HealthCheck | undefined, outcome: HealthOutcome | undefined, reason: string, error: (reason: string) => FerryError): Promise<{ ok: false; error: FerryError; found: Found }> {
-    const containerId = this.#containerId ?? '';
-    const health = check && outcome ? healthReport(check.type, outcome.attempts, outcome.probes, this.#scrub) : undefined;
-    const container = await failedContainer(this.#deps.containers, containerId, this.#scrub);
-    if (health) this.#emit('healthcheck.failed', { reason, probes: health.probes, logs: container?.logs ?? [] });
-    return { ok: false, error: error(reason), found: { ...(health ? { health } : {}), ...(container ? { container } : {}) } };
+    const outcome = await verdict(this.#manifest, containerId, {
+      containers: this.#deps.containers, stabilityWindowMs: this.#deps.stabilityWindowMs, scrub: this.#scrub, emit: this.#emit,
+      // Journalled as it goes, so whoever follows the deployment sees the check's progress.
+      progress: (healthCheck) => this.#entry.note({ healthCheck }),
+    });
+    if (outcome.healthMs > 0) this.#timings.health = outcome.healthMs;
+    return outcome;
   }
 
   async #fail(error: FerryError, previousTagTarget: string | undefined, found: Found = {}): Promise<DeploymentResult> {
@@ -667,13 +664,4 @@ function engineTrouble(err: unknown): boolean {
   return err.code === 'FERRY_ERR_DOCKER';
 }
 
-/** A failed deployment answers with its error code and status, and the whole record as details. */
-function failure(result: DeploymentResult): FerryError {
-  const code = result.error?.code ?? 'FERRY_ERR_INTERNAL';
-  return new FerryError(code, { message: result.error?.message, details: { deployment: result } });
-}
-
-function asFerryError(err: unknown, fallback: 'FERRY_ERR_INTERNAL' | 'FERRY_ERR_CONTAINER_FAILED' = 'FERRY_ERR_INTERNAL'): FerryError {
-  return err instanceof FerryError ? err : new FerryError(fallback, { cause: err });
-}
 

@@ -2,7 +2,7 @@ import { mkdir, open, readdir, readFile, rm, type FileHandle } from 'node:fs/pro
 import { join } from 'node:path';
 import { fsyncPath } from '@ferry/durable';
 import type { Logger } from '@ferry/log';
-import type { DeploymentFailure, DeploymentResult, DeploymentState, ErrorBody, HealthCheckProgress, StageTimings } from '@ferry/protocol';
+import type { DeploymentFailure, DeploymentResult, DeploymentState, ErrorBody, HealthCheckProgress, ReleaseRef, StageTimings } from '@ferry/protocol';
 
 /** States after which a deployment never moves again. */
 export const FINAL_STATES: readonly DeploymentState[] = ['COMPLETED', 'ROLLED_BACK', 'FAILED'];
@@ -31,6 +31,10 @@ export interface DeploymentHeader {
   package?: { digest: string; size: number };
   /** When the release was signed (its manifest's createdAt): an older one may not replace it. */
   signedAt?: string;
+  /** The release the manifest filed it under (a deployment), or went back to (a rollback to a release). */
+  release?: ReleaseRef;
+  /** A rollback to a retained release: its id (`POST /v1/services/:name/rollback?toRelease=`). */
+  toRelease?: string;
   bytes: number;
 }
 

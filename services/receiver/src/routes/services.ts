@@ -1,7 +1,7 @@
 import { Router, type Request, type Response } from 'express';
 import { authorize, type Action } from '@ferry/auth';
 import { digestOf } from '@ferry/integrity';
-import { FerryError, HEADERS, PATHS } from '@ferry/protocol';
+import { FerryError, HEADERS, PATHS, RELEASE_ID_PATTERN } from '@ferry/protocol';
 import type { AuthLocals } from '@ferry/http';
 import type { Deployer } from '../deploy/engine.ts';
 
@@ -28,9 +28,10 @@ export function receiverAction(req: { method: string; path: string; originalUrl?
 }
 
 /**
- * `POST /v1/services/:name/rollback[?deploymentId=<uuid>]`: swaps the kept previous container
- * back in. The optional deployment id (signed, as part of the path) makes a retry answer the
- * stored outcome instead of swapping a second time, which would roll forward again.
+ * `POST /v1/services/:name/rollback[?deploymentId=<uuid>][&toRelease=<release id>]`: swaps the
+ * kept previous container back in, or runs a retained release of the service again. The optional
+ * deployment id (signed, as part of the path) makes a retry answer the stored outcome instead of
+ * swapping a second time, which would roll forward again.
  *
  * `POST /v1/services/:name/reconcile`: starts the container of the service's last successful
  * deployment again if it is stopped (Deployer.reconcileService); a key with read access to the
@@ -47,12 +48,12 @@ export function servicesRouter(deps: ServicesDeps): Router {
     res.json(await deps.deployer.reconcileService(service));
   });
   router.post(`${PATHS.services}/:name/rollback`, async (req, res) => {
-    onlyParameters(req, ['deploymentId']);
+    onlyParameters(req, ['deploymentId', 'toRelease']);
     requireEmptyBody(res);
     const service = req.params.name;
     if (!SERVICE.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Invalid service name' });
     authorize((res.locals as AuthLocals).auth, 'deploy', { service });
-    res.json(await deps.deployer.rollback(service, deploymentIdOf(req)));
+    res.json(await deps.deployer.rollback(service, deploymentIdOf(req), toReleaseOf(req)));
   });
   return router;
 }
@@ -64,6 +65,16 @@ function deploymentIdOf(req: Request): string | undefined {
     throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'deploymentId: a lowercase UUID' });
   }
   return deploymentId;
+}
+
+/** A release id, checked here: it is looked up, never used as a name of anything. */
+function toReleaseOf(req: Request): string | undefined {
+  const { toRelease } = req.query;
+  if (toRelease === undefined) return undefined;
+  if (typeof toRelease !== 'string' || !RELEASE_ID_PATTERN.test(toRelease)) {
+    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'toRelease: a release id, rel-YYYYMMDDTHHMMSSZ-<8 hex>' });
+  }
+  return toRelease;
 }
 
 /**
