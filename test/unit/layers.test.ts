@@ -187,8 +187,10 @@ describe('--compression auto: the first guess, by address', () => {
     assert.deepEqual([asked.compression, asked.measured], ['gzip', false]);
   });
 
-  it('a package without most of the image is a few top layers: zstd, even on a fast link', async () => {
-    assert.equal(await guess(['http://127.0.0.1:7701'], 7), 'zstd 3');
+  it('a package without most of the image is a few top layers: zstd, even on a fast link, but not to this machine', async () => {
+    assert.equal(await guess(['http://10.0.0.5:7701'], 7), 'zstd 3');
+    assert.equal(await guess(['http://10.0.0.5:7701', 'http://127.0.0.1:7701'], 7), 'zstd 3');
+    assert.equal(await guess(['http://127.0.0.1:7701'], 7), 'none');
     assert.equal(await guess(['http://127.0.0.1:7701'], 4), 'none');
     assert.equal((await chooseCompression('none', { urls: ['http://127.0.0.1:7701'], omitted: 7, layers: 8, streamed: true })).compression, 'none');
   });

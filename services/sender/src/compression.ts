@@ -27,7 +27,7 @@ export const ZSTD_LEVELS = [1, 3, 9] as const;
 /**
  * The compression a push starts with. A choice the user made stands. `auto` goes by the targets'
  * addresses only as a first guess, refined by {@link decideFromMeasure} once the first streamed
- * parts show what the link carries: loopback is this machine (none); a private address is often a
+ * parts show what the link carries: loopback is this machine (none, whatever the package); a private address is often a
  * fast LAN but may be a slow VPN or radio link, so a stream starts uncompressed and is measured,
  * and a spooled package (which cannot be measured before it is made) gets zstd 1, which costs
  * little on a fast link and saves much on a slow one; a public address gets zstd 3. A package
@@ -35,9 +35,9 @@ export const ZSTD_LEVELS = [1, 3, 9] as const;
  */
 export async function chooseCompression(choice: CompressionChoice, facts: { urls: readonly string[]; omitted: number; layers: number; streamed: boolean }): Promise<CompressionDecision> {
   if (choice !== 'auto') return { compression: choice, reason: `--compression ${choice}`, measured: false };
-  if (facts.omitted * 2 > facts.layers) return { compression: 'zstd', level: 3, reason: 'most layers are left out: zstd 3 packs the few top ones in a moment', measured: false };
   const link = await linkClass(facts.urls);
   if (link === 'loopback') return { compression: 'none', reason: 'every target is on this machine (loopback): compressing only costs time', measured: false };
+  if (facts.omitted * 2 > facts.layers) return { compression: 'zstd', level: 3, reason: 'most layers are left out: zstd 3 packs the few top ones in a moment', measured: false };
   if (link === 'private' && facts.streamed) return { compression: 'none', reason: 'private addresses: uncompressed until the first parts measure the link', measured: false, measureLink: true };
   if (link === 'private') return { compression: 'zstd', level: 1, reason: 'private addresses, not measured (spooled package): zstd 1 costs little on a fast link and saves much on a slow one', measured: false };
   return { compression: 'zstd', level: 3, reason: 'a public address: zstd 3', measured: false };
