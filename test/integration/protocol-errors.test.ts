@@ -75,6 +75,7 @@ const NOT_FROM_A_RECEIVER: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_BAD_DEPLOYMENT_FILE: 'the CLI\'s and the sender service\'s (test/integration/sender-service.test.ts)',
   FERRY_ERR_SENDER_INTERRUPTED: 'the sender service\'s (test/integration/sender-service.test.ts)',
   FERRY_ERR_RELEASE_HALTED: 'the sender\'s, when a phase of a release failed (ferry deploy -f)',
+  FERRY_ERR_OVER_BUDGET: 'the sender\'s, from the hosts\' GET /v1/capacity, before a release builds or sends anything (test/integration/budget.test.ts)',
 };
 
 // ---------------------------------------------------------------------------------- fixtures --
@@ -784,6 +785,8 @@ describe('docs/protocol.md §7 against a live receiver', { timeout: 900_000 }, (
       ['POST', `/v1/services/${service}/rollback?toRelease=rel-20200101T000000Z-0badc0de&toRelease=rel-20200101T000000Z-0badc0df`, 400, 'FERRY_ERR_BAD_REQUEST'],
       ['GET', '/v1/releases', 200, undefined],
       ['GET', '/v1/releases?service=web', 400, 'FERRY_ERR_BAD_REQUEST'],
+      ['GET', '/v1/capacity', 200, undefined],
+      ['GET', '/v1/capacity?service=web', 400, 'FERRY_ERR_BAD_REQUEST'],
       ['POST', `/v1/services/${service}/reconcile`, 409, 'FERRY_ERR_NOT_RECONCILABLE'],
       ['POST', `/v1/services/${service}/reconcile?force=1`, 400, 'FERRY_ERR_BAD_REQUEST'],
     ];

@@ -83,6 +83,7 @@ export const ERRORS = {
   FERRY_ERR_UNSTABLE: { status: 422, message: 'The new container did not stay up after its check passed; the previous version was restored' },
   FERRY_ERR_RELEASE_NOT_RETAINED: { status: 404, message: 'This host does not retain that release of the service' },
   FERRY_ERR_RELEASE_HALTED: { status: 422, message: 'A phase of the release failed; its later phases were neither built nor deployed' },
+  FERRY_ERR_OVER_BUDGET: { status: 422, message: 'The release would commit more memory or CPUs on a host than its budget allows; nothing was built or sent' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

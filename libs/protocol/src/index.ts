@@ -12,3 +12,4 @@ export * from './health-reach.ts';
 export { FERRY_VERSION } from './version.ts';
 export * from './text.ts';
 export * from './release.ts';
+export * from './capacity.ts';

@@ -10,6 +10,7 @@ export const PATHS = {
   deployments: '/v1/deployments',
   services: '/v1/services',
   releases: '/v1/releases',
+  capacity: '/v1/capacity',
   layers: '/v1/layers',
   identity: '/v1/identity',
 } as const;

@@ -2,6 +2,7 @@ import type { Express } from 'express';
 import type { RequestVerifier, SigningKey } from '@ferry/auth';
 import { SIGNED_HEADERS, createBaseApp, finishApp, identityRouter, minimumBodyRate, requireAllowedSource, requireSignature, strictHeaders, type SecurityOptions } from '@ferry/http';
 import type { Logger } from '@ferry/log';
+import type { CapacityReport } from '@ferry/protocol';
 import type { ReceiverMetrics } from '@ferry/metrics';
 import type { Deployer } from './deploy/engine.ts';
 import type { Readiness } from './readiness.ts';
@@ -11,6 +12,7 @@ import { deploymentsRouter } from './routes/deployments.ts';
 import { packagesRouter } from './routes/packages.ts';
 import { receiverAction, servicesRouter } from './routes/services.ts';
 import { releasesRouter } from './routes/releases.ts';
+import { capacityRouter } from './routes/capacity.ts';
 import { uploadsRouter } from './routes/uploads.ts';
 import type { Admission } from './upload/admission.ts';
 import type { UploadStore } from './upload/sessions.ts';
@@ -43,6 +45,8 @@ export interface ReceiverDeps {
   metricsToken?: string;
   /** Answers `POST /v1/layers` (which layers the engine holds); the route exists only with it. */
   layers?: LayerInventory;
+  /** Answers `GET /v1/capacity` (capacity.ts); the route exists only with it. */
+  capacity?: () => Promise<CapacityReport>;
 }
 
 /** The receiver's HTTP surface, with no listening and no environment: main.ts and tests wire it. */
@@ -60,6 +64,7 @@ export function createApp(deps: ReceiverDeps): Express {
   app.use(packagesRouter(deps));
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
   if (deps.deployer.releases) app.use(releasesRouter({ releases: deps.deployer.releases }));
+  if (deps.capacity) app.use(capacityRouter({ capacity: deps.capacity }));
   if (deps.layers) app.use(layersRouter({ layers: deps.layers }));
   if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, admission: deps.admission }));
   if (deps.streams) app.use(streamsRouter({ deployer: deps.deployer, streams: deps.streams, admission: deps.admission }));

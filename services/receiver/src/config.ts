@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { z } from 'zod';
 import { join } from 'node:path';
 import { AddressList } from '@ferry/auth';
-import { parseHostLabels } from '@ferry/protocol';
+import { parseHostLabels, parseMemory } from '@ferry/protocol';
 import {
   dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, maxConnectionsVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
@@ -47,6 +47,9 @@ const schema = z.object({
   FERRY_MIN_FREE_BYTES: wholeNumber(0, Number.MAX_SAFE_INTEGER).default(DEFAULT_MIN_FREE_BYTES),
   FERRY_STABILITY_WINDOW_MS: wholeNumber(0, 600_000).default(DEFAULT_STABILITY_WINDOW_MS),
   FERRY_RETAIN_RELEASES: wholeNumber(1, 100).default(DEFAULT_RETAIN_RELEASES),
+  // Resource budget (docs/receiver.md "Resource budget"); defaults are computed from the engine at start.
+  FERRY_BUDGET_MEMORY: parsedVar(budgetMemory).optional(),
+  FERRY_BUDGET_CPUS: z.coerce.number({ error: 'a number of CPUs, e.g. 2 or 1.5' }).positive('more than 0').max(1024, 'at most 1024').optional(),
   FERRY_TEST_CRASH_AT: z.enum(CRASH_POINTS, { error: `a test hook: ${CRASH_POINTS.join(', ')}` }).optional(),
   // Registration with the registry (docs/receiver.md "Registering with the registry").
   FERRY_REGISTRY_URL: z.url({ protocol: /^https?$/, error: 'http(s)://host:port of the registry' }).optional(),
@@ -92,6 +95,8 @@ export interface ReceiverConfig {
   stabilityWindowMs: number;
   /** Releases kept per service to go back to (image and signed spec). */
   retainReleases: number;
+  /** FERRY_BUDGET_MEMORY / FERRY_BUDGET_CPUS; undefined: the defaults (capacity.ts). */
+  budget: { memoryBytes: number | undefined; cpus: number | undefined };
   /** When set, GET /metrics needs `Authorization: Bearer <token>`. */
   metricsToken: string | undefined;
   /** Test hook only: the deployment step at which the process SIGKILLs itself. */
@@ -125,6 +130,13 @@ function hostLabels(text: string): Record<string, string> {
   }
 }
 
+/** FERRY_BUDGET_MEMORY: bytes, or a number with k, m or g (`512m`, `4g`), as a memory limit is written. */
+function budgetMemory(text: string): number {
+  const bytes = parseMemory(text.trim());
+  if (bytes === undefined || bytes <= 0) throw new Error('bytes, or a number with k, m or g (512m, 4g)');
+  return bytes;
+}
+
 export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverConfig> {
   const raw = loadConfig(schema, env);
   return Object.freeze({
@@ -145,6 +157,7 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
     minFreeBytes: raw.FERRY_MIN_FREE_BYTES,
     stabilityWindowMs: raw.FERRY_STABILITY_WINDOW_MS,
     retainReleases: raw.FERRY_RETAIN_RELEASES,
+    budget: { memoryBytes: raw.FERRY_BUDGET_MEMORY, cpus: raw.FERRY_BUDGET_CPUS },
     metricsToken: raw.FERRY_METRICS_TOKEN,
     testCrashAt: raw.FERRY_TEST_CRASH_AT,
     registry: raw.FERRY_REGISTRY_URL ? {

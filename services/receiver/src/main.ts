@@ -10,6 +10,7 @@ import { BUFFER_BUDGET_BYTES, BufferBudget } from '@ferry/memory';
 import { createReceiverMetrics, meteredSink } from '@ferry/metrics';
 import { FERRY_VERSION, FerryError, type Manifest } from '@ferry/protocol';
 import { createApp } from './app.ts';
+import { readCapacity } from './capacity.ts';
 import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
 import { Deployer } from './deploy/engine.ts';
 import { receiverReadiness, waitForEngine } from './readiness.ts';
@@ -120,6 +121,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
       onReject: (code) => metrics.authRejections.inc({ code }),
     },
     metrics, metricsToken: config.metricsToken,
+    capacity: () => readCapacity({ docker, hostId: config.hostId, dataDir: config.dataDir, budget: config.budget, localEngine: isLocalEngine(config.dockerHost) }),
     readiness: receiverReadiness({ docker, events, nonces, dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, ...(registration ? { registry: registration.check } : {}) }),
   });
   let server: ListeningServer;
@@ -159,6 +161,12 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
 /** `ferry receiver`: runs in the foreground until SIGINT or SIGTERM. */
 export async function runReceiver(env: Env = process.env): Promise<void> {
   await runUntilSignal(await startReceiver(env));
+}
+
+/** Whether the engine is reached through a socket of this machine (then its data root is a local path). */
+function isLocalEngine(dockerHost: string | undefined): boolean {
+  const host = dockerHost?.trim() || process.env.DOCKER_HOST?.trim();
+  return !host || host.startsWith('unix://');
 }
 
 async function readTls(tls: ReceiverConfig['tls']): Promise<{ cert: Buffer; key: Buffer } | undefined> {
