@@ -60,6 +60,7 @@ export async function deployCommand(args: string[], io: Io): Promise<number> {
         else if (service.state === 'succeeded' || service.state === 'failed') printService(io, service);
       },
       ...(json ? {} : { onRelease: (step: ReleaseStep) => printStep(io, step) }),
+      onWarning: (text) => warn(`warning: ${text}`),
     }, { only, parallel, attempts, project, rollback: values['no-rollback'] !== true });
     const failed = outcome.services.filter((s) => !s.ok).map((s) => s.service);
     const release = outcome.release;

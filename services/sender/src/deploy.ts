@@ -77,6 +77,8 @@ export interface DeployDeps {
   desired?: DesiredRecorder;
   onRetry?: FanoutDeps['onRetry'];
   onBuildLog?: (service: string, line: string) => void;
+  /** Told what the release goes on without, e.g. a host whose budget could not be checked. */
+  onWarning?: (message: string) => void;
   /** Called whenever a service's outcome changes (state, resolved targets, results). */
   onUpdate?: (outcome: ServiceOutcome) => void;
   /** Told each step of the release: planned, a phase started or ended, a rollback, finished. */

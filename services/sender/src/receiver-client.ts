@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { SignedClient, type ClientCredentials, type Identity } from '@ferry/auth';
 import { DigestTap, digestOf } from '@ferry/integrity';
 import {
-  FerryError, PATHS, UPLOAD_PART_MEDIA_TYPE, errorFromBody,
+  CapacitySchema, FerryError, PATHS, UPLOAD_PART_MEDIA_TYPE, errorFromBody, type CapacityReport,
   type DeploymentResult, type DeploymentFailure, type DeploymentState, type ErrorCode, type HealthCheckProgress, type ReleaseRef, type StageTimings,
 } from '@ferry/protocol';
 
@@ -269,6 +269,23 @@ export class ReceiverClient {
   /** The releases this receiver retains, newest first (docs/protocol.md §11.5). */
   async releases(): Promise<RetainedRelease[]> {
     return (await this.#request('GET', '/v1/releases') as { releases: RetainedRelease[] }).releases;
+  }
+
+  /**
+   * What the receiver's host has, its budget and what Ferry's containers commit there
+   * (`GET /v1/capacity`, docs/protocol.md §11.6); undefined from a receiver older than the route (404).
+   */
+  async capacity(): Promise<CapacityReport | undefined> {
+    let body: unknown;
+    try {
+      body = await this.#request('GET', PATHS.capacity);
+    } catch (err) {
+      if (err instanceof FerryError && err.status === 404) return undefined;
+      throw err;
+    }
+    const parsed = CapacitySchema.safeParse(body);
+    if (!parsed.success) throw new FerryError('FERRY_ERR_BAD_RESPONSE', { message: `${this.url} answered GET ${PATHS.capacity} with something else than a capacity report` });
+    return parsed.data;
   }
 
   /**

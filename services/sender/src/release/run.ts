@@ -5,6 +5,7 @@ import type { DeployDeps, DeployOptions, DeploymentOutcome, ServiceOutcome } fro
 import { DEFAULT_PARALLEL } from '../fanout.ts';
 import { ReceiverClient } from '../receiver-client.ts';
 import { resolveTargets, type ResolvedTarget } from '../targets.ts';
+import { refuseOverBudget } from './budget.ts';
 import { eachLimited } from './limit.ts';
 import type { ReleasePlan } from './plan.ts';
 import { newestOf, previousReleases, type HostServices, type PreviousReleases } from './previous.ts';
@@ -89,6 +90,8 @@ export async function runRelease(plan: ReleasePlan, deps: DeployDeps, options: D
   }
   // What each host runs now, so that a halt goes back to exactly that.
   if (!halt) previous = await previousReleases(hostServices(plan, resolved, hosts), deps.credentials, parallel);
+  // Before anything is built or sent: a release that would overcommit a host's budget is refused.
+  if (!halt) halt = await refuseOverBudget(plan, hostServices(plan, resolved, hosts), outcomes, deps, parallel);
   const planned = record('in-progress');
   deps.onRelease?.({ kind: 'planned', record: planned });
   events.publish('release.started', {
