@@ -59,7 +59,7 @@ describe('release record', () => {
     {
       service: 'api', image: 'api:1', state: 'failed', ok: false, phase: 'phase-2', targets: [
         { url: 'http://a:7701', host: 'a', state: 'ROLLED_BACK', ok: false },
-        { url: 'http://b:7701', state: 'PENDING', ok: false },
+        { url: 'http://b:7701', state: 'FAILED', ok: false },
       ],
     },
     { service: 'web', image: 'web:1', state: 'skipped', ok: false, phase: 'phase-3', targets: [{ url: 'http://b:7701', state: 'SKIPPED', ok: false }] },
@@ -79,12 +79,12 @@ describe('release record', () => {
     assert.deepEqual(Object.keys(unknown.outcomes), ['a', 'b', 'http://b:7701']);
   });
 
-  test('a target still waiting is pending, or deploying once its service is under way', () => {
-    const waiting: ServiceOutcome = { service: 'x', image: 'x:1', state: 'pending', ok: false, targets: [] };
+  test('a target waiting for its wave or phase is pending, deploying while it is sent, then as its receiver said', () => {
     const target = { url: 'http://a:7701', state: 'PENDING', ok: false };
-    assert.equal(targetReleaseOutcome(waiting, target), 'pending');
-    assert.equal(targetReleaseOutcome({ ...waiting, state: 'building' }, target), 'deploying');
-    assert.equal(targetReleaseOutcome({ ...waiting, state: 'delivering' }, { ...target, state: 'COMPLETED', ok: true }), 'healthy');
-    assert.equal(targetReleaseOutcome({ ...waiting, state: 'failed' }, target), 'failed', 'a build that failed fails every host');
+    assert.equal(targetReleaseOutcome(target), 'pending');
+    assert.equal(targetReleaseOutcome({ ...target, state: 'DELIVERING' }), 'deploying');
+    assert.equal(targetReleaseOutcome({ ...target, state: 'COMPLETED', ok: true }), 'healthy');
+    assert.equal(targetReleaseOutcome({ ...target, state: 'FAILED' }), 'failed', 'a build that failed fails the hosts it was for');
+    assert.equal(targetReleaseOutcome({ ...target, state: 'SKIPPED' }), 'skipped');
   });
 });

@@ -127,16 +127,20 @@ once; each is built on the build engine if it has "build" when its phase starts,
 and sent to all its targets (receiver URLs, or selector:K=V,K!=V… resolved by the registry). A
 phase starts when every service of the one before is deployed on every host. A phase that fails
 halts the release (FERRY_ERR_RELEASE_HALTED): later phases are neither built nor deployed, and
-what the release deployed is rolled back on every host, last phase first. The exit code is 0
-only if every target of every service succeeded. The file format is in docs/usage.md
-("Deployment files").
+what the release deployed is rolled back on every host, last phase first, to the release each
+host ran before. With "rollout:" in the file, the hosts go in waves (a canary, then 25 %, then
+the rest…), each wave through every phase before the next; a wave with more unhealthy hosts
+than max_unhealthy halts the release and rolls it back on every host it reached. "pause: manual"
+stops after its wave with exit code 0 until "ferry release continue ID". The exit code is 0 only
+if every target of every service succeeded, or the release paused. The file format is in
+docs/usage.md ("Deployment files").
 
 Options:
   -f, --file PATH     the deployment file (default ferry.yaml)
   --only SERVICE      deploy only this service; repeat, or separate with commas
   --parallel N        services of one phase, and targets of one service, served at once (default 5)
   --retries N         attempts per target, with backoff (default 8)
-  --no-rollback       when a phase fails, leave what the release deployed as it is
+  --no-rollback       when the release halts, leave what it deployed as it is
   -e, --env KEY[=VALUE]  set a variable in every service's container, over the file's env
                       (KEY alone: from this environment, left out when unset; repeat for more)
   --env-file FILE     the same from a file of KEY=VALUE lines, as docker run --env-file reads it
@@ -334,16 +338,21 @@ Options:
 Environment: FERRY_REGISTRY_URL, FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may read).`;
 
 const RELEASE_HELP = `Usage: ferry release show ID [--json]
+       ferry release continue ID [-f ferry.yaml] [deploy options]
 
-Shows one release as the registry knows it: its state, error and the release it was rolled back
+"release show" shows one release as the registry knows it: its state, error and the release it was rolled back
 to, its phases (with their services), its waves (with their hosts), each service's image, and
 the outcome of each service on each host: pending, deploying, healthy, failed, skipped,
 rolled-back or rollback-failed. ID is a release id as "ferry releases" lists it
 (rel-YYYYMMDDTHHMMSSZ-<8 hex>).
-
-Options:
   --json   print {"release": {...}} as the registry answers it
+Environment: FERRY_REGISTRY_URL, FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may read).
 
-Environment: FERRY_REGISTRY_URL, FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may read).`;
+"release continue" goes on with a release that "ferry deploy" paused after a wave with
+"pause: manual", from its next wave, on the machine that paused it (kept in
+FERRY_DATA_DIR/paused-releases, else ~/.local/state/ferry/paused-releases). It takes the options
+of "ferry deploy" but --only, and needs the same file with the same values (-e, --env-file, the
+environment): another one, or an image tag that moved, is refused and the release stays paused.
+It prints and exits as "ferry deploy" does.`;
 
 export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, version: VERSION_HELP };

@@ -33,8 +33,9 @@ export async function releasesCommand(args: string[], io: Io): Promise<number> {
 /** `ferry release show ID`: what it does and takes is its help text, in help.ts. */
 export async function releaseCommand(args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args;
+  if (sub === 'continue') return await (await import('./deploy.ts')).continueCommand(rest, io);
   if (sub !== 'show') {
-    throw new FerryError('FERRY_ERR_USAGE', { message: sub === undefined ? 'ferry release: say what, e.g. "ferry release show ID"' : `ferry release ${sub}: unknown; "ferry release show ID" shows one release` });
+    throw new FerryError('FERRY_ERR_USAGE', { message: sub === undefined ? 'ferry release: say what, e.g. "ferry release show ID"' : `ferry release ${sub}: unknown; "ferry release show ID" shows one release, "ferry release continue ID" goes on with a paused one` });
   }
   const { values, positionals } = parse(rest, { json: { type: 'boolean' } }, 1);
   const id = positionals[0];

@@ -6,8 +6,9 @@ import type { DesiredRecorder } from './desired.ts';
 import type { FanoutDeps } from './fanout.ts';
 import type { CompressionChoice } from './negotiate.ts';
 import type { Credentials } from './receiver-client.ts';
+import type { PausedRelease, PausedReleases } from './release/paused.ts';
 import { planRelease } from './release/plan.ts';
-import { runRelease, type ReleaseStep } from './release/run.ts';
+import { continueRelease, runRelease, type ReleaseStep } from './release/run.ts';
 
 export type { ReleaseStep } from './release/run.ts';
 
@@ -18,8 +19,10 @@ export interface TargetOutcome {
   host?: string;
   deploymentId?: string;
   /**
-   * `PENDING` before delivery, then the receiver's deployment state (`COMPLETED`, `FAILED`,
-   * `ROLLED_BACK`…); `SKIPPED` when the release halted before the service's phase.
+   * `PENDING` before delivery (its wave or phase not reached yet), `DELIVERING` while it is sent,
+   * then the receiver's deployment state (`COMPLETED`, `FAILED`, `ROLLED_BACK`…); `FAILED` too
+   * when the service failed before any target was tried; `SKIPPED` when the release halted before
+   * it, or another service failed on its host earlier in the wave.
    */
   state: string;
   ok: boolean;
@@ -39,7 +42,10 @@ export interface ServiceOutcome {
   service: string;
   image: string;
   imageId?: string;
-  /** `skipped`: the release halted before its phase; `rolled-back`: it deployed, then the release was rolled back. */
+  /**
+   * `pending` also between waves, while some targets wait for theirs; `skipped`: the release
+   * halted before any of its targets; `rolled-back`: it deployed, then the release was rolled back.
+   */
   state: 'pending' | 'building' | 'delivering' | 'succeeded' | 'failed' | 'skipped' | 'rolled-back';
   /** The name of its phase in the release. */
   phase?: string;
@@ -81,8 +87,10 @@ export interface DeployDeps {
   onWarning?: (message: string) => void;
   /** Called whenever a service's outcome changes (state, resolved targets, results). */
   onUpdate?: (outcome: ServiceOutcome) => void;
-  /** Told each step of the release: planned, a phase started or ended, a rollback, finished. */
+  /** Told each step of the release: planned, a wave or phase started or ended, a pause, a rollback, finished. */
   onRelease?: (step: ReleaseStep) => void;
+  /** Where a release paused by `pause: manual` is kept until `ferry release continue`; without it such a rollout is refused. */
+  paused?: PausedReleases;
 }
 
 export interface DeployOptions {
@@ -121,4 +129,16 @@ export function pendingOutcomes(document: DeploymentDocument, only?: string[]): 
  */
 export async function runDeployment(document: DeploymentDocument, deps: DeployDeps, options: DeployOptions = {}): Promise<DeploymentOutcome> {
   return await runRelease(planRelease(document, { only: options.only, id: options.releaseId, project: options.project }), deps, options);
+}
+
+/**
+ * Goes on with a release `pause: manual` stopped (release/run.ts continueRelease), `document`
+ * being the one it started with.
+ *
+ * @throws FerryError FERRY_ERR_USAGE when the document is not that one, FERRY_ERR_IMAGE_MISMATCH
+ *   when an image it deployed is no longer what its tag names: nothing is done then.
+ */
+export async function continueDeployment(document: DeploymentDocument, paused: PausedRelease, deps: DeployDeps, options: Omit<DeployOptions, 'only' | 'releaseId' | 'project'> = {}): Promise<DeploymentOutcome> {
+  const plan = planRelease(document, { only: paused.only, id: paused.releaseId, project: paused.project, at: new Date(paused.createdAt) });
+  return await continueRelease(plan, paused, deps, options);
 }

@@ -12,12 +12,14 @@ export { resolveTargets, isSelector, type ResolvedTarget, type ResolveOptions } 
 export { desiredRecorder, type Deployed, type DesiredRecorder } from './desired.ts';
 export { pushMany, DEFAULT_PARALLEL, type FanoutDeps, type FanoutRequest, type FanoutResult, type TargetResult } from './fanout.ts';
 export { retry, pause, backoffDelay, isCallCut, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy, type RetryOptions } from './retry.ts';
-export { runDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ReleaseStep, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
+export { runDeployment, continueDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ReleaseStep, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
 export { planRelease, type PlannedService, type ReleasePlan } from './release/plan.ts';
+export { PausedReleases, planDigest, type PausedRelease } from './release/paused.ts';
+export { planWaves, type Wave } from './release/waves.ts';
 export { backToRelease, type BackToReleaseRequest, type BackToReleaseResult, type HostProblem, type ReturnPlan, type ServiceReturn } from './release/back-to.ts';
 export {
   loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, phasesOf,
-  type DependencyCondition, type DeploymentDocument, type Phase, type Problem, type ServiceEntry,
+  type DependencyCondition, type DeploymentDocument, type Phase, type Problem, type ServiceEntry, type Rollout, type WaveSpec,
 } from './deployfile/index.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
 export { layersToOmit, type CompressionChoice } from './negotiate.ts';

@@ -268,7 +268,7 @@ export class ReceiverClient {
 
   /** The releases this receiver retains, newest first (docs/protocol.md §11.5). */
   async releases(): Promise<RetainedRelease[]> {
-    return (await this.#request('GET', '/v1/releases') as { releases: RetainedRelease[] }).releases;
+    return (await this.#request('GET', PATHS.releases) as { releases: RetainedRelease[] }).releases;
   }
 
   /**

@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { IMAGE_REF_PATTERN, SELECTOR_PREFIX, SELECTOR_SYNTAX, parseSelector, SERVICE_NAME_PATTERN, ServiceSpecSchema, parseDuration, prototypeKeyPaths, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
 import { orderPhases, MAX_PHASES, type DependencyCondition, type Phase } from './phases.ts';
 import { closest, type PathSegment } from './problems.ts';
+import { parseRollout, type Rollout } from './rollout.ts';
 
 /** A problem before it is placed in a file: the path is kept as segments to find its YAML node. */
 export interface RawProblem {
@@ -76,6 +77,8 @@ export const DeploymentDocumentSchema = z.strictObject({
   name: z.string().regex(PROJECT_NAME, 'lowercase letters, digits, "-" and "_", starting with a letter or digit, at most 63').optional(),
   /** The order as named phases; without it the phases come from depends_on. */
   phases: z.array(PhaseSchema).min(1, 'at least one phase').max(MAX_PHASES, `at most ${MAX_PHASES} phases`).optional(),
+  /** The hosts in waves (rollout.ts, which reads it with its own problems). */
+  rollout: z.unknown().optional(),
   services: z.record(z.string(), ServiceEntrySchema).superRefine((services, ctx) => {
     if (Object.keys(services).length === 0) ctx.addIssue({ code: 'custom', message: 'at least one service' });
   }),
@@ -92,6 +95,8 @@ export interface DeploymentDocument {
   name?: string;
   /** As written; `phasesOf` (phases.ts) gives the order whether written or computed. */
   phases?: Phase[];
+  /** The hosts in waves; without it, one wave of every host. */
+  rollout?: Rollout;
   services: Record<string, ServiceEntry>;
 }
 
@@ -102,7 +107,7 @@ export function serviceSpecOf(name: string, entry: ServiceEntry): ServiceSpec {
 }
 
 const KNOWN_KEYS = {
-  document: ['version', 'id', 'name', 'phases', 'services'],
+  document: ['version', 'id', 'name', 'phases', 'rollout', 'services'],
   service: Object.keys(ServiceEntrySchema.shape),
   build: Object.keys(BuildSchema.shape),
   dependency: ['condition'],
@@ -116,6 +121,7 @@ const HINTS: Record<string, string> = {
   network_mode: 'network', hosts: 'targets', servers: 'targets', to: 'targets', test: 'url or type: cmd',
   start_period: 'startPeriod', expect_status: 'expectStatus', build_args: 'args',
   dependsOn: 'depends_on', depends: 'depends_on', after: 'depends_on', stages: 'phases', project: 'name',
+  serial: 'rollout', waves: 'rollout', rolling_update: 'rollout',
 };
 
 export interface ValidateOptions {
@@ -166,10 +172,15 @@ export function validateDeployment(value: unknown, options: ValidateOptions = {}
       },
     }).problems);
   }
+  let rollout: Rollout | undefined;
+  if (isDict(value) && value.rollout !== undefined && value.rollout !== null) {
+    const targets = new Set(Object.values(services).flatMap((entry) => (isDict(entry) && Array.isArray(entry.targets) ? entry.targets.filter((t): t is string => typeof t === 'string') : [])));
+    rollout = parseRollout(value.rollout, problems, targets);
+  }
   if (problems.length > 0 || !result.success) return { ok: false, problems: dedupe(problems) };
   const document: DeploymentDocument = {
     version: 1, ...(result.data.id ? { id: result.data.id } : {}), ...(result.data.name ? { name: result.data.name } : {}),
-    ...(result.data.phases ? { phases: result.data.phases } : {}), services: {},
+    ...(result.data.phases ? { phases: result.data.phases } : {}), ...(rollout ? { rollout } : {}), services: {},
   };
   for (const [name, entry] of Object.entries(result.data.services)) {
     // A build without an image names its result after the service, as Compose does.

@@ -1,5 +1,5 @@
 import { FerryError, newReleaseId } from '@ferry/protocol';
-import { phasesOf, type DeploymentDocument, type DependencyCondition, type Phase, type ServiceEntry } from '../deployfile/index.ts';
+import { phasesOf, type DeploymentDocument, type DependencyCondition, type Phase, type Rollout, type ServiceEntry } from '../deployfile/index.ts';
 
 /** One service of a release, in its place in the order. */
 export interface PlannedService {
@@ -18,6 +18,10 @@ export interface ReleasePlan {
   phases: Phase[];
   /** Phase after phase, each phase's services in the document's order. */
   services: PlannedService[];
+  /** The hosts in waves (`rollout:`); absent: one wave of every host. */
+  rollout?: Rollout;
+  /** `--only` as given, for a paused release to go on with the same services. */
+  only?: string[];
 }
 
 export interface PlanOptions {
@@ -27,7 +31,7 @@ export interface PlanOptions {
   id?: string | undefined;
   /** Default the document's `name`, else `default`. */
   project?: string | undefined;
-  at?: Date;
+  at?: Date | undefined;
 }
 
 /**
@@ -58,5 +62,6 @@ export function planRelease(document: DeploymentDocument, options: PlanOptions =
   return {
     id: options.id ?? newReleaseId(at), createdAt: at.toISOString(),
     project: options.project ?? document.name ?? 'default', phases, services,
+    ...(document.rollout ? { rollout: document.rollout } : {}), ...(only ? { only } : {}),
   };
 }

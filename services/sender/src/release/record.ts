@@ -3,12 +3,13 @@ import type { ServiceOutcome, TargetOutcome } from '../deploy.ts';
 import type { ReleasePlan } from './plan.ts';
 
 /** How one service went on one target, in the release's words. */
-export function targetReleaseOutcome(service: ServiceOutcome, target: TargetOutcome): ReleaseOutcome {
+export function targetReleaseOutcome(target: TargetOutcome): ReleaseOutcome {
   if (target.rollback) return target.rollback.ok ? 'rolled-back' : 'rollback-failed';
-  if (target.state === 'SKIPPED' || service.state === 'skipped') return 'skipped';
+  if (target.state === 'SKIPPED') return 'skipped';
   if (target.ok) return 'healthy';
-  if (target.state !== 'PENDING' || service.state === 'failed') return 'failed';
-  return service.state === 'pending' ? 'pending' : 'deploying';
+  if (target.state === 'DELIVERING') return 'deploying';
+  if (target.state === 'PENDING') return 'pending';
+  return 'failed';
 }
 
 /**
@@ -20,6 +21,8 @@ export function releaseRecord(
   extra: {
     finishedAt?: string; error?: { code: string; message: string }; hostOf?: (url: string) => string | undefined;
     previousId?: string | undefined; rolledBackTo?: string | undefined;
+    /** Host keys by wave; default one wave of every host. */
+    waves?: string[][] | undefined;
   } = {},
 ): ReleaseRecord {
   const hostOf = (t: TargetOutcome): string => t.host ?? extra.hostOf?.(t.url) ?? t.url;
@@ -33,7 +36,7 @@ export function releaseRecord(
       const host = hostOf(target);
       if (!serviceHosts.includes(host)) serviceHosts.push(host);
       if (!hosts.includes(host)) hosts.push(host);
-      (outcomes[host] ??= {})[service.service] = targetReleaseOutcome(service, target);
+      (outcomes[host] ??= {})[service.service] = targetReleaseOutcome(target);
     }
     planned.push({
       name: service.service, image: service.image, imageId: service.imageId ?? '', ...(service.configHash ? { configHash: service.configHash } : {}),
@@ -43,8 +46,7 @@ export function releaseRecord(
   return {
     id: plan.id, createdAt: plan.createdAt, project: plan.project, state,
     phases: plan.phases.map((p) => p.name), services: planned,
-    // One wave: every host at once.
-    waves: hosts.length > 0 ? [hosts] : [],
+    waves: extra.waves ?? (hosts.length > 0 ? [hosts] : []),
     outcomes,
     ...(extra.previousId ? { previousId: extra.previousId } : {}),
     ...(extra.rolledBackTo ? { rolledBackTo: extra.rolledBackTo } : {}),
@@ -53,12 +55,13 @@ export function releaseRecord(
   };
 }
 
-/** The outcomes of some services only (a phase's), by host. */
-export function outcomesOf(record: ReleaseRecord, services: readonly string[]): Record<string, Record<string, ReleaseOutcome>> {
+/** The outcomes of some services only (a phase's), on some hosts only (a wave's), by host. */
+export function outcomesOf(record: ReleaseRecord, services?: readonly string[], hosts?: readonly string[]): Record<string, Record<string, ReleaseOutcome>> {
   const out: Record<string, Record<string, ReleaseOutcome>> = {};
   for (const [host, byService] of Object.entries(record.outcomes)) {
+    if (hosts && !hosts.includes(host)) continue;
     for (const [service, outcome] of Object.entries(byService)) {
-      if (services.includes(service)) (out[host] ??= {})[service] = outcome;
+      if (!services || services.includes(service)) (out[host] ??= {})[service] = outcome;
     }
   }
   return out;
