@@ -19,7 +19,8 @@ export default tseslint.config(
       '@typescript-eslint/consistent-type-imports': 'error',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
       'no-restricted-imports': ['error', {
-        patterns: [{ group: ['@ferry/*/*'], message: 'Import a lib through its package entry point only.' }],
+        // A package's other entry points are the ones its package.json exports (the sender service's own).
+        patterns: [{ group: ['@ferry/*/*', '!@ferry/sender/service'], message: 'Import a lib through its package entry points only.' }],
       }],
     },
   },
