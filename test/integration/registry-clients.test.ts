@@ -3,7 +3,8 @@
  * `ferry receiver` processes on the stack's engines: registration (also when the registry comes up
  * after the receiver), heartbeats carrying what really runs, `--to selector:…` pushes (`=` and `!=`), the desired
  * state the sender records, `ferry hosts`, `ferry status SERVICE`, `ferry drift` after a container
- * is stopped behind Ferry's back, and a stopped receiver going lost and coming back online.
+ * is stopped behind Ferry's back, a stopped receiver going lost and coming back online, and a
+ * container that crash-loops after its deployment passed showing as drift by its restart count.
  * Receiver A runs on the target engine, B on the build engine, so a selector's choice shows in
  * which engine got the container. The registry here is private (in memory, TTL 3 s; its enrolled
  * keys and join tokens in its data directory). Each receiver enrolls its host key with a join
@@ -17,6 +18,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { RegistryClient, type HostRecord, type ServiceState } from '@ferry/auth';
 import { LABELS } from '@ferry/protocol';
+import { buildFromDockerfile } from '../helpers/images.ts';
 import { buildTestImage, freePort, runFerry, startFerryProcess, startReceiverProcess, type FerryProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { until } from '../helpers/registry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
@@ -37,6 +39,7 @@ const hostB = `regb-${run}`;
 const web = `regweb-${run}`;
 const both = `regboth-${run}`;
 const notProd = `regnp-${run}`;
+const crash = `regcrash-${run}`;
 const dirs: string[] = [];
 
 /** `ferry registry` on a given port (in memory, no NATS), once it says it listens. */
@@ -76,6 +79,8 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     cli = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key), FERRY_REGISTRY_URL: registryUrl };
     client = new RegistryClient(registryUrl, key);
     imageId = await buildTestImage(s.buildDockerHost, `${repo}:1`, `v1-${run}`);
+    // Exec form: the image has busybox and no /bin/sh. It runs two seconds, then exits 3.
+    await buildFromDockerfile(s.buildDockerHost, `${repo}:crash`, `FROM ${repo}:1\nENTRYPOINT ["/bin/busybox", "sh", "-c", "/bin/busybox sleep 2; exit 3"]\n`);
     // The tokens are asked for first; the registry then stops, and its key file keeps them.
     const issuing = await startRegistry(registryPort, registryDir);
     const admins = new RegistryClient(registryUrl, admin);
@@ -95,7 +100,8 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     assert.equal(badLabels.code, 2, badLabels.stderr);
     await issuing.stop();
     const common = { FERRY_TRUST_FILE: trustFile(key), FERRY_REGISTRY_URL: registryUrl };
-    envA = { ...common, DOCKER_HOST: s.targetDockerHost, FERRY_HOST_ID: hostA, FERRY_LABELS: `suite=${run},role=web,env=staging`, FERRY_DATA_DIR: await tempDir('a'), FERRY_JOIN_TOKEN: tokenA };
+    // A looks once at a new container (no stability window), so a crash loop can pass a deployment.
+    envA = { ...common, DOCKER_HOST: s.targetDockerHost, FERRY_STABILITY_WINDOW_MS: '0', FERRY_HOST_ID: hostA, FERRY_LABELS: `suite=${run},role=web,env=staging`, FERRY_DATA_DIR: await tempDir('a'), FERRY_JOIN_TOKEN: tokenA };
     // A starts while nothing listens at the registry's address yet.
     a = await startReceiverProcess(envA);
     b = await startReceiverProcess({ ...common, DOCKER_HOST: s.buildDockerHost, FERRY_HOST_ID: hostB, FERRY_LABELS: `suite=${run},role=db,env=prod`, FERRY_DATA_DIR: await tempDir('b'), FERRY_JOIN_TOKEN: tokenB });
@@ -106,11 +112,12 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     await b?.stop().catch(() => undefined);
     await registry?.stop().catch(() => undefined);
     for (const engine of [target, build]) {
-      for (const name of [web, both, notProd]) {
+      for (const name of [web, both, notProd, crash]) {
         for (const suffix of ['', '.ferry-previous', '.ferry-next', '.ferry-parked']) {
           await engine.getContainer(`${name}${suffix}`).remove({ force: true }).catch(() => undefined);
         }
       }
+      await engine.getImage(`${repo}:crash`).remove({ force: true }).catch(() => undefined);
       await engine.getImage(`${repo}:1`).remove({ force: true }).catch(() => undefined);
     }
     for (const dir of dirs) await rm(dir, { recursive: true, force: true });
@@ -291,5 +298,27 @@ describe('registry clients: receiver registration, selectors, desired state, dri
     assert.equal(back.url, a.url);
     assert.ok(!a.logs.some((l) => l.msg === 'host key enrolled with the registry'), 'an enrolled host does not enroll again');
     assert.ok(!a.logs.some((l) => (l.err as { code?: string } | undefined)?.code === 'FERRY_ERR_JOIN_TOKEN_INVALID'), 'nor tries its used token');
+  });
+
+  test('a container that crash-loops after its deployment passed is drift by its restart count, whatever its state reads', async () => {
+    const pushed = await ferry(['push', `${repo}:crash`, '--to', `selector:suite=${run},role=web`, '--name', crash, '--network', 'none', '--restart', 'always', '--json']);
+    assert.equal(pushed.code, 0, pushed.stdout + pushed.stderr);
+    const result = JSON.parse(pushed.stdout) as { host: string; deploymentId: string };
+    assert.equal(result.host, hostA);
+    // The restart policy, not Ferry, brings it back: a heartbeat after the first exit carries the count.
+    const drifted = await until(async () => {
+      const st = (await states(crash)).find((x) => x.host === hostA);
+      return st?.desired?.deploymentId === result.deploymentId && st.drift?.reasons.some((r) => r.field === 'restarts') ? st : undefined;
+    });
+    assert.equal(drifted.actual?.deploymentId, result.deploymentId);
+    const restarts = drifted.drift?.reasons.find((r) => r.field === 'restarts');
+    assert.equal(restarts?.desired, 0);
+    assert.equal(typeof restarts?.actual, 'number');
+    assert.ok((restarts?.actual as number) >= 1, JSON.stringify(drifted.drift));
+    assert.equal(drifted.actual?.restarts, restarts?.actual);
+    assert.ok((await target.getContainer(crash).inspect()).RestartCount >= (restarts?.actual as number), 'read off the real container');
+    const text = await ferry(['drift']);
+    assert.equal(text.code, 1, text.stdout + text.stderr);
+    assert.match(text.stdout, new RegExp(`${hostA}\\s+${crash}\\s+restarts\\s+0\\s+\\d+`));
   });
 });

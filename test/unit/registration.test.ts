@@ -144,21 +144,30 @@ test('a heartbeat goes out without the list when the engine cannot be read', { t
   }
 });
 
-test('what runs is read from the container named after its service and its ferry labels', async () => {
+test('what runs is read from the container named after its service, its ferry labels and its restart count', async () => {
   const labels = (service: string): Record<string, string> => ({
     [LABELS.service]: service, [LABELS.configHash]: `sha256:${'c'.repeat(64)}`, [LABELS.deploymentId]: 'd-1', [LABELS.imageRef]: 'web:1',
   });
+  const inspected: string[] = [];
   const reports = await actualServices({
     listContainers: () => Promise.resolve([
       { Id: 'c1', Names: ['/web'], Image: 'sha256:x', ImageID: `sha256:${'a'.repeat(64)}`, State: 'running', Labels: labels('web') },
       { Id: 'c0', Names: ['/web.ferry-previous'], ImageID: `sha256:${'b'.repeat(64)}`, State: 'exited', Labels: labels('web') },
       { Id: 'c2', Names: ['/db'], ImageID: `sha256:${'d'.repeat(64)}`, State: 'exited', Labels: { [LABELS.service]: 'db' } },
+      { Id: 'c3', Names: ['/gone'], State: 'running', Labels: { [LABELS.service]: 'gone' } },
     ]),
+    inspectContainer: (id: string) => {
+      inspected.push(id);
+      if (id === 'c3') return Promise.reject(Object.assign(new Error('No such container'), { statusCode: 404 }));
+      return Promise.resolve({ RestartCount: id === 'c1' ? 4 : 0 });
+    },
   });
   assert.deepEqual(reports, [
-    { service: 'db', containerId: 'c2', state: 'exited', imageId: `sha256:${'d'.repeat(64)}` },
-    { service: 'web', containerId: 'c1', state: 'running', image: 'web:1', imageId: `sha256:${'a'.repeat(64)}`, configHash: `sha256:${'c'.repeat(64)}`, deploymentId: 'd-1' },
+    { service: 'db', containerId: 'c2', state: 'exited', imageId: `sha256:${'d'.repeat(64)}`, restarts: 0 },
+    { service: 'gone', containerId: 'c3', state: 'running' },
+    { service: 'web', containerId: 'c1', state: 'running', image: 'web:1', imageId: `sha256:${'a'.repeat(64)}`, configHash: `sha256:${'c'.repeat(64)}`, deploymentId: 'd-1', restarts: 4 },
   ]);
+  assert.deepEqual(inspected.sort(), ['c1', 'c2', 'c3'], 'one inspect per service container, none for the swap\'s');
 });
 
 test('the advertised URL replaces a wildcard listening address with the hostname', () => {

@@ -58,6 +58,16 @@ describe('registry drift rules', () => {
     assert.deepEqual(driftReasons('web', null, actual({ imageId: IMAGE_B }), []), []);
   });
 
+  it('reports restarts of the deployment\'s own container, a crash loop its state alone hides', () => {
+    assert.deepEqual(driftReasons('web', desired, actual({ restarts: 0 }), []), []);
+    assert.deepEqual(driftReasons('web', desired, actual({ deploymentId: 'd1', restarts: 3 }), []), [{ field: 'restarts', desired: 0, actual: 3 }]);
+    assert.deepEqual(driftReasons('web', desired, actual({ restarts: 1 }), []), [{ field: 'restarts', desired: 0, actual: 1 }], 'an unlabelled container counts');
+    assert.deepEqual(driftReasons('web', desired, actual({ state: 'restarting', deploymentId: 'd1', restarts: 2 }), []).map((r) => r.field), ['state', 'restarts']);
+    assert.deepEqual(driftReasons('web', desired, actual({ deploymentId: 'd0', restarts: 5 }), []), [], 'another deployment\'s container is not the one deployed');
+    assert.deepEqual(driftReasons('web', desired, actual({ restarts: 4 }), parseDriftIgnore('web:restarts')), []);
+    assert.deepEqual(driftReasons('web', desired, actual({ state: 'missing', restarts: 4 }), []).map((r) => r.field), ['missing']);
+  });
+
   it('refuses an ignore rule that names no field', () => {
     assert.throws(() => parseDriftIgnore('image'), /image/);
     assert.throws(() => parseDriftIgnore(':state'), /state/);

@@ -40,6 +40,11 @@ export interface ActualReport {
   deploymentId?: string;
   /** `running`, `exited`, `missing` (no container), or any other Docker state. */
   state: string;
+  /**
+   * How often the container's restart policy restarted it since it was started (Docker's
+   * RestartCount); absent when not known. A crash loop shows here, not in `state`.
+   */
+  restarts?: number;
 }
 
 /**
@@ -64,7 +69,7 @@ export interface JoinToken {
 }
 
 export interface DriftReason {
-  /** `imageId`, `configHash`, `state` or `missing`. */
+  /** `imageId`, `configHash`, `state`, `restarts` or `missing`. */
   field: string;
   desired: unknown;
   actual: unknown;

@@ -1,6 +1,6 @@
 import type { Actual, Desired, DriftField, DriftReason } from './view.ts';
 
-const FIELDS: readonly DriftField[] = ['imageId', 'configHash', 'state', 'missing'];
+const FIELDS: readonly DriftField[] = ['imageId', 'configHash', 'state', 'restarts', 'missing'];
 
 /** One FERRY_DRIFT_IGNORE entry: `field` ignores it for every service, `service:field` for one. */
 export interface DriftIgnoreRule {
@@ -30,6 +30,9 @@ export function parseDriftIgnore(value: string): DriftIgnoreRule[] {
 /**
  * How what runs differs from what was deployed, minus the ignored fields. A field the actual state
  * does not carry (an event-built actual has no config hash) is not compared: unknown is not drift.
+ * Restarts count for the deployment's own container only (one labelled with another deployment is
+ * not what the desired record vouches for): a container its restart policy restarted even once
+ * crashed after its deployment passed, while its state may read `running` between two crashes.
  */
 export function driftReasons(service: string, desired: Desired | null, actual: Actual | null, ignore: readonly DriftIgnoreRule[]): DriftReason[] {
   if (!desired || !actual) return [];
@@ -45,6 +48,10 @@ export function driftReasons(service: string, desired: Desired | null, actual: A
   }
   if (actual.configHash !== undefined && actual.configHash !== desired.configHash && !ignored('configHash')) {
     reasons.push({ field: 'configHash', desired: desired.configHash, actual: actual.configHash });
+  }
+  const deployed = actual.deploymentId === undefined || actual.deploymentId === desired.deploymentId;
+  if (deployed && actual.restarts !== undefined && actual.restarts > 0 && !ignored('restarts')) {
+    reasons.push({ field: 'restarts', desired: 0, actual: actual.restarts });
   }
   return reasons;
 }

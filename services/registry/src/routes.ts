@@ -45,6 +45,7 @@ const ReportSchema = z.object({
   configHash: z.string().max(128).optional(),
   deploymentId: z.string().max(128).optional(),
   state: z.string().min(1).max(32),
+  restarts: z.number().int().min(0).max(1e9).optional(),
 });
 
 const HeartbeatSchema = z.object({ services: z.array(ReportSchema).max(1000).optional() });

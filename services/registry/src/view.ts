@@ -46,7 +46,7 @@ export interface Actual extends ActualReport {
   reportedAt: string;
 }
 
-export type DriftField = 'imageId' | 'configHash' | 'state' | 'missing';
+export type DriftField = 'imageId' | 'configHash' | 'state' | 'restarts' | 'missing';
 
 export interface DriftReason {
   field: DriftField;

@@ -1,5 +1,5 @@
 import type { ActualReport, HostRegistration } from '@ferry/auth';
-import { toFerryError, type ContainerSummary } from '@ferry/docker';
+import { statusOf, toFerryError, type ContainerInspect, type ContainerSummary } from '@ferry/docker';
 import { LABELS } from '@ferry/protocol';
 import { isContainerdStore } from '../layers/index.ts';
 
@@ -7,15 +7,21 @@ import { isContainerdStore } from '../layers/index.ts';
 export interface EngineReader {
   info(): Promise<unknown>;
   listContainers(query: { all: boolean; filters: { label: string[] } }): Promise<ContainerSummary[]>;
+  inspectContainer(nameOrId: string): Promise<Pick<ContainerInspect, 'RestartCount'>>;
 }
+
+/** Inspects under way at once: a heartbeat must not queue a burst of requests on the engine. */
+const INSPECT_CONCURRENCY = 4;
 
 /**
  * What runs here for each Ferry-managed service: the container named after the service (not the
- * `.ferry-previous` / `.ferry-next` ones a swap keeps), with what its `ferry.*` labels say. A
- * service whose container vanished is simply absent: the registry, which knows the desired
- * services, reports it `missing`.
+ * `.ferry-previous` / `.ferry-next` ones a swap keeps), with what its `ferry.*` labels say and how
+ * often its restart policy restarted it. The list's `State` alone cannot tell a crash loop: it
+ * alternates between `restarting` and `running`; the count, which only an inspect gives, can. One
+ * inspect per service container, a few at a time. A service whose container vanished is simply
+ * absent: the registry, which knows the desired services, reports it `missing`.
  */
-export async function actualServices(docker: Pick<EngineReader, 'listContainers'>): Promise<ActualReport[]> {
+export async function actualServices(docker: Pick<EngineReader, 'listContainers' | 'inspectContainer'>): Promise<ActualReport[]> {
   let containers: ContainerSummary[];
   try {
     containers = await docker.listContainers({ all: true, filters: { label: [LABELS.service] } });
@@ -36,7 +42,29 @@ export async function actualServices(docker: Pick<EngineReader, 'listContainers'
       ...(labels[LABELS.deploymentId] ? { deploymentId: labels[LABELS.deploymentId] } : {}),
     });
   }
+  await inBatches(reports, INSPECT_CONCURRENCY, async (report) => {
+    if (report.containerId === undefined) return;
+    const restarts = await restartCount(docker, report.containerId);
+    if (restarts !== undefined) report.restarts = restarts;
+  });
   return reports.sort((a, b) => a.service.localeCompare(b.service));
+}
+
+/** Undefined when the container went away since the list (its absence shows next time) or Docker gave no count. */
+async function restartCount(docker: Pick<EngineReader, 'inspectContainer'>, id: string): Promise<number | undefined> {
+  let info: Pick<ContainerInspect, 'RestartCount'>;
+  try {
+    info = await docker.inspectContainer(id);
+  } catch (err) {
+    if (statusOf(err) === 404) return undefined;
+    throw toFerryError(err, 'FERRY_ERR_DOCKER', `inspect container ${id}`);
+  }
+  const count = info.RestartCount;
+  return typeof count === 'number' && Number.isInteger(count) && count >= 0 ? count : undefined;
+}
+
+async function inBatches<T>(items: readonly T[], size: number, run: (item: T) => Promise<void>): Promise<void> {
+  for (let i = 0; i < items.length; i += size) await Promise.all(items.slice(i, i + size).map(run));
 }
 
 /**
