@@ -251,7 +251,7 @@ function autoNotes(input: ReportInput): string[] {
     const total = median(ferry.map((m) => m.totalSeconds));
     const lag = median(ferry.map((m) => m.exitLagSeconds ?? Number.NaN).filter(Number.isFinite));
     notes.push(`${size}: of each \`ferry push\` (median ${s(total)} s, cold and warm), a median ${s(outside)} s passed outside the push's own clock`
-      + ` (timings.total): starting Node and loading the CLI's modules (TypeScript type stripping) before it, and ${s(lag)} s between printing the result and exiting.`
+      + ` (timings.total): starting Node and loading the CLI's modules before it (from a checkout, stripping their TypeScript too), and ${s(lag)} s between printing the result and exiting.`
       + ' The other methods\' commands (docker, gzip, ssh) are native binaries that start in milliseconds.');
   }
   return notes;
