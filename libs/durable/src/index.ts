@@ -1,4 +1,5 @@
-import { open } from 'node:fs/promises';
+import { open, rename } from 'node:fs/promises';
+import { join } from 'node:path';
 import { FerryError } from '@ferry/protocol';
 
 /**
@@ -27,4 +28,24 @@ export function storageError(err: unknown, message: string): FerryError {
   if (err instanceof FerryError) return err;
   if (isDiskFull(err)) return new FerryError('FERRY_ERR_DISK_FULL', { message: `${message}: no space left on the data disk`, cause: err });
   return new FerryError('FERRY_ERR_INTERNAL', { message, cause: err });
+}
+
+/**
+ * Replaces `<dir>/<id>.json` with `record` atomically and durably: a temporary file (mode 0600),
+ * fsync, rename, fsync of the directory. A crash leaves the old record or the new one, never a
+ * torn one (a leftover `.json.tmp` is the caller's to remove at start-up). `id` must already be
+ * checked to be a plain file name.
+ */
+export async function writeRecordFile(dir: string, id: string, record: unknown): Promise<void> {
+  const path = join(dir, `${id}.json`);
+  const temp = `${path}.tmp`;
+  const handle = await open(temp, 'w', 0o600);
+  try {
+    await handle.writeFile(JSON.stringify(record));
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(temp, path);
+  await fsyncPath(dir);
 }

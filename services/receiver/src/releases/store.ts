@@ -1,8 +1,8 @@
 import { mkdir, readFile, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeRecordFile } from '@ferry/durable';
 import type { Logger } from '@ferry/log';
 import { FerryError, RELEASE_ID_PATTERN, SERVICE_NAME_PATTERN, parseManifest, type Manifest } from '@ferry/protocol';
-import { writeRecordFile } from '../upload/record-file.ts';
 
 /** What FERRY_RETAIN_RELEASES defaults to. */
 export const DEFAULT_RETAIN_RELEASES = 5;

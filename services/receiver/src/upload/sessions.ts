@@ -3,13 +3,12 @@ import { link, mkdir, open, readdir, readFile, rm, stat, type FileHandle } from 
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { storageError } from '@ferry/durable';
+import { storageError, writeRecordFile } from '@ferry/durable';
 import { DigestTap, digestFile } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
 import { FerryError, UPLOAD_MAX_PART_BYTES, isFerryError, parseManifest, type DeploymentResult, type Manifest } from '@ferry/protocol';
 import { SpentPackage, SpooledPackage, type VerifiedPackage } from '../load/package.ts';
 import type { Admitted } from './admission.ts';
-import { writeRecordFile } from './record-file.ts';
 import { SpoolWriter } from './spool-writer.ts';
 
 /**

@@ -2,9 +2,8 @@ import { createReadStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { storageError } from '@ferry/durable';
+import { storageError, writeRecordFile } from '@ferry/durable';
 import { parseDeferredManifest, type Manifest, type PackageSeal } from '@ferry/protocol';
-import { writeRecordFile } from './record-file.ts';
 
 /**
  * What a restarted receiver needs of a stream: its opening manifest, and once it was deployed,

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { writeRecordFile } from '@ferry/durable';
 import { join } from 'node:path';
 import { FerryError, RELEASE_ID_PATTERN } from '@ferry/protocol';
 import type { ServiceOutcome } from '../deploy.ts';
@@ -64,15 +65,7 @@ export class PausedReleases {
   async save(state: PausedRelease): Promise<void> {
     const file = this.#file(state.releaseId);
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const tmp = `${file}.tmp`;
-    const handle = await open(tmp, 'w', 0o600);
-    try {
-      await handle.writeFile(JSON.stringify(state));
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, file);
+    await writeRecordFile(this.dir, state.releaseId, state);
     await rm(`${file}.continuing`, { force: true });
   }
 
