@@ -11,16 +11,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
-import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { NatsConnection } from 'nats';
-import { signRequest } from '@ferry/auth';
 import { ImageStore, createDockerClient } from '@ferry/docker';
-import { digestOf } from '@ferry/integrity';
 import { FerryError, newReleaseId, type DeploymentResult, type ManifestInput, type ReleaseRef } from '@ferry/protocol';
 import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
@@ -28,6 +25,7 @@ import type { EventWatcher } from '../helpers/events.ts';
 import { buildTestImage, startWatchedReceiver, type ReceiverProcess } from '../helpers/ferry.ts';
 import { buildFromDockerfile } from '../helpers/images.ts';
 import { testKey } from '../helpers/keys.ts';
+import { signedCall, type Answer } from '../helpers/registry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -45,23 +43,12 @@ const refs = [...VERSIONS.map((v) => `${repo}:${v}`), `${repo}:crash`];
 /** Release ids a day apart, oldest first: their text order is their age. */
 const releases = VERSIONS.map((v) => newReleaseId(new Date(Date.UTC(2026, 0, v, 12))));
 
-interface Answer { status: number; body: Record<string, unknown> }
 interface Signed { manifestJson: string; result?: DeploymentResult; error?: FerryError }
 interface ReleasesAnswer { releases: { id: string; services: { service: string; imageId: string; image: string; configHash: string; deploymentId: string; state: string; at: string; phase: number; wave?: number }[] }[] }
 
 /** A signed request without a body, as any client of the deployments API sends it. */
 function call(url: string, method: 'GET' | 'POST', path: string): Promise<Answer> {
-  const headers = signRequest({ method, path, contentDigest: digestOf(''), audience: hostId, ...key });
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve, reject) => {
-    const req = request({ host: hostname, port, path, method, headers: { ...headers, 'content-length': '0' } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown> }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
+  return signedCall(url, { ...key, audience: hostId }, method, path);
 }
 
 describe('retained releases: kept, listed, and gone back to', { timeout: 600_000 }, () => {

@@ -6,15 +6,13 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { request } from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { signRequest } from '@ferry/auth';
-import { digestOf } from '@ferry/integrity';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { buildTestImage, runFerry, startReceiverProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
 import { buildFromDockerfile } from '../helpers/images.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
+import { signedCall, type Answer } from '../helpers/registry.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -29,18 +27,8 @@ const senderEnv = { DOCKER_HOST: s.buildDockerHost, ...keyEnv(key) };
 const refs = [`${repo}:1`, `${repo}:2`, `${repo}:crash`];
 
 /** A signed request without a body, as any client of the deployments API sends it. */
-function call(url: string, method: 'GET' | 'POST', path: string): Promise<{ status: number; body: Record<string, unknown> }> {
-  const headers = signRequest({ method, path, contentDigest: digestOf(''), audience: hostId, ...key });
-  const { hostname, port } = new URL(url);
-  return new Promise((resolve, reject) => {
-    const req = request({ host: hostname, port, path, method, headers: { ...headers, 'content-length': '0' } }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown> }));
-    });
-    req.on('error', reject);
-    req.end();
-  });
+function call(url: string, method: 'GET' | 'POST', path: string): Promise<Answer> {
+  return signedCall(url, { ...key, audience: hostId }, method, path);
 }
 
 const idOf = async (name: string): Promise<string | undefined> => (await target.getContainer(name).inspect().catch(() => undefined))?.Id;
