@@ -83,6 +83,12 @@ export const ERRORS = {
   FERRY_ERR_UNSTABLE: { status: 422, message: 'The new container did not stay up after its check passed; the previous version was restored' },
   FERRY_ERR_RELEASE_NOT_RETAINED: { status: 404, message: 'This host does not retain that release of the service' },
   FERRY_ERR_RELEASE_HALTED: { status: 422, message: 'A phase of the release failed; its later phases were neither built nor deployed' },
+  FERRY_ERR_PROXY_UNAVAILABLE: { status: 503, message: 'The proxy on this host does not answer on its runtime socket; routed services cannot be switched' },
+  FERRY_ERR_PROXY_COMMAND: { status: 502, message: 'The proxy refused a runtime command' },
+  FERRY_ERR_ROUTE_TAKEN: { status: 409, message: 'Another service already has this route (host name and path prefix) on this host' },
+  FERRY_ERR_ROUTES_FULL: { status: 507, message: 'Every route slot of the proxy on this host is taken' },
+  FERRY_ERR_CANARY_FAILED: { status: 422, message: 'The canary answered more errors than allowed; traffic went back to the previous version' },
+  FERRY_ERR_CANARY_ABORTED: { status: 422, message: 'The canary was aborted by hand; traffic went back to the previous version' },
   FERRY_ERR_OVER_BUDGET: { status: 422, message: 'The release would commit more memory or CPUs on a host than its budget allows; nothing was built or sent' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -13,3 +13,4 @@ export { FERRY_VERSION } from './version.ts';
 export * from './text.ts';
 export * from './release.ts';
 export * from './capacity.ts';
+export * from './route.ts';

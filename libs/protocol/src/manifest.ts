@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { DIGEST_PATTERN, IMAGE_ID_PATTERN, SERVICE_NAME_PATTERN, prototypeKeyPaths } from './wire.ts';
 import { ReleaseRefSchema } from './release.ts';
+import { CanarySchema, DrainSchema, RouteSchema, UPDATE_STRATEGIES } from './route.ts';
 
 export const COMPRESSIONS = ['zstd', 'gzip', 'none'] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
@@ -160,9 +161,29 @@ export const ServiceSpecSchema = z.strictObject({
   devices: z.array(withParser(parseDevice, '/dev/host[:/dev/container[:rwm]]')).max(64).optional(),
   securityOpt: z.array(z.string().regex(SECURITY_OPT, 'seccomp=unconfined, apparmor=PROFILE or no-new-privileges[:true|false]')).max(16).optional(),
   health: HealthCheckSchema.optional(),
+  /** Traffic through the host's proxy (route.ts); the container runs on the bridge network. */
+  route: RouteSchema.optional(),
+  /** Default: start-first with a route, stop-first without one. */
+  strategy: z.enum(UPDATE_STRATEGIES).optional(),
+  /** Milliseconds the old container keeps its in-flight requests after a start-first switch. */
+  drain: DrainSchema.optional(),
+  canary: CanarySchema.optional(),
 }).refine((spec) => spec.network === 'bridge' || (spec.ports ?? []).length === 0, {
   path: ['ports'], message: 'ports are published only with the bridge network',
+}).refine((spec) => spec.route === undefined || spec.network === 'bridge', {
+  path: ['route'], message: 'a routed service runs on the bridge network (the proxy reaches its port on loopback)',
+}).refine((spec) => spec.strategy !== 'start-first' || spec.route !== undefined, {
+  path: ['strategy'], message: 'start-first needs a route: two containers can run at once only when the proxy chooses between them',
+}).refine((spec) => spec.canary === undefined || effectiveStrategy(spec) === 'start-first', {
+  path: ['canary'], message: 'a canary needs a route and the start-first strategy',
+}).refine((spec) => spec.drain === undefined || spec.route !== undefined, {
+  path: ['drain'], message: 'drain applies to a routed service',
 });
+
+/** The update strategy a service gets: its own, else start-first when it has a route. */
+export function effectiveStrategy(spec: { route?: unknown; strategy?: 'stop-first' | 'start-first' | undefined }): 'stop-first' | 'start-first' {
+  return spec.strategy ?? (spec.route !== undefined ? 'start-first' : 'stop-first');
+}
 export type ServiceSpec = z.infer<typeof ServiceSpecSchema>;
 
 export const ManifestSchema = z.strictObject({

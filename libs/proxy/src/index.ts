@@ -1,0 +1,1 @@
+export type { Proxy, ProxyRoute, ProxySettings, Upstream, UpstreamCounters } from './types.ts';
