@@ -193,6 +193,32 @@ export interface RollbackCompletedFields {
   durationMs: number;
 }
 
+/** What the host's proxy counted for one upstream (a container) of a route. */
+export interface ProxyCountersFields {
+  name: string;
+  responses: { '1xx': number; '2xx': number; '3xx': number; '4xx': number; '5xx': number; other: number };
+  /** Connection and response errors towards the upstream. */
+  errors: number;
+  current: number;
+  total: number;
+}
+
+/** A canary step of a start-first deployment (docs/events.md, "Canaries"). */
+export interface CanaryFields {
+  /** The new container's share of the route's requests, in percent. */
+  weight: number;
+  forMs: number;
+  maxErrorRate: number;
+  /** The new container's counters as the proxy counted them; absent on `canary.started`. */
+  counters?: ProxyCountersFields | undefined;
+  /** 5xx and connection errors over the requests it saw, in percent. */
+  errorRate?: number | undefined;
+  /** Why it was rolled back. */
+  reason?: string | undefined;
+  /** Whether the counters decided or a `promote`/`abort` by hand. */
+  by?: 'counters' | 'hand' | undefined;
+}
+
 // The producers of the following are still taking shape: the known fields are typed, anything
 // else is allowed so that adding a field does not first need a change of this contract.
 export interface BuildStartedFields {
@@ -259,6 +285,9 @@ export interface EventFields {
   'deployment.failed': DeploymentFailedFields;
   'rollback.started': RollbackStartedFields;
   'rollback.completed': RollbackCompletedFields;
+  'canary.started': CanaryFields;
+  'canary.promoted': CanaryFields;
+  'canary.rolled_back': CanaryFields;
   'host.registered': HostRegisteredFields;
   'host.lost': HostLostFields;
   'drift.detected': DriftDetectedFields;

@@ -89,6 +89,7 @@ export const ERRORS = {
   FERRY_ERR_ROUTES_FULL: { status: 507, message: 'Every route slot of the proxy on this host is taken' },
   FERRY_ERR_CANARY_FAILED: { status: 422, message: 'The canary answered more errors than allowed; traffic went back to the previous version' },
   FERRY_ERR_CANARY_ABORTED: { status: 422, message: 'The canary was aborted by hand; traffic went back to the previous version' },
+  FERRY_ERR_NO_CANARY: { status: 404, message: 'No canary of this service is in progress on this host' },
   FERRY_ERR_OVER_BUDGET: { status: 422, message: 'The release would commit more memory or CPUs on a host than its budget allows; nothing was built or sent' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -24,6 +24,7 @@ export const EVENT_TYPES = [
   'healthcheck.passed', 'healthcheck.failed',
   'deployment.completed', 'deployment.failed',
   'rollback.started', 'rollback.completed',
+  'canary.started', 'canary.promoted', 'canary.rolled_back',
   'host.registered', 'host.lost', 'drift.detected',
   'policy.denied', 'grant.grace',
   ...RELEASE_EVENT_TYPES_LIST,
