@@ -26,8 +26,7 @@ export async function deployCommand(args: string[], io: Io): Promise<number> {
   const only = (values.only ?? []).flatMap((v) => v.split(',')).map((v) => v.trim()).filter(Boolean);
   const file = values.file ?? 'ferry.yaml';
   const document = withEnv(await loadDeploymentFile(file, io.env), envFromFlags(values, io.env));
-  // A file without `name` files its releases under its directory's name, as Compose does.
-  const project = document.name ?? projectName(basename(dirname(resolve(file))));
+  const project = fileProject(document, file);
   return await runAndReport(io, values, file, (deps, options) => runDeployment(document, deps, { ...options, only, project }));
 }
 
@@ -142,6 +141,11 @@ function withEnv(document: DeploymentDocument, env: Record<string, string>): Dep
   if (Object.keys(env).length === 0) return document;
   const services = Object.fromEntries(Object.entries(document.services).map(([name, entry]) => [name, { ...entry, env: { ...entry.env, ...env } }]));
   return { ...document, services };
+}
+
+/** The project a deployment file's releases are made in: its `name`, else its directory's name, as Compose does. */
+export function fileProject(document: DeploymentDocument, file: string): string {
+  return document.name ?? projectName(basename(dirname(resolve(file))));
 }
 
 /** A directory name as a project name: what `name:` would accept, or `default`. */

@@ -196,7 +196,9 @@ last releases): every service of that release on each host, or only the ones nam
 phase first, each through the receiver's rollback to that release (its image and signed spec
 run again, checked as a deployment is). The hosts are the --to ones, else every target of the
 deployment file. A host that does not retain the release changes nothing and is reported. The
-exit code is 0 only if every service of every host runs the release again.
+exit code is 0 only if every service of every host runs the release again. The releases the
+hosts leave are told on FERRY_NATS_URL as a release's own rollback is (release.rollback.started,
+release.rolled_back), so that the registry shows them rolled back.
 
 Options:
   --to URL            receiver base URL (required without --to-release; with it repeatable,
@@ -211,7 +213,7 @@ Options:
   --json              print the receiver's answer (with --to-release: every host's) as JSON
 
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (the signing key); FERRY_REGISTRY_URL
-for selector:… targets.`;
+for selector:… targets and the project of each release left; FERRY_NATS_URL for its events.`;
 
 const HOSTS_HELP = `Usage: ferry hosts [--selector SELECTOR] [--status online|lost] [--json]
        ferry hosts join-token HOST_ID [--labels K=V[,K=V…]] [--ttl DURATION] [--replace] [--json]

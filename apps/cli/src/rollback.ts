@@ -1,6 +1,11 @@
+import { hostname } from 'node:os';
+import { RegistryClient } from '@ferry/auth';
+import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
+import { createLogger } from '@ferry/log';
 import { FerryError, RELEASE_ID_PATTERN } from '@ferry/protocol';
 import { DEFAULT_BACKOFF, ReceiverClient, backToRelease, loadDeploymentFile, loadSenderConfig, type ServiceReturn } from '@ferry/sender';
 import { parse, parseInteger } from './args.ts';
+import { fileProject } from './deploy.ts';
 import { line, type Io } from './io.ts';
 import { formatMs } from './progress.ts';
 import { oneLine } from './terminal.ts';
@@ -53,30 +58,52 @@ async function toReleaseCommand(values: ToReleaseFlags, positional: string | und
   const services = named.length > 0 ? named : undefined;
   if (values.to !== undefined && values.file !== undefined) throw new FerryError('FERRY_ERR_USAGE', { message: '--to or -f, not both: the hosts are the ones named, or the targets of the file' });
   let targets = values.to ?? [];
+  let project: string | undefined;
   if (targets.length === 0) {
     // Only the targets are read: `${VAR}` in env values stays as written, nothing needs to be set.
     const document = await loadDeploymentFile(values.file ?? 'ferry.yaml');
+    project = fileProject(document, values.file ?? 'ferry.yaml');
     const entries = Object.entries(document.services).filter(([name]) => services === undefined || services.includes(name));
     targets = [...new Set(entries.flatMap(([, entry]) => entry.targets))];
     if (targets.length === 0) throw new FerryError('FERRY_ERR_USAGE', { message: `no service ${services?.join(', ') ?? ''} in ${values.file ?? 'ferry.yaml'}` });
   }
   const config = loadSenderConfig(io.env);
   const json = values.json === true;
-  const result = await backToRelease({
-    releaseId, targets, services,
-    parallel: parseInteger('parallel', values.parallel, 1, 100), attempts: parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts,
-  }, {
-    credentials: config.credentials, registryUrl: config.registryUrl,
-    ...(json ? {} : {
-      onPlanned: (plan) => {
-        for (const p of plan.problems) line(io.stdout, oneLine(`✖ ${p.host ?? p.url}: ${p.error.message} [${p.error.code}]`));
-        if (plan.hosts.length > 0) line(io.stdout, oneLine(`rolling back to release ${releaseId} on ${plan.hosts.join(', ')}, last phase first…`));
-      },
-      onDone: (r: ServiceReturn) => line(io.stdout, oneLine(r.ok
-        ? `  ↩ ${r.service} on ${r.host}: runs release ${releaseId} again (${r.imageId.slice(0, 19)})`
-        : `  ✖ ${r.service} on ${r.host}: ${r.error?.message ?? 'failed'}${r.error ? ` [${r.error.code}]` : ''}`)),
-    }),
-  });
+  const parallel = parseInteger('parallel', values.parallel, 1, 100);
+  const attempts = parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts;
+  // The releases left are told on the bus as a release run tells its own rollback.
+  const logger = createLogger({ level: 'warn', name: 'ferry', destination: io.stderr });
+  const sink: EventSink = config.natsUrl
+    ? await JetStreamPublisher.connect({ url: config.natsUrl, logger, name: 'ferry-sender' })
+    : new NullSink({ logger });
+  const registry = config.registryUrl ? new RegistryClient(config.registryUrl, config.credentials) : undefined;
+  // A release's project is the one it was made in, as the registry recorded it; else the file's.
+  const projectOf = async (id: string): Promise<string | undefined> => {
+    const recorded = await registry?.release(id).then((r) => r.project, () => undefined);
+    return recorded || project;
+  };
+  try {
+    return report(io, json, releaseId, await backToRelease({ releaseId, targets, services, parallel, attempts }, {
+      credentials: config.credentials, registryUrl: config.registryUrl,
+      events: { sink, source: `ferry://sender/${hostname()}`, projectOf },
+      onWarning: (text) => line(io.stderr, oneLine(`warning: ${text}`)),
+      ...(json ? {} : {
+        onPlanned: (plan) => {
+          for (const p of plan.problems) line(io.stdout, oneLine(`✖ ${p.host ?? p.url}: ${p.error.message} [${p.error.code}]`));
+          if (plan.hosts.length > 0) line(io.stdout, oneLine(`rolling back to release ${releaseId} on ${plan.hosts.join(', ')}, last phase first…`));
+        },
+        onDone: (r: ServiceReturn) => line(io.stdout, oneLine(r.ok
+          ? `  ↩ ${r.service} on ${r.host}: runs release ${releaseId} again (${r.imageId.slice(0, 19)})`
+          : `  ✖ ${r.service} on ${r.host}: ${r.error?.message ?? 'failed'}${r.error ? ` [${r.error.code}]` : ''}`)),
+      }),
+    }));
+  } finally {
+    await sink.close();
+  }
+}
+
+/** How the return to a release went: one line, or the result as JSON; the exit code. */
+function report(io: Io, json: boolean, releaseId: string, result: Awaited<ReturnType<typeof backToRelease>>): number {
   if (json) {
     line(io.stdout, JSON.stringify(result));
   } else {

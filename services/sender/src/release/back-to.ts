@@ -1,7 +1,10 @@
-import { FerryError, isFerryError } from '@ferry/protocol';
+import type { EventSink } from '@ferry/events';
+import { FerryError, isFerryError, type ReleaseOutcome } from '@ferry/protocol';
 import { ReceiverClient, type Credentials } from '../receiver-client.ts';
 import { resolveTargets } from '../targets.ts';
+import { releaseEventsOf } from './events.ts';
 import { eachLimited } from './limit.ts';
+import { previousReleases, type PreviousReleases } from './previous.ts';
 import { rollbackService } from './rollback.ts';
 
 export interface BackToReleaseRequest {
@@ -21,6 +24,19 @@ export interface BackToReleaseDeps {
   onDone?: (result: ServiceReturn) => void;
   /** Told the hosts and their services before the first request. */
   onPlanned?: (plan: ReturnPlan) => void;
+  /**
+   * Where the release events of the releases left go (`release.rollback.started`, then
+   * `release.rolled_back`), as a release run publishes them; without it none are published.
+   */
+  events?: {
+    sink: EventSink;
+    /** CloudEvents source of the sender. */
+    source: string;
+    /** The project a release left was made in (its events' subject), or undefined when unknown: its events are not published then. */
+    projectOf: (releaseId: string) => Promise<string | undefined>;
+  };
+  /** Told what is not done, e.g. a left release whose events cannot be published. */
+  onWarning?: (message: string) => void;
 }
 
 /** One service to return on one host: its place in the release's order decides when. */
@@ -30,6 +46,8 @@ export interface ServiceReturn {
   service: string;
   /** Its phase in the release, counted from 0. */
   phase: number;
+  /** The retained release it ran before, where its host's journal says so. */
+  from?: string;
   /** The release's image of it on that host. */
   imageId: string;
   ok: boolean;
@@ -66,6 +84,11 @@ export interface BackToReleaseResult extends ReturnPlan {
  * retain the release changes nothing and is a problem of the result. Never throws for one host's
  * failure.
  *
+ * The releases the hosts leave (what each service ran before, from the host's journal) are told
+ * as a release run tells its own rollback: on each, `release.rollback.started` before the first
+ * request and `release.rolled_back` with its hosts' per-service outcomes at the end, naming the
+ * release returned to when every one of its services went back.
+ *
  * @throws FerryError for targets that cannot be resolved (selectors without a registry, none matching).
  */
 export async function backToRelease(request: BackToReleaseRequest, deps: BackToReleaseDeps): Promise<BackToReleaseResult> {
@@ -99,8 +122,19 @@ export async function backToRelease(request: BackToReleaseRequest, deps: BackToR
   items.sort((a, b) => order(a.url) - order(b.url) || a.service.localeCompare(b.service));
   hosts.sort((a, b) => order(items.find((i) => i.host === a)?.url ?? '') - order(items.find((i) => i.host === b)?.url ?? ''));
   problems.sort((a, b) => order(a.url) - order(b.url));
-  const plan: ReturnPlan = { releaseId: request.releaseId, hosts, services: items.map(({ url, host, service, phase, imageId }) => ({ url, host, service, phase, imageId })), problems };
+  const left = await leftReleases(items, targets, deps.credentials, parallel);
+  for (const item of items) {
+    const from = left[item.host]?.[item.service];
+    if (from !== undefined) item.from = from;
+  }
+  const plan: ReturnPlan = {
+    releaseId: request.releaseId, hosts,
+    services: items.map(({ url, host, service, phase, imageId, from }) => ({ url, host, service, phase, imageId, ...(from === undefined ? {} : { from }) })),
+    problems,
+  };
   deps.onPlanned?.(plan);
+  const started = performance.now();
+  const told = await tellStarted(items, request.releaseId, deps);
 
   for (const phase of [...new Set(items.map((i) => i.phase))].sort((a, b) => b - a)) {
     await eachLimited(items.filter((i) => i.phase === phase), parallel, async (item) => {
@@ -113,7 +147,63 @@ export async function backToRelease(request: BackToReleaseRequest, deps: BackToR
     });
   }
   const results = items.map(strip);
+  tellRolledBack(told, results, request.releaseId, Math.round(performance.now() - started));
   return { ...plan, ok: problems.length === 0 && results.length > 0 && results.every((r) => r.ok), results };
+}
+
+/** What each service on each host ran before: the release it leaves (never the one it returns to). */
+async function leftReleases(
+  items: ReadonlyArray<ServiceReturn & { client: ReceiverClient }>, targets: ReadonlyArray<{ url: string; hostKey?: string | undefined }>, credentials: Credentials, parallel: number,
+): Promise<PreviousReleases> {
+  const byHost = new Map<string, { url: string; host: string; hostKey?: string | undefined; services: string[] }>();
+  for (const item of items) {
+    const entry = byHost.get(item.host) ?? { url: item.url, host: item.host, hostKey: targets.find((t) => t.url === item.url)?.hostKey, services: [] };
+    entry.services.push(item.service);
+    byHost.set(item.host, entry);
+  }
+  return await previousReleases([...byHost.values()], credentials, parallel);
+}
+
+/** A release left, with the events publisher of it. */
+interface LeftRelease {
+  id: string;
+  events: ReturnType<typeof releaseEventsOf>;
+  hosts: string[];
+}
+
+/** `release.rollback.started` on each release left whose project is known; answers those told. */
+async function tellStarted(items: readonly ServiceReturn[], to: string, deps: BackToReleaseDeps): Promise<LeftRelease[]> {
+  const { events } = deps;
+  if (!events) return [];
+  const ids = [...new Set(items.flatMap((i) => (i.from !== undefined && i.from !== to ? [i.from] : [])))].sort();
+  const told: LeftRelease[] = [];
+  for (const id of ids) {
+    const project = await events.projectOf(id).catch(() => undefined);
+    if (project === undefined) {
+      deps.onWarning?.(`release ${id} is left, but its project is unknown (no registry record of it, no deployment file): its release events are not published`);
+      continue;
+    }
+    const hosts = [...new Set(items.filter((i) => i.from === id).map((i) => i.host))];
+    const publisher = releaseEventsOf({ events: events.sink, source: events.source, credentials: deps.credentials }, id, project);
+    publisher.publish('release.rollback.started', { reason: `ferry rollback --to-release ${to}`, hosts, to });
+    told.push({ id, events: publisher, hosts });
+  }
+  return told;
+}
+
+/** `release.rolled_back` on each release told: its services' outcomes on its hosts, and where they went. */
+function tellRolledBack(told: readonly LeftRelease[], results: readonly ServiceReturn[], to: string, durationMs: number): void {
+  for (const left of told) {
+    const mine = results.filter((r) => r.from === left.id);
+    const outcomes: Record<string, Record<string, ReleaseOutcome>> = {};
+    for (const r of mine) (outcomes[r.host] ??= {})[r.service] = r.ok ? 'rolled-back' : 'rollback-failed';
+    const failed = mine.filter((r) => !r.ok);
+    const error = failed.length === 0 ? undefined : {
+      code: 'FERRY_ERR_ROLLBACK_FAILED' as const,
+      message: `Not rolled back to ${to}: ${failed.map((r) => `${r.service} on ${r.host} (${r.error?.message ?? 'no answer'})`).join('; ')}`,
+    };
+    left.events.publish('release.rolled_back', { outcomes, durationMs, ...(error ? { error } : { rolledBackTo: to }) });
+  }
 }
 
 function strip({ client: _client, ...result }: ServiceReturn & { client: ReceiverClient }): ServiceReturn {

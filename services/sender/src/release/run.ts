@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { ReleaseEvents, keySigner } from '@ferry/events';
+import type { ReleaseEvents } from '@ferry/events';
 import { FerryError, isFerryError, type ReleaseRecord, type ReleaseRef, type ReleaseState } from '@ferry/protocol';
 import type { DeployDeps, DeployOptions, DeploymentOutcome, ServiceOutcome } from '../deploy.ts';
 import { allowedUnhealthy } from '../deployfile/index.ts';
@@ -7,6 +7,7 @@ import { DEFAULT_PARALLEL } from '../fanout.ts';
 import { ReceiverClient } from '../receiver-client.ts';
 import { resolveTargets, type ResolvedTarget } from '../targets.ts';
 import { refuseOverBudget } from './budget.ts';
+import { releaseEventsOf } from './events.ts';
 import { eachLimited } from './limit.ts';
 import { planDigest, type PausedRelease } from './paused.ts';
 import type { ReleasePlan } from './plan.ts';
@@ -354,10 +355,7 @@ async function haltRelease(run: Run, halt: Halt, deps: DeployDeps, options: Depl
 }
 
 function releaseEvents(plan: ReleasePlan, deps: DeployDeps): ReleaseEvents {
-  return new ReleaseEvents({
-    sink: deps.events, source: deps.source, releaseId: plan.id, project: plan.project,
-    signer: keySigner(deps.credentials.keyId, deps.credentials.privateKey), grant: deps.credentials.grant,
-  });
+  return releaseEventsOf(deps, plan.id, plan.project);
 }
 
 function outcomeOf(run: Run, name: string): ServiceOutcome | undefined {
