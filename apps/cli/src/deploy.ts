@@ -6,7 +6,7 @@ import { JetStreamPublisher, NullSink, type EventSink } from '@ferry/events';
 import { createLogger } from '@ferry/log';
 import { FerryError, RELEASE_ID_PATTERN, type ReleaseRecord } from '@ferry/protocol';
 import {
-  loadSenderConfig, runDeployment, continueDeployment, PausedReleases, type DeployDeps, type DeploymentOutcome, type ReleaseStep, type ServiceOutcome,
+  loadSenderConfig, runDeployment, continueDeployment, PausedReleases, REFUSED_TO_GO_ON, type DeployDeps, type DeploymentOutcome, type ReleaseStep, type ServiceOutcome,
   loadDeploymentFile, type DeploymentDocument, desiredRecorder, DEFAULT_PARALLEL, DEFAULT_BACKOFF,
 } from '@ferry/sender';
 import { envFromFlags, parse, parseInteger } from './args.ts';
@@ -48,8 +48,8 @@ export async function continueCommand(args: string[], io: Io): Promise<number> {
       return continueDeployment(document, paused, deps, options);
     }, store);
   } catch (err) {
-    // Refused before it went on (another file, a moved image tag): it stays paused as it was.
-    if (!started || (err instanceof FerryError && (err.code === 'FERRY_ERR_USAGE' || err.code === 'FERRY_ERR_IMAGE_MISMATCH'))) await store.giveBack(id).catch(() => undefined);
+    // Refused before it went on (another file, a moved image tag, a host now over budget): it stays paused as it was.
+    if (!started || (err instanceof FerryError && REFUSED_TO_GO_ON.has(err.code))) await store.giveBack(id).catch(() => undefined);
     throw err;
   }
 }

@@ -354,7 +354,8 @@ Environment: FERRY_REGISTRY_URL, FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (
 "pause: manual", from its next wave, on the machine that paused it (kept in
 FERRY_DATA_DIR/paused-releases, else ~/.local/state/ferry/paused-releases). It takes the options
 of "ferry deploy" but --only, and needs the same file with the same values (-e, --env-file, the
-environment): another one, or an image tag that moved, is refused and the release stays paused.
-It prints and exits as "ferry deploy" does.`;
+environment): another one, or an image tag that moved, is refused and the release stays paused;
+so is one whose waves to go would now overcommit a host's budget (FERRY_ERR_OVER_BUDGET, asked
+again of those hosts before anything is sent). It prints and exits as "ferry deploy" does.`;
 
 export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, version: VERSION_HELP };

@@ -14,7 +14,7 @@ export { pushMany, DEFAULT_PARALLEL, type FanoutDeps, type FanoutRequest, type F
 export { retry, pause, backoffDelay, isCallCut, isRetryable, systemClock, DEFAULT_BACKOFF, type Clock, type BackoffPolicy, type RetryOptions } from './retry.ts';
 export { runDeployment, continueDeployment, pendingOutcomes, type DeployDeps, type DeployOptions, type DeploymentOutcome, type ReleaseStep, type ServiceOutcome, type TargetOutcome } from './deploy.ts';
 export { planRelease, type PlannedService, type ReleasePlan } from './release/plan.ts';
-export { PausedReleases, planDigest, type PausedRelease } from './release/paused.ts';
+export { PausedReleases, REFUSED_TO_GO_ON, planDigest, type PausedRelease } from './release/paused.ts';
 export { planWaves, type Wave } from './release/waves.ts';
 export { backToRelease, type BackToReleaseRequest, type BackToReleaseResult, type HostProblem, type ReturnPlan, type ServiceReturn } from './release/back-to.ts';
 export {

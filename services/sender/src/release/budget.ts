@@ -52,43 +52,89 @@ export interface BudgetHalt {
   interrupted: false;
 }
 
+/** How a host's capacity is read: undefined when it cannot say (a receiver older than the route). */
+export type CapacityReader = (host: HostServices) => Promise<CapacityReport | undefined>;
+
+/** A host a release would overcommit: the services it deploys there, and why. */
+export interface HostOver {
+  host: string;
+  services: string[];
+  message: string;
+}
+
+/** Each host's capacity, asked of its receiver (`GET /v1/capacity`), signed as the release's requests are. */
+export function receiverCapacity(deps: Pick<DeployDeps, 'credentials'>): CapacityReader {
+  return async (h) => await new ReceiverClient({ url: h.url, credentials: deps.credentials, audience: h.host, ...(h.hostKey ? { hostKey: h.hostKey } : {}) }).capacity();
+}
+
 /**
- * Asks every host of the release for its capacity (`GET /v1/capacity`) and refuses the release,
- * before anything is built or sent, when it would commit more than a host's budget
- * (FERRY_ERR_OVER_BUDGET, naming each host and the numbers); the services deployed on such a host
- * fail with that error. A host that cannot say (a receiver older than the route, or one that does
- * not answer now) is not checked, and `deps.onWarning` is told so. A release that asks for no
- * limits at all asks nothing.
+ * The hosts of `hosts` that deploying the plan's services there would overcommit, sorted by host.
+ * A host that cannot say (a receiver older than the route, or one that does not answer now) is
+ * not checked, and `onWarning` is told so. A release that asks for no limits at all asks nothing.
  */
-export async function refuseOverBudget(plan: ReleasePlan, hosts: readonly HostServices[], outcomes: readonly ServiceOutcome[], deps: DeployDeps, parallel: number): Promise<BudgetHalt | undefined> {
+export async function hostsOverBudget(
+  plan: ReleasePlan, hosts: readonly HostServices[], read: CapacityReader, onWarning: ((message: string) => void) | undefined, parallel: number,
+): Promise<HostOver[]> {
   const asks = new Map(plan.services.map(({ name, entry }) => [name, askOf(name, entry)]));
-  if (![...asks.values()].some((a) => a.memoryBytes > 0 || a.cpus > 0)) return undefined;
-  const over: Array<{ host: string; services: string[]; message: string }> = [];
+  if (![...asks.values()].some((a) => a.memoryBytes > 0 || a.cpus > 0)) return [];
+  const over: HostOver[] = [];
   await eachLimited(hosts, parallel, async (h) => {
     let capacity: CapacityReport | undefined;
     try {
-      capacity = await new ReceiverClient({ url: h.url, credentials: deps.credentials, audience: h.host, ...(h.hostKey ? { hostKey: h.hostKey } : {}) }).capacity();
+      capacity = await read(h);
     } catch (err) {
       if (!isFerryError(err)) throw err;
-      deps.onWarning?.(`${h.host}: could not read its capacity (${err.message}); its budget is not checked`);
+      onWarning?.(`${h.host}: could not read its capacity (${err.message}); its budget is not checked`);
       return;
     }
     if (!capacity) {
-      deps.onWarning?.(`${h.host}: the receiver does not report its capacity (an older version); its budget is not checked`);
+      onWarning?.(`${h.host}: the receiver does not report its capacity (an older version); its budget is not checked`);
       return;
     }
     const message = overcommit(h.host, h.services.flatMap((s) => asks.get(s) ?? []), capacity);
     if (message) over.push({ host: h.host, services: h.services, message });
   });
+  return over.sort((a, b) => a.host.localeCompare(b.host));
+}
+
+/**
+ * Asks every host of the release for its capacity and refuses the release, before anything is
+ * built or sent, when it would commit more than a host's budget (FERRY_ERR_OVER_BUDGET, naming
+ * each host and the numbers); the services deployed on such a host fail with that error.
+ */
+export async function refuseOverBudget(plan: ReleasePlan, hosts: readonly HostServices[], outcomes: readonly ServiceOutcome[], deps: DeployDeps, parallel: number): Promise<BudgetHalt | undefined> {
+  const over = await hostsOverBudget(plan, hosts, receiverCapacity(deps), deps.onWarning, parallel);
   if (over.length === 0) return undefined;
-  over.sort((a, b) => a.host.localeCompare(b.host));
-  const failed = plan.services.map((s) => s.name).filter((name) => over.some((o) => o.services.includes(name)));
+  const failed = failedServices(plan, over);
   const error = new FerryError('FERRY_ERR_OVER_BUDGET', {
     message: `Release ${plan.id} refused, nothing built or sent: ${over.map((o) => o.message).join('; ')}`,
     details: { releaseId: plan.id, hosts: over.map((o) => o.host), failed },
   });
   for (const outcome of outcomes) if (failed.includes(outcome.service)) failService(outcome, error, deps);
   return { phase: 0, failed, error, interrupted: false };
+}
+
+/**
+ * Before a paused release goes on: the hosts of the waves still to go are asked for their
+ * capacity again — it may have changed while the release waited — and when the release would
+ * overcommit one, it does not go on (FERRY_ERR_OVER_BUDGET naming each host and the numbers).
+ * Nothing is sent then, and the release stays paused.
+ *
+ * @throws FerryError FERRY_ERR_OVER_BUDGET.
+ */
+export async function refuseToGoOnOverBudget(
+  plan: ReleasePlan, hosts: readonly HostServices[], read: CapacityReader, onWarning: ((message: string) => void) | undefined, parallel: number, wave: string,
+): Promise<void> {
+  const over = await hostsOverBudget(plan, hosts, read, onWarning, parallel);
+  if (over.length === 0) return;
+  throw new FerryError('FERRY_ERR_OVER_BUDGET', {
+    message: `Release ${plan.id} does not go on with wave ${wave}, nothing sent, it stays paused: ${over.map((o) => o.message).join('; ')}`,
+    details: { releaseId: plan.id, hosts: over.map((o) => o.host), failed: failedServices(plan, over) },
+  });
+}
+
+function failedServices(plan: ReleasePlan, over: readonly HostOver[]): string[] {
+  return plan.services.map((s) => s.name).filter((name) => over.some((o) => o.services.includes(name)));
 }
 
 function sum(values: readonly number[]): number {

@@ -33,6 +33,12 @@ export interface PausedRelease {
 }
 
 /**
+ * What `continueRelease` refuses with before it sends anything — another document, a moved image
+ * tag, a host of the waves to go now over its budget: the release stays paused then.
+ */
+export const REFUSED_TO_GO_ON: ReadonlySet<string> = new Set(['FERRY_ERR_USAGE', 'FERRY_ERR_IMAGE_MISMATCH', 'FERRY_ERR_OVER_BUDGET']);
+
+/**
  * A digest of what a release deploys — its services in order, their entries (images, specs,
  * targets) and the rollout — so that `ferry release continue` goes on only with the document the
  * release started with (env values included: it is a digest, kept with the state, 0600).

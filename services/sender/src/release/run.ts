@@ -6,7 +6,7 @@ import { allowedUnhealthy } from '../deployfile/index.ts';
 import { DEFAULT_PARALLEL } from '../fanout.ts';
 import { ReceiverClient } from '../receiver-client.ts';
 import { resolveTargets, type ResolvedTarget } from '../targets.ts';
-import { refuseOverBudget } from './budget.ts';
+import { receiverCapacity, refuseOverBudget, refuseToGoOnOverBudget } from './budget.ts';
 import { releaseEventsOf } from './events.ts';
 import { eachLimited } from './limit.ts';
 import { planDigest, type PausedRelease } from './paused.ts';
@@ -136,8 +136,12 @@ export async function runRelease(plan: ReleasePlan, deps: DeployDeps, options: D
  * far (all of it rolled back if a later wave halts it). The plan must be that of the document it
  * started with, and each image the one its first waves sent.
  *
+ * Before it sends anything, the hosts of the waves still to go are asked for their capacity
+ * again: a release that waited may meet hosts whose budget or load changed.
+ *
  * @throws FerryError FERRY_ERR_USAGE when the document differs, FERRY_ERR_IMAGE_MISMATCH when an
- *   image tag moved: nothing is done then.
+ *   image tag moved, FERRY_ERR_OVER_BUDGET when the waves to go would overcommit a host: nothing
+ *   is done then.
  */
 export async function continueRelease(plan: ReleasePlan, paused: PausedRelease, deps: DeployDeps, options: DeployOptions): Promise<DeploymentOutcome> {
   if (planDigest(plan, plan.rollout) !== paused.digest) {
@@ -161,6 +165,13 @@ export async function continueRelease(plan: ReleasePlan, paused: PausedRelease, 
     resolved: new Map(Object.entries(paused.resolved)), hosts: new Map(Object.entries(paused.hosts)),
     previous: paused.previous, waves: paused.waves, nextWave: paused.nextWave,
   };
+  const toGo = new Set(run.waves.slice(run.nextWave).flatMap((w) => w.hosts));
+  const next = run.waves[run.nextWave];
+  if (next) {
+    await refuseToGoOnOverBudget(
+      plan, hostServices(run).filter((h) => toGo.has(h.host)), receiverCapacity(deps), deps.onWarning, options.parallel ?? DEFAULT_PARALLEL, next.name,
+    );
+  }
   deps.onRelease?.({ kind: 'planned', record: record(run, 'in-progress'), waves: run.waves.map(({ name, hosts }) => ({ name, hosts })), resumed: { wave: paused.nextWave } });
   return await drive(run, deps, options, releaseEvents(plan, deps), undefined);
 }
