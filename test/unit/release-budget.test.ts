@@ -77,9 +77,9 @@ services:
   const plan = planRelease(parsed.document, { id: 'rel-20261207T180000Z-0123abcd' });
   const hostsToGo: HostServices[] = ['host-b', 'host-c'].map((host) => ({ url: `http://${host.slice(-1)}:7701`, host, services: ['db', 'web'] }));
   /** Capacity reports as the receivers answer them now; a host missing here answers nothing (an older receiver). */
-  const reader = (now: Record<string, HostBudget>, asked: string[] = []) => async (h: HostServices): Promise<CapacityReport | undefined> => {
+  const reader = (now: Record<string, HostBudget>, asked: string[] = []) => (h: HostServices): Promise<CapacityReport | undefined> => {
     asked.push(h.host);
-    return now[h.host] as CapacityReport | undefined;
+    return Promise.resolve(now[h.host] as CapacityReport | undefined);
   };
 
   it('refuses with FERRY_ERR_OVER_BUDGET naming the host and the numbers, and what it deploys there', async () => {
@@ -118,11 +118,9 @@ services:
 
   it('a reader that fails is a warning, not a refusal; anything but a FerryError is a bug and thrown', async () => {
     const warnings: string[] = [];
-    const unreachable = async (): Promise<CapacityReport | undefined> => {
-      throw new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: 'connect ECONNREFUSED' });
-    };
+    const unreachable = (): Promise<CapacityReport | undefined> => Promise.reject(new FerryError('FERRY_ERR_RECEIVER_UNREACHABLE', { message: 'connect ECONNREFUSED' }));
     assert.deepEqual(await hostsOverBudget(plan, hostsToGo, unreachable, (w) => warnings.push(w), 2), []);
     assert.equal(warnings.length, 2);
-    await assert.rejects(hostsOverBudget(plan, hostsToGo, async () => { throw new TypeError('bug'); }, undefined, 2), TypeError);
+    await assert.rejects(hostsOverBudget(plan, hostsToGo, () => Promise.reject(new TypeError('bug')), undefined, 2), TypeError);
   });
 });
