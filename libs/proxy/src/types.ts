@@ -54,6 +54,7 @@ export interface Proxy {
   /**
    * Stops sending new requests to the upstream and waits until its in-flight ones finished or
    * `timeoutMs` passed, then removes it. Resolves to the number of sessions still open at the end (0 = drained).
+   * When `signal` aborts, the wait ends with its reason and the upstream stays in the route at weight 0.
    */
   drain(service: string, name: string, timeoutMs: number, signal?: AbortSignal): Promise<number>;
   /** Removes an upstream at once (a new container that failed never had requests, or is abandoned). */
@@ -82,4 +83,6 @@ export interface ProxySettings {
   slots?: number;
   /** The haproxy binary. Default `haproxy` on PATH. */
   binary?: string;
+  /** Told what the proxy could not do by itself and went on without (a certificate it skipped, a failed check). */
+  onWarning?: (message: string) => void;
 }
