@@ -75,6 +75,8 @@ const NOT_FROM_A_RECEIVER: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_BAD_DEPLOYMENT_FILE: 'the CLI\'s and the sender service\'s (test/integration/sender-service.test.ts)',
   FERRY_ERR_SENDER_INTERRUPTED: 'the sender service\'s (test/integration/sender-service.test.ts)',
   FERRY_ERR_RELEASE_HALTED: 'the sender\'s, when a phase of a release failed (ferry deploy -f)',
+  FERRY_ERR_CANARY_FAILED: 'a start-first deployment\'s answer when its canary fails; needs the host\'s proxy (test/integration/canary.test.ts)',
+  FERRY_ERR_CANARY_ABORTED: 'a start-first deployment\'s answer when its canary is aborted; needs the host\'s proxy (test/integration/canary.test.ts)',
   FERRY_ERR_OVER_BUDGET: 'the sender\'s, from the hosts\' GET /v1/capacity, before a release builds or sends anything (test/integration/budget.test.ts)',
 };
 
@@ -390,6 +392,7 @@ const RECIPES: Partial<Record<ErrorCode, () => Promise<Answer>>> = {
   FERRY_ERR_GRANT_EXPIRED: () => probe(rx.url, { as: expired }),
   FERRY_ERR_GRANT_NOT_YET_VALID: () => probe(rx.url, { as: early }),
   FERRY_ERR_NOT_GRANTED: () => call(rx.url, { method: 'POST', path: `/v1/services/${serviceName('read')}/rollback`, as: reader }),
+  FERRY_ERR_NO_CANARY: () => call(rx.url, { method: 'POST', path: `/v1/services/${serviceName('canary')}/canary/promote` }),
 
   // §3.5, before the signature.
   FERRY_ERR_FORBIDDEN_SOURCE: async () => {

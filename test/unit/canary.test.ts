@@ -57,17 +57,17 @@ describe('canary judgement', () => {
 class TableProxy implements Proxy {
   readonly upstreams = new Map<string, Upstream>();
   served = new Map<string, UpstreamCounters>();
-  async start(): Promise<void> {}
-  async check(): Promise<boolean> { return true; }
-  async setRoute(_service: string, _route: Route): Promise<void> {}
-  async setUpstream(_service: string, upstream: Upstream): Promise<void> { this.upstreams.set(upstream.name, upstream); }
-  async drain(): Promise<number> { return 0; }
-  async removeUpstream(_service: string, name: string): Promise<void> { this.upstreams.delete(name); }
-  async counters(): Promise<UpstreamCounters[]> { return [...this.served.values()]; }
-  async removeRoute(): Promise<void> {}
-  async routes(): Promise<never[]> { return []; }
-  async setCertificate(): Promise<void> {}
-  async close(): Promise<void> {}
+  start(): Promise<void> { return Promise.resolve(); }
+  check(): Promise<boolean> { return Promise.resolve(true); }
+  setRoute(_service: string, _route: Route): Promise<void> { return Promise.resolve(); }
+  setUpstream(_service: string, upstream: Upstream): Promise<void> { this.upstreams.set(upstream.name, upstream); return Promise.resolve(); }
+  drain(): Promise<number> { return Promise.resolve(0); }
+  removeUpstream(_service: string, name: string): Promise<void> { this.upstreams.delete(name); return Promise.resolve(); }
+  counters(): Promise<UpstreamCounters[]> { return Promise.resolve([...this.served.values()]); }
+  removeRoute(): Promise<void> { return Promise.resolve(); }
+  routes(): Promise<never[]> { return Promise.resolve([]); }
+  setCertificate(): Promise<void> { return Promise.resolve(); }
+  close(): Promise<void> { return Promise.resolve(); }
 }
 
 describe('a canary run', () => {
@@ -81,7 +81,7 @@ describe('a canary run', () => {
     const result = await runCanary({
       proxy, control, service: 'web', canary: fast, next, current, pollMs: 250,
       emit: (type, data) => events.push([type, data]),
-      sleep: async (ms) => { clock += ms; onTick?.(); },
+      sleep: (ms) => { clock += ms; onTick?.(); return Promise.resolve(); },
       now: () => clock,
     });
     return { result, events };

@@ -19,7 +19,8 @@ Commands:
   hosts       list the receivers registered with the registry; "hosts join-token" enrolls a new one
   drift       list services whose running container differs from what was deployed; exit 1 if any
   releases    list the releases the registry knows, newest first
-  release     "release show ID": one release's phases, waves and each service's outcome on each host
+  release     "release show ID": one release's phases, waves and each service's outcome on each host;
+              "release promote|abort SERVICE" ends a canary by hand
   events      replay (or follow) deployment events from NATS JetStream
   key         "key new --id ID": make an Ed25519 key pair; "key show FILE": its public key and fingerprint
   trust       "trust add|remove|list": the keys, grants and revocations a receiver or registry trusts
@@ -341,6 +342,7 @@ Environment: FERRY_REGISTRY_URL, FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (
 
 const RELEASE_HELP = `Usage: ferry release show ID [--json]
        ferry release continue ID [-f ferry.yaml] [deploy options]
+       ferry release promote|abort SERVICE [--to URL]… [-f ferry.yaml] [--json]
 
 "release show" shows one release as the registry knows it: its state, error and the release it was rolled back
 to, its phases (with their services), its waves (with their hosts), each service's image, and
@@ -356,6 +358,16 @@ FERRY_DATA_DIR/paused-releases, else ~/.local/state/ferry/paused-releases). It t
 of "ferry deploy" but --only, and needs the same file with the same values (-e, --env-file, the
 environment): another one, or an image tag that moved, is refused and the release stays paused;
 so is one whose waves to go would now overcommit a host's budget (FERRY_ERR_OVER_BUDGET, asked
-again of those hosts before anything is sent). It prints and exits as "ferry deploy" does.`;
+again of those hosts before anything is sent). It prints and exits as "ferry deploy" does.
+
+"release promote" and "release abort" end the canary of SERVICE in progress on each host by hand,
+without waiting for its window: promote moves all its traffic to the new container (the old one
+is drained), abort sends it back to the one before and fails that deployment with
+FERRY_ERR_CANARY_ABORTED. The hosts are the --to URLs, else the service's targets in the file.
+Exit code 0 when at least one host had a canary of SERVICE and none refused.
+  --to URL         a receiver's base URL; repeat for several hosts
+  -f, --file PATH  with no --to: the service's targets in this file (default ferry.yaml)
+  --json           print {"service", "command", "hosts": [{url, ok, code?, message?}]}
+Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may deploy the service).`;
 
 export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, version: VERSION_HELP };

@@ -34,8 +34,9 @@ export async function releasesCommand(args: string[], io: Io): Promise<number> {
 export async function releaseCommand(args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === 'continue') return await (await import('./deploy.ts')).continueCommand(rest, io);
+  if (sub === 'promote' || sub === 'abort') return await (await import('./canary.ts')).canaryCommand(sub, rest, io);
   if (sub !== 'show') {
-    throw new FerryError('FERRY_ERR_USAGE', { message: sub === undefined ? 'ferry release: say what, e.g. "ferry release show ID"' : `ferry release ${sub}: unknown; "ferry release show ID" shows one release, "ferry release continue ID" goes on with a paused one` });
+    throw new FerryError('FERRY_ERR_USAGE', { message: sub === undefined ? 'ferry release: say what, e.g. "ferry release show ID"' : `ferry release ${sub}: unknown; "ferry release show ID" shows one release, "ferry release continue ID" goes on with a paused one, "ferry release promote|abort SERVICE" ends a canary` });
   }
   const { values, positionals } = parse(rest, { json: { type: 'boolean' } }, 1);
   const id = positionals[0];

@@ -96,7 +96,8 @@ class HaproxyProxy implements Proxy {
     });
   }
 
-  setRoute(service: string, route: Route): Promise<void> {
+  /** Checked before anything is sent: a bad argument is a rejection, never a throw. */
+  async setRoute(service: string, route: Route): Promise<void> {
     checkService(service);
     checkRoute(route);
     return this.locked(async () => {
@@ -116,7 +117,7 @@ class HaproxyProxy implements Proxy {
     });
   }
 
-  setUpstream(service: string, upstream: Upstream): Promise<void> {
+  async setUpstream(service: string, upstream: Upstream): Promise<void> {
     checkService(service);
     checkUpstream(upstream);
     return this.locked(async () => {
@@ -163,7 +164,7 @@ class HaproxyProxy implements Proxy {
     return open;
   }
 
-  removeUpstream(service: string, name: string): Promise<void> {
+  async removeUpstream(service: string, name: string): Promise<void> {
     checkService(service);
     checkUpstreamName(name);
     return this.locked(async () => {
@@ -179,7 +180,7 @@ class HaproxyProxy implements Proxy {
     });
   }
 
-  counters(service: string): Promise<UpstreamCounters[]> {
+  async counters(service: string): Promise<UpstreamCounters[]> {
     checkService(service);
     return this.locked(async () => {
       const entry = this.entryOf(await this.table(), service);
@@ -189,7 +190,7 @@ class HaproxyProxy implements Proxy {
     });
   }
 
-  removeRoute(service: string): Promise<void> {
+  async removeRoute(service: string): Promise<void> {
     checkService(service);
     return this.locked(async () => {
       const entries = (await this.table()).map(cloneEntry);
@@ -210,7 +211,7 @@ class HaproxyProxy implements Proxy {
     }));
   }
 
-  setCertificate(host: string, pem: string): Promise<void> {
+  async setCertificate(host: string, pem: string): Promise<void> {
     checkHost(host);
     const text = normalizePem(pem);
     return this.locked(async () => {

@@ -18,6 +18,8 @@ import type { Admission } from './upload/admission.ts';
 import type { UploadStore } from './upload/sessions.ts';
 import type { StreamStore } from './upload/streams.ts';
 import { streamsRouter } from './routes/streams.ts';
+import { canaryRouter } from './routes/canary.ts';
+import type { CanaryControl } from './deploy/canary.ts';
 
 export interface ReceiverDeps {
   logger: Logger;
@@ -47,6 +49,8 @@ export interface ReceiverDeps {
   layers?: LayerInventory;
   /** Answers `GET /v1/capacity` (capacity.ts); the route exists only with it. */
   capacity?: () => Promise<CapacityReport>;
+  /** Canaries in progress: `POST /v1/services/:name/canary/promote|abort` exists only with it. */
+  canaries?: CanaryControl;
 }
 
 /** The receiver's HTTP surface, with no listening and no environment: main.ts and tests wire it. */
@@ -65,6 +69,7 @@ export function createApp(deps: ReceiverDeps): Express {
   app.use(deploymentsRouter({ journal: deps.deployer.journal }), servicesRouter(deps));
   if (deps.deployer.releases) app.use(releasesRouter({ releases: deps.deployer.releases }));
   if (deps.capacity) app.use(capacityRouter({ capacity: deps.capacity }));
+  if (deps.canaries) app.use(canaryRouter({ canaries: deps.canaries }));
   if (deps.layers) app.use(layersRouter({ layers: deps.layers }));
   if (deps.uploads) app.use(uploadsRouter({ deployer: deps.deployer, uploads: deps.uploads, admission: deps.admission }));
   if (deps.streams) app.use(streamsRouter({ deployer: deps.deployer, streams: deps.streams, admission: deps.admission }));

@@ -10,6 +10,7 @@ import { BUFFER_BUDGET_BYTES, BufferBudget } from '@ferry/memory';
 import { createReceiverMetrics, meteredSink } from '@ferry/metrics';
 import { FERRY_VERSION, FerryError, type Manifest } from '@ferry/protocol';
 import { createApp } from './app.ts';
+import { CanaryControl } from './deploy/canary.ts';
 import { readCapacity } from './capacity.ts';
 import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
 import { Deployer } from './deploy/engine.ts';
@@ -71,11 +72,12 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   metrics.watchEvents(events);
   const images = new ImageStore(docker);
   const packages = await PackageStore.open(config.dataDir);
+  const canaries = new CanaryControl();
   const deployer = new Deployer({
     images, containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log, policy: config.policy,
     packages,
     journal: await Journal.open(join(config.dataDir, 'journal'), log),
-    retainImages: config.retainImages, stabilityWindowMs: config.stabilityWindowMs,
+    retainImages: config.retainImages, stabilityWindowMs: config.stabilityWindowMs, canaries,
     releases: await ReleaseStore.open(join(config.dataDir, 'releases'), log), retainReleases: config.retainReleases, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes }, layers,
     ...(config.testCrashAt ? { crashAt: config.testCrashAt } : {}),
   });
@@ -120,7 +122,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
       bodyRate: { minBytesPerSecond: config.http.minBodyBytesPerSecond, windowMs: config.http.bodyRateWindowMs },
       onReject: (code) => metrics.authRejections.inc({ code }),
     },
-    metrics, metricsToken: config.metricsToken,
+    metrics, metricsToken: config.metricsToken, canaries,
     capacity: () => readCapacity({ docker, hostId: config.hostId, dataDir: config.dataDir, budget: config.budget, localEngine: isLocalEngine(config.dockerHost) }),
     readiness: receiverReadiness({ docker, events, nonces, dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, ...(registration ? { registry: registration.check } : {}) }),
   });

@@ -303,6 +303,16 @@ export class ReceiverClient {
     return await this.#request('POST', `${PATHS.services}/${encodeURIComponent(service)}/rollback?${query.toString()}`) as DeploymentResult;
   }
 
+  /**
+   * Ends the canary of the service in progress on the receiver by hand: `promote` moves all its
+   * traffic to the new container, `abort` back to the one before (docs/protocol.md, "Canaries").
+   *
+   * @throws FerryError FERRY_ERR_NO_CANARY when none of the service runs there.
+   */
+  async canary(service: string, command: 'promote' | 'abort'): Promise<void> {
+    await this.#request('POST', `${PATHS.services}/${encodeURIComponent(service)}/canary/${command}`);
+  }
+
   async #request(method: 'GET' | 'POST', path: string): Promise<unknown> {
     await this.identify();
     return this.#signed.request(method, path);

@@ -16,6 +16,7 @@ import { healthCheckFailedWithoutRestore, unstableWithoutRestore, waitHealthy } 
 import { Scrubber, failedContainer } from './failure.ts';
 import { bindsOnHost, specFor } from './container.ts';
 import { verdict, type Emit, type Found, type Verdict } from './verdict.ts';
+import type { CanaryControl } from './canary.ts';
 import { asFerryError, failure, since } from './outcome.ts';
 import { rollbackToRelease } from './to-release.ts';
 import { releaseNotRetained, type ReleaseStore } from '../releases/store.ts';
@@ -52,6 +53,8 @@ export interface DeployerDeps {
   releases?: ReleaseStore;
   /** Releases kept per service (FERRY_RETAIN_RELEASES). */
   retainReleases?: number;
+  /** Canaries in progress, for `promote` and `abort` by hand (routes/canary.ts). */
+  canaries?: CanaryControl;
 }
 
 /** Between two attempts to resolve what a dead process left unfinished while the engine is away. */
