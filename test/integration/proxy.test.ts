@@ -117,11 +117,11 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
 
   test('routes by host, by path prefix (the longest wins), and answers 404 without a route', async () => {
     await proxy.setRoute('web', { host: 'web.test', port: 80 });
-    await proxy.setUpstream('web', { name: A, address: ups['a']!.address, weight: 100 });
+    await proxy.setUpstream('web', { name: A, address: ups['a'].address, weight: 100 });
     await proxy.setRoute('api', { host: 'web.test', path: '/api', port: 80 });
-    await proxy.setUpstream('api', { name: B, address: ups['b']!.address, weight: 100 });
+    await proxy.setUpstream('api', { name: B, address: ups['b'].address, weight: 100 });
     await proxy.setRoute('static', { path: '/static/', port: 80 });
-    await proxy.setUpstream('static', { name: C, address: ups['c']!.address, weight: 100 });
+    await proxy.setUpstream('static', { name: C, address: ups['c'].address, weight: 100 });
 
     assert.equal((await get(http, 'web.test', '/x')).body, 'a /x');
     assert.equal((await get(http, 'WEB.test:8080', '/')).body, 'a /', 'the Host header is matched without its port, in any case');
@@ -134,17 +134,17 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
   });
 
   test('weights split the traffic: weight 0 gets no new request', async () => {
-    await proxy.setUpstream('web', { name: B, address: ups['b']!.address, weight: 100 });
-    await proxy.setUpstream('web', { name: A, address: ups['a']!.address, weight: 0 });
+    await proxy.setUpstream('web', { name: B, address: ups['b'].address, weight: 100 });
+    await proxy.setUpstream('web', { name: A, address: ups['a'].address, weight: 0 });
     for (let i = 0; i < 10; i++) assert.equal((await get(http, 'web.test', '/w')).body, 'b /w');
-    await proxy.setUpstream('web', { name: A, address: ups['a']!.address, weight: 100 });
+    await proxy.setUpstream('web', { name: A, address: ups['a'].address, weight: 100 });
     const seen = new Set<string>();
     for (let i = 0; i < 10; i++) seen.add((await get(http, 'web.test', '/w')).body);
     assert.deepEqual([...seen].sort(), ['a /w', 'b /w']);
   });
 
   test('a drain lets the in-flight request finish while new ones go to the other upstream, and none fails', async () => {
-    await proxy.setUpstream('web', { name: B, address: ups['b']!.address, weight: 0 });
+    await proxy.setUpstream('web', { name: B, address: ups['b'].address, weight: 0 });
     const slow = get(http, 'web.test', '/slow');
     // The slow request is open on A before the switch.
     for (;;) {
@@ -152,7 +152,7 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
       if (c.find((x) => x.name === A)?.current === 1) break;
       await new Promise((r) => setTimeout(r, 20));
     }
-    await proxy.setUpstream('web', { name: B, address: ups['b']!.address, weight: 100 });
+    await proxy.setUpstream('web', { name: B, address: ups['b'].address, weight: 100 });
     // Requests run on across the switch; those sent once A is seen draining must all go to B.
     let stop = false;
     let switched = false;
@@ -186,7 +186,7 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
   });
 
   test('the counters show each upstream\'s 5xx', async () => {
-    await proxy.setUpstream('web', { name: A, address: ups['a']!.address, weight: 0 });
+    await proxy.setUpstream('web', { name: A, address: ups['a'].address, weight: 0 });
     for (let i = 0; i < 3; i++) assert.equal((await get(http, 'web.test', '/fail')).status, 500);
     const counters = await proxy.counters('web');
     const b = counters.find((c) => c.name === B);
@@ -207,7 +207,7 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
     assert.equal(await servedName(https, 'one.test'), 'one.test');
 
     await proxy.setRoute('secure', { host: 'one.test', port: 443, tls: true });
-    await proxy.setUpstream('secure', { name: C, address: ups['c']!.address, weight: 1 });
+    await proxy.setUpstream('secure', { name: C, address: ups['c'].address, weight: 1 });
     const plain = await get(http, 'one.test', '/p');
     assert.equal(plain.status, 308);
     assert.equal(plain.headers['location'], 'https://one.test/p');
@@ -238,15 +238,15 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
     const before = JSON.stringify(await proxy.routes());
     const bad: [string, () => Promise<unknown>][] = [
       ['service', () => proxy.setRoute('web;shutdown', { host: 'x.test', port: 80 })],
-      ['service newline', () => proxy.setUpstream('web\nshow info', { name: A, address: ups['a']!.address, weight: 1 })],
+      ['service newline', () => proxy.setUpstream('web\nshow info', { name: A, address: ups['a'].address, weight: 1 })],
       ['host', () => proxy.setRoute('evil', { host: 'x.test slot0\ndel map', port: 80 })],
       ['host semicolon', () => proxy.setRoute('evil', { host: 'x.test;shutdown', port: 80 })],
       ['path', () => proxy.setRoute('evil', { path: '/a b', port: 80 })],
       ['path dots', () => proxy.setRoute('evil', { path: '/a/../b', port: 80 })],
-      ['upstream name', () => proxy.setUpstream('web', { name: 'aaaa aaaa;del', address: ups['a']!.address, weight: 1 })],
+      ['upstream name', () => proxy.setUpstream('web', { name: 'aaaa aaaa;del', address: ups['a'].address, weight: 1 })],
       ['address', () => proxy.setUpstream('web', { name: A, address: '127.0.0.1:80\nshutdown frontend http', weight: 1 })],
       ['address host', () => proxy.setUpstream('web', { name: A, address: 'evil.example:80', weight: 1 })],
-      ['weight', () => proxy.setUpstream('web', { name: A, address: ups['a']!.address, weight: 257 })],
+      ['weight', () => proxy.setUpstream('web', { name: A, address: ups['a'].address, weight: 257 })],
       ['drain name', () => proxy.drain('web', `${A}/x`, 10)],
       ['cert host', () => proxy.setCertificate('../etc', 'x')],
       ['cert payload', () => proxy.setCertificate('three.test', '-----BEGIN CERTIFICATE-----\nAAAA\n\nshutdown frontend http\n-----END CERTIFICATE-----\n')],
@@ -279,7 +279,7 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
     assert.ok(slot, state);
     await admin(paths.adminSocket, `set server ${slot}/${B} state maint`);
     await admin(paths.adminSocket, `del server ${slot}/${B}`);
-    await admin(paths.adminSocket, `add server ${slot}/dddddddddddd ${ups['a']!.address}`);
+    await admin(paths.adminSocket, `add server ${slot}/dddddddddddd ${ups['a'].address}`);
     await admin(paths.adminSocket, `enable server ${slot}/dddddddddddd`);
     await admin(paths.adminSocket, `clear map ${paths.pathMap}`);
 
