@@ -21,6 +21,16 @@ export interface ContainerInfo {
   restarts: number;
   /** Absent when the container has no health check. */
   health?: ContainerHealth;
+  /** The ports published now; empty while the container is stopped (an ephemeral port is chosen at each start). */
+  ports: PublishedPort[];
+}
+
+/** A container port as the engine published it on the host. */
+export interface PublishedPort {
+  containerPort: number;
+  protocol: 'tcp' | 'udp';
+  hostIp: string;
+  hostPort: number;
 }
 
 export type NetworkMode = 'host' | 'bridge' | 'none';
@@ -63,6 +73,7 @@ export interface ContainerSpec {
 export interface PortBinding {
   containerPort: number;
   protocol: 'tcp' | 'udp';
+  /** 0: a free port the engine chooses at each start (`-p 127.0.0.1::80`); read it back with {@link publishedPort}. */
   hostPort: number;
   hostIp?: string;
 }
@@ -129,6 +140,7 @@ export class ContainerRunner {
         exitCode: info.State.ExitCode,
         restarts: info.RestartCount ?? 0,
         ...(info.State.Health ? { health: healthOf(info.State.Health) } : {}),
+        ports: portsOf(info.NetworkSettings?.Ports),
       };
     } catch (err) {
       if (statusOf(err) === 404) return undefined;
@@ -152,7 +164,9 @@ export class ContainerRunner {
     for (const port of ports) {
       const key = `${port.containerPort}/${port.protocol}`;
       exposed[key] = {};
-      (bindings[key] ??= []).push({ HostIp: port.hostIp ?? '', HostPort: String(port.hostPort) });
+      if (!Number.isInteger(port.hostPort) || port.hostPort < 0 || port.hostPort > 65535) throw invalidSpec(spec, `invalid host port ${String(port.hostPort)}`);
+      // An empty HostPort asks the engine for a free one.
+      (bindings[key] ??= []).push({ HostIp: port.hostIp ?? '', HostPort: port.hostPort === 0 ? '' : String(port.hostPort) });
     }
     // Each field is copied by name: a spec object carrying anything else (a smuggled HostConfig,
     // Binds, CapAdd under another spelling) has no way into the request.
@@ -271,6 +285,30 @@ export class ContainerRunner {
     for await (const chunk of stream as AsyncIterable<Buffer>) chunks.push(chunk);
     return Buffer.concat(chunks);
   }
+}
+
+/**
+ * The host port the engine published `containerPort` (tcp) on, at `hostIp`; undefined when it is
+ * not published there (a stopped container publishes nothing).
+ */
+export function publishedPort(info: Pick<ContainerInfo, 'ports'>, containerPort: number, hostIp = '127.0.0.1'): number | undefined {
+  return info.ports.find((p) => p.containerPort === containerPort && p.protocol === 'tcp' && p.hostIp === hostIp)?.hostPort;
+}
+
+const PORT_KEY = /^(\d{1,5})\/(tcp|udp)$/;
+
+function portsOf(ports: Record<string, { HostIp: string; HostPort: string }[] | null> | null | undefined): PublishedPort[] {
+  const out: PublishedPort[] = [];
+  for (const [key, bindings] of Object.entries(ports ?? {})) {
+    const match = PORT_KEY.exec(key);
+    if (!match) continue;
+    for (const binding of bindings ?? []) {
+      const hostPort = Number(binding.HostPort);
+      if (!Number.isInteger(hostPort) || hostPort < 1 || hostPort > 65535) continue;
+      out.push({ containerPort: Number(match[1]), protocol: match[2] === 'udp' ? 'udp' : 'tcp', hostIp: binding.HostIp, hostPort });
+    }
+  }
+  return out;
 }
 
 function healthOf(health: HealthInspect): ContainerHealth {

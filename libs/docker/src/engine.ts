@@ -110,6 +110,8 @@ export interface ContainerInspect {
   RestartCount?: number;
   Config: { Image: string; Labels?: Record<string, string> | null; [field: string]: unknown };
   HostConfig?: Record<string, unknown>;
+  /** The ports the engine published for the running container (`"80/tcp"` → bindings); null while stopped. */
+  NetworkSettings?: { Ports?: Record<string, { HostIp: string; HostPort: string }[] | null> | null };
 }
 
 /** The HostConfig of a create request, as far as Ferry sends it. */

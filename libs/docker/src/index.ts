@@ -29,6 +29,8 @@ export {
   type HealthcheckTimings,
   type MountSpec,
   type PortBinding,
+  type PublishedPort,
+  publishedPort,
   type NetworkMode,
   type RemoveContainerOptions,
   type RestartPolicy,

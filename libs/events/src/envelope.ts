@@ -183,6 +183,23 @@ export interface DeploymentFailedFields {
   probes?: ProbeResult[];
 }
 
+/**
+ * A routed service's traffic moved to another container through the host's proxy (a start-first
+ * switch, or the upstream swap of a stop-first deployment or rollback).
+ */
+export interface DeploymentSwitchedFields {
+  /** The proxy's upstream (container id's first 12 hex digits) that served before; absent on a first deployment. */
+  from?: string;
+  /** The upstream serving now. */
+  to: string;
+  /** Its address, `127.0.0.1:<published port>`. */
+  address: string;
+  strategy: 'start-first' | 'stop-first';
+  /** Requests still in flight on `from` when the drain ended (0 = every one finished). */
+  openSessions: number;
+  drainMs: number;
+}
+
 export interface RollbackStartedFields {
   reason: string;
 }
@@ -283,6 +300,7 @@ export interface EventFields {
   'healthcheck.failed': HealthcheckFailedFields;
   'deployment.completed': DeploymentCompletedFields;
   'deployment.failed': DeploymentFailedFields;
+  'deployment.switched': DeploymentSwitchedFields;
   'rollback.started': RollbackStartedFields;
   'rollback.completed': RollbackCompletedFields;
   'canary.started': CanaryFields;

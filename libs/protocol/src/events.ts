@@ -22,7 +22,7 @@ export const EVENT_TYPES = [
   'transfer.started', 'transfer.completed',
   'package.verified', 'image.loaded', 'container.started',
   'healthcheck.passed', 'healthcheck.failed',
-  'deployment.completed', 'deployment.failed',
+  'deployment.completed', 'deployment.failed', 'deployment.switched',
   'rollback.started', 'rollback.completed',
   'canary.started', 'canary.promoted', 'canary.rolled_back',
   'host.registered', 'host.lost', 'drift.detected',

@@ -8,8 +8,9 @@ import { parsePort, type HealthCheck, type ServiceSpec } from './manifest.ts';
  * Undefined when the check can reach the container, or when that cannot be told from the spec
  * (another address, a `cmd` check, a port published at all).
  */
-export function unpublishedHealthPort(spec: Pick<ServiceSpec, 'network' | 'ports' | 'health'>): number | undefined {
-  if (spec.network !== 'bridge') return undefined;
+export function unpublishedHealthPort(spec: Pick<ServiceSpec, 'network' | 'ports' | 'health'> & { route?: unknown }): number | undefined {
+  // A routed container's check goes through the route's published port (checkThroughPublished).
+  if (spec.network !== 'bridge' || spec.route !== undefined) return undefined;
   const target = healthTarget(spec.health);
   if (!target || !isLoopback(target.host)) return undefined;
   const published = (spec.ports ?? []).some((text) => {

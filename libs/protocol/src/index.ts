@@ -14,3 +14,4 @@ export * from './text.ts';
 export * from './release.ts';
 export * from './capacity.ts';
 export * from './route.ts';
+export { RouteLabelSchema, checkThroughPublished, parseRouteLabel, routeLabelOf, upstreamName, type RouteLabel } from './route-label.ts';

@@ -54,6 +54,11 @@ export const LABELS = {
   configHash: 'ferry.config-hash',
   imageRef: 'ferry.image-ref',
   imageId: 'ferry.image-id',
+  /**
+   * A routed container's route, drain and health check (JSON, route-label.ts): what a
+   * start-first switch to it needs when no manifest is at hand (a manual rollback, a recovery).
+   */
+  route: 'ferry.route',
 } as const;
 
 /**

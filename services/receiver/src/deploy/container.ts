@@ -1,6 +1,6 @@
 import type { ContainerSpec } from '@ferry/docker';
 import type { Logger } from '@ferry/log';
-import { LABELS, configHash, type Manifest } from '@ferry/protocol';
+import { LABELS, configHash, routeLabelOf, type Manifest } from '@ferry/protocol';
 import { DEFAULT_POLICY, checkBindSources, containerSpecFor, policyDenied, type Policy } from '../policy/index.ts';
 import type { Emit } from './verdict.ts';
 
@@ -9,13 +9,19 @@ import type { Emit } from './verdict.ts';
  * here (containerSpecFor), so nothing it refuses reaches the engine by any path.
  */
 export function specFor(manifest: Manifest, policy: Readonly<Policy> | undefined): ContainerSpec {
-  return containerSpecFor(manifest, {
+  const routed = routeLabelOf(manifest.service);
+  const spec = containerSpecFor(manifest, {
     [LABELS.service]: manifest.service.name,
     [LABELS.deploymentId]: manifest.deploymentId,
     [LABELS.configHash]: configHash(manifest),
     [LABELS.imageRef]: manifest.image.ref,
     [LABELS.imageId]: manifest.image.id,
+    ...(routed ? { [LABELS.route]: JSON.stringify(routed) } : {}),
   }, policy);
+  if (!routed) return spec;
+  // The route's port on loopback only, at a port the engine picks at each start: the proxy is the
+  // way in, and two containers of the service (start-first) never want the same host port.
+  return { ...spec, ports: [...(spec.ports ?? []), { containerPort: routed.route.port, protocol: 'tcp', hostPort: 0, hostIp: '127.0.0.1' }] };
 }
 
 /**

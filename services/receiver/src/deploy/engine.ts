@@ -2,9 +2,10 @@ import { randomUUID } from 'node:crypto';
 import type { ContainerRunner, ContainerSpec, ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventReleaseRef, type EventSink } from '@ferry/events';
 import type { Logger } from '@ferry/log';
+import type { Proxy, Upstream } from '@ferry/proxy';
 import {
-  FerryError, LABELS, configHash,
-  type DeploymentFailure, type DeploymentResult, type DeploymentState, type EventType, type Manifest, type ReleaseRef, type Restored, type StageTimings,
+  FerryError, LABELS, checkThroughPublished, configHash, effectiveStrategy, parseRouteLabel, routeLabelOf, upstreamName,
+  type DeploymentFailure, type DeploymentResult, type DeploymentState, type EventType, type HealthCheckProgress, type Manifest, type ReleaseRef, type Restored, type StageTimings,
 } from '@ferry/protocol';
 import type { Policy } from '../policy/index.ts';
 import { assertLayersPresent } from '../load/load.ts';
@@ -26,6 +27,10 @@ import type { CrashPoint } from './crash.ts';
 import { assertFreeSpace, type DiskGuard } from './disk.ts';
 import { DEFAULT_RETAIN_IMAGES, pruneImages } from './retention.ts';
 import { dropOlder, finishSwapBack, nextName, previousName, replaceContainer, restorePrevious, swapToPrevious, undoSwap } from './swap.ts';
+import {
+  SwitchIncomplete, abandonSwitch, assertProxy, checkRouted, commitSwitch, finishSwitch, routeToCurrent, startAside, switchFacts, upstreamOf,
+} from './start-first.ts';
+import { rollbackStartFirst } from './switch-back.ts';
 
 export interface DeployerDeps {
   images: ImageStore;
@@ -53,6 +58,8 @@ export interface DeployerDeps {
   releases?: ReleaseStore;
   /** Releases kept per service (FERRY_RETAIN_RELEASES). */
   retainReleases?: number;
+  /** The host's reverse proxy; routed services are refused (FERRY_ERR_PROXY_UNAVAILABLE) without it. */
+  proxy?: Proxy;
   /** Canaries in progress, for `promote` and `abort` by hand (routes/canary.ts). */
   canaries?: CanaryControl;
 }
@@ -82,6 +89,8 @@ export class Deployer {
   /** Services with a deployment, rollback or reconcile under way: the per-service lock. */
   readonly #busy = new Set<string>();
   readonly #timers = new Set<NodeJS.Timeout>();
+  /** Services whose committed switch is being finished in the background (#unlessIncomplete). */
+  readonly #finishing = new Set<string>();
 
   constructor(deps: DeployerDeps) {
     this.#deps = deps;
@@ -135,9 +144,11 @@ export class Deployer {
       await this.assertDiskSpace(pkg.bytes);
       // Also before the journal: the sender then sends the full package under the same id.
       await assertLayersPresent(this.#deps.layers, manifest);
+      // Also before the journal: nothing changed, and the same id deploys once the proxy answers.
+      await assertProxy(this.#deps.proxy, manifest.service);
       const entry = await this.#journal.begin(headerOf(manifest, this.#deps.hostId, pkg.bytes), receivedStates(pkg), { again });
       const run = new Run(this.#deps, pkg, entry, (type, data) => this.#emit(manifest, type, data));
-      const result = await run.execute();
+      const result = await run.execute().catch((err: unknown) => this.#unlessIncomplete(err, manifest.deploymentId, service));
       if (result.state === 'COMPLETED') {
         const { releases, retainReleases: keep, disk, logger } = this.#deps;
         if (releases) await retainRelease({ releases, keep, disk, logger }, manifest, result);
@@ -146,9 +157,25 @@ export class Deployer {
       if (result.error) throw failure(result);
       return result;
     } finally {
-      this.#busy.delete(service);
+      // A switch left to finish in the background keeps the service locked until it is finished.
+      if (!this.#finishing.has(service)) this.#busy.delete(service);
       await pkg.release();
     }
+  }
+
+  /**
+   * A start-first switch that failed after its commit point (the proxy or the engine refused a
+   * step): the journal keeps it unfinished and it is finished in the background as after a
+   * restart, the service locked meanwhile. The caller gets the step's error.
+   */
+  #unlessIncomplete(err: unknown, deploymentId: string, service: string): never {
+    if (!(err instanceof SwitchIncomplete)) throw err;
+    const record = this.#journal.get(deploymentId);
+    if (record) {
+      this.#finishing.add(service);
+      void this.#recoverOne(record).finally(() => this.#finishing.delete(service));
+    }
+    throw err.error;
   }
 
   /**
@@ -172,8 +199,10 @@ export class Deployer {
       const result = await rollbackToRelease({ ...this.#deps, journal: this.#journal, emit: (type, data) => this.#publish(subject, type, data) }, retained, deploymentId);
       await this.#prune(service);
       return result;
+    } catch (err) {
+      return this.#unlessIncomplete(err, deploymentId, service);
     } finally {
-      this.#busy.delete(service);
+      if (!this.#finishing.has(service)) this.#busy.delete(service);
     }
   }
 
@@ -197,6 +226,17 @@ export class Deployer {
     const subject = {
       deploymentId, service, image: previous.labels[LABELS.imageRef] ?? previous.image, imageId: previous.labels[LABELS.imageId] ?? previous.imageId,
     } satisfies Subject;
+    const label = parseRouteLabel(previous.labels[LABELS.route]);
+    const routed = label !== undefined || parseRouteLabel(current?.labels[LABELS.route]) !== undefined;
+    // Refused before the journal, nothing changed: a routed service's traffic moves through the proxy.
+    if (routed) await assertProxy(this.#deps.proxy, { route: true });
+    const { proxy } = this.#deps;
+    if (label?.strategy === 'start-first' && proxy) {
+      return rollbackStartFirst({
+        containers, images, proxy, journal: this.#journal, hostId: this.#deps.hostId, logger: this.#deps.logger,
+        stabilityWindowMs: this.#deps.stabilityWindowMs, crashAt: this.#deps.crashAt, emit: (type, data) => this.#publish(subject, type, data),
+      }, { subject, previous, current, label });
+    }
     const entry = await this.#journal.begin({ ...subject, kind: 'rollback', host: this.#deps.hostId, bytes: 0 }, []);
     const log = this.#deps.logger.child({ deploymentId, service });
     const timings: StageTimings = {};
@@ -213,6 +253,14 @@ export class Deployer {
       if (subject.image !== subject.imageId) await images.tag(subject.imageId, subject.image);
       if (!(await containers.inspect(previous.id))?.running) {
         throw new FerryError('FERRY_ERR_CONTAINER_FAILED', { message: 'The previous container exited right after it started again' });
+      }
+      if (routed && proxy) {
+        const routedNow = await routeToCurrent({ containers, proxy }, service);
+        if (routedNow.upstream) {
+          this.#publish(subject, 'deployment.switched', {
+            ...(current ? { from: upstreamName(current.id) } : {}), to: routedNow.upstream.name, address: routedNow.upstream.address, strategy: 'stop-first', openSessions: 0, drainMs: 0,
+          });
+        }
       }
     } catch (err) {
       const error = new FerryError('FERRY_ERR_ROLLBACK_FAILED', { message: `Rollback of ${service} failed: ${asFerryError(err).message}`, cause: err });
@@ -266,7 +314,10 @@ export class Deployer {
     const { service, deploymentId } = record;
     const log = this.#deps.logger.child({ deploymentId, service });
     const entry = await this.#journal.resume(deploymentId);
+    if (record.switch?.step === 'promoting') return this.#finishInterruptedSwitch(record, entry);
     try {
+      // A switch that never reached its commit point: the new container had no request.
+      if (record.switch) await abandonSwitch({ containers, proxy: this.#requireProxy(service) }, service, record.switch);
       // A rollback to a release swaps as a deployment does, and is undone as one: what ran before runs.
       const swapsLikeDeploy = record.kind === 'deploy' || record.toRelease !== undefined;
       const swapping = record.kind === 'rollback' || record.states.some((s) => s.state === 'DEPLOYING');
@@ -289,6 +340,8 @@ export class Deployer {
       if (swapsLikeDeploy && record.previousImageId && record.previousImageId !== record.imageId) {
         await images.tag(record.previousImageId, record.image);
       }
+      // The route table follows what runs now (a stop-first swap undone gave the old one a new port).
+      if (this.#deps.proxy) await routeToCurrent({ containers, proxy: this.#deps.proxy }, service);
       const state: DeploymentState = record.kind === 'deploy' && swapping && running ? 'ROLLED_BACK' : 'FAILED';
       const error = new FerryError('FERRY_ERR_INTERRUPTED', {
         message: `The receiver stopped while this deployment was ${record.state}; ${running ? `container ${running.slice(0, 12)} runs` : 'nothing runs for this service'} since it started again`,
@@ -303,6 +356,41 @@ export class Deployer {
       await entry.finish(result);
       this.#publish(subject, 'deployment.failed', { code: error.code, reason: error.message, state });
       log.warn({ interruptedIn: record.state, state, running: running ?? null }, 'interrupted deployment resolved');
+    } catch (err) {
+      await entry.close();
+      throw err;
+    }
+  }
+
+  #requireProxy(service: string): Proxy {
+    const { proxy } = this.#deps;
+    if (!proxy) throw new FerryError('FERRY_ERR_PROXY_UNAVAILABLE', { message: `${service}: a switch through the proxy was under way and no proxy is configured`, details: { service } });
+    return proxy;
+  }
+
+  /**
+   * A start-first switch the receiver died in after its commit point: it is finished (start-first.ts
+   * finishSwitch), and the deployment or rollback ends as it would have.
+   */
+  async #finishInterruptedSwitch(record: DeploymentRecord, entry: JournalEntry): Promise<void> {
+    const facts = record.switch;
+    if (!facts) throw new Error('no switch to finish');
+    const { service, deploymentId } = record;
+    const subject = subjectOf(record);
+    try {
+      const switched = await finishSwitch({ containers: this.#deps.containers, proxy: this.#requireProxy(service), log: this.#deps.logger }, service, facts);
+      const state: DeploymentState = record.kind === 'deploy' ? 'COMPLETED' : 'ROLLED_BACK';
+      const result: DeploymentResult = {
+        deploymentId, host: record.host, service, image: record.image, imageId: record.imageId, ...(record.configHash ? { configHash: record.configHash } : {}),
+        state, containerId: facts.newId, bytes: record.bytes, timings: record.timings,
+      };
+      await entry.finish(result);
+      this.#publish(subject, 'deployment.switched', {
+        ...(switched.from ? { from: switched.from } : {}), to: switched.to.name, address: switched.to.address, strategy: 'start-first', openSessions: switched.openSessions, drainMs: facts.drainMs,
+      });
+      if (state === 'COMPLETED') this.#publish(subject, 'deployment.completed', { timings: record.timings });
+      else this.#publish(subject, 'rollback.completed', { restoredContainerId: facts.newId, durationMs: 0 });
+      this.#deps.logger.warn({ deploymentId, service, state }, 'interrupted switch finished');
     } catch (err) {
       await entry.close();
       throw err;
@@ -423,6 +511,10 @@ class Run {
   readonly #scrub: Scrubber;
   #state: DeploymentState = 'VERIFYING';
   #containerId: string | undefined;
+  /** A routed service's new container as the proxy would reach it (start-first.ts). */
+  #upstream: Upstream | undefined;
+  /** Set once a start-first switch passed its commit point: from there it is finished, never undone. */
+  #committed = false;
 
   constructor(deps: DeployerDeps, pkg: VerifiedPackage, entry: JournalEntry, emit: Emit) {
     this.#deps = deps;
@@ -440,7 +532,11 @@ class Run {
 
   /** Walks the states, each journalled before it is acted on; resolves to the journalled outcome. */
   async execute(): Promise<DeploymentResult> {
-    const result = await this.#walk();
+    const result = await this.#walk().catch(async (err: unknown) => {
+      // Left unfinished on purpose: the switch is finished from the journal (Deployer.#unlessIncomplete).
+      if (err instanceof SwitchIncomplete) await this.#entry.close();
+      throw err;
+    });
     await this.#entry.finish(result);
     return result;
   }
@@ -461,7 +557,8 @@ class Run {
       if (previousTagTarget) await this.#entry.note({ previousImageId: previousTagTarget });
       await this.#deps.images.tag(manifest.image.id, manifest.image.ref);
       await this.#enter('DEPLOYING');
-      await this.#start(spec);
+      if (this.#startFirst) await this.#startAside(spec);
+      else await this.#start(spec);
     } catch (err) {
       return this.#fail(asFerryError(err), previousTagTarget);
     }
@@ -475,6 +572,12 @@ class Run {
       return this.#fail(asFerryError(err), previousTagTarget);
     }
     if (!health.ok) return this.#fail(health.error, previousTagTarget, health.found);
+    try {
+      await this.#route();
+    } catch (err) {
+      if (this.#committed) throw new SwitchIncomplete(asFerryError(err));
+      return this.#fail(asFerryError(err), previousTagTarget);
+    }
     this.#state = 'COMPLETED';
     this.#timings.total = this.#elapsed();
     this.#emit('deployment.completed', { timings: this.#timings });
@@ -501,6 +604,58 @@ class Run {
     await this.#pkg.load(this.#deps);
     this.#timings.load = this.#since(started);
     this.#emit('image.loaded', { imageId: manifest.image.id, durationMs: this.#timings.load });
+  }
+
+  /** Start-first (the spec's own, or the default with a route): the new container starts beside the old one. */
+  get #startFirst(): boolean {
+    return this.#manifest.service.route !== undefined && effectiveStrategy(this.#manifest.service) === 'start-first';
+  }
+
+  /** The new container created and started aside, the old one serving on; each step journalled first. */
+  async #startAside(spec: ContainerSpec): Promise<void> {
+    const started = performance.now();
+    const service = this.#manifest.service.name;
+    const label = routeLabelOf(this.#manifest.service);
+    if (!label) throw new Error('start-first without a route');
+    const old = await this.#deps.containers.inspect(service);
+    const containerId = await startAside(this.#deps.containers, spec, async (id) => {
+      this.#containerId = id;
+      await this.#entry.note({ containerId: id, ...(old ? { previousContainerId: old.id } : {}), switch: switchFacts(label, id, old?.id, false) });
+    }).catch((err: unknown) => {
+      throw asFerryError(err, 'FERRY_ERR_CONTAINER_FAILED');
+    });
+    await this.#bindsOnHost(spec);
+    this.#timings.deploy = this.#since(started);
+    this.#emit('container.started', { containerId, durationMs: this.#timings.deploy });
+  }
+
+  /**
+   * A routed service's traffic goes to the new container. Start-first: here is the canary phase's
+   * place (canary.ts, between "healthy" and "promote"); then the commit point and the switch
+   * (start-first.ts). Stop-first: the old container is stopped already; the route's upstream is
+   * swapped to the new one.
+   */
+  async #route(): Promise<void> {
+    const { proxy, containers } = this.#deps;
+    const service = this.#manifest.service.name;
+    const label = routeLabelOf(this.#manifest.service);
+    if (!label || !proxy || !this.#containerId) return;
+    const old = this.#entry.record.previousContainerId;
+    if (!this.#startFirst) {
+      const routed = await routeToCurrent({ containers, proxy }, service);
+      if (routed.upstream) {
+        this.#emit('deployment.switched', {
+          ...(old ? { from: upstreamName(old) } : {}), to: routed.upstream.name, address: routed.upstream.address, strategy: 'stop-first', openSessions: 0, drainMs: 0,
+        });
+      }
+      return;
+    }
+    // (The canary phase goes here: the new upstream at the canary's weight, judged by the proxy's counters.)
+    this.#committed = true;
+    const switched = await commitSwitch({ containers, proxy, log: this.#log, crashAt: this.#deps.crashAt }, this.#entry, service, switchFacts(label, this.#containerId, old, false));
+    this.#emit('deployment.switched', {
+      ...(switched.from ? { from: switched.from } : {}), to: switched.to.name, address: switched.to.address, strategy: 'start-first', openSessions: switched.openSessions, drainMs: label.drainMs,
+    });
   }
 
   #spec(): ContainerSpec {
@@ -539,11 +694,15 @@ class Run {
   async #validate(): Promise<Verdict> {
     const containerId = this.#containerId;
     if (!containerId) throw new Error('validate before start');
-    const outcome = await verdict(this.#manifest, containerId, {
+    const deps = {
       containers: this.#deps.containers, stabilityWindowMs: this.#deps.stabilityWindowMs, scrub: this.#scrub, emit: this.#emit,
       // Journalled as it goes, so whoever follows the deployment sees the check's progress.
-      progress: (healthCheck) => this.#entry.note({ healthCheck }),
-    });
+      progress: (healthCheck: HealthCheckProgress) => this.#entry.note({ healthCheck }),
+    };
+    const route = this.#manifest.service.route;
+    // A routed container is checked through the port the proxy will use.
+    if (route) this.#upstream = await upstreamOf(this.#deps.containers, containerId, route.port);
+    const outcome = this.#upstream ? await checkRouted(this.#manifest.service, containerId, this.#upstream, deps) : await verdict(this.#manifest, containerId, deps);
     if (outcome.healthMs > 0) this.#timings.health = outcome.healthMs;
     return outcome;
   }
@@ -563,8 +722,12 @@ class Run {
           if (previousTagTarget && previousTagTarget !== manifest.image.id) await this.#deps.images.tag(previousTagTarget, manifest.image.ref);
           return id;
         });
+        // A start-first candidate had no request; the proxy forgets it in case a canary had begun.
+        if (this.#startFirst && this.#containerId && this.#deps.proxy) await abandonSwitch({ containers: this.#deps.containers, proxy: this.#deps.proxy }, manifest.service.name, { newId: this.#containerId, kept: false });
         // The answer says the old version serves again, so wait until it does, as far as its check can tell.
-        if (restored) await this.#awaitRestoredHealthy(restored);
+        if (restored && !this.#startFirst) await this.#awaitRestoredHealthy(restored);
+        // Restarted, the old container has a new published port: the route follows it.
+        if (manifest.service.route && !this.#startFirst && this.#deps.proxy) await routeToCurrent({ containers: this.#deps.containers, proxy: this.#deps.proxy }, manifest.service.name);
         this.#timings.rollback = this.#since(started);
         await this.#entry.note({ event: 'rollback.completed' });
         this.#emit('rollback.completed', { ...(restored ? { restoredContainerId: restored } : {}), durationMs: this.#timings.rollback });
@@ -600,7 +763,10 @@ class Run {
   }
 
   async #awaitRestoredHealthy(containerId: string): Promise<void> {
-    const check = this.#manifest.service.health;
+    const route = this.#manifest.service.route;
+    const declared = this.#manifest.service.health;
+    const published = route && declared ? (await upstreamOf(this.#deps.containers, containerId, route.port).catch(() => undefined))?.address : undefined;
+    const check = declared && published ? checkThroughPublished(declared, Number(published.split(':')[1])) : declared;
     if (!check) return;
     const inspect = (): ReturnType<ContainerRunner['inspect']> => this.#deps.containers.inspect(containerId);
     const outcome = await waitHealthy(check, {

@@ -59,7 +59,7 @@ export async function waitHealthy(check: HealthCheck, deps: HealthDeps): Promise
  * Why a check failed, with what to change when the spec itself explains it: a bare ECONNREFUSED
  * from 127.0.0.1 says nothing of the unpublished port of a container on the bridge network.
  */
-export function healthFailureReason(outcome: HealthOutcome, service: Pick<ServiceSpec, 'network' | 'ports' | 'health'>): string {
+export function healthFailureReason(outcome: HealthOutcome, service: Pick<ServiceSpec, 'network' | 'ports' | 'health' | 'route'>): string {
   const reason = outcome.reason ?? 'health check failed';
   const port = unpublishedHealthPort(service);
   return port === undefined ? reason : `${reason}; ${unpublishedHealthPortHint(port)}`;

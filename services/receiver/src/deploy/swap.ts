@@ -103,7 +103,7 @@ async function restoreRunning(runner: ContainerRunner, service: string, failedId
  * (a deployment failed, or stopped half-way), and is dropped when it is not (a deployment passed
  * and stopped before it could drop it).
  */
-async function settleOlder(runner: ContainerRunner, service: string): Promise<void> {
+export async function settleOlder(runner: ContainerRunner, service: string): Promise<void> {
   const older = await runner.inspect(olderName(service));
   if (!older) return;
   if (await runner.inspect(previousName(service))) await runner.remove(older.id, { force: true });

@@ -1,6 +1,7 @@
 import type { ContainerRunner, ImageStore } from '@ferry/docker';
 import type { Logger } from '@ferry/log';
-import { FerryError, configHash, type DeploymentFailure, type DeploymentResult, type DeploymentState, type Manifest, type StageTimings } from '@ferry/protocol';
+import type { Proxy } from '@ferry/proxy';
+import { FerryError, configHash, effectiveStrategy, routeLabelOf, upstreamName, type DeploymentFailure, type DeploymentResult, type DeploymentState, type HealthCheckProgress, type Manifest, type StageTimings } from '@ferry/protocol';
 import type { Journal, JournalEntry } from '../journal/journal.ts';
 import type { Policy } from '../policy/index.ts';
 import type { CrashPoint } from './crash.ts';
@@ -10,7 +11,8 @@ import { Scrubber, failedContainer } from './failure.ts';
 import { healthCheckFailedWithoutRestore, unstableWithoutRestore } from './health.ts';
 import { asFerryError, failure, since } from './outcome.ts';
 import { replaceContainer, restorePrevious } from './swap.ts';
-import { verdict, type Emit, type Found } from './verdict.ts';
+import { verdict, type Emit, type Found, type Verdict } from './verdict.ts';
+import { SwitchIncomplete, abandonSwitch, assertProxy, checkRouted, commitSwitch, routeToCurrent, startAside, switchFacts, upstreamOf } from './start-first.ts';
 
 export interface ReleaseRollbackDeps {
   images: ImageStore;
@@ -24,6 +26,8 @@ export interface ReleaseRollbackDeps {
   emit: Emit;
   /** Test hook only (FERRY_TEST_CRASH_AT): `during-validate` SIGKILLs the process while the release is checked. */
   crashAt?: CrashPoint;
+  /** The host's proxy: a routed release goes back through it (start-first or an upstream swap). */
+  proxy?: Proxy;
 }
 
 /**
@@ -42,6 +46,7 @@ export async function rollbackToRelease(deps: ReleaseRollbackDeps, retained: Ret
   const log = deps.logger.child({ deploymentId, service, toRelease: retained.releaseId });
   if (!(await deps.images.inspect(manifest.image.id))) throw releaseNotRetained(service, retained.releaseId, `its image ${manifest.image.id} is no longer on this host`);
   // Refused before the journal: nothing was changed, the same id may be asked again.
+  await assertProxy(deps.proxy, manifest.service);
   const spec = await bindsOnHost(specFor(manifest, deps.policy), manifest, { policy: deps.policy, emit: deps.emit, log });
   const entry = await deps.journal.begin({
     deploymentId, kind: 'rollback', host: deps.hostId, service, image: manifest.image.ref, imageId: manifest.image.id,
@@ -83,6 +88,7 @@ class ReleaseRollback {
       // Written before the tag moves, so a reconcile can point the name back.
       if (this.#previousTag) await this.#entry.note({ previousImageId: this.#previousTag });
       await images.tag(manifest.image.id, manifest.image.ref);
+      if (this.#startFirst) return await this.#switchBack(spec);
       const swapped = await replaceContainer(containers, spec, {
         created: async (containerId) => {
           this.#containerId = containerId;
@@ -94,21 +100,81 @@ class ReleaseRollback {
       });
       this.#timings.deploy = since(this.#started);
       emit('container.started', { containerId: swapped.containerId, durationMs: this.#timings.deploy });
-      if (this.#deps.crashAt === 'during-validate') {
-        this.#log.warn({ point: this.#deps.crashAt }, 'FERRY_TEST_CRASH_AT: killing the receiver');
-        process.kill(process.pid, 'SIGKILL');
-      }
-      const checked = await verdict(manifest, swapped.containerId, {
-        containers, stabilityWindowMs: this.#deps.stabilityWindowMs, scrub: this.#scrub, emit,
-        progress: (healthCheck) => this.#entry.note({ healthCheck }),
-      });
+      this.#crashAt();
+      const checked = await this.#check(swapped.containerId);
       if (checked.healthMs > 0) this.#timings.health = checked.healthMs;
-      if (checked.ok) return await this.#done(swapped.containerId);
+      if (checked.ok) {
+        // Stop-first with a route: the route's upstream follows the container that runs now.
+        const { proxy } = this.#deps;
+        if (proxy && manifest.service.route) this.#switched('stop-first', await routeToCurrent({ containers, proxy }, manifest.service.name), 0, swapped.previousId);
+        return await this.#done(swapped.containerId);
+      }
       ({ error, found } = checked);
     } catch (err) {
+      if (err instanceof SwitchIncomplete) throw err;
       error = asFerryError(err);
     }
     return this.#fail(error, found);
+  }
+
+  get #startFirst(): boolean {
+    return this.#manifest.service.route !== undefined && effectiveStrategy(this.#manifest.service) === 'start-first';
+  }
+
+  /** The check, through the published port for a routed container. */
+  async #check(containerId: string): Promise<Verdict> {
+    const { containers, emit } = this.#deps;
+    const deps = { containers, stabilityWindowMs: this.#deps.stabilityWindowMs, scrub: this.#scrub, emit, progress: (healthCheck: HealthCheckProgress) => this.#entry.note({ healthCheck }) };
+    const route = this.#manifest.service.route;
+    if (!route) return verdict(this.#manifest, containerId, deps);
+    return checkRouted(this.#manifest.service, containerId, await upstreamOf(containers, containerId, route.port), deps);
+  }
+
+  /**
+   * The retained release as a start-first switch (start-first.ts): its container starts beside
+   * the current one and takes the traffic once it passed; one that does not pass is removed
+   * (#fail) without having had a request.
+   */
+  async #switchBack(spec: Parameters<typeof replaceContainer>[1]): Promise<DeploymentResult> {
+    const { containers, proxy, emit } = this.#deps;
+    const label = routeLabelOf(this.#manifest.service);
+    if (!proxy || !label) throw new Error('start-first without a proxy or a route');
+    const old = await containers.inspect(this.#manifest.service.name);
+    const containerId = await startAside(containers, spec, async (id) => {
+      this.#containerId = id;
+      await this.#entry.note({ containerId: id, ...(old ? { previousContainerId: old.id } : {}), switch: switchFacts(label, id, old?.id, false) });
+    }).catch((err: unknown) => {
+      throw asFerryError(err, 'FERRY_ERR_CONTAINER_FAILED');
+    });
+    this.#timings.deploy = since(this.#started);
+    emit('container.started', { containerId, durationMs: this.#timings.deploy });
+    this.#crashAt();
+    const checked = await this.#check(containerId);
+    if (checked.healthMs > 0) this.#timings.health = checked.healthMs;
+    if (!checked.ok) return this.#fail(checked.error, checked.found);
+    let switched;
+    try {
+      switched = await commitSwitch({ containers, proxy, log: this.#log, crashAt: this.#deps.crashAt }, this.#entry, this.#manifest.service.name, switchFacts(label, containerId, old?.id, false));
+    } catch (err) {
+      // Past the commit point: finished from the journal when the receiver starts again.
+      await this.#entry.close();
+      throw new SwitchIncomplete(asFerryError(err));
+    }
+    this.#switched('start-first', { upstream: switched.to }, switched.openSessions, switched.from, label.drainMs);
+    return this.#done(containerId);
+  }
+
+  /** `from`: the upstream, or the id of the container, that served before. */
+  #switched(strategy: 'start-first' | 'stop-first', routed: { upstream?: { name: string; address: string } }, openSessions: number, from: string | undefined, drainMs = 0): void {
+    if (!routed.upstream) return;
+    const fromName = from && from.length > 12 ? upstreamName(from) : from;
+    this.#deps.emit('deployment.switched', { ...(fromName ? { from: fromName } : {}), to: routed.upstream.name, address: routed.upstream.address, strategy, openSessions, drainMs });
+  }
+
+  #crashAt(): void {
+    if (this.#deps.crashAt !== 'during-validate') return;
+    this.#log.warn({ point: this.#deps.crashAt }, 'FERRY_TEST_CRASH_AT: killing the receiver');
+    process.kill(process.pid, 'SIGKILL');
   }
 
   async #done(containerId: string): Promise<DeploymentResult> {
@@ -135,6 +201,12 @@ class ReleaseRollback {
     } else {
       try {
         const restored = await restorePrevious(containers, manifest.service.name, this.#containerId);
+        const { proxy } = this.#deps;
+        if (proxy && manifest.service.route) {
+          // A start-first candidate had no request; a stop-first restore gave the old container a new port.
+          if (this.#startFirst) await abandonSwitch({ containers, proxy }, manifest.service.name, { newId: this.#containerId, kept: false });
+          await routeToCurrent({ containers, proxy }, manifest.service.name);
+        }
         if (this.#previousTag && this.#previousTag !== manifest.image.id) await images.tag(this.#previousTag, manifest.image.ref);
         report.restored = restored ? { outcome: 'previous', containerId: restored } : { outcome: 'nothing' };
         if (!restored && error.code === 'FERRY_ERR_HEALTHCHECK_FAILED') finalError = healthCheckFailedWithoutRestore(error);

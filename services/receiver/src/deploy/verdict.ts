@@ -1,6 +1,6 @@
 import type { ContainerRunner } from '@ferry/docker';
 import type { EventData } from '@ferry/events';
-import { FerryError, type DeploymentFailure, type EventType, type HealthCheck, type HealthCheckProgress, type Manifest } from '@ferry/protocol';
+import { FerryError, type DeploymentFailure, type EventType, type HealthCheck, type HealthCheckProgress, type ServiceSpec } from '@ferry/protocol';
 import { failedContainer, healthReport, stillUp, type Scrubber } from './failure.ts';
 import { healthCheckFailed, healthFailureReason, unstable, waitHealthy, type HealthOutcome } from './health.ts';
 import { DEFAULT_STABILITY_WINDOW_MS, watchStable } from './stability.ts';
@@ -29,7 +29,7 @@ export interface VerdictDeps {
  * may have been another process. `healthMs` covers both. A failure publishes healthcheck.failed
  * (with a check) and returns the container as it ended and the probes kept.
  */
-export async function verdict(manifest: Manifest, containerId: string, deps: VerdictDeps): Promise<Verdict> {
+export async function verdict(manifest: { service: Pick<ServiceSpec, 'health' | 'network' | 'ports' | 'route'> }, containerId: string, deps: VerdictDeps): Promise<Verdict> {
   const check = manifest.service.health;
   const inspect = (): ReturnType<ContainerRunner['inspect']> => deps.containers.inspect(containerId);
   const isRunning = async (): Promise<boolean> => stillUp(await inspect());

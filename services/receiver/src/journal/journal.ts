@@ -2,7 +2,7 @@ import { mkdir, open, readdir, readFile, rm, type FileHandle } from 'node:fs/pro
 import { join } from 'node:path';
 import { fsyncPath } from '@ferry/durable';
 import type { Logger } from '@ferry/log';
-import type { DeploymentFailure, DeploymentResult, DeploymentState, ErrorBody, HealthCheckProgress, ReleaseRef, StageTimings } from '@ferry/protocol';
+import type { DeploymentFailure, DeploymentResult, DeploymentState, ErrorBody, HealthCheckProgress, ReleaseRef, Route, StageTimings } from '@ferry/protocol';
 
 /** States after which a deployment never moves again. */
 export const FINAL_STATES: readonly DeploymentState[] = ['COMPLETED', 'ROLLED_BACK', 'FAILED'];
@@ -54,6 +54,26 @@ export interface DeploymentFacts {
   failure?: DeploymentFailure;
   /** The health check so far, noted as each probe answers. */
   healthCheck?: HealthCheckProgress;
+  /** A start-first switch (deploy/start-first.ts), noted at each of its steps. */
+  switch?: SwitchFacts;
+}
+
+/**
+ * Where a start-first switch stands. `aside`: the new container runs beside the old one and has
+ * had no request; a receiver that dies here removes it (or stops it again, when it is a kept
+ * container a rollback started) and the old one keeps serving. `promoting`, written before the
+ * proxy is told of the new upstream: from here a restart finishes the switch.
+ */
+export interface SwitchFacts {
+  step: 'aside' | 'promoting';
+  route: Route;
+  drainMs: number;
+  /** The container traffic moves to. */
+  newId: string;
+  /** It was kept stopped before (a manual rollback): abandoned, it is stopped again, not removed. */
+  kept: boolean;
+  /** The container that served before, when one did. */
+  oldId?: string;
 }
 
 export interface StateStamp {
@@ -72,6 +92,7 @@ export interface DeploymentRecord extends DeploymentHeader {
   previousImageId?: string;
   imagePreexisting?: boolean;
   healthCheck?: HealthCheckProgress;
+  switch?: SwitchFacts;
   timings: StageTimings;
   error?: ErrorBody['error'];
   /** Once the deployment failed: the report every client shows (docs/protocol.md §11.2). */
