@@ -21,6 +21,7 @@ import { digestOf } from '@ferry/integrity';
 import { FerryError } from '@ferry/protocol';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { EventWatcher } from '../helpers/events.ts';
+import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { ROOT, buildTestImage, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 import { keyEnv, testKey, trustFile, type TestKey } from '../helpers/keys.ts';
@@ -282,5 +283,70 @@ describe('sender service', { timeout: 600_000 }, () => {
       assert.deepEqual(await send(method, path, text, name === 'wrong media type' ? 'text/plain' : 'application/json'), [status, code], name);
     }
     assert.deepEqual(await send('GET', `/v1/deployments/${id}`, ''), [404, 'FERRY_ERR_NOT_FOUND'], 'no job was created');
+  });
+
+  test('a rollout with pause: manual pauses after its first wave; POST /v1/releases/ID/continue goes on, after the budget is asked again', async () => {
+    const api = client(sender.url);
+    const name = serviceName('paused');
+    const hog = serviceName('hog');
+    // The canary on a private engine, the rest on the stack's target engine with a 64m budget.
+    const engine = await PrivateDockerd.start();
+    const canary = await startReceiverProcess({ DOCKER_HOST: engine.host, FERRY_TRUST_FILE: trustFile(rxKey), FERRY_HOST_ID: `sspa-${run}` });
+    const rest = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_TRUST_FILE: trustFile(rxKey), FERRY_HOST_ID: `sspb-${run}`, FERRY_BUDGET_MEMORY: '64m' });
+    try {
+      const document = {
+        version: 1, name: `ss-${run}`, rollout: [{ name: 'canary', hosts: 1, pause: 'manual' }],
+        services: { [name]: { image: `${repo}:1`, targets: [canary.url, rest.url], network: 'none', memory: '32m' } },
+      };
+      const accepted = await api.request('POST', '/v1/deployments', document) as { id: string };
+      const paused = await settled(api, accepted.id) as JobView & { release?: { id: string; state: string } };
+      assert.equal(paused.state, 'succeeded', JSON.stringify(paused));
+      assert.equal(paused.release?.state, 'paused');
+      const releaseId = paused.release?.id ?? '';
+      assert.deepEqual(paused.services[0]?.targets.map((t) => [t.host, t.state]), [[`sspa-${run}`, 'COMPLETED'], [`sspb-${run}`, 'PENDING']]);
+      assert.equal((await dockerodeFor(engine.host).getContainer(name).inspect()).State.Running, true);
+      await assert.rejects(target.getContainer(name).inspect(), 'the second wave waits');
+
+      // While it waits, another service takes 48m of the second host's 64m: the release does not go on.
+      const other = await api.request('POST', '/v1/deployments', { version: 1, services: { [hog]: { image: `${repo}:1`, targets: [rest.url], network: 'none', memory: '48m' } } }) as { id: string };
+      assert.equal((await settled(api, other.id)).state, 'succeeded');
+      const refused = await api.request('POST', `/v1/releases/${releaseId}/continue`) as { id: string; releaseId: string; links: { self: string } };
+      assert.equal(refused.releaseId, releaseId);
+      const over = await settled(api, refused.id);
+      assert.equal(over.state, 'failed');
+      assert.equal(over.error?.code, 'FERRY_ERR_OVER_BUDGET');
+      assert.match((over.error as { message?: string } | undefined)?.message ?? '', new RegExp(`sspb-${run}: memory 32 MiB asked \\(${name} 32 MiB\\) \\+ 48 MiB running > budget 64 MiB`));
+      await assert.rejects(target.getContainer(name).inspect(), 'nothing was sent');
+
+      // Room again: the release, still paused, goes on and completes.
+      await removeService(target, hog);
+      const goes = await api.request('POST', `/v1/releases/${releaseId}/continue`) as { id: string };
+      const done = await settled(api, goes.id) as JobView & { release?: { id: string; state: string }; continues?: string };
+      assert.equal(done.state, 'succeeded', JSON.stringify(done));
+      assert.deepEqual([done.release?.id, done.release?.state, done.continues], [releaseId, 'completed', releaseId]);
+      assert.equal((await target.getContainer(name).inspect()).State.Running, true);
+
+      const again = await refusal(api.request('POST', `/v1/releases/${releaseId}/continue`));
+      assert.deepEqual([again.status, again.code], [404, 'FERRY_ERR_NOT_FOUND'], 'a release goes on once');
+    } finally {
+      await canary.stop().catch(() => undefined);
+      await rest.stop().catch(() => undefined);
+      await engine.stop().catch(() => undefined);
+    }
+  });
+
+  test('continue: an unknown release is 404, a bad id 400, an unsigned call 401, a body 400', async () => {
+    const unknown = await refusal(client(sender.url).request('POST', '/v1/releases/rel-20260101T000000Z-0123abcd/continue'));
+    assert.deepEqual([unknown.status, unknown.code], [404, 'FERRY_ERR_NOT_FOUND']);
+    const send = async (path: string, text = '', sign = true): Promise<[number, string]> => {
+      const headers = sign ? { ...signRequest({ method: 'POST', path, contentDigest: digestOf(text), audience: `ss-${run}`, keyId: caller.keyId, privateKey: caller.privateKey }), 'content-type': 'application/json' } : { 'content-type': 'application/json' };
+      const response = await fetch(`${sender.url}${path}`, { method: 'POST', headers, body: text });
+      return [response.status, (await response.json() as { error: { code: string } }).error.code];
+    };
+    assert.deepEqual(await send('/v1/releases/rel-20260101T000000Z-0123abcd/continue', '', false), [401, 'FERRY_ERR_AUTH_MISSING']);
+    for (const id of ['..%2F..%2Fetc%2Fpasswd', 'rel-bad', `rel-20260101T000000Z-0123abcd${'0'.repeat(200)}`, 'REL-20260101T000000Z-0123ABCD', 'rel-20260101T000000Z-0123abcd.json']) {
+      assert.deepEqual(await send(`/v1/releases/${id}/continue`), [400, 'FERRY_ERR_BAD_REQUEST'], id);
+    }
+    assert.deepEqual(await send('/v1/releases/rel-20260101T000000Z-0123abcd/continue', '{}'), [400, 'FERRY_ERR_BAD_REQUEST'], 'it takes no body');
   });
 });

@@ -2,7 +2,7 @@ import { Router, type Express } from 'express';
 import { authorize, type RequestVerifier } from '@ferry/auth';
 import { SIGNED_HEADERS, createBaseApp, finishApp, requireAllowedSource, requireSignature, readSignedJson, strictHeaders, type AuthLocals, type SecurityOptions } from '@ferry/http';
 import type { Logger } from '@ferry/log';
-import { FerryError, PATHS } from '@ferry/protocol';
+import { FerryError, PATHS, RELEASE_ID_PATTERN } from '@ferry/protocol';
 import { invalidDocument, parseDeploymentJson } from '../deployfile/index.ts';
 import { jobView, type DeploymentJobs } from './jobs.ts';
 
@@ -29,6 +29,7 @@ export function createApp(deps: SenderServiceDeps): Express {
   app.use(requireAllowedSource(deps.security ?? {}), strictHeaders(SIGNED_HEADERS));
   app.use('/v1', requireSignature(deps.verifier, deps.security ?? {}));
   app.use(deploymentsRouter(deps.jobs));
+  app.use(releasesRouter(deps.jobs));
   return finishApp(app);
 }
 
@@ -48,6 +49,25 @@ function deploymentsRouter(jobs: DeploymentJobs): Router {
     if (!job) throw new FerryError('FERRY_ERR_NOT_FOUND', { message: `No deployment ${req.params.id} on this sender`, details: { id: req.params.id } });
     res.setHeader('Cache-Control', 'no-store');
     res.json(jobView(job));
+  });
+  return router;
+}
+
+function releasesRouter(jobs: DeploymentJobs): Router {
+  const router = Router();
+  router.post(`${PATHS.releases}/:id/continue`, async (req, res) => {
+    const { auth } = res.locals as AuthLocals;
+    // The id becomes a file name: nothing but a release id goes further.
+    const id = req.params.id;
+    if (!RELEASE_ID_PATTERN.test(id)) {
+      throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Not a release id (rel-YYYYMMDDTHHMMSSZ-<8 hex>)' });
+    }
+    // Signed without a body: one sent is refused, after its digest is checked.
+    await readSignedJson(req, res, { maxBytes: 1024, empty: 'only' });
+    const job = await jobs.continueRelease(id, auth.keyId, (document) => {
+      for (const service of Object.keys(document.services)) authorizeService(auth, service);
+    });
+    res.status(202).json({ id: job.id, state: job.state, created: true, releaseId: id, links: { self: `${PATHS.deployments}/${job.id}` } });
   });
   return router;
 }

@@ -1,13 +1,17 @@
 import { randomUUID } from 'node:crypto';
 import { digestOf } from '@ferry/integrity';
 import type { Logger } from '@ferry/log';
-import { FerryError, type DeploymentFailure } from '@ferry/protocol';
+import { FerryError, type DeploymentFailure, type ReleaseState } from '@ferry/protocol';
 import { pendingOutcomes, type DeployDeps, type DeploymentOutcome, type DeployOptions, type ServiceOutcome } from '../deploy.ts';
 import type { DeploymentDocument } from '../deployfile/index.ts';
+import { REFUSED_TO_GO_ON, type PausedRelease, type PausedReleases } from '../release/paused.ts';
 import type { JobRecord, JobState, JobStore } from './store.ts';
 
-/** Runs one deployment document; `runDeployment` in production, a stand-in in unit tests. */
-export type Runner = (document: DeploymentDocument, deps: Pick<DeployDeps, 'onUpdate'>, options: DeployOptions) => Promise<DeploymentOutcome>;
+/**
+ * Runs one deployment document — `runDeployment` in production, a stand-in in unit tests — or,
+ * given `paused`, goes on with that paused release of it (`continueDeployment`).
+ */
+export type Runner = (document: DeploymentDocument, deps: Pick<DeployDeps, 'onUpdate'>, options: DeployOptions & { paused?: PausedRelease }) => Promise<DeploymentOutcome>;
 
 /** What `GET /v1/deployments/:id` answers. */
 export interface JobView {
@@ -29,12 +33,18 @@ export interface JobView {
     }[];
   }[];
   error?: { code: string; message: string };
+  /** The release the job ran, as it ended: `paused` ones go on with `POST /v1/releases/ID/continue`. */
+  release?: { id: string; state: ReleaseState };
+  /** The paused release this job goes on with. */
+  continues?: string;
 }
 
 export interface JobsOptions {
   store: JobStore;
   run: Runner;
   log: Logger;
+  /** Where releases paused by `pause: manual` wait; without it, none can go on here. */
+  paused?: PausedReleases;
 }
 
 /**
@@ -50,11 +60,13 @@ export class DeploymentJobs {
   readonly #tails = new Map<string, Promise<void>>();
   readonly #running = new Set<Promise<void>>();
   readonly #abort = new AbortController();
+  readonly #paused: PausedReleases | undefined;
 
   constructor(options: JobsOptions) {
     this.#store = options.store;
     this.#run = options.run;
     this.#log = options.log;
+    this.#paused = options.paused;
   }
 
   /**
@@ -97,6 +109,37 @@ export class DeploymentJobs {
     return { job, created: true };
   }
 
+  /**
+   * Goes on with a release a job of this service paused (`pause: manual`), with that job's
+   * document, as a new job: `authorize` is asked first whether the caller may deploy it.
+   *
+   * @throws FerryError FERRY_ERR_NOT_FOUND when no release of that id is paused here (never
+   *   paused here, gone on already, or a continue of it runs), and what `authorize` throws.
+   */
+  async continueRelease(releaseId: string, requestedBy: string, authorize: (document: DeploymentDocument) => void): Promise<JobRecord> {
+    const pausedBy = this.#store.all()
+      .filter((job) => job.release?.id === releaseId && job.release.state === 'paused')
+      .sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1))[0];
+    if (!pausedBy || !this.#paused) {
+      throw new FerryError('FERRY_ERR_NOT_FOUND', { message: `No release ${releaseId} is paused on this sender`, details: { releaseId } });
+    }
+    authorize(pausedBy.document);
+    const state = await this.#paused.take(releaseId);
+    const job: JobRecord = {
+      id: randomUUID(), state: 'queued', documentDigest: pausedBy.documentDigest, document: pausedBy.document, requestedBy,
+      createdAt: new Date().toISOString(), services: state.outcomes, continues: releaseId,
+    };
+    try {
+      await this.#store.save(job);
+    } catch (err) {
+      await this.#paused.giveBack(releaseId).catch(() => undefined);
+      throw err;
+    }
+    const running = this.#start(job, state).finally(() => this.#running.delete(running));
+    this.#running.add(running);
+    return job;
+  }
+
   get(id: string): JobRecord | undefined {
     return this.#store.get(id);
   }
@@ -112,7 +155,7 @@ export class DeploymentJobs {
     await this.#store.flush();
   }
 
-  async #start(job: JobRecord): Promise<void> {
+  async #start(job: JobRecord, paused?: PausedRelease): Promise<void> {
     // Sorted, so two jobs sharing services always queue in the same order and never wait on each other.
     const names = Object.keys(job.document.services).sort();
     const waits = names.map((name) => this.#tails.get(name) ?? Promise.resolve());
@@ -121,7 +164,7 @@ export class DeploymentJobs {
     for (const name of names) this.#tails.set(name, done);
     try {
       await Promise.all(waits);
-      await this.#execute(job);
+      await this.#execute(job, paused);
     } catch (err) {
       this.#log.error({ err, deployment: job.id }, 'deployment job failed');
     } finally {
@@ -130,7 +173,7 @@ export class DeploymentJobs {
     }
   }
 
-  async #execute(queued: JobRecord): Promise<void> {
+  async #execute(queued: JobRecord, paused?: PausedRelease): Promise<void> {
     let job: JobRecord = { ...queued, state: 'running', startedAt: new Date().toISOString() };
     await this.#store.save(job);
     const services = new Map(job.services.map((s) => [s.service, s]));
@@ -140,11 +183,16 @@ export class DeploymentJobs {
       void this.#store.save(job).catch(() => undefined);
     };
     try {
-      const outcome = await this.#run(job.document, { onUpdate }, { runId: job.id, signal: this.#abort.signal });
-      job = { ...job, services: outcome.services, state: outcome.ok ? 'succeeded' : 'failed', finishedAt: new Date().toISOString() };
+      const outcome = await this.#run(job.document, { onUpdate }, { runId: job.id, signal: this.#abort.signal, ...(paused ? { paused } : {}) });
+      job = {
+        ...job, services: outcome.services, state: outcome.ok ? 'succeeded' : 'failed', finishedAt: new Date().toISOString(),
+        ...(outcome.release ? { release: { id: outcome.release.id, state: outcome.release.state } } : {}),
+      };
     } catch (err) {
       const error = err instanceof FerryError ? err : new FerryError('FERRY_ERR_INTERNAL', { message: (err as Error).message, cause: err });
       job = { ...job, state: 'failed', finishedAt: new Date().toISOString(), error: { code: error.code, message: error.message } };
+      // Refused before it went on (a host now over budget, a moved image tag): it stays paused.
+      if (paused && REFUSED_TO_GO_ON.has(error.code)) await this.#paused?.giveBack(paused.releaseId).catch(() => undefined);
     }
     await this.#store.save(job);
     this.#log.info({ deployment: job.id, state: job.state }, 'deployment finished');
@@ -168,5 +216,7 @@ export function jobView(job: JobRecord): JobView {
       })),
     })),
     ...(job.error ? { error: job.error } : {}),
+    ...(job.release ? { release: job.release } : {}),
+    ...(job.continues ? { continues: job.continues } : {}),
   };
 }

@@ -6,7 +6,8 @@ import { JetStreamPublisher, NullSink, redactNatsUrl, type EventSink } from '@fe
 import { listen, runUntilSignal, type ListeningServer } from '@ferry/http';
 import { createLogger, type Logger } from '@ferry/log';
 import { FERRY_VERSION, FerryError } from '@ferry/protocol';
-import { runDeployment } from '../deploy.ts';
+import { continueDeployment, runDeployment } from '../deploy.ts';
+import { PausedReleases } from '../release/paused.ts';
 import { desiredRecorder } from '../desired.ts';
 import { createApp } from './app.ts';
 import { DEFAULT_LISTEN, loadSenderServiceConfig, type SenderServiceConfig } from './config.ts';
@@ -35,14 +36,18 @@ export async function startSenderService(env: Env = process.env, logger?: Logger
     ? await JetStreamPublisher.connect({ url: config.natsUrl, logger: log, name: `ferry-sender-${config.hostId}`, outboxDir: join(config.dataDir, 'outbox') })
     : new NullSink({ logger: log });
   const registry = config.registryUrl ? new RegistryClient(config.registryUrl, config.credentials) : undefined;
+  // Releases paused by `pause: manual` wait here for POST /v1/releases/ID/continue.
+  const paused = new PausedReleases(join(config.dataDir, 'paused-releases'));
   const deps = {
-    images: new ImageStore(docker), builder: new ImageBuilder(docker), events, credentials: config.credentials,
+    images: new ImageStore(docker), builder: new ImageBuilder(docker), events, credentials: config.credentials, paused,
     source: `ferry://sender/${config.hostId}`, senderHost: config.hostId, registryUrl: config.registryUrl,
     ...(registry ? { desired: desiredRecorder(registry, (message: string) => log.warn(message)) } : {}),
   };
   const jobs = new DeploymentJobs({
-    store, log,
-    run: (document, hooks, options) => runDeployment(document, { ...deps, ...hooks }, options),
+    store, log, paused,
+    run: (document, hooks, { paused: state, ...options }) => (state
+      ? continueDeployment(document, state, { ...deps, ...hooks }, options)
+      : runDeployment(document, { ...deps, ...hooks }, options)),
   });
   // Before any request: a job the previous process left half-done is answered as failed, not as running forever.
   await jobs.recover();
@@ -101,12 +106,13 @@ them to the receivers as "ferry deploy" does. Configuration (environment):
                     (required); FERRY_GRANT_FILE or FERRY_GRANT, its grant when it has one
   FERRY_LISTEN      host:port to listen on (default ${DEFAULT_LISTEN})
   FERRY_HOST_ID     its id, the audience of signed requests (default sender)
-  FERRY_DATA_DIR    job records and the event outbox (default /var/lib/ferry-sender)
+  FERRY_DATA_DIR    job records, paused releases and the event outbox (default /var/lib/ferry-sender)
   DOCKER_HOST       the build engine (default: the local socket)
   FERRY_NATS_URL    nats://host:port for events (optional)
   FERRY_REDIS_URL   redis://host:port for nonces that survive restarts (optional)
   FERRY_REGISTRY_URL  resolves selector: targets and records desired state (optional)
   FERRY_ALLOW_CIDRS client addresses allowed (optional; default all)
   FERRY_LOG_LEVEL   fatal|error|warn|info|debug|trace (default info)
-Endpoints: GET /healthz; signed POST /v1/deployments, GET /v1/deployments/ID (docs/sender-service.md).
+Endpoints: GET /healthz; signed POST /v1/deployments, GET /v1/deployments/ID,
+POST /v1/releases/ID/continue (docs/sender-service.md).
 `;

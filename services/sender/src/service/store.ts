@@ -3,6 +3,7 @@ import { mkdir, open, readFile, readdir, rename, unlink } from 'node:fs/promises
 import { join } from 'node:path';
 import { fsyncPath, storageError } from '@ferry/durable';
 import type { Logger } from '@ferry/log';
+import type { ReleaseState } from '@ferry/protocol';
 import type { ServiceOutcome } from '../deploy.ts';
 import type { DeploymentDocument } from '../deployfile/index.ts';
 
@@ -22,6 +23,10 @@ export interface JobRecord {
   finishedAt?: string;
   services: ServiceOutcome[];
   error?: { code: string; message: string };
+  /** The release the job ran, as it ended (`paused` until a continue goes on with it). */
+  release?: { id: string; state: ReleaseState };
+  /** The paused release this job goes on with (`POST /v1/releases/:id/continue`). */
+  continues?: string;
 }
 
 const RECORD = /^([A-Za-z0-9][A-Za-z0-9._-]{0,127})\.json$/;
