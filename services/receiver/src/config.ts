@@ -6,6 +6,7 @@ import { parseHostLabels, parseMemory } from '@ferry/protocol';
 import {
   dataDirVar, dockerHostVar, hostIdVar, listenVar, loadConfig, logLevelVar, maxConnectionsVar, natsUrlVar, parsedVar, redisUrlVar, trustFileVar, type Env,
 } from '@ferry/config';
+import { DEFAULT_SLOTS, MAX_SLOTS, type ProxySettings } from '@ferry/proxy';
 import { loadPolicy, type Policy } from './policy/index.ts';
 import { CRASH_POINTS, type CrashPoint } from './deploy/crash.ts';
 import { DEFAULT_MIN_FREE_BYTES } from './deploy/disk.ts';
@@ -57,9 +58,22 @@ const schema = z.object({
   FERRY_LABELS: parsedVar(hostLabels).optional(),
   FERRY_HEARTBEAT_SECONDS: wholeNumber(1, 3600).optional(),
   FERRY_JOIN_TOKEN: z.string().regex(/^[A-Za-z0-9_-]{22,256}$/, 'the one-time token "ferry hosts join-token" printed').optional(),
+  // The reverse proxy for routed services (docs/proxy.md); on when FERRY_PROXY_HTTP is set.
+  FERRY_PROXY_HTTP: proxyListenVar().optional(),
+  FERRY_PROXY_HTTPS: proxyListenVar().optional(),
+  FERRY_PROXY_CERTS: z.string().startsWith('/', 'an absolute path to a directory of <host>.pem files').optional(),
+  FERRY_PROXY_DIR: z.string().regex(/^\/[A-Za-z0-9._~:@/-]{1,80}$/, 'an absolute path of at most 80 letters, digits and . _ ~ : @ - / (HAProxy\'s sockets live there)').optional(),
+  FERRY_PROXY_SLOTS: wholeNumber(1, MAX_SLOTS).default(DEFAULT_SLOTS),
 })
   .refine((v) => (v.FERRY_TLS_CERT === undefined) === (v.FERRY_TLS_KEY === undefined), { message: 'FERRY_TLS_CERT and FERRY_TLS_KEY go together: set both or neither', path: ['FERRY_TLS_CERT'] })
+  .refine((v) => v.FERRY_PROXY_HTTP !== undefined || (v.FERRY_PROXY_HTTPS === undefined && v.FERRY_PROXY_CERTS === undefined), { message: 'the proxy is on only with FERRY_PROXY_HTTP: set it too', path: ['FERRY_PROXY_HTTP'] })
   .refine((v) => v.FERRY_REQUEST_TIMEOUT_MS === 0 || v.FERRY_HEADERS_TIMEOUT_MS <= v.FERRY_REQUEST_TIMEOUT_MS, { message: 'must be 0 (off) or at least FERRY_HEADERS_TIMEOUT_MS', path: ['FERRY_REQUEST_TIMEOUT_MS'] });
+
+/** `addr:port` HAProxy binds: an IPv4 address, `[IPv6]` or `*`, and a port. */
+function proxyListenVar() {
+  return z.string().regex(/^(?:(?:\d{1,3}\.){3}\d{1,3}|\[[0-9a-fA-F:.]+\]|\*):(?:[1-9]\d{0,4})$/, 'addr:port, e.g. 0.0.0.0:80, [::]:443 or 127.0.0.1:8080')
+    .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'a port up to 65535');
+}
 
 function wholeNumber(min: number, max: number) {
   return z.coerce.number({ error: 'a whole number' }).int('a whole number').min(min, `at least ${min}`).max(max, `at most ${max}`);
@@ -103,6 +117,8 @@ export interface ReceiverConfig {
   testCrashAt: CrashPoint | undefined;
   /** FERRY_REGISTRY_URL and what goes with it; undefined: the receiver registers nowhere. */
   registry: RegistrySettings | undefined;
+  /** The host's reverse proxy (FERRY_PROXY_*); undefined: no proxy, routed services are refused. */
+  proxy: ProxySettings | undefined;
   http: {
     maxHeaderBytes: number; headersTimeoutMs: number; requestTimeoutMs: number; keepAliveTimeoutMs: number;
     minBodyBytesPerSecond: number; bodyRateWindowMs: number; maxConnections: number;
@@ -164,6 +180,10 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
       url: raw.FERRY_REGISTRY_URL, joinToken: raw.FERRY_JOIN_TOKEN,
       advertiseUrl: raw.FERRY_ADVERTISE_URL,
       heartbeatSeconds: raw.FERRY_HEARTBEAT_SECONDS,
+    } : undefined,
+    proxy: raw.FERRY_PROXY_HTTP ? {
+      http: raw.FERRY_PROXY_HTTP, https: raw.FERRY_PROXY_HTTPS, certificates: raw.FERRY_PROXY_CERTS,
+      dir: raw.FERRY_PROXY_DIR ?? join(raw.FERRY_DATA_DIR, 'proxy'), slots: raw.FERRY_PROXY_SLOTS,
     } : undefined,
     redisUrl: raw.FERRY_REDIS_URL,
     allowCidrs: raw.FERRY_ALLOW_CIDRS,

@@ -13,6 +13,7 @@ import { createApp } from './app.ts';
 import { CanaryControl } from './deploy/canary.ts';
 import { readCapacity } from './capacity.ts';
 import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
+import { startProxy } from './proxy-keeper.ts';
 import { Deployer } from './deploy/engine.ts';
 import { receiverReadiness, waitForEngine } from './readiness.ts';
 import { Journal } from './journal/journal.ts';
@@ -73,6 +74,8 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   const images = new ImageStore(docker);
   const packages = await PackageStore.open(config.dataDir);
   const canaries = new CanaryControl();
+  // Before recovery and serving: a routed service's traffic moves only through a proxy that answers.
+  const proxy = config.proxy ? await startProxy(config.proxy, log) : undefined;
   const deployer = new Deployer({
     images, containers: new ContainerRunner(docker), events, hostId: config.hostId, logger: log, policy: config.policy,
     packages,
@@ -80,6 +83,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     retainImages: config.retainImages, stabilityWindowMs: config.stabilityWindowMs, canaries,
     releases: await ReleaseStore.open(join(config.dataDir, 'releases'), log), retainReleases: config.retainReleases, disk: { dir: config.dataDir, minFreeBytes: config.minFreeBytes }, layers,
     ...(config.testCrashAt ? { crashAt: config.testCrashAt } : {}),
+    ...(proxy ? { proxy: proxy.proxy } : {}),
   });
   // Before any request: what a killed process left half-done is put right first.
   await deployer.recover();
@@ -124,7 +128,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
     },
     metrics, metricsToken: config.metricsToken, canaries,
     capacity: () => readCapacity({ docker, hostId: config.hostId, dataDir: config.dataDir, budget: config.budget, localEngine: isLocalEngine(config.dockerHost) }),
-    readiness: receiverReadiness({ docker, events, nonces, dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, ...(registration ? { registry: registration.check } : {}) }),
+    readiness: receiverReadiness({ docker, events, nonces, dataDir: config.dataDir, minFreeBytes: config.minFreeBytes, ...(registration ? { registry: registration.check } : {}), ...(proxy ? { proxy: proxy.check } : {}) }),
   });
   let server: ListeningServer;
   try {
@@ -134,6 +138,7 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   } catch (err) {
     await events.close();
     await nonces.close?.();
+    await proxy?.close();
     if (err instanceof FerryError) throw err;
     throw new FerryError('FERRY_ERR_CONFIG', { message: `Cannot listen on ${config.listen.host}:${config.listen.port}: ${(err as Error).message}`, cause: err });
   }
@@ -151,6 +156,8 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
       uploads.close();
       streams.close();
       deployer.close();
+      // HAProxy itself keeps running: it serves the routes until the next receiver adopts it.
+      await proxy?.close().catch((err: unknown) => log.error({ err }, 'closing the proxy failed'));
       await events.close().catch((err: unknown) => log.error({ err }, 'closing events failed'));
       await nonces.close?.().catch((err: unknown) => log.error({ err }, 'closing the nonce store failed'));
       log.info('receiver stopped');

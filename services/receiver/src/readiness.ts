@@ -148,9 +148,11 @@ export interface ReceiverReadinessDeps {
   minFreeBytes: number;
   /** The registration's state (registration/registration.ts), when FERRY_REGISTRY_URL is set. */
   registry?: Check;
+  /** The host's HAProxy (proxy-keeper.ts), when FERRY_PROXY_HTTP is set. */
+  proxy?: Check;
 }
 
-/** The receiver's four checks: docker, nats (with the outbox depth), redis, disk; and registry when it registers. */
+/** The receiver's four checks: docker, nats (with the outbox depth), redis, disk; registry when it registers, proxy when it runs one. */
 export function receiverReadiness(deps: ReceiverReadinessDeps): () => Promise<Readiness> {
   const checks = {
     docker: dockerCheck(() => deps.docker.ping()),
@@ -159,6 +161,8 @@ export function receiverReadiness(deps: ReceiverReadinessDeps): () => Promise<Re
     disk: diskCheck(deps.dataDir, deps.minFreeBytes),
     // Listed only when the receiver registers somewhere (FERRY_REGISTRY_URL).
     ...(deps.registry ? { registry: deps.registry } : {}),
+    // Listed only when the receiver runs a proxy (FERRY_PROXY_HTTP).
+    ...(deps.proxy ? { proxy: deps.proxy } : {}),
   };
   return () => checkReadiness(checks);
 }
