@@ -1,6 +1,6 @@
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
-import { IMAGE_REF_PATTERN, SELECTOR_PREFIX, SELECTOR_SYNTAX, parseSelector, SERVICE_NAME_PATTERN, ServiceSpecSchema, parseDuration, prototypeKeyPaths, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
+import { IMAGE_REF_PATTERN, SELECTOR_PREFIX, effectiveStrategy, SELECTOR_SYNTAX, parseSelector, SERVICE_NAME_PATTERN, ServiceSpecSchema, parseDuration, prototypeKeyPaths, unpublishedHealthPort, unpublishedHealthPortHint, type ServiceSpec } from '@ferry/protocol';
 import { orderPhases, MAX_PHASES, type DependencyCondition, type Phase } from './phases.ts';
 import { closest, type PathSegment } from './problems.ts';
 import { parseRollout, type Rollout } from './rollout.ts';
@@ -67,7 +67,12 @@ const ServiceEntrySchema = z.strictObject({
   ...SERVICE_FIELDS,
 })
   .refine((entry) => entry.image !== undefined || entry.build !== undefined, { message: 'give image (an image on the build engine) or build (a directory to build it from), or both' })
-  .refine((entry) => entry.network === 'bridge' || (entry.ports ?? []).length === 0, { path: ['ports'], message: 'ports are published only with the bridge network' });
+  .refine((entry) => entry.network === 'bridge' || (entry.ports ?? []).length === 0, { path: ['ports'], message: 'ports are published only with the bridge network' })
+  // The manifest's own rules for routed services (manifest.ts), here so that each names its line.
+  .refine((entry) => entry.route === undefined || entry.network === 'bridge', { path: ['route'], message: 'a routed service runs on the bridge network (the proxy reaches its port on loopback): remove network, or set network: bridge' })
+  .refine((entry) => entry.strategy !== 'start-first' || entry.route !== undefined, { path: ['strategy'], message: 'start-first needs a route: two containers can run at once only when the proxy chooses between them' })
+  .refine((entry) => entry.canary === undefined || effectiveStrategy(entry) === 'start-first', { path: ['canary'], message: 'a canary needs a route and the start-first strategy' })
+  .refine((entry) => entry.drain === undefined || entry.route !== undefined, { path: ['drain'], message: 'drain applies to a service with a route' });
 
 export const DeploymentDocumentSchema = z.strictObject({
   version: z.literal(1, { error: 'the only version is 1' }),
@@ -112,6 +117,8 @@ const KNOWN_KEYS = {
   build: Object.keys(BuildSchema.shape),
   dependency: ['condition'],
   phase: Object.keys(PhaseSchema.shape),
+  route: ['host', 'path', 'port', 'tls'],
+  canary: ['weight', 'for', 'max_error_rate', 'min_requests'],
   health: ['type', 'url', 'host', 'port', 'expectStatus', 'intervalMs', 'timeoutMs', 'retries', 'startPeriodMs', 'interval', 'timeout', 'startPeriod', 'http', 'tcp'],
 } as const;
 
@@ -122,6 +129,8 @@ const HINTS: Record<string, string> = {
   start_period: 'startPeriod', expect_status: 'expectStatus', build_args: 'args',
   dependsOn: 'depends_on', depends: 'depends_on', after: 'depends_on', stages: 'phases', project: 'name',
   serial: 'rollout', waves: 'rollout', rolling_update: 'rollout',
+  update_strategy: 'strategy', update_config: 'strategy', order: 'strategy', drain_timeout: 'drain', stop_grace_period: 'drain',
+  proxy: 'route', domain: 'route', forMs: 'for', maxErrorRate: 'max_error_rate', minRequests: 'min_requests', duration: 'for', error_rate: 'max_error_rate',
 };
 
 export interface ValidateOptions {
@@ -198,6 +207,12 @@ function fromIssue(issue: z.core.$ZodIssue): RawProblem[] {
       return { path: [...path, key], atKey: true, message: `unknown field${hint ? ` (did you mean ${hint}?)` : ''}; known: ${known.join(', ')}` };
     });
   }
+  // The manifest's canary names, as the file spells them.
+  const canaryAt = path.indexOf('canary');
+  if (canaryAt === 2 && path[0] === 'services' && typeof path[3] === 'string') {
+    const friendly = CANARY_FIELDS.find(([, canonical]) => canonical === path[3])?.[0];
+    if (friendly) return [{ path: [...path.slice(0, 3), friendly, ...path.slice(4)], message: issue.message }];
+  }
   if (issue.code === 'invalid_union' && path.at(-1) === 'health') {
     return [{ path, message: 'type: http (with url), tcp (with host and port) or cmd' }];
   }
@@ -209,6 +224,8 @@ function knownKeysAt(path: PathSegment[]): readonly string[] {
   if (path[0] === 'services' && path.length === 2) return KNOWN_KEYS.service;
   if (path[0] === 'services' && path[2] === 'build') return KNOWN_KEYS.build;
   if (path[0] === 'services' && path[2] === 'health') return KNOWN_KEYS.health;
+  if (path[0] === 'services' && path[2] === 'route' && path.length === 3) return KNOWN_KEYS.route;
+  if (path[0] === 'services' && path[2] === 'canary' && path.length === 3) return KNOWN_KEYS.canary;
   if (path[0] === 'services' && path[2] === 'depends_on' && path.length === 4) return KNOWN_KEYS.dependency;
   if (path[0] === 'phases' && path.length === 2) return KNOWN_KEYS.phase;
   return [];
@@ -249,6 +266,30 @@ function normalizeService(entry: Dict, at: PathSegment[], options: ValidateOptio
   if ('build' in entry) out.build = normalizeBuild(entry.build, [...at, 'build'], options, problems);
   if ('health' in entry) out.health = normalizeHealth(entry.health, [...at, 'health'], problems);
   if ('depends_on' in entry) out.depends_on = normalizeDependsOn(entry.depends_on, [...at, 'depends_on'], problems);
+  if ('canary' in entry) out.canary = normalizeCanary(entry.canary, [...at, 'canary'], problems);
+  return out;
+}
+
+/** The file's snake_case canary fields, as the manifest names them. */
+const CANARY_FIELDS = [['for', 'forMs'], ['max_error_rate', 'maxErrorRate'], ['min_requests', 'minRequests']] as const;
+
+/**
+ * `canary: {weight: 10%, for: 2m, max_error_rate: 1%, min_requests: 20}` as the manifest's
+ * CanarySchema has it (weight and max_error_rate keep their `%`, which it reads).
+ */
+function normalizeCanary(canary: unknown, at: PathSegment[], problems: RawProblem[]): unknown {
+  if (!isDict(canary)) return canary;
+  const out: Dict = { ...canary };
+  for (const [friendly, canonical] of CANARY_FIELDS) {
+    if (!(friendly in out)) continue;
+    if (canonical in out) { problems.push({ path: [...at, friendly], atKey: true, message: `give ${friendly} only` }); continue; }
+    out[canonical] = out[friendly];
+    delete out[friendly];
+  }
+  // Reported under the names the file uses, not the manifest's.
+  for (const [, canonical] of CANARY_FIELDS) {
+    if (canonical in canary) { problems.push({ path: [...at, canonical], atKey: true, message: `unknown field (did you mean ${CANARY_FIELDS.find(([, c]) => c === canonical)?.[0]}?)` }); }
+  }
   return out;
 }
 
