@@ -336,6 +336,23 @@ fi
     && cat > \"\$s/receiver.env\" && mv -f \"\$s/receiver.env\" $(q "$ENV_FILE") && rmdir \"\$s\"" \
   || die "cannot write $ENV_FILE on $TARGET"
 
+# -------------------------------------------------------------------------------- proxy --
+# A receiver with FERRY_PROXY_HTTP (--env, or kept) runs the host's HAProxy (docs/proxy.md):
+# installed when missing, with openssl for its default certificate; its own service stays
+# disabled, the receiver starts and adopts the one it drives.
+if grep -qE '^FERRY_PROXY_HTTP=.' <<< "$(printf '%s\n' "$OLD_EXTRA" "${EXTRA_ENV[@]}")"; then
+  # shellcheck disable=SC2016 # expanded on the host, not here
+  proxy=$(remote '
+    command -v haproxy >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && { echo present; exit 0; }
+    [ "$(id -u)" = 0 ] || { echo "haproxy is not installed and $(id -un) is not root: install it (apt-get install haproxy openssl)"; exit 13; }
+    command -v apt-get >/dev/null 2>&1 || { echo "haproxy is not installed and there is no apt-get"; exit 13; }
+    { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy openssl; } >/dev/null 2>&1 \
+      || { echo "apt-get install haproxy failed"; exit 13; }
+    systemctl disable --now haproxy >/dev/null 2>&1 || true
+    echo installed') || die "$TARGET: $proxy"
+  say "haproxy on $TARGET: $proxy"
+fi
+
 # ----------------------------------------------------------------------------- container --
 # The old container is kept, stopped, as NAME.previous until the new one is healthy: the same
 # volume cannot serve two receivers, and a failed upgrade puts the old one back.

@@ -50,7 +50,11 @@
 # starts its own containerd with its socket under its exec-root, so they do
 # not clash; the distinct --containerd-namespace values also keep them apart
 # should a system containerd be running (dockerd would then share it). No
-# iptables, no bridge: containers are meant to run with --network host.
+# iptables. The build engine has no bridge; the target engine has a Linux
+# bridge of its own ($FERRY_STACK_BRIDGE_SUBNET.1/24), so containers of routed
+# services run on the bridge network with their port published on 127.0.0.1
+# (by docker-proxy, as there are no NAT rules); the others use --network host.
+# An engine started before it had its bridge gets it at its next start.
 # Storage driver overlay2, falling back to vfs when overlay2 does not start;
 # the choice is remembered per engine in $FERRY_STACK_DIR/<engine>/driver.
 #
@@ -68,6 +72,8 @@
 #   FERRY_STACK_NATS_PORT           default 14222
 #   FERRY_STACK_REDIS_PORT          default 16379
 #   FERRY_STACK_USE_EXISTING_DOCKER see above
+#   FERRY_STACK_BRIDGE_SUBNET       the target engine's bridge, first three octets
+#                                   of a /24 (default 10.199.0)
 #   FERRY_STACK_START_TIMEOUT       seconds to wait for a daemon to answer (default 60)
 #   FERRY_STACK_STOP_TIMEOUT        seconds to wait for a daemon to exit before
 #                                   SIGKILL (default 30)
@@ -108,6 +114,11 @@ esac
 NATS_PORT=${FERRY_STACK_NATS_PORT:-14222}
 REDIS_PORT=${FERRY_STACK_REDIS_PORT:-16379}
 START_TIMEOUT=${FERRY_STACK_START_TIMEOUT:-60}
+BRIDGE_SUBNET=${FERRY_STACK_BRIDGE_SUBNET:-10.199.0}
+[[ $BRIDGE_SUBNET =~ ^(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])){2}$ ]] \
+  || die "FERRY_STACK_BRIDGE_SUBNET must be three octets, e.g. 10.199.0 (got '$BRIDGE_SUBNET')"
+# One bridge per state dir (a name of at most 15 characters), so two stacks never share one.
+BRIDGE=fst$(printf '%s' "$S" | cksum | cut -d' ' -f1 | cut -c1-8)
 STOP_TIMEOUT=${FERRY_STACK_STOP_TIMEOUT:-30}
 for v in NATS_PORT REDIS_PORT START_TIMEOUT STOP_TIMEOUT; do
   case ${!v} in ''|*[!0-9]*) die "FERRY_STACK_$v must be a number (got '${!v}')" ;; esac
@@ -244,7 +255,7 @@ ensure_packages() {
   shift
   local wants=("$@")
   [ "${#wants[@]}" -gt 0 ] || wants=(nats-server:nats-server redis-server:redis-server zstd:zstd b3sum:b3sum \
-                                     busybox-static: curl:curl)
+                                     busybox-static: curl:curl haproxy:haproxy wrk:wrk socat:socat iproute2:ip skopeo:skopeo)
   for want in "${wants[@]}"; do
     local pkg=${want%%:*} cmd=${want#*:}
     if pkg_installed "$pkg"; then continue; fi
@@ -312,14 +323,33 @@ existing_docker() {
   return 1
 }
 
+# ensure_bridge: the target engine's Linux bridge, made when missing (idempotent).
+ensure_bridge() {
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    say "making bridge $BRIDGE ($BRIDGE_SUBNET.1/24) for the target engine"
+    ip link add "$BRIDGE" type bridge || die "ip link add $BRIDGE type bridge failed"
+  fi
+  ip -4 addr show dev "$BRIDGE" | grep -q "inet $BRIDGE_SUBNET.1/24" \
+    || ip addr add "$BRIDGE_SUBNET.1/24" dev "$BRIDGE" || die "ip addr add $BRIDGE_SUBNET.1/24 dev $BRIDGE failed"
+  ip link set "$BRIDGE" up
+}
+
+remove_bridge() {
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then
+    say "removing bridge $BRIDGE"
+    ip link del "$BRIDGE" || true
+  fi
+}
+
 launch_dockerd() {
-  local name=$1 driver=$2 dir=$S/$1
+  local name=$1 driver=$2 dir=$S/$1 bridge=none
   mkdir -p "$dir/data" "$dir/exec"
   [ -s "$dir/daemon.json" ] || printf '{}\n' > "$dir/daemon.json"
+  if [ "$name" = target ]; then ensure_bridge; bridge=$BRIDGE; fi
   launch "$S/$name.log" dockerd \
     --config-file "$dir/daemon.json" \
     --storage-driver="$driver" \
-    --iptables=false --ip-masq=false --bridge=none \
+    --iptables=false --ip-masq=false --bridge="$bridge" \
     --data-root "$dir/data" --exec-root "$dir/exec" \
     --host "unix://$(engine_sock "$name")" \
     --pidfile "$S/$name.pid" \
@@ -333,6 +363,10 @@ start_engine() {
   if pid=$(pid_of "$S/$name.pid" dockerd); then
     if engine_answers "$host"; then
       say "$name engine already running (pid $pid)"
+      # Not restarted under whoever uses it: the bridge comes with its next start (down, then up).
+      if [ "$name" = target ] && ! docker -H "$host" network inspect bridge >/dev/null 2>&1; then
+        say "note: the target engine runs without its bridge network; it gets it at its next start"
+      fi
       return 0
     fi
     say "$name engine (pid $pid) does not answer; waiting"
@@ -657,6 +691,7 @@ cmd_down() {
   for e in target build; do
     if [ -e "$S/$e.pid" ] || [ -d "$S/$e" ]; then stop_engine "$e"; fi
   done
+  remove_bridge
   rm -f "$S/nats.conf" "$S/redis.conf"
   if [ "$purge" = 1 ]; then
     unmount_under "$S"

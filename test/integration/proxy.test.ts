@@ -17,7 +17,9 @@ import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { FerryError } from '@ferry/protocol';
 import { createHaproxyProxy, haproxyPids, killHaproxy, proxyPaths, type Proxy, type ProxySettings } from '@ferry/proxy';
-import { freePort } from '../helpers/ferry.ts';
+import { freePort, startReceiverProcess } from '../helpers/ferry.ts';
+import { testKey, trustFile } from '../helpers/keys.ts';
+import { stack } from '../helpers/stack.ts';
 
 const exec = promisify(execFile);
 
@@ -295,5 +297,55 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
     await proxy.removeRoute('static');
     assert.equal((await get(http, 'o.test', '/static/z')).status, 404);
     assert.equal((await proxy.routes()).some((r) => r.service === 'static'), false);
+  });
+});
+
+describe('the receiver runs the host\'s proxy', { timeout: 120_000 }, () => {
+  let work: string;
+  let dir: string;
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'ferry-proxy-rx-'));
+    dir = join(work, 'proxy');
+  });
+
+  after(async () => {
+    await killHaproxy(proxyPaths(dir));
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('starts HAProxy, reports it in /readyz, leaves it serving when it stops, and the next receiver adopts it', async () => {
+    const http = await freePort();
+    const env = {
+      DOCKER_HOST: stack().targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey('proxy-rx')), FERRY_DATA_DIR: join(work, 'data'),
+      FERRY_PROXY_HTTP: `127.0.0.1:${http}`, FERRY_PROXY_DIR: dir, FERRY_PROXY_SLOTS: '4',
+    };
+    const first = await startReceiverProcess(env);
+    let pids: number[];
+    try {
+      const ready = await (await fetch(`${first.url}/readyz`)).json() as { checks: Record<string, { status: string }> };
+      assert.equal(ready.checks['proxy']?.status, 'up');
+      pids = await haproxyPids(proxyPaths(dir));
+      assert.ok(pids.length > 0);
+      assert.equal((await get(http, 'nothing.test', '/')).status, 404);
+    } finally {
+      await first.stop();
+    }
+    // Still serving with no receiver.
+    assert.equal((await get(http, 'nothing.test', '/')).status, 404);
+    const second = await startReceiverProcess(env);
+    try {
+      assert.deepEqual((await haproxyPids(proxyPaths(dir))).sort(), pids.sort(), 'adopted, not started again');
+      const ready = await (await fetch(`${second.url}/readyz`)).json() as { checks: Record<string, { status: string }> };
+      assert.equal(ready.checks['proxy']?.status, 'up');
+    } finally {
+      await second.stop();
+    }
+  });
+
+  test('a bad proxy setting stops the receiver at start with FERRY_ERR_CONFIG', async () => {
+    await assert.rejects(startReceiverProcess({
+      DOCKER_HOST: stack().targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey('proxy-rx2')), FERRY_PROXY_HTTP: '127.0.0.1:80;shutdown',
+    }));
   });
 });
