@@ -220,7 +220,7 @@ export interface ProxyCountersFields {
   total: number;
 }
 
-/** A canary step of a start-first deployment (docs/events.md, "Canaries"). */
+/** A canary step of a start-first deployment (docs/protocol.md §11.7). */
 export interface CanaryFields {
   /** The new container's share of the route's requests, in percent. */
   weight: number;
