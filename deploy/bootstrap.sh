@@ -337,20 +337,12 @@ fi
   || die "cannot write $ENV_FILE on $TARGET"
 
 # -------------------------------------------------------------------------------- proxy --
-# A receiver with FERRY_PROXY_HTTP (--env, or kept) runs the host's HAProxy (docs/proxy.md):
-# installed when missing, with openssl for its default certificate; its own service stays
-# disabled, the receiver starts and adopts the one it drives.
+# A receiver with FERRY_PROXY_HTTP (--env, or kept) runs the host's HAProxy (docs/proxy.md) from
+# its own image: the binary must be in it (build-receiver-image.sh copies the build host's).
 if grep -qE '^FERRY_PROXY_HTTP=.' <<< "$(printf '%s\n' "$OLD_EXTRA" "${EXTRA_ENV[@]}")"; then
-  # shellcheck disable=SC2016 # expanded on the host, not here
-  proxy=$(remote '
-    command -v haproxy >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && { echo present; exit 0; }
-    [ "$(id -u)" = 0 ] || { echo "haproxy is not installed and $(id -un) is not root: install it (apt-get install haproxy openssl)"; exit 13; }
-    command -v apt-get >/dev/null 2>&1 || { echo "haproxy is not installed and there is no apt-get"; exit 13; }
-    { DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends haproxy openssl; } >/dev/null 2>&1 \
-      || { echo "apt-get install haproxy failed"; exit 13; }
-    systemctl disable --now haproxy >/dev/null 2>&1 || true
-    echo installed') || die "$TARGET: $proxy"
-  say "haproxy on $TARGET: $proxy"
+  proxy=$(remote "docker run --rm --network none --entrypoint /usr/sbin/haproxy $(q "$IMAGE") -v 2>&1") \
+    || die "$TARGET: $IMAGE has no HAProxy (build it where haproxy and openssl are installed): $(head -n 1 <<< "$proxy")"
+  say "proxy on $TARGET: $(head -n 1 <<< "$proxy")"
 fi
 
 # ----------------------------------------------------------------------------- container --

@@ -18,7 +18,9 @@
 #                              at the versions its npm-shrinkwrap.json pins), less its Node package
 #   /usr/local/bin/node        that Node package's binary (node-linux-<arch>): the Node the release
 #                              was tested with
-#   /lib…, /usr/lib…           every library `ldd` names for node and the native addons
+#   /usr/sbin/haproxy, openssl the build host's, when it has them: the receiver runs the host's
+#                              proxy from them (FERRY_PROXY_HTTP)
+#   /lib…, /usr/lib…           every library `ldd` names for node, the native addons and those two
 #   /etc/passwd, group, nsswitch.conf, ssl/certs/ca-certificates.crt (when the build host has it)
 #   entrypoint `node /opt/ferry/dist/ferry.js`, command `receiver`; /var/lib/ferry is a volume.
 #   Labels: org.opencontainers.image.version, io.ferry.node-version, and io.ferry.release (the
@@ -96,9 +98,21 @@ fi
 rm -rf "$NODE_PKG" "$PKG/node_modules/.bin"
 cp -a "$PKG" "$R/opt/ferry"
 
-# Shared libraries: those of node and of every native addon shipped, with the loader.
+# HAProxy and openssl, for a receiver that runs the host's proxy (FERRY_PROXY_HTTP, docs/proxy.md):
+# the build host's own, with their libraries below. Without them the image serves no routed service.
+PROXY_BINS=()
+for bin in haproxy openssl; do
+  path=$(command -v "$bin" 2>/dev/null || true)
+  if [ -z "$path" ]; then say "no $bin on this build host: the image cannot run the proxy (apt-get install haproxy openssl)"; continue; fi
+  mkdir -p "$R/usr/sbin"
+  cp -L "$path" "$R/usr/sbin/$bin"
+  PROXY_BINS+=("$R/usr/sbin/$bin")
+done
+
+# Shared libraries: those of node, of every native addon shipped and of the proxy's binaries, with the loader.
 {
   ldd "$R/usr/local/bin/node"
+  for bin in "${PROXY_BINS[@]}"; do ldd "$bin"; done
   find "$R/opt/ferry/node_modules" -name '*.node' -type f -exec ldd {} \; 2>/dev/null
 } | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | sort -u > "$CTX/libs"
 while IFS= read -r lib; do
@@ -126,7 +140,7 @@ fi
 cat > "$CTX/Dockerfile" <<EOF
 FROM scratch
 COPY rootfs/ /
-ENV PATH=/usr/local/bin \\
+ENV PATH=/usr/local/bin:/usr/sbin \\
     NODE_ENV=production \\
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \\
     FERRY_DATA_DIR=/var/lib/ferry
