@@ -4,7 +4,10 @@
  * a private engine of this test's own — and the real build engine: a release goes in phase
  * order on both hosts; a release whose api never passes its health check halts there, web is
  * neither built nor started, and what the release deployed (db) is rolled back on both hosts to
- * what ran before. Release events tell each step.
+ * what ran before. Release events tell each step. A release that brings a service new to the
+ * hosts and then halts takes that service off them again (`DELETE /v1/services/:name?release=`),
+ * which only the release's own deploy key can ask; a key granted one service reads only that
+ * service's retained releases and capacity.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -14,6 +17,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { NatsConnection } from 'nats';
 import { parse, stringify } from 'yaml';
+import { FerryError } from '@ferry/protocol';
 import { ReceiverClient } from '@ferry/sender';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
@@ -25,10 +29,12 @@ import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 const run = randomBytes(4).toString('hex');
 const s = stack();
 const key = testKey(`tt-${run}`);
+const reader = testKey(`ttr-${run}`);
+const dbReader = testKey(`ttd-${run}`);
 const build = dockerodeFor(s.buildDockerHost);
 const EXAMPLE = new URL('../../deploy/examples/three-tier/', import.meta.url);
 /** The example's services under names of this run's own (the stack's engine is shared). */
-const names = { db: `db-${run}`, api: `api-${run}`, web: `web-${run}` };
+const names = { db: `db-${run}`, api: `api-${run}`, web: `web-${run}`, cache: `cache-${run}` };
 const images = Object.values(names).map((name) => `three-tier-${name}:1`);
 const hostIds = [`tta-${run}`, `ttb-${run}`];
 
@@ -56,6 +62,7 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
   let rx: ReceiverProcess[] = [];
   let dir: string;
   let file: string;
+  let withCache: string;
   let nc: NatsConnection;
   let watcher: EventWatcher;
   const docker = (): ReturnType<typeof dockerodeFor>[] => [dockerodeFor(s.targetDockerHost), dockerodeFor(engine.host)];
@@ -65,7 +72,8 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
   before(async () => {
     engine = await PrivateDockerd.start();
     rx = await Promise.all([s.targetDockerHost, engine.host].map((dockerHost, i) => startReceiverProcess({
-      DOCKER_HOST: dockerHost, FERRY_TRUST_FILE: trustFile(key), FERRY_HOST_ID: hostIds[i] ?? '',
+      DOCKER_HOST: dockerHost, FERRY_HOST_ID: hostIds[i] ?? '', FERRY_NATS_URL: s.natsUrl,
+      FERRY_TRUST_FILE: trustFile([key, { key: reader, role: 'read' }, { key: dbReader, role: 'read', services: [names.db] }]),
     })));
     nc = await natsConnect(s.natsReaderUrl);
     watcher = new EventWatcher(nc, 'ferry.events.>');
@@ -89,6 +97,10 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
     }
     file = join(dir, 'ferry.yaml');
     await writeFile(file, stringify({ ...doc, services: renamed }));
+    // The same release with one service more, in the first phase: new to both hosts.
+    withCache = join(dir, 'ferry-cache.yaml');
+    const cache = { ...renamed[names.db], image: `three-tier-${names.cache}:1` };
+    await writeFile(withCache, stringify({ ...doc, services: { [names.cache]: cache, ...renamed } }));
   });
 
   after(async () => {
@@ -149,7 +161,7 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
     assert.equal(result.code, 1, result.stdout + result.stderr);
     const { services, summary } = parseRun(result.stdout);
     const release = summary.release;
-    assert.deepEqual([summary.ok, summary.failed.sort()], [false, Object.values(names).sort()]);
+    assert.deepEqual([summary.ok, summary.failed.sort()], [false, [names.db, names.api, names.web].sort()]);
     assert.equal(release.error?.code, 'FERRY_ERR_RELEASE_HALTED');
     assert.equal(release.state, 'rolled-back');
     const back = { [names.db]: 'rolled-back', [names.api]: 'failed', [names.web]: 'skipped' };
@@ -201,7 +213,83 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
     assert.match(out, /FERRY_ERR_RELEASE_HALTED\]; release rolled-back$/m);
     assert.deepEqual((await running(names.db)).map((c) => [c.running, c.image, c.version]), first.db.map((c) => [true, c.image, '1']));
   });
+
+  test('a service the halted release brought to the hosts is taken off them: no container of it is left', async () => {
+    assert.ok(first, 'the first release ran');
+    const result = await runFerry(['deploy', '-f', withCache, '--json'], env({ VERSION: '4', API_BROKEN: '1' }));
+    assert.equal(result.code, 1, result.stdout + result.stderr);
+    const { services, summary } = parseRun(result.stdout);
+    const release = summary.release;
+    assert.equal(release.state, 'rolled-back', JSON.stringify(release));
+    const back = { [names.cache]: 'rolled-back', [names.db]: 'rolled-back', [names.api]: 'failed', [names.web]: 'skipped' };
+    assert.deepEqual(release.outcomes, { [hostIds[0] ?? '']: back, [hostIds[1] ?? '']: back });
+    const cache = services.find((x) => x.service === names.cache) as unknown as { state: string; targets: Array<{ rollback?: { ok: boolean; removed?: boolean; toRelease?: string } }> };
+    assert.equal(cache.state, 'rolled-back');
+    assert.deepEqual(cache.targets.map((t) => [t.rollback?.ok, t.rollback?.removed, t.rollback?.toRelease]), [[true, true, undefined], [true, true, undefined]]);
+    // db, which ran before, went back to the first release; cache, which did not, is gone.
+    assert.deepEqual((await running(names.db)).map((c) => [c.running, c.image, c.version]), first.db.map((c) => [true, c.image, '1']));
+    for (const d of docker()) assert.deepEqual(await containersOf(d, names.cache), []);
+    for (const r of rx) {
+      const [newest] = await new ReceiverClient({ url: r.url, credentials: key }).deployments({ service: names.cache, limit: 1 });
+      assert.deepEqual([newest?.kind, newest?.state, newest?.release?.id], ['remove', 'ROLLED_BACK', release.id]);
+    }
+    await waitFor(() => watcher.events.filter((e) => e.type === 'ferry.deployment.removed' && e.data.service === names.cache).length === 2);
+    const removed = watcher.events.filter((e) => e.type === 'ferry.deployment.removed' && e.data.service === names.cache);
+    assert.deepEqual(removed.map((e) => e.data.host).sort(), [...hostIds].sort());
+    for (const e of removed) assert.equal((e.data.release as { id?: string } | undefined)?.id, release.id);
+  });
+
+  test('removing a service is refused unsigned, to a read key, for a bad name and for another release, and removes nothing then', async () => {
+    const url = rx[0]?.url ?? '';
+    const before = await running(names.db);
+    const unsigned = await fetch(`${url}/v1/services/${names.db}`, { method: 'DELETE' });
+    assert.equal(unsigned.status, 401);
+    const refusal = async (ask: Promise<unknown>): Promise<string> => {
+      try {
+        await ask;
+      } catch (err) {
+        if (err instanceof FerryError) return `${err.status} ${err.code}`;
+        throw err;
+      }
+      return 'answered';
+    };
+    const deployer = new ReceiverClient({ url, credentials: key });
+    assert.equal(await refusal(new ReceiverClient({ url, credentials: reader }).remove(names.db)), '403 FERRY_ERR_NOT_GRANTED');
+    assert.equal(await refusal(deployer.remove('Db.ferry-previous')), '400 FERRY_ERR_BAD_REQUEST');
+    assert.equal(await refusal(deployer.remove('x'.repeat(64))), '400 FERRY_ERR_BAD_REQUEST');
+    assert.equal(await refusal(deployer.remove(names.db, { release: 'not-a-release' })), '400 FERRY_ERR_BAD_REQUEST');
+    // db runs the first release again, by a rollback to it: a call naming any other release removes nothing.
+    assert.equal(await refusal(deployer.remove(names.db, { release: 'rel-20200101T000000Z-0badc0de' })), '409 FERRY_ERR_RELEASE_MISMATCH');
+    assert.deepEqual(await running(names.db), before);
+    assert.equal((await containersOf(dockerodeFor(s.targetDockerHost), names.db)).length > 0, true);
+  });
+
+  test('a key granted one service reads only that service in the retained releases and the capacity', async () => {
+    const services = (releases: Awaited<ReturnType<ReceiverClient['releases']>>): string[] => [...new Set(releases.flatMap((r) => r.services.map((x) => x.service)))].sort();
+    for (const r of rx) {
+      const all = new ReceiverClient({ url: r.url, credentials: key });
+      const narrow = new ReceiverClient({ url: r.url, credentials: dbReader });
+      // cache too: the release that brought it completed its deployment, and is retained whatever came after.
+      assert.deepEqual(services(await all.releases()), [names.api, names.cache, names.db, names.web].sort());
+      const seen = await narrow.releases();
+      assert.deepEqual(services(seen), [names.db]);
+      assert.ok(seen.some((x) => x.id === firstId));
+      const wide = await all.capacity();
+      const one = await narrow.capacity();
+      assert.ok(wide && one);
+      assert.ok(wide.committed.services.some((x) => x.service === names.api));
+      // The others are summed, unnamed, under `*`: the totals stay whole.
+      assert.deepEqual(one.committed.services.map((x) => x.service).filter((n) => n !== names.db), ['*']);
+      assert.deepEqual([one.committed.memoryBytes, one.committed.cpus], [wide.committed.memoryBytes, wide.committed.cpus]);
+    }
+  });
 });
+
+/** The containers of `service` on an engine, under any name Ferry gives them. */
+async function containersOf(d: ReturnType<typeof dockerodeFor>, service: string): Promise<string[]> {
+  const all = await d.listContainers({ all: true });
+  return all.flatMap((c) => c.Names).map((n) => n.replace(/^\//, '')).filter((n) => n === service || n.startsWith(`${service}.`));
+}
 
 /** Events arrive a moment after the command that published them ended; a hang fails by the test's timeout. */
 async function waitFor(check: () => boolean): Promise<void> {

@@ -210,6 +210,15 @@ export interface RollbackCompletedFields {
   durationMs: number;
 }
 
+/** A service was taken off its host (`DELETE /v1/services/:name`): its containers are gone. */
+export interface DeploymentRemovedFields {
+  /** Every container removed, the one that ran first. */
+  removedContainerIds: string[];
+  /** The deployment whose container ran before the removal, when one ran. */
+  removedDeploymentId?: string;
+  durationMs: number;
+}
+
 /** What the host's proxy counted for one upstream (a container) of a route. */
 export interface ProxyCountersFields {
   name: string;
@@ -303,6 +312,7 @@ export interface EventFields {
   'deployment.switched': DeploymentSwitchedFields;
   'rollback.started': RollbackStartedFields;
   'rollback.completed': RollbackCompletedFields;
+  'deployment.removed': DeploymentRemovedFields;
   'canary.started': CanaryFields;
   'canary.promoted': CanaryFields;
   'canary.rolled_back': CanaryFields;

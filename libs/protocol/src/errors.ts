@@ -63,6 +63,7 @@ export const ERRORS = {
   FERRY_ERR_INTERRUPTED: { status: 500, message: 'The receiver stopped in the middle of this deployment; it was resolved when it started again' },
   FERRY_ERR_NOTHING_TO_ROLL_BACK: { status: 409, message: 'The service has no previous version to roll back to' },
   FERRY_ERR_DEPLOYMENT_CONFLICT: { status: 409, message: 'This deployment id was already used for another service or image' },
+  FERRY_ERR_RELEASE_MISMATCH: { status: 409, message: 'What runs of the service was not deployed by the release named in the request; nothing was removed' },
   FERRY_ERR_BUILD_FAILED: { status: 422, message: 'The image build failed' },
   FERRY_ERR_IMAGE_TOO_LARGE: { status: 413, message: 'The built image is larger than the allowed size' },
   FERRY_ERR_STREAM_UNAVAILABLE: { status: 409, message: 'This receiver cannot load a package while it streams in; send it as a package or a resumable upload' },

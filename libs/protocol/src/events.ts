@@ -23,7 +23,7 @@ export const EVENT_TYPES = [
   'package.verified', 'image.loaded', 'container.started',
   'healthcheck.passed', 'healthcheck.failed',
   'deployment.completed', 'deployment.failed', 'deployment.switched',
-  'rollback.started', 'rollback.completed',
+  'rollback.started', 'rollback.completed', 'deployment.removed',
   'canary.started', 'canary.promoted', 'canary.rolled_back',
   'host.registered', 'host.lost', 'drift.detected',
   'policy.denied', 'grant.grace',

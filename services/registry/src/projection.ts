@@ -122,6 +122,10 @@ export function applyEvent(data: ProjectionData, event: FerryEvent, signer?: str
     if (type === 'deployment.completed') {
       summary.state = 'succeeded';
       summary.finishedAt = event.time;
+    } else if (type === 'deployment.removed') {
+      // The receiver took the service off the host (a release rolled back what it brought there).
+      summary.state = 'rolled_back';
+      summary.finishedAt = event.time;
     } else if (type === 'deployment.failed') {
       summary.state = rest.state === 'ROLLED_BACK' ? 'rolled_back' : 'failed';
       summary.finishedAt = event.time;

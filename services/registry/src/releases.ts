@@ -76,6 +76,7 @@ function deploymentOutcome(type: string): ReleaseOutcome | undefined {
   switch (type) {
     case 'deployment.completed': return 'healthy';
     case 'deployment.failed': return 'failed';
+    case 'deployment.removed': return 'rolled-back';
     case 'package.verified': case 'image.loaded': case 'container.started': case 'healthcheck.passed': case 'healthcheck.failed':
       return 'deploying';
     default: return undefined;

@@ -35,6 +35,8 @@ export interface TargetOutcome {
     deploymentId: string; ok: boolean; state: string; error?: { code: string; message: string };
     /** The retained release it went back to; absent: the container the receiver kept. */
     toRelease?: string;
+    /** The release brought the service to this host: its rollback takes it off the host (`true` once done). */
+    removed?: boolean;
   };
 }
 

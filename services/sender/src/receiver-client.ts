@@ -68,7 +68,8 @@ export interface DeploymentRecord {
   service: string;
   image: string;
   imageId: string;
-  kind: 'deploy' | 'rollback';
+  /** `remove`: the service's containers were taken off the host (`DELETE /v1/services/:name`). */
+  kind: 'deploy' | 'rollback' | 'remove';
   state: DeploymentState;
   states: { state: DeploymentState; at: string }[];
   events?: { type: string; at: string }[];
@@ -304,6 +305,20 @@ export class ReceiverClient {
   }
 
   /**
+   * Takes the service off the receiver: its running container stops, it and every container kept
+   * of it are removed (docs/protocol.md §11.3). With `release`, only if what runs is that release's.
+   * The deployment id makes the request idempotent, as a rollback's does; a service already gone
+   * answers `ROLLED_BACK` too.
+   *
+   * @throws FerryError FERRY_ERR_RELEASE_MISMATCH (nothing removed), FERRY_ERR_DEPLOYMENT_IN_PROGRESS.
+   */
+  async remove(service: string, options: { deploymentId?: string; release?: string } = {}): Promise<DeploymentResult> {
+    const query = new URLSearchParams({ deploymentId: options.deploymentId ?? randomUUID() });
+    if (options.release !== undefined) query.set('release', options.release);
+    return await this.#request('DELETE', `${PATHS.services}/${encodeURIComponent(service)}?${query.toString()}`) as DeploymentResult;
+  }
+
+  /**
    * Ends the canary of the service in progress on the receiver by hand: `promote` moves all its
    * traffic to the new container, `abort` back to the one before (docs/protocol.md, "Canaries").
    *
@@ -313,7 +328,7 @@ export class ReceiverClient {
     await this.#request('POST', `${PATHS.services}/${encodeURIComponent(service)}/canary/${command}`);
   }
 
-  async #request(method: 'GET' | 'POST', path: string): Promise<unknown> {
+  async #request(method: 'GET' | 'POST' | 'DELETE', path: string): Promise<unknown> {
     await this.identify();
     return this.#signed.request(method, path);
   }

@@ -20,6 +20,7 @@ import { verdict, type Emit, type Found, type Verdict } from './verdict.ts';
 import type { CanaryControl } from './canary.ts';
 import { asFerryError, failure, since } from './outcome.ts';
 import { rollbackToRelease } from './to-release.ts';
+import { finishRemoval, removeService, type RemovalDeps } from './remove.ts';
 import { releaseNotRetained, type ReleaseStore } from '../releases/store.ts';
 import { retainRelease } from '../releases/retain.ts';
 import type { DeploymentFacts, DeploymentHeader, DeploymentRecord, Journal, JournalEntry, StateStamp } from '../journal/journal.ts';
@@ -217,6 +218,28 @@ export class Deployer {
     }
   }
 
+  /**
+   * `DELETE /v1/services/:name[?release=ID]`: the service's containers go (remove.ts), under the
+   * service's lock and journalled as a record of kind `remove` under `deploymentId`, which makes
+   * a retried request answer the stored outcome.
+   */
+  async remove(service: string, deploymentId: string = randomUUID(), release?: string): Promise<DeploymentResult> {
+    const stored = this.#journal.get(deploymentId);
+    if (stored) return replay(stored, { kind: 'remove', service });
+    if (this.#busy.has(service)) throw new FerryError('FERRY_ERR_DEPLOYMENT_IN_PROGRESS', { details: { service } });
+    this.#busy.add(service);
+    try {
+      return await removeService(this.#removal(), { service, deploymentId, release });
+    } finally {
+      this.#busy.delete(service);
+    }
+  }
+
+  #removal(): RemovalDeps {
+    const { containers, hostId, logger } = this.#deps;
+    return { containers, hostId, logger, journal: this.#journal, emitFor: (header) => (type, data) => this.#publish(subjectOf(header), type, data) };
+  }
+
   async #rollback(service: string, deploymentId: string): Promise<DeploymentResult> {
     const { containers, images } = this.#deps;
     const started = performance.now();
@@ -314,6 +337,7 @@ export class Deployer {
     const { service, deploymentId } = record;
     const log = this.#deps.logger.child({ deploymentId, service });
     const entry = await this.#journal.resume(deploymentId);
+    if (record.kind === 'remove') return finishRemoval(this.#removal(), record, entry);
     if (record.switch?.step === 'promoting') return this.#finishInterruptedSwitch(record, entry);
     try {
       // A switch that never reached its commit point: the new container had no request.
@@ -468,7 +492,7 @@ function interruptedFailure(record: DeploymentRecord, swapping: boolean, running
 }
 
 /** Who a journalled record's events are about, its release as events carry it. */
-function subjectOf(record: DeploymentRecord): Subject {
+function subjectOf(record: Pick<DeploymentRecord, 'deploymentId' | 'service' | 'image' | 'imageId' | 'release'>): Subject {
   const { deploymentId, service, image, imageId, release } = record;
   return { deploymentId, service, image, imageId, ...(release ? { release: eventRelease(release) } : {}) };
 }

@@ -24,9 +24,11 @@ export interface ReconcileResult {
  * The caller holds the service's deployment lock.
  */
 export async function startLastDeployed(deps: { journal: Journal; containers: ContainerRunner; logger: Logger }, service: string): Promise<ReconcileResult> {
-  const last = deps.journal.list({ service }).find((r) => (r.kind === 'deploy' && r.state === 'COMPLETED') || (r.kind === 'rollback' && r.state === 'ROLLED_BACK'));
-  const containerId = last?.result?.containerId ?? last?.containerId;
+  const last = deps.journal.list({ service }).find((r) => (r.kind === 'deploy' && r.state === 'COMPLETED') || (r.kind !== 'deploy' && r.state === 'ROLLED_BACK'));
   const refuse = (reason: string): FerryError => new FerryError('FERRY_ERR_NOT_RECONCILABLE', { message: `${service}: ${reason}; deploy it again`, details: { service } });
+  // Taken off the host on purpose (DELETE /v1/services/:name): nothing is to run again.
+  if (last?.kind === 'remove') throw refuse(`it was removed from this host (${last.deploymentId})`);
+  const containerId = last?.result?.containerId ?? last?.containerId;
   if (!last || !containerId) throw refuse('no successful deployment of it is known here');
   const container = await deps.containers.inspect(containerId);
   if (!container) throw refuse(`the container of deployment ${last.deploymentId} no longer exists`);

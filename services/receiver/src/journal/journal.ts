@@ -19,8 +19,11 @@ const RECORD_FILE = /^([0-9a-f-]{36})\.jsonl$/;
  */
 export interface DeploymentHeader {
   deploymentId: string;
-  /** `deploy`: a package pushed; `rollback`: `POST /v1/services/:name/rollback`. */
-  kind: 'deploy' | 'rollback';
+  /**
+   * `deploy`: a package pushed; `rollback`: `POST /v1/services/:name/rollback`; `remove`:
+   * `DELETE /v1/services/:name`, the service's containers taken off the host.
+   */
+  kind: 'deploy' | 'rollback' | 'remove';
   host: string;
   service: string;
   image: string;

@@ -33,6 +33,11 @@ export function receiverAction(req: { method: string; path: string; originalUrl?
  * deployment id (signed, as part of the path) makes a retry answer the stored outcome instead of
  * swapping a second time, which would roll forward again.
  *
+ * `DELETE /v1/services/:name[?deploymentId=<uuid>][&release=<release id>]`: stops and removes
+ * the service's containers (deploy/remove.ts), journalled under the deployment id as a rollback is.
+ * With `release`, only if what runs is that release's (409 FERRY_ERR_RELEASE_MISMATCH otherwise):
+ * how a whole-release rollback takes away a service the release brought to the host.
+ *
  * `POST /v1/services/:name/reconcile`: starts the container of the service's last successful
  * deployment again if it is stopped (Deployer.reconcileService); a key with read access to the
  * service may ask.
@@ -53,7 +58,15 @@ export function servicesRouter(deps: ServicesDeps): Router {
     const service = req.params.name;
     if (!SERVICE.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Invalid service name' });
     authorize((res.locals as AuthLocals).auth, 'deploy', { service });
-    res.json(await deps.deployer.rollback(service, deploymentIdOf(req), toReleaseOf(req)));
+    res.json(await deps.deployer.rollback(service, deploymentIdOf(req), releaseIdOf(req, 'toRelease')));
+  });
+  router.delete(`${PATHS.services}/:name`, async (req, res) => {
+    onlyParameters(req, ['deploymentId', 'release']);
+    requireEmptyBody(res);
+    const service = req.params.name;
+    if (!SERVICE.test(service)) throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'Invalid service name' });
+    authorize((res.locals as AuthLocals).auth, 'deploy', { service });
+    res.json(await deps.deployer.remove(service, deploymentIdOf(req), releaseIdOf(req, 'release')));
   });
   return router;
 }
@@ -68,13 +81,13 @@ function deploymentIdOf(req: Request): string | undefined {
 }
 
 /** A release id, checked here: it is looked up, never used as a name of anything. */
-function toReleaseOf(req: Request): string | undefined {
-  const { toRelease } = req.query;
-  if (toRelease === undefined) return undefined;
-  if (typeof toRelease !== 'string' || !RELEASE_ID_PATTERN.test(toRelease)) {
-    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: 'toRelease: a release id, rel-YYYYMMDDTHHMMSSZ-<8 hex>' });
+function releaseIdOf(req: Request, name: 'toRelease' | 'release'): string | undefined {
+  const value = req.query[name];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !RELEASE_ID_PATTERN.test(value)) {
+    throw new FerryError('FERRY_ERR_BAD_REQUEST', { message: `${name}: a release id, rel-YYYYMMDDTHHMMSSZ-<8 hex>` });
   }
-  return toRelease;
+  return value;
 }
 
 /**

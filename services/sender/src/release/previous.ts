@@ -62,6 +62,8 @@ export function runningRelease(records: readonly DeploymentRecord[], kept: Reado
       const id = record.release?.id;
       return id !== undefined && kept.has(id) ? id : undefined;
     }
+    // Taken off the host: nothing of it runs.
+    if (record.kind === 'remove' && record.state === 'ROLLED_BACK') return undefined;
     if (record.kind === 'rollback' && record.state === 'ROLLED_BACK') {
       // A swap back to the kept container says nothing of which release that was.
       return record.toRelease !== undefined && kept.has(record.toRelease) ? record.toRelease : undefined;

@@ -5,6 +5,7 @@ import { ReceiverClient } from '../receiver-client.ts';
 import { DEFAULT_BACKOFF, isCallCut, retry, systemClock } from '../retry.ts';
 import type { ResolvedTarget } from '../targets.ts';
 import { eachLimited } from './limit.ts';
+import { broughtByRelease, removeFromHost } from './removal.ts';
 
 /** One target a release deployed a service to, to be put back. */
 export interface RollbackTarget {
@@ -46,7 +47,8 @@ export async function rollbackService(client: ReceiverClient, service: string, o
  * completed, the last phase first (a client goes back before the service it depends on), the
  * targets of one phase at once, at most `parallel`. Each goes back to the release it ran before
  * on that host when the host retains it, else to the container the receiver kept (a host that
- * no longer retains that release falls back to it too). Never throws: each target's outcome is
+ * no longer retains that release falls back to it too); a service the release brought to a host
+ * is removed from it. Never throws: each target's outcome is
  * in its `rollback`.
  */
 export async function rollbackRelease(targets: readonly RollbackTarget[], deps: DeployDeps, options: DeployOptions, onDone: (item: RollbackTarget) => void): Promise<void> {
@@ -59,6 +61,13 @@ export async function rollbackRelease(targets: readonly RollbackTarget[], deps: 
       });
       const service = item.service.service;
       let toRelease = item.toRelease;
+      // New to the host with this release: going back is taking it off (removal.ts).
+      const brought = toRelease === undefined ? await broughtByRelease(client, item.target.deploymentId) : undefined;
+      if (brought !== undefined) {
+        item.target.rollback = await removeFromHost(client, service, brought, options.attempts);
+        onDone(item);
+        return;
+      }
       let answer = await rollbackService(client, service, { toRelease, attempts: options.attempts });
       if (!answer.ok && toRelease !== undefined && answer.error.code === 'FERRY_ERR_RELEASE_NOT_RETAINED') {
         // Dropped since the release started (its image pruned for space): the kept container is
