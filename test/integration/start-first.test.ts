@@ -110,11 +110,11 @@ async function servers(socket: string): Promise<Map<string, { total: number; cur
 interface Load { ok: number; other: Record<string, number>; errors: number; total: number; output: string }
 
 /**
- * `hey` through the proxy, 10 workers at 20 requests a second each, a new connection per request,
- * until `stop()` (SIGINT: hey stops and prints its report); `-z` only bounds a run left behind.
+ * `hey` through the proxy, 10 workers at 20 requests a second each,
+ * until `stop()` (SIGINT: hey stops and prints its report); connections kept alive, as browsers and clients keep them; `-z` only bounds a run left behind.
  */
 function load(port: number): { stop: () => Promise<Load>; running: () => boolean } {
-  const child = spawn('hey', ['-z', '300s', '-q', '20', '-c', '10', '-host', HOST, '-disable-keepalive', `http://127.0.0.1:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('hey', ['-z', '300s', '-q', '20', '-c', '10', '-host', HOST, `http://127.0.0.1:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });

@@ -645,10 +645,12 @@ class Run {
     const containerId = await startAside(this.#deps.containers, spec, async (id) => {
       this.#containerId = id;
       await this.#entry.note({ containerId: id, ...(old ? { previousContainerId: old.id } : {}), switch: switchFacts(label, id, old?.id, false) });
+      // The engine mounts bind sources when it starts the container: a link planted since the
+      // first check is caught here, before the start (the container is then removed by #fail).
+      await this.#bindsOnHost(spec);
     }).catch((err: unknown) => {
       throw asFerryError(err, 'FERRY_ERR_CONTAINER_FAILED');
     });
-    await this.#bindsOnHost(spec);
     this.#timings.deploy = this.#since(started);
     this.#emit('container.started', { containerId, durationMs: this.#timings.deploy });
   }
