@@ -25,6 +25,7 @@ Commands:
   key         "key new --id ID": make an Ed25519 key pair; "key show FILE": its public key and fingerprint
   trust       "trust add|remove|list": the keys, grants and revocations a receiver or registry trusts
   grant       "grant issue|show|revoke": grants and revocation lists signed with an admin key
+  bundle      "bundle create|verify|apply|split|join": a whole release in one signed file (OCI layout)
   version     Ferry's version and Node's (also "ferry --version"); with --to, a receiver's
   help        this text; "ferry help COMMAND" for one command
 
@@ -370,4 +371,41 @@ Exit code 0 when at least one host had a canary of SERVICE and none refused.
   --json           print {"service", "command", "hosts": [{url, ok, code?, message?}]}
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may deploy the service).`;
 
-export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, version: VERSION_HELP };
+const BUNDLE_HELP = `Usage: ferry bundle create -f ferry.yaml -o app.ferry [--key FILE --key-id ID] [--grant FILE] [--since OLD.ferry]
+       ferry bundle verify app.ferry [--trust FILE] [--json]
+       ferry bundle apply app.ferry [--json]
+       ferry bundle split app.ferry [--size 100m]
+       ferry bundle join app.ferry.part-000 [-o FILE]
+
+A bundle is a whole release in one signed file, for sites without a network path to the sender
+and for keeping releases: the deployment file's services (specs, phases, rollout) and every image
+they run, each layer stored once (zstd, named by its SHA-256) in the OCI image layout, so skopeo,
+crane and containerd read its images too (skopeo inspect oci-archive:app.ferry:SERVICE). Its
+ferry/release.json names index.json's digest and is signed with Ed25519 (ferry/signature).
+
+create   reads each image from the build engine (DOCKER_HOST) with docker save, streamed
+  -f, --file FILE    the deployment file (default ferry.yaml); its targets are not used
+  -o, --out FILE     the bundle to write (written beside it, then renamed: never half a file)
+  --key FILE, --key-id ID
+                     the signing key (default FERRY_KEY_FILE or FERRY_KEY, and FERRY_KEY_ID)
+  --grant FILE       embeds the customer's grant for that key: the licence the bundle is applied
+                     under (its end and grace period)
+  --since OLD.ferry  a differential bundle: leaves out the layers OLD.ferry carries
+  --level N          zstd level of the layers, 1-19 (default 3)
+verify   checks the archive's entries, the signature, index.json, every blob's SHA-256, the
+         manifests and configs against release.json; exit 0 only if all of it holds
+  --trust FILE       also checks the signer against a trust file (and the embedded grant)
+apply    on the host itself, as its receiver would: verifies all of the bundle, the signer against
+         the receiver's trust file (FERRY_TRUST_FILE) and grants, the policy, then loads each
+         image into the engine (DOCKER_HOST) and deploys the services phase after phase, with
+         their health checks; a failed phase rolls back what the apply deployed. Uses the
+         receiver's settings (FERRY_DATA_DIR, FERRY_HOST_ID, FERRY_LABELS, FERRY_POLICY_*,
+         FERRY_NATS_URL for events); run it where no receiver runs on that data directory.
+split    cuts the file into parts of --size bytes (default 1g): FILE.part-000… and FILE.parts,
+         which lists each part's SHA-256; verify, apply and join take the first part
+join     checks every part and the whole, and writes the bundle (-o, default its own name)
+
+Errors: FERRY_ERR_BUNDLE_MALFORMED, FERRY_ERR_UNSAFE_ARCHIVE, FERRY_ERR_BUNDLE_SIGNATURE,
+FERRY_ERR_BUNDLE_DIGEST, FERRY_ERR_BUNDLE_BASE_MISSING, FERRY_ERR_LICENCE_EXPIRED. docs/bundles.md.`;
+
+export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, bundle: BUNDLE_HELP, version: VERSION_HELP };

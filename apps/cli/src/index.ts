@@ -29,6 +29,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   key: async () => (await import('./keys.ts')).keyCommand,
   trust: async () => (await import('./grants.ts')).trustCommand,
   grant: async () => (await import('./grants.ts')).grantCommand,
+  bundle: async () => (await import('./bundle.ts')).bundleCommand,
   version: async () => (await import('./version.ts')).versionCommand,
 };
 

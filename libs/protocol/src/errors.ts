@@ -92,6 +92,11 @@ export const ERRORS = {
   FERRY_ERR_CANARY_ABORTED: { status: 422, message: 'The canary was aborted by hand; traffic went back to the previous version' },
   FERRY_ERR_NO_CANARY: { status: 404, message: 'No canary of this service is in progress on this host' },
   FERRY_ERR_OVER_BUDGET: { status: 422, message: 'The release would commit more memory or CPUs on a host than its budget allows; nothing was built or sent' },
+  FERRY_ERR_BUNDLE_MALFORMED: { status: 422, message: 'The file is not a Ferry bundle, or an entry, the index, a manifest or release.json in it is malformed' },
+  FERRY_ERR_BUNDLE_SIGNATURE: { status: 422, message: "The bundle's signature does not verify, or its key is not trusted here" },
+  FERRY_ERR_BUNDLE_DIGEST: { status: 422, message: 'A blob, the index or a part of the bundle does not match its digest' },
+  FERRY_ERR_BUNDLE_BASE_MISSING: { status: 409, message: 'The differential bundle leaves out layers this host does not hold; apply the bundle it was made against first' },
+  FERRY_ERR_LICENCE_EXPIRED: { status: 403, message: "The bundle's grant is past its notAfter date and its grace period" },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -17,3 +17,5 @@ export { Admission, type AdmissionDeps, type Admitted, type SignedRequest, type 
 export { PackageStore, type StoredPackage } from './store/packages.ts';
 export { Registration, actualServices, advertisedUrl, backoffMs, engineFacts, receiverRegistration, settledServices, type RegistrationDeps } from './registration/index.ts';
 export { LayerInventory, isContainerdStore, layersRouter, type ImageStoreKind, type LayerAnswer, type LayerEngine } from './layers/index.ts';
+export { applyBundle, type ApplyOptions, type ApplyResult, type ApplyStep, type AppliedService } from './bundle/apply.ts';
+export { authorizeBundle, trustedSigner, type BundleAuthority } from './bundle/authorize.ts';

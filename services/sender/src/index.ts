@@ -18,7 +18,7 @@ export { PausedReleases, REFUSED_TO_GO_ON, planDigest, type PausedRelease } from
 export { planWaves, type Wave } from './release/waves.ts';
 export { backToRelease, type BackToReleaseRequest, type BackToReleaseResult, type HostProblem, type ReturnPlan, type ServiceReturn } from './release/back-to.ts';
 export {
-  loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, phasesOf,
+  loadDeploymentFile, parseDeploymentJson, parseDeploymentText, validateDeployment, formatProblem, phasesOf, serviceSpecOf,
   type DependencyCondition, type DeploymentDocument, type Phase, type Problem, type ServiceEntry, type Rollout, type WaveSpec,
 } from './deployfile/index.ts';
 export { LayerFilter, identifyLayer, omittableLayers } from './layer-filter.ts';
