@@ -29,6 +29,8 @@ const build = dockerodeFor(s.buildDockerHost);
 const target = dockerodeFor(s.targetDockerHost);
 const names = { db: `bdb-${run}`, api: `bapi-${run}`, web: `bweb-${run}` };
 const refs = Object.values(names).map((name) => `bundle-${name}:1`);
+/** web's next version: its top layer is new, the two below it are the ones every image shares. */
+const web2 = `bundle-${names.web}:2`;
 const hostId = `bundle-${run}`;
 const admin = testKey(`admin-${run}`);
 const vendor = testKey(`vendor-${run}`);
@@ -42,7 +44,8 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
   let nc: NatsConnection;
   let watcher: EventWatcher;
   const imageIds: string[] = [];
-  const bundles: Record<'good' | 'grace' | 'expired' | 'foreign', string> = { good: '', grace: '', expired: '', foreign: '' };
+  const bundles: Record<'good' | 'grace' | 'expired' | 'foreign' | 'diff', string> = { good: '', grace: '', expired: '', foreign: '', diff: '' };
+  let web2Id = '';
 
   const applyEnv = (dataDir: string): Record<string, string> => ({
     DOCKER_HOST: s.targetDockerHost, FERRY_DATA_DIR: dataDir, FERRY_TRUST_FILE: trust, FERRY_HOST_ID: hostId,
@@ -76,10 +79,10 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
       ...(dependsOn ? { depends_on: [dependsOn] } : {}),
     });
     file = join(dir, 'ferry.yaml');
-    await writeFile(file, stringify({
-      version: 1, name: 'bundled',
-      services: { [names.db]: service(names.db, 0), [names.api]: service(names.api, 1, names.db), [names.web]: service(names.web, 2, names.api) },
-    }));
+    const services = { [names.db]: service(names.db, 0), [names.api]: service(names.api, 1, names.db), [names.web]: service(names.web, 2, names.api) };
+    await writeFile(file, stringify({ version: 1, name: 'bundled', services }));
+    web2Id = await buildTestImage(s.buildDockerHost, web2, `${run}-next`);
+    await writeFile(join(dir, 'ferry-2.yaml'), stringify({ version: 1, name: 'bundled', services: { ...services, [names.web]: { ...services[names.web], image: web2 } } }));
     // The site trusts the vendor's admin key only; the vendor's key comes in with its grant, in the bundle.
     trust = trustFile([{ key: admin, role: 'admin' }]);
     const now = Date.now();
@@ -96,12 +99,18 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
       const made = await create(out, key, grant);
       assert.equal(made.code, 0, made.stdout + made.stderr);
     }
+    bundles.diff = join(dir, 'diff.ferry');
+    const diff = await runFerry(['bundle', 'create', '-f', join(dir, 'ferry-2.yaml'), '-o', bundles.diff, '--since', bundles.good, '--key', vendor.file, '--key-id', vendor.keyId,
+      '--grant', join(dir, 'good.grant.json'), '--json'], { DOCKER_HOST: s.buildDockerHost });
+    assert.equal(diff.code, 0, diff.stdout + diff.stderr);
+    // Only web's new top layer is carried; the four others are the first bundle's.
+    assert.deepEqual((JSON.parse(diff.stdout) as { layers: unknown }).layers, { stored: 1, fromBase: 4, shared: 0 });
   });
 
   after(async () => {
     for (const name of Object.values(names)) await removeService(target, name);
-    await removeImages(target, [...refs, ...imageIds]);
-    await removeImages(build, refs);
+    await removeImages(target, [...refs, ...imageIds, web2, web2Id]);
+    await removeImages(build, [...refs, web2]);
     await nc?.close();
     if (dir) await rm(dir, { recursive: true, force: true });
   });
@@ -206,6 +215,22 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
     await nothingLoaded();
   });
 
+  test('a differential bundle on a host that lacks its base is refused, naming the layers', async () => {
+    const verified = await runFerry(['bundle', 'verify', bundles.diff, '--json'], {});
+    assert.equal(verified.code, 0, verified.stdout + verified.stderr);
+    const base = (JSON.parse(verified.stdout) as { base: { layers: string[] } }).base;
+    const applied = await runFerry(['bundle', 'apply', bundles.diff], applyEnv(await mkdtemp(join(dir, 'data-'))));
+    assert.equal(applied.code, 1);
+    assert.match(applied.stderr, /FERRY_ERR_BUNDLE_BASE_MISSING/);
+    // The layers this engine lacks, every one of them a layer the bundle leaves out (the lower ones
+    // may be on the stack's engine already: test images share them).
+    const named = [...applied.stderr.matchAll(/sha256:[0-9a-f]{12}/g)].map((m) => m[0]);
+    assert.ok(named.length >= 2, applied.stderr);
+    for (const id of named) assert.ok(base.layers.some((layer) => layer.startsWith(id)), id);
+    await nothingLoaded();
+    await assert.rejects(target.getImage(web2Id).inspect());
+  });
+
   let parts: string[] = [];
 
   test('splits into parts, each checked when joined', async () => {
@@ -258,5 +283,13 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
       const grace = await watcher.until(x.deploymentId, 'grant.grace');
       assert.equal(grace.data.keyId, vendor.keyId);
     }
+  });
+
+  test('the differential bundle applies over the host that has its base', async () => {
+    const applied = await runFerry(['bundle', 'apply', bundles.diff, '--json'], applyEnv(join(dir, 'site')));
+    assert.equal(applied.code, 0, applied.stdout + applied.stderr);
+    const result = JSON.parse(applied.stdout) as { services: Array<{ name: string; state: string }> };
+    assert.deepEqual(result.services.map((x) => x.state), ['COMPLETED', 'COMPLETED', 'COMPLETED']);
+    assert.equal((await target.getContainer(names.web).inspect()).Image, web2Id);
   });
 });

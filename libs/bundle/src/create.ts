@@ -232,7 +232,8 @@ class BlobWriter {
       const diffId = raw.digest();
       const known = this.#known(diffId);
       if (known) {
-        this.#shared += 1;
+        // Counted as shared when this bundle holds it already; a base's layer is counted as left out.
+        if (this.#layers.has(diffId)) this.#shared += 1;
         return known;
       }
       const layer = { digest: packed.digest(), blobSize: packed.bytes, diffId, size };
