@@ -19,8 +19,8 @@ import { stringify } from 'yaml';
 import { FileSource, scanBundle, type Entry } from '@ferry/bundle';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { EventWatcher } from '../helpers/events.ts';
-import { buildTestImage, capture, freePort, runFerry, type RunResult } from '../helpers/ferry.ts';
-import { grantFor, testKey, trustFile, type TestKey } from '../helpers/keys.ts';
+import { buildTestImage, capture, freePort, runFerry, startReceiverProcess, type RunResult } from '../helpers/ferry.ts';
+import { grantFor, keyEnv, testKey, trustFile, type TestKey } from '../helpers/keys.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -35,6 +35,7 @@ const hostId = `bundle-${run}`;
 const admin = testKey(`admin-${run}`);
 const vendor = testKey(`vendor-${run}`);
 const foreign = testKey(`foreign-${run}`);
+const operator = testKey(`operator-${run}`);
 const DAY = 24 * 3600 * 1000;
 
 describe('ferry bundle', { timeout: 600_000 }, () => {
@@ -73,13 +74,13 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
     watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
     for (const [i, ref] of refs.entries()) imageIds.push(await buildTestImage(s.buildDockerHost, ref, `${run}-${i}`));
     const ports = [await freePort(), await freePort(), await freePort()];
-    const service = (name: string, i: number, dependsOn?: string): Record<string, unknown> => ({
+    const service = (i: number, dependsOn?: string): Record<string, unknown> => ({
       image: refs[i], targets: ['http://127.0.0.1:1'], network: 'host', env: { PORT: String(ports[i]) },
       health: { type: 'http', url: `http://127.0.0.1:${ports[i]}/healthz`, interval: '200ms', retries: 50 },
       ...(dependsOn ? { depends_on: [dependsOn] } : {}),
     });
     file = join(dir, 'ferry.yaml');
-    const services = { [names.db]: service(names.db, 0), [names.api]: service(names.api, 1, names.db), [names.web]: service(names.web, 2, names.api) };
+    const services = { [names.db]: service(0), [names.api]: service(1, names.db), [names.web]: service(2, names.api) };
     await writeFile(file, stringify({ version: 1, name: 'bundled', services }));
     web2Id = await buildTestImage(s.buildDockerHost, web2, `${run}-next`);
     await writeFile(join(dir, 'ferry-2.yaml'), stringify({ version: 1, name: 'bundled', services: { ...services, [names.web]: { ...services[names.web], image: web2 } } }));
@@ -291,5 +292,24 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
     const result = JSON.parse(applied.stdout) as { services: Array<{ name: string; state: string }> };
     assert.deepEqual(result.services.map((x) => x.state), ['COMPLETED', 'COMPLETED', 'COMPLETED']);
     assert.equal((await target.getContainer(names.web).inspect()).Image, web2Id);
+  });
+
+  test('push sends the bundle\'s images to a receiver through the sender\'s delivery, phase after phase', async () => {
+    // A receiver of its own on the target engine, which trusts the operator's deploy key.
+    for (const name of Object.values(names)) await removeService(target, name);
+    const receiver = await startReceiverProcess({ DOCKER_HOST: s.targetDockerHost, FERRY_HOST_ID: `${hostId}-rx`, FERRY_TRUST_FILE: trustFile([operator]) });
+    try {
+      const pushed = await runFerry(['bundle', 'push', bundles.good, '--to', receiver.url, '--json'], { ...keyEnv(operator) });
+      assert.equal(pushed.code, 0, pushed.stdout + pushed.stderr);
+      const result = JSON.parse(pushed.stdout.trim().split('\n').at(-1) ?? '{}') as { ok: boolean; services: Array<{ service: string; targets: Array<{ state: string }> }> };
+      assert.deepEqual(result.services.map((x) => [x.service, x.targets.map((t) => t.state)]), [[names.db, ['COMPLETED']], [names.api, ['COMPLETED']], [names.web, ['COMPLETED']]]);
+      for (const [i, name] of Object.values(names).entries()) assert.equal((await target.getContainer(name).inspect()).Image, imageIds[i]);
+      // A differential bundle lacks what it leaves out: it is refused, naming that.
+      const partial = await runFerry(['bundle', 'push', bundles.diff, '--to', receiver.url], { ...keyEnv(operator) });
+      assert.equal(partial.code, 1);
+      assert.match(partial.stdout + partial.stderr, /FERRY_ERR_BUNDLE_BASE_MISSING/);
+    } finally {
+      await receiver.stop();
+    }
   });
 });

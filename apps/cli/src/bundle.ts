@@ -1,12 +1,13 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { GRANT_TYPE, TrustStore, loadCredentials, parseDocument, type SignedDocument } from '@ferry/auth';
-import { checkedParts, createBundle, joinBundle, openBundle, partOf, splitBundle, type BaseLayers, type BundleLayer, type VerifiedBundle } from '@ferry/bundle';
+import { bundleImages, checkedParts, createBundle, joinBundle, openBundle, partOf, splitBundle, type BaseLayers, type BundleLayer, type VerifiedBundle } from '@ferry/bundle';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { FerryError, parseMemory } from '@ferry/protocol';
-import { loadDeploymentFile, planRelease, serviceSpecOf } from '@ferry/sender';
+import { DEFAULT_BACKOFF, DEFAULT_PARALLEL, loadDeploymentFile, loadSenderConfig, planRelease, pushMany, resolveTargets, serviceSpecOf } from '@ferry/sender';
 import { parse, parseInteger } from './args.ts';
 import { fileProject } from './deploy.ts';
 import { line, type Io } from './io.ts';
@@ -20,8 +21,9 @@ export async function bundleCommand(args: string[], io: Io): Promise<number> {
     case 'apply': return applyCommand(rest, io);
     case 'split': return splitCommand(rest, io);
     case 'join': return joinCommand(rest, io);
+    case 'push': return pushCommand(rest, io);
     default:
-      throw new FerryError('FERRY_ERR_USAGE', { message: `ferry bundle ${sub ?? ''}: create, verify, apply, split or join (see "ferry help bundle")`.replace('  ', ' ') });
+      throw new FerryError('FERRY_ERR_USAGE', { message: `ferry bundle ${sub ?? ''}: create, verify, apply, push, split or join (see "ferry help bundle")`.replace('  ', ' ') });
   }
 }
 
@@ -124,6 +126,69 @@ async function applyCommand(args: string[], io: Io): Promise<number> {
   if (values.json) line(io.stdout, JSON.stringify(result));
   else line(io.stdout, result.ok ? `release ${result.releaseId} applied on ${result.hostId}` : `release ${result.releaseId} failed on ${result.hostId}; what it had deployed was rolled back`);
   return result.ok ? 0 : 1;
+}
+
+/**
+ * `ferry bundle push FILE --to URL`: the bundle's images sent to receivers through the sender's own
+ * delivery (streamed or spooled, layers the targets hold left out, retries), phase after phase,
+ * each image read from the bundle rather than a build engine. The receivers check the pusher's key
+ * and grant, as for `ferry deploy`; the bundle's own signature is checked here first.
+ */
+async function pushCommand(args: string[], io: Io): Promise<number> {
+  const { values, positionals } = parse(args, {
+    to: { type: 'string', multiple: true }, parallel: { type: 'string' }, retries: { type: 'string' }, json: { type: 'boolean' },
+  }, 1);
+  if (!values.to || values.to.length === 0) throw new FerryError('FERRY_ERR_USAGE', { message: 'ferry bundle push FILE --to URL [--to URL …]' });
+  const config = loadSenderConfig(io.env);
+  const bundle = await open(positionals[0]);
+  if (bundle.document.base) {
+    await bundle.close();
+    // A layer a differential bundle leaves out is not there to send: refused before anything is.
+    throw new FerryError('FERRY_ERR_BUNDLE_BASE_MISSING', {
+      message: `The bundle is differential over release ${bundle.document.base.releaseId} and lacks ${bundle.document.base.layers.length} layer(s) to send: push a full bundle`,
+      details: { missing: bundle.document.base.layers, baseRelease: bundle.document.base.releaseId },
+    });
+  }
+  const { JetStreamPublisher, NullSink } = await import('@ferry/events');
+  const { createLogger } = await import('@ferry/log');
+  const logger = createLogger({ level: 'warn', name: 'ferry', destination: io.stderr });
+  const events = config.natsUrl ? await JetStreamPublisher.connect({ url: config.natsUrl, logger, name: 'ferry-sender' }) : new NullSink({ logger });
+  try {
+    const targets = await resolveTargets(values.to, { registryUrl: config.registryUrl, credentials: config.credentials });
+    const { document } = bundle;
+    const deps = { images: bundleImages(bundle), events, credentials: config.credentials, source: `ferry://sender/${hostname()}` };
+    const attempts = parseInteger('retries', values.retries, 1, 100) ?? DEFAULT_BACKOFF.attempts;
+    const outcomes: Array<{ service: string; ok: boolean; targets: Array<{ url: string; host?: string; state: string; error?: { code: string; message: string } }> }> = [];
+    for (const [phase, { name, services }] of document.release.phases.entries()) {
+      if (!values.json) line(io.stdout, `phase ${phase + 1} ${name}: ${services.join(', ')}`);
+      const results = await Promise.all(services.map(async (serviceName) => {
+        const service = document.release.services.find((s) => s.name === serviceName);
+        if (!service) throw new FerryError('FERRY_ERR_INTERNAL', { message: `no service ${serviceName}` });
+        const result = await pushMany({
+          image: service.image.ref, targets, service: service.spec, compression: 'auto',
+          release: { id: document.release.id, phase, phases: document.release.phases.length },
+          parallel: parseInteger('parallel', values.parallel, 1, 100) ?? DEFAULT_PARALLEL, policy: { ...DEFAULT_BACKOFF, attempts },
+        }, deps);
+        return {
+          service: serviceName, ok: result.ok,
+          targets: result.targets.map((t) => ({ url: t.url, ...(t.host ? { host: t.host } : {}), state: t.state, ...(t.error ? { error: { code: t.error.code, message: t.error.message } } : {}) })),
+        };
+      }));
+      for (const result of results) {
+        outcomes.push(result);
+        if (values.json) continue;
+        for (const t of result.targets) line(io.stdout, `  ${result.service}  ${t.host ?? t.url}  ${t.state}${t.error ? `  ${t.error.code}: ${t.error.message}` : ''}`);
+      }
+      if (results.some((r) => !r.ok)) break;
+    }
+    const ok = outcomes.length === document.release.services.length && outcomes.every((o) => o.ok);
+    if (values.json) line(io.stdout, JSON.stringify({ ok, releaseId: document.release.id, services: outcomes }));
+    else line(io.stdout, ok ? `release ${document.release.id} pushed to ${targets.length} target(s)` : `release ${document.release.id} failed; later phases were not pushed`);
+    return ok ? 0 : 1;
+  } finally {
+    await events.close();
+    await bundle.close();
+  }
 }
 
 async function splitCommand(args: string[], io: Io): Promise<number> {

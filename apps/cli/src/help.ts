@@ -25,7 +25,7 @@ Commands:
   key         "key new --id ID": make an Ed25519 key pair; "key show FILE": its public key and fingerprint
   trust       "trust add|remove|list": the keys, grants and revocations a receiver or registry trusts
   grant       "grant issue|show|revoke": grants and revocation lists signed with an admin key
-  bundle      "bundle create|verify|apply|split|join": a whole release in one signed file (OCI layout)
+  bundle      "bundle create|verify|apply|push|split|join": a whole release in one signed file (OCI layout)
   version     Ferry's version and Node's (also "ferry --version"); with --to, a receiver's
   help        this text; "ferry help COMMAND" for one command
 
@@ -374,6 +374,7 @@ Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may deplo
 const BUNDLE_HELP = `Usage: ferry bundle create -f ferry.yaml -o app.ferry [--key FILE --key-id ID] [--grant FILE] [--since OLD.ferry]
        ferry bundle verify app.ferry [--trust FILE] [--json]
        ferry bundle apply app.ferry [--json]
+       ferry bundle push app.ferry --to URL [--to URL …] [--parallel N] [--retries N] [--json]
        ferry bundle split app.ferry [--size 100m]
        ferry bundle join app.ferry.part-000 [-o FILE]
 
@@ -401,6 +402,9 @@ apply    on the host itself, as its receiver would: verifies all of the bundle, 
          their health checks; a failed phase rolls back what the apply deployed. Uses the
          receiver's settings (FERRY_DATA_DIR, FERRY_HOST_ID, FERRY_LABELS, FERRY_POLICY_*,
          FERRY_NATS_URL for events); run it where no receiver runs on that data directory.
+push     sends the bundle's images to receivers through the sender's delivery (no build engine),
+         phase after phase, signed with FERRY_KEY_ID and FERRY_KEY_FILE as "ferry deploy" is; the
+         receivers check that key's grant. A differential bundle cannot be pushed.
 split    cuts the file into parts of --size bytes (default 1g): FILE.part-000… and FILE.parts,
          which lists each part's SHA-256; verify, apply and join take the first part
 join     checks every part and the whole, and writes the bundle (-o, default its own name)

@@ -7,3 +7,4 @@ export { FileSource, type ByteSource } from './source.ts';
 export { releaseMessage, releaseSignedBy, parseSignature, type BundleSignature } from './signature.ts';
 export { BUNDLE_SCHEMA, ReleaseDocumentSchema, type BundleLayer, type BundleService, type ReleaseDocument } from './release.ts';
 export { INDEX, MEDIA, OCI_LAYOUT, REF_NAME, IMAGE_REF, RELEASE, SIGNATURE, blobPath } from './layout.ts';
+export { bundleImages } from './images.ts';

@@ -1,6 +1,5 @@
 import { randomUUID } from 'node:crypto';
 import CircuitBreaker from 'opossum';
-import type { ImageStore } from '@ferry/docker';
 import { createEvent, type EventData, type EventSink } from '@ferry/events';
 import {
   FerryError, isFerryError,
@@ -10,7 +9,7 @@ import { chooseCompression, type CompressionDecision } from './compression.ts';
 import { watchDeployment } from './deploy-watch.ts';
 import type { DesiredRecorder } from './desired.ts';
 import { layersToOmit, type CompressionChoice } from './negotiate.ts';
-import { inspectImage, meteredSize, type BuiltPackage, type ExportedBy, type ImageFacts, type PackageTimings, type ProductionMeter } from './package.ts';
+import { inspectImage, meteredSize, type BuiltPackage, type ExportedBy, type ImageFacts, type ImageSource, type PackageTimings, type ProductionMeter } from './package.ts';
 import { Spools, type Producer, type Reads, type Source } from './productions.ts';
 import { ReceiverClient, type Credentials, type TargetLayers, type UploadOutcome } from './receiver-client.ts';
 import { uploadResumable } from './resumable.ts';
@@ -97,7 +96,7 @@ export interface PackageTotal {
 }
 
 export interface DeliveryDeps {
-  images: ImageStore;
+  images: ImageSource;
   events: EventSink;
   credentials: Credentials;
   /** CloudEvents source of the sender, e.g. ferry://sender/<hostname>. */

@@ -1,5 +1,5 @@
 export { push, type PushRequest, type PushResult, type PushDeps } from './push.ts';
-export { buildPackage, producePackage, inspectImage, type BuiltPackage, type ExportedBy, type ProducedPackage } from './package.ts';
+export { buildPackage, producePackage, inspectImage, type BuiltPackage, type ExportedBy, type ImageSource, type ProducedPackage } from './package.ts';
 export { planStoreArchive, storeArchiveChunks, streamStoreArchive, type StoreArchivePlan } from './store-archive.ts';
 export {
   ReceiverClient, ResumableClient, askLayers, uploadOneShot,

@@ -101,7 +101,13 @@ export interface ProduceOptions {
   signal?: AbortSignal | undefined;
 }
 
-export async function inspectImage(images: ImageStore, ref: string): Promise<ImageFacts> {
+/**
+ * What packaging reads an image from: the build engine's ImageStore, or anything that answers the
+ * same three questions (a bundle's images, `ferry bundle push`).
+ */
+export type ImageSource = Pick<ImageStore, 'inspect' | 'save' | 'layerStore'>;
+
+export async function inspectImage(images: ImageSource, ref: string): Promise<ImageFacts> {
   const info = await images.inspect(ref);
   if (!info) throw new FerryError('FERRY_ERR_IMAGE_NOT_FOUND', { message: `Image ${ref} is not on the build engine (build or tag it first)`, details: { image: ref } });
   return { ref, id: info.id, diffIds: info.diffIds, ...(info.size > 0 ? { size: info.size } : {}) };
@@ -114,7 +120,7 @@ export async function inspectImage(images: ImageStore, ref: string): Promise<Ima
  * cannot be left out (see {@link LayerFilter}) throw PartialPackageUnavailable, a layer store
  * found unreadable midway LayerStoreUnreadable: the caller decides what to make instead.
  */
-export async function buildPackage(images: ImageStore, image: ImageFacts, compression: Compression, options: PackageOptions = {}): Promise<BuiltPackage> {
+export async function buildPackage(images: ImageSource, image: ImageFacts, compression: Compression, options: PackageOptions = {}): Promise<BuiltPackage> {
   const path = spoolPath(image, compression, options.dir);
   try {
     const source = await sourceOf(images, image, options.omit ?? [], options.layerStore !== false);
@@ -143,7 +149,7 @@ export function spooled(path: string, produced: ProducedPackage): BuiltPackage {
  * have gone to `destination`, so the caller abandons it and starts again whole, or from docker
  * save. FerryErrors `destination` raises pass through as they are.
  */
-export async function producePackage(images: ImageStore, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[]; layerStore?: boolean } & ProduceOptions = {}): Promise<ProducedPackage> {
+export async function producePackage(images: ImageSource, image: ImageFacts, compression: Compression, destination: Writable, options: { omit?: readonly string[]; layerStore?: boolean } & ProduceOptions = {}): Promise<ProducedPackage> {
   return produce(image, compression, await sourceOf(images, image, options.omit ?? [], options.layerStore !== false), () => destination, options);
 }
 
@@ -164,7 +170,7 @@ interface Source {
  * layer the package carries in it: it streams from the first byte and reads only those layers,
  * where docker save first writes the whole image out. Anything else uses docker save.
  */
-async function sourceOf(images: ImageStore, image: ImageFacts, omit: readonly string[], layerStore: boolean): Promise<Source> {
+async function sourceOf(images: ImageSource, image: ImageFacts, omit: readonly string[], layerStore: boolean): Promise<Source> {
   const store = layerStore ? await images.layerStore() : undefined;
   if (store) {
     try {

@@ -1,8 +1,8 @@
 import type { Writable } from 'node:stream';
-import { LayerStoreUnreadable, type ImageStore } from '@ferry/docker';
+import { LayerStoreUnreadable } from '@ferry/docker';
 import type { Compression } from '@ferry/protocol';
 import { PartialPackageUnavailable } from './layer-filter.ts';
-import { buildPackage, producePackage, type BuiltPackage, type ImageFacts, type ProducedPackage, type ProductionMeter } from './package.ts';
+import { buildPackage, producePackage, type BuiltPackage, type ImageFacts, type ImageSource, type ProducedPackage, type ProductionMeter } from './package.ts';
 
 /** Where a package's bytes come from: the layers it leaves out, and whether the layer store may be read. */
 export interface Source {
@@ -32,7 +32,7 @@ export interface Reads {
 
 /** The image, its compression, and the counts every production adds to. */
 export interface Producer {
-  images: ImageStore;
+  images: ImageSource;
   image: ImageFacts;
   compression: Compression;
   /** zstd's level (or gzip's); the library's default when absent. */

@@ -1,11 +1,10 @@
-import type { ImageStore } from '@ferry/docker';
 import type { EventSink } from '@ferry/events';
 import { FerryError, type Compression, type DeploymentResult, type DeploymentState, type HealthCheckProgress, type ServiceSpec, type StageTimings } from '@ferry/protocol';
 import type { CompressionDecision } from './compression.ts';
 import { deliver, type PackageTotal } from './deliver.ts';
 import type { DesiredRecorder } from './desired.ts';
 import type { CompressionChoice } from './negotiate.ts';
-import type { ExportedBy } from './package.ts';
+import type { ExportedBy, ImageSource } from './package.ts';
 import type { Credentials, TargetLayers } from './receiver-client.ts';
 import { DEFAULT_BACKOFF, type BackoffPolicy, type Clock } from './retry.ts';
 
@@ -49,7 +48,7 @@ export interface PushRequest {
 }
 
 export interface PushDeps {
-  images: ImageStore;
+  images: ImageSource;
   events: EventSink;
   credentials: Credentials;
   /** CloudEvents source of the sender, e.g. ferry://sender/<hostname>. */
