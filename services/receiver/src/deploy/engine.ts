@@ -17,7 +17,7 @@ import { healthCheckFailedWithoutRestore, unstableWithoutRestore, waitHealthy } 
 import { Scrubber, failedContainer } from './failure.ts';
 import { bindsOnHost, specFor } from './container.ts';
 import { verdict, type Emit, type Found, type Verdict } from './verdict.ts';
-import type { CanaryControl } from './canary.ts';
+import { CanaryControl, runCanary } from './canary.ts';
 import { asFerryError, failure, since } from './outcome.ts';
 import { rollbackToRelease } from './to-release.ts';
 import { finishRemoval, removeService, type RemovalDeps } from './remove.ts';
@@ -676,12 +676,32 @@ class Run {
       }
       return;
     }
-    // (The canary phase goes here: the new upstream at the canary's weight, judged by the proxy's counters.)
+    await this.#canary(proxy, old);
     this.#committed = true;
     const switched = await commitSwitch({ containers, proxy, log: this.#log, crashAt: this.#deps.crashAt }, this.#entry, service, switchFacts(label, this.#containerId, old, false));
     this.#emit('deployment.switched', {
       ...(switched.from ? { from: switched.from } : {}), to: switched.to.name, address: switched.to.address, strategy: 'start-first', openSessions: switched.openSessions, drainMs: label.drainMs,
     });
+  }
+
+  /**
+   * The canary phase (canary.ts), before the commit point: the new upstream gets the canary's share
+   * beside the one serving, and the proxy's counters (or a promote or abort by hand) decide. A
+   * rollback throws, and #fail removes the new container as for a failed check: the old one never
+   * stopped. With nothing serving before, there is nothing to compare with: no canary.
+   */
+  async #canary(proxy: Proxy, oldId: string | undefined): Promise<void> {
+    const canary = this.#manifest.service.canary;
+    const next = this.#upstream;
+    if (!canary || !oldId || !next) return;
+    const service = this.#manifest.service.name;
+    const current = ((await proxy.routes()).find((r) => r.service === service)?.upstreams ?? []).find((u) => u.name === upstreamName(oldId));
+    if (!current) return;
+    const result = await runCanary({
+      proxy, control: this.#deps.canaries ?? new CanaryControl(), service, canary, next, current,
+      emit: (type, data) => this.#emit(type, data),
+    });
+    if (!result.promoted) throw result.error;
   }
 
   #spec(): ContainerSpec {

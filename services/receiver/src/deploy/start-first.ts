@@ -2,7 +2,7 @@ import { publishedPort, type ContainerRunner, type ContainerSpec } from '@ferry/
 import type { Logger } from '@ferry/log';
 import type { Proxy, Upstream } from '@ferry/proxy';
 import {
-  FerryError, LABELS, checkThroughPublished, parseRouteLabel, upstreamName, type Canary, type Route, type RouteLabel, type ServiceSpec,
+  FerryError, LABELS, checkThroughPublished, parseRouteLabel, upstreamName, type Route, type RouteLabel, type ServiceSpec,
 } from '@ferry/protocol';
 import type { JournalEntry, SwitchFacts } from '../journal/journal.ts';
 import type { CrashPoint } from './crash.ts';
@@ -58,13 +58,6 @@ export interface Switched {
   /** Requests still open on the old upstreams when their drain ended. */
   openSessions: number;
 }
-
-/**
- * The canary phase, between "the new container passed its check and window" and "promote": the
- * place where a share of the requests goes to `candidate` for `canary.forMs` and the proxy's
- * counters decide. Not run yet: a spec's canary is promoted at once (docs/receiver.md).
- */
-export type CanaryPhase = (input: { service: string; canary: Canary; candidate: Upstream; current?: string }) => Promise<{ ok: true } | { ok: false; error: FerryError }>;
 
 /**
  * Creates the new container aside (next name) and starts it, the old one running on. The
@@ -175,6 +168,10 @@ async function settleNames(containers: ContainerRunner, service: string, newId: 
 export async function abandonSwitch(deps: Pick<SwitchDeps, 'containers' | 'proxy'>, service: string, facts: Pick<SwitchFacts, 'newId' | 'kept'>): Promise<void> {
   const { containers, proxy } = deps;
   await proxy.removeUpstream(service, upstreamName(facts.newId));
+  // A canary had given the old upstream a share only: it gets all the traffic again.
+  for (const u of (await proxy.routes()).find((r) => r.service === service)?.upstreams ?? []) {
+    if (u.weight < FULL_WEIGHT) await proxy.setUpstream(service, { ...u, weight: FULL_WEIGHT });
+  }
   const info = await containers.inspect(facts.newId);
   if (!info) return;
   if (facts.kept) await containers.stop(info.id);
