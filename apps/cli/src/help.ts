@@ -401,7 +401,9 @@ apply    on the host itself, as its receiver would: verifies all of the bundle, 
          image into the engine (DOCKER_HOST) and deploys the services phase after phase, with
          their health checks; a failed phase rolls back what the apply deployed. Uses the
          receiver's settings (FERRY_DATA_DIR, FERRY_HOST_ID, FERRY_LABELS, FERRY_POLICY_*,
-         FERRY_NATS_URL for events); run it where no receiver runs on that data directory.
+         FERRY_NATS_URL for events). It takes the data directory's lock: where a receiver runs
+         on it, it fails at once (FERRY_ERR_DATA_DIR_LOCKED): stop the receiver, or give apply
+         its own FERRY_DATA_DIR.
 push     sends the bundle's images to receivers through the sender's delivery (no build engine),
          phase after phase, signed with FERRY_KEY_ID and FERRY_KEY_FILE as "ferry deploy" is; the
          receivers check that key's grant. A differential bundle cannot be pushed.
@@ -410,6 +412,7 @@ split    cuts the file into parts of --size bytes (default 1g): FILE.part-000…
 join     checks every part and the whole, and writes the bundle (-o, default its own name)
 
 Errors: FERRY_ERR_BUNDLE_MALFORMED, FERRY_ERR_UNSAFE_ARCHIVE, FERRY_ERR_BUNDLE_SIGNATURE,
-FERRY_ERR_BUNDLE_DIGEST, FERRY_ERR_BUNDLE_BASE_MISSING, FERRY_ERR_LICENCE_EXPIRED. docs/bundles.md.`;
+FERRY_ERR_BUNDLE_DIGEST, FERRY_ERR_BUNDLE_BASE_MISSING, FERRY_ERR_LICENCE_EXPIRED,
+FERRY_ERR_DATA_DIR_LOCKED. docs/bundles.md.`;
 
 export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, bundle: BUNDLE_HELP, version: VERSION_HELP };

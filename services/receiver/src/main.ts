@@ -10,6 +10,7 @@ import { BUFFER_BUDGET_BYTES, BufferBudget } from '@ferry/memory';
 import { createReceiverMetrics, meteredSink } from '@ferry/metrics';
 import { FERRY_VERSION, FerryError, type Manifest } from '@ferry/protocol';
 import { createApp } from './app.ts';
+import { lockDataDir } from './data-dir-lock.ts';
 import { CanaryControl } from './deploy/canary.ts';
 import { readCapacity } from './capacity.ts';
 import { loadReceiverConfig, type ReceiverConfig } from './config.ts';
@@ -48,6 +49,18 @@ export async function startReceiver(env: Env = process.env, logger?: Logger): Pr
   const log = logger ?? createLogger({ level: config.logLevel, name: 'ferry-receiver' });
   const spoolDir = join(config.dataDir, 'ingest');
   await ensureWritableDir(spoolDir);
+  // Before anything in the data directory is read: no other receiver, nor a bundle apply, uses it.
+  const lock = await lockDataDir(config.dataDir, 'ferry receiver');
+  try {
+    const running = await startLocked(config, log, spoolDir);
+    return { ...running, close: async () => { await running.close(); await lock.release(); } };
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
+async function startLocked(config: Readonly<ReceiverConfig>, log: Logger, spoolDir: string): Promise<RunningReceiver> {
   const dropped = await clearSpool(spoolDir);
   if (dropped > 0) log.info({ files: dropped }, 'one-shot uploads an earlier run was receiving removed');
   // Read before anything starts: a receiver nobody may call is a configuration error, not a service.

@@ -9,6 +9,7 @@ import { digestOf } from '@ferry/integrity';
 import { createLogger, type Logger } from '@ferry/log';
 import { FerryError, parseManifest, type DeploymentResult, type Manifest } from '@ferry/protocol';
 import { loadReceiverConfig, type ReceiverConfig } from '../config.ts';
+import { lockDataDir } from '../data-dir-lock.ts';
 import { CanaryControl } from '../deploy/canary.ts';
 import { Deployer } from '../deploy/engine.ts';
 import { Journal } from '../journal/journal.ts';
@@ -68,12 +69,24 @@ export interface ApplyResult {
  * downgrade rule for every service — then the services are deployed phase after phase through the
  * receiver's deployment engine (load, proof of the image id, swap, health check, rollback), and a
  * failed phase rolls back, last first, what this apply had deployed. It uses the receiver's data
- * directory (journal, retained releases, outbox): run it where no receiver runs on that directory.
+ * directory (journal, retained releases, outbox) under its lock: where a receiver runs on that
+ * directory it fails at once with FERRY_ERR_DATA_DIR_LOCKED.
  */
 export async function applyBundle(options: ApplyOptions): Promise<ApplyResult> {
   const config = loadReceiverConfig(options.env);
   const log = options.logger ?? createLogger({ level: config.logLevel, name: 'ferry-bundle-apply' });
   const now = options.now ?? (() => Math.floor(Date.now() / 1000));
+  await ensureWritableDir(config.dataDir);
+  // At once, before the bundle is read: a receiver running on this data directory refuses it.
+  const lock = await lockDataDir(config.dataDir, 'ferry bundle apply');
+  try {
+    return await applyLocked(options, config, log, now);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function applyLocked(options: ApplyOptions, config: Readonly<ReceiverConfig>, log: Logger, now: () => number): Promise<ApplyResult> {
   const bundle = await openBundle(options.paths);
   try {
     const { document } = bundle;
@@ -87,7 +100,6 @@ export async function applyBundle(options: ApplyOptions): Promise<ApplyResult> {
     await assertBaseHeld(bundle, layers);
     const manifests = new Map(document.release.services.map((service) => [service.name, manifestOf(bundle, service)]));
 
-    await ensureWritableDir(config.dataDir);
     const events = await eventSink(config, log);
     const proxy = config.proxy ? await startProxy(config.proxy, log) : undefined;
     try {
