@@ -1,24 +1,24 @@
 /**
  * Start-first through a real HAProxy: a `ferry receiver` with its proxy (FERRY_PROXY_HTTP) on a
  * private engine with a Linux bridge, deploying a FROM-scratch busybox httpd whose answer names its
- * version. While `hey` sends 200 requests a second through the proxy, versions are deployed and
- * rolled back in a row: not one answer is other than 2xx and not one connection fails. A 5 s
- * request (a CGI script) begun before a switch ends with the old version's answer; a version that
- * fails its health check never gets a request (HAProxy has no server for it, its counters say
- * nothing) and the old container never stopped; a receiver killed while the old upstream drains
- * finishes the switch when it starts again, the route table and HAProxy agreeing with the
- * containers; one killed while the new container is checked removes it, the old one serving on.
+ * version and that stops at SIGTERM at once (test/helpers/routed.ts). While `hey` sends 200
+ * requests a second through the proxy, twenty deploys and rollbacks run in a row: not one answer is
+ * other than 2xx and not one connection fails. A 5 s request (a CGI script) begun before a switch
+ * ends with the old version's answer; a version that fails its health check never gets a request
+ * (HAProxy has no server for it) and the old container never stopped; a receiver killed while the
+ * old upstream drains finishes the switch when it starts again, the route table and HAProxy
+ * agreeing with the containers; one killed while the new container is checked removes it, the old
+ * one serving on. HAProxy killed (SIGKILL) in the middle of a drain is started again by the
+ * receiver's check and the switch finished: its servers are the running container's alone; killed
+ * while the receiver is away too, the next receiver starts it and finishes the switch.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, copyFile, rm, writeFile } from 'node:fs/promises';
-import { request } from 'node:http';
-import { connect as connectUnix } from 'node:net';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { spawn, type ChildProcess } from 'node:child_process';
 import type { NatsConnection } from 'nats';
 import { ContainerRunner, ImageStore, createDockerClient, type ContainerInfo } from '@ferry/docker';
 import { FerryError, upstreamName, type DeploymentResult, type ManifestInput } from '@ferry/protocol';
@@ -27,9 +27,10 @@ import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { removeImages } from '../helpers/cleanup.ts';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { EventWatcher } from '../helpers/events.ts';
-import { capture, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
+import { freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { testKey, trustFile } from '../helpers/keys.ts';
 import { signedCall } from '../helpers/registry.ts';
+import { buildRoutedVersion, exited, getVia, haproxyServers, heyLoad } from '../helpers/routed.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -40,106 +41,8 @@ const service = `sf-${run}`;
 const repo = `ferry-sf-${run}`;
 const HOST = `app-${run}.test`;
 const buildImages = new ImageStore(createDockerClient(s.buildDockerHost));
-
-/** busybox httpd on 8080: `/` names the version, `/healthz` is ok (not in the `bad` version), `/cgi-bin/slow` answers after 5 s. */
-async function buildVersion(variant: string, healthy: boolean): Promise<string> {
-  const context = await mkdtemp(join(tmpdir(), 'ferry-sf-img-'));
-  try {
-    await copyFile(process.env.FERRY_BUSYBOX ?? '/bin/busybox', join(context, 'busybox'));
-    await mkdir(join(context, 'www', 'cgi-bin'), { recursive: true });
-    await writeFile(join(context, 'www', 'index.html'), `${variant}\n`);
-    if (healthy) await writeFile(join(context, 'www', 'healthz'), 'ok\n');
-    const slow = join(context, 'www', 'cgi-bin', 'slow');
-    await writeFile(slow, `#!/bin/busybox sh\n/bin/busybox sleep 5\necho "Content-Type: text/plain"\necho\necho "${variant} slow"\n`);
-    await chmod(slow, 0o755);
-    await writeFile(join(context, 'Dockerfile'), [
-      'FROM scratch', 'COPY busybox /bin/busybox', 'COPY www /www',
-      'ENTRYPOINT ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"]', '',
-    ].join('\n'));
-    const ref = `${repo}:${variant}`;
-    const env = { ...process.env, DOCKER_HOST: s.buildDockerHost, DOCKER_BUILDKIT: '0' };
-    const built = await capture('docker', ['build', '-q', '-t', ref, context], env);
-    if (built.code !== 0) throw new Error(`docker build failed: ${built.stderr}`);
-    return ref;
-  } finally {
-    await rm(context, { recursive: true, force: true });
-  }
-}
-
-/** One GET through the proxy on its own connection. */
-function get(port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path, headers: { host: HOST }, agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (d: string) => { body += d; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: body.trim() }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-/** One command on HAProxy's admin socket. */
-function admin(socket: string, command: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const c = connectUnix(socket, () => c.end(`${command}\n`));
-    c.setEncoding('utf8').on('data', (d: string) => { out += d; });
-    c.on('end', () => resolve(out));
-    c.on('error', reject);
-  });
-}
-
-/** HAProxy's servers now, by name: its `show stat` rows (sessions in all, 2xx and 5xx answered). */
-async function servers(socket: string): Promise<Map<string, { total: number; current: number; status: string }>> {
-  const text = await admin(socket, 'show stat');
-  const [header, ...rows] = text.split('\n');
-  const cols = (header ?? '').replace(/^# /, '').split(',');
-  const at = (name: string): number => cols.indexOf(name);
-  const out = new Map<string, { total: number; current: number; status: string }>();
-  for (const line of rows) {
-    const f = line.split(',');
-    const name = f[at('svname')] ?? '';
-    if (!/^[0-9a-f]{12}$/.test(name)) continue;
-    out.set(name, { total: Number(f[at('stot')]), current: Number(f[at('scur')]), status: f[at('status')] ?? '' });
-  }
-  return out;
-}
-
-interface Load { ok: number; other: Record<string, number>; errors: number; total: number; output: string }
-
-/**
- * `hey` through the proxy, 10 workers at 20 requests a second each,
- * until `stop()` (SIGINT: hey stops and prints its report); connections kept alive, as browsers and clients keep them; `-z` only bounds a run left behind.
- */
-function load(port: number): { stop: () => Promise<Load>; running: () => boolean } {
-  const child = spawn('hey', ['-z', '300s', '-q', '20', '-c', '10', '-host', HOST, `http://127.0.0.1:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-  const done = new Promise<number | null>((resolve) => child.once('close', resolve));
-  return {
-    running: () => child.exitCode === null && child.signalCode === null,
-    stop: async () => {
-      child.kill('SIGINT');
-      const code = await done;
-      assert.equal(code, 0, stderr);
-      const codes = [...stdout.matchAll(/\[(\d{3})\]\s+(\d+) responses/g)].map((m) => [m[1] ?? '', Number(m[2])] as const);
-      const errorBlock = stdout.split('Error distribution:')[1] ?? '';
-      const errors = [...errorBlock.matchAll(/\[(\d+)\]\s/g)].reduce((sum, m) => sum + Number(m[1]), 0);
-      const ok = codes.filter(([c]) => c.startsWith('2')).reduce((sum, [, n]) => sum + n, 0);
-      const other = Object.fromEntries(codes.filter(([c]) => !c.startsWith('2')));
-      return { ok, other, errors, total: ok + Object.values(other).reduce((a, b) => a + b, 0) + errors, output: stdout };
-    },
-  };
-}
-
-function exited(child: ChildProcess): Promise<NodeJS.Signals | null> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.signalCode);
-  return new Promise((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
-}
+/** Deploys and rollbacks in turn under the load. */
+const SWITCHES = 20;
 
 describe('start-first through HAProxy', { timeout: 900_000 }, () => {
   let engine: PrivateDockerd;
@@ -155,7 +58,9 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
   const start = async (extra: Record<string, string> = {}): Promise<ReceiverProcess> => {
     const receiver = await startReceiverProcess({
       DOCKER_HOST: engine.host, FERRY_TRUST_FILE: trustFile(key), FERRY_NATS_URL: s.natsUrl, FERRY_HOST_ID: hostId,
-      FERRY_DATA_DIR: dataDir, FERRY_PROXY_HTTP: `127.0.0.1:${proxyPort}`, FERRY_PROXY_DIR: proxyDir, ...extra,
+      FERRY_DATA_DIR: dataDir, FERRY_PROXY_HTTP: `127.0.0.1:${proxyPort}`, FERRY_PROXY_DIR: proxyDir,
+      // A short window keeps twenty switches in a row short; the image stops at SIGTERM at once.
+      FERRY_STABILITY_WINDOW_MS: '1000', ...extra,
     });
     // A receiver with in-memory nonces refuses what was signed before it started (same second included).
     while ((await signedCall(receiver.url, { ...key, audience: hostId }, 'GET', '/v1/releases')).status === 401) await sleep(100);
@@ -201,7 +106,7 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
   /** The route's servers in HAProxy are exactly the running service container's upstream. */
   const agrees = async (): Promise<ContainerInfo> => {
     const info = await current();
-    const names = [...(await servers(proxyPaths(proxyDir).adminSocket)).keys()];
+    const names = [...(await haproxyServers(proxyPaths(proxyDir).adminSocket)).keys()];
     assert.deepEqual(names, [upstreamName(info.id)]);
     return info;
   };
@@ -212,7 +117,7 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
     dataDir = await mkdtemp(join(tmpdir(), 'ferry-sf-'));
     proxyDir = await mkdtemp('/tmp/fsp-');
     proxyPort = await freePort();
-    for (const [variant, healthy] of [['v1', true], ['v2', true], ['v3', true], ['bad', false]] as const) refs.push(await buildVersion(variant, healthy));
+    for (const [variant, healthy] of [['v1', true], ['v2', true], ['v3', true], ['bad', false]] as const) refs.push(await buildRoutedVersion(s.buildDockerHost, repo, variant, { healthy }));
     nc = await natsConnect(s.natsReaderUrl);
     watcher = new EventWatcher(nc, `ferry.events.${hostId}.>`);
     rx = await start();
@@ -232,29 +137,41 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
     assert.equal(first.result?.state, 'COMPLETED', first.error?.message);
     const info = await agrees();
     assert.ok(info.ports.some((p) => p.hostIp === '127.0.0.1' && p.containerPort === 8080), JSON.stringify(info.ports));
-    assert.deepEqual(await get(proxyPort, '/'), { status: 200, body: 'v1' });
+    assert.deepEqual(await getVia(proxyPort, HOST, '/'), { status: 200, body: 'v1' });
     const switched = await watcher.until(first.deploymentId, 'deployment.switched');
     assert.equal((switched.data as { to?: string }).to, upstreamName(info.id));
   });
 
-  test('deploys and rollbacks in a row under 200 requests a second: no answer other than 2xx, no connection error', async (t) => {
-    const traffic = load(proxyPort);
+  test('twenty deploys and rollbacks in a row under 200 requests a second: no answer other than 2xx, no connection error', async (t) => {
+    // What runs and what the next rollback goes back to, as the receiver should have it.
+    let now = (await getVia(proxyPort, HOST, '/')).body;
+    let previous = '';
+    const versions = ['v2', 'v3', 'v1'];
+    let next = 0;
+    const traffic = heyLoad(proxyPort, HOST, { rate: 200 });
     await sleep(1000);
     const seen: string[] = [];
-    const v2 = await deploy(rx.url, `${repo}:v2`);
-    assert.equal(v2.result?.state, 'COMPLETED', v2.error?.message);
-    seen.push((await get(proxyPort, '/')).body);
-    assert.equal((await rollback()).state, 'ROLLED_BACK');
-    seen.push((await get(proxyPort, '/')).body);
-    assert.equal((await rollback()).state, 'ROLLED_BACK');
-    seen.push((await get(proxyPort, '/')).body);
-    const v3 = await deploy(rx.url, `${repo}:v3`);
-    assert.equal(v3.result?.state, 'COMPLETED', v3.error?.message);
-    seen.push((await get(proxyPort, '/')).body);
+    const expected: string[] = [];
+    for (let i = 0; i < SWITCHES; i++) {
+      if (i % 2 === 0) {
+        // The versions in turn, never the one that runs.
+        if (versions[next % versions.length] === now) next++;
+        const variant = versions[next++ % versions.length] ?? 'v1';
+        const deployed = await deploy(rx.url, `${repo}:${variant}`);
+        assert.equal(deployed.result?.state, 'COMPLETED', deployed.error?.message);
+        [previous, now] = [now, variant];
+      } else {
+        assert.equal((await rollback()).state, 'ROLLED_BACK');
+        [previous, now] = [now, previous];
+      }
+      expected.push(now);
+      seen.push((await getVia(proxyPort, HOST, '/')).body);
+    }
     assert.ok(traffic.running(), 'the load ran through every switch');
     const done = await traffic.stop();
-    t.diagnostic(`load during the switches: ${done.total} requests, ${done.ok} 2xx, other ${JSON.stringify(done.other)}, ${done.errors} connection errors`);
-    assert.deepEqual(seen, ['v2', 'v1', 'v2', 'v3']);
+    t.diagnostic(`load during ${SWITCHES} switches: ${done.total} requests, ${done.ok} 2xx, other ${JSON.stringify(done.other)}, ${done.errors} connection errors`);
+    t.diagnostic(`versions after each switch: ${seen.join(' ')}`);
+    assert.deepEqual(seen, expected);
     assert.ok(done.ok > 1000, done.output);
     assert.deepEqual(done.other, {}, done.output);
     assert.equal(done.errors, 0, done.output);
@@ -263,8 +180,8 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
   });
 
   test('a 5 s request begun before a switch ends with the old version\'s answer', async () => {
-    const before = (await get(proxyPort, '/')).body;
-    const slow = get(proxyPort, '/cgi-bin/slow');
+    const before = (await getVia(proxyPort, HOST, '/')).body;
+    const slow = getVia(proxyPort, HOST, '/cgi-bin/slow');
     await sleep(500);
     const next = await deploy(rx.url, before === 'v3' ? `${repo}:v1` : `${repo}:v3`);
     assert.equal(next.result?.state, 'COMPLETED', next.error?.message);
@@ -276,7 +193,7 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
   test('a version that fails its check never gets a request, and the old container never stopped', async (t) => {
     const old = await agrees();
     const oldStarted = (await createDockerClient(engine.host).inspectContainer(old.id)).State as unknown as { StartedAt: string };
-    const traffic = load(proxyPort);
+    const traffic = heyLoad(proxyPort, HOST, { rate: 200 });
     await sleep(500);
     const bad = await deploy(rx.url, `${repo}:bad`);
     assert.equal(bad.error?.code, 'FERRY_ERR_HEALTHCHECK_FAILED', bad.error?.message);
@@ -289,7 +206,7 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
     const badId = deployment?.failure?.container?.id;
     assert.ok(badId, JSON.stringify(deployment));
     // Never a server of the route: HAProxy counted nothing for it.
-    assert.equal((await servers(proxyPaths(proxyDir).adminSocket)).get(upstreamName(badId)), undefined);
+    assert.equal((await haproxyServers(proxyPaths(proxyDir).adminSocket)).get(upstreamName(badId)), undefined);
     assert.equal(await containers.inspect(badId), undefined);
     const still = await agrees();
     assert.equal(still.id, old.id);
@@ -300,7 +217,7 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
 
   test('killed while the old upstream drains, a restarted receiver finishes the switch', async () => {
     const old = await agrees();
-    const before = (await get(proxyPort, '/')).body;
+    const before = (await getVia(proxyPort, HOST, '/')).body;
     await rx.stop();
     rx = await start({ FERRY_TEST_CRASH_AT: 'during-drain' });
     const doomed = rx;
@@ -314,25 +231,113 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
     assert.equal((await containers.inspect(`${service}.ferry-previous`))?.id, old.id);
     assert.equal((await containers.inspect(`${service}.ferry-previous`))?.running, false);
     assert.equal((await containers.inspect(`${service}.ferry-next`)), undefined);
-    assert.notEqual((await get(proxyPort, '/')).body, before);
+    assert.notEqual((await getVia(proxyPort, HOST, '/')).body, before);
     const record = await signedCall(rx.url, { ...key, audience: hostId }, 'GET', `/v1/deployments/${attempt.deploymentId}`);
     assert.equal((record.body as { state?: string }).state, 'COMPLETED', JSON.stringify(record.body));
   });
 
   test('killed while the new container is checked, a restarted receiver removes it and the old one serves on', async () => {
     const old = await agrees();
-    const before = (await get(proxyPort, '/')).body;
+    const before = (await getVia(proxyPort, HOST, '/')).body;
     await rx.stop();
     rx = await start({ FERRY_TEST_CRASH_AT: 'during-validate' });
     const doomed = rx;
     const attempt = await deploy(doomed.url, before === 'v3' ? `${repo}:v1` : `${repo}:v3`);
     assert.equal(attempt.result, undefined, 'the deployment lost its receiver');
     assert.equal(await exited(doomed.child), 'SIGKILL');
-    assert.equal((await get(proxyPort, '/')).body, before);
+    assert.equal((await getVia(proxyPort, HOST, '/')).body, before);
     rx = await start();
     const now = await agrees();
     assert.equal(now.id, old.id);
     assert.equal(await containers.inspect(`${service}.ferry-next`), undefined);
-    assert.equal((await get(proxyPort, '/')).body, before);
+    assert.equal((await getVia(proxyPort, HOST, '/')).body, before);
+  });
+
+  /** Kills HAProxy's master by its pid file (its worker exits with it) and waits until it is gone. */
+  const killProxy = async (): Promise<number> => {
+    const pid = Number((await readFile(proxyPaths(proxyDir).pidFile, 'utf8')).trim().split('\n')[0]);
+    assert.ok(Number.isInteger(pid) && pid > 1, 'HAProxy\'s pid file names it');
+    process.kill(pid, 'SIGKILL');
+    while (await haproxyServers(proxyPaths(proxyDir).adminSocket).then(() => true, () => false)) await sleep(20);
+    return pid;
+  };
+
+  /** The deployment's record once it is final (a switch finished in the background gets there later). */
+  const settled = async (deploymentId: string): Promise<string> => {
+    for (;;) {
+      const record = await signedCall(rx.url, { ...key, audience: hostId }, 'GET', `/v1/deployments/${deploymentId}`);
+      const state = (record.body as { state?: string }).state ?? '';
+      if (['COMPLETED', 'ROLLED_BACK', 'FAILED'].includes(state)) return state;
+      await sleep(200);
+    }
+  };
+
+  test('HAProxy killed with SIGKILL while the old upstream drains: started again and reconciled, the route is the new container alone', async (t) => {
+    const paths = proxyPaths(proxyDir);
+    const old = await agrees();
+    const before = (await getVia(proxyPort, HOST, '/')).body;
+    const target = before === 'v3' ? 'v1' : 'v3';
+    // Slow requests begun one after another keep the old upstream busy, so its drain (60 s) is
+    // still waiting when HAProxy dies; the kill cuts them, which is what a dead proxy does.
+    let deploying = true;
+    const slow: Promise<unknown>[] = [];
+    const opener = (async () => {
+      while (deploying) {
+        slow.push(getVia(proxyPort, HOST, '/cgi-bin/slow').catch((err: unknown) => err));
+        await sleep(300);
+      }
+    })();
+    const attempt = deploy(rx.url, `${repo}:${target}`, '60s');
+    // The drain has begun: the old server is sent nothing new and still has requests open.
+    for (;;) {
+      const row = (await haproxyServers(paths.adminSocket)).get(upstreamName(old.id));
+      if (row && row.weight === 0 && row.current > 0) break;
+      await sleep(20);
+    }
+    const killed = await killProxy();
+    deploying = false;
+    await opener;
+    await Promise.all(slow);
+    const outcome = await attempt;
+    // The drain lost its proxy after the commit point: the switch is finished in the background
+    // (or the 5 s check had started HAProxy again first and the drain ended there).
+    t.diagnostic(`the deployment answered ${outcome.result?.state ?? outcome.error?.code ?? 'nothing'}`);
+    assert.ok(outcome.result?.state === 'COMPLETED' || outcome.error?.code === 'FERRY_ERR_PROXY_UNAVAILABLE', outcome.error?.message);
+    assert.equal(await settled(outcome.deploymentId), 'COMPLETED');
+    // The receiver's check started a new HAProxy; wait for it to serve the route.
+    while (await haproxyServers(paths.adminSocket).then(() => false, () => true)) await sleep(100);
+    const now = await agrees();
+    assert.notEqual(now.id, old.id);
+    const pid = Number((await readFile(paths.pidFile, 'utf8')).trim().split('\n')[0]);
+    assert.notEqual(pid, killed);
+    assert.deepEqual(await getVia(proxyPort, HOST, '/'), { status: 200, body: target });
+    assert.equal((await containers.inspect(`${service}.ferry-previous`))?.id, old.id);
+    assert.equal((await containers.inspect(`${service}.ferry-previous`))?.running, false);
+    const table = JSON.parse(await readFile(join(proxyDir, 'routes.json'), 'utf8')) as unknown;
+    assert.match(JSON.stringify(table), new RegExp(upstreamName(now.id)));
+    assert.doesNotMatch(JSON.stringify(table), new RegExp(upstreamName(old.id)));
+  });
+
+  test('the receiver killed during a drain and HAProxy killed while it is away: the next receiver starts HAProxy and finishes the switch', async () => {
+    const paths = proxyPaths(proxyDir);
+    const old = await agrees();
+    const before = (await getVia(proxyPort, HOST, '/')).body;
+    const target = before === 'v3' ? 'v1' : 'v3';
+    await rx.stop();
+    rx = await start({ FERRY_TEST_CRASH_AT: 'during-drain' });
+    const doomed = rx;
+    const attempt = await deploy(doomed.url, `${repo}:${target}`);
+    assert.equal(attempt.result, undefined, 'the deployment lost its receiver');
+    assert.equal(await exited(doomed.child), 'SIGKILL');
+    await killProxy();
+    await assert.rejects(getVia(proxyPort, HOST, '/'));
+    rx = await start();
+    const now = await agrees();
+    assert.notEqual(now.id, old.id);
+    assert.equal(await settled(attempt.deploymentId), 'COMPLETED');
+    assert.deepEqual(await getVia(proxyPort, HOST, '/'), { status: 200, body: target });
+    assert.equal((await containers.inspect(`${service}.ferry-previous`))?.id, old.id);
+    assert.equal(await containers.inspect(`${service}.ferry-next`), undefined);
+    assert.equal((await haproxyServers(paths.adminSocket)).size, 1);
   });
 });
