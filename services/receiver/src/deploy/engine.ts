@@ -236,8 +236,8 @@ export class Deployer {
   }
 
   #removal(): RemovalDeps {
-    const { containers, hostId, logger } = this.#deps;
-    return { containers, hostId, logger, journal: this.#journal, emitFor: (header) => (type, data) => this.#publish(subjectOf(header), type, data) };
+    const { containers, hostId, logger, proxy } = this.#deps;
+    return { containers, hostId, logger, proxy, journal: this.#journal, emitFor: (header) => (type, data) => this.#publish(subjectOf(header), type, data) };
   }
 
   async #rollback(service: string, deploymentId: string): Promise<DeploymentResult> {

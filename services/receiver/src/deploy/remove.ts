@@ -1,5 +1,6 @@
 import type { ContainerInfo, ContainerRunner } from '@ferry/docker';
 import type { Logger } from '@ferry/log';
+import type { Proxy } from '@ferry/proxy';
 import { FerryError, LABELS, type DeploymentResult, type DeploymentState } from '@ferry/protocol';
 import type { DeploymentHeader, DeploymentRecord, Journal, JournalEntry } from '../journal/journal.ts';
 import { asFerryError, failure, since } from './outcome.ts';
@@ -11,6 +12,8 @@ export interface RemovalDeps {
   journal: Journal;
   hostId: string;
   logger: Logger;
+  /** The host's proxy, when it runs one: a routed service's route goes with the service. */
+  proxy?: Proxy | undefined;
   /** Publishes the removal's events under its own deployment id (and the removed one's release). */
   emitFor: (header: DeploymentHeader) => Emit;
 }
@@ -36,8 +39,9 @@ export function containerNames(service: string): string[] {
 }
 
 /**
- * `DELETE /v1/services/:name`: stops the service's running container and removes it and every
- * other container of the service (containerNames), journalled as a record of kind `remove`
+ * `DELETE /v1/services/:name`: takes the service's route out of the proxy (if it has one), then
+ * stops the service's running container and removes it and every other container of the service
+ * (containerNames), journalled as a record of kind `remove`
  * (PENDING → ROLLING_BACK → ROLLED_BACK) before anything is touched, so that a receiver that
  * stops half-way finishes the removal when it starts again (finishRemoval). Images stay: image
  * retention decides about them, and a retained release keeps its own. The caller holds the
@@ -76,7 +80,7 @@ export async function finishRemoval(deps: RemovalDeps, record: DeploymentRecord,
     const left = await present(deps.containers, record.service);
     const removedDeploymentId = left.find((c) => c.id === record.previousContainerId)?.labels[LABELS.deploymentId];
     const ids = [...new Set([...(record.previousContainerId ? [record.previousContainerId] : []), ...left.map((c) => c.id)])];
-    await removeAll(deps.containers, record.service, left);
+    await removeAll(deps, record.service, left);
     await completed(deps, entry, record, ids, removedDeploymentId);
   } catch (err) {
     await entry.close();
@@ -87,7 +91,7 @@ export async function finishRemoval(deps: RemovalDeps, record: DeploymentRecord,
 async function finish(deps: RemovalDeps, entry: JournalEntry, header: DeploymentHeader, found: readonly ContainerInfo[], removedDeploymentId: string | undefined): Promise<DeploymentResult> {
   const started = performance.now();
   try {
-    await removeAll(deps.containers, header.service, found);
+    await removeAll(deps, header.service, found);
   } catch (err) {
     const error = asFerryError(err);
     deps.logger.error({ err, deploymentId: header.deploymentId, service: header.service }, 'removing the service failed');
@@ -99,8 +103,15 @@ async function finish(deps: RemovalDeps, entry: JournalEntry, header: Deployment
   return completed(deps, entry, header, found.map((c) => c.id), removedDeploymentId, since(started));
 }
 
-/** Stops and removes `found`, the one that serves first, then whatever of the service is still there. */
-async function removeAll(containers: ContainerRunner, service: string, found: readonly ContainerInfo[]): Promise<void> {
+/**
+ * Takes the route out of the proxy, then stops and removes `found`, the one that serves first,
+ * then whatever of the service is still there. The route goes first: a request for it is answered
+ * 404 by the proxy from then on, never sent to a container that is stopping. A service without a
+ * route leaves the proxy untouched (removeRoute finds nothing), even one that does not answer.
+ */
+async function removeAll(deps: Pick<RemovalDeps, 'containers' | 'proxy'>, service: string, found: readonly ContainerInfo[]): Promise<void> {
+  const { containers, proxy } = deps;
+  await proxy?.removeRoute(service);
   for (const container of found) {
     // With its stop signal and grace, as a deployment stops the container it replaces.
     if (container.running) await containers.stop(container.id);
