@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 bash deploy/lib/ensure-node-deps.sh
 bash deploy/local-stack.sh up >/dev/null
 # Beyond the stack: sshd for the bootstrap tests, ssh and openssl for the shell client, Chromium
-# for the dashboard in a real browser.
-bash deploy/local-stack.sh install openssh-server:/usr/sbin/sshd openssh-client:ssh openssl:openssl chromium:/usr/bin/chromium
+# for the dashboard in a real browser, hey for load through the proxy.
+bash deploy/local-stack.sh install openssh-server:/usr/sbin/sshd openssh-client:ssh openssl:openssl chromium:/usr/bin/chromium hey:hey
 # Read as data, after checking that the state dir is ours alone: never sourced.
 ferry_load_env "${FERRY_STACK_DIR:-/tmp/ferry-stack}/stack.env" || exit 1
 export PATH="$PWD/node_modules/.bin:$PATH"
