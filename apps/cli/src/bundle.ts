@@ -9,6 +9,7 @@ import { ImageStore, createDockerClient } from '@ferry/docker';
 import { FerryError, parseMemory } from '@ferry/protocol';
 import { DEFAULT_BACKOFF, DEFAULT_PARALLEL, loadDeploymentFile, loadSenderConfig, planRelease, pushMany, resolveTargets, serviceSpecOf } from '@ferry/sender';
 import { parse, parseInteger } from './args.ts';
+import { fetchCommand, storeCommand, storedCommand } from './bundle-store.ts';
 import { fileProject } from './deploy.ts';
 import { line, type Io } from './io.ts';
 
@@ -22,8 +23,11 @@ export async function bundleCommand(args: string[], io: Io): Promise<number> {
     case 'split': return splitCommand(rest, io);
     case 'join': return joinCommand(rest, io);
     case 'push': return pushCommand(rest, io);
+    case 'store': return storeCommand(rest, io);
+    case 'stored': return storedCommand(rest, io);
+    case 'fetch': return fetchCommand(rest, io);
     default:
-      throw new FerryError('FERRY_ERR_USAGE', { message: `ferry bundle ${sub ?? ''}: create, verify, apply, push, split or join (see "ferry help bundle")`.replace('  ', ' ') });
+      throw new FerryError('FERRY_ERR_USAGE', { message: `ferry bundle ${sub ?? ''}: create, verify, apply, push, split, join, store, stored or fetch (see "ferry help bundle")`.replace('  ', ' ') });
   }
 }
 

@@ -377,6 +377,9 @@ const BUNDLE_HELP = `Usage: ferry bundle create -f ferry.yaml -o app.ferry [--ke
        ferry bundle push app.ferry --to URL [--to URL …] [--parallel N] [--retries N] [--json]
        ferry bundle split app.ferry [--size 100m]
        ferry bundle join app.ferry.part-000 [-o FILE]
+       ferry bundle store app.ferry [--as NAME] [--bucket B] [--json]
+       ferry bundle stored [--bucket B] [--json]
+       ferry bundle fetch NAME [-o FILE] [--bucket B]
 
 A bundle is a whole release in one signed file, for sites without a network path to the sender
 and for keeping releases: the deployment file's services (specs, phases, rollout) and every image
@@ -410,6 +413,12 @@ push     sends the bundle's images to receivers through the sender's delivery (n
 split    cuts the file into parts of --size bytes (default 1g): FILE.part-000… and FILE.parts,
          which lists each part's SHA-256; verify, apply and join take the first part
 join     checks every part and the whole, and writes the bundle (-o, default its own name)
+store    verifies the bundle, then puts it in the NATS JetStream object store
+         (FERRY_BUNDLE_STORE_URL, default FERRY_NATS_URL; bucket FERRY_BUNDLE_BUCKET, default
+         ferry-bundles) under --as NAME (default the file's name)
+stored   lists the bundles in the store
+fetch    gets NAME back, checked against the store's SHA-256 and verified as a bundle before it
+         is renamed to -o FILE (default NAME); a bundle that does not verify leaves no file
 
 Errors: FERRY_ERR_BUNDLE_MALFORMED, FERRY_ERR_UNSAFE_ARCHIVE, FERRY_ERR_BUNDLE_SIGNATURE,
 FERRY_ERR_BUNDLE_DIGEST, FERRY_ERR_BUNDLE_BASE_MISSING, FERRY_ERR_LICENCE_EXPIRED,
