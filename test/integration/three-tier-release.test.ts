@@ -226,6 +226,8 @@ describe('a three-tier release on two hosts', { timeout: 600_000 }, () => {
     const cache = services.find((x) => x.service === names.cache) as unknown as { state: string; targets: Array<{ rollback?: { ok: boolean; removed?: boolean; toRelease?: string } }> };
     assert.equal(cache.state, 'rolled-back');
     assert.deepEqual(cache.targets.map((t) => [t.rollback?.ok, t.rollback?.removed, t.rollback?.toRelease]), [[true, true, undefined], [true, true, undefined]]);
+    // Removing cache is going back to the first release too, which did not run it.
+    assert.equal(release.rolledBackTo, firstId);
     // db, which ran before, went back to the first release; cache, which did not, is gone.
     assert.deepEqual((await running(names.db)).map((c) => [c.running, c.image, c.version]), first.db.map((c) => [true, c.image, '1']));
     for (const d of docker()) assert.deepEqual(await containersOf(d, names.cache), []);

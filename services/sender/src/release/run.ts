@@ -354,8 +354,9 @@ async function haltRelease(run: Run, halt: Halt, deps: DeployDeps, options: Depl
     code: 'FERRY_ERR_ROLLBACK_FAILED' as const,
     message: `Not rolled back: ${notBack.map((d) => `${d.service.service} on ${d.target.host ?? d.target.url} (${d.target.rollback?.error?.message ?? 'no answer'})`).join('; ')}`,
   };
-  // Named only when every host went back to that one release.
-  const rolledBackTo = rollbackError ? undefined : sameRelease(deployed.map((d) => d.target.rollback?.toRelease));
+  // Named only when every host went back to that one release. A service the release brought to a
+  // host was removed there: the release gone back to did not run it, so it names no other.
+  const rolledBackTo = rollbackError ? undefined : sameRelease(deployed.filter((d) => d.target.rollback?.removed !== true).map((d) => d.target.rollback?.toRelease));
   const final = record(run, rollbackError ? 'failed' : 'rolled-back', { finishedAt: new Date().toISOString(), error, rolledBackTo });
   events.publish('release.rolled_back', {
     outcomes: outcomesOf(final, [...new Set(deployed.map((d) => d.service.service))], touched), durationMs: Math.round(performance.now() - rollbackStarted),
