@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { FerryError, type Canary } from '@ferry/protocol';
 import type { CanaryFields } from '@ferry/events';
 import type { Proxy, UpstreamCounters } from '@ferry/proxy';
@@ -159,14 +160,7 @@ export async function runCanary(deps: CanaryRunDeps): Promise<CanaryResult> {
   }
 }
 
+/** Resolves after `ms`, or at once when `signal` aborts: the loop then sees the abort itself. */
 function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
+  return delay(ms, undefined, signal ? { signal } : {}).catch(() => undefined);
 }

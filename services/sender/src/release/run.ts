@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { ReleaseEvents } from '@ferry/events';
 import { FerryError, isFerryError, type ReleaseRecord, type ReleaseRef, type ReleaseState } from '@ferry/protocol';
 import type { DeployDeps, DeployOptions, DeploymentOutcome, ServiceOutcome } from '../deploy.ts';
@@ -445,17 +446,9 @@ function hostServices(run: Run): HostServices[] {
   return [...byHost.values()];
 }
 
+/** Resolves after `ms`, or at once when `signal` aborts (the next phase sees the abort and halts). */
 function sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    }
-    signal?.addEventListener('abort', done, { once: true });
-  });
+  return delay(ms, undefined, signal ? { signal } : {}).catch(() => undefined);
 }
 
 /**
