@@ -156,6 +156,8 @@ class BlobWriter {
   /** Layers in this bundle or its base, by diff id. */
   readonly #layers = new Map<string, BundleLayer>();
   readonly #omitted = new Set<string>();
+  /** The diff id of each `docker save` layer directory read so far (see #seen). */
+  readonly #dirs = new Map<string, string>();
   readonly #temporary = new Set<string>();
   #stored = 0;
   #shared = 0;
@@ -194,7 +196,7 @@ class BlobWriter {
     try {
       for await (const entry of tarEntries(saved)) {
         const layerDir = LAYER_TAR.exec(entry.name)?.[1];
-        if (layerDir !== undefined && !allKnown) byDir.set(layerDir, await this.#layer(entry.body, entry.size));
+        if (layerDir !== undefined && !allKnown) byDir.set(layerDir, this.#seen(layerDir) ?? await this.#layer(layerDir, entry.body, entry.size));
         else if (entry.name === `${info.id.slice(7)}.json`) config = await small(entry.body, entry.size, entry.name);
         else if (entry.name === 'manifest.json') order = layersOf(await small(entry.body, entry.size, entry.name));
       }
@@ -220,8 +222,23 @@ class BlobWriter {
     return { id: info.id, manifest: { mediaType: MEDIA.manifest, digest, size: manifest.length }, layers: chosen };
   }
 
+  /**
+   * A layer an earlier image's save already carried under the same directory, left unread (the tar
+   * reader drains it). `docker save` names a layer's directory by a v1 id that hashes the layer's
+   * chain id, so one name is one diff id and its parents on this engine: images that share base
+   * layers share those names. Without this, every image's shared layers were hashed and
+   * compressed again only to be found duplicates.
+   */
+  #seen(layerDir: string): BundleLayer | undefined {
+    const diffId = this.#dirs.get(layerDir);
+    if (diffId === undefined) return undefined;
+    const known = this.#known(diffId);
+    if (known && this.#layers.has(diffId)) this.#shared += 1;
+    return known;
+  }
+
   /** One layer tar: hashed, compressed and hashed into a temporary file, then into the bundle unless it is there already. */
-  async #layer(body: AsyncIterable<Buffer>, size: number): Promise<BundleLayer> {
+  async #layer(layerDir: string, body: AsyncIterable<Buffer>, size: number): Promise<BundleLayer> {
     const path = join(this.#dir, `.${randomBytes(6).toString('hex')}.ferry-layer`);
     this.#temporary.add(path);
     try {
@@ -230,6 +247,7 @@ class BlobWriter {
       await pipeline(Readable.from(body), raw, createCompressor('zstd', this.#level), packed, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
       if (raw.bytes !== size) throw new FerryError('FERRY_ERR_DOCKER', { message: 'docker save: a layer is shorter than its header says' });
       const diffId = raw.digest();
+      this.#dirs.set(layerDir, diffId);
       const known = this.#known(diffId);
       if (known) {
         // Counted as shared when this bundle holds it already; a base's layer is counted as left out.
