@@ -24,7 +24,7 @@ import { parseArgs } from 'node:util';
 import { ensureImages } from './images.ts';
 import { Engine } from './lib/docker.ts';
 import { Processes, run, runAllowingFailure, type Outcome } from './lib/proc.ts';
-import { ferryEntry, type FerryBuild } from './lib/release.ts';
+import { ferryEntry } from './lib/release.ts';
 import { PrivateDockerd } from '../test/helpers/dockerd.ts';
 import { testKey, trustFile } from '../test/helpers/keys.ts';
 import { stack } from '../test/helpers/stack.ts';
