@@ -6,12 +6,13 @@ import { Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import { fingerprint, publicKeyText, type SignedDocument, type SigningKey } from '@ferry/auth';
 import { createCompressor } from '@ferry/compress';
-import type { ImageInfo } from '@ferry/docker';
-import { FERRY_VERSION, FerryError, type ServiceSpec } from '@ferry/protocol';
+import { LayerStoreUnreadable, type ImageInfo, type LayerStore } from '@ferry/docker';
+import { FERRY_VERSION, FerryError, chainIds, type ServiceSpec } from '@ferry/protocol';
 import { Sha256Tap, sha256Of } from './hash.ts';
 import { INDEX, MEDIA, OCI_LAYOUT, OCI_LAYOUT_CONTENT, IMAGE_REF, REF_NAME, RELEASE, SIGNATURE, blobPath, type Descriptor } from './layout.ts';
 import { BUNDLE_SCHEMA, ReleaseDocumentSchema, type BundleLayer, type BundleService, type ReleaseDocument } from './release.ts';
 import { signRelease } from './signature.ts';
+import { StoreLayerPacker, type PackedLayer } from './store-layers.ts';
 import { TarOut } from './tar-out.ts';
 import { tarEntries } from './tar-stream.ts';
 
@@ -19,6 +20,8 @@ import { tarEntries } from './tar-stream.ts';
 export interface ImageSource {
   inspect(ref: string): Promise<ImageInfo | undefined>;
   save(ref: string): Promise<Readable>;
+  /** The engine's layer store when it runs here and this process may read it (ImageStore.layerStore). */
+  layerStore?(): Promise<LayerStore | undefined>;
 }
 
 /** One service of the release, as the deployment file and its plan give it. */
@@ -81,14 +84,30 @@ const JSON_MAX = 8 * 1024 * 1024;
 const LAYER_TAR = /^([0-9a-f]{64})\/layer\.tar$/;
 
 /**
- * Writes a release and every image it runs into one signed `oci-archive` file. Each image is read
- * from the build engine with `docker save`, streamed: every layer goes through SHA-256 (its diff
- * id), zstd and SHA-256 again (its blob digest) into a temporary file beside the bundle, and into
- * the bundle once — a layer that several services share, or that the base bundle carries, is
+ * Writes a release and every image it runs into one signed `oci-archive` file. Each unique layer
+ * is read once — from the engine's layer store when it is local and readable (as `ferry push`
+ * reads it: no `docker save` writing every image out first), several layers compressed at once;
+ * otherwise from one streamed `docker save` per image — and goes through zstd and SHA-256 (its
+ * blob digest; its diff id is checked on the way) into a temporary file beside the bundle, then
+ * into the bundle once: a layer that several services share, or that the base bundle carries, is
  * stored once or not at all. index.json lists one manifest per service; ferry/release.json names
- * index.json's digest and is signed, so the signature covers every blob.
+ * index.json's digest and is signed, so the signature covers every blob. A layer store that turns
+ * out unreadable midway (a layer whose bytes are not its diff id) starts the file again with
+ * `docker save`.
  */
 export async function createBundle(options: CreateOptions): Promise<CreateResult> {
+  const store = await options.images.layerStore?.();
+  if (store) {
+    try {
+      return await writeBundle(options, store);
+    } catch (err) {
+      if (!(err instanceof LayerStoreUnreadable)) throw err;
+    }
+  }
+  return writeBundle(options, undefined);
+}
+
+async function writeBundle(options: CreateOptions, store: LayerStore | undefined): Promise<CreateResult> {
   const partial = join(dirname(options.out), `.${randomBytes(6).toString('hex')}.ferry-partial`);
   const file = createWriteStream(partial, { flags: 'wx', mode: 0o644 });
   const tar = new TarOut(file);
@@ -97,9 +116,13 @@ export async function createBundle(options: CreateOptions): Promise<CreateResult
     await tar.file(OCI_LAYOUT, Buffer.from(OCI_LAYOUT_CONTENT));
     await tar.directory('blobs');
     await tar.directory('blobs/sha256');
+    const refs = [...new Set(options.release.services.map((s) => s.image))];
     const byRef = new Map<string, Packed>();
-    for (const service of options.release.services) {
-      if (!byRef.has(service.image)) byRef.set(service.image, await writer.image(options.images, service.image));
+    if (store) {
+      const packed = await writer.fromStore(store, options.images, refs);
+      refs.forEach((ref, i) => { const image = packed[i]; if (image) byRef.set(ref, image); });
+    } else {
+      for (const ref of refs) byRef.set(ref, await writer.image(options.images, ref));
     }
     const services: BundleService[] = options.release.services.map((s) => {
       const packed = byRef.get(s.image);
@@ -186,8 +209,7 @@ class BlobWriter {
   }
 
   async image(images: ImageSource, ref: string): Promise<Packed> {
-    const info = await images.inspect(ref);
-    if (!info) throw new FerryError('FERRY_ERR_IMAGE_NOT_FOUND', { message: `Image ${ref} is not on the build engine (build or tag it first)`, details: { image: ref } });
+    const info = await inspected(images, ref);
     const allKnown = info.diffIds.every((id) => this.#layers.has(id) || this.#base?.layers.has(id));
     const byDir = new Map<string, BundleLayer>();
     let config: Buffer | undefined;
@@ -211,7 +233,69 @@ class BlobWriter {
     if (layers.length !== info.diffIds.length || layers.some((layer, i) => layer?.diffId !== info.diffIds[i])) {
       throw new FerryError('FERRY_ERR_DOCKER', { message: `docker save of ${ref} holds other layers than the engine lists for it` });
     }
-    const chosen = layers.filter((l): l is BundleLayer => l !== undefined);
+    return this.#manifest(info, config, layers.filter((l): l is BundleLayer => l !== undefined));
+  }
+
+  /**
+   * The images read from the engine's layer store: every layer they name starts packing at once
+   * (each unique one once; the packer bounds how many run), then each goes into the bundle in
+   * the order the images name them, while those after it are still being compressed.
+   */
+  async fromStore(store: LayerStore, images: ImageSource, refs: readonly string[]): Promise<Packed[]> {
+    const packer = new StoreLayerPacker(store, this.#dir, this.#level);
+    try {
+      const pending = new Map<string, Promise<PackedLayer>>();
+      const planned: Array<{ info: ImageInfo; config: Buffer; layers: Array<BundleLayer | Promise<PackedLayer>> }> = [];
+      for (const ref of refs) {
+        const info = await inspected(images, ref);
+        const config = await store.config(info.id);
+        const chains = chainIds(info.diffIds);
+        const layers = info.diffIds.map((diffId, i) => {
+          const here = pending.get(diffId);
+          if (here) {
+            this.#shared += 1;
+            return here;
+          }
+          const inBase = this.#base?.layers.get(diffId);
+          if (inBase) {
+            this.#omitted.add(diffId);
+            return inBase;
+          }
+          const task = packer.pack(diffId, chains[i] ?? diffId);
+          pending.set(diffId, task);
+          return task;
+        });
+        planned.push({ info, config, layers });
+      }
+      const out: Packed[] = [];
+      for (const { info, config, layers } of planned) {
+        const chosen: BundleLayer[] = [];
+        for (const layer of layers) chosen.push(layer instanceof Promise ? await this.#packed(await layer, packer) : layer);
+        out.push(await this.#manifest(info, config, chosen));
+      }
+      return out;
+    } finally {
+      await packer.close();
+    }
+  }
+
+  /** A layer the packer compressed, into the bundle unless it is there already. */
+  async #packed(packed: PackedLayer, packer: StoreLayerPacker): Promise<BundleLayer> {
+    const known = this.#layers.get(packed.diffId);
+    if (known) return known;
+    const layer = { digest: packed.digest, blobSize: packed.blobSize, diffId: packed.diffId, size: packed.size };
+    if (!this.#blobs.has(layer.digest)) {
+      await this.#tar.fromFile(blobPath(layer.digest), packed.path, packed.blobSize);
+      this.#blobs.add(layer.digest);
+      this.#stored += 1;
+    }
+    this.#layers.set(layer.diffId, layer);
+    await packer.done(packed);
+    return layer;
+  }
+
+  /** The image's config and manifest blobs. */
+  async #manifest(info: ImageInfo, config: Buffer, chosen: BundleLayer[]): Promise<Packed> {
     await this.#blob(config);
     const manifest = Buffer.from(JSON.stringify({
       schemaVersion: 2, mediaType: MEDIA.manifest,
@@ -280,6 +364,12 @@ class BlobWriter {
   async cleanup(): Promise<void> {
     for (const path of this.#temporary) await rm(path, { force: true });
   }
+}
+
+async function inspected(images: ImageSource, ref: string): Promise<ImageInfo> {
+  const info = await images.inspect(ref);
+  if (!info) throw new FerryError('FERRY_ERR_IMAGE_NOT_FOUND', { message: `Image ${ref} is not on the build engine (build or tag it first)`, details: { image: ref } });
+  return info;
 }
 
 async function small(body: AsyncIterable<Buffer>, size: number, name: string): Promise<Buffer> {
