@@ -205,6 +205,7 @@ describe('dockerArchive', () => {
       source: await FileSource.open([await written(Buffer.concat([layer]))]),
       entries: new Map([[`blobs/sha256/${sha(layer).slice(7)}`, { name: '', offset: 0, size: layer.length }]]),
       configs: new Map([[sha('config'), Buffer.from('config')]]),
+      deferred: new Set(),
     } as unknown as Parameters<typeof dockerArchive>[0];
     const image = { ref: 'web:1', id: sha('config'), manifest: sha('m'), layers: [{ digest: sha(layer), blobSize: layer.length, diffId: sha('something else!!!!!!!!!!!!!'), size: plain.length }] };
     const chunks: Buffer[] = [];
@@ -212,6 +213,26 @@ describe('dockerArchive', () => {
     // No end-of-archive marker reached the engine: the last 1024 bytes written are not all zeros.
     const out = Buffer.concat(chunks);
     assert.ok(out.length < 1024 || !out.subarray(-1024).every((b) => b === 0));
+    await bundle.source.close();
+  });
+
+  it('refuses a layer blob whose SHA-256 was left for the load and is not its name, before the end of the archive', async () => {
+    const plain = Buffer.from('what the layer really holds');
+    const layer = zstdCompressSync(plain);
+    // Its name and signed digest are of other bytes; it still decompresses to the signed diff id.
+    const name = `blobs/sha256/${sha('other bytes').slice(7)}`;
+    const bundle = {
+      source: await FileSource.open([await written(layer)]),
+      entries: new Map([[name, { name, offset: 0, size: layer.length }]]),
+      configs: new Map([[sha('config'), Buffer.from('config')]]),
+      deferred: new Set([name]),
+    } as unknown as Parameters<typeof dockerArchive>[0];
+    const image = { ref: 'web:1', id: sha('config'), manifest: sha('m'), layers: [{ digest: sha('other bytes'), blobSize: layer.length, diffId: sha(plain), size: plain.length }] };
+    const chunks: Buffer[] = [];
+    await assert.rejects(async () => { for await (const chunk of dockerArchive(bundle, image)) chunks.push(chunk as Buffer); }, (err: unknown) => err instanceof FerryError && err.code === 'FERRY_ERR_BUNDLE_DIGEST' && (err.details as { entry?: string }).entry === name);
+    const out = Buffer.concat(chunks);
+    assert.ok(out.length < 1024 || !out.subarray(-1024).every((b) => b === 0));
+    assert.ok(bundle.deferred.has(name), 'a blob that failed stays unchecked');
     await bundle.source.close();
   });
 });

@@ -39,16 +39,25 @@ async function* archiveChunks(bundle: VerifiedBundle, image: BundleService['imag
     if (!entry) throw new FerryError('FERRY_ERR_BUNDLE_BASE_MISSING', { message: `The bundle does not carry layer ${layer.diffId}`, details: { missing: [layer.diffId] } });
     yield writeHeader({ name: names[i] ?? '', type: TYPE.file, size: layer.size });
     const tap = new Sha256Tap();
+    // A blob whose SHA-256 the opening left for later is hashed here, in the same read.
+    const packed = bundle.deferred.has(entry.name) ? new Sha256Tap() : undefined;
     const decompressor = createDecompressor('zstd');
-    const plain = pipeline(bundle.source.stream(entry.offset, entry.size), decompressor, tap, () => undefined);
+    const plain = packed
+      ? pipeline(bundle.source.stream(entry.offset, entry.size), packed, decompressor, tap, () => undefined)
+      : pipeline(bundle.source.stream(entry.offset, entry.size), decompressor, tap, () => undefined);
     for await (const chunk of plain as AsyncIterable<Buffer>) {
       if (tap.bytes > layer.size) break;
       yield chunk;
+    }
+    if (packed && (packed.bytes !== entry.size || packed.digest() !== layer.digest)) {
+      plain.destroy();
+      throw digestMismatch(entry.name);
     }
     if (tap.bytes !== layer.size || tap.digest() !== layer.diffId) {
       plain.destroy();
       throw digestMismatch(`the layer ${layer.diffId} (decompressed)`, { diffId: layer.diffId });
     }
+    if (packed) bundle.deferred.delete(entry.name);
     const padding = paddedSize(layer.size) - layer.size;
     if (padding > 0) yield Buffer.alloc(padding);
   }

@@ -1,5 +1,5 @@
 export { createBundle, type BaseLayers, type CreateOptions, type CreateResult, type ImageSource, type ReleaseInput, type ServiceInput } from './create.ts';
-export { openBundle, type VerifiedBundle } from './open.ts';
+export { checkDeferred, openBundle, type OpenOptions, type VerifiedBundle } from './open.ts';
 export { dockerArchive, dockerArchiveSize } from './docker-archive.ts';
 export { splitBundle, joinBundle, checkedParts, partOf, PARTS_SCHEMA, type PartsList } from './split.ts';
 export { scanBundle, MAX_ENTRIES, type Entry } from './scan.ts';

@@ -28,9 +28,23 @@ export interface VerifiedBundle {
   configs: ReadonlyMap<string, Buffer>;
   /** Diff ids a differential bundle names but does not carry. */
   omitted: ReadonlySet<string>;
-  /** Blobs hashed, and their bytes. */
+  /** Blobs hashed, and their bytes (with `deferLayers`, every blob's, as each is checked before use). */
   blobs: { count: number; bytes: number };
+  /**
+   * Layer blobs whose SHA-256 is still to be checked (opened with `deferLayers`): each is checked
+   * as it is read, by dockerArchive or checkDeferred, and then leaves this set. Empty otherwise.
+   */
+  deferred: Set<string>;
   close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  /**
+   * Leave the layer blobs' SHA-256 for later, so that a reader streaming them anyway (apply's
+   * load) checks each in the same pass rather than in a pass of its own: their digests and sizes
+   * are signed in release.json, and nothing reads a layer without checking both.
+   */
+  deferLayers?: boolean;
 }
 
 /** Small entries are read whole; larger ones are not what the layout puts there. */
@@ -47,7 +61,7 @@ const ConfigSchema = z.object({ rootfs: z.object({ type: z.literal('layers'), di
  * index, manifests, configs and release describe the same images (FERRY_ERR_BUNDLE_MALFORMED).
  * Only the signer's own key is checked here; whether it is trusted is the caller's question.
  */
-export async function openBundle(paths: readonly string[]): Promise<VerifiedBundle> {
+export async function openBundle(paths: readonly string[], options: OpenOptions = {}): Promise<VerifiedBundle> {
   let source: FileSource;
   try {
     source = await FileSource.open(paths);
@@ -55,14 +69,14 @@ export async function openBundle(paths: readonly string[]): Promise<VerifiedBund
     throw new FerryError('FERRY_ERR_USAGE', { message: `Cannot read ${paths[0] ?? 'the bundle'} (${(err as NodeJS.ErrnoException).code ?? 'error'})`, cause: err });
   }
   try {
-    return await verify(source);
+    return await verify(source, options.deferLayers === true);
   } catch (err) {
     await source.close();
     throw err;
   }
 }
 
-async function verify(source: ByteSource): Promise<VerifiedBundle> {
+async function verify(source: ByteSource, deferLayers: boolean): Promise<VerifiedBundle> {
   const entries = await scanBundle(source);
   for (const name of [OCI_LAYOUT, INDEX, RELEASE, SIGNATURE]) if (!entries.has(name)) throw malformed(`${name} is missing`);
   const read = async (name: string, max: number): Promise<Buffer> => {
@@ -92,25 +106,44 @@ async function verify(source: ByteSource): Promise<VerifiedBundle> {
   if (indexBytes.length !== document.index.size || sha256Of(indexBytes) !== document.index.digest) throw digestMismatch(INDEX);
   const index = parseEntry(IndexSchema, indexBytes, INDEX);
 
-  const blobs = await hashBlobs(source, entries);
+  // Only blobs release.json signs as layers may wait; manifests and configs are checked before they are parsed.
+  const deferred = new Set<string>();
+  if (deferLayers) {
+    for (const service of document.release.services) for (const layer of service.image.layers) if (entries.has(blobPath(layer.digest))) deferred.add(blobPath(layer.digest));
+  }
+  const blobs = await hashBlobs(source, entries, deferred);
   const { configs, omitted } = await checkImages(document, index, entries, (name) => read(name, SMALL_MAX));
   checkRelease(document);
-  return { source, entries, releaseBytes, document, signature, signer, index, configs, omitted, blobs, close: () => source.close() };
+  return { source, entries, releaseBytes, document, signature, signer, index, configs, omitted, blobs, deferred, close: () => source.close() };
 }
 
-/** Every blob's SHA-256 against its name, streamed. */
-async function hashBlobs(source: ByteSource, entries: ReadonlyMap<string, Entry>): Promise<{ count: number; bytes: number }> {
+/** Every blob's SHA-256 against its name, streamed, but those `deferred` (counted, checked later). */
+async function hashBlobs(source: ByteSource, entries: ReadonlyMap<string, Entry>, deferred: ReadonlySet<string>): Promise<{ count: number; bytes: number }> {
   let count = 0;
   let bytes = 0;
   for (const entry of entries.values()) {
     if (!entry.name.startsWith('blobs/sha256/')) continue;
-    const tap = new Sha256Tap();
-    await pipeline(source.stream(entry.offset, entry.size), tap, new Writable({ write: (_chunk, _enc, done) => done() }));
-    if (`sha256:${entry.name.slice('blobs/sha256/'.length)}` !== tap.digest()) throw digestMismatch(entry.name);
+    if (!deferred.has(entry.name)) await checkBlob(source, entry);
     count += 1;
     bytes += entry.size;
   }
   return { count, bytes };
+}
+
+async function checkBlob(source: ByteSource, entry: Entry): Promise<void> {
+  const tap = new Sha256Tap();
+  await pipeline(source.stream(entry.offset, entry.size), tap, new Writable({ write: (_chunk, _enc, done) => done() }));
+  if (`sha256:${entry.name.slice('blobs/sha256/'.length)}` !== tap.digest()) throw digestMismatch(entry.name);
+}
+
+/** The deferred blobs nothing has read yet, each hashed now: after this, every blob of the bundle was checked. */
+export async function checkDeferred(bundle: VerifiedBundle, names: Iterable<string> = [...bundle.deferred]): Promise<void> {
+  for (const name of names) {
+    const entry = bundle.entries.get(name);
+    if (!entry || !bundle.deferred.has(name)) continue;
+    await checkBlob(bundle.source, entry);
+    bundle.deferred.delete(name);
+  }
 }
 
 /**

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { TrustStore, loadOrCreateHostKey, signBytes } from '@ferry/auth';
-import { dockerArchiveSize, openBundle, type BundleService, type VerifiedBundle } from '@ferry/bundle';
+import { blobPath, checkDeferred, dockerArchiveSize, openBundle, type BundleService, type VerifiedBundle } from '@ferry/bundle';
 import { ensureWritableDir, type Env } from '@ferry/config';
 import { ContainerRunner, ImageStore, createDockerClient } from '@ferry/docker';
 import { JetStreamPublisher, NullSink, createEvent, type EventSink } from '@ferry/events';
@@ -15,6 +15,7 @@ import { Deployer } from '../deploy/engine.ts';
 import { Journal } from '../journal/journal.ts';
 import { LayerInventory } from '../layers/index.ts';
 import { partialOwner } from '../load/layered.ts';
+import type { LoadDeps } from '../load/load.ts';
 import { PolicyGate } from '../policy/index.ts';
 import { startProxy } from '../proxy-keeper.ts';
 import { ReleaseStore } from '../releases/store.ts';
@@ -87,7 +88,8 @@ export async function applyBundle(options: ApplyOptions): Promise<ApplyResult> {
 }
 
 async function applyLocked(options: ApplyOptions, config: Readonly<ReceiverConfig>, log: Logger, now: () => number): Promise<ApplyResult> {
-  const bundle = await openBundle(options.paths);
+  // Layer blobs are hashed as their load reads them (preloadImages), not in a pass of their own.
+  const bundle = await openBundle(options.paths, { deferLayers: true });
   try {
     const { document } = bundle;
     options.onStep?.({ kind: 'verified', releaseId: document.release.id, services: document.release.services.length, blobs: bundle.blobs.count, bytes: bundle.blobs.bytes });
@@ -118,8 +120,14 @@ async function applyLocked(options: ApplyOptions, config: Readonly<ReceiverConfi
         const policy = new PolicyGate({ policy: config.policy, events, hostId: config.hostId, logger: log, newestSigned: (service) => journal.newestSigned(service) });
         for (const manifest of manifests.values()) policy.check(manifest);
         await deployer.assertDiskSpace(0);
+        const packages = new Map(document.release.services.map((service) => {
+          const manifest = manifests.get(service.name);
+          if (!manifest) throw new FerryError('FERRY_ERR_INTERNAL', { message: `no manifest for ${service.name}` });
+          return [service.name, new BundlePackage(bundle, service.image, manifest)];
+        }));
+        await preloadImages(bundle, [...packages.values()], { images, packages: await PackageStore.open(config.dataDir), logger: log, layers });
         graceWarnings(authority, manifests, events, config.hostId, log, options.onStep);
-        return await deployPhases(bundle, deployer, manifests, authority, config.hostId, options.onStep);
+        return await deployPhases(bundle, deployer, manifests, packages, authority, config.hostId, options.onStep);
       } finally {
         deployer.close();
       }
@@ -179,6 +187,41 @@ async function assertBaseHeld(bundle: VerifiedBundle, layers: LayerInventory): P
   }
 }
 
+/**
+ * Every image loaded, and every blob of the bundle checked, before the first service changes: the
+ * images one after another (each verifying its layer blobs' SHA-256 and diff ids as the load reads
+ * them, leaving out layers the engine holds), while the blobs of layers the engine held from the
+ * start, which no load reads, are hashed beside them. A blob that fails refuses the whole apply
+ * before anything is deployed, and the images loaded here are removed again.
+ */
+async function preloadImages(bundle: VerifiedBundle, packages: BundlePackage[], deps: LoadDeps): Promise<void> {
+  const held = new Set<string>();
+  for (const service of bundle.document.release.services) {
+    const diffIds = service.image.layers.map((l) => l.diffId);
+    for (const id of deps.layers ? (await deps.layers.present(diffIds)).present : []) held.add(id);
+  }
+  const unread = bundle.document.release.services.flatMap((s) => s.image.layers).filter((l) => held.has(l.diffId)).map((l) => blobPath(l.digest));
+  const hashing = checkDeferred(bundle, [...new Set(unread)]);
+  hashing.catch(() => undefined);
+  const added: string[] = [];
+  try {
+    try {
+      for (const pkg of packages) if (await pkg.preload(deps)) added.push(pkg.manifest.image.id);
+    } finally {
+      await hashing.catch(() => undefined);
+    }
+    await hashing;
+    // Whatever neither a load nor the hashing above read (an image the engine held whole).
+    await checkDeferred(bundle);
+  } catch (err) {
+    // A refused bundle leaves the engine as it found it: the images loaded here go again.
+    for (const id of added.reverse()) {
+      await deps.images.remove(id, { force: false }).catch((cause: unknown) => deps.logger.warn({ err: cause, imageId: id }, 'could not remove an image of a refused bundle'));
+    }
+    throw err;
+  }
+}
+
 function graceWarnings(authority: BundleAuthority, manifests: ReadonlyMap<string, Manifest>, events: EventSink, hostId: string, log: Logger, onStep: ApplyOptions['onStep']): void {
   if (authority.graceServices.size === 0) return;
   const { licence } = authority;
@@ -195,7 +238,7 @@ function graceWarnings(authority: BundleAuthority, manifests: ReadonlyMap<string
   onStep?.({ kind: 'warning', code: 'grant.grace', message });
 }
 
-async function deployPhases(bundle: VerifiedBundle, deployer: Deployer, manifests: ReadonlyMap<string, Manifest>, authority: BundleAuthority, hostId: string, onStep: ApplyOptions['onStep']): Promise<ApplyResult> {
+async function deployPhases(bundle: VerifiedBundle, deployer: Deployer, manifests: ReadonlyMap<string, Manifest>, packages: ReadonlyMap<string, BundlePackage>, authority: BundleAuthority, hostId: string, onStep: ApplyOptions['onStep']): Promise<ApplyResult> {
   const { document } = bundle;
   const byName = new Map(document.release.services.map((s) => [s.name, s]));
   const applied: AppliedService[] = document.release.services.map((s) => ({
@@ -209,9 +252,10 @@ async function deployPhases(bundle: VerifiedBundle, deployer: Deployer, manifest
     const outcomes = await Promise.all(phase.services.map(async (name) => {
       const service = byName.get(name);
       const manifest = manifests.get(name);
-      if (!service || !manifest) throw new FerryError('FERRY_ERR_INTERNAL', { message: `no service ${name}` });
+      const pkg = packages.get(name);
+      if (!service || !manifest || !pkg) throw new FerryError('FERRY_ERR_INTERNAL', { message: `no service ${name}` });
       try {
-        const result: DeploymentResult = await deployer.deploy(new BundlePackage(bundle, service.image, manifest));
+        const result: DeploymentResult = await deployer.deploy(pkg);
         return { name, state: result.state, deploymentId: manifest.deploymentId };
       } catch (err) {
         const error = err instanceof FerryError ? err : new FerryError('FERRY_ERR_INTERNAL', { cause: err });

@@ -1,5 +1,5 @@
 import { dockerArchive, type BundleService, type VerifiedBundle } from '@ferry/bundle';
-import type { Manifest } from '@ferry/protocol';
+import { isFerryError, type Manifest } from '@ferry/protocol';
 import { unpackLimit } from '../load/archive.ts';
 import { loadArchive, type LoadDeps } from '../load/load.ts';
 import { VerifiedPackage } from '../load/package.ts';
@@ -24,7 +24,24 @@ export class BundlePackage extends VerifiedPackage {
     this.#image = image;
   }
 
+  /**
+   * Loads the image ahead of its deployment (see apply.ts preloadImages): the deployment's own
+   * load then only proves the engine holds it, under the signed id with the signed layers.
+   * Answers whether this loaded it (it was not on the engine before).
+   */
+  async preload(deps: LoadDeps): Promise<boolean> {
+    // An image the engine holds already (another service's, or from before) is not loaded again;
+    // its layer blobs are then hashed by checkDeferred, as no load reads them.
+    const held = await this.#held(deps);
+    if (!held) await this.load(deps);
+    this.#preloaded = true;
+    return !held;
+  }
+
+  #preloaded = false;
+
   override async load(deps: LoadDeps): Promise<void> {
+    if (this.#preloaded && await this.#held(deps)) return;
     // One load at a time per bundle, so that an image sharing base layers with one loaded before it
     // finds them on the engine and leaves them out, rather than all of them decompressing and
     // loading the same layers side by side.
@@ -42,7 +59,21 @@ export class BundlePackage extends VerifiedPackage {
     for (const diffId of held) omit.add(diffId);
     const manifest = held.length === 0 ? this.manifest : { ...this.manifest, package: { ...this.manifest.package, omittedLayers: [...omit] } };
     // The signed sizes bound what the archive may expand to; the usual floor still applies.
-    await loadArchive(deps, manifest, dockerArchive(this.#bundle, this.#image, omit), { limit: unpackLimit(this.manifest.package.size) });
+    const archive = dockerArchive(this.#bundle, this.#image, omit);
+    let failure: unknown;
+    archive.once('error', (err) => { failure = err; });
+    try {
+      await loadArchive(deps, manifest, archive, { limit: unpackLimit(this.manifest.package.size) });
+    } catch (err) {
+      // A blob that is not what release.json signs is the reason, whatever the engine made of the torn archive.
+      throw isFerryError(failure, 'FERRY_ERR_BUNDLE_DIGEST') ? failure : err;
+    }
+  }
+
+  async #held(deps: LoadDeps): Promise<boolean> {
+    const image = await deps.images.inspect(this.manifest.image.id);
+    const signed = this.manifest.image.diffIds;
+    return image !== undefined && image.diffIds.length === signed.length && image.diffIds.every((id, i) => id === signed[i]);
   }
 
   /** The bundle stays where it is: the operator's file, not the receiver's to remove. */
