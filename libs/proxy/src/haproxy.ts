@@ -15,6 +15,8 @@ import type { Proxy, ProxyRoute, ProxySettings, Upstream, UpstreamCounters } fro
 export const DEFAULT_SLOTS = 64;
 export const MAX_SLOTS = 4096;
 const DRAIN_POLL_MS = 100;
+/** How long a server deletion waits for its sessions to end (× DRAIN_POLL_MS). */
+const DELETE_WAIT_STEPS = 50;
 
 /** The proxy of one host: HAProxy driven through its admin socket, reconciled to the route table. */
 export function createHaproxyProxy(settings: ProxySettings): Proxy {
@@ -348,17 +350,33 @@ class HaproxyProxy implements Proxy {
   }
 
   /** Maintenance, then its sessions cut, then deleted (HAProxy refuses while connections remain). */
+  /**
+   * Deletes a server once nothing uses it. HAProxy 2.6 deletes a dynamic server that streams still
+   * point at (a stream retrying a connection, or one whose shutdown is not finished) and then dies
+   * (fixed upstream only in 2.9: "don't delete a dynamic server that has streams"), so the server is
+   * put in maintenance, its sessions are shut, and `del server` waits until its current and queued
+   * sessions are 0. A server still busy after that stays in maintenance, sent nothing, and the next
+   * reconcile deletes it.
+   */
   private async deleteServer(backend: string, name: string): Promise<void> {
     const id = `${backend}/${name}`;
     await this.client.expect(['set', 'server', id, 'state', 'maint'], 'empty');
     await this.client.expect(['shutdown', 'sessions', 'server', id], 'empty');
-    let last = '';
-    for (let i = 0; i < 50; i++) {
-      last = (await this.client.send(['del', 'server', id])).trim();
-      if (/Server deleted/.test(last)) return;
-      await sleep(100);
+    for (let i = 0; i < DELETE_WAIT_STEPS; i++) {
+      if (await this.idle(backend, name)) {
+        const answer = (await this.client.send(['del', 'server', id])).trim();
+        if (/Server deleted/.test(answer)) return;
+      }
+      await sleep(DRAIN_POLL_MS);
     }
-    throw new FerryError('FERRY_ERR_PROXY_COMMAND', { message: `The proxy would not delete ${id}: ${last.slice(0, 300)}` });
+    this.warn(`proxy: ${id} still has sessions; it stays in maintenance until the next reconcile deletes it`);
+  }
+
+  /** No current and no queued session on the server. */
+  private async idle(backend: string, name: string): Promise<boolean> {
+    const rows = parseShowStat(await this.client.send(['show', 'stat', backend, '4', '-1']));
+    const row = rows.find((r) => r['pxname'] === backend && r['svname'] === name);
+    return !row || (Number(row['scur'] || 0) === 0 && Number(row['qcur'] || 0) === 0);
   }
 
   private async sessions(backend: string, name: string): Promise<number> {
