@@ -11,48 +11,26 @@
  * Prints, for each strategy, the requests sent, the 2xx, the other answers by status, the
  * connection errors and the time the N deployments took. Run as root (the bridge).
  */
-import { spawn } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import { ImageStore, createDockerClient } from '@ferry/docker';
-import { FerryError, type ManifestInput } from '@ferry/protocol';
+import { FerryError } from '@ferry/protocol';
 import { killHaproxy, proxyPaths } from '@ferry/proxy';
-import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { PrivateDockerd } from '../test/helpers/dockerd.ts';
 import { freePort, startReceiverProcess, type ReceiverProcess } from '../test/helpers/ferry.ts';
 import { testKey, trustFile } from '../test/helpers/keys.ts';
 import { signedCall } from '../test/helpers/registry.ts';
-import { buildRoutedVersion, getVia, parseHey, type Load } from '../test/helpers/routed.ts';
+import { ROUTED_HEALTH, buildRoutedVersion, deployRouted, getVia, heyLoad, type Load } from '../test/helpers/routed.ts';
 import { stack } from '../test/helpers/stack.ts';
 
 const STRATEGIES = ['start-first', 'stop-first'] as const;
 type Strategy = (typeof STRATEGIES)[number];
 
 const log = (message: string): void => { process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${message}\n`); };
-
-/** hey at `rate` requests a second in all (10 workers, keep-alive) until stopped; no time bound of its own that could end it first. */
-function load(port: number, host: string, rate: number): { stop: () => Promise<Load>; kill: () => void } {
-  const workers = 10;
-  const child = spawn('hey', ['-z', '24h', '-q', String(Math.max(1, Math.round(rate / workers))), '-c', String(workers), '-host', host, `http://127.0.0.1:${port}/`], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-  child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-  const done = new Promise<number | null>((resolve) => child.once('close', resolve));
-  return {
-    stop: async () => {
-      child.kill('SIGINT');
-      if (await done !== 0) throw new Error(`hey failed: ${stderr}`);
-      return parseHey(stdout);
-    },
-    // A bench that fails half-way leaves no hey behind.
-    kill: () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); },
-  };
-}
 
 interface Round { strategy: Strategy; deploys: number; seconds: number; perDeploy: number[]; load: Load; haproxyRestarted: boolean; failed: Record<string, number> }
 
@@ -104,24 +82,12 @@ async function main(): Promise<void> {
     });
 
     const deploy = async (service: string, host: string, strategy: Strategy, ref: string): Promise<void> => {
-      const facts = await inspectImage(buildImages, ref);
-      const pkg = await buildPackage(buildImages, facts, 'none');
-      const manifest: ManifestInput = {
-        schema: 'ferry.manifest/v1', deploymentId: randomUUID(), createdAt: new Date().toISOString(),
-        image: { ref: facts.ref, id: facts.id, diffIds: facts.diffIds },
-        package: { format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest },
-        service: {
-          name: service, network: 'bridge', env: {}, route: { host, path: '/', port: 8080 }, strategy,
-          ...(strategy === 'start-first' ? { drain: '10s' } : {}),
-          health: { type: 'http', url: 'http://localhost:8080/healthz', intervalMs: 200, timeoutMs: 1000, retries: 25, startPeriodMs: 0 },
-        },
-      };
-      try {
-        const outcome = await uploadOneShot({ url: rx.url, credentials: key, audience: hostId, manifestJson: JSON.stringify(manifest), packagePath: pkg.path, packageSize: pkg.size });
-        if (outcome.result.state !== 'COMPLETED') throw new Error(`${service}: ${outcome.result.state}`);
-      } finally {
-        await pkg.remove();
-      }
+      const outcome = await deployRouted({
+        images: buildImages, url: rx.url, key, audience: hostId, ref,
+        service: { name: service, route: { host, path: '/', port: 8080 }, strategy, ...(strategy === 'start-first' ? { drain: '10s' } : {}), health: { ...ROUTED_HEALTH, retries: 25 } },
+      });
+      if (outcome.error) throw outcome.error;
+      if (outcome.result?.state !== 'COMPLETED') throw new Error(`${service}: ${outcome.result?.state ?? 'no answer'}`);
     };
 
     log(`receiver ${rx.url}, proxy 127.0.0.1:${proxyPort}, engine ${engine.host} (bridge ${engine.bridge ?? '?'}); ${deploys} deploys per strategy at ${rate} requests/s, stability window ${windowMs} ms`);
@@ -135,7 +101,7 @@ async function main(): Promise<void> {
       const pidBefore = await haproxyPid();
       const first = await getVia(proxyPort, host, '/');
       if (first.status !== 200) throw new Error(`${service}: the proxy answers ${first.status} before the load`);
-      const traffic = load(proxyPort, host, rate);
+      const traffic = heyLoad(proxyPort, host, { rate, maxSeconds: 86_400 });
       cleanups.push(() => Promise.resolve(traffic.kill()));
       await sleep(1000);
       const started = performance.now();

@@ -1,11 +1,16 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { connect as connectUnix } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { ImageStore } from '@ferry/docker';
+import { FerryError, type DeploymentResult, type ManifestInput } from '@ferry/protocol';
+import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { capture } from './ferry.ts';
+import type { TestKey } from './keys.ts';
 
 /**
  * What the tests of routed services share: a FROM-scratch busybox httpd whose answers name its
@@ -107,10 +112,10 @@ export interface Load { ok: number; other: Record<string, number>; errors: numbe
  * as clients keep them) until `stop()` (SIGINT: hey stops and prints its report); `-z` only bounds
  * a run left behind.
  */
-export function heyLoad(port: number, host: string, options: { path?: string; rate?: number } = {}): { stop: () => Promise<Load>; running: () => boolean } {
+export function heyLoad(port: number, host: string, options: { path?: string; rate?: number; maxSeconds?: number } = {}): { stop: () => Promise<Load>; running: () => boolean; kill: () => void } {
   const workers = 10;
   const perWorker = Math.max(1, Math.round((options.rate ?? 200) / workers));
-  const child = spawn('hey', ['-z', '300s', '-q', String(perWorker), '-c', String(workers), '-host', host, `http://127.0.0.1:${port}${options.path ?? '/'}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('hey', ['-z', `${options.maxSeconds ?? 300}s`, '-q', String(perWorker), '-c', String(workers), '-host', host, `http://127.0.0.1:${port}${options.path ?? '/'}`], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
@@ -124,6 +129,8 @@ export function heyLoad(port: number, host: string, options: { path?: string; ra
       assert.equal(code, 0, stderr);
       return parseHey(stdout);
     },
+    // A run that fails half-way leaves no hey behind.
+    kill: () => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); },
   };
 }
 
@@ -141,4 +148,49 @@ export function parseHey(stdout: string): Load {
 export function exited(child: ChildProcess): Promise<NodeJS.Signals | null> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve(child.signalCode);
   return new Promise((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
+}
+
+export interface RoutedDeploy {
+  /** The build engine the image is read from. */
+  images: ImageStore;
+  url: string;
+  key: TestKey;
+  /** The receiver's host id. */
+  audience: string;
+  ref: string;
+  /** The service spec: name and route at least; network bridge and an http check of /healthz through the route's port unless given. */
+  service: Partial<ManifestInput['service']> & { name: string; route: ManifestInput['service']['route'] };
+}
+
+export interface RoutedOutcome {
+  deploymentId: string;
+  result?: DeploymentResult;
+  /** The receiver's typed refusal (its deployment, when it had one, in `details.deployment`). */
+  error?: FerryError;
+  /** No answer: the receiver died under the request. */
+  lost?: boolean;
+}
+
+/** The check every routed test service has: /healthz through its published port, quick to pass or fail. */
+export const ROUTED_HEALTH = { type: 'http', url: 'http://localhost:8080/healthz', intervalMs: 200, timeoutMs: 1000, retries: 10, startPeriodMs: 0 } as const;
+
+/** One deployment of a routed service, the package uncompressed and sent in one request. */
+export async function deployRouted(input: RoutedDeploy): Promise<RoutedOutcome> {
+  const facts = await inspectImage(input.images, input.ref);
+  const pkg = await buildPackage(input.images, facts, 'none');
+  const deploymentId = randomUUID();
+  const manifest: ManifestInput = {
+    schema: 'ferry.manifest/v1', deploymentId, createdAt: new Date().toISOString(),
+    image: { ref: facts.ref, id: facts.id, diffIds: facts.diffIds },
+    package: { format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest },
+    service: { network: 'bridge', env: {}, health: ROUTED_HEALTH, ...input.service },
+  };
+  try {
+    const outcome = await uploadOneShot({ url: input.url, credentials: input.key, audience: input.audience, manifestJson: JSON.stringify(manifest), packagePath: pkg.path, packageSize: pkg.size });
+    return { result: outcome.result, deploymentId };
+  } catch (err) {
+    return err instanceof FerryError ? { error: err, deploymentId } : { lost: true, deploymentId };
+  } finally {
+    await pkg.remove();
+  }
 }

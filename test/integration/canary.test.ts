@@ -7,7 +7,7 @@
  * hand, and with none running say so.
  */
 import assert from 'node:assert/strict';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,16 +15,15 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { NatsConnection } from 'nats';
 import { ContainerRunner, ImageStore, createDockerClient, type ContainerInfo } from '@ferry/docker';
-import { FerryError, upstreamName, type DeploymentResult, type ManifestInput } from '@ferry/protocol';
+import { upstreamName, type DeploymentResult } from '@ferry/protocol';
 import { killHaproxy, proxyPaths } from '@ferry/proxy';
-import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { removeImages } from '../helpers/cleanup.ts';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { EventWatcher } from '../helpers/events.ts';
 import { freePort, runFerry, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { signedCall } from '../helpers/registry.ts';
-import { buildRoutedVersion, getVia, haproxyServers, heyLoad } from '../helpers/routed.ts';
+import { buildRoutedVersion, deployRouted, getVia, haproxyServers, heyLoad, type RoutedDeploy, type RoutedOutcome } from '../helpers/routed.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -51,30 +50,10 @@ describe('canaries through HAProxy', { timeout: 600_000 }, () => {
   let proxyPort: number;
   const refs: string[] = [];
 
-  const deploy = async (ref: string, canary?: Record<string, unknown>): Promise<{ result?: DeploymentResult; error?: FerryError; deploymentId: string }> => {
-    const facts = await inspectImage(buildImages, ref);
-    const pkg = await buildPackage(buildImages, facts, 'none');
-    const deploymentId = randomUUID();
-    const manifest: ManifestInput = {
-      schema: 'ferry.manifest/v1', deploymentId, createdAt: new Date().toISOString(),
-      image: { ref: facts.ref, id: facts.id, diffIds: facts.diffIds },
-      package: { format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest },
-      service: {
-        name: service, network: 'bridge', env: {}, route: { host: HOST, path: '/', port: 8080 }, drain: '5s',
-        health: { type: 'http', url: 'http://localhost:8080/healthz', intervalMs: 200, timeoutMs: 1000, retries: 10, startPeriodMs: 0 },
-        ...(canary ? { canary } : {}),
-      } as ManifestInput['service'],
-    };
-    try {
-      const outcome = await uploadOneShot({ url: rx.url, credentials: key, audience: hostId, manifestJson: JSON.stringify(manifest), packagePath: pkg.path, packageSize: pkg.size });
-      return { result: outcome.result, deploymentId };
-    } catch (err) {
-      if (!(err instanceof FerryError)) throw err;
-      return { error: err, deploymentId };
-    } finally {
-      await pkg.remove();
-    }
-  };
+  const deploy = (ref: string, canary?: Record<string, unknown>): Promise<RoutedOutcome> => deployRouted({
+    images: buildImages, url: rx.url, key, audience: hostId, ref,
+    service: { name: service, route: { host: HOST, path: '/', port: 8080 }, drain: '5s', ...(canary ? { canary } : {}) } as RoutedDeploy['service'],
+  });
 
   const serving = async (): Promise<ContainerInfo> => {
     const info = await containers.inspect(service);

@@ -9,7 +9,7 @@
  * 404 and HAProxy has no server for it, the other app serving on.
  */
 import assert from 'node:assert/strict';
-import { X509Certificate, randomBytes, randomUUID } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,15 +17,14 @@ import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ContainerRunner, ImageStore, createDockerClient } from '@ferry/docker';
-import { FerryError, upstreamName, type DeploymentResult, type ManifestInput, type Route } from '@ferry/protocol';
+import { upstreamName, type DeploymentResult, type Route } from '@ferry/protocol';
 import { killHaproxy, proxyPaths } from '@ferry/proxy';
-import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { removeImages } from '../helpers/cleanup.ts';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { capture, freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { testKey, trustFile } from '../helpers/keys.ts';
 import { signedCall } from '../helpers/registry.ts';
-import { buildRoutedVersion, getVia, haproxyServers } from '../helpers/routed.ts';
+import { buildRoutedVersion, deployRouted, getVia, haproxyServers } from '../helpers/routed.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -71,25 +70,9 @@ describe('two routed apps on one host by host name, one over TLS', { timeout: 60
   const refs: string[] = [];
 
   const deploy = async (service: string, ref: string, route: Route): Promise<DeploymentResult> => {
-    const facts = await inspectImage(buildImages, ref);
-    const pkg = await buildPackage(buildImages, facts, 'none');
-    const manifest: ManifestInput = {
-      schema: 'ferry.manifest/v1', deploymentId: randomUUID(), createdAt: new Date().toISOString(),
-      image: { ref: facts.ref, id: facts.id, diffIds: facts.diffIds },
-      package: { format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest },
-      service: {
-        name: service, network: 'bridge', env: {}, route, drain: '5s',
-        health: { type: 'http', url: 'http://localhost:8080/healthz', intervalMs: 200, timeoutMs: 1000, retries: 10, startPeriodMs: 0 },
-      },
-    };
-    try {
-      return (await uploadOneShot({ url: rx.url, credentials: key, audience: hostId, manifestJson: JSON.stringify(manifest), packagePath: pkg.path, packageSize: pkg.size })).result;
-    } catch (err) {
-      if (err instanceof FerryError) assert.fail(`${service}: ${err.code} ${err.message}`);
-      throw err;
-    } finally {
-      await pkg.remove();
-    }
+    const outcome = await deployRouted({ images: buildImages, url: rx.url, key, audience: hostId, ref, service: { name: service, route, drain: '5s' } });
+    if (!outcome.result) assert.fail(`${service}: ${outcome.error?.code ?? 'no answer'} ${outcome.error?.message ?? ''}`);
+    return outcome.result;
   };
 
   before(async () => {

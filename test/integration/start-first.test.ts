@@ -13,7 +13,7 @@
  * while the receiver is away too, the next receiver starts it and finishes the switch.
  */
 import assert from 'node:assert/strict';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,16 +21,15 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { NatsConnection } from 'nats';
 import { ContainerRunner, ImageStore, createDockerClient, type ContainerInfo } from '@ferry/docker';
-import { FerryError, upstreamName, type DeploymentResult, type ManifestInput } from '@ferry/protocol';
+import { upstreamName, type DeploymentResult } from '@ferry/protocol';
 import { killHaproxy, proxyPaths } from '@ferry/proxy';
-import { buildPackage, inspectImage, uploadOneShot } from '@ferry/sender';
 import { removeImages } from '../helpers/cleanup.ts';
 import { PrivateDockerd } from '../helpers/dockerd.ts';
 import { EventWatcher } from '../helpers/events.ts';
 import { freePort, startReceiverProcess, type ReceiverProcess } from '../helpers/ferry.ts';
 import { testKey, trustFile } from '../helpers/keys.ts';
 import { signedCall } from '../helpers/registry.ts';
-import { buildRoutedVersion, exited, getVia, haproxyServers, heyLoad } from '../helpers/routed.ts';
+import { buildRoutedVersion, deployRouted, exited, getVia, haproxyServers, heyLoad, type RoutedOutcome } from '../helpers/routed.ts';
 import { dockerodeFor, natsConnect, stack } from '../helpers/stack.ts';
 
 const run = randomBytes(4).toString('hex');
@@ -67,29 +66,9 @@ describe('start-first through HAProxy', { timeout: 900_000 }, () => {
     return receiver;
   };
 
-  const deploy = async (url: string, ref: string, drain = '10s'): Promise<{ result?: DeploymentResult; error?: FerryError; lost?: boolean; deploymentId: string }> => {
-    const facts = await inspectImage(buildImages, ref);
-    const pkg = await buildPackage(buildImages, facts, 'none');
-    const deploymentId = randomUUID();
-    const manifest: ManifestInput = {
-      schema: 'ferry.manifest/v1', deploymentId, createdAt: new Date().toISOString(),
-      image: { ref: facts.ref, id: facts.id, diffIds: facts.diffIds },
-      package: { format: 'docker-archive', compression: pkg.compression, size: pkg.size, digest: pkg.digest },
-      service: {
-        name: service, network: 'bridge', env: {}, route: { host: HOST, path: '/', port: 8080 }, drain,
-        health: { type: 'http', url: 'http://localhost:8080/healthz', intervalMs: 200, timeoutMs: 1000, retries: 10, startPeriodMs: 0 },
-      },
-    };
-    try {
-      const outcome = await uploadOneShot({ url, credentials: key, audience: hostId, manifestJson: JSON.stringify(manifest), packagePath: pkg.path, packageSize: pkg.size });
-      return { result: outcome.result, deploymentId };
-    } catch (err) {
-      // Not a FerryError: the receiver died under the request.
-      return err instanceof FerryError ? { error: err, deploymentId } : { lost: true, deploymentId };
-    } finally {
-      await pkg.remove();
-    }
-  };
+  const deploy = (url: string, ref: string, drain = '10s'): Promise<RoutedOutcome> => deployRouted({
+    images: buildImages, url, key, audience: hostId, ref, service: { name: service, route: { host: HOST, path: '/', port: 8080 }, drain },
+  });
 
   const rollback = async (): Promise<DeploymentResult> => {
     const answer = await signedCall(rx.url, { ...key, audience: hostId }, 'POST', `/v1/services/${service}/rollback`);
