@@ -6,7 +6,7 @@ import { normalizePem, selfSignedPem } from './certs.ts';
 import { checkListen, proxyPaths, renderConfig, slotName, slotsOf, type ProxyPaths } from './config.ts';
 import { writeTextFile } from './files.ts';
 import { checkDirPath, checkHost, checkRoute, checkService, checkUpstream, checkUpstreamName, parseAddress } from './names.ts';
-import { checkConfig, killHaproxy, startHaproxy } from './process.ts';
+import { checkConfig, haproxyPids, killHaproxy, startHaproxy } from './process.ts';
 import { RuntimeClient } from './runtime.ts';
 import { ADMIN_DRAIN, ADMIN_MAINT, parseServersState, parseShowStat, toCounters, type ServerState } from './stats.ts';
 import { assignSlot, cloneEntry, loadTable, mapEntries, renderMap, saveTable, type TableEntry } from './table.ts';
@@ -238,6 +238,10 @@ class HaproxyProxy implements Proxy {
       if (written !== rendered) this.warn('the proxy settings changed while HAProxy runs: they apply when HAProxy is next started');
       return;
     }
+    // Said, so that an operator can tell a HAProxy that died from one that stopped answering.
+    const pids = await haproxyPids(this.paths);
+    if (pids.length > 0) this.warn(`HAProxy (pid ${pids.join(', ')}) does not answer on its admin socket: it is killed and started again`);
+    else if (this.entries !== undefined && this.running.slots > 0) this.warn('HAProxy is not running (it exited or was killed): it is started again');
     await killHaproxy(this.paths);
     const entries = await this.table();
     // Routes, servers and certificates come back from the table; the files make the routes serve from the first request.
