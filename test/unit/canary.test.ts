@@ -61,7 +61,7 @@ class TableProxy implements Proxy {
   check(): Promise<boolean> { return Promise.resolve(true); }
   setRoute(_service: string, _route: Route): Promise<void> { return Promise.resolve(); }
   setUpstream(_service: string, upstream: Upstream): Promise<void> { this.upstreams.set(upstream.name, upstream); return Promise.resolve(); }
-  drain(): Promise<number> { return Promise.resolve(0); }
+  drain(_service: string, name: string): Promise<number> { this.upstreams.delete(name); return Promise.resolve(0); }
   removeUpstream(_service: string, name: string): Promise<void> { this.upstreams.delete(name); return Promise.resolve(); }
   counters(): Promise<UpstreamCounters[]> { return Promise.resolve([...this.served.values()]); }
   removeRoute(): Promise<void> { return Promise.resolve(); }

@@ -61,6 +61,9 @@ export function canaryWeights(canary: Canary): { next: number; current: number }
 
 export type CanaryCommand = 'promote' | 'abort';
 
+/** How long a rolled-back canary's requests in flight may take to finish before it is removed. */
+export const CANARY_DRAIN_MS = 10_000;
+
 /**
  * Canaries in progress on this host, one per service at most (deployments of a service are
  * serialised), so that `promote` and `abort` by hand reach the one running.
@@ -112,8 +115,8 @@ export type CanaryResult = { promoted: true; counts: CanaryCounts } | { promoted
 /**
  * Sends the canary its share, reads the counters until a decision (or a command by hand), and
  * leaves the route as the decision wants it: promoted, the new upstream has the old one's weight
- * too (the caller drains the old one); rolled back, the new upstream is removed and the old one
- * has all the traffic again.
+ * too (the caller drains the old one); rolled back, the old one has all the traffic again and the
+ * new upstream is drained (its requests in flight finish) and removed.
  */
 export async function runCanary(deps: CanaryRunDeps): Promise<CanaryResult> {
   const { proxy, service, canary } = deps;
@@ -142,8 +145,9 @@ export async function runCanary(deps: CanaryRunDeps): Promise<CanaryResult> {
         return { promoted: true, counts };
       }
       if (decision.decision === 'roll-back') {
-        await proxy.removeUpstream(service, deps.next.name);
+        // The old upstream gets everything first; the canary's requests in flight finish before it goes.
         if (deps.current) await proxy.setUpstream(service, { ...deps.current, weight: 100 });
+        await proxy.drain(service, deps.next.name, CANARY_DRAIN_MS);
         deps.emit('canary.rolled_back', { ...base, counters, errorRate: round(counts.errorRate), reason: decision.reason, by: command ? 'hand' : 'counters' });
         const code = command === 'abort' ? 'FERRY_ERR_CANARY_ABORTED' : 'FERRY_ERR_CANARY_FAILED';
         return { promoted: false, counts, error: new FerryError(code, { message: `The canary of ${service} was rolled back: ${decision.reason}`, details: { service, errorRate: round(counts.errorRate), responses: counts.responses, failures: counts.failures } }) };
