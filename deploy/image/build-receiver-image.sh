@@ -74,14 +74,8 @@ TAG=${TAG:-ferry-receiver:$VERSION}
 
 # The release, installed as a user installs it; then its Node becomes the image's /usr/local/bin/node.
 say "installing $RELEASE"
-# Three tries: a name lookup of the npm registry that fails for a moment (EAI_AGAIN) is not the release's fault.
-for try in 1 2 3; do
-  if npm install --global --prefix "$CTX/install" --prefer-offline --no-audit --no-fund --loglevel=error "$ARTIFACT" >&2; then break; fi
-  [ "$try" -lt 3 ] || die "npm could not install $ARTIFACT"
-  say "npm install failed (try $try of 3); trying again in 5 s"
-  rm -rf "$CTX/install"
-  sleep 5
-done
+npm install --global --prefix "$CTX/install" --prefer-offline --no-audit --no-fund --loglevel=error "$ARTIFACT" >&2 \
+  || die "npm could not install $ARTIFACT"
 PKG=$CTX/install/lib/node_modules/ferry
 NODE_PKG=$(find "$PKG/node_modules" -mindepth 1 -maxdepth 1 -name 'node-linux-*' -type d | head -n 1)
 if [ -z "$NODE_PKG" ] || [ ! -x "$NODE_PKG/bin/node" ]; then die "the release brings no Node for $(uname -m) (it has one for Linux x64)"; fi

@@ -111,13 +111,18 @@ describe('deploy/bootstrap.sh', { timeout: 1_800_000 }, () => {
     port = await freePort();
     appPort = await freePort();
     url = `http://127.0.0.1:${port}`;
-    // The release, packed and installed into the image with no network but loopback's (npm's cache
-    // holds what the checkout's install fetched); a lookup that cannot succeed is not retried.
+    // The release, packed and installed into the image with no network but loopback's: npm's cache
+    // holds what the release needs (the checkout's install fetched its packages, and one install of
+    // the release with the network, as on a build host, the registry's documents of their
+    // versions); a lookup that cannot succeed is not retried.
     const offline = { ...process.env, npm_config_fetch_retries: '0' };
     const releaseDir = await mkdtemp(join(sshd.dir, 'release-'));
     const packed = await capture('unshare', ['--net', process.execPath, join(ROOT, 'scripts/pack.ts'), '--out', releaseDir], offline);
     assert.equal(packed.code, 0, packed.stderr);
     const release = packed.stdout.trim().split('\n').at(-1) ?? '';
+    const warm = await capture('npm', ['install', '--global', '--prefix', join(releaseDir, 'warm'), '--prefer-offline', '--ignore-scripts', '--no-audit', '--no-fund', '--loglevel=error', release]);
+    assert.equal(warm.code, 0, warm.stderr);
+    await rm(join(releaseDir, 'warm'), { recursive: true, force: true });
     const built = await capture('unshare', ['--net', 'bash', join(ROOT, 'deploy/image/build-receiver-image.sh'), '--docker-host', s.buildDockerHost, '--tag', receiverImage, '--artifact', release], offline);
     assert.equal(built.code, 0, built.stderr);
     const labels = (await build.getImage(receiverImage).inspect()).Config.Labels;
