@@ -186,3 +186,16 @@ export async function terminate(child: ChildProcess | undefined): Promise<void> 
   child.kill('SIGTERM');
   await exited;
 }
+
+/**
+ * Installs the release once with the network, as a build host would, so that npm's cache holds
+ * the registry's documents of its packages' versions as well as the tarballs the checkout's own
+ * install fetched: an install of the release looks those documents up, and the tests then install
+ * it again with no network but loopback's.
+ */
+export async function warmReleaseCache(tarball: string, scratch: string): Promise<void> {
+  const prefix = join(scratch, 'warm-install');
+  const warm = await capture('npm', ['install', '--global', '--prefix', prefix, '--prefer-offline', '--ignore-scripts', '--no-audit', '--no-fund', '--loglevel=error', tarball]);
+  await rm(prefix, { recursive: true, force: true });
+  if (warm.code !== 0) throw new Error(`npm could not install ${tarball} with the network: ${warm.stderr}`);
+}

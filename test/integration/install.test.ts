@@ -14,7 +14,7 @@ import { mkdir, mkdtemp, readFile, realpath, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { ROOT, buildTestImage, capture, freePort, startFerryProcess, startReceiverProcess, type FerryLauncher, type FerryProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
+import { ROOT, buildTestImage, capture, freePort, startFerryProcess, startReceiverProcess, warmReleaseCache, type FerryLauncher, type FerryProcess, type ReceiverProcess, type RunResult } from '../helpers/ferry.ts';
 import { removeImages, removeService } from '../helpers/cleanup.ts';
 import { keyEnv, testKey, trustFile } from '../helpers/keys.ts';
 import { dockerodeFor, stack } from '../helpers/stack.ts';
@@ -62,6 +62,7 @@ describe('the release (npm run pack, npm i -g)', { timeout: 900_000 }, () => {
     assert.equal(packed.code, 0, packed.stderr);
     tarball = packed.stdout.trim().split('\n').at(-1) ?? '';
     assert.equal(tarball, join(work, 'out', `ferry-${manifest.version}.tgz`));
+    await warmReleaseCache(tarball, work);
     const installed = await offline('npm', ['i', '-g', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball], home);
     assert.equal(installed.code, 0, installed.stderr);
     // A user's PATH: the prefix's bin and the system's, not the checkout's Node 24.

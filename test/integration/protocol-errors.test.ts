@@ -75,6 +75,16 @@ const NOT_FROM_A_RECEIVER: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_BAD_DEPLOYMENT_FILE: 'the CLI\'s and the sender service\'s (test/integration/sender-service.test.ts)',
   FERRY_ERR_SENDER_INTERRUPTED: 'the sender service\'s (test/integration/sender-service.test.ts)',
   FERRY_ERR_RELEASE_HALTED: 'the sender\'s, when a phase of a release failed (ferry deploy -f)',
+  FERRY_ERR_PROXY_COMMAND: 'HAProxy refusing a runtime command the receiver checked first; no request sets it up (libs/proxy; test/integration/proxy.test.ts)',
+  FERRY_ERR_ROUTE_TAKEN: 'needs the host\'s proxy and a second routed service (test/integration/proxy.test.ts)',
+  FERRY_ERR_ROUTES_FULL: 'needs the host\'s proxy with every slot taken (test/integration/proxy.test.ts)',
+  FERRY_ERR_RELEASE_MISMATCH: 'DELETE /v1/services/NAME?release= while another release runs the service (test/integration/three-tier-release.test.ts)',
+  FERRY_ERR_BUNDLE_MALFORMED: 'ferry bundle verify|apply, on the host, not over HTTP (test/integration/bundle.test.ts, test/unit/bundle-archive.test.ts)',
+  FERRY_ERR_BUNDLE_SIGNATURE: 'ferry bundle verify|apply, on the host (test/integration/bundle.test.ts)',
+  FERRY_ERR_BUNDLE_DIGEST: 'ferry bundle verify|apply, on the host (test/integration/bundle.test.ts)',
+  FERRY_ERR_BUNDLE_BASE_MISSING: 'ferry bundle apply of a differential bundle, on the host (test/integration/bundle.test.ts)',
+  FERRY_ERR_DATA_DIR_LOCKED: 'a second process on a receiver\'s data directory, at its start (test/integration/data-dir-lock.test.ts)',
+  FERRY_ERR_LICENCE_EXPIRED: 'ferry bundle apply of a bundle whose grant is past its grace, on the host (test/integration/bundle.test.ts)',
   FERRY_ERR_CANARY_FAILED: 'a start-first deployment\'s answer when its canary fails; needs the host\'s proxy (test/integration/canary.test.ts)',
   FERRY_ERR_CANARY_ABORTED: 'a start-first deployment\'s answer when its canary is aborted; needs the host\'s proxy (test/integration/canary.test.ts)',
   FERRY_ERR_OVER_BUDGET: 'the sender\'s, from the hosts\' GET /v1/capacity, before a release builds or sends anything (test/integration/budget.test.ts)',
@@ -498,6 +508,10 @@ const RECIPES: Partial<Record<ErrorCode, () => Promise<Answer>>> = {
   },
 
   // The deployment itself.
+  // This receiver runs no proxy: a service with a route is refused before anything changes.
+  FERRY_ERR_PROXY_UNAVAILABLE: () => oneShot(rx.url, manifest({
+    service: serviceName('routed'), image: app, pkg: app.archive, spec: { network: 'bridge', route: { host: 'routed.test', port: 8080 } },
+  }), app.archive),
   FERRY_ERR_CONTAINER_FAILED: () => oneShot(rx.url, manifest({
     service: serviceName('container'), image: app, pkg: app.archive, spec: { entrypoint: ['/nonexistent'] },
   }), app.archive),
