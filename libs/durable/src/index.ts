@@ -1,5 +1,5 @@
 import { open, rename } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { FerryError } from '@ferry/protocol';
 
 /**
@@ -37,15 +37,19 @@ export function storageError(err: unknown, message: string): FerryError {
  * checked to be a plain file name.
  */
 export async function writeRecordFile(dir: string, id: string, record: unknown): Promise<void> {
-  const path = join(dir, `${id}.json`);
+  await writeFileAtomic(join(dir, `${id}.json`), JSON.stringify(record));
+}
+
+/** Replaces a file atomically, mode 0600: a temp file beside it, fsync, rename, fsync of the directory. */
+export async function writeFileAtomic(path: string, text: string): Promise<void> {
   const temp = `${path}.tmp`;
   const handle = await open(temp, 'w', 0o600);
   try {
-    await handle.writeFile(JSON.stringify(record));
+    await handle.writeFile(text);
     await handle.sync();
   } finally {
     await handle.close();
   }
   await rename(temp, path);
-  await fsyncPath(dir);
+  await fsyncPath(dirname(path));
 }

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, type Route } from '@ferry/protocol';
 import { normalizePem, selfSignedPem } from './certs.ts';
 import { checkListen, proxyPaths, renderConfig, slotName, slotsOf, type ProxyPaths } from './config.ts';
-import { writeTextFile } from './files.ts';
+import { writeFileAtomic } from '@ferry/durable';
 import { checkDirPath, checkHost, checkRoute, checkService, checkUpstream, checkUpstreamName, parseAddress } from './names.ts';
 import { checkConfig, haproxyPids, killHaproxy, startHaproxy } from './process.ts';
 import { RuntimeClient } from './runtime.ts';
@@ -245,17 +245,17 @@ class HaproxyProxy implements Proxy {
     await killHaproxy(this.paths);
     const entries = await this.table();
     // Routes, servers and certificates come back from the table; the files make the routes serve from the first request.
-    if (!await readFile(this.paths.defaultCert, 'utf8').catch(() => '')) await writeTextFile(this.paths.defaultCert, await selfSignedPem(this.settings.dir));
-    await writeTextFile(this.paths.crtList, await this.crtList());
+    if (!await readFile(this.paths.defaultCert, 'utf8').catch(() => '')) await writeFileAtomic(this.paths.defaultCert, await selfSignedPem(this.settings.dir));
+    await writeFileAtomic(this.paths.crtList, await this.crtList());
     const maps = mapEntries(entries.filter((e) => e.slot < this.slotsWanted));
-    await writeTextFile(this.paths.hostMap, renderMap(maps.host));
-    await writeTextFile(this.paths.pathMap, renderMap(maps.path));
-    await writeTextFile(this.paths.tlsMap, renderMap(maps.tls));
+    await writeFileAtomic(this.paths.hostMap, renderMap(maps.host));
+    await writeFileAtomic(this.paths.pathMap, renderMap(maps.path));
+    await writeFileAtomic(this.paths.tlsMap, renderMap(maps.tls));
     const written = await readFile(this.paths.config, 'utf8').catch(() => '');
     if (written !== rendered) {
-      await writeTextFile(`${this.paths.config}.new`, rendered);
+      await writeFileAtomic(`${this.paths.config}.new`, rendered);
       await checkConfig(this.binary, `${this.paths.config}.new`);
-      await writeTextFile(this.paths.config, rendered);
+      await writeFileAtomic(this.paths.config, rendered);
     }
     await startHaproxy(this.binary, this.paths);
     this.running = { slots: this.slotsWanted, https: this.settings.https !== undefined };
@@ -324,7 +324,7 @@ class HaproxyProxy implements Proxy {
       .map((l) => l.split(' ')).map((p) => `${p[1]} ${p[2]}`);
     const onDisk = await readFile(file, 'utf8').catch(() => '');
     const text = renderMap(entries);
-    if (onDisk !== text) await writeTextFile(file, text);
+    if (onDisk !== text) await writeFileAtomic(file, text);
     if (live.join('\n') === entries.map(([k, v]) => `${k} ${v}`).join('\n')) return;
     // A new version filled, then committed: requests see the old map or the new one, never half of it.
     const answer = await this.client.expect(['prepare', 'map', file], /^New version created: \d+$/);
@@ -414,8 +414,8 @@ class HaproxyProxy implements Proxy {
   private async installCertificate(host: string, pem: string): Promise<void> {
     const path = this.certPath(host);
     const before = await readFile(path, 'utf8').catch(() => '');
-    await writeTextFile(path, pem);
-    await writeTextFile(this.paths.crtList, await this.crtList());
+    await writeFileAtomic(path, pem);
+    await writeFileAtomic(this.paths.crtList, await this.crtList());
     await this.ensureKnownSlots();
     if (!this.running.https) return;
     await this.applyOrRevive(async () => {
