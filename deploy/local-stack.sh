@@ -323,12 +323,28 @@ existing_docker() {
   return 1
 }
 
+# bridge_mac: a locally administered unicast address for the bridge, from its name.
+bridge_mac() {
+  printf '%s' "$BRIDGE" | cksum | cut -d' ' -f1 | awk '{ printf "02:fe:%02x:%02x:%02x:%02x\n", int($1/16777216)%256, int($1/65536)%256, int($1/256)%256, $1%256 }'
+}
+
+fix_bridge_mac() {
+  if [ "$(cat "/sys/class/net/$BRIDGE/addr_assign_type" 2>/dev/null)" != 3 ]; then
+    ip link set dev "$BRIDGE" address "$(bridge_mac)" || die "ip link set $BRIDGE address failed"
+  fi
+}
+
 # ensure_bridge: the target engine's Linux bridge, made when missing (idempotent).
 ensure_bridge() {
   if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     say "making bridge $BRIDGE ($BRIDGE_SUBNET.1/24) for the target engine"
     ip link add "$BRIDGE" type bridge || die "ip link add $BRIDGE type bridge failed"
   fi
+  # A bridge whose address nobody set takes the lowest of its ports' addresses, so it changes as
+  # containers come and go; containers keep the old one for the gateway in their ARP cache and their
+  # answers are lost until it expires (tens of seconds). Docker sets its own bridges' address for
+  # this reason; this bridge gets a fixed, locally administered one (addr_assign_type 3: set).
+  fix_bridge_mac
   ip -4 addr show dev "$BRIDGE" | grep -q "inet $BRIDGE_SUBNET.1/24" \
     || ip addr add "$BRIDGE_SUBNET.1/24" dev "$BRIDGE" || die "ip addr add $BRIDGE_SUBNET.1/24 dev $BRIDGE failed"
   ip link set "$BRIDGE" up
@@ -367,6 +383,8 @@ start_engine() {
       if [ "$name" = target ] && ! docker -H "$host" network inspect bridge >/dev/null 2>&1; then
         say "note: the target engine runs without its bridge network; it gets it at its next start"
       fi
+      # A bridge made before its address was fixed gets it now (setting it disturbs nothing).
+      if [ "$name" = target ] && ip link show "$BRIDGE" >/dev/null 2>&1; then fix_bridge_mac; fi
       return 0
     fi
     say "$name engine (pid $pid) does not answer; waiting"
