@@ -31,7 +31,10 @@ export class PrivateDockerd {
     const bridge = options.bridge ? `fxb${tag}` : undefined;
     if (bridge) {
       const subnet = `10.${randomInt(200, 250)}.${randomInt(0, 255)}`;
-      for (const args of [['link', 'add', bridge, 'type', 'bridge'], ['addr', 'add', `${subnet}.1/24`, 'dev', bridge], ['link', 'set', bridge, 'up']]) {
+      // Its own address (locally administered): a bridge without one takes its lowest port's, which
+      // changes as containers come and go and leaves their ARP entry for the gateway stale.
+      const mac = `02:fe:${randomBytes(4).toString('hex').replace(/(..)(?!$)/g, '$1:')}`;
+      for (const args of [['link', 'add', bridge, 'address', mac, 'type', 'bridge'], ['addr', 'add', `${subnet}.1/24`, 'dev', bridge], ['link', 'set', bridge, 'up']]) {
         const result = await capture('ip', args);
         if (result.code !== 0) throw new Error(`ip ${args.join(' ')}: ${result.stderr}`);
       }
