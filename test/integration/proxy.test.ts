@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { createSocket } from 'node:dgram';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:http';
 import { connect as connectUnix } from 'node:net';
@@ -14,6 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { FerryError } from '@ferry/protocol';
 import { createHaproxyProxy, haproxyPids, killHaproxy, proxyPaths, type Proxy, type ProxySettings } from '@ferry/proxy';
@@ -343,9 +345,38 @@ describe('the receiver runs the host\'s proxy', { timeout: 120_000 }, () => {
     }
   });
 
+  test('with FERRY_PROXY_LOG, HAProxy sends a syslog line per request to that UDP address', async () => {
+    const sink = createSocket('udp4');
+    const lines: string[] = [];
+    sink.on('message', (m) => lines.push(m.toString('utf8')));
+    await new Promise<void>((resolve) => sink.bind(0, '127.0.0.1', resolve));
+    const http = await freePort();
+    const logDir = join(work, 'proxy-log');
+    const rx = await startReceiverProcess({
+      DOCKER_HOST: stack().targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey('proxy-rx3')), FERRY_DATA_DIR: join(work, 'data3'),
+      FERRY_PROXY_HTTP: `127.0.0.1:${http}`, FERRY_PROXY_DIR: logDir, FERRY_PROXY_LOG: `127.0.0.1:${sink.address().port}`,
+    });
+    try {
+      assert.equal((await get(http, 'nothing.test', '/logged')).status, 404);
+      while (!lines.some((l) => l.includes('"GET /logged HTTP/1.1"'))) await sleep(50);
+      const line = lines.find((l) => l.includes('"GET /logged HTTP/1.1"')) ?? '';
+      assert.match(line, /^<\d+>.* http none\/<NOSRV> .* 404 /, line);
+    } finally {
+      await rx.stop();
+      await killHaproxy(proxyPaths(logDir));
+      sink.close();
+    }
+  });
+
   test('a bad proxy setting stops the receiver at start with FERRY_ERR_CONFIG', async () => {
     await assert.rejects(startReceiverProcess({
       DOCKER_HOST: stack().targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey('proxy-rx2')), FERRY_PROXY_HTTP: '127.0.0.1:80;shutdown',
     }));
+    // A log address is written into HAProxy's configuration: nothing but an address and a port gets there.
+    for (const log of ['127.0.0.1:514\n  stats socket /tmp/x level admin', '*:514', 'logs.example:514', '127.0.0.1']) {
+      await assert.rejects(startReceiverProcess({
+        DOCKER_HOST: stack().targetDockerHost, FERRY_TRUST_FILE: trustFile(testKey('proxy-rx2')), FERRY_PROXY_HTTP: '127.0.0.1:18099', FERRY_PROXY_LOG: log,
+      }), /FERRY_PROXY_LOG/);
+    }
   });
 });

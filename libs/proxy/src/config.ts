@@ -33,6 +33,8 @@ export interface ConfigInput {
   http: string;
   https: string | undefined;
   slots: number;
+  /** A syslog address (UDP `addr:port`) HAProxy sends one line per request to; none when undefined. */
+  log?: string | undefined;
 }
 
 export function slotName(i: number): string {
@@ -44,7 +46,7 @@ export function slotName(i: number): string {
  * maps, and a fixed set of empty "slot" backends. Routes are mapped to slots and servers added to
  * them at run time, so nothing here changes when routes do.
  */
-export function renderConfig({ paths, http, https, slots }: ConfigInput): string {
+export function renderConfig({ paths, http, https, slots, log }: ConfigInput): string {
   const lines = [
     '# Written by the Ferry receiver when it starts HAProxy; routes and servers change at run time',
     '# through the admin socket (docs/proxy.md), so this file does not list them.',
@@ -52,9 +54,11 @@ export function renderConfig({ paths, http, https, slots }: ConfigInput): string
     `  stats socket ${paths.adminSocket} mode 600 level admin`,
     '  stats timeout 30s',
     '  ssl-default-bind-options ssl-min-ver TLSv1.2',
+    ...(log !== undefined ? [`  log ${log} len 4096 local0 info`] : []),
     '',
     'defaults',
     '  mode http',
+    ...(log !== undefined ? ['  log global', '  option httplog'] : []),
     '  option forwardfor',
     // A connection refused by an upstream that just went away is retried on another one.
     '  option redispatch',

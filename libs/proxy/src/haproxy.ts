@@ -231,7 +231,7 @@ class HaproxyProxy implements Proxy {
 
   /** Adopts the HAProxy that answers on the admin socket, or starts one (after killing any stuck remains). */
   private async ensureRunning(): Promise<void> {
-    const rendered = renderConfig({ paths: this.paths, http: this.settings.http, https: this.settings.https, slots: this.slotsWanted });
+    const rendered = renderConfig({ paths: this.paths, http: this.settings.http, https: this.settings.https, slots: this.slotsWanted, log: this.settings.log });
     if (await this.client.alive()) {
       const written = await readFile(this.paths.config, 'utf8').catch(() => '');
       this.running = { slots: slotsOf(written), https: written.includes(' ssl crt-list ') };

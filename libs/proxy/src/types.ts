@@ -81,6 +81,8 @@ export interface ProxySettings {
   certificates?: string | undefined;
   /** Route slots (HAProxy backends made at start; routes are mapped to them live). Default 64. */
   slots?: number;
+  /** UDP syslog `addr:port` HAProxy logs each request to (HAProxy's httplog format); none by default. */
+  log?: string | undefined;
   /** The haproxy binary. Default `haproxy` on PATH. */
   binary?: string;
   /** Told what the proxy could not do by itself and went on without (a certificate it skipped, a failed check). */

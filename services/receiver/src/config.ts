@@ -64,6 +64,8 @@ const schema = z.object({
   FERRY_PROXY_CERTS: z.string().startsWith('/', 'an absolute path to a directory of <host>.pem files').optional(),
   FERRY_PROXY_DIR: z.string().regex(/^\/[A-Za-z0-9._~:@/-]{1,80}$/, 'an absolute path of at most 80 letters, digits and . _ ~ : @ - / (HAProxy\'s sockets live there)').optional(),
   FERRY_PROXY_SLOTS: wholeNumber(1, MAX_SLOTS).default(DEFAULT_SLOTS),
+  FERRY_PROXY_LOG: z.string().regex(/^(?:(?:\d{1,3}\.){3}\d{1,3}|\[[0-9a-fA-F:.]+\]):(?:[1-9]\d{0,4})$/, 'the UDP syslog addr:port HAProxy logs requests to, e.g. 127.0.0.1:514')
+    .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'a port up to 65535').optional(),
 })
   .refine((v) => (v.FERRY_TLS_CERT === undefined) === (v.FERRY_TLS_KEY === undefined), { message: 'FERRY_TLS_CERT and FERRY_TLS_KEY go together: set both or neither', path: ['FERRY_TLS_CERT'] })
   .refine((v) => v.FERRY_PROXY_HTTP !== undefined || (v.FERRY_PROXY_HTTPS === undefined && v.FERRY_PROXY_CERTS === undefined), { message: 'the proxy is on only with FERRY_PROXY_HTTP: set it too', path: ['FERRY_PROXY_HTTP'] })
@@ -183,7 +185,7 @@ export function loadReceiverConfig(env: Env = process.env): Readonly<ReceiverCon
     } : undefined,
     proxy: raw.FERRY_PROXY_HTTP ? {
       http: raw.FERRY_PROXY_HTTP, https: raw.FERRY_PROXY_HTTPS, certificates: raw.FERRY_PROXY_CERTS,
-      dir: raw.FERRY_PROXY_DIR ?? join(raw.FERRY_DATA_DIR, 'proxy'), slots: raw.FERRY_PROXY_SLOTS,
+      dir: raw.FERRY_PROXY_DIR ?? join(raw.FERRY_DATA_DIR, 'proxy'), slots: raw.FERRY_PROXY_SLOTS, log: raw.FERRY_PROXY_LOG,
     } : undefined,
     redisUrl: raw.FERRY_REDIS_URL,
     allowCidrs: raw.FERRY_ALLOW_CIDRS,
