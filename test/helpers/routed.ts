@@ -89,7 +89,10 @@ export function haproxyCommand(socket: string, command: string): Promise<string>
 
 export interface ServerRow { total: number; current: number; status: string; weight: number; fivexx: number }
 
-/** HAProxy's upstream servers now (named by container id), from its `show stat` rows. */
+/**
+ * HAProxy's upstream servers now (named by container id), from its `show stat` rows. Servers taken
+ * out of their route wait in maintenance before they are deleted: they are left out.
+ */
 export async function haproxyServers(socket: string): Promise<Map<string, ServerRow>> {
   const text = await haproxyCommand(socket, 'show stat');
   const [header, ...rows] = text.split('\n');
@@ -99,7 +102,7 @@ export async function haproxyServers(socket: string): Promise<Map<string, Server
   for (const line of rows) {
     const f = line.split(',');
     const name = f[at('svname')] ?? '';
-    if (!/^[0-9a-f]{12,64}$/.test(name)) continue;
+    if (!/^[0-9a-f]{12,64}$/.test(name) || f[at('status')] === 'MAINT') continue;
     out.set(name, { total: Number(f[at('stot')]), current: Number(f[at('scur')]), status: f[at('status')] ?? '', weight: Number(f[at('weight')]), fivexx: Number(f[at('hrsp_5xx')]) });
   }
   return out;

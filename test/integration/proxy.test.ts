@@ -106,7 +106,8 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'ferry-proxy-'));
     [http, https] = [await freePort(), await freePort()];
-    settings = { dir: join(work, 'p'), http: `127.0.0.1:${http}`, https: `127.0.0.1:${https}`, slots: 8 };
+    // Servers taken out of a route are deleted at the next check, not 30 s later.
+    settings = { dir: join(work, 'p'), http: `127.0.0.1:${http}`, https: `127.0.0.1:${https}`, slots: 8, retireMs: 0 };
     dirs.push(settings.dir);
     for (const n of ['a', 'b', 'c']) ups[n] = await upstream(n);
     proxy = createHaproxyProxy(settings);
@@ -293,6 +294,30 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
     for (let i = 0; i < 5; i++) assert.equal((await get(http, 'web.test', '/again')).body, 'b /again');
     assert.equal((await get(http, 'o.test', '/static/z')).body, 'c /static/z');
     assert.doesNotMatch(await admin(paths.adminSocket, 'show servers state'), /dddddddddddd/);
+  });
+
+  test('a server taken out of its route waits in maintenance, sent nothing, until a check after its retirement time deletes it', async () => {
+    const E = 'eeeeeeeeeeee';
+    const waitingPort = await freePort();
+    const waiting = createHaproxyProxy({ dir: join(work, 'retire'), http: `127.0.0.1:${waitingPort}`, slots: 2, retireMs: 600_000 });
+    dirs.push(join(work, 'retire'));
+    await waiting.start();
+    for (const [p, port, dir] of [[waiting, waitingPort, join(work, 'retire')], [proxy, http, settings.dir]] as const) {
+      await p.setRoute('retire', { host: 'retire.test', port: 80 });
+      await p.setUpstream('retire', { name: E, address: ups['a'].address, weight: 100 });
+      await p.setUpstream('retire', { name: C, address: ups['c'].address, weight: 100 });
+      await p.removeUpstream('retire', E);
+      const socket = proxyPaths(dir).adminSocket;
+      const row = (await admin(socket, 'show servers state')).split('\n').find((l) => l.includes(` ${E} `));
+      // srv_admin_state (the 7th column) has the forced-maintenance bit 0x01.
+      assert.ok(row && (Number(row.split(' ')[6]) & 0x01) !== 0, `${E} is in maintenance: ${row}`);
+      for (let i = 0; i < 6; i++) assert.equal((await get(port, 'retire.test', '/r')).body, 'c /r');
+      assert.equal(await p.check(), true);
+      const kept = (await admin(socket, 'show servers state')).includes(` ${E} `);
+      assert.equal(kept, p === waiting, p === waiting ? 'kept while its retirement time runs' : 'deleted once it has run');
+      await p.removeRoute('retire');
+    }
+    await waiting.close();
   });
 
   test('removing a route stops serving it', async () => {

@@ -15,8 +15,15 @@ import type { Proxy, ProxyRoute, ProxySettings, Upstream, UpstreamCounters } fro
 export const DEFAULT_SLOTS = 64;
 export const MAX_SLOTS = 4096;
 const DRAIN_POLL_MS = 100;
-/** How long a server deletion waits for its sessions to end (× DRAIN_POLL_MS). */
-const DELETE_WAIT_STEPS = 50;
+/**
+ * How long a server taken out of a route stays in maintenance before it is deleted. HAProxy 2.6
+ * frees a deleted server that a stream still lists (one waiting between two connection attempts to
+ * it, counted in neither its current nor its queued sessions) and the stream's end then writes into
+ * freed memory: the heap is corrupt and HAProxy aborts at a later allocation (seen under load when
+ * stop-first took a stopped container's server out; fixed upstream only in 2.9). No stream lists a
+ * server longer than its connection attempts take: 3 × (5 s connect timeout + 1 s between tries).
+ */
+export const RETIRE_MS = 30_000;
 
 /** The proxy of one host: HAProxy driven through its admin socket, reconciled to the route table. */
 export function createHaproxyProxy(settings: ProxySettings): Proxy {
@@ -33,6 +40,9 @@ class HaproxyProxy implements Proxy {
   private running = { slots: 0, https: false };
   private queue: Promise<unknown> = Promise.resolve();
   private readonly settings: ProxySettings;
+  private readonly retireMs: number;
+  /** Servers in maintenance waiting to be deleted (`backend/name` → since when, ms). */
+  private readonly retired = new Map<string, number>();
 
   constructor(settings: ProxySettings) {
     this.settings = settings;
@@ -47,6 +57,7 @@ class HaproxyProxy implements Proxy {
     if (Buffer.byteLength(this.paths.masterSocket) > 100) throw new FerryError('FERRY_ERR_CONFIG', { message: 'The proxy directory path is too long for its sockets (at most about 88 characters)' });
     this.client = new RuntimeClient(this.paths.adminSocket);
     this.binary = settings.binary ?? 'haproxy';
+    this.retireMs = settings.retireMs ?? RETIRE_MS;
   }
 
   /** One change at a time: each reads the table, writes it, then makes HAProxy agree. */
@@ -80,6 +91,7 @@ class HaproxyProxy implements Proxy {
       await this.table();
       await this.ensureRunning();
       await this.reconcile();
+      await this.sweepRetired();
       await this.installOperatorCertificates();
     });
   }
@@ -90,6 +102,7 @@ class HaproxyProxy implements Proxy {
         await this.table();
         await this.ensureRunning();
         await this.reconcile();
+        await this.sweepRetired();
         return true;
       } catch (err) {
         this.warn(`proxy check failed: ${(err as Error).message}`);
@@ -303,7 +316,8 @@ class HaproxyProxy implements Proxy {
     const wanted = new Map<string, Upstream[]>();
     for (const e of entries.filter((x) => x.slot < this.running.slots)) wanted.set(slotName(e.slot), e.upstreams);
     for (const s of states) {
-      if (!wanted.get(s.backend)?.some((u) => u.name === s.name)) await this.deleteServer(s.backend, s.name).catch((err: unknown) => this.warn(`proxy: ${(err as Error).message}`));
+      if (this.retired.has(`${s.backend}/${s.name}`) || wanted.get(s.backend)?.some((u) => u.name === s.name)) continue;
+      await this.deleteServer(s.backend, s.name).catch((err: unknown) => this.warn(`proxy: ${(err as Error).message}`));
     }
     for (const [backend, upstreams] of wanted) {
       for (const u of upstreams) await this.syncServer(backend, u, states.find((s) => s.backend === backend && s.name === u.name));
@@ -340,6 +354,8 @@ class HaproxyProxy implements Proxy {
 
   private async syncServer(backend: string, u: Upstream, state: ServerState | undefined): Promise<void> {
     const id = `${backend}/${u.name}`;
+    // A retired server wanted again (a rollback to the container it was) is the same server, made ready below.
+    this.retired.delete(id);
     const { ip, port } = parseAddress(u.address);
     if (!state) {
       await this.client.expect(['add', 'server', id, `${ip}:${port}`, 'weight', String(u.weight)], /New server registered/);
@@ -353,27 +369,33 @@ class HaproxyProxy implements Proxy {
     if (u.weight > 0 && (state.admin & (ADMIN_MAINT | ADMIN_DRAIN)) !== 0) await this.client.expect(['set', 'server', id, 'state', 'ready'], 'empty');
   }
 
-  /** Maintenance, then its sessions cut, then deleted (HAProxy refuses while connections remain). */
   /**
-   * Deletes a server once nothing uses it. HAProxy 2.6 deletes a dynamic server that streams still
-   * point at (a stream retrying a connection, or one whose shutdown is not finished) and then dies
-   * (fixed upstream only in 2.9: "don't delete a dynamic server that has streams"), so the server is
-   * put in maintenance, its sessions are shut, and `del server` waits until its current and queued
-   * sessions are 0. A server still busy after that stays in maintenance, sent nothing, and the next
-   * reconcile deletes it.
+   * Takes a server out of its route: maintenance (sent nothing new), its sessions shut, and
+   * deleted only RETIRE_MS later by sweepRetired (see RETIRE_MS for why not at once).
    */
   private async deleteServer(backend: string, name: string): Promise<void> {
     const id = `${backend}/${name}`;
     await this.client.expect(['set', 'server', id, 'state', 'maint'], 'empty');
     await this.client.expect(['shutdown', 'sessions', 'server', id], 'empty');
-    for (let i = 0; i < DELETE_WAIT_STEPS; i++) {
-      if (await this.idle(backend, name)) {
-        const answer = (await this.client.send(['del', 'server', id])).trim();
-        if (/Server deleted/.test(answer)) return;
+    if (!this.retired.has(id)) this.retired.set(id, Date.now());
+  }
+
+  /** Deletes the retired servers whose time is up and that nothing uses; the others wait for the next sweep. */
+  private async sweepRetired(): Promise<void> {
+    if (this.retired.size === 0) return;
+    const live = new Set((await this.serverStates()).map((st) => `${st.backend}/${st.name}`));
+    for (const [id, since] of [...this.retired]) {
+      if (!live.has(id)) {
+        this.retired.delete(id);
+        continue;
       }
-      await sleep(DRAIN_POLL_MS);
+      if (Date.now() - since < this.retireMs) continue;
+      const [backend = '', name = ''] = id.split('/');
+      if (!await this.idle(backend, name)) continue;
+      const answer = (await this.client.send(['del', 'server', id])).trim();
+      if (/Server deleted/.test(answer)) this.retired.delete(id);
+      else this.warn(`proxy: HAProxy did not delete ${id} (${answer.slice(0, 200)}); it stays in maintenance and is tried again`);
     }
-    this.warn(`proxy: ${id} still has sessions; it stays in maintenance until the next reconcile deletes it`);
   }
 
   /** No current and no queued session on the server. */

@@ -42,7 +42,10 @@ export interface ProxyRoute {
 export interface Proxy {
   /** Starts HAProxy, or adopts the one already running, and reconciles every route. */
   start(): Promise<void>;
-  /** Whether HAProxy answers on its runtime socket; a dead one is restarted and reconciled. */
+  /**
+   * Whether HAProxy answers on its runtime socket; a dead one is restarted and reconciled. Servers
+   * taken out of their route long enough ago (`retireMs`) are deleted here.
+   */
   check(): Promise<boolean>;
   /**
    * Declares a service's route (a new one, or a changed host/path/tls); throws FERRY_ERR_ROUTE_TAKEN
@@ -83,6 +86,8 @@ export interface ProxySettings {
   slots?: number;
   /** UDP syslog `addr:port` HAProxy logs each request to (HAProxy's httplog format); none by default. */
   log?: string | undefined;
+  /** How long a server taken out of a route stays in maintenance before it is deleted (ms). Default RETIRE_MS (30 s). */
+  retireMs?: number;
   /** The haproxy binary. Default `haproxy` on PATH. */
   binary?: string;
   /** Told what the proxy could not do by itself and went on without (a certificate it skipped, a failed check). */
