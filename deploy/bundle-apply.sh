@@ -143,6 +143,7 @@ flatten "$b/ferry/release.json"
 
 [ "$(get schema)" = 'ferry.bundle/v1' ] || die 'FERRY_ERR_BUNDLE_MALFORMED: release.json is not ferry.bundle/v1'
 has base.releaseId && die "FERRY_ERR_BUNDLE_BASE_MISSING: a differential bundle (over release $(get base.releaseId)): apply a full bundle, or use ferry bundle apply"
+has base.inventory.host && die "FERRY_ERR_BUNDLE_BASE_MISSING: a differential bundle (for the inventory of $(get base.inventory.host)): apply a full bundle, or use ferry bundle apply"
 release_id="$(get release.id)"
 say "release $release_id of $(get release.project)"
 

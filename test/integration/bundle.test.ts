@@ -31,6 +31,8 @@ const names = { db: `bdb-${run}`, api: `bapi-${run}`, web: `bweb-${run}` };
 const refs = Object.values(names).map((name) => `bundle-${name}:1`);
 /** web's next version: its top layer is new, the two below it are the ones every image shares. */
 const web2 = `bundle-${names.web}:2`;
+/** And the one after, bundled for the site's inventory. */
+const web3 = `bundle-${names.web}:3`;
 const hostId = `bundle-${run}`;
 const admin = testKey(`admin-${run}`);
 const vendor = testKey(`vendor-${run}`);
@@ -47,6 +49,7 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
   const imageIds: string[] = [];
   const bundles: Record<'good' | 'grace' | 'expired' | 'foreign' | 'diff', string> = { good: '', grace: '', expired: '', foreign: '', diff: '' };
   let web2Id = '';
+  let web3Id = '';
 
   const applyEnv = (dataDir: string): Record<string, string> => ({
     DOCKER_HOST: s.targetDockerHost, FERRY_DATA_DIR: dataDir, FERRY_TRUST_FILE: trust, FERRY_HOST_ID: hostId,
@@ -84,6 +87,8 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
     await writeFile(file, stringify({ version: 1, name: 'bundled', services }));
     web2Id = await buildTestImage(s.buildDockerHost, web2, `${run}-next`);
     await writeFile(join(dir, 'ferry-2.yaml'), stringify({ version: 1, name: 'bundled', services: { ...services, [names.web]: { ...services[names.web], image: web2 } } }));
+    web3Id = await buildTestImage(s.buildDockerHost, web3, `${run}-third`);
+    await writeFile(join(dir, 'ferry-3.yaml'), stringify({ version: 1, name: 'bundled', services: { ...services, [names.web]: { ...services[names.web], image: web3 } } }));
     // The site trusts the vendor's admin key only; the vendor's key comes in with its grant, in the bundle.
     trust = trustFile([{ key: admin, role: 'admin' }]);
     const now = Date.now();
@@ -110,8 +115,8 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
 
   after(async () => {
     for (const name of Object.values(names)) await removeService(target, name);
-    await removeImages(target, [...refs, ...imageIds, web2, web2Id]);
-    await removeImages(build, [...refs, web2]);
+    await removeImages(target, [...refs, ...imageIds, web2, web2Id, web3, web3Id]);
+    await removeImages(build, [...refs, web2, web3]);
     await nc?.close();
     if (dir) await rm(dir, { recursive: true, force: true });
   });
@@ -292,6 +297,52 @@ describe('ferry bundle', { timeout: 600_000 }, () => {
     const result = JSON.parse(applied.stdout) as { services: Array<{ name: string; state: string }> };
     assert.deepEqual(result.services.map((x) => x.state), ['COMPLETED', 'COMPLETED', 'COMPLETED']);
     assert.equal((await target.getContainer(names.web).inspect()).Image, web2Id);
+  });
+
+  test('ferry inventory of the site, and a bundle made for it, carrying only the layer the site lacks, applied there', async () => {
+    const inventoryFile = join(dir, 'site.json');
+    const taken = await runFerry(['inventory', '-o', inventoryFile, '--host', 'site-1'], { DOCKER_HOST: s.targetDockerHost });
+    assert.equal(taken.code, 0, taken.stdout + taken.stderr);
+    const text = await readFile(inventoryFile, 'utf8');
+    const inventory = JSON.parse(text) as { schema: string; host: string; chains: string[][] };
+    assert.equal(inventory.schema, 'ferry.inventory/v1');
+    assert.equal(inventory.host, 'site-1');
+    const running = (await target.getImage(web2Id).inspect()).RootFS.Layers ?? [];
+    assert.ok(inventory.chains.some((c) => c.join() === running.join()), 'the running web image\'s layers are listed');
+    assert.ok(!text.includes(names.web) && !text.includes(web2Id), 'no image name or id leaves the site');
+
+    const out = join(dir, 'for-site.ferry');
+    const made = await runFerry(['bundle', 'create', '-f', join(dir, 'ferry-3.yaml'), '-o', out, '--for-inventory', inventoryFile,
+      '--key', vendor.file, '--key-id', vendor.keyId, '--grant', join(dir, 'good.grant.json'), '--json'], { DOCKER_HOST: s.buildDockerHost });
+    assert.equal(made.code, 0, made.stdout + made.stderr);
+    // Only web's new top layer: the site holds every other one.
+    assert.deepEqual((JSON.parse(made.stdout) as { layers: unknown }).layers, { stored: 1, fromBase: 4, shared: 0 });
+    const verified = await runFerry(['bundle', 'verify', out, '--json'], {});
+    assert.equal(verified.code, 0, verified.stdout + verified.stderr);
+    const base = (JSON.parse(verified.stdout) as { base: { inventory: { host: string; digest: string }; layers: string[] } }).base;
+    assert.equal(base.inventory.host, 'site-1');
+    assert.equal(base.layers.length, 4);
+    // OCI tools read it; a layer the site holds is named uncompressed, by its diff id.
+    const raw = await capture('skopeo', ['inspect', '--raw', `oci-archive:${out}:${names.web}`]);
+    assert.equal(raw.code, 0, raw.stderr);
+    const layers = (JSON.parse(raw.stdout) as { layers: Array<{ mediaType: string; digest: string }> }).layers;
+    assert.deepEqual(layers.map((l) => l.mediaType), ['application/vnd.oci.image.layer.v1.tar', 'application/vnd.oci.image.layer.v1.tar', 'application/vnd.oci.image.layer.v1.tar+zstd']);
+    assert.deepEqual(layers.slice(0, 2).map((l) => l.digest), running.slice(0, 2));
+
+    const applied = await runFerry(['bundle', 'apply', out, '--json'], applyEnv(join(dir, 'site')));
+    assert.equal(applied.code, 0, applied.stdout + applied.stderr);
+    assert.deepEqual((JSON.parse(applied.stdout) as { services: Array<{ state: string }> }).services.map((x) => x.state), ['COMPLETED', 'COMPLETED', 'COMPLETED']);
+    assert.equal((await target.getContainer(names.web).inspect()).Image, web3Id);
+
+    // What is not an inventory is refused with its code, and no bundle is written.
+    for (const [name, body] of [['not-json', '{"schema": "ferry.inventory/v1", '], ['other', JSON.stringify({ ...inventory, chains: [['sha256:../../etc']] })]] as const) {
+      await writeFile(join(dir, `${name}.json`), body);
+      const refused = await runFerry(['bundle', 'create', '-f', join(dir, 'ferry-3.yaml'), '-o', join(dir, `${name}.ferry`), '--for-inventory', join(dir, `${name}.json`),
+        '--key', vendor.file, '--key-id', vendor.keyId], { DOCKER_HOST: s.buildDockerHost });
+      assert.equal(refused.code, 2, refused.stdout + refused.stderr);
+      assert.match(refused.stderr, /FERRY_ERR_BAD_INVENTORY/);
+      await assert.rejects(readFile(join(dir, `${name}.ferry`)));
+    }
   });
 
   test('push sends the bundle\'s images to a receiver through the sender\'s delivery, phase after phase', async () => {

@@ -103,7 +103,7 @@ describe('ferry help', () => {
   test('every command listed has its own help, also as COMMAND --help', async () => {
     const listed = [...(await helpOf('help')).matchAll(/^ {2}([a-z]+) {2,}/gm)].map((m) => m[1] ?? '');
     const cli = listed.filter((name) => !['receiver', 'sender', 'registry', 'help'].includes(name));
-    assert.deepEqual(cli, ['push', 'deploy', 'build', 'status', 'rollback', 'hosts', 'drift', 'releases', 'release', 'events', 'key', 'trust', 'grant', 'bundle', 'version']);
+    assert.deepEqual(cli, ['push', 'deploy', 'build', 'status', 'rollback', 'hosts', 'drift', 'releases', 'release', 'events', 'key', 'trust', 'grant', 'bundle', 'inventory', 'version']);
     for (const name of cli) {
       const text = await helpOf('help', name);
       assert.match(text, new RegExp(`^Usage: ferry ${name} `));

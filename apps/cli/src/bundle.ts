@@ -4,7 +4,7 @@ import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { GRANT_TYPE, TrustStore, loadCredentials, parseDocument, type SignedDocument } from '@ferry/auth';
-import { bundleImages, checkedParts, createBundle, joinBundle, openBundle, partOf, splitBundle, type BaseLayers, type BundleLayer, type VerifiedBundle } from '@ferry/bundle';
+import { bundleImages, checkedParts, createBundle, describeBase, inventoryBase, joinBundle, openBundle, parseInventory, partOf, splitBundle, type BaseLayers, type BundleLayer, type VerifiedBundle } from '@ferry/bundle';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { FerryError, parseMemory } from '@ferry/protocol';
 import { DEFAULT_BACKOFF, DEFAULT_PARALLEL, loadDeploymentFile, loadSenderConfig, planRelease, pushMany, resolveTargets, serviceSpecOf } from '@ferry/sender';
@@ -34,8 +34,9 @@ export async function bundleCommand(args: string[], io: Io): Promise<number> {
 async function createCommand(args: string[], io: Io): Promise<number> {
   const { values } = parse(args, {
     file: { type: 'string', short: 'f' }, out: { type: 'string', short: 'o' }, key: { type: 'string' }, 'key-id': { type: 'string' },
-    grant: { type: 'string' }, since: { type: 'string' }, level: { type: 'string' }, json: { type: 'boolean' },
+    grant: { type: 'string' }, since: { type: 'string' }, 'for-inventory': { type: 'string' }, level: { type: 'string' }, json: { type: 'boolean' },
   });
+  if (values.since !== undefined && values['for-inventory'] !== undefined) throw new FerryError('FERRY_ERR_USAGE', { message: 'ferry bundle create: --since or --for-inventory, not both' });
   if (values.out === undefined) throw new FerryError('FERRY_ERR_USAGE', { message: 'ferry bundle create: -o FILE names the bundle to write' });
   const keyId = values['key-id'] ?? io.env.FERRY_KEY_ID;
   if (keyId === undefined) throw new FerryError('FERRY_ERR_USAGE', { message: 'ferry bundle create: the bundle is signed: --key FILE with --key-id ID (or FERRY_KEY_ID with FERRY_KEY_FILE)' });
@@ -48,7 +49,8 @@ async function createCommand(args: string[], io: Io): Promise<number> {
   const file = values.file ?? 'ferry.yaml';
   const document = await loadDeploymentFile(file, io.env);
   const plan = planRelease(document, { project: fileProject(document, file) });
-  const base = values.since === undefined ? undefined : await baseOf(values.since);
+  const inventory = values['for-inventory'];
+  const base = values.since !== undefined ? await baseOf(values.since) : inventory !== undefined ? inventoryBaseOf(inventory) : undefined;
   const docker = createDockerClient(io.env.DOCKER_HOST);
   const result = await createBundle({
     images: new ImageStore(docker), out: resolve(values.out), key: { keyId, privateKey: credentials.privateKey }, grant, base, level,
@@ -66,7 +68,7 @@ async function createCommand(args: string[], io: Io): Promise<number> {
   }
   line(io.stdout, `bundle ${result.path} (${formatBytes(result.bytes)}), release ${made.release.id} of ${made.release.project}`);
   for (const service of made.release.services) line(io.stdout, `  ${service.name}  ${service.image.ref}  ${service.image.id.slice(0, 19)}  phase ${service.phase + 1}`);
-  line(io.stdout, `layers: ${result.layers.stored} stored once${result.layers.shared > 0 ? `, ${result.layers.shared} more uses shared` : ''}${result.layers.fromBase > 0 ? `, ${result.layers.fromBase} left to the base ${made.base?.releaseId ?? ''}` : ''}`);
+  line(io.stdout, `layers: ${result.layers.stored} stored once${result.layers.shared > 0 ? `, ${result.layers.shared} more uses shared` : ''}${result.layers.fromBase > 0 && made.base ? `, ${result.layers.fromBase} left to the base (${describeBase(made.base)})` : ''}`);
   line(io.stdout, `signed by ${made.provenance.keyId} (${made.provenance.fingerprint})${made.grant ? ', with its grant' : ''}`);
   return 0;
 }
@@ -94,7 +96,7 @@ async function verifyCommand(args: string[], io: Io): Promise<number> {
     line(io.stdout, `signature: good, key ${provenance.keyId} (${provenance.fingerprint})${values.trust !== undefined ? `, trusted by ${values.trust}` : ' (not checked against a trust file: --trust FILE)'}`);
     if (licence) line(io.stdout, `licence: grant ${licence.grantId}, ${licence.notAfter === null ? 'no end' : `until ${licence.notAfter}`}${licence.inGrace ? ' — EXPIRED, inside its grace period: renew it' : ''}`);
     line(io.stdout, `made by ferry ${provenance.ferryVersion}${provenance.git ? ` from ${provenance.git.revision.slice(0, 12)}${provenance.git.dirty ? ' (with uncommitted changes)' : ''}` : ''}`);
-    line(io.stdout, `blobs: ${bundle.blobs.count}, ${formatBytes(bundle.blobs.bytes)}, every SHA-256 checked${document.base ? `; differential over release ${document.base.releaseId} (${document.base.layers.length} layer(s) left out)` : ''}`);
+    line(io.stdout, `blobs: ${bundle.blobs.count}, ${formatBytes(bundle.blobs.bytes)}, every SHA-256 checked${document.base ? `; differential over ${describeBase(document.base)} (${document.base.layers.length} layer(s) left out)` : ''}`);
     for (const [i, phase] of document.release.phases.entries()) {
       line(io.stdout, `phase ${i + 1} ${phase.name}:`);
       for (const name of phase.services) {
@@ -149,8 +151,8 @@ async function pushCommand(args: string[], io: Io): Promise<number> {
     await bundle.close();
     // A layer a differential bundle leaves out is not there to send: refused before anything is.
     throw new FerryError('FERRY_ERR_BUNDLE_BASE_MISSING', {
-      message: `The bundle is differential over release ${bundle.document.base.releaseId} and lacks ${bundle.document.base.layers.length} layer(s) to send: push a full bundle`,
-      details: { missing: bundle.document.base.layers, baseRelease: bundle.document.base.releaseId },
+      message: `The bundle is differential over ${describeBase(bundle.document.base)} and lacks ${bundle.document.base.layers.length} layer(s) to send: push a full bundle`,
+      details: { missing: bundle.document.base.layers, base: bundle.document.base },
     });
   }
   const { JetStreamPublisher, NullSink } = await import('@ferry/events');
@@ -234,10 +236,16 @@ async function baseOf(path: string): Promise<BaseLayers> {
     for (const service of previous.document.release.services) {
       for (const layer of service.image.layers) if (!previous.omitted.has(layer.diffId)) layers.set(layer.diffId, layer);
     }
-    return { releaseId: previous.document.release.id, index: previous.document.index.digest, layers };
+    return { from: { releaseId: previous.document.release.id, index: previous.document.index.digest }, layers };
   } finally {
     await previous.close();
   }
+}
+
+/** `--for-inventory host.json`: the layers the host holds (ferry inventory), which the new bundle leaves out. */
+function inventoryBaseOf(path: string): BaseLayers {
+  const { inventory, digest } = parseInventory(readFileSync(path), path);
+  return inventoryBase(inventory, digest);
 }
 
 /** The checkout's revision, when the file is in one, and whether it has uncommitted changes. */

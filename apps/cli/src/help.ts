@@ -26,6 +26,7 @@ Commands:
   trust       "trust add|remove|list": the keys, grants and revocations a receiver or registry trusts
   grant       "grant issue|show|revoke": grants and revocation lists signed with an admin key
   bundle      "bundle create|verify|apply|push|split|join": a whole release in one signed file (OCI layout)
+  inventory   the layers this host's engine holds, for "bundle create --for-inventory" (air-gapped sites)
   version     Ferry's version and Node's (also "ferry --version"); with --to, a receiver's
   help        this text; "ferry help COMMAND" for one command
 
@@ -371,7 +372,7 @@ Exit code 0 when at least one host had a canary of SERVICE and none refused.
   --json           print {"service", "command", "hosts": [{url, ok, code?, message?}]}
 Environment: FERRY_KEY_ID with FERRY_KEY_FILE or FERRY_KEY (a key that may deploy the service).`;
 
-const BUNDLE_HELP = `Usage: ferry bundle create -f ferry.yaml -o app.ferry [--key FILE --key-id ID] [--grant FILE] [--since OLD.ferry]
+const BUNDLE_HELP = `Usage: ferry bundle create -f ferry.yaml -o app.ferry [--key FILE --key-id ID] [--grant FILE] [--since OLD.ferry | --for-inventory HOST.json]
        ferry bundle verify app.ferry [--trust FILE] [--json]
        ferry bundle apply app.ferry [--json]
        ferry bundle push app.ferry --to URL [--to URL …] [--parallel N] [--retries N] [--json]
@@ -395,6 +396,9 @@ create   reads each image from the build engine (DOCKER_HOST) with docker save, 
   --grant FILE       embeds the customer's grant for that key: the licence the bundle is applied
                      under (its end and grace period)
   --since OLD.ferry  a differential bundle: leaves out the layers OLD.ferry carries
+  --for-inventory HOST.json
+                     a differential bundle: leaves out the layers the host holds, as
+                     "ferry inventory" there wrote them (named uncompressed, by diff id)
   --level N          zstd level of the layers, 1-19 (default 3)
 verify   checks the archive's entries, the signature, index.json, every blob's SHA-256, the
          manifests and configs against release.json; exit 0 only if all of it holds
@@ -422,6 +426,19 @@ fetch    gets NAME back, checked against the store's SHA-256 and verified as a b
 
 Errors: FERRY_ERR_BUNDLE_MALFORMED, FERRY_ERR_UNSAFE_ARCHIVE, FERRY_ERR_BUNDLE_SIGNATURE,
 FERRY_ERR_BUNDLE_DIGEST, FERRY_ERR_BUNDLE_BASE_MISSING, FERRY_ERR_LICENCE_EXPIRED,
-FERRY_ERR_DATA_DIR_LOCKED. docs/bundles.md.`;
+FERRY_ERR_DATA_DIR_LOCKED, FERRY_ERR_BAD_INVENTORY. docs/bundles.md.`;
 
-export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, bundle: BUNDLE_HELP, version: VERSION_HELP };
+const INVENTORY_HELP = `Usage: ferry inventory [-o host.json] [--host NAME]
+
+Lists the layers the engine at DOCKER_HOST holds (each image's diff ids, bottom first) as a
+ferry.inventory/v1 JSON document: on stdout, or written whole to -o FILE. Carried out of a site no
+network reaches, it lets "ferry bundle create --for-inventory host.json" leave out every layer the
+site holds. It holds layer digests only: no image name, tag, container or setting.
+
+  -o, --out FILE   the file to write (beside it, then renamed)
+  --host NAME      the name the inventory (and a bundle made for it) carries (default
+                   FERRY_HOST_ID, else the host name)
+
+docs/bundles.md.`;
+
+export const HELPS: Readonly<Record<string, string>> = { push: PUSH_HELP, deploy: DEPLOY_HELP, build: BUILD_HELP, events: EVENTS_HELP, key: KEY_HELP, trust: TRUST_HELP, grant: GRANT_HELP, status: STATUS_HELP, rollback: ROLLBACK_HELP, hosts: HOSTS_HELP, drift: DRIFT_HELP, releases: RELEASES_HELP, release: RELEASE_HELP, bundle: BUNDLE_HELP, inventory: INVENTORY_HELP, version: VERSION_HELP };

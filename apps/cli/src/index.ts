@@ -30,6 +30,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
   trust: async () => (await import('./grants.ts')).trustCommand,
   grant: async () => (await import('./grants.ts')).grantCommand,
   bundle: async () => (await import('./bundle.ts')).bundleCommand,
+  inventory: async () => (await import('./inventory.ts')).inventoryCommand,
   version: async () => (await import('./version.ts')).versionCommand,
 };
 

@@ -49,7 +49,8 @@ const NEXT_STEPS: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_BUNDLE_DIGEST: 'the bundle (or the part named) was damaged or altered on the way: copy it again and check it with "ferry bundle verify"',
   FERRY_ERR_BUNDLE_SIGNATURE: 'the bundle is not signed by a key this host trusts, or was altered: check who made it ("ferry bundle verify FILE" names the key), and that FERRY_TRUST_FILE trusts that key or the admin key of its grant',
   FERRY_ERR_DATA_DIR_LOCKED: 'stop the receiver that runs on this data directory (it resumes from its journal when started again), or give "ferry bundle apply" its own FERRY_DATA_DIR',
-  FERRY_ERR_BUNDLE_BASE_MISSING: 'apply the bundle this one was made against (the release named above), or ask for a full bundle',
+  FERRY_ERR_BUNDLE_BASE_MISSING: 'apply the bundle this one was made against (the release or inventory named above), or ask for a full bundle',
+  FERRY_ERR_BAD_INVENTORY: 'give the file "ferry inventory -o FILE" wrote on the host, unchanged',
   FERRY_ERR_LICENCE_EXPIRED: 'the bundle\'s grant ended and its grace is over: ask the vendor for a bundle with a new grant',
 };
 

@@ -15,7 +15,7 @@ export function report(io: Io, err: unknown, json: boolean, command?: string): n
     for (const text of failureLines(fromError(error), command)) line(io.stderr, text);
     if (error.code === 'FERRY_ERR_INTERNAL' && error.cause instanceof Error) line(io.stderr, `  cause: ${error.cause.message}`);
   }
-  if (error.code === 'FERRY_ERR_USAGE' || error.code === 'FERRY_ERR_CONFIG' || error.code === 'FERRY_ERR_BAD_DEPLOYMENT_FILE') return 2;
+  if (error.code === 'FERRY_ERR_USAGE' || error.code === 'FERRY_ERR_CONFIG' || error.code === 'FERRY_ERR_BAD_DEPLOYMENT_FILE' || error.code === 'FERRY_ERR_BAD_INVENTORY') return 2;
   if (UNREACHABLE.has(error.code)) return 3;
   return 1;
 }

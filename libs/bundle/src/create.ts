@@ -42,12 +42,14 @@ export interface ReleaseInput {
   rollout?: unknown;
 }
 
-/** What a differential bundle is made against: the layers another bundle carries. */
+/** What a differential bundle is made against: the layers another bundle carries, or a host holds. */
 export interface BaseLayers {
-  releaseId: string;
-  index: string;
-  /** Its layers by diff id. */
-  layers: ReadonlyMap<string, BundleLayer>;
+  from: { releaseId: string; index: string } | { inventory: { host: string; takenAt: string; digest: string } };
+  /**
+   * Its layers by diff id: another bundle's as it describes them; a host's undefined (the bundle
+   * describes such a layer uncompressed, by its diff id and size, see inventory.ts).
+   */
+  layers: ReadonlyMap<string, BundleLayer | undefined>;
 }
 
 export interface CreateOptions {
@@ -160,7 +162,7 @@ function releaseDocument(options: CreateOptions, services: BundleService[], inde
     schema: BUNDLE_SCHEMA,
     index,
     release: { id: release.id, createdAt: release.createdAt, project: release.project, phases: release.phases, services, ...(release.rollout === undefined ? {} : { rollout: release.rollout }) },
-    ...(base && omitted.length > 0 ? { base: { releaseId: base.releaseId, index: base.index, layers: omitted } } : {}),
+    ...(base && omitted.length > 0 ? { base: { ...base.from, layers: omitted } } : {}),
     provenance: {
       createdAt: (options.now ?? new Date()).toISOString(), ferryVersion: FERRY_VERSION, keyId: key.keyId, publicKey, fingerprint: fingerprint(publicKey),
       ...(options.git ? { git: options.git } : {}),
@@ -200,17 +202,23 @@ class BlobWriter {
     return [...this.#omitted];
   }
 
-  #known(diffId: string): BundleLayer | undefined {
+  /** A layer this bundle holds, or one its base does (`size`: the tar's, for a layer a host holds). */
+  #known(diffId: string, size?: number): BundleLayer | undefined {
     const here = this.#layers.get(diffId);
     if (here) return here;
-    const inBase = this.#base?.layers.get(diffId);
+    const inBase = this.#inBase(diffId, size);
     if (inBase) this.#omitted.add(diffId);
     return inBase;
   }
 
+  #inBase(diffId: string, size: number | undefined): BundleLayer | undefined {
+    if (!this.#base?.layers.has(diffId)) return undefined;
+    return this.#base.layers.get(diffId) ?? (size === undefined ? undefined : { digest: diffId, blobSize: size, diffId, size });
+  }
+
   async image(images: ImageSource, ref: string): Promise<Packed> {
     const info = await inspected(images, ref);
-    const allKnown = info.diffIds.every((id) => this.#layers.has(id) || this.#base?.layers.has(id));
+    const allKnown = info.diffIds.every((id) => this.#layers.has(id) || this.#base?.layers.get(id) !== undefined);
     const byDir = new Map<string, BundleLayer>();
     let config: Buffer | undefined;
     let order: string[] | undefined;
@@ -250,21 +258,27 @@ class BlobWriter {
         const info = await inspected(images, ref);
         const config = await store.config(info.id);
         const chains = chainIds(info.diffIds);
-        const layers = info.diffIds.map((diffId, i) => {
+        const layers: Array<BundleLayer | Promise<PackedLayer>> = [];
+        for (const [i, diffId] of info.diffIds.entries()) {
           const here = pending.get(diffId);
           if (here) {
             this.#shared += 1;
-            return here;
+            layers.push(here);
+            continue;
           }
-          const inBase = this.#base?.layers.get(diffId);
-          if (inBase) {
+          if (this.#base?.layers.has(diffId)) {
             this.#omitted.add(diffId);
-            return inBase;
+            // A layer a host holds is described by its tar's size, read from the store's record of it.
+            const inBase = this.#inBase(diffId, this.#base.layers.get(diffId) ? undefined : (await store.layer(diffId, chains[i] ?? diffId)).size);
+            if (inBase) {
+              layers.push(inBase);
+              continue;
+            }
           }
           const task = packer.pack(diffId, chains[i] ?? diffId);
           pending.set(diffId, task);
-          return task;
-        });
+          layers.push(task);
+        }
         planned.push({ info, config, layers });
       }
       const out: Packed[] = [];
@@ -300,7 +314,8 @@ class BlobWriter {
     const manifest = Buffer.from(JSON.stringify({
       schemaVersion: 2, mediaType: MEDIA.manifest,
       config: { mediaType: MEDIA.config, digest: info.id, size: config.length },
-      layers: chosen.map((l) => ({ mediaType: MEDIA.layerZstd, digest: l.digest, size: l.blobSize })),
+      // A layer a host holds (see inventory.ts) is named uncompressed, by its diff id.
+      layers: chosen.map((l) => ({ mediaType: l.digest === l.diffId ? MEDIA.layerTar : MEDIA.layerZstd, digest: l.digest, size: l.blobSize })),
     }));
     const digest = await this.#blob(manifest);
     return { id: info.id, manifest: { mediaType: MEDIA.manifest, digest, size: manifest.length }, layers: chosen };
@@ -332,7 +347,7 @@ class BlobWriter {
       if (raw.bytes !== size) throw new FerryError('FERRY_ERR_DOCKER', { message: 'docker save: a layer is shorter than its header says' });
       const diffId = raw.digest();
       this.#dirs.set(layerDir, diffId);
-      const known = this.#known(diffId);
+      const known = this.#known(diffId, size);
       if (known) {
         // Counted as shared when this bundle holds it already; a base's layer is counted as left out.
         if (this.#layers.has(diffId)) this.#shared += 1;

@@ -5,6 +5,7 @@ export { splitBundle, joinBundle, checkedParts, partOf, PARTS_SCHEMA, type Parts
 export { scanBundle, MAX_ENTRIES, type Entry } from './scan.ts';
 export { FileSource, type ByteSource } from './source.ts';
 export { releaseMessage, releaseSignedBy, parseSignature, type BundleSignature } from './signature.ts';
-export { BUNDLE_SCHEMA, ReleaseDocumentSchema, type BundleLayer, type BundleService, type ReleaseDocument } from './release.ts';
+export { BUNDLE_SCHEMA, ReleaseDocumentSchema, describeBase, type BundleLayer, type BundleService, type ReleaseDocument } from './release.ts';
 export { INDEX, MEDIA, OCI_LAYOUT, REF_NAME, IMAGE_REF, RELEASE, SIGNATURE, blobPath } from './layout.ts';
 export { bundleImages } from './images.ts';
+export { INVENTORY_SCHEMA, inventoryBase, parseInventory, takeInventory, type Inventory } from './inventory.ts';

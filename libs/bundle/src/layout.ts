@@ -16,6 +16,8 @@ export const MEDIA = {
   manifest: 'application/vnd.oci.image.manifest.v1+json',
   config: 'application/vnd.oci.image.config.v1+json',
   layerZstd: 'application/vnd.oci.image.layer.v1.tar+zstd',
+  /** A layer a differential bundle made for a host's inventory leaves out: described by its diff id. */
+  layerTar: 'application/vnd.oci.image.layer.v1.tar',
 } as const;
 
 /** How OCI tools (skopeo `oci-archive:FILE:NAME`, containerd) find an image in an index. */

@@ -7,7 +7,7 @@ import { Sha256Tap, sha256Of } from './hash.ts';
 import {
   INDEX, IndexSchema, ManifestSchema, MEDIA, OCI_LAYOUT, REF_NAME, RELEASE, SIGNATURE, blobPath, digestMismatch, malformed, parseEntry, type OciIndex, type OciManifest,
 } from './layout.ts';
-import { RELEASE_MAX_BYTES, ReleaseDocumentSchema, type BundleService, type ReleaseDocument } from './release.ts';
+import { RELEASE_MAX_BYTES, ReleaseDocumentSchema, type BundleLayer, type BundleService, type ReleaseDocument } from './release.ts';
 import { scanBundle, type Entry } from './scan.ts';
 import { SIGNATURE_MAX_BYTES, parseSignature, releaseSignedBy, type BundleSignature } from './signature.ts';
 import { FileSource, type ByteSource } from './source.ts';
@@ -164,7 +164,7 @@ async function checkImages(document: ReleaseDocument, index: OciIndex, entries: 
       throw malformed(`index.json's entry ${i} is not the image of ${service.name}`);
     }
     const manifest = await blob(entries, descriptor.digest, descriptor.size, read, referenced, (bytes) => parseEntry(ManifestSchema, bytes, `the manifest of ${service.name}`));
-    checkManifest(service, manifest);
+    checkManifest(service, manifest, omitted);
     const config = await blob(entries, manifest.config.digest, manifest.config.size, read, referenced, (bytes) => bytes);
     const parsed = parseEntry(ConfigSchema, config, `the config of ${service.name}`);
     const diffIds = service.image.layers.map((l) => l.diffId);
@@ -195,10 +195,12 @@ async function blob<T>(entries: ReadonlyMap<string, Entry>, digest: string, size
   return parse(await read(name));
 }
 
-function checkManifest(service: BundleService, manifest: OciManifest): void {
+function checkManifest(service: BundleService, manifest: OciManifest, omitted: ReadonlySet<string>): void {
   if (manifest.config.digest !== service.image.id || manifest.config.mediaType !== MEDIA.config) throw malformed(`the manifest of ${service.name} is not image ${service.image.id}`);
   const layers = service.image.layers;
-  if (manifest.layers.length !== layers.length || manifest.layers.some((l, i) => l.digest !== layers[i]?.digest || l.size !== layers[i]?.blobSize || l.mediaType !== MEDIA.layerZstd)) {
+  // Carried layers are zstd blobs; only a left-out layer a host holds is named uncompressed, by its diff id.
+  const mediaType = (layer: BundleLayer | undefined): string => (layer && layer.digest === layer.diffId && omitted.has(layer.diffId) ? MEDIA.layerTar : MEDIA.layerZstd);
+  if (manifest.layers.length !== layers.length || manifest.layers.some((l, i) => l.digest !== layers[i]?.digest || l.size !== layers[i]?.blobSize || l.mediaType !== mediaType(layers[i]))) {
     throw malformed(`the manifest of ${service.name} lists other layers than release.json`);
   }
 }

@@ -9,6 +9,13 @@ export const RELEASE_MAX_BYTES = 4 * 1024 * 1024;
 const digest = z.string().regex(SHA256, 'sha256:<64 hex>');
 const instant = z.iso.datetime({ offset: true });
 
+/** Which inventory a differential bundle was made for: its host, when it was taken, and its SHA-256. */
+export const InventoryRefSchema = z.strictObject({
+  host: z.string().min(1).max(253).regex(/^[A-Za-z0-9][A-Za-z0-9._-]*$/),
+  takenAt: instant,
+  digest,
+});
+
 /** One layer of an image, as the bundle carries it (or, in a differential bundle, its base does). */
 export const LayerSchema = z.strictObject({
   /** The zstd blob's digest and size. */
@@ -52,13 +59,22 @@ export const ReleaseDocumentSchema = z.strictObject({
     /** The deployment file's rollout, as written there (hosts in waves); a local apply has one host. */
     rollout: z.unknown().optional(),
   }),
-  /** A differential bundle: the layers it leaves out, which the bundle it was made against carries. */
-  base: z.strictObject({
-    releaseId: z.string().regex(RELEASE_ID_PATTERN),
-    index: digest,
-    /** Diff ids of the layers this bundle names but does not carry. */
-    layers: z.array(digest).min(1).max(10_000),
-  }).optional(),
+  /**
+   * A differential bundle: the layers it leaves out, which the bundle it was made against carries
+   * (`releaseId`, `index`) or the host whose inventory it was made for holds (`inventory`).
+   */
+  base: z.union([
+    z.strictObject({
+      releaseId: z.string().regex(RELEASE_ID_PATTERN),
+      index: digest,
+      /** Diff ids of the layers this bundle names but does not carry. */
+      layers: z.array(digest).min(1).max(10_000),
+    }),
+    z.strictObject({
+      inventory: InventoryRefSchema,
+      layers: z.array(digest).min(1).max(10_000),
+    }),
+  ]).optional(),
   provenance: z.strictObject({
     createdAt: instant,
     ferryVersion: z.string().max(64),
@@ -73,3 +89,8 @@ export const ReleaseDocumentSchema = z.strictObject({
 });
 export type ReleaseDocument = z.infer<typeof ReleaseDocumentSchema>;
 export type ReleaseDocumentInput = z.input<typeof ReleaseDocumentSchema>;
+
+/** What a differential bundle was made against, in words: "release ID" or "the inventory of HOST taken at TIME". */
+export function describeBase(base: NonNullable<ReleaseDocument['base']>): string {
+  return 'releaseId' in base ? `release ${base.releaseId}` : `the inventory of ${base.inventory.host} taken at ${base.inventory.takenAt}`;
+}

@@ -129,6 +129,15 @@ export class ImageStore {
     }
   }
 
+  /** Ids of every image on the engine (intermediate ones left out). */
+  async listIds(): Promise<string[]> {
+    try {
+      return (await this.#docker.listImages()).map((image) => image.Id);
+    } catch (err) {
+      throw toFerryError(err, 'FERRY_ERR_DOCKER', 'list images');
+    }
+  }
+
   /** Ids of the untagged images that carry the label `label` (`key` for any value, or `key=value`). */
   async listByLabel(label: string): Promise<string[]> {
     try {

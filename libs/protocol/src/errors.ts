@@ -96,6 +96,7 @@ export const ERRORS = {
   FERRY_ERR_BUNDLE_SIGNATURE: { status: 422, message: "The bundle's signature does not verify, or its key is not trusted here" },
   FERRY_ERR_BUNDLE_DIGEST: { status: 422, message: 'A blob, the index or a part of the bundle does not match its digest' },
   FERRY_ERR_BUNDLE_BASE_MISSING: { status: 409, message: 'The differential bundle leaves out layers this host does not hold; apply the bundle it was made against first' },
+  FERRY_ERR_BAD_INVENTORY: { status: 400, message: 'The file is not a host inventory written by ferry inventory' },
   FERRY_ERR_DATA_DIR_LOCKED: { status: 409, message: 'Another process (a running receiver, or a bundle apply) holds this data directory' },
   FERRY_ERR_LICENCE_EXPIRED: { status: 403, message: "The bundle's grant is past its notAfter date and its grace period" },
 } as const satisfies Record<string, { status: number; message: string }>;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { TrustStore, loadOrCreateHostKey, signBytes } from '@ferry/auth';
-import { blobPath, checkDeferred, dockerArchiveSize, openBundle, type BundleService, type VerifiedBundle } from '@ferry/bundle';
+import { blobPath, checkDeferred, describeBase, dockerArchiveSize, openBundle, type BundleService, type VerifiedBundle } from '@ferry/bundle';
 import { ensureWritableDir, type Env } from '@ferry/config';
 import { ContainerRunner, ImageStore, createDockerClient } from '@ferry/docker';
 import { JetStreamPublisher, NullSink, createEvent, type EventSink } from '@ferry/events';
@@ -181,8 +181,8 @@ async function assertBaseHeld(bundle: VerifiedBundle, layers: LayerInventory): P
   if (missing.size > 0) {
     const base = bundle.document.base;
     throw new FerryError('FERRY_ERR_BUNDLE_BASE_MISSING', {
-      message: `This host lacks ${missing.size} layer(s) the bundle leaves out (${[...missing].map((id) => id.slice(0, 19)).join(', ')}): apply release ${base?.releaseId ?? '?'}'s bundle first, or a full bundle`,
-      details: { missing: [...missing], baseRelease: base?.releaseId ?? null },
+      message: `This host lacks ${missing.size} layer(s) the bundle leaves out (${[...missing].map((id) => id.slice(0, 19)).join(', ')}): the bundle was made over ${base ? describeBase(base) : '?'}; ${base && 'inventory' in base ? 'make one for this host\'s inventory' : 'apply that release\'s bundle first'}, or a full bundle`,
+      details: { missing: [...missing], base: base ?? null },
     });
   }
 }
