@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { GRANT_TYPE, TrustStore, loadCredentials, parseDocument, type SignedDocument } from '@ferry/auth';
-import { bundleImages, checkedParts, createBundle, describeBase, inventoryBase, joinBundle, openBundle, parseInventory, partOf, splitBundle, type BaseLayers, type BundleLayer, type VerifiedBundle } from '@ferry/bundle';
+import { INVENTORY_MAX_BYTES, bundleImages, checkedParts, createBundle, describeBase, inventoryBase, joinBundle, openBundle, parseInventory, partOf, splitBundle, type BaseLayers, type BundleLayer, type VerifiedBundle } from '@ferry/bundle';
 import { ImageStore, createDockerClient } from '@ferry/docker';
 import { FerryError, parseMemory } from '@ferry/protocol';
 import { DEFAULT_BACKOFF, DEFAULT_PARALLEL, loadDeploymentFile, loadSenderConfig, planRelease, pushMany, resolveTargets, serviceSpecOf } from '@ferry/sender';
@@ -244,7 +244,16 @@ async function baseOf(path: string): Promise<BaseLayers> {
 
 /** `--for-inventory host.json`: the layers the host holds (ferry inventory), which the new bundle leaves out. */
 function inventoryBaseOf(path: string): BaseLayers {
-  const { inventory, digest } = parseInventory(readFileSync(path), path);
+  let bytes: Buffer;
+  try {
+    // Its size first: a file far larger than any inventory is refused before it is read into memory.
+    if (statSync(path).size > INVENTORY_MAX_BYTES) throw new FerryError('FERRY_ERR_BAD_INVENTORY', { message: `${path} is larger than an inventory may be (${INVENTORY_MAX_BYTES} bytes)` });
+    bytes = readFileSync(path);
+  } catch (err) {
+    if (err instanceof FerryError) throw err;
+    throw new FerryError('FERRY_ERR_BAD_INVENTORY', { message: `${path} cannot be read: ${(err as Error).message}` });
+  }
+  const { inventory, digest } = parseInventory(bytes, path);
   return inventoryBase(inventory, digest);
 }
 

@@ -8,4 +8,4 @@ export { releaseMessage, releaseSignedBy, parseSignature, type BundleSignature }
 export { BUNDLE_SCHEMA, ReleaseDocumentSchema, describeBase, type BundleLayer, type BundleService, type ReleaseDocument } from './release.ts';
 export { INDEX, MEDIA, OCI_LAYOUT, REF_NAME, IMAGE_REF, RELEASE, SIGNATURE, blobPath } from './layout.ts';
 export { bundleImages } from './images.ts';
-export { INVENTORY_SCHEMA, inventoryBase, parseInventory, takeInventory, type Inventory } from './inventory.ts';
+export { INVENTORY_MAX_BYTES, INVENTORY_SCHEMA, inventoryBase, parseInventory, takeInventory, type Inventory } from './inventory.ts';
