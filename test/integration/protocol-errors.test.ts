@@ -83,6 +83,7 @@ const NOT_FROM_A_RECEIVER: Partial<Record<ErrorCode, string>> = {
   FERRY_ERR_BUNDLE_SIGNATURE: 'ferry bundle verify|apply, on the host (test/integration/bundle.test.ts)',
   FERRY_ERR_BUNDLE_DIGEST: 'ferry bundle verify|apply, on the host (test/integration/bundle.test.ts)',
   FERRY_ERR_BUNDLE_BASE_MISSING: 'ferry bundle apply of a differential bundle, on the host (test/integration/bundle.test.ts)',
+  FERRY_ERR_BAD_INVENTORY: 'ferry bundle create --for-inventory with a file that is not an inventory, on the build side (test/integration/bundle.test.ts)',
   FERRY_ERR_DATA_DIR_LOCKED: 'a second process on a receiver\'s data directory, at its start (test/integration/data-dir-lock.test.ts)',
   FERRY_ERR_LICENCE_EXPIRED: 'ferry bundle apply of a bundle whose grant is past its grace, on the host (test/integration/bundle.test.ts)',
   FERRY_ERR_CANARY_FAILED: 'a start-first deployment\'s answer when its canary fails; needs the host\'s proxy (test/integration/canary.test.ts)',
