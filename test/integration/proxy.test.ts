@@ -261,6 +261,10 @@ describe('the HAProxy proxy', { timeout: 180_000 }, () => {
     }
     assert.equal(JSON.stringify(await proxy.routes()), before);
     assert.equal((await get(http, 'web.test', '/still')).body, 'b /still');
+    // A log address is written into HAProxy's configuration: the library takes nothing but an address and a port.
+    for (const log of ['127.0.0.1:514\n  stats socket /tmp/x level admin', '*:514', 'logs.example:514', '127.0.0.1:0']) {
+      assert.throws(() => createHaproxyProxy({ ...settings, log }), (err: unknown) => err instanceof FerryError && err.code === 'FERRY_ERR_CONFIG', log);
+    }
   });
 
   test('HAProxy killed with SIGKILL: check() starts it again with every route, server and certificate', async () => {

@@ -28,6 +28,14 @@ export function checkListen(what: string, value: string): void {
   }
 }
 
+/** `addr:port` of a syslog receiver: an address (no wildcard) and a port; nothing else reaches HAProxy's `log` line. */
+export function checkLogTarget(value: string): void {
+  const m = LISTEN_PATTERN.exec(value);
+  if (!m || value.startsWith('*') || Number(m[1]) < 1 || Number(m[1]) > 65535) {
+    throw new FerryError('FERRY_ERR_CONFIG', { message: 'the proxy log: a UDP syslog address and port, e.g. 127.0.0.1:514' });
+  }
+}
+
 export interface ConfigInput {
   paths: ProxyPaths;
   http: string;

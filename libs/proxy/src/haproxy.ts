@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { FerryError, type Route } from '@ferry/protocol';
 import { normalizePem, selfSignedPem } from './certs.ts';
-import { checkListen, proxyPaths, renderConfig, slotName, slotsOf, type ProxyPaths } from './config.ts';
+import { checkListen, checkLogTarget, proxyPaths, renderConfig, slotName, slotsOf, type ProxyPaths } from './config.ts';
 import { writeFileAtomic } from '@ferry/durable';
 import { checkDirPath, checkHost, checkRoute, checkService, checkUpstream, checkUpstreamName, parseAddress } from './names.ts';
 import { checkConfig, haproxyPids, killHaproxy, startHaproxy } from './process.ts';
@@ -49,6 +49,7 @@ class HaproxyProxy implements Proxy {
     checkDirPath(settings.dir);
     checkListen('the proxy HTTP listener', settings.http);
     if (settings.https !== undefined) checkListen('the proxy HTTPS listener', settings.https);
+    if (settings.log !== undefined) checkLogTarget(settings.log);
     const slots = settings.slots ?? DEFAULT_SLOTS;
     if (!Number.isInteger(slots) || slots < 1 || slots > MAX_SLOTS) throw new FerryError('FERRY_ERR_CONFIG', { message: `Proxy slots: a whole number from 1 to ${MAX_SLOTS}` });
     this.slotsWanted = slots;

@@ -64,8 +64,7 @@ const schema = z.object({
   FERRY_PROXY_CERTS: z.string().startsWith('/', 'an absolute path to a directory of <host>.pem files').optional(),
   FERRY_PROXY_DIR: z.string().regex(/^\/[A-Za-z0-9._~:@/-]{1,80}$/, 'an absolute path of at most 80 letters, digits and . _ ~ : @ - / (HAProxy\'s sockets live there)').optional(),
   FERRY_PROXY_SLOTS: wholeNumber(1, MAX_SLOTS).default(DEFAULT_SLOTS),
-  FERRY_PROXY_LOG: z.string().regex(/^(?:(?:\d{1,3}\.){3}\d{1,3}|\[[0-9a-fA-F:.]+\]):(?:[1-9]\d{0,4})$/, 'the UDP syslog addr:port HAProxy logs requests to, e.g. 127.0.0.1:514')
-    .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'a port up to 65535').optional(),
+  FERRY_PROXY_LOG: addressVar('the UDP syslog addr:port HAProxy logs requests to, e.g. 127.0.0.1:514', { wildcard: false }).optional(),
 })
   .refine((v) => (v.FERRY_TLS_CERT === undefined) === (v.FERRY_TLS_KEY === undefined), { message: 'FERRY_TLS_CERT and FERRY_TLS_KEY go together: set both or neither', path: ['FERRY_TLS_CERT'] })
   .refine((v) => v.FERRY_PROXY_HTTP !== undefined || (v.FERRY_PROXY_HTTPS === undefined && v.FERRY_PROXY_CERTS === undefined), { message: 'the proxy is on only with FERRY_PROXY_HTTP: set it too', path: ['FERRY_PROXY_HTTP'] })
@@ -73,8 +72,13 @@ const schema = z.object({
 
 /** `addr:port` HAProxy binds: an IPv4 address, `[IPv6]` or `*`, and a port. */
 function proxyListenVar() {
-  return z.string().regex(/^(?:(?:\d{1,3}\.){3}\d{1,3}|\[[0-9a-fA-F:.]+\]|\*):(?:[1-9]\d{0,4})$/, 'addr:port, e.g. 0.0.0.0:80, [::]:443 or 127.0.0.1:8080')
-    .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'a port up to 65535');
+  return addressVar('addr:port, e.g. 0.0.0.0:80, [::]:443 or 127.0.0.1:8080', { wildcard: true });
+}
+
+/** `addr:port`: an IPv4 address, `[IPv6]` (or `*`, with `wildcard`) and a port from 1 to 65535. */
+function addressVar(message: string, { wildcard }: { wildcard: boolean }) {
+  const pattern = wildcard ? /^(?:(?:\d{1,3}\.){3}\d{1,3}|\[[0-9a-fA-F:.]+\]|\*):(?:[1-9]\d{0,4})$/ : /^(?:(?:\d{1,3}\.){3}\d{1,3}|\[[0-9a-fA-F:.]+\]):(?:[1-9]\d{0,4})$/;
+  return z.string().regex(pattern, message).refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'a port up to 65535');
 }
 
 function wholeNumber(min: number, max: number) {
