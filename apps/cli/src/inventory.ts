@@ -1,8 +1,8 @@
-import { writeFile, rename } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { takeInventory } from '@ferry/bundle';
 import { ImageStore, createDockerClient } from '@ferry/docker';
+import { writeFileAtomic } from '@ferry/durable';
 import { FerryError } from '@ferry/protocol';
 import { parse } from './args.ts';
 import { line, type Io } from './io.ts';
@@ -23,9 +23,8 @@ export async function inventoryCommand(args: string[], io: Io): Promise<number> 
     return 0;
   }
   const out = resolve(values.out);
-  // Written beside it, then renamed: a file on the media is whole or absent.
-  await writeFile(`${out}.partial`, text, { mode: 0o644 });
-  await rename(`${out}.partial`, out);
+  // A file on the media is whole or absent.
+  await writeFileAtomic(out, text);
   line(io.stderr, `inventory of ${host}: ${inventory.chains.length} image layer chain(s), ${new Set(inventory.chains.flat()).size} layers, written to ${out}`);
   return 0;
 }
